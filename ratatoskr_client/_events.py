@@ -1,0 +1,83 @@
+"""The client's event emitter: pyee, hardened so one bad callback harms nothing.
+
+pyee's asyncio emitter re-emits a failing callback's exception as ``error`` and
+raises when ``error`` has no listener, from inside whatever code called
+``emit``: for us, the receive loop. Here every callback runs in isolation: an
+exception is logged, wrapped in :class:`~ratatoskr_client.errors.CallbackError`
+and emitted as ``error``; the other callbacks of the same event still run; an
+``error`` nobody listens to is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from pyee.asyncio import AsyncIOEventEmitter
+
+from .errors import CallbackError
+
+__all__ = ["SafeEmitter"]
+
+log = logging.getLogger("ratatoskr_client")
+
+
+class SafeEmitter(AsyncIOEventEmitter):
+    """An AsyncIOEventEmitter whose callbacks can never break the emitter."""
+
+    def _call_handlers(self, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        handlers = self._events.get(event)
+        if not handlers:
+            return False
+        for handler in list(handlers.values()):
+            self._run_one(event, handler, args, kwargs)
+        return True
+
+    def _run_one(
+        self, event: str, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        try:
+            result = handler(*args, **kwargs)
+        except Exception as exc:
+            self._failed(event, exc)
+            return
+        if asyncio.iscoroutine(result):
+            task = asyncio.ensure_future(result)
+            self._waiting.add(task)
+            task.add_done_callback(partial(self._finished, event))
+
+    def _finished(self, event: str, task: asyncio.Future[Any]) -> None:
+        self._waiting.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, Exception):
+            self._failed(event, exc)
+
+    def _failed(self, event: str, exc: Exception) -> None:
+        log.error("callback for %r raised", event, exc_info=exc)
+        if event != "error":  # an error handler that raises must not loop forever
+            self.emit("error", CallbackError(event, exc))
+
+    def _emit_handle_potential_error(self, event: str, error: Any) -> None:
+        if event == "error":
+            # CallbackErrors were already logged with their traceback by _failed().
+            level = logging.DEBUG if isinstance(error, CallbackError) else logging.WARNING
+            log.log(level, "unhandled 'error' event: %s", error)
+
+    async def drain(self, timeout: float) -> None:
+        """Give running coroutine callbacks ``timeout`` seconds, then cancel the rest."""
+        current = asyncio.current_task()
+        # A callback may be the one closing the client: never wait for ourselves.
+        pending = [t for t in self._waiting if not t.done() and t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        self._waiting.difference_update(pending)
+        # Let the cancellations be delivered so no task outlives the client.
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,1000 @@
+"""RatatoskrClient: one WebSocket to a Ratatoskr server, presence and ephemeral messages.
+
+The client is a thin asyncio driver around pure parts: the codec
+(:mod:`ratatoskr_client.protocol`), the presence store
+(:mod:`ratatoskr_client.presence`), the pacing bucket
+(:mod:`ratatoskr_client.pacing`) and the reconnect schedule
+(:mod:`ratatoskr_client.backoff`). It owns three kinds of task: the receive loop
+(which also reconnects), the heartbeat timer, and the application's coroutine
+callbacks. ``close()`` ends all of them.
+
+Events (``client.on(name, callback)``; callbacks may be plain functions or
+coroutine functions):
+
+====================  ===========================================================
+``connected``         ``(me: Peer)`` — authenticated, on every (re)connection
+``disconnected``      ``(reason: RatatoskrError)`` — the connection is gone
+``reconnecting``      ``(attempt: int, delay: float)`` — next try, 1-based, in ``delay`` s
+``peer-identity``     ``(peer: Peer)`` — the server announced a peer
+``peer-disconnected`` ``(peer: Peer)`` — a peer's connection closed
+``peer-joined``       ``(document_id: str, peer: Peer)`` — a peer entered a document
+``peer-left``         ``(document_id: str, peer: Peer)`` — a peer left, expired or dropped
+``presence-changed``  ``(document_id: str, peers: tuple[Peer, ...])`` — new value of
+                      ``presence(document_id)``
+``ephemeral-message`` ``(document_id: str, sender: Peer, payload: Any)``
+``error``             ``(error: RatatoskrError)`` — server error frames that answer
+                      no awaited call, bad frames, failing callbacks
+====================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from enum import Enum
+from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, get_args
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from ._events import SafeEmitter
+from .backoff import DEFAULT_BACKOFF, Backoff
+from .errors import (
+    AuthError,
+    ConnectError,
+    ConnectionClosed,
+    DocumentNotFound,
+    LimitExceeded,
+    OperationTimeout,
+    PayloadError,
+    PermissionDenied,
+    PresenceUnsupported,
+    ProtocolError,
+    RatatoskrError,
+    RateLimited,
+    ServerError,
+    TransportError,
+    error_from_frame,
+)
+from .pacing import TokenBucket
+from .presence import (
+    Change,
+    IdentityAdded,
+    IdentityRemoved,
+    Peer,
+    PeerJoined,
+    PeerLeft,
+    PresenceChanged,
+    PresenceStore,
+    SelfRemoved,
+)
+from .protocol import (
+    AuthErrorFrame,
+    AuthFrame,
+    AuthOkFrame,
+    DocPresenceStateFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    PresenceMessage,
+    PresenceStatus,
+    decode,
+    decode_payload,
+    encode,
+    encode_payload,
+)
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "ConnectionState",
+    "EventName",
+    "RatatoskrClient",
+    "sidecar_id",
+]
+
+log = logging.getLogger("ratatoskr_client")
+
+DEFAULT_HEARTBEAT_INTERVAL: Final = 30.0
+DEFAULT_PING_INTERVAL: Final = 20.0
+DEFAULT_RATE_LIMIT: Final = 600
+DEFAULT_REQUEST_TIMEOUT: Final = 10.0
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024
+# Envelope bytes around an ephemeral payload (ids, counters, keys): a generous bound.
+_ENVELOPE_OVERHEAD: Final = 512
+# Seconds coroutine callbacks get to finish when the client closes.
+_CALLBACK_GRACE: Final = 1.0
+# A watch_presence() consumer this far behind loses its oldest snapshots.
+_WATCH_BACKLOG: Final = 1000
+
+EventName: TypeAlias = Literal[
+    "connected",
+    "disconnected",
+    "reconnecting",
+    "peer-identity",
+    "peer-disconnected",
+    "peer-joined",
+    "peer-left",
+    "presence-changed",
+    "ephemeral-message",
+    "error",
+]
+_EVENTS: Final = frozenset(get_args(EventName))
+# Error codes by which the server refuses a presence membership.
+_MEMBERSHIP_REFUSALS: Final = (PermissionDenied, DocumentNotFound, LimitExceeded)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ConnectionState(Enum):
+    """Where the client is in its life. Read it from :attr:`RatatoskrClient.state`."""
+
+    IDLE = "idle"  #: created, connect() not called yet
+    CONNECTING = "connecting"  #: connect() in progress
+    CONNECTED = "connected"  #: authenticated socket open
+    RECONNECTING = "reconnecting"  #: connection lost, retrying with backoff
+    CLOSED = "closed"  #: close() called, auth refused, or reconnect gave up
+
+
+def sidecar_id(document_id: str, channel: str) -> str:
+    """The public relay channel tied to a document: ``eph:<channel>-<document_id>``."""
+    if not channel:
+        raise ValueError("channel must be a non-empty string")
+    return f"eph:{channel}-{document_id}"
+
+
+def _socket_url(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"expected an http(s):// or ws(s):// URL, got {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/sync"):
+        path += "/sync"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+class RatatoskrClient:
+    """A connection to a Ratatoskr server, with presence and ephemeral messaging.
+
+    Use it as an async context manager, or call :meth:`connect` and :meth:`close`::
+
+        async with RatatoskrClient("http://localhost:4151", token="alice-secret") as client:
+            peers = await client.enter_document("doc-123")
+
+    Args:
+        url: the server, ``http(s)://`` or ``ws(s)://``; the socket path ``/sync`` is
+            appended unless the URL already ends with it.
+        token: the user's token; None connects anonymously.
+        heartbeat_interval: seconds between presence heartbeats for each entered
+            document (the server's TTL is 90 s by default).
+        reconnect: reconnect after a lost connection (never after :meth:`close` or
+            an auth failure).
+        backoff: the reconnect schedule (default: full jitter, 0.25 s doubling to 5 s,
+            retrying forever).
+        rate_limit: ephemeral messages per minute this client allows itself; keep
+            it at or below the server's limit. None disables pacing.
+        rate_burst: how many messages may go out at once (default: a tenth of a
+            minute's worth, ``rate_limit // 6``, at least 1); kept below the
+            server's burst so network jitter can never trip its limit.
+        request_timeout: default seconds to wait for the server to confirm
+            :meth:`enter_document`.
+        connect_timeout: seconds for opening the socket and authenticating.
+        ping_interval: seconds of silence after which a WebSocket ping is sent; a
+            missing pong within half that declares the connection dead. None
+            disables it (a dead server is then only noticed by TCP).
+        max_frame_size: largest frame this client sends (the relay's default limit).
+        session: an aiohttp ``ClientSession`` to use (the caller closes it); by
+            default the client creates and closes its own.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        reconnect: bool = True,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        rate_limit: int | None = DEFAULT_RATE_LIMIT,
+        rate_burst: int | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if heartbeat_interval <= 0:
+            raise ValueError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
+        if rate_limit is not None and rate_limit < 1:
+            raise ValueError(f"rate_limit must be >= 1 or None, got {rate_limit}")
+        self.url = url
+        self._ws_url = _socket_url(url)
+        self._token = token
+        self._heartbeat_interval = heartbeat_interval
+        self._reconnect = reconnect
+        self._backoff = backoff
+        self._rate_limit = rate_limit
+        self._rate_burst = rate_burst or max(1, (rate_limit or 0) // 6)
+        self._request_timeout = request_timeout
+        self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
+        self._max_frame_size = max_frame_size
+        self._http = session
+        self._owns_http = session is None
+
+        self._emitter = SafeEmitter()
+        self._store = PresenceStore()
+        self._state = ConnectionState.IDLE
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._server_peer_id = ""
+        self._features: tuple[str, ...] | None = None
+        self._session_id = ""
+        self._count = 0
+        self._bucket: TokenBucket | None = None
+        self._pace_lock = asyncio.Lock()
+
+        #: documents the application entered (and has not left), in order
+        self._entered: dict[str, None] = {}
+        #: documents whose join is on the wire and unanswered, on this connection
+        self._joining: set[str] = set()
+        #: enter_document() calls waiting for the server's doc_presence_state
+        self._confirm: dict[str, asyncio.Future[tuple[Peer, ...]]] = {}
+        self._watchers: dict[str, set[asyncio.Queue[tuple[Peer, ...] | None]]] = {}
+        self._waiters: dict[
+            str, list[tuple[Callable[[tuple[Peer, ...]], bool], asyncio.Future[tuple[Peer, ...]]]]
+        ] = {}
+        self._connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ================================================================== properties
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection state, kept in step with the socket."""
+        if self._state is ConnectionState.CONNECTED and (self._ws is None or self._ws.closed):
+            # The socket died and the receive loop has not run yet: say so now.
+            return ConnectionState.RECONNECTING if self._reconnect else ConnectionState.CLOSED
+        return self._state
+
+    @property
+    def is_connected(self) -> bool:
+        """True exactly when an authenticated socket is open."""
+        return self.state is ConnectionState.CONNECTED
+
+    @property
+    def me(self) -> Peer:
+        """This connection's identity from ``auth_ok`` (after a disconnect, the last
+        one; a reconnect brings a new peer id).
+
+        Raises:
+            ConnectionClosed: the client has never connected.
+        """
+        me = self._store.me
+        if me is None:
+            raise ConnectionClosed("not connected yet: call connect() first")
+        return me
+
+    @property
+    def peers(self) -> Mapping[str, Peer]:
+        """Every identity the server announced on this connection, by peer id,
+        this client included. Empty while disconnected. A read-only live view."""
+        return self._store.identities
+
+    @property
+    def server_presence(self) -> bool:
+        """True when the server announced server-side presence (``features`` in
+        ``auth_ok`` includes ``"presence"``)."""
+        return self._features is not None and "presence" in self._features
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The ``features`` the server announced (empty for servers that send none)."""
+        return self._features or ()
+
+    @property
+    def entered_documents(self) -> tuple[str, ...]:
+        """Documents the application entered and has not left (re-entered
+        automatically after a reconnect)."""
+        return tuple(self._entered)
+
+    def presence(self, document_id: str) -> tuple[Peer, ...]:
+        """Peers present in ``document_id``, this client included, in join order.
+
+        Empty for documents not entered, and while disconnected.
+        """
+        return self._store.presence(document_id)
+
+    @staticmethod
+    def sidecar(document_id: str, channel: str) -> str:
+        """The public sidecar channel of a document: ``sidecar("doc-123", "chat")``
+        is ``"eph:chat-doc-123"``. Anyone may join and send on it."""
+        return sidecar_id(document_id, channel)
+
+    # ================================================================== events
+
+    def on(self, event: EventName, callback: F | None = None) -> Any:
+        """Call ``callback`` every time ``event`` fires; usable as a decorator.
+
+        Raises:
+            ValueError: ``event`` is not one of the documented event names.
+        """
+        self._check_event(event)
+        if callback is None:
+            return self._emitter.on(event)
+        return self._emitter.on(event, callback)
+
+    def once(self, event: EventName, callback: F | None = None) -> Any:
+        """Like :meth:`on`, but the callback runs at most once."""
+        self._check_event(event)
+        if callback is None:
+            return self._emitter.once(event)
+        return self._emitter.once(event, callback)
+
+    def off(self, event: EventName, callback: Callable[..., Any]) -> None:
+        """Remove a callback added with :meth:`on` or :meth:`once` (no-op if absent)."""
+        self._check_event(event)
+        with contextlib.suppress(KeyError):
+            self._emitter.remove_listener(event, callback)
+
+    remove_listener = off
+
+    @staticmethod
+    def _check_event(event: str) -> None:
+        if event not in _EVENTS:
+            raise ValueError(f"unknown event {event!r}; expected one of {sorted(_EVENTS)}")
+
+    def _emit(self, event: EventName, *args: Any) -> None:
+        self._emitter.emit(event, *args)
+
+    def _report(self, error: RatatoskrError) -> None:
+        self._emitter.emit("error", error)
+
+    # ================================================================== lifecycle
+
+    async def __aenter__(self) -> RatatoskrClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the socket and authenticate; returns once connected.
+
+        A client that was closed may connect again (with nothing entered).
+        Calling it while connected does nothing.
+
+        Raises:
+            ConnectError: the server cannot be reached (not retried).
+            AuthError: the server refused the credentials (not retried).
+            OperationTimeout: no answer to the auth frame within ``connect_timeout``.
+        """
+        if self._state in (ConnectionState.CONNECTED, ConnectionState.RECONNECTING):
+            return
+        if self._state is ConnectionState.CONNECTING:
+            raise RuntimeError("connect() is already in progress")
+        self._state = ConnectionState.CONNECTING
+        self._closing = False
+        try:
+            await self._open()
+        except BaseException:
+            self._state = ConnectionState.IDLE
+            await self._close_http()
+            raise
+        self._supervisor = self._spawn(self._run(), "receive")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+
+    async def close(self) -> None:
+        """Leave every entered document, close the socket, stop every task.
+
+        Emits ``presence-changed`` (empty) for each entered document and
+        ``disconnected`` if a connection was open. Idempotent.
+        """
+        if self._closing or self._state is ConnectionState.CLOSED:
+            return
+        if self._state is ConnectionState.IDLE:
+            self._state = ConnectionState.CLOSED
+            await self._close_http()
+            return
+        self._closing = True
+        was_connected = self.is_connected
+        ws = self._ws
+        if ws is not None and was_connected:
+            for doc_id in list(self._entered):
+                with contextlib.suppress(RatatoskrError):
+                    await self._send_presence("leave", doc_id)
+        self._entered.clear()
+        self._joining.clear()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        self._state = ConnectionState.CLOSED
+        self._connected.clear()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ws = None
+        for change in self._store.reset():
+            self._dispatch(change)
+        for doc_id in list(self._store.tracked()):
+            self._store.forget(doc_id)
+        closed = ConnectionClosed("client closed")
+        self._fail_waiters(closed)
+        if was_connected or ws is not None:
+            self._emit("disconnected", closed)
+        await self._emitter.drain(_CALLBACK_GRACE)
+        await self._close_http()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the client is connected (for example after a reconnect).
+
+        Raises:
+            OperationTimeout: not connected within ``timeout`` seconds.
+            ConnectionClosed: the client is closed.
+        """
+        self._check_usable()
+        if self.is_connected:
+            return
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            raise OperationTimeout(f"not connected within {timeout} s") from None
+        self._check_usable()
+
+    # ================================================================== documents
+
+    async def enter_document(
+        self, document_id: str, *, timeout: float | None = None
+    ) -> tuple[Peer, ...]:
+        """Enter a document and return its presence once the server confirmed it.
+
+        The client then heartbeats the document every ``heartbeat_interval`` and
+        re-enters it after every reconnect, until :meth:`leave_document` or
+        :meth:`close`. Entering a document already entered returns its presence.
+
+        Args:
+            document_id: the document, or a sidecar channel (``eph:...``).
+            timeout: seconds to wait for the server (default ``request_timeout``).
+
+        Returns:
+            The peers present, this client included, in join order.
+
+        Raises:
+            PermissionDenied: this user may not read the document.
+            DocumentNotFound: the server does not know the document.
+            LimitExceeded: this connection is present in too many documents.
+            PresenceUnsupported: the server has no server-side presence.
+            OperationTimeout: no answer within ``timeout`` (the document is left).
+            ConnectionClosed: the client is closed, or was closed meanwhile.
+        """
+        _check_document_id(document_id)
+        self._check_usable()
+        if self._features is not None and not self.server_presence:
+            raise PresenceUnsupported(
+                f"the server at {self.url} announced no server-side presence "
+                f"(features: {list(self._features)})"
+            )
+        if document_id in self._entered and document_id not in self._joining:
+            present = self._store.presence(document_id)
+            if self.is_connected and any(p is self._store.me for p in present):
+                return present
+        fut = self._confirm.get(document_id)
+        if fut is None or fut.done():
+            fut = self._confirm[document_id] = asyncio.get_running_loop().create_future()
+        if document_id not in self._entered:
+            self._entered[document_id] = None
+            self._store.track(document_id)
+        if self.is_connected and document_id not in self._joining:
+            await self._join(document_id)
+        wait = self._request_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), wait)
+        except TimeoutError:
+            if self._confirm.get(document_id) is fut:
+                await self._abandon(document_id)
+            raise OperationTimeout(
+                f"the server did not confirm entering {document_id!r} within {wait} s"
+            ) from None
+
+    async def leave_document(self, document_id: str) -> None:
+        """Leave a document: the server tells the other peers, and this client stops
+        tracking it (``presence-changed`` fires with an empty tuple). Leaving a
+        document not entered does nothing."""
+        if document_id not in self._entered:
+            return
+        await self._abandon(document_id)
+
+    async def _abandon(self, document_id: str) -> None:
+        self._entered.pop(document_id, None)
+        self._joining.discard(document_id)
+        fut = self._confirm.pop(document_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(RatatoskrError(f"left {document_id!r} before the server confirmed"))
+            fut.exception()  # mark retrieved: nobody may be awaiting it any more
+        for change in self._store.forget(document_id):
+            self._dispatch(change)
+        if self.is_connected:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_presence("leave", document_id)
+
+    async def _join(self, document_id: str) -> None:
+        self._joining.add(document_id)
+        try:
+            await self._send_presence("join", document_id)
+        except ConnectionClosed:
+            # The reconnect will send the join again; the caller keeps waiting.
+            self._joining.discard(document_id)
+
+    # ================================================================== watching
+
+    async def watch_presence(self, document_id: str) -> AsyncIterator[tuple[Peer, ...]]:
+        """Yield ``presence(document_id)`` now, then every new value, in order.
+
+        It does not enter the document. Ends when the client closes. Use
+        ``contextlib.aclosing`` (or break out of ``async for``) to stop early.
+        """
+        queue: asyncio.Queue[tuple[Peer, ...] | None] = asyncio.Queue()
+        self._watchers.setdefault(document_id, set()).add(queue)
+        try:
+            yield self._store.presence(document_id)
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            watchers = self._watchers.get(document_id)
+            if watchers is not None:
+                watchers.discard(queue)
+                if not watchers:
+                    del self._watchers[document_id]
+
+    async def wait_for_presence(
+        self,
+        document_id: str,
+        predicate: Callable[[tuple[Peer, ...]], bool],
+        *,
+        timeout: float | None = None,
+    ) -> tuple[Peer, ...]:
+        """Wait until ``predicate(presence(document_id))`` is true; return that presence.
+
+        Checks the current presence first. ``timeout`` None waits forever.
+
+        Raises:
+            OperationTimeout: the predicate did not become true within ``timeout``.
+            ConnectionClosed: the client closed while waiting.
+        """
+        current = self._store.presence(document_id)
+        if predicate(current):
+            return current
+        self._check_usable()
+        fut: asyncio.Future[tuple[Peer, ...]] = asyncio.get_running_loop().create_future()
+        entry = (predicate, fut)
+        self._waiters.setdefault(document_id, []).append(entry)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            names = [p.name for p in self._store.presence(document_id)]
+            raise OperationTimeout(
+                f"presence of {document_id!r} did not match within {timeout} s (present: {names})"
+            ) from None
+        finally:
+            waiters = self._waiters.get(document_id)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(entry)
+                if not waiters:
+                    del self._waiters[document_id]
+
+    # ================================================================== sending
+
+    async def send_ephemeral(self, document_id: str, payload: Any) -> None:
+        """Send a payload to every other peer present in ``document_id``.
+
+        Waits for a pacing token first (see ``rate_limit``), so the client never
+        trips the server's rate limit on its own. Errors the server sends back
+        (``permission_denied``, ``document_not_found``, ``rate_limited``) arrive
+        later as ``error`` events.
+
+        Args:
+            payload: any CBOR-encodable value (dicts, lists, str, bytes, numbers...).
+
+        Raises:
+            PayloadError: not encodable, too large, or shaped like a presence
+                control message (``{"type": "presence", ...}``).
+            ConnectionClosed: not connected (the message is not queued).
+        """
+        _check_document_id(document_id)
+        if type(payload) is dict and payload.get("type") == "presence":
+            raise PayloadError('payloads with "type": "presence" are reserved for presence')
+        data = encode_payload(payload)
+        if len(data) + _ENVELOPE_OVERHEAD > self._max_frame_size:
+            raise PayloadError(
+                f"payload of {len(data)} bytes is too large for a {self._max_frame_size}-byte frame"
+            )
+        self._require_ws()
+        if self._bucket is not None:
+            await self._pace()
+        await self._send_ephemeral_data(document_id, data)
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._pace_lock:  # FIFO: waiting senders go out in call order
+            while True:
+                bucket = self._bucket
+                if bucket is None:
+                    return
+                wait = bucket.take(loop.time())
+                if wait <= 0:
+                    return
+                await asyncio.sleep(wait)
+
+    async def _send_presence(self, status: PresenceStatus, document_id: str) -> None:
+        data = encode_payload(PresenceMessage(status, document_id).to_payload())
+        await self._send_ephemeral_data(document_id, data)
+
+    async def _send_ephemeral_data(self, document_id: str, data: bytes) -> None:
+        ws = self._require_ws()
+        self._count += 1
+        me = self._store.me
+        frame = EphemeralFrame(
+            me.peer_id if me is not None else "",
+            self._server_peer_id,
+            document_id,
+            self._count,
+            self._session_id,
+            data,
+        )
+        await self._send_bytes(ws, encode(frame))
+
+    async def _send_bytes(self, ws: aiohttp.ClientWebSocketResponse, data: bytes) -> None:
+        try:
+            await ws.send_bytes(data)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionClosed(f"connection lost while sending: {exc}") from exc
+
+    def _require_ws(self) -> aiohttp.ClientWebSocketResponse:
+        ws = self._ws
+        if ws is None or ws.closed or self._state is not ConnectionState.CONNECTED:
+            if self._state is ConnectionState.CLOSED:
+                raise ConnectionClosed("client is closed")
+            raise ConnectionClosed(f"not connected (state: {self.state.value})")
+        return ws
+
+    def _check_usable(self) -> None:
+        if self._state in (ConnectionState.IDLE, ConnectionState.CLOSED) or self._closing:
+            raise ConnectionClosed(
+                "client is closed"
+                if self._state is ConnectionState.CLOSED
+                else "not connected yet: call connect() first"
+            )
+
+    # ================================================================== connection
+
+    async def _open(self) -> None:
+        """Open a socket and authenticate; on success the client is CONNECTED."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            self._owns_http = True
+        try:
+            ws = await asyncio.wait_for(
+                self._http.ws_connect(
+                    self._ws_url,
+                    heartbeat=self._ping_interval,
+                    max_msg_size=16 * 1024 * 1024,
+                    autoping=True,
+                ),
+                self._connect_timeout,
+            )
+        except TimeoutError as exc:
+            raise ConnectError(
+                f"cannot connect to {self._ws_url}: no answer within {self._connect_timeout} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise ConnectError(f"cannot connect to {self._ws_url}: {exc}") from exc
+        try:
+            auth_ok = await self._authenticate(ws)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            raise
+        self._ws = ws
+        self._server_peer_id = auth_ok.peer_id
+        self._features = auth_ok.features
+        self._session_id = secrets.token_hex(8)
+        self._joining.clear()
+        if self._rate_limit is not None:
+            self._bucket = TokenBucket.per_minute(
+                self._rate_limit, asyncio.get_running_loop().time(), burst=self._rate_burst
+            )
+        for change in self._store.authenticated(auth_ok):
+            self._dispatch(change)
+        self._state = ConnectionState.CONNECTED
+        self._connected.set()
+        log.debug("connected to %s as %s", self._ws_url, self._store.me)
+        self._emit("connected", self._store.me)
+        for doc_id in list(self._entered):  # restore presence after a reconnect
+            if self._ws is not ws:
+                break
+            await self._join(doc_id)
+
+    async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> AuthOkFrame:
+        auth = (
+            AuthFrame(token=self._token) if self._token is not None else AuthFrame(anonymous=True)
+        )
+        await self._send_bytes(ws, encode(auth))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        while True:
+            try:
+                msg = await ws.receive(timeout=max(0.001, deadline - loop.time()))
+            except TimeoutError:
+                raise OperationTimeout(
+                    f"no answer to auth from {self._ws_url} within {self._connect_timeout} s"
+                ) from None
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                raise ConnectionClosed(
+                    f"{self._ws_url} closed the connection during auth", code=ws.close_code
+                )
+            try:
+                frame = decode(msg.data)
+            except ProtocolError as exc:
+                self._report(exc)
+                continue
+            if isinstance(frame, AuthOkFrame):
+                return frame
+            if isinstance(frame, AuthErrorFrame):
+                raise AuthError(frame.error, frame.message)
+            if isinstance(frame, ErrorFrame):
+                raise error_from_frame(
+                    frame.error,
+                    frame.message,
+                    document_id=frame.document_id,
+                    retry_after=frame.retry_after,
+                )
+            log.debug("ignoring %s frame before auth_ok", type(frame).__name__)
+
+    async def _run(self) -> None:
+        """Receive frames; on a lost connection, reconnect until closed."""
+        while True:
+            ws = self._ws
+            assert ws is not None
+            reason = await self._receive_loop(ws)
+            if self._closing:
+                return
+            self._lost(reason)
+            if not self._reconnect or not await self._reconnect_loop():
+                # Auth refused, reconnect disabled or given up: the client is closed.
+                self._state = ConnectionState.CLOSED
+                self._fail_waiters(ConnectionClosed("client stopped reconnecting"))
+                for doc_id in list(self._store.tracked()):
+                    self._store.forget(doc_id)
+                self._entered.clear()
+                current = asyncio.current_task()
+                for task in list(self._tasks):
+                    if task is not current:
+                        task.cancel()
+                await self._close_http()
+                return
+
+    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> ConnectionClosed:
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is aiohttp.WSMsgType.BINARY:
+                self._on_bytes(msg.data)
+            elif kind is aiohttp.WSMsgType.TEXT:
+                self._report(ProtocolError("server sent a text frame; expected binary CBOR"))
+            elif kind is aiohttp.WSMsgType.ERROR:
+                return ConnectionClosed(f"connection failed: {msg.data}", code=ws.close_code)
+            else:  # CLOSE, CLOSING, CLOSED
+                return ConnectionClosed(
+                    f"server closed the connection (code {ws.close_code})", code=ws.close_code
+                )
+
+    def _lost(self, reason: ConnectionClosed) -> None:
+        log.info("connection to %s lost: %s", self._ws_url, reason)
+        self._ws = None
+        self._connected.clear()
+        self._joining.clear()
+        self._state = ConnectionState.RECONNECTING if self._reconnect else ConnectionState.CLOSED
+        for change in self._store.reset():
+            self._dispatch(change)
+        self._emit("disconnected", reason)
+
+    async def _reconnect_loop(self) -> bool:
+        """Retry with backoff. True once reconnected; False on auth failure or give-up."""
+        attempt = 0
+        floor = 0.0  # a server's retryAfter, when it asked for one
+        while not self._closing:
+            if self._backoff.gives_up(attempt):
+                self._report(ConnectionClosed(f"gave up reconnecting after {attempt} attempts"))
+                return False
+            delay = max(self._backoff.delay(attempt), floor)
+            attempt += 1
+            self._emit("reconnecting", attempt, delay)
+            await asyncio.sleep(delay)
+            if self._stopping():
+                return False
+            try:
+                await self._open()
+                return True
+            except AuthError as exc:
+                log.warning("reconnect to %s refused: %s", self._ws_url, exc)
+                self._report(exc)
+                return False
+            except RateLimited as exc:
+                floor = exc.retry_after
+            except (TransportError, OperationTimeout, ServerError) as exc:
+                log.debug("reconnect attempt %d failed: %s", attempt, exc)
+                floor = 0.0
+        return False
+
+    def _stopping(self) -> bool:
+        # A method, not the attribute, so type checkers do not assume that
+        # _closing is unchanged across an await.
+        return self._closing
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            if not self.is_connected:
+                continue
+            # Joins still unanswered get a heartbeat too: the server treats it as a
+            # join, so a lost join heals itself.
+            for doc_id in list(self._entered):
+                try:
+                    await self._send_presence("heartbeat", doc_id)
+                except ConnectionClosed:
+                    break
+
+    async def _close_http(self) -> None:
+        if not self._owns_http:
+            return  # the application's session: it closes it
+        http, self._http = self._http, None
+        if http is not None and not http.closed:
+            await http.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"ratatoskr-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("internal task %s failed", task.get_name(), exc_info=exc)
+
+    # ================================================================== incoming
+
+    def _on_bytes(self, data: bytes) -> None:
+        try:
+            frame = decode(data)
+        except ProtocolError as exc:
+            self._report(exc)
+            return
+        kind = type(frame)
+        if kind is EphemeralFrame:
+            self._on_ephemeral(cast(EphemeralFrame, frame))
+            return
+        if kind is ErrorFrame:
+            self._on_error_frame(cast(ErrorFrame, frame))
+            return
+        if kind is DocPresenceStateFrame:
+            self._joining.discard(cast(DocPresenceStateFrame, frame).document_id)
+        for change in self._store.apply(frame):
+            self._dispatch(change)
+        if kind is DocPresenceStateFrame:
+            doc_id = cast(DocPresenceStateFrame, frame).document_id
+            fut = self._confirm.pop(doc_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(self._store.presence(doc_id))
+
+    def _on_ephemeral(self, frame: EphemeralFrame) -> None:
+        if frame.session_id == self._session_id:
+            return  # our own message, echoed back by a gossiping peer
+        try:
+            payload = decode_payload(frame.data)
+        except ProtocolError as exc:
+            self._report(exc)
+            return
+        sender = self._store.identities.get(frame.sender_id) or Peer.unknown(frame.sender_id)
+        self._emit("ephemeral-message", frame.document_id, sender, payload)
+
+    def _on_error_frame(self, frame: ErrorFrame) -> None:
+        exc = error_from_frame(
+            frame.error, frame.message, document_id=frame.document_id, retry_after=frame.retry_after
+        )
+        if isinstance(exc, RateLimited) and self._bucket is not None:
+            self._bucket.pause(asyncio.get_running_loop().time(), exc.retry_after)
+        doc_id = frame.document_id
+        if doc_id is not None and isinstance(exc, _MEMBERSHIP_REFUSALS) and doc_id in self._entered:
+            # The server refused our membership: stop claiming the document.
+            self._entered.pop(doc_id, None)
+            self._joining.discard(doc_id)
+            for change in self._store.forget(doc_id):
+                self._dispatch(change)
+            fut = self._confirm.pop(doc_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                return  # the enter_document() caller receives it
+        self._report(exc)
+
+    def _dispatch(self, change: Change) -> None:
+        kind = type(change)
+        if kind is PresenceChanged:
+            self._presence_changed(cast(PresenceChanged, change).document_id)
+        elif kind is PeerJoined:
+            joined = cast(PeerJoined, change)
+            self._emit("peer-joined", joined.document_id, joined.peer)
+        elif kind is PeerLeft:
+            left = cast(PeerLeft, change)
+            self._emit("peer-left", left.document_id, left.peer)
+        elif kind is IdentityAdded:
+            self._emit("peer-identity", cast(IdentityAdded, change).peer)
+        elif kind is IdentityRemoved:
+            self._emit("peer-disconnected", cast(IdentityRemoved, change).peer)
+        elif kind is SelfRemoved:
+            doc_id = cast(SelfRemoved, change).document_id
+            if doc_id in self._entered and self.is_connected and doc_id not in self._joining:
+                log.info("server expired our presence in %r; joining again", doc_id)
+                self._spawn(self._join(doc_id), "rejoin")
+
+    def _presence_changed(self, document_id: str) -> None:
+        emitter_listens = bool(self._emitter.listeners("presence-changed"))
+        watchers = self._watchers.get(document_id)
+        waiters = self._waiters.get(document_id)
+        if not (emitter_listens or watchers or waiters):
+            return  # nobody looks: skip building the snapshot
+        peers = self._store.presence(document_id)
+        if waiters:
+            for predicate, fut in list(waiters):
+                if fut.done():
+                    continue
+                try:
+                    if predicate(peers):
+                        fut.set_result(peers)
+                except Exception as exc:
+                    fut.set_exception(exc)
+        if watchers:
+            for queue in watchers:
+                if queue.qsize() >= _WATCH_BACKLOG:
+                    queue.get_nowait()  # a stalled consumer loses its oldest snapshot
+                queue.put_nowait(peers)
+        if emitter_listens:
+            self._emit("presence-changed", document_id, peers)
+
+    def _fail_waiters(self, error: RatatoskrError) -> None:
+        for fut in self._confirm.values():
+            if not fut.done():
+                fut.set_exception(error)
+                fut.exception()
+        self._confirm.clear()
+        for waiters in self._waiters.values():
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.set_exception(error)
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
+    def __repr__(self) -> str:
+        me = self._store.me
+        who = f" as {me.name!r} ({me.peer_id})" if me is not None else ""
+        return f"<RatatoskrClient {self._ws_url} {self.state.value}{who}>"
+
+
+def _check_document_id(document_id: object) -> None:
+    if not isinstance(document_id, str) or not document_id:
+        raise ValueError(f"document_id must be a non-empty string, got {document_id!r}")

@@ -1,0 +1,202 @@
+"""Every exception ratatoskr-client raises, rooted at :class:`RatatoskrError`.
+
+Catch :class:`RatatoskrError` to handle anything this package raises. Errors from
+the libraries underneath (aiohttp, ``OSError``, cbor2) never escape the public API
+untranslated: they are re-raised as one of the types below, with the original
+exception chained as ``__cause__``.
+
+The tree::
+
+    RatatoskrError
+    ├── ProtocolError           a frame or payload that breaks the wire contract
+    ├── PayloadError            (also ValueError) a payload we refuse to send
+    ├── TransportError          the network connection itself
+    │   ├── ConnectError        could not open the WebSocket (DNS, refused, TLS, HTTP)
+    │   └── ConnectionClosed    the connection is gone, or the client was closed
+    ├── ServerError             the server answered with an error frame (``.code``)
+    │   ├── AuthError           credentials refused, or no auth in time; never retried
+    │   ├── PermissionDenied    no read permission on ``.document_id``
+    │   ├── DocumentNotFound    the server does not know ``.document_id``
+    │   ├── RateLimited         too many messages; retry after ``.retry_after`` seconds
+    │   └── LimitExceeded       a per-connection bound (documents, sessions) was hit
+    ├── OperationTimeout        (also TimeoutError) the server did not answer in time
+    ├── PresenceUnsupported     the server has no presence, and none can be derived
+    ├── CallbackError           an application callback raised (``.event``)
+    └── ConfigError             the relay configuration is invalid (file, entry, problem)
+
+:func:`error_from_frame` maps a server error frame's ``error`` code to its class;
+unknown codes become a plain :class:`ServerError`, so new server codes never crash
+an old client.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "CallbackError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionClosed",
+    "DocumentNotFound",
+    "LimitExceeded",
+    "OperationTimeout",
+    "PayloadError",
+    "PermissionDenied",
+    "PresenceUnsupported",
+    "ProtocolError",
+    "RatatoskrError",
+    "RateLimited",
+    "ServerError",
+    "TransportError",
+    "error_from_frame",
+]
+
+
+class RatatoskrError(Exception):
+    """Root of every exception raised by ratatoskr-client."""
+
+
+class ProtocolError(RatatoskrError):
+    """A frame or payload does not follow the wire contract (``docs/protocol.md``).
+
+    Raised by :func:`ratatoskr_client.protocol.decode` for any malformed input and
+    reported as an ``error`` event by the client when the server sends one.
+    """
+
+
+class PayloadError(RatatoskrError, ValueError):
+    """An application payload cannot be sent: not CBOR-encodable, too large, or
+    shaped like a presence control message (which the server would swallow)."""
+
+
+class TransportError(RatatoskrError):
+    """Problems with the network connection itself."""
+
+
+class ConnectError(TransportError):
+    """The WebSocket could not be opened: unreachable host, refused connection,
+    TLS failure, or an HTTP answer that is not a WebSocket upgrade."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection is closed (or the client was closed) so the operation
+    cannot complete. ``code`` is the WebSocket close code when one is known."""
+
+    def __init__(self, message: str = "connection closed", *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerError(RatatoskrError):
+    """The server sent an error frame.
+
+    Attributes:
+        code: the frame's ``error`` string (``"invalid_message"``, ...).
+        message: the server's human-readable explanation.
+        document_id: the document the error is about, when the frame names one.
+    """
+
+    def __init__(self, code: str, message: str = "", *, document_id: str | None = None) -> None:
+        detail = f"{code}: {message}" if message else code
+        if document_id is not None:
+            detail = f"{detail} (document {document_id!r})"
+        super().__init__(detail)
+        self.code = code
+        self.message = message
+        self.document_id = document_id
+
+
+class AuthError(ServerError):
+    """The server refused to authenticate this connection (``invalid_token``,
+    ``missing_credentials``, ``auth_timeout``). The client never retries these."""
+
+
+class PermissionDenied(ServerError):
+    """This connection may not read ``document_id``."""
+
+
+class DocumentNotFound(ServerError):
+    """The server does not know ``document_id`` (and it is not an ``eph:`` channel)."""
+
+
+class RateLimited(ServerError):
+    """The server dropped a message because this connection sent too many.
+
+    ``retry_after`` is the number of seconds the server asked us to wait.
+    """
+
+    def __init__(
+        self,
+        code: str = "rate_limited",
+        message: str = "",
+        *,
+        retry_after: float = 0.0,
+        document_id: str | None = None,
+    ) -> None:
+        super().__init__(code, message, document_id=document_id)
+        self.retry_after = retry_after
+
+
+class LimitExceeded(ServerError):
+    """A per-connection bound was reached, such as the maximum number of
+    documents one peer may be present in (``too_many_documents``)."""
+
+
+class OperationTimeout(RatatoskrError, TimeoutError):
+    """The server did not answer within the allotted time. Also a
+    :class:`TimeoutError`, so ``except TimeoutError`` catches it too."""
+
+
+class PresenceUnsupported(RatatoskrError):
+    """The server announced no server-side presence and the document cannot use
+    the peer-to-peer fallback (see ``docs/guide.md``, "Server modes")."""
+
+
+class CallbackError(RatatoskrError):
+    """An application callback raised. The original exception is ``__cause__``;
+    ``event`` names the event whose callback failed."""
+
+    def __init__(self, event: str, exc: BaseException) -> None:
+        super().__init__(f"callback for {event!r} raised {type(exc).__name__}: {exc}")
+        self.event = event
+        self.__cause__ = exc
+
+
+class ConfigError(RatatoskrError):
+    """The relay configuration is invalid.
+
+    The message names the file, the entry and the problem, e.g.
+    ``relay.toml: documents[1] (id "doc-9"): owner "carol" is not a user``.
+    """
+
+    def __init__(self, problem: str, *, path: str | None = None, entry: str | None = None) -> None:
+        parts = [p for p in (path, entry) if p]
+        super().__init__(": ".join([*parts, problem]))
+        self.path = path
+        self.entry = entry
+        self.problem = problem
+
+
+_ERROR_CLASSES: dict[str, type[ServerError]] = {
+    "invalid_token": AuthError,
+    "missing_credentials": AuthError,
+    "auth_timeout": AuthError,
+    "permission_denied": PermissionDenied,
+    "document_not_found": DocumentNotFound,
+    "too_many_documents": LimitExceeded,
+    "too_many_sessions": LimitExceeded,
+}
+
+
+def error_from_frame(
+    code: str,
+    message: str = "",
+    *,
+    document_id: str | None = None,
+    retry_after: float | None = None,
+) -> ServerError:
+    """Build the typed exception for a server error frame's ``error`` code."""
+    if code == "rate_limited":
+        return RateLimited(code, message, retry_after=retry_after or 0.0, document_id=document_id)
+    cls = _ERROR_CLASSES.get(code, ServerError)
+    return cls(code, message, document_id=document_id)

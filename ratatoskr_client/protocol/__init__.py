@@ -1,0 +1,61 @@
+"""The wire contract as code: typed frames and their CBOR codec. No I/O.
+
+Shared by :class:`~ratatoskr_client.RatatoskrClient` and the reference relay.
+See ``docs/protocol.md`` for the rules these frames follow.
+"""
+
+from .codec import cbor_map_header, cbor_text, loads_strict
+from .messages import (
+    FEATURES,
+    AuthErrorFrame,
+    AuthFrame,
+    AuthOkFrame,
+    DocPresenceStateFrame,
+    DocUnavailableFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    Frame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    PresenceMessage,
+    PresenceStatus,
+    RequestFrame,
+    SyncFrame,
+    UnknownFrame,
+    UserInfo,
+    decode,
+    decode_payload,
+    encode,
+    encode_payload,
+)
+
+__all__ = [
+    "FEATURES",
+    "AuthErrorFrame",
+    "AuthFrame",
+    "AuthOkFrame",
+    "DocPresenceStateFrame",
+    "DocUnavailableFrame",
+    "EphemeralFrame",
+    "ErrorFrame",
+    "Frame",
+    "PeerDisconnectedFrame",
+    "PeerIdentityFrame",
+    "PeerJoinedDocFrame",
+    "PeerLeftDocFrame",
+    "PresenceMessage",
+    "PresenceStatus",
+    "RequestFrame",
+    "SyncFrame",
+    "UnknownFrame",
+    "UserInfo",
+    "cbor_map_header",
+    "cbor_text",
+    "decode",
+    "decode_payload",
+    "encode",
+    "encode_payload",
+    "loads_strict",
+]

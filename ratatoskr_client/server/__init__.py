@@ -1,0 +1,52 @@
+"""The reference relay: the server side of Ratatoskr's ephemeral-messaging plan.
+
+Run it with ``ratatoskr relay`` (see ``docs/server.md``), or in-process::
+
+    from ratatoskr_client.server import RelayConfig, RelayServer
+
+    async with RelayServer(RelayConfig(port=0, open=True)) as relay:
+        ...  # connect clients to relay.url
+
+The rules live in :class:`RelayCore` (no I/O); :class:`RelayServer` and
+:func:`create_app` put it on aiohttp.
+"""
+
+from .app import RelayServer, create_app
+from .config import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_MAX_DOCUMENTS_PER_PEER,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PORT,
+    DEFAULT_PRESENCE_TTL,
+    DEFAULT_RATE_LIMIT,
+    PUBLIC,
+    Access,
+    AclEntry,
+    DocumentSpec,
+    RelayConfig,
+    UserSpec,
+    load_config,
+)
+from .core import RelayCore, RelayStats
+
+__all__ = [
+    "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_MAX_DOCUMENTS_PER_PEER",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PORT",
+    "DEFAULT_PRESENCE_TTL",
+    "DEFAULT_RATE_LIMIT",
+    "PUBLIC",
+    "Access",
+    "AclEntry",
+    "DocumentSpec",
+    "RelayConfig",
+    "RelayCore",
+    "RelayServer",
+    "RelayStats",
+    "UserSpec",
+    "create_app",
+    "load_config",
+]

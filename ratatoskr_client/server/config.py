@@ -1,0 +1,355 @@
+"""Relay configuration: users, documents and their ACLs, limits and timers.
+
+Build a :class:`RelayConfig` in code, or load one from a TOML file with
+:func:`load_config`. Validation happens when the config is built, so a bad file
+fails at start with a :class:`~ratatoskr_client.errors.ConfigError` that names
+the file, the entry and the problem. The file format is in ``docs/server.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal, cast
+
+from ..errors import ConfigError
+
+__all__ = [
+    "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_MAX_DOCUMENTS_PER_PEER",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PORT",
+    "DEFAULT_PRESENCE_TTL",
+    "DEFAULT_RATE_LIMIT",
+    "EPHEMERAL_PREFIX",
+    "PUBLIC",
+    "Access",
+    "AclEntry",
+    "DocumentSpec",
+    "RelayConfig",
+    "UserSpec",
+    "load_config",
+]
+
+DEFAULT_PORT: Final = 4151
+DEFAULT_PRESENCE_TTL: Final = 90.0
+DEFAULT_RATE_LIMIT: Final = 600
+DEFAULT_AUTH_TIMEOUT: Final = 10.0
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024
+DEFAULT_MAX_DOCUMENTS_PER_PEER: Final = 1000
+DEFAULT_PING_INTERVAL: Final = 30.0
+
+#: ACL principal meaning "every peer, anonymous ones included".
+PUBLIC: Final = "public"
+#: Document ids with this prefix are public relay channels (sidecars).
+EPHEMERAL_PREFIX: Final = "eph:"
+
+Permission = Literal["read", "write"]
+_PERMISSIONS: Final = ("read", "write")
+
+
+class Access(enum.Enum):
+    """The answer to "may this user read this document?"."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpec:
+    """A user who authenticates with ``token``; ``id`` and ``name`` are what peers see."""
+
+    token: str
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AclEntry:
+    """Grants ``permission`` on a document to a user id, or to :data:`PUBLIC`."""
+
+    principal: str
+    permission: Permission = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSpec:
+    """A document the relay knows. Its owner and every ACL principal may read it
+    (both ``read`` and ``write`` imply read)."""
+
+    id: str
+    owner: str | None = None
+    acl: tuple[AclEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything the relay needs to run. Immutable; derive variants with :meth:`with_`.
+
+    Attributes:
+        host, port: where to listen; port 0 picks a free port.
+        users: token-authenticated users.
+        documents: documents the relay knows, with their ACLs.
+        open: open mode: every document not listed in ``documents`` exists and is
+            readable by every peer. The CLI turns it on when no config file is given.
+        presence_ttl: seconds without join/heartbeat after which a peer is removed
+            from a document.
+        rate_limit: relayed ephemeral messages per minute per connection (the burst
+            allowance is the same number).
+        auth_timeout: seconds a socket may stay unauthenticated before it is closed.
+        max_frame_size: largest frame, in bytes, the relay processes; larger ones get
+            an ``invalid_message`` error (up to 16 × this size, beyond which the
+            WebSocket layer closes the socket with 1009).
+        max_documents_per_peer: presence memberships one connection may hold.
+        ping_interval: seconds of silence after which the relay pings a socket; a
+            socket that does not answer within half that is closed.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    users: tuple[UserSpec, ...] = ()
+    documents: tuple[DocumentSpec, ...] = ()
+    open: bool = False
+    presence_ttl: float = DEFAULT_PRESENCE_TTL
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_documents_per_peer: int = DEFAULT_MAX_DOCUMENTS_PER_PEER
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    source: str | None = field(default=None, compare=False)
+    _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
+    _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Accept any iterable for users/documents but store tuples (hashable, frozen).
+        object.__setattr__(self, "users", tuple(self.users))
+        object.__setattr__(self, "documents", tuple(self.documents))
+        _validate(self)
+        tokens = {u.token: u for u in self.users}
+        readers: dict[str, frozenset[str]] = {}
+        for doc in self.documents:
+            allowed = {e.principal for e in doc.acl}
+            if doc.owner is not None:
+                allowed.add(doc.owner)
+            readers[doc.id] = frozenset(allowed)
+        object.__setattr__(self, "_tokens", tokens)
+        object.__setattr__(self, "_readers", readers)
+
+    def with_(self, **changes: Any) -> RelayConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def user_for_token(self, token: str) -> UserSpec | None:
+        """The user a token belongs to, or None."""
+        return self._tokens.get(token)
+
+    def access(self, user_id: str | None, document_id: str) -> Access:
+        """May ``user_id`` (None for anonymous) read ``document_id``?"""
+        if document_id.startswith(EPHEMERAL_PREFIX):
+            return Access.ALLOWED
+        readers = self._readers.get(document_id)
+        if readers is None:
+            return Access.ALLOWED if self.open else Access.NOT_FOUND
+        if PUBLIC in readers or (user_id is not None and user_id in readers):
+            return Access.ALLOWED
+        return Access.DENIED
+
+
+def _validate(cfg: RelayConfig) -> None:
+    def positive(name: str, value: float, *, integer: bool = False) -> None:
+        bad_type = not isinstance(value, int if integer else (int, float)) or isinstance(
+            value, bool
+        )
+        if bad_type or not math.isfinite(value) or value <= 0:
+            kind = "a positive integer" if integer else "a positive number"
+            raise ConfigError(f"{name} must be {kind}, got {value!r}", path=cfg.source)
+
+    positive("presence_ttl", cfg.presence_ttl)
+    positive("rate_limit", cfg.rate_limit, integer=True)
+    positive("auth_timeout", cfg.auth_timeout)
+    positive("max_frame_size", cfg.max_frame_size, integer=True)
+    positive("max_documents_per_peer", cfg.max_documents_per_peer, integer=True)
+    positive("ping_interval", cfg.ping_interval)
+    if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
+
+    tokens: set[str] = set()
+    ids: set[str] = set()
+    for i, user in enumerate(cfg.users):
+        entry = f"users[{i}]" + (f" (id {user.id!r})" if isinstance(user.id, str) else "")
+        for attr in ("token", "id", "name"):
+            value = getattr(user, attr)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(
+                    f"{attr!r} must be a non-empty string", path=cfg.source, entry=entry
+                )
+        if user.id == PUBLIC:
+            raise ConfigError(
+                f"user id {PUBLIC!r} is reserved for the public ACL principal",
+                path=cfg.source,
+                entry=entry,
+            )
+        if user.token in tokens:
+            raise ConfigError("token is already used by another user", path=cfg.source, entry=entry)
+        if user.id in ids:
+            raise ConfigError(f"duplicate user id {user.id!r}", path=cfg.source, entry=entry)
+        tokens.add(user.token)
+        ids.add(user.id)
+
+    doc_ids: set[str] = set()
+    for i, doc in enumerate(cfg.documents):
+        entry = f"documents[{i}]" + (f" (id {doc.id!r})" if isinstance(doc.id, str) else "")
+        if not isinstance(doc.id, str) or not doc.id.strip():
+            raise ConfigError("'id' must be a non-empty string", path=cfg.source, entry=entry)
+        if doc.id.startswith(EPHEMERAL_PREFIX):
+            raise ConfigError(
+                f"ids starting with {EPHEMERAL_PREFIX!r} are public relay channels and "
+                "cannot be configured",
+                path=cfg.source,
+                entry=entry,
+            )
+        if doc.id in doc_ids:
+            raise ConfigError(f"duplicate document id {doc.id!r}", path=cfg.source, entry=entry)
+        doc_ids.add(doc.id)
+        if doc.owner is not None and doc.owner not in ids:
+            raise ConfigError(
+                f"owner {doc.owner!r} is not a user defined in [[users]]",
+                path=cfg.source,
+                entry=entry,
+            )
+        for j, acl in enumerate(doc.acl):
+            where = f"{entry}.acl[{j}]"
+            if acl.permission not in _PERMISSIONS:
+                raise ConfigError(
+                    f"permission must be 'read' or 'write', got {acl.permission!r}",
+                    path=cfg.source,
+                    entry=where,
+                )
+            if acl.principal != PUBLIC and acl.principal not in ids:
+                raise ConfigError(
+                    f"principal {acl.principal!r} is neither 'public' nor a user defined "
+                    "in [[users]]",
+                    path=cfg.source,
+                    entry=where,
+                )
+
+
+# --------------------------------------------------------------------------- TOML loading
+
+_TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
+    "open": bool,
+    "presence_ttl": (int, float),
+    "rate_limit": int,
+    "auth_timeout": (int, float),
+    "max_frame_size": int,
+    "max_documents_per_peer": int,
+    "ping_interval": (int, float),
+}
+
+
+def _table_list(raw: Mapping[str, Any], key: str, path: str) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"'{key}' must be an array of tables ([[{key}]])", path=path)
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Iterable[str], path: str, entry: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}",
+            path=path,
+            entry=entry,
+        )
+
+
+def _field(table: Mapping[str, Any], key: str, path: str, entry: str, *, required: bool) -> Any:
+    if key not in table:
+        if required:
+            raise ConfigError(f"missing required key {key!r}", path=path, entry=entry)
+        return None
+    value = table[key]
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{key!r} must be a string, got {type(value).__name__}", path=path, entry=entry
+        )
+    return value
+
+
+def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
+    """Load and validate a relay config from a TOML file.
+
+    ``overrides`` (for example ``port=0`` or ``presence_ttl=5``) take precedence
+    over the file, the way CLI flags do.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or describes an invalid
+            config. The message names the file, the entry and the problem.
+    """
+    where = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", path=where) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=where) from exc
+
+    _check_keys(raw, ["users", "documents", *_TOP_LEVEL_SETTINGS], where, "top level")
+    settings: dict[str, Any] = {}
+    for key, kind in _TOP_LEVEL_SETTINGS.items():
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ConfigError(
+                    f"{key!r} has the wrong type ({type(value).__name__})",
+                    path=where,
+                    entry="top level",
+                )
+            settings[key] = value
+
+    users = []
+    for i, table in enumerate(_table_list(raw, "users", where)):
+        entry = f"users[{i}]"
+        _check_keys(table, ["token", "id", "name"], where, entry)
+        uid = _field(table, "id", where, entry, required=True)
+        entry = f"users[{i}] (id {uid!r})"
+        token = _field(table, "token", where, entry, required=True)
+        name = _field(table, "name", where, entry, required=False) or uid
+        users.append(UserSpec(token=token, id=uid, name=name))
+
+    documents = []
+    for i, table in enumerate(_table_list(raw, "documents", where)):
+        entry = f"documents[{i}]"
+        _check_keys(table, ["id", "owner", "acl"], where, entry)
+        doc_id = _field(table, "id", where, entry, required=True)
+        entry = f"documents[{i}] (id {doc_id!r})"
+        owner = _field(table, "owner", where, entry, required=False)
+        acl_raw = table.get("acl", [])
+        if not isinstance(acl_raw, list):
+            raise ConfigError("'acl' must be an array of tables", path=where, entry=entry)
+        acl = []
+        for j, item in enumerate(acl_raw):
+            sub = f"{entry}.acl[{j}]"
+            if not isinstance(item, dict):
+                raise ConfigError(
+                    'must be a table like { principal = "bob", permission = "read" }',
+                    path=where,
+                    entry=sub,
+                )
+            _check_keys(item, ["principal", "permission"], where, sub)
+            principal = _field(item, "principal", where, sub, required=True)
+            permission = _field(item, "permission", where, sub, required=False) or "read"
+            # _validate() rejects anything but "read"/"write" with a clear message.
+            acl.append(AclEntry(principal, cast(Permission, permission)))
+        documents.append(DocumentSpec(id=doc_id, owner=owner, acl=tuple(acl)))
+
+    settings.update(overrides)
+    return RelayConfig(users=tuple(users), documents=tuple(documents), source=where, **settings)

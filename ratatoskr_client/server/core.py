@@ -1,0 +1,500 @@
+"""The relay's rules as a state machine: bytes in, frames out through an outbox. No I/O.
+
+:class:`RelayCore` holds every connection's identity, every document's presence,
+the rate-limit buckets and the gossip bookkeeping, and applies the rules of
+``docs/protocol.md`` to each incoming message. It never touches a socket: each
+connection hands it an :class:`Outbox`, and the core calls the outbox
+synchronously with ready-to-send CBOR frames. The aiohttp layer
+(:mod:`ratatoskr_client.server.app`) turns those calls into WebSocket frames; the
+unit tests use a list.
+
+The clock is injected (``clock``), so TTL expiry and rate limits are testable
+without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import cbor2
+
+from ..errors import ProtocolError
+from ..pacing import TokenBucket
+from ..protocol import (
+    FEATURES,
+    AuthErrorFrame,
+    AuthFrame,
+    AuthOkFrame,
+    DocPresenceStateFrame,
+    DocUnavailableFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    Frame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    PresenceMessage,
+    RequestFrame,
+    SyncFrame,
+    UnknownFrame,
+    UserInfo,
+    cbor_map_header,
+    cbor_text,
+    decode,
+    decode_payload,
+    encode,
+)
+from .config import Access, RelayConfig
+from .names import NameAllocator
+
+__all__ = ["MAX_SESSIONS_PER_CONNECTION", "Outbox", "RelayCore", "RelayStats", "Session"]
+
+log = logging.getLogger("ratatoskr_client.server")
+
+#: Distinct ephemeral ``sessionId``s one connection may use. A stock peer uses one;
+#: the bound keeps a hostile client from growing the gossip table without limit.
+MAX_SESSIONS_PER_CONNECTION: Final = 16
+
+# Frames only the server may send; a client sending one gets invalid_message.
+_SERVER_ONLY: Final = frozenset(
+    {
+        "auth_ok",
+        "auth_error",
+        "error",
+        "peer_identity",
+        "peer_disconnected",
+        "peer_joined_doc",
+        "peer_left_doc",
+        "doc_presence_state",
+    }
+)
+
+# Pre-encoded pieces of an outgoing ephemeral frame (see _relay_ephemeral).
+_EPH_MAP: Final = cbor_map_header(7) + cbor_text("type") + cbor_text("ephemeral")
+_K_SENDER: Final = cbor_text("senderId")
+_K_DOC: Final = cbor_text("documentId")
+_K_COUNT: Final = cbor_text("count")
+_K_SESSION: Final = cbor_text("sessionId")
+_K_DATA: Final = cbor_text("data")
+_K_TARGET: Final = cbor_text("targetId")
+
+
+class Outbox(Protocol):
+    """Where the core puts the frames for one connection. Calls never block."""
+
+    def send(self, frame: bytes) -> None:
+        """Deliver a control frame (identity, presence, errors). Never dropped."""
+
+    def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
+        """Deliver the frame ``prefix + suffix``. May be dropped if the connection
+        is too far behind: ephemeral messages are fire-and-forget."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection after the frames already sent."""
+
+
+class Session:
+    """One WebSocket connection, before and after authentication."""
+
+    __slots__ = (
+        "authenticated",
+        "bucket",
+        "counts",
+        "docs",
+        "identity_frame",
+        "is_anonymous",
+        "name",
+        "outbox",
+        "peer_id",
+        "target_suffix",
+        "user_id",
+    )
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.authenticated = False
+        self.peer_id = ""
+        self.user_id: str | None = None
+        self.name = ""
+        self.is_anonymous = True
+        #: document id -> monotonic time of the last join/heartbeat (or other activity)
+        self.docs: dict[str, float] = {}
+        #: ephemeral sessionId -> highest count relayed for it
+        self.counts: dict[str, int] = {}
+        self.bucket: TokenBucket | None = None
+        self.identity_frame = b""
+        self.target_suffix = b""
+
+    def __repr__(self) -> str:
+        who = self.peer_id or "unauthenticated"
+        return f"<Session {who} {self.name!r} docs={len(self.docs)}>"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """Sizes of every table the relay keeps; all return to zero when everyone leaves."""
+
+    connections: int
+    peers: int
+    documents: int
+    memberships: int
+    gossip_sessions: int
+    rate_buckets: int
+    anonymous_names: int
+
+
+class RelayCore:
+    """Applies the wire contract to every connection of one relay."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        names: NameAllocator | None = None,
+        server_peer_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.server_peer_id = server_peer_id or f"relay-{secrets.token_hex(6)}"
+        self._names = names or NameAllocator()
+        self._connections: set[Session] = set()
+        #: authenticated sessions by peer id, in connection order
+        self._peers: dict[str, Session] = {}
+        #: document id -> present sessions by peer id, in join order
+        self._docs: dict[str, dict[str, Session]] = {}
+        #: ephemeral sessionId -> the connection that first used it
+        self._gossip_owner: dict[str, Session] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, outbox: Outbox) -> Session:
+        """Register a new, unauthenticated connection."""
+        session = Session(outbox)
+        self._connections.add(session)
+        return session
+
+    def close(self, session: Session) -> None:
+        """The connection is gone: remove it from every document (``peer_left_doc``
+        each), then announce ``peer_disconnected``. Safe to call twice."""
+        if session not in self._connections:
+            return
+        self._connections.discard(session)
+        for doc_id in list(session.docs):
+            self._leave(session, doc_id, tell_self=False)
+        for sid in session.counts:
+            if self._gossip_owner.get(sid) is session:
+                del self._gossip_owner[sid]
+        session.counts.clear()
+        session.bucket = None
+        if session.authenticated:
+            del self._peers[session.peer_id]
+            if session.is_anonymous:
+                self._names.release(session.name)
+            frame = encode(PeerDisconnectedFrame(session.peer_id))
+            for other in self._peers.values():
+                other.outbox.send(frame)
+            log.debug("peer %s (%s) disconnected", session.peer_id, session.name)
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove every membership whose last join/heartbeat is older than the
+        presence TTL, as if the peer had left. Returns how many were removed."""
+        now = self.clock() if now is None else now
+        deadline = now - self.config.presence_ttl
+        removed = 0
+        for session in list(self._peers.values()):
+            stale = [doc for doc, seen in session.docs.items() if seen < deadline]
+            for doc_id in stale:
+                log.debug("presence of %s in %r expired", session.peer_id, doc_id)
+                self._leave(session, doc_id, tell_self=True)
+                removed += 1
+        return removed
+
+    def stats(self) -> RelayStats:
+        """Current table sizes (for monitoring and leak tests)."""
+        return RelayStats(
+            connections=len(self._connections),
+            peers=len(self._peers),
+            documents=len(self._docs),
+            memberships=sum(len(m) for m in self._docs.values()),
+            gossip_sessions=len(self._gossip_owner),
+            rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
+            anonymous_names=len(self._names),
+        )
+
+    def presence(self, document_id: str) -> tuple[str, ...]:
+        """Peer ids present in a document, in join order."""
+        return tuple(self._docs.get(document_id, ()))
+
+    def peers(self) -> Iterable[Session]:
+        """Authenticated sessions, in connection order."""
+        return self._peers.values()
+
+    # ------------------------------------------------------------------ input
+
+    def receive_text(self, session: Session) -> None:
+        """A text WebSocket message arrived: always bad input."""
+        self._error(session, "invalid_message", "text frames are not supported; send binary CBOR")
+
+    def receive(self, session: Session, data: bytes) -> None:
+        """Apply one binary WebSocket message from ``session``."""
+        if len(data) > self.config.max_frame_size:
+            self._error(
+                session,
+                "invalid_message",
+                f"frame of {len(data)} bytes exceeds the {self.config.max_frame_size}-byte limit",
+            )
+            return
+        try:
+            frame = decode(data)
+        except ProtocolError as exc:
+            log.debug("invalid frame from %r: %s", session, exc)
+            self._error(session, "invalid_message", str(exc))
+            return
+        if not session.authenticated:
+            self._receive_unauthenticated(session, frame)
+            return
+        if type(frame) is EphemeralFrame:
+            self._on_ephemeral(session, frame)
+        elif isinstance(frame, RequestFrame | SyncFrame):
+            self._on_sync(session, frame)
+        elif isinstance(frame, AuthFrame):
+            self._error(
+                session, "already_authenticated", "this connection is already authenticated"
+            )
+        elif isinstance(frame, DocUnavailableFrame):
+            pass  # a peer telling us it lacks a document we never asked for: nothing to do
+        else:
+            kind = frame.type if isinstance(frame, UnknownFrame) else frame.TYPE
+            if kind in _SERVER_ONLY:
+                msg = f"{kind!r} frames are sent only by the server"
+            else:
+                msg = f"unsupported frame type {kind!r}"
+            self._error(session, "invalid_message", msg)
+
+    # ------------------------------------------------------------------ auth
+
+    def _receive_unauthenticated(self, session: Session, frame: Frame) -> None:
+        if not isinstance(frame, AuthFrame):
+            self._error(session, "not_authenticated", "the first frame must be an auth frame")
+            return
+        if frame.token is not None:
+            user = self.config.user_for_token(frame.token)
+            if user is None:
+                self._auth_error(session, "invalid_token", "Invalid or expired token")
+                return
+            self._authenticate(session, user.id, user.name, anonymous=False)
+        elif frame.anonymous:
+            self._authenticate(session, None, self._names.allocate(), anonymous=True)
+        else:
+            self._auth_error(session, "missing_credentials", "send a token, or anonymous: true")
+
+    def _auth_error(self, session: Session, code: str, message: str) -> None:
+        log.debug("auth failed for %r: %s", session, code)
+        session.outbox.send(encode(AuthErrorFrame(code, message)))
+        session.outbox.close(1008, code)
+
+    def _authenticate(
+        self, session: Session, user_id: str | None, name: str, *, anonymous: bool
+    ) -> None:
+        peer_id = f"peer-{secrets.token_hex(8)}"
+        user = UserInfo(user_id, name, anonymous)
+        session.authenticated = True
+        session.peer_id = peer_id
+        session.user_id = user_id
+        session.name = name
+        session.is_anonymous = anonymous
+        session.bucket = TokenBucket.per_minute(self.config.rate_limit, self.clock())
+        session.target_suffix = cbor_text(peer_id)
+        session.identity_frame = encode(PeerIdentityFrame(peer_id, user))
+
+        out = session.outbox
+        out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, FEATURES)))
+        for other in self._peers.values():  # initial sync, in connection order
+            out.send(other.identity_frame)
+            other.outbox.send(session.identity_frame)
+        self._peers[peer_id] = session
+        log.debug("peer %s authenticated as %r (user %s)", peer_id, name, user_id)
+
+    # ------------------------------------------------------------------ documents
+
+    def _check_access(self, session: Session, doc_id: str) -> bool:
+        access = self.config.access(session.user_id, doc_id)
+        if access is Access.ALLOWED:
+            return True
+        if access is Access.NOT_FOUND:
+            self._error(
+                session, "document_not_found", f"unknown document {doc_id!r}", document_id=doc_id
+            )
+        else:
+            self._error(session, "permission_denied", "Read access required", document_id=doc_id)
+        return False
+
+    def _join(self, session: Session, doc_id: str, *, send_state: bool = True) -> None:
+        now = self.clock()
+        members = self._docs.get(doc_id)
+        if members is not None and session.peer_id in members:
+            session.docs[doc_id] = now
+        else:
+            if not self._check_access(session, doc_id):
+                return
+            if len(session.docs) >= self.config.max_documents_per_peer:
+                self._error(
+                    session,
+                    "too_many_documents",
+                    f"a connection may be present in at most "
+                    f"{self.config.max_documents_per_peer} documents",
+                    document_id=doc_id,
+                )
+                return
+            if members is None:
+                members = self._docs[doc_id] = {}
+            joined = encode(PeerJoinedDocFrame(doc_id, session.peer_id))
+            for other in members.values():
+                other.outbox.send(joined)
+            members[session.peer_id] = session
+            session.docs[doc_id] = now
+        if send_state:
+            session.outbox.send(encode(DocPresenceStateFrame(doc_id, tuple(members))))
+
+    def _leave(self, session: Session, doc_id: str, *, tell_self: bool) -> None:
+        if session.docs.pop(doc_id, None) is None:
+            return
+        members = self._docs[doc_id]
+        del members[session.peer_id]
+        left = encode(PeerLeftDocFrame(doc_id, session.peer_id))
+        for other in members.values():
+            other.outbox.send(left)
+        if not members:
+            del self._docs[doc_id]
+        if tell_self:
+            # Expiry: the peer may still be alive (a stalled loop), so tell it too;
+            # a client that sees itself leave re-joins with a heartbeat.
+            session.outbox.send(left)
+
+    # ------------------------------------------------------------------ ephemeral
+
+    def _on_ephemeral(self, session: Session, frame: EphemeralFrame) -> None:
+        try:
+            payload = decode_payload(frame.data)
+            presence = PresenceMessage.from_payload(payload)
+        except ProtocolError as exc:
+            self._error(session, "invalid_message", str(exc), document_id=frame.document_id)
+            return
+        if not self._admit(session, frame):
+            return
+        doc_id = frame.document_id
+        if presence is not None:
+            if presence.document_id != doc_id:
+                self._error(
+                    session,
+                    "invalid_message",
+                    "presence documentId does not match the envelope's documentId",
+                    document_id=doc_id,
+                )
+            elif presence.status == "leave":
+                self._leave(session, doc_id, tell_self=False)
+            else:
+                # A heartbeat for a document the peer is not in counts as a join.
+                self._join(
+                    session,
+                    doc_id,
+                    send_state=presence.status == "join" or doc_id not in session.docs,
+                )
+            return
+        if not self._check_access(session, doc_id):
+            return
+        bucket = session.bucket
+        assert bucket is not None
+        wait = bucket.take(self.clock())
+        if wait > 0:
+            self._error(
+                session,
+                "rate_limited",
+                f"more than {self.config.rate_limit} ephemeral messages per minute",
+                retry_after=math.ceil(wait * 1000) / 1000,
+            )
+            return
+        if doc_id in session.docs:
+            session.docs[doc_id] = self.clock()  # activity keeps presence alive
+        self._relay_ephemeral(session, frame)
+
+    def _admit(self, session: Session, frame: EphemeralFrame) -> bool:
+        """Gossip and replay filter: True if the frame is new and really from ``session``."""
+        sid = frame.session_id
+        owner = self._gossip_owner.get(sid)
+        if owner is None:
+            if len(session.counts) >= MAX_SESSIONS_PER_CONNECTION:
+                self._error(
+                    session,
+                    "too_many_sessions",
+                    f"a connection may use at most {MAX_SESSIONS_PER_CONNECTION} sessionIds",
+                )
+                return False
+            self._gossip_owner[sid] = session
+        elif owner is not session:
+            return False  # a stock peer forwarding someone else's message back to us
+        last = session.counts.get(sid, -1)
+        if frame.count <= last:
+            return False  # a copy we already relayed
+        session.counts[sid] = frame.count
+        return True
+
+    def _relay_ephemeral(self, session: Session, frame: EphemeralFrame) -> None:
+        members = self._docs.get(frame.document_id)
+        if not members:
+            return
+        # Encode the frame once, with targetId last, and splice each recipient's id
+        # onto the end: no per-recipient re-encoding of the payload.
+        prefix = b"".join(
+            (
+                _EPH_MAP,
+                _K_SENDER,
+                session.target_suffix,
+                _K_DOC,
+                cbor_text(frame.document_id),
+                _K_COUNT,
+                cbor2.dumps(frame.count),
+                _K_SESSION,
+                cbor_text(frame.session_id),
+                _K_DATA,
+                cbor2.dumps(frame.data),
+                _K_TARGET,
+            )
+        )
+        for other in members.values():
+            if other is not session:
+                other.outbox.send_ephemeral(prefix, other.target_suffix)
+
+    # ------------------------------------------------------------------ automerge sync
+
+    def _on_sync(self, session: Session, frame: RequestFrame | SyncFrame) -> None:
+        """A stock automerge-repo peer subscribing to a document: it never sends a
+        presence join, so a request/sync counts as one. The relay stores no
+        documents, so a request is answered with doc-unavailable."""
+        doc_id = frame.document_id
+        self._join(session, doc_id, send_state=doc_id not in session.docs)
+        if isinstance(frame, RequestFrame) and doc_id in session.docs:
+            session.outbox.send(
+                encode(DocUnavailableFrame(self.server_peer_id, session.peer_id, doc_id))
+            )
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(
+        self,
+        session: Session,
+        code: str,
+        message: str,
+        *,
+        document_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        session.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
