@@ -1,0 +1,226 @@
+"""The ``ratatoskr`` command: ``relay``, ``demo`` and ``watch``.
+
+Every subcommand returns an exit status: 0 on success, 1 on a runtime failure
+(unreachable server, refused auth, ...), 2 on bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from ._version import __version__
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("ratatoskr_client.cli")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535, got {text}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratatoskr",
+        description="Presence and ephemeral messaging for Ratatoskr servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (default: WARNING)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    relay = sub.add_parser(
+        "relay",
+        help="run the reference relay server",
+        description="Run the reference relay. Prints one line once listening: "
+        "'ratatoskr relay listening on ws://HOST:PORT/sync'. SIGINT/SIGTERM stop it.",
+    )
+    relay.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    relay.add_argument("--port", type=_port, default=4151, help="port; 0 picks a free one (4151)")
+    relay.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with users and documents; without it the relay runs in open mode",
+    )
+    relay.add_argument(
+        "--presence-ttl",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="remove a peer from a document after this long without heartbeat (90)",
+    )
+    relay.add_argument(
+        "--rate-limit",
+        type=_positive_int,
+        metavar="PER_MINUTE",
+        help="relayed ephemeral messages per minute per connection (600)",
+    )
+    relay.set_defaults(func=_cmd_relay)
+
+    demo = sub.add_parser(
+        "demo",
+        help="watch bots use presence on an embedded relay",
+        description="Start a relay in-process, connect bot clients that enter and leave "
+        "documents, move cursors, react and chat, and show it live.",
+    )
+    demo.add_argument("--bots", type=_positive_int, default=6, help="bot clients (default: 6)")
+    demo.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="exit 0 after this long (default: run until Ctrl-C)",
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    watch = sub.add_parser(
+        "watch",
+        help="show the live presence of a document on any server",
+        description="Enter DOC_ID on the server at URL and show who is present as it "
+        "changes. Exits 1 on auth failure, permission denied or an unreachable server.",
+    )
+    watch.add_argument("url", metavar="URL", help="server URL, e.g. http://localhost:4151")
+    watch.add_argument("document", metavar="DOC_ID", help="document to watch")
+    watch.add_argument("--token", help="authenticate with this token (default: anonymous)")
+    watch.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per presence change instead of the live view",
+    )
+    watch.set_defaults(func=_cmd_watch)
+    return parser
+
+
+def _run_until_signal(
+    make: Callable[[asyncio.Event], Coroutine[Any, Any, int]],
+) -> int:
+    """Run ``make(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        return await make(stop)
+
+    try:
+        return asyncio.run(runner())
+    except KeyboardInterrupt:  # a platform without add_signal_handler
+        return 0
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from .server import RelayConfig, RelayServer, load_config
+
+    overrides: dict[str, Any] = {"host": args.host, "port": args.port}
+    if args.presence_ttl is not None:
+        overrides["presence_ttl"] = args.presence_ttl
+    if args.rate_limit is not None:
+        overrides["rate_limit"] = args.rate_limit
+    try:
+        if args.config:
+            config = load_config(args.config, **overrides)
+        else:
+            config = RelayConfig(open=True, **overrides)
+    except ConfigError as exc:
+        print(f"ratatoskr relay: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if config.open:
+        logging.getLogger("ratatoskr_client.server").warning(
+            "open mode: %s, so every document is readable by every peer",
+            "no --config given" if not args.config else "the config sets open = true",
+        )
+
+    async def serve(stop: asyncio.Event) -> int:
+        relay = RelayServer(config)
+        try:
+            await relay.start()
+        except OSError as exc:
+            print(
+                f"ratatoskr relay: cannot listen on {config.host}:{config.port}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            print(f"ratatoskr relay listening on {relay.ws_url}", flush=True)
+            await stop.wait()
+        finally:
+            await relay.stop()
+        return 0
+
+    return _run_until_signal(serve)
+
+
+# --------------------------------------------------------------------------- demo / watch
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return _run_until_signal(
+        lambda stop: run_demo(bots=args.bots, duration=args.duration, stop=stop)
+    )
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from .watch import run_watch
+
+    return _run_until_signal(
+        lambda stop: run_watch(
+            args.url, args.document, token=args.token, as_json=args.json, stop=stop
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ratatoskr`` command. Returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.func(args)
+    return result
