@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, TypeAlias
+from typing import Any, ClassVar, Final, Literal, TypeAlias, cast
 
 import cbor2
 
@@ -409,10 +409,12 @@ class PresenceMessage:
         if type(payload) is not dict or payload.get("type") != "presence":
             return None
         status = payload.get("status", _MISSING)
-        if status not in _PRESENCE_STATUSES:
+        # Check the type first: `in` on a frozenset hashes the value, and a CBOR
+        # array or map (list, dict) is unhashable (TypeError instead of ProtocolError).
+        if type(status) is not str or status not in _PRESENCE_STATUSES:
             raise _fail("presence", "status", '"join", "leave" or "heartbeat"', status)
         document_id = _str(payload, "documentId", "presence")
-        return PresenceMessage(status, document_id)
+        return PresenceMessage(cast(PresenceStatus, status), document_id)
 
 
 # --------------------------------------------------------------------------- codec

@@ -113,7 +113,8 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         # Frames up to 16x the limit are read and answered with an error frame;
         # beyond that aiohttp closes the socket (1009) without buffering them.
-        max_msg_size=cfg.max_frame_size * 16,
+        # (+1: aiohttp refuses a message whose size is >= max_msg_size.)
+        max_msg_size=cfg.max_frame_size * 16 + 1,
         compress=False,  # _SocketOutbox writes raw frames; compression would break them
         heartbeat=cfg.ping_interval,
         autoping=True,

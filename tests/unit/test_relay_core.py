@@ -1,0 +1,1041 @@
+"""The relay's rules as a pure state machine (``RelayCore``), with a fake outbox and clock.
+
+Every frame the core emits is captured as bytes and decoded with the protocol
+codec, so these tests see exactly what a peer would receive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import cbor2
+import pytest
+
+from ratatoskr_client.protocol import (
+    FEATURES,
+    AuthErrorFrame,
+    AuthFrame,
+    AuthOkFrame,
+    DocPresenceStateFrame,
+    DocUnavailableFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    Frame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    RequestFrame,
+    SyncFrame,
+    UnknownFrame,
+    UserInfo,
+    cbor_text,
+    decode,
+    encode,
+    encode_payload,
+)
+from ratatoskr_client.server import (
+    AclEntry,
+    DocumentSpec,
+    RelayConfig,
+    RelayCore,
+    RelayStats,
+    UserSpec,
+)
+from ratatoskr_client.server.core import MAX_SESSIONS_PER_CONNECTION, Session
+from ratatoskr_client.server.names import ADJECTIVES, ANIMALS, NameAllocator
+
+ZERO = RelayStats(0, 0, 0, 0, 0, 0, 0)
+SERVER_ID = "relay-test"
+
+USERS = (
+    UserSpec("alice-secret", "alice", "Alice"),
+    UserSpec("bob-secret", "bob", "Bob"),
+)
+DOCUMENTS = (
+    DocumentSpec("secret", owner="alice"),
+    DocumentSpec("shared", owner="alice", acl=(AclEntry("bob", "write"),)),
+    DocumentSpec("public-doc", acl=(AclEntry("public", "read"),)),
+)
+
+
+class FakeOutbox:
+    """Collects what the core sends to one connection."""
+
+    def __init__(self) -> None:
+        self.raw: list[bytes] = []
+        self.ephemeral_parts: list[tuple[bytes, bytes]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        assert self.closed is None, "frame sent after close"
+        self.raw.append(frame)
+
+    def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
+        assert self.closed is None, "frame sent after close"
+        self.ephemeral_parts.append((prefix, suffix))
+        self.raw.append(prefix + suffix)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Peer:
+    """One connection to the core, with the client-side ephemeral bookkeeping."""
+
+    _ids = itertools.count()
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.outbox = FakeOutbox()
+        self.session: Session = relay.core.open(self.outbox)
+        self.session_id = f"sess-{next(self._ids)}"
+        self.count = 0
+        self.peer_id = ""
+        self._read = 0
+
+    # -- output
+    def take(self) -> list[Frame]:
+        """Frames received since the last take(), decoded."""
+        frames = [decode(raw) for raw in self.outbox.raw[self._read :]]
+        self._read = len(self.outbox.raw)
+        return frames
+
+    def take_one(self) -> Frame:
+        frames = self.take()
+        assert len(frames) == 1, frames
+        return frames[0]
+
+    # -- input
+    def send(self, frame: Frame | dict[str, Any] | bytes) -> None:
+        if isinstance(frame, Frame):
+            data = encode(frame)
+        elif isinstance(frame, dict):
+            data = cbor2.dumps(frame)
+        else:
+            data = frame
+        self.relay.core.receive(self.session, data)
+
+    def auth(self, token: str | None = None) -> AuthOkFrame:
+        self.send(AuthFrame(token=token, anonymous=token is None))
+        frames = self.take()
+        ok = frames[0]
+        assert isinstance(ok, AuthOkFrame), frames
+        self.peer_id = ok.client_peer_id
+        self._pending_identities = frames[1:]
+        return ok
+
+    def ephemeral(
+        self,
+        doc: str,
+        payload: Any = None,
+        *,
+        data: bytes | None = None,
+        count: int | None = None,
+        session_id: str | None = None,
+        sender_id: str = "",
+        target_id: str = "",
+    ) -> EphemeralFrame:
+        if count is None:
+            self.count += 1
+            count = self.count
+        frame = EphemeralFrame(
+            sender_id,
+            target_id,
+            doc,
+            count,
+            session_id or self.session_id,
+            encode_payload(payload) if data is None else data,
+        )
+        self.send(frame)
+        return frame
+
+    def presence(self, doc: str, status: str) -> None:
+        self.ephemeral(doc, {"type": "presence", "status": status, "documentId": doc})
+
+    def join(self, doc: str) -> None:
+        self.presence(doc, "join")
+
+    def leave(self, doc: str) -> None:
+        self.presence(doc, "leave")
+
+    def heartbeat(self, doc: str) -> None:
+        self.presence(doc, "heartbeat")
+
+    def close(self) -> None:
+        self.relay.core.close(self.session)
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.clock = Clock()
+        self.core = RelayCore(
+            config,
+            clock=self.clock,
+            names=NameAllocator(random.Random(0)),
+            server_peer_id=SERVER_ID,
+        )
+
+    def peer(self, token: str | None = None, *, auth: bool = True) -> Peer:
+        peer = Peer(self)
+        if auth:
+            peer.auth(token)
+        return peer
+
+    def peers(self, n: int) -> list[Peer]:
+        made = [self.peer() for _ in range(n)]
+        for p in made:
+            p.take()  # drop identity frames
+        return made
+
+    def stats(self) -> RelayStats:
+        return self.core.stats()
+
+
+@pytest.fixture
+def relay() -> Relay:
+    """Open mode: every document exists and is readable."""
+    return Relay(RelayConfig(open=True))
+
+
+@pytest.fixture
+def acl_relay() -> Relay:
+    return Relay(RelayConfig(users=USERS, documents=DOCUMENTS))
+
+
+def error(frame: Frame) -> ErrorFrame:
+    assert isinstance(frame, ErrorFrame), frame
+    return frame
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_token_auth(acl_relay: Relay) -> None:
+    peer = acl_relay.peer(auth=False)
+    peer.send(AuthFrame(token="alice-secret"))
+    ok = peer.take_one()
+    assert isinstance(ok, AuthOkFrame)
+    assert ok == AuthOkFrame(
+        SERVER_ID, ok.client_peer_id, UserInfo("alice", "Alice", False), FEATURES
+    )
+    assert ok.client_peer_id.startswith("peer-")
+    assert FEATURES == ("identity", "presence", "ephemeral")
+    assert peer.outbox.closed is None
+    assert acl_relay.stats().anonymous_names == 0
+
+
+def test_anonymous_auth_gets_a_name(acl_relay: Relay) -> None:
+    peer = acl_relay.peer(auth=False)
+    peer.send(AuthFrame(anonymous=True))
+    ok = peer.take_one()
+    assert isinstance(ok, AuthOkFrame)
+    assert ok.user is not None
+    assert ok.user.id is None
+    assert ok.user.is_anonymous is True
+    assert ok.user.name is not None
+    adjective, animal = ok.user.name.split(" ")
+    assert adjective in ADJECTIVES
+    assert animal in ANIMALS
+    assert acl_relay.stats().anonymous_names == 1
+
+
+def test_token_wins_over_anonymous_flag(acl_relay: Relay) -> None:
+    peer = acl_relay.peer(auth=False)
+    peer.send(AuthFrame(token="bob-secret", anonymous=True))
+    ok = peer.take_one()
+    assert isinstance(ok, AuthOkFrame)
+    assert ok.user == UserInfo("bob", "Bob", False)
+
+
+def test_peer_ids_are_fresh_per_connection(acl_relay: Relay) -> None:
+    ids = {acl_relay.peer("alice-secret").peer_id for _ in range(5)}
+    ids |= {acl_relay.peer().peer_id for _ in range(5)}
+    assert len(ids) == 10
+    assert SERVER_ID not in ids
+
+
+@pytest.mark.parametrize(
+    ("auth", "code"),
+    [
+        (AuthFrame(token="wrong"), "invalid_token"),
+        (AuthFrame(token=""), "invalid_token"),
+        (AuthFrame(), "missing_credentials"),
+        ({"type": "auth", "anonymous": False}, "missing_credentials"),
+    ],
+)
+def test_auth_failures_close_the_connection(
+    acl_relay: Relay, auth: AuthFrame | dict[str, Any], code: str
+) -> None:
+    watcher = acl_relay.peer("alice-secret")
+    watcher.take()
+    peer = acl_relay.peer(auth=False)
+    peer.send(auth)
+    frame = peer.take_one()
+    assert isinstance(frame, AuthErrorFrame)
+    assert frame.error == code
+    assert frame.message
+    assert peer.outbox.closed == (1008, code)
+    assert peer.session.authenticated is False
+    assert watcher.take() == []  # no identity broadcast for a refused peer
+    peer.close()
+    assert acl_relay.stats().peers == 1
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        EphemeralFrame("", "", "doc", 1, "s", encode_payload(None)),
+        RequestFrame("", "", "doc", b""),
+        PeerIdentityFrame("p", UserInfo(None, "X", True)),
+        UnknownFrame("whatever", {"type": "whatever"}),
+    ],
+    ids=lambda f: type(f).__name__,
+)
+def test_not_authenticated_keeps_the_socket_open(acl_relay: Relay, frame: Frame) -> None:
+    peer = acl_relay.peer(auth=False)
+    peer.send(frame)
+    err = error(peer.take_one())
+    assert err.error == "not_authenticated"
+    assert peer.outbox.closed is None
+    # The connection can still authenticate afterwards.
+    assert peer.auth("alice-secret").user == UserInfo("alice", "Alice", False)
+
+
+def test_already_authenticated(acl_relay: Relay) -> None:
+    watcher = acl_relay.peer()
+    watcher.take()
+    peer = acl_relay.peer("alice-secret")
+    watcher.take()
+    for second in (AuthFrame(token="bob-secret"), AuthFrame(anonymous=True), AuthFrame()):
+        peer.send(second)
+        assert error(peer.take_one()).error == "already_authenticated"
+    assert peer.outbox.closed is None
+    assert peer.session.user_id == "alice"
+    assert watcher.take() == []
+    assert acl_relay.stats().anonymous_names == 1  # only the watcher's
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_identity_broadcast_and_initial_sync(acl_relay: Relay) -> None:
+    a = acl_relay.peer("alice-secret")
+    b = acl_relay.peer()
+    a_frames = a.take()
+    assert len(a_frames) == 1
+    b_identity = a_frames[0]
+    assert isinstance(b_identity, PeerIdentityFrame)
+    assert b_identity.peer_id == b.peer_id
+    assert b_identity.user.id is None
+    assert b_identity.user.is_anonymous
+    # b got auth_ok, then the identity of everyone already connected (not itself).
+    assert b._pending_identities == [
+        PeerIdentityFrame(a.peer_id, UserInfo("alice", "Alice", False))
+    ]
+    assert b.take() == []
+
+    c = Peer(acl_relay)
+    c.send(AuthFrame(token="bob-secret"))
+    frames = c.take()
+    assert isinstance(frames[0], AuthOkFrame)
+    # initial sync in connection order
+    assert [f.peer_id for f in frames[1:] if isinstance(f, PeerIdentityFrame)] == [
+        a.peer_id,
+        b.peer_id,
+    ]
+    assert len(frames) == 3
+    c_identity = PeerIdentityFrame(frames[0].client_peer_id, UserInfo("bob", "Bob", False))
+    assert a.take() == [c_identity]
+    assert b.take() == [c_identity]
+
+
+def test_peer_disconnected_is_broadcast(acl_relay: Relay) -> None:
+    a, b, c = acl_relay.peers(3)
+    b.close()
+    assert a.take() == [PeerDisconnectedFrame(b.peer_id)]
+    assert c.take() == [PeerDisconnectedFrame(b.peer_id)]
+    b.close()  # closing twice is harmless
+    assert a.take() == []
+    assert acl_relay.stats().peers == 2
+
+
+def test_closing_an_unauthenticated_connection_is_silent(acl_relay: Relay) -> None:
+    a = acl_relay.peer()
+    a.take()
+    ghost = acl_relay.peer(auth=False)
+    assert acl_relay.stats().connections == 2
+    ghost.close()
+    assert a.take() == []
+    assert acl_relay.stats().connections == 1
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def test_join_state_in_join_order_and_broadcast(relay: Relay) -> None:
+    a, b, c, outsider = relay.peers(4)
+    a.join("doc")
+    assert a.take() == [DocPresenceStateFrame("doc", (a.peer_id,))]
+    c.join("doc")
+    assert c.take() == [DocPresenceStateFrame("doc", (a.peer_id, c.peer_id))]
+    assert a.take() == [PeerJoinedDocFrame("doc", c.peer_id)]
+    b.join("doc")
+    assert b.take() == [DocPresenceStateFrame("doc", (a.peer_id, c.peer_id, b.peer_id))]
+    assert a.take() == [PeerJoinedDocFrame("doc", b.peer_id)]
+    assert c.take() == [PeerJoinedDocFrame("doc", b.peer_id)]
+    assert outsider.take() == []
+    assert relay.core.presence("doc") == (a.peer_id, c.peer_id, b.peer_id)
+
+
+def test_second_join_resends_state_without_broadcast(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("doc")
+    b.join("doc")
+    a.take()
+    b.take()
+    b.join("doc")
+    assert b.take() == [DocPresenceStateFrame("doc", (a.peer_id, b.peer_id))]
+    assert a.take() == []
+
+
+def test_leave(relay: Relay) -> None:
+    a, b, c = relay.peers(3)
+    for p in (a, b, c):
+        p.join("doc")
+    for p in (a, b, c):
+        p.take()
+    b.leave("doc")
+    assert a.take() == [PeerLeftDocFrame("doc", b.peer_id)]
+    assert c.take() == [PeerLeftDocFrame("doc", b.peer_id)]
+    assert b.take() == []
+    assert relay.core.presence("doc") == (a.peer_id, c.peer_id)
+    b.leave("doc")  # leaving again, or a document never joined: nothing happens
+    b.leave("other")
+    assert a.take() == c.take() == b.take() == []
+    # After a rejoin the peer is last in join order.
+    b.join("doc")
+    assert b.take() == [DocPresenceStateFrame("doc", (a.peer_id, c.peer_id, b.peer_id))]
+
+
+def test_heartbeat_for_a_doc_not_joined_counts_as_join(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("doc")
+    a.take()
+    b.heartbeat("doc")
+    assert b.take() == [DocPresenceStateFrame("doc", (a.peer_id, b.peer_id))]
+    assert a.take() == [PeerJoinedDocFrame("doc", b.peer_id)]
+    # A heartbeat in a joined document is silent.
+    b.heartbeat("doc")
+    assert a.take() == b.take() == []
+
+
+def test_presence_document_must_match_envelope(relay: Relay) -> None:
+    (a,) = relay.peers(1)
+    a.ephemeral("doc-1", {"type": "presence", "status": "join", "documentId": "doc-2"})
+    err = error(a.take_one())
+    assert err.error == "invalid_message"
+    assert err.document_id == "doc-1"
+    assert relay.stats().memberships == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "presence", "status": "enter", "documentId": "doc"},
+        {"type": "presence", "status": ["join"], "documentId": "doc"},
+        {"type": "presence", "status": {"x": 1}, "documentId": "doc"},
+        {"type": "presence", "status": "join"},
+        {"type": "presence", "status": "join", "documentId": 5},
+    ],
+)
+def test_malformed_presence_is_invalid_message(relay: Relay, payload: dict[str, Any]) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    a.ephemeral("doc", payload)
+    err = error(a.take_one())
+    assert err.error == "invalid_message"
+    assert err.document_id == "doc"
+    assert b.take() == []  # neither joined nor relayed
+    assert relay.core.presence("doc") == (b.peer_id,)
+
+
+@pytest.mark.parametrize("status", ["join", "heartbeat"])
+def test_join_needs_read_permission(acl_relay: Relay, status: str) -> None:
+    alice = acl_relay.peer("alice-secret")
+    bob = acl_relay.peer("bob-secret")
+    anon = acl_relay.peer()
+    alice.join("secret")
+    for p in (alice, bob, anon):
+        p.take()
+    for p in (bob, anon):
+        p.presence("secret", status)
+        err = error(p.take_one())
+        assert (err.error, err.document_id) == ("permission_denied", "secret")
+        p.presence("nope", status)
+        err = error(p.take_one())
+        assert (err.error, err.document_id) == ("document_not_found", "nope")
+    assert alice.take() == []
+    assert acl_relay.core.presence("secret") == (alice.peer_id,)
+    # write permission implies read; public documents admit anonymous peers
+    bob.join("shared")
+    assert bob.take() == [DocPresenceStateFrame("shared", (bob.peer_id,))]
+    anon.join("public-doc")
+    assert anon.take() == [DocPresenceStateFrame("public-doc", (anon.peer_id,))]
+
+
+def test_eph_channels_are_public(acl_relay: Relay) -> None:
+    alice = acl_relay.peer("alice-secret")
+    anon = acl_relay.peer()
+    alice.take()
+    anon.join("eph:chat-secret")
+    assert anon.take() == [DocPresenceStateFrame("eph:chat-secret", (anon.peer_id,))]
+    alice.join("eph:chat-secret")
+    alice.take()
+    anon.take()
+    alice.ephemeral("eph:chat-secret", {"text": "hi"})
+    (got,) = anon.take()
+    assert isinstance(got, EphemeralFrame)
+    assert got.sender_id == alice.peer_id
+
+
+# --------------------------------------------------------------------------- TTL expiry
+
+
+def test_ttl_expiry(relay: Relay) -> None:
+    ttl = relay.core.config.presence_ttl
+    assert ttl == 90.0
+    a, b = relay.peers(2)
+    a.join("doc")
+    b.join("doc")
+    a.take()
+    b.take()
+    relay.clock.advance(ttl / 2)
+    b.heartbeat("doc")
+    relay.clock.advance(ttl / 2)
+    assert relay.core.expire() == 0  # exactly the TTL old is not yet stale
+    relay.clock.advance(0.001)
+    assert relay.core.expire() == 1
+    # The others are told, and so is the expired peer itself.
+    assert b.take() == [PeerLeftDocFrame("doc", a.peer_id)]
+    assert a.take() == [PeerLeftDocFrame("doc", a.peer_id)]
+    assert relay.core.presence("doc") == (b.peer_id,)
+    # Expiring is idempotent.
+    assert relay.core.expire() == 0
+    # b is removed later, at its own deadline; the document then disappears.
+    assert relay.core.expire(relay.clock.now + ttl / 2 + 0.001) == 1
+    assert b.take() == [PeerLeftDocFrame("doc", b.peer_id)]
+    assert relay.stats().documents == 0
+    assert relay.stats().memberships == 0
+
+
+def test_expiry_is_per_document(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("d1")
+    a.join("d2")
+    b.join("d1")
+    b.join("d2")
+    relay.clock.advance(60)
+    a.heartbeat("d2")
+    a.take()
+    b.take()
+    relay.clock.advance(31)
+    assert relay.core.expire(relay.clock.now) == 3
+    # Peers are swept in connection order, each document in join order.
+    assert a.take() == [PeerLeftDocFrame("d1", a.peer_id), PeerLeftDocFrame("d2", b.peer_id)]
+    assert b.take() == [
+        PeerLeftDocFrame("d1", a.peer_id),
+        PeerLeftDocFrame("d1", b.peer_id),
+        PeerLeftDocFrame("d2", b.peer_id),
+    ]
+    assert relay.core.presence("d2") == (a.peer_id,)
+
+
+def test_expired_peer_can_rejoin_with_a_heartbeat(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("doc")
+    b.join("doc")
+    relay.clock.advance(100)
+    b.heartbeat("doc")
+    relay.core.expire()
+    a.take()
+    b.take()
+    a.heartbeat("doc")
+    assert a.take() == [DocPresenceStateFrame("doc", (b.peer_id, a.peer_id))]
+    assert b.take() == [PeerJoinedDocFrame("doc", a.peer_id)]
+
+
+def test_relayed_ephemeral_keeps_presence_alive(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("doc")
+    b.join("doc")
+    relay.clock.advance(80)
+    a.ephemeral("doc", "still here")
+    b.heartbeat("doc")
+    relay.clock.advance(20)
+    assert relay.core.expire() == 0
+    assert relay.core.presence("doc") == (a.peer_id, b.peer_id)
+
+
+# --------------------------------------------------------------------------- disconnect
+
+
+def test_disconnect_cleanup_order(relay: Relay) -> None:
+    a, b, c = relay.peers(3)
+    a.join("d1")
+    a.join("d2")
+    b.join("d1")
+    b.join("d2")
+    a.take()
+    b.take()
+    a.close()
+    assert b.take() == [
+        PeerLeftDocFrame("d1", a.peer_id),
+        PeerLeftDocFrame("d2", a.peer_id),
+        PeerDisconnectedFrame(a.peer_id),
+    ]
+    assert c.take() == [PeerDisconnectedFrame(a.peer_id)]
+    assert a.take() == []
+    assert relay.core.presence("d1") == (b.peer_id,)
+
+
+def test_disconnect_of_the_last_member_drops_the_document(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("solo")
+    a.close()
+    assert b.take() == [PeerDisconnectedFrame(a.peer_id)]
+    assert relay.stats().documents == 0
+
+
+# --------------------------------------------------------------------------- ephemeral
+
+
+def test_ephemeral_is_forwarded_with_identity_rewritten(relay: Relay) -> None:
+    a, b, c, outsider = relay.peers(4)
+    for p in (a, b, c):
+        p.join("doc")
+    for p in (a, b, c):
+        p.take()
+    payload = {"cursor": [1, 2], "blob": b"\x00" * 300}
+    sent = a.ephemeral("doc", payload, sender_id="forged", target_id="also-forged")
+    for recipient in (b, c):
+        (got,) = recipient.take()
+        assert got == EphemeralFrame(
+            a.peer_id, recipient.peer_id, "doc", sent.count, a.session_id, sent.data
+        )
+        # The spliced frame: one prefix for everyone, the recipient's id as suffix.
+        prefix, suffix = recipient.outbox.ephemeral_parts[-1]
+        assert suffix == cbor_text(recipient.peer_id)
+        raw = cbor2.loads(prefix + suffix)
+        assert set(raw) == {
+            "type",
+            "senderId",
+            "targetId",
+            "documentId",
+            "count",
+            "sessionId",
+            "data",
+        }
+        assert cbor2.loads(raw["data"]) == payload
+    assert b.outbox.ephemeral_parts[-1][0] == c.outbox.ephemeral_parts[-1][0]
+    assert a.take() == []  # never echoed to the sender
+    assert outsider.take() == []  # not present in the document
+
+
+@pytest.mark.parametrize(
+    ("count", "data"),
+    [
+        (0, b"\xf6"),
+        (23, encode_payload("x" * 23)),
+        (2**32, encode_payload(list(range(100)))),
+        (2**64 + 5, encode_payload({"big": b"\xff" * 60_000})),
+    ],
+)
+def test_spliced_frame_decodes_exactly(relay: Relay, count: int, data: bytes) -> None:
+    a, b = relay.peers(2)
+    b.join("eph:doc")
+    b.take()
+    a.ephemeral("eph:doc", data=data, count=count)
+    assert b.take() == [EphemeralFrame(a.peer_id, b.peer_id, "eph:doc", count, a.session_id, data)]
+
+
+def test_sender_need_not_be_present(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    a.ephemeral("doc", 1)
+    (got,) = b.take()
+    assert isinstance(got, EphemeralFrame)
+    assert relay.core.presence("doc") == (b.peer_id,)
+
+
+def test_ephemeral_needs_read_permission(acl_relay: Relay) -> None:
+    alice = acl_relay.peer("alice-secret")
+    bob = acl_relay.peer("bob-secret")
+    anon = acl_relay.peer()
+    alice.join("secret")
+    for p in (alice, bob, anon):
+        p.take()
+    for p in (bob, anon):
+        p.ephemeral("secret", {"inject": True})
+        err = error(p.take_one())
+        assert (err.error, err.document_id) == ("permission_denied", "secret")
+        p.ephemeral("unknown-doc", 1)
+        err = error(p.take_one())
+        assert (err.error, err.document_id) == ("document_not_found", "unknown-doc")
+    assert alice.take() == []
+
+
+def test_gossip_copy_from_another_connection_is_dropped(relay: Relay) -> None:
+    a, b, c = relay.peers(3)
+    for p in (a, b, c):
+        p.join("doc")
+    for p in (a, b, c):
+        p.take()
+    sent = a.ephemeral("doc", "hello")
+    b.take()
+    c.take()
+    # b forwards a's message back to the relay, as a stock automerge-repo peer does.
+    b.send(sent)
+    b.ephemeral("doc", "copy", session_id=a.session_id, count=sent.count + 1)
+    assert a.take() == b.take() == c.take() == []  # silently dropped, no error
+    # b's own session still works.
+    b.ephemeral("doc", "mine")
+    assert len(a.take()) == 1
+    assert len(c.take()) == 1
+
+
+def test_count_not_greater_than_last_is_dropped(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    a.ephemeral("doc", 1, count=5)
+    assert len(b.take()) == 1
+    for stale in (5, 4, 0):
+        a.ephemeral("doc", 1, count=stale)
+    assert b.take() == []
+    assert a.take() == []
+    a.ephemeral("doc", 1, count=9)  # gaps are fine
+    assert [f.count for f in b.take() if isinstance(f, EphemeralFrame)] == [9]
+    # The counter is shared across documents.
+    b.join("doc2")
+    b.take()
+    a.ephemeral("doc2", 1, count=9)
+    assert b.take() == []
+
+
+def test_session_id_is_released_on_disconnect(relay: Relay) -> None:
+    a, b, c = relay.peers(3)
+    c.join("doc")
+    c.take()
+    a.ephemeral("doc", 1, session_id="shared")
+    assert relay.stats().gossip_sessions == 2  # c's (from its join) and a's
+    a.close()
+    assert relay.stats().gossip_sessions == 1
+    c.take()
+    b.ephemeral("doc", 1, session_id="shared", count=1)
+    (got,) = c.take()
+    assert isinstance(got, EphemeralFrame)
+    assert got.sender_id == b.peer_id
+
+
+def test_too_many_sessions(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    for i in range(MAX_SESSIONS_PER_CONNECTION):
+        a.ephemeral("doc", i, session_id=f"s{i}", count=1)
+    assert len(b.take()) == MAX_SESSIONS_PER_CONNECTION
+    a.ephemeral("doc", "one more", session_id="s-extra", count=1)
+    err = error(a.take_one())
+    assert err.error == "too_many_sessions"
+    assert b.take() == []
+    assert len(a.session.counts) == MAX_SESSIONS_PER_CONNECTION
+    assert relay.stats().gossip_sessions == MAX_SESSIONS_PER_CONNECTION + 1  # + b's own
+    # Sessions already known keep working.
+    a.ephemeral("doc", "again", session_id="s0", count=2)
+    assert len(b.take()) == 1
+
+
+def test_rate_limit() -> None:
+    relay = Relay(RelayConfig(open=True, rate_limit=3))
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    for i in range(3):
+        a.ephemeral("doc", i)
+    assert len(b.take()) == 3
+    a.ephemeral("doc", "too many")
+    err = error(a.take_one())
+    assert err.error == "rate_limited"
+    assert err.retry_after == pytest.approx(20.0)  # one token per 60/3 s
+    assert "3" in err.message
+    assert b.take() == []
+    # Presence is not rate limited.
+    a.join("doc")
+    a.heartbeat("doc")
+    a.join("other")
+    assert [type(f) for f in a.take()] == [DocPresenceStateFrame, DocPresenceStateFrame]
+    assert b.take() == [PeerJoinedDocFrame("doc", a.peer_id)]
+    # A refused message is not relayed later, and costs no token.
+    relay.clock.advance(10)
+    a.ephemeral("doc", "still too early")
+    assert error(a.take_one()).retry_after == pytest.approx(10.0)
+    relay.clock.advance(10)
+    a.ephemeral("doc", "ok now")
+    assert [f.data for f in b.take() if isinstance(f, EphemeralFrame)] == [encode_payload("ok now")]
+
+
+def test_rate_limit_is_per_connection() -> None:
+    relay = Relay(RelayConfig(open=True, rate_limit=1))
+    a, b, c = relay.peers(3)
+    c.join("doc")
+    c.take()
+    a.ephemeral("doc", 1)
+    b.ephemeral("doc", 1)
+    assert len(c.take()) == 2
+    a.ephemeral("doc", 2)
+    assert error(a.take_one()).error == "rate_limited"
+    assert b.take() == []
+
+
+def test_denied_messages_do_not_use_tokens() -> None:
+    relay = Relay(RelayConfig(users=USERS, documents=DOCUMENTS, rate_limit=1))
+    alice = relay.peer("alice-secret")
+    anon = relay.peer()
+    alice.join("public-doc")
+    alice.take()
+    anon.take()
+    for _ in range(3):
+        anon.ephemeral("secret", 1)
+        assert error(anon.take_one()).error == "permission_denied"
+    anon.ephemeral("public-doc", 1)
+    assert anon.take() == []
+    assert len(alice.take()) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"\xff", "not valid CBOR"),
+        (b"", "empty"),
+        (encode_payload(1) + b"\x00", "trailing"),
+    ],
+)
+def test_data_that_is_not_cbor(relay: Relay, data: bytes, match: str) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    a.ephemeral("doc", data=data)
+    err = error(a.take_one())
+    assert err.error == "invalid_message"
+    assert match in err.message
+    assert err.document_id == "doc"
+    assert b.take() == []
+
+
+def test_max_documents_per_peer() -> None:
+    relay = Relay(RelayConfig(open=True, max_documents_per_peer=2))
+    a, b = relay.peers(2)
+    a.join("d1")
+    a.join("eph:d2")  # sidecars count too
+    a.take()
+    for status in ("join", "heartbeat"):
+        a.presence("d3", status)
+        err = error(a.take_one())
+        assert (err.error, err.document_id) == ("too_many_documents", "d3")
+        assert "2" in err.message
+    a.send(RequestFrame("", "", "d3", b""))
+    assert error(a.take_one()).error == "too_many_documents"
+    # Re-joining a document already held is fine.
+    a.join("d1")
+    assert a.take() == [DocPresenceStateFrame("d1", (a.peer_id,))]
+    # The bound is per connection.
+    b.join("d3")
+    assert b.take() == [DocPresenceStateFrame("d3", (b.peer_id,))]
+    a.leave("d1")
+    a.join("d3")
+    assert a.take() == [DocPresenceStateFrame("d3", (b.peer_id, a.peer_id))]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+SERVER_ONLY_FRAMES: list[Frame] = [
+    AuthOkFrame("relay", "peer-x", UserInfo("alice", "Alice", False), FEATURES),
+    AuthErrorFrame("invalid_token", "x"),
+    ErrorFrame("permission_denied", "x", "doc"),
+    PeerIdentityFrame("peer-x", UserInfo("alice", "Alice", False)),
+    PeerDisconnectedFrame("peer-x"),
+    PeerJoinedDocFrame("doc", "peer-x"),
+    PeerLeftDocFrame("doc", "peer-x"),
+    DocPresenceStateFrame("doc", ("peer-x",)),
+]
+
+
+@pytest.mark.parametrize("frame", SERVER_ONLY_FRAMES, ids=lambda f: f.TYPE)
+def test_server_only_frames_are_rejected(relay: Relay, frame: Frame) -> None:
+    a, b, c = relay.peers(3)
+    a.join("doc")
+    b.join("doc")
+    a.take()
+    b.take()
+    # Aim the forged frame at real peers and documents.
+    forged = cbor2.loads(encode(frame))
+    for key in ("peerId", "clientPeerId"):
+        if key in forged:
+            forged[key] = a.peer_id
+    if "peers" in forged:
+        forged["peers"] = [c.peer_id]
+    before = relay.stats()
+    c.send(forged)
+    err = error(c.take_one())
+    assert err.error == "invalid_message"
+    assert frame.TYPE in err.message
+    assert "only by the server" in err.message
+    assert a.take() == b.take() == []
+    assert relay.stats() == before
+    assert relay.core.presence("doc") == (a.peer_id, b.peer_id)
+    # A forged auth_ok (claiming alice) changes nobody's identity.
+    assert (c.session.peer_id, c.session.user_id, c.session.is_anonymous) == (
+        c.peer_id,
+        None,
+        True,
+    )
+    assert c.outbox.closed is None
+
+
+def test_unknown_frame_type_is_rejected(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.send({"type": "subscribe", "documentId": "doc"})
+    err = error(a.take_one())
+    assert (err.error, err.message) == ("invalid_message", "unsupported frame type 'subscribe'")
+    assert b.take() == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\x00garbage",
+        b"",
+        cbor2.dumps(None),
+        cbor2.dumps(42),
+        cbor2.dumps([1, 2, 3]),
+        cbor2.dumps({"no": "type"}),
+        cbor2.dumps({"type": "ephemeral", "documentId": "doc"}),
+        cbor2.dumps(
+            {"type": "ephemeral", "documentId": "doc", "count": 1, "sessionId": "s", "data": "x"}
+        ),
+    ],
+)
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_garbage_is_invalid_message(relay: Relay, data: bytes, authenticated: bool) -> None:
+    a = relay.peer(auth=authenticated)
+    a.take()
+    a.send(data)
+    err = error(a.take_one())
+    assert err.error == "invalid_message"
+    assert err.message
+    assert a.outbox.closed is None
+
+
+def test_text_frames_are_invalid_message(relay: Relay) -> None:
+    (a,) = relay.peers(1)
+    relay.core.receive_text(a.session)
+    err = error(a.take_one())
+    assert err.error == "invalid_message"
+    assert "text" in err.message
+
+
+def test_oversized_frame_is_invalid_message() -> None:
+    relay = Relay(RelayConfig(open=True, max_frame_size=1000))
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    a.ephemeral("doc", data=encode_payload(b"x" * 900))
+    assert len(b.take()) == 1
+    a.ephemeral("doc", data=encode_payload(b"x" * 1000))
+    err = error(a.take_one())
+    assert err.error == "invalid_message"
+    assert "exceeds the 1000-byte limit" in err.message
+    assert b.take() == []
+
+
+def test_automerge_request_counts_as_join(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    a.join("doc")
+    a.take()
+    b.send(RequestFrame("", "", "doc", b"\x42"))
+    assert b.take() == [
+        DocPresenceStateFrame("doc", (a.peer_id, b.peer_id)),
+        DocUnavailableFrame(SERVER_ID, b.peer_id, "doc"),
+    ]
+    assert a.take() == [PeerJoinedDocFrame("doc", b.peer_id)]
+    b.send(SyncFrame("", "", "doc", b""))
+    b.send(DocUnavailableFrame("", "", "doc"))
+    assert b.take() == []
+    assert a.take() == []
+
+
+def test_request_for_protected_doc_is_denied(acl_relay: Relay) -> None:
+    anon = acl_relay.peer()
+    anon.send(RequestFrame("", "", "secret", b""))
+    err = error(anon.take_one())
+    assert (err.error, err.document_id) == ("permission_denied", "secret")
+    assert acl_relay.stats().memberships == 0
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_stats_return_to_zero_after_everyone_leaves() -> None:
+    relay = Relay(RelayConfig(users=USERS, documents=DOCUMENTS, rate_limit=5))
+    assert relay.stats() == ZERO
+    alice = relay.peer("alice-secret")
+    bob = relay.peer("bob-secret")
+    anons = [relay.peer() for _ in range(3)]
+    ghost = relay.peer(auth=False)
+    refused = relay.peer(auth=False)
+    refused.send(AuthFrame(token="bad"))
+    everyone = [alice, bob, *anons]
+    for i, p in enumerate(everyone):
+        p.join("public-doc")
+        p.join(f"eph:side-{i}")
+        p.ephemeral("public-doc", {"hello": i})
+        p.ephemeral("public-doc", {"hello": i}, session_id=f"{p.session_id}-second")
+    alice.join("secret")
+    bob.join("shared")
+    for _ in range(6):
+        anons[0].ephemeral("public-doc", "spam")  # hits the rate limit
+    stats = relay.stats()
+    assert stats == RelayStats(
+        connections=7,
+        peers=5,
+        documents=1 + 5 + 2,
+        memberships=5 + 5 + 2,
+        gossip_sessions=10,
+        rate_buckets=5,
+        anonymous_names=3,
+    )
+    relay.clock.advance(200)
+    alice.heartbeat("secret")
+    relay.core.expire()
+    for p in [*everyone, ghost, refused]:
+        p.close()
+    assert relay.stats() == ZERO
+    assert relay.core.presence("public-doc") == ()
+    assert list(relay.core.peers()) == []
