@@ -92,6 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="PER_MINUTE",
         help="relayed ephemeral messages per minute per connection (600)",
     )
+    relay.add_argument(
+        "--upstream-compat",
+        action="store_true",
+        help="behave like today's upstream Ratatoskr server: no 'features', no identity "
+        "or presence frames (to test clients' peer-to-peer presence fallback)",
+    )
     relay.set_defaults(func=_cmd_relay)
 
     demo = sub.add_parser(
@@ -157,6 +163,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         overrides["presence_ttl"] = args.presence_ttl
     if args.rate_limit is not None:
         overrides["rate_limit"] = args.rate_limit
+    if args.upstream_compat:
+        overrides["server_presence"] = False
     try:
         if args.config:
             config = load_config(args.config, **overrides)
@@ -165,11 +173,6 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ratatoskr relay: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    if config.open:
-        logging.getLogger("ratatoskr_client.server").warning(
-            "open mode: %s, so every document is readable by every peer",
-            "no --config given" if not args.config else "the config sets open = true",
-        )
 
     async def serve(stop: asyncio.Event) -> int:
         relay = RelayServer(config)

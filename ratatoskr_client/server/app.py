@@ -247,6 +247,13 @@ class RelayServer:
         self._port = int(runner.addresses[0][1])
         self._runner = runner
         log.info("relay listening on %s", self.ws_url)
+        if self.config.open:
+            log.warning(
+                "open mode: every document not listed in the configuration exists and "
+                "is readable by every peer, anonymous ones included"
+            )
+        if not self.config.server_presence:
+            log.warning("server_presence is off: behaving like the upstream server (no presence)")
         return self
 
     async def stop(self) -> None:

@@ -109,6 +109,11 @@ class RelayConfig:
         max_documents_per_peer: presence memberships one connection may hold.
         ping_interval: seconds of silence after which the relay pings a socket; a
             socket that does not answer within half that is closed.
+        server_presence: False makes the relay behave like today's upstream
+            Ratatoskr server: ``auth_ok`` without ``features`` or names, no
+            identity or presence frames, ephemeral messages relayed to the
+            connections that sent ``request``/``sync`` for the document, ``eph:``
+            ids ignored. For testing clients' peer-to-peer fallback.
     """
 
     host: str = "127.0.0.1"
@@ -122,6 +127,7 @@ class RelayConfig:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_documents_per_peer: int = DEFAULT_MAX_DOCUMENTS_PER_PEER
     ping_interval: float = DEFAULT_PING_INTERVAL
+    server_presence: bool = True
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
@@ -244,6 +250,7 @@ def _validate(cfg: RelayConfig) -> None:
 
 _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "open": bool,
+    "server_presence": bool,
     "presence_ttl": (int, float),
     "rate_limit": int,
     "auth_timeout": (int, float),
@@ -322,7 +329,9 @@ def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
         uid = _field(table, "id", where, entry, required=True)
         entry = f"users[{i}] (id {uid!r})"
         token = _field(table, "token", where, entry, required=True)
-        name = _field(table, "name", where, entry, required=False) or uid
+        name = _field(table, "name", where, entry, required=False)
+        if name is None:
+            name = uid  # the display name defaults to the id
         users.append(UserSpec(token=token, id=uid, name=name))
 
     documents = []

@@ -51,7 +51,7 @@ from ..protocol import (
     decode_payload,
     encode,
 )
-from .config import Access, RelayConfig
+from .config import EPHEMERAL_PREFIX, Access, RelayConfig
 from .names import NameAllocator
 
 __all__ = ["MAX_SESSIONS_PER_CONNECTION", "Outbox", "RelayCore", "RelayStats", "Session"]
@@ -61,6 +61,18 @@ log = logging.getLogger("ratatoskr_client.server")
 #: Distinct ephemeral ``sessionId``s one connection may use. A stock peer uses one;
 #: the bound keeps a hostile client from growing the gossip table without limit.
 MAX_SESSIONS_PER_CONNECTION: Final = 16
+#: Seconds a closed connection's sessionIds are remembered, with their last count.
+#: Late gossip copies (count <= last) stay dropped; a stock peer that reconnects
+#: with the same sessionId and a higher count takes it back.
+SESSION_TOMBSTONE_TTL: Final = 60.0
+#: Bound on remembered sessionIds of closed connections (oldest forgotten first).
+MAX_SESSION_TOMBSTONES: Final = 100_000
+#: Presence control messages (join/leave/heartbeat) one connection may send per
+#: document: a burst of PRESENCE_BURST, refilled at PRESENCE_RATE per second.
+#: They are not relayed and not counted by the rate limit, but each join or
+#: leave is fanned out to everyone present, so it needs a bound of its own.
+PRESENCE_BURST: Final = 10
+PRESENCE_RATE: Final = 5.0
 
 # Frames only the server may send; a client sending one gets invalid_message.
 _SERVER_ONLY: Final = frozenset(
@@ -106,6 +118,7 @@ class Session:
     __slots__ = (
         "authenticated",
         "bucket",
+        "control",
         "counts",
         "docs",
         "identity_frame",
@@ -129,6 +142,8 @@ class Session:
         #: ephemeral sessionId -> highest count relayed for it
         self.counts: dict[str, int] = {}
         self.bucket: TokenBucket | None = None
+        #: document id -> bucket for presence control messages (created on demand)
+        self.control: dict[str, TokenBucket] = {}
         self.identity_frame = b""
         self.target_suffix = b""
 
@@ -146,6 +161,7 @@ class RelayStats:
     documents: int
     memberships: int
     gossip_sessions: int
+    session_tombstones: int
     rate_buckets: int
     anonymous_names: int
 
@@ -172,6 +188,9 @@ class RelayCore:
         self._docs: dict[str, dict[str, Session]] = {}
         #: ephemeral sessionId -> the connection that first used it
         self._gossip_owner: dict[str, Session] = {}
+        #: sessionId of a closed connection -> (last relayed count, closed at)
+        self._tombstones: dict[str, tuple[int, float]] = {}
+        self._server_presence = config.server_presence
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,24 +208,33 @@ class RelayCore:
         self._connections.discard(session)
         for doc_id in list(session.docs):
             self._leave(session, doc_id, tell_self=False)
-        for sid in session.counts:
+        now = self.clock()
+        for sid, count in session.counts.items():
             if self._gossip_owner.get(sid) is session:
                 del self._gossip_owner[sid]
+                self._tombstones[sid] = (count, now)
+        while len(self._tombstones) > MAX_SESSION_TOMBSTONES:
+            del self._tombstones[next(iter(self._tombstones))]
         session.counts.clear()
+        session.control.clear()
         session.bucket = None
         if session.authenticated:
             del self._peers[session.peer_id]
             if session.is_anonymous:
                 self._names.release(session.name)
-            frame = encode(PeerDisconnectedFrame(session.peer_id))
-            for other in self._peers.values():
-                other.outbox.send(frame)
+            if self._server_presence:
+                frame = encode(PeerDisconnectedFrame(session.peer_id))
+                for other in self._peers.values():
+                    other.outbox.send(frame)
             log.debug("peer %s (%s) disconnected", session.peer_id, session.name)
 
     def expire(self, now: float | None = None) -> int:
         """Remove every membership whose last join/heartbeat is older than the
         presence TTL, as if the peer had left. Returns how many were removed."""
         now = self.clock() if now is None else now
+        self._forget_idle(now)
+        if not self._server_presence:
+            return 0  # like upstream: a subscription lasts as long as the connection
         deadline = now - self.config.presence_ttl
         removed = 0
         for session in list(self._peers.values()):
@@ -217,6 +245,18 @@ class RelayCore:
                 removed += 1
         return removed
 
+    def _forget_idle(self, now: float) -> None:
+        """Drop bookkeeping that has served its purpose: tombstones past their TTL
+        and presence-control buckets that are full again."""
+        cutoff = now - SESSION_TOMBSTONE_TTL
+        for sid in [sid for sid, (_, closed) in self._tombstones.items() if closed < cutoff]:
+            del self._tombstones[sid]
+        for session in self._peers.values():
+            if session.control:
+                full = [d for d, b in session.control.items() if b.tokens(now) >= b.capacity]
+                for doc_id in full:
+                    del session.control[doc_id]
+
     def stats(self) -> RelayStats:
         """Current table sizes (for monitoring and leak tests)."""
         return RelayStats(
@@ -225,6 +265,7 @@ class RelayCore:
             documents=len(self._docs),
             memberships=sum(len(m) for m in self._docs.values()),
             gossip_sessions=len(self._gossip_owner),
+            session_tombstones=len(self._tombstones),
             rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
             anonymous_names=len(self._names),
         )
@@ -316,6 +357,21 @@ class RelayCore:
         session.identity_frame = encode(PeerIdentityFrame(peer_id, user))
 
         out = session.outbox
+        if not self._server_presence:
+            # What today's upstream server sends: no features, no name.
+            wire_user = None if anonymous else {"id": user_id}
+            out.send(
+                cbor2.dumps(
+                    {
+                        "type": "auth_ok",
+                        "peerId": self.server_peer_id,
+                        "clientPeerId": peer_id,
+                        "user": wire_user,
+                    }
+                )
+            )
+            self._peers[peer_id] = session
+            return
         out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, FEATURES)))
         for other in self._peers.values():  # initial sync, in connection order
             out.send(other.identity_frame)
@@ -356,12 +412,13 @@ class RelayCore:
                 return
             if members is None:
                 members = self._docs[doc_id] = {}
-            joined = encode(PeerJoinedDocFrame(doc_id, session.peer_id))
-            for other in members.values():
-                other.outbox.send(joined)
+            if self._server_presence:
+                joined = encode(PeerJoinedDocFrame(doc_id, session.peer_id))
+                for other in members.values():
+                    other.outbox.send(joined)
             members[session.peer_id] = session
             session.docs[doc_id] = now
-        if send_state:
+        if send_state and self._server_presence:
             session.outbox.send(encode(DocPresenceStateFrame(doc_id, tuple(members))))
 
     def _leave(self, session: Session, doc_id: str, *, tell_self: bool) -> None:
@@ -369,11 +426,13 @@ class RelayCore:
             return
         members = self._docs[doc_id]
         del members[session.peer_id]
+        if not members:
+            del self._docs[doc_id]
+        if not self._server_presence:
+            return
         left = encode(PeerLeftDocFrame(doc_id, session.peer_id))
         for other in members.values():
             other.outbox.send(left)
-        if not members:
-            del self._docs[doc_id]
         if tell_self:
             # Expiry: the peer may still be alive (a stalled loop), so tell it too;
             # a client that sees itself leave re-joins with a heartbeat.
@@ -391,7 +450,13 @@ class RelayCore:
         if not self._admit(session, frame):
             return
         doc_id = frame.document_id
+        if not self._server_presence:
+            if doc_id.startswith(EPHEMERAL_PREFIX):
+                return  # upstream's automerge-repo rejects eph: ids: nothing relayed, no error
+            presence = None  # upstream relays presence-shaped payloads like any other
         if presence is not None:
+            if not self._control_allowed(session, doc_id):
+                return
             if presence.document_id != doc_id:
                 self._error(
                     session,
@@ -426,11 +491,31 @@ class RelayCore:
             session.docs[doc_id] = self.clock()  # activity keeps presence alive
         self._relay_ephemeral(session, frame)
 
+    def _control_allowed(self, session: Session, doc_id: str) -> bool:
+        now = self.clock()
+        bucket = session.control.get(doc_id)
+        if bucket is None:
+            bucket = session.control[doc_id] = TokenBucket(PRESENCE_RATE, PRESENCE_BURST, now)
+        wait = bucket.take(now)
+        if wait <= 0:
+            return True
+        self._error(
+            session,
+            "rate_limited",
+            f"more than {PRESENCE_BURST} presence messages in a row for this document",
+            document_id=doc_id,
+            retry_after=math.ceil(wait * 1000) / 1000,
+        )
+        return False
+
     def _admit(self, session: Session, frame: EphemeralFrame) -> bool:
         """Gossip and replay filter: True if the frame is new and really from ``session``."""
         sid = frame.session_id
         owner = self._gossip_owner.get(sid)
         if owner is None:
+            tomb = self._tombstones.get(sid)
+            if tomb is not None and frame.count <= tomb[0]:
+                return False  # a late copy of a closed connection's message
             if len(session.counts) >= MAX_SESSIONS_PER_CONNECTION:
                 self._error(
                     session,
@@ -438,6 +523,10 @@ class RelayCore:
                     f"a connection may use at most {MAX_SESSIONS_PER_CONNECTION} sessionIds",
                 )
                 return False
+            if tomb is not None:
+                # A stock peer back on a new connection, carrying on its session.
+                del self._tombstones[sid]
+                session.counts[sid] = tomb[0]
             self._gossip_owner[sid] = session
         elif owner is not session:
             return False  # a stock peer forwarding someone else's message back to us
@@ -480,11 +569,18 @@ class RelayCore:
         presence join, so a request/sync counts as one. The relay stores no
         documents, so a request is answered with doc-unavailable."""
         doc_id = frame.document_id
+        if not self._server_presence and doc_id.startswith(EPHEMERAL_PREFIX):
+            return  # upstream: "Invalid AutomergeUrl", no answer
         self._join(session, doc_id, send_state=doc_id not in session.docs)
-        if isinstance(frame, RequestFrame) and doc_id in session.docs:
-            session.outbox.send(
-                encode(DocUnavailableFrame(self.server_peer_id, session.peer_id, doc_id))
-            )
+        if not isinstance(frame, RequestFrame) or doc_id not in session.docs:
+            return
+        if self._server_presence:
+            reply: Frame = DocUnavailableFrame(self.server_peer_id, session.peer_id, doc_id)
+        else:
+            # Upstream answers a request with a sync message; with nothing stored,
+            # the empty document's own sync message is the truthful answer.
+            reply = SyncFrame(self.server_peer_id, session.peer_id, doc_id, frame.data)
+        session.outbox.send(encode(reply))
 
     # ------------------------------------------------------------------ errors
 

@@ -33,6 +33,7 @@ from ratatoskr_client.protocol import (
     UserInfo,
     cbor_text,
     decode,
+    decode_payload,
     encode,
     encode_payload,
 )
@@ -44,10 +45,16 @@ from ratatoskr_client.server import (
     RelayStats,
     UserSpec,
 )
-from ratatoskr_client.server.core import MAX_SESSIONS_PER_CONNECTION, Session
+from ratatoskr_client.server.core import (
+    MAX_SESSIONS_PER_CONNECTION,
+    PRESENCE_BURST,
+    PRESENCE_RATE,
+    SESSION_TOMBSTONE_TTL,
+    Session,
+)
 from ratatoskr_client.server.names import ADJECTIVES, ANIMALS, NameAllocator
 
-ZERO = RelayStats(0, 0, 0, 0, 0, 0, 0)
+ZERO = RelayStats(0, 0, 0, 0, 0, 0, 0, 0)
 SERVER_ID = "relay-test"
 
 USERS = (
@@ -738,19 +745,60 @@ def test_count_not_greater_than_last_is_dropped(relay: Relay) -> None:
     assert b.take() == []
 
 
-def test_session_id_is_released_on_disconnect(relay: Relay) -> None:
+def test_closed_connections_session_id_is_tombstoned_then_taken_back(relay: Relay) -> None:
     a, b, c = relay.peers(3)
     c.join("doc")
     c.take()
-    a.ephemeral("doc", 1, session_id="shared")
+    a.ephemeral("doc", 1, session_id="shared", count=5)
     assert relay.stats().gossip_sessions == 2  # c's (from its join) and a's
     a.close()
     assert relay.stats().gossip_sessions == 1
+    assert relay.stats().session_tombstones == 1
     c.take()
-    b.ephemeral("doc", 1, session_id="shared", count=1)
+    # A late gossip copy of a's last message, forwarded by b: still dropped.
+    b.ephemeral("doc", 1, session_id="shared", count=5)
+    assert c.take() == []
+    # A stock peer reconnecting keeps its sessionId and carries on counting.
+    b.ephemeral("doc", 2, session_id="shared", count=6)
     (got,) = c.take()
     assert isinstance(got, EphemeralFrame)
-    assert got.sender_id == b.peer_id
+    assert (got.sender_id, got.count) == (b.peer_id, 6)
+    assert relay.stats().session_tombstones == 0
+
+
+def test_tombstones_expire(relay: Relay) -> None:
+    (a,) = relay.peers(1)
+    a.ephemeral("doc", 1, session_id="s", count=3)
+    a.close()
+    relay.clock.advance(SESSION_TOMBSTONE_TTL - 1)
+    relay.core.expire()
+    assert relay.stats().session_tombstones == 1
+    relay.clock.advance(2)
+    relay.core.expire()
+    assert relay.stats().session_tombstones == 0
+
+
+def test_presence_messages_per_document_are_bounded(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    for _ in range(PRESENCE_BURST // 2):
+        a.join("doc")
+        a.leave("doc")
+    frames = a.take()
+    assert all(not isinstance(f, ErrorFrame) for f in frames)
+    a.join("doc")  # one more than the burst
+    err = error(a.take_one())
+    assert (err.error, err.document_id) == ("rate_limited", "doc")
+    assert err.retry_after is not None
+    assert 0 < err.retry_after <= 1 / PRESENCE_RATE + 0.001
+    assert relay.core.presence("doc") == (b.peer_id,)
+    # Another document has its own allowance; time refills this one.
+    a.join("other")
+    assert not isinstance(a.take()[-1], ErrorFrame)
+    relay.clock.advance(1 / PRESENCE_RATE)
+    a.join("doc")
+    assert relay.core.presence("doc") == (b.peer_id, a.peer_id)
 
 
 def test_too_many_sessions(relay: Relay) -> None:
@@ -1028,6 +1076,7 @@ def test_stats_return_to_zero_after_everyone_leaves() -> None:
         documents=1 + 5 + 2,
         memberships=5 + 5 + 2,
         gossip_sessions=10,
+        session_tombstones=0,
         rate_buckets=5,
         anonymous_names=3,
     )
@@ -1036,6 +1085,91 @@ def test_stats_return_to_zero_after_everyone_leaves() -> None:
     relay.core.expire()
     for p in [*everyone, ghost, refused]:
         p.close()
+    # Closed connections' sessionIds are remembered for a while (late gossip
+    # copies stay dropped), then forgotten.
+    assert relay.stats().session_tombstones == 10
+    relay.clock.advance(SESSION_TOMBSTONE_TTL + 1)
+    relay.core.expire()
     assert relay.stats() == ZERO
     assert relay.core.presence("public-doc") == ()
     assert list(relay.core.peers()) == []
+
+
+# ----------------------------------------------------------------- upstream-compatible mode
+
+
+@pytest.fixture
+def compat() -> Relay:
+    """server_presence=False: what today's upstream server speaks."""
+    return Relay(
+        RelayConfig(
+            users=USERS, documents=DOCUMENTS, open=True, server_presence=False, presence_ttl=5
+        )
+    )
+
+
+def test_compat_auth_ok_has_no_features_and_no_names(compat: Relay) -> None:
+    anon = Peer(compat)
+    anon.send(AuthFrame(anonymous=True))
+    (raw,) = anon.outbox.raw
+    assert cbor2.loads(raw) == {
+        "type": "auth_ok",
+        "peerId": compat.core.server_peer_id,
+        "clientPeerId": anon.session.peer_id,
+        "user": None,
+    }
+    alice = Peer(compat)
+    alice.send(AuthFrame(token="alice-secret"))
+    assert cbor2.loads(alice.outbox.raw[0])["user"] == {"id": "alice"}
+    # No identity frames either way: anon was not told about alice.
+    assert len(anon.outbox.raw) == 1
+    assert len(alice.outbox.raw) == 1
+
+
+def test_compat_request_subscribes_silently_and_is_answered_with_sync(compat: Relay) -> None:
+    a, b = Peer(compat), Peer(compat)
+    a.auth()
+    b.auth()
+    data = bytes.fromhex("42000001000000020102")
+    a.send(RequestFrame("x", "y", "amdoc", data))
+    (reply,) = a.take()
+    assert reply == SyncFrame(compat.core.server_peer_id, a.peer_id, "amdoc", data)
+    b.send(SyncFrame("x", "y", "amdoc", data))
+    assert a.take() == []  # no peer_joined_doc
+    assert b.take() == []  # no doc_presence_state, no answer to sync
+    assert compat.core.presence("amdoc") == (a.peer_id, b.peer_id)
+    b.ephemeral("amdoc", {"cursor": 1})
+    (got,) = a.take()
+    assert isinstance(got, EphemeralFrame)
+    assert (got.sender_id, decode_payload(got.data)) == (b.peer_id, {"cursor": 1})
+
+
+def test_compat_relays_presence_shaped_payloads_and_ignores_eph_ids(compat: Relay) -> None:
+    a, b = Peer(compat), Peer(compat)
+    a.auth()
+    b.auth()
+    a.send(RequestFrame("", "", "amdoc", b"\x42"))
+    a.take()
+    b.join("amdoc")  # not a presence message here: relayed like any payload
+    (got,) = a.take()
+    assert isinstance(got, EphemeralFrame)
+    assert decode_payload(got.data)["type"] == "presence"
+    assert b.take() == []
+    b.send(RequestFrame("", "", "eph:chat-amdoc", b"\x42"))
+    b.ephemeral("eph:chat-amdoc", "hi")
+    assert b.take() == []  # upstream: invalid id, no answer
+    assert compat.core.presence("eph:chat-amdoc") == ()
+
+
+def test_compat_subscriptions_do_not_expire_and_disconnect_is_silent(compat: Relay) -> None:
+    a, b = Peer(compat), Peer(compat)
+    a.auth()
+    b.auth()
+    a.send(SyncFrame("", "", "amdoc", b"\x42"))
+    b.send(SyncFrame("", "", "amdoc", b"\x42"))
+    compat.clock.advance(1000)
+    assert compat.core.expire() == 0
+    assert compat.core.presence("amdoc") == (a.peer_id, b.peer_id)
+    a.close()
+    assert b.take() == []  # no peer_left_doc, no peer_disconnected
+    assert compat.core.presence("amdoc") == (b.peer_id,)
