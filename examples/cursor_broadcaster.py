@@ -12,6 +12,7 @@ automerge-repo's ``Presence`` see it too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 from _common import parser, run
@@ -31,10 +32,8 @@ async def broadcaster(
             cursor = [round(40 + 30 * math.cos(angle)), round(20 + 15 * math.sin(angle))]
             await client.set_state(doc, "cursor", cursor)
             step += 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1 / fps)
-            except TimeoutError:
-                pass
 
 
 if __name__ == "__main__":

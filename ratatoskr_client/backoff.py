@@ -11,6 +11,7 @@ gives up.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,9 +37,10 @@ class Backoff:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
-        if self.base_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
+        finite = all(math.isfinite(v) for v in (self.base_delay, self.max_delay, self.multiplier))
+        if not finite or self.base_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
             raise ValueError(
-                "need base_delay >= 0, max_delay >= 0 and multiplier >= 1, got "
+                "need finite base_delay >= 0, max_delay >= 0 and multiplier >= 1, got "
                 f"{self.base_delay=}, {self.max_delay=}, {self.multiplier=}"
             )
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -48,6 +50,8 @@ class Backoff:
         """The upper bound of the delay before attempt ``attempt`` (0-based)."""
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, got {attempt}")
+        if self.base_delay == 0 or self.multiplier == 1:
+            return min(self.base_delay, self.max_delay)  # the window never grows
         try:
             window = self.base_delay * self.multiplier**attempt
         except OverflowError:  # a client that has been retrying for days

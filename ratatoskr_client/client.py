@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from enum import Enum
@@ -133,7 +134,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class ConnectionState(Enum):
     """Where the client is in its life. Read it from :attr:`RatatoskrClient.state`."""
 
-    IDLE = "idle"  #: created, connect() not called yet
+    IDLE = "idle"  #: created and not connected yet (or connect() failed: it may be retried)
     CONNECTING = "connecting"  #: connect() in progress
     CONNECTED = "connected"  #: authenticated socket open
     RECONNECTING = "reconnecting"  #: connection lost, retrying with backoff
@@ -208,10 +209,17 @@ class RatatoskrClient:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        if heartbeat_interval <= 0:
-            raise ValueError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
+        _check_seconds("heartbeat_interval", heartbeat_interval)
+        _check_seconds("request_timeout", request_timeout)
+        _check_seconds("connect_timeout", connect_timeout)
+        if ping_interval is not None:
+            _check_seconds("ping_interval", ping_interval)
         if rate_limit is not None and rate_limit < 1:
             raise ValueError(f"rate_limit must be >= 1 or None, got {rate_limit}")
+        if rate_burst is not None and rate_burst < 1:
+            raise ValueError(f"rate_burst must be >= 1 or None, got {rate_burst}")
+        if max_frame_size <= _ENVELOPE_OVERHEAD:
+            raise ValueError(f"max_frame_size must be > {_ENVELOPE_OVERHEAD}, got {max_frame_size}")
         self.url = url
         self._ws_url = _socket_url(url)
         self._token = token
@@ -233,6 +241,8 @@ class RatatoskrClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._server_peer_id = ""
         self._features: tuple[str, ...] | None = None
+        #: a server has answered auth at least once (so _features is known)
+        self._authenticated = False
         self._session_id = ""
         self._count = 0
         self._bucket: TokenBucket | None = None
@@ -248,7 +258,10 @@ class RatatoskrClient:
         self._waiters: dict[
             str, list[tuple[Callable[[tuple[Peer, ...]], bool], asyncio.Future[tuple[Peer, ...]]]]
         ] = {}
-        self._connected = asyncio.Event()
+        #: wait_connected() calls waiting for the next successful connection
+        self._connect_waiters: set[asyncio.Future[None]] = set()
+        #: the socket connect() is authenticating, so close() can abort it
+        self._opening: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -375,6 +388,7 @@ class RatatoskrClient:
             ConnectError: the server cannot be reached (not retried).
             AuthError: the server refused the credentials (not retried).
             OperationTimeout: no answer to the auth frame within ``connect_timeout``.
+            ConnectionClosed: :meth:`close` was called before the connection was made.
         """
         if self._state in (ConnectionState.CONNECTED, ConnectionState.RECONNECTING):
             return
@@ -384,7 +398,10 @@ class RatatoskrClient:
         self._closing = False
         try:
             await self._open()
-        except BaseException:
+        except BaseException as exc:
+            if self._stopping():  # close() was called meanwhile and has cleaned up
+                await self._close_http()
+                raise ConnectionClosed("client closed while connecting") from exc
             self._state = ConnectionState.IDLE
             await self._close_http()
             raise
@@ -395,7 +412,12 @@ class RatatoskrClient:
         """Leave every entered document, close the socket, stop every task.
 
         Emits ``presence-changed`` (empty) for each entered document and
-        ``disconnected`` if a connection was open. Idempotent.
+        ``disconnected`` if a connection was open. A :meth:`connect` still in
+        progress fails with :class:`ConnectionClosed`; pending
+        :meth:`enter_document`, :meth:`wait_for_presence` and :meth:`wait_connected`
+        calls fail with it too, and :meth:`watch_presence` iterations end.
+        Coroutine callbacks still running get a second to finish, then are
+        cancelled. Idempotent.
         """
         if self._closing or self._state is ConnectionState.CLOSED:
             return
@@ -406,6 +428,10 @@ class RatatoskrClient:
         self._closing = True
         was_connected = self.is_connected
         ws = self._ws
+        opening = self._opening
+        if opening is not None:  # connect() in progress: make it fail now
+            with contextlib.suppress(Exception):
+                await opening.close()
         if ws is not None and was_connected:
             for doc_id in list(self._entered):
                 with contextlib.suppress(RatatoskrError):
@@ -416,7 +442,6 @@ class RatatoskrClient:
             with contextlib.suppress(Exception):
                 await ws.close()
         self._state = ConnectionState.CLOSED
-        self._connected.clear()
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
@@ -439,16 +464,20 @@ class RatatoskrClient:
 
         Raises:
             OperationTimeout: not connected within ``timeout`` seconds.
-            ConnectionClosed: the client is closed.
+            ConnectionClosed: the client is closed, or closes (or stops
+                reconnecting) while waiting.
         """
         self._check_usable()
         if self.is_connected:
             return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._connect_waiters.add(fut)
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise OperationTimeout(f"not connected within {timeout} s") from None
-        self._check_usable()
+        finally:
+            self._connect_waiters.discard(fut)
 
     # ================================================================== documents
 
@@ -478,11 +507,8 @@ class RatatoskrClient:
         """
         _check_document_id(document_id)
         self._check_usable()
-        if self._features is not None and not self.server_presence:
-            raise PresenceUnsupported(
-                f"the server at {self.url} announced no server-side presence "
-                f"(features: {list(self._features)})"
-            )
+        if self._authenticated and not self.server_presence:
+            raise self._presence_unsupported()
         if document_id in self._entered and document_id not in self._joining:
             present = self._store.presence(document_id)
             if self.is_connected and any(p is self._store.me for p in present):
@@ -539,8 +565,10 @@ class RatatoskrClient:
     async def watch_presence(self, document_id: str) -> AsyncIterator[tuple[Peer, ...]]:
         """Yield ``presence(document_id)`` now, then every new value, in order.
 
-        It does not enter the document. Ends when the client closes. Use
-        ``contextlib.aclosing`` (or break out of ``async for``) to stop early.
+        It does not enter the document. Ends when the client closes. To stop
+        early, iterate inside ``contextlib.aclosing(client.watch_presence(doc))``:
+        that unregisters the watcher at once (after a bare ``break`` it is only
+        unregistered when the generator is garbage-collected).
         """
         queue: asyncio.Queue[tuple[Peer, ...] | None] = asyncio.Queue()
         self._watchers.setdefault(document_id, set()).add(queue)
@@ -614,7 +642,8 @@ class RatatoskrClient:
             ConnectionClosed: not connected (the message is not queued).
         """
         _check_document_id(document_id)
-        if type(payload) is dict and payload.get("type") == "presence":
+        # Any mapping (dict subclasses too) goes on the wire as a CBOR map.
+        if isinstance(payload, Mapping) and payload.get("type") == "presence":
             raise PayloadError('payloads with "type": "presence" are reserved for presence')
         data = encode_payload(payload)
         if len(data) + _ENVELOPE_OVERHEAD > self._max_frame_size:
@@ -701,15 +730,21 @@ class RatatoskrClient:
             ) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise ConnectError(f"cannot connect to {self._ws_url}: {exc}") from exc
+        self._opening = ws
         try:
             auth_ok = await self._authenticate(ws)
+            if self._stopping():
+                raise ConnectionClosed("client closed while connecting")
         except BaseException:
             with contextlib.suppress(Exception):
                 await ws.close()
             raise
+        finally:
+            self._opening = None
         self._ws = ws
         self._server_peer_id = auth_ok.peer_id
         self._features = auth_ok.features
+        self._authenticated = True
         self._session_id = secrets.token_hex(8)
         self._joining.clear()
         if self._rate_limit is not None:
@@ -719,13 +754,37 @@ class RatatoskrClient:
         for change in self._store.authenticated(auth_ok):
             self._dispatch(change)
         self._state = ConnectionState.CONNECTED
-        self._connected.set()
+        for fut in self._connect_waiters:
+            if not fut.done():
+                fut.set_result(None)
         log.debug("connected to %s as %s", self._ws_url, self._store.me)
         self._emit("connected", self._store.me)
+        if not self.server_presence and self._entered:
+            self._refuse_entered(self._presence_unsupported())
         for doc_id in list(self._entered):  # restore presence after a reconnect
             if self._ws is not ws:
                 break
             await self._join(doc_id)
+
+    def _presence_unsupported(self) -> PresenceUnsupported:
+        announced = "none" if self._features is None else list(self._features)
+        return PresenceUnsupported(
+            f"the server at {self.url} has no server-side presence "
+            f"(features announced: {announced}); ephemeral messages still work"
+        )
+
+    def _refuse_entered(self, error: PresenceUnsupported) -> None:
+        """Documents entered before we knew the server lacks presence (entered
+        while connecting): stop claiming them, and tell whoever waits."""
+        for doc_id in list(self._entered):
+            self._entered.pop(doc_id)
+            for change in self._store.forget(doc_id):
+                self._dispatch(change)
+            fut = self._confirm.pop(doc_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+            else:
+                self._report(error)
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> AuthOkFrame:
         auth = (
@@ -804,7 +863,6 @@ class RatatoskrClient:
     def _lost(self, reason: ConnectionClosed) -> None:
         log.info("connection to %s lost: %s", self._ws_url, reason)
         self._ws = None
-        self._connected.clear()
         self._joining.clear()
         self._state = ConnectionState.RECONNECTING if self._reconnect else ConnectionState.CLOSED
         for change in self._store.reset():
@@ -976,6 +1034,9 @@ class RatatoskrClient:
             self._emit("presence-changed", document_id, peers)
 
     def _fail_waiters(self, error: RatatoskrError) -> None:
+        for waiter in self._connect_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
         for fut in self._confirm.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -993,6 +1054,11 @@ class RatatoskrClient:
         me = self._store.me
         who = f" as {me.name!r} ({me.peer_id})" if me is not None else ""
         return f"<RatatoskrClient {self._ws_url} {self.state.value}{who}>"
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
 
 
 def _check_document_id(document_id: object) -> None:

@@ -20,7 +20,7 @@ The tree::
     │   ├── RateLimited         too many messages; retry after ``.retry_after`` seconds
     │   └── LimitExceeded       a per-connection bound (documents, sessions) was hit
     ├── OperationTimeout        (also TimeoutError) the server did not answer in time
-    ├── PresenceUnsupported     the server has no presence, and none can be derived
+    ├── PresenceUnsupported     the server has no server-side presence (``enter_document``)
     ├── CallbackError           an application callback raised (``.event``)
     └── ConfigError             the relay configuration is invalid (file, entry, problem)
 
@@ -148,8 +148,10 @@ class OperationTimeout(RatatoskrError, TimeoutError):
 
 
 class PresenceUnsupported(RatatoskrError):
-    """The server announced no server-side presence and the document cannot use
-    the peer-to-peer fallback (see ``docs/guide.md``, "Server modes")."""
+    """The server announced no server-side presence (no ``"presence"`` in the
+    ``features`` of ``auth_ok``, as the upstream server today), so
+    :meth:`~ratatoskr_client.RatatoskrClient.enter_document` cannot work there.
+    Ephemeral messages still do."""
 
 
 class CallbackError(RatatoskrError):

@@ -7,6 +7,8 @@ to pace its own sends so that it never trips that limit. See ``docs/guide.md``,
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["TokenBucket"]
 
 
@@ -21,8 +23,8 @@ class TokenBucket:
     __slots__ = ("_paused_until", "_stamp", "_tokens", "capacity", "rate")
 
     def __init__(self, rate: float, capacity: float, now: float) -> None:
-        if rate <= 0 or capacity < 1:
-            raise ValueError(f"need rate > 0 and capacity >= 1, got {rate=}, {capacity=}")
+        if not (math.isfinite(rate) and math.isfinite(capacity)) or rate <= 0 or capacity < 1:
+            raise ValueError(f"need finite rate > 0 and capacity >= 1, got {rate=}, {capacity=}")
         self.rate = float(rate)
         self.capacity = float(capacity)
         self._tokens = self.capacity

@@ -301,8 +301,11 @@ class PresenceStore:
         self._identities[peer.peer_id] = peer
         changes: list[Change] = [IdentityAdded(peer)]
         # A presence frame may have named this peer before its identity arrived.
+        # A placeholder equal to the real identity (an anonymous peer named after
+        # its id) is not a change of presence(doc).
         for doc_id, members in self._docs.items():
-            if peer.peer_id in members:
+            current = members.get(peer.peer_id)
+            if current is not None and current != peer:
                 members[peer.peer_id] = peer
                 changes.append(self._changed(doc_id))
         return changes

@@ -1,0 +1,196 @@
+"""SafeEmitter: one failing callback never breaks the emitter or its caller."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from ratatoskr_client._events import SafeEmitter
+from ratatoskr_client.errors import CallbackError, RatatoskrError
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_raising_sync_callback_is_logged_and_emitted_as_error(caplog):
+    emitter = SafeEmitter()
+    calls: list[str] = []
+    errors: list[BaseException] = []
+
+    def first(x: int) -> None:
+        calls.append(f"first {x}")
+
+    def bad(x: int) -> None:
+        raise Boom(f"bad {x}")
+
+    def last(x: int) -> None:
+        calls.append(f"last {x}")
+
+    emitter.on("tick", first)
+    emitter.on("tick", bad)
+    emitter.on("tick", last)
+    emitter.on("error", errors.append)
+
+    assert emitter.emit("tick", 7) is True  # does not raise
+    assert calls == ["first 7", "last 7"]  # the others still ran, in order
+    assert len(errors) == 1
+    err = errors[0]
+    assert isinstance(err, CallbackError)
+    assert isinstance(err, RatatoskrError)
+    assert err.event == "tick"
+    assert isinstance(err.__cause__, Boom)
+    assert "bad 7" in str(err)
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 1
+    assert "'tick'" in failures[0].getMessage()
+    assert failures[0].exc_info is not None and failures[0].exc_info[0] is Boom
+
+
+async def test_a_raising_coroutine_callback_is_logged_and_emitted_as_error(caplog):
+    emitter = SafeEmitter()
+    got_error: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+    ran: list[str] = []
+
+    async def bad(x: int) -> None:
+        await asyncio.sleep(0)
+        raise Boom(f"async {x}")
+
+    async def good(x: int) -> None:
+        ran.append(f"good {x}")
+
+    emitter.on("tick", bad)
+    emitter.on("tick", good)
+    emitter.on("error", got_error.set_result)
+    emitter.emit("tick", 3)
+
+    err = await asyncio.wait_for(got_error, 2)
+    assert isinstance(err, CallbackError)
+    assert err.event == "tick"
+    assert isinstance(err.__cause__, Boom)
+    await asyncio.wait_for(emitter.drain(1.0), 2)
+    assert ran == ["good 3"]
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is Boom for r in caplog.records
+    )
+
+
+def test_an_error_with_no_listener_never_raises(caplog):
+    emitter = SafeEmitter()
+    assert emitter.emit("error", RatatoskrError("nobody listens")) is False
+    assert emitter.emit("error", "not even an exception") is False
+    assert emitter.emit("error") is False
+    assert any("nobody listens" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_callback_without_error_listener_never_raises(caplog):
+    emitter = SafeEmitter()
+    emitter.on("tick", lambda: 1 / 0)
+    assert emitter.emit("tick") is True
+    assert any(
+        r.exc_info and r.exc_info[0] is ZeroDivisionError
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+    )
+
+
+def test_an_error_handler_that_raises_does_not_loop(caplog):
+    emitter = SafeEmitter()
+    error_calls: list[BaseException] = []
+
+    def bad_error_handler(err: BaseException) -> None:
+        error_calls.append(err)
+        raise Boom("error handler fails too")
+
+    emitter.on("error", bad_error_handler)
+    emitter.on("tick", lambda: 1 / 0)
+    emitter.emit("tick")
+    assert len(error_calls) == 1  # called for the tick failure, not for its own
+    assert isinstance(error_calls[0], CallbackError)
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.exc_info[0] for r in logged if r.exc_info] == [ZeroDivisionError, Boom]
+
+
+async def test_an_async_error_handler_that_raises_does_not_loop():
+    emitter = SafeEmitter()
+    calls: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def bad_error_handler(err: BaseException) -> None:
+        calls.append(err)
+        done.set()
+        raise Boom("async error handler fails")
+
+    emitter.on("error", bad_error_handler)
+    emitter.on("tick", lambda: 1 / 0)
+    emitter.emit("tick")
+    await asyncio.wait_for(done.wait(), 2)
+    await emitter.drain(1.0)
+    assert len(calls) == 1
+    assert emitter.complete
+
+
+def test_once_listeners_run_once():
+    emitter = SafeEmitter()
+    calls: list[int] = []
+    emitter.once("tick", calls.append)
+    emitter.emit("tick", 1)
+    emitter.emit("tick", 2)
+    assert calls == [1]
+
+
+def test_emit_without_listeners_returns_false():
+    assert SafeEmitter().emit("tick", 1) is False
+
+
+async def test_drain_waits_for_callbacks_then_cancels_the_slow_ones():
+    emitter = SafeEmitter()
+    finished: list[str] = []
+    cancelled = asyncio.Event()
+
+    async def quick() -> None:
+        await asyncio.sleep(0)
+        finished.append("quick")
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    emitter.on("tick", quick)
+    emitter.on("tick", stuck)
+    emitter.emit("tick")
+    await asyncio.wait_for(emitter.drain(0.05), 2)
+    assert finished == ["quick"]
+    assert cancelled.is_set()
+    assert emitter.complete
+
+
+async def test_cancelled_callback_is_not_an_error():
+    emitter = SafeEmitter()
+    errors: list[BaseException] = []
+    emitter.on("error", errors.append)
+
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    emitter.on("tick", stuck)
+    emitter.emit("tick")
+    await emitter.drain(0.0)
+    assert errors == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_base_exceptions_are_not_swallowed(exc):
+    emitter = SafeEmitter()
+
+    def handler() -> None:
+        raise exc
+
+    emitter.on("tick", handler)
+    with pytest.raises(exc):
+        emitter.emit("tick")
