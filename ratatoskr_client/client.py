@@ -21,7 +21,11 @@ coroutine functions):
 ``peer-left``         ``(document_id: str, peer: Peer)`` — a peer left, expired or dropped
 ``presence-changed``  ``(document_id: str, peers: tuple[Peer, ...])`` — new value of
                       ``presence(document_id)``
-``ephemeral-message`` ``(document_id: str, sender: Peer, payload: Any)``
+``ephemeral-message`` ``(document_id: str, sender: Peer, payload: Any)`` — every
+                      ephemeral message, automerge-repo Presence messages included
+``state-changed``     ``(document_id: str, peer: Peer, state: Mapping[str, Any])`` —
+                      a peer's state (``set_state`` / automerge-repo ``Presence``)
+                      has a new value; empty when it is forgotten
 ``error``             ``(error: RatatoskrError)`` — server error frames that answer
                       no awaited call, bad frames, failing callbacks
 ====================  ===========================================================
@@ -42,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from ._events import SafeEmitter
+from ._statesync import StateSync
 from .backoff import DEFAULT_BACKOFF, Backoff
 from .errors import (
     AuthError,
@@ -77,14 +82,30 @@ from .protocol import (
     AuthFrame,
     AuthOkFrame,
     DocPresenceStateFrame,
+    DocUnavailableFrame,
     EphemeralFrame,
     ErrorFrame,
+    Frame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
     PresenceMessage,
     PresenceStatus,
+    RequestFrame,
+    SyncFrame,
+    UserInfo,
     decode,
     decode_payload,
     encode,
     encode_payload,
+)
+from .state import (
+    DEFAULT_STATE_HEARTBEAT,
+    DEFAULT_STATE_INTERVAL,
+    DEFAULT_STATE_TTL,
+    parse_state_payload,
+    update_payload,
 )
 
 __all__ = [
@@ -111,6 +132,13 @@ _ENVELOPE_OVERHEAD: Final = 512
 _CALLBACK_GRACE: Final = 1.0
 # A watch_presence() consumer this far behind loses its oldest snapshots.
 _WATCH_BACKLOG: Final = 1000
+# The empty-document sync message automerge-repo sends in a `request`; upstream
+# subscribes the connection to the document's ephemeral messages when it sees it.
+EMPTY_DOC_SYNC: Final = bytes.fromhex("42000001000000020102")
+# Upstream counts every frame of an anonymous connection against 100 per minute.
+_UPSTREAM_ANONYMOUS_LIMIT: Final = 90
+# Gossip copies remembered per connection in peer-to-peer mode (see _is_gossip_copy).
+_MAX_SEEN_SESSIONS: Final = 4096
 
 EventName: TypeAlias = Literal[
     "connected",
@@ -122,6 +150,7 @@ EventName: TypeAlias = Literal[
     "peer-left",
     "presence-changed",
     "ephemeral-message",
+    "state-changed",
     "error",
 ]
 _EVENTS: Final = frozenset(get_args(EventName))
@@ -132,7 +161,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ConnectionState(Enum):
-    """Where the client is in its life. Read it from :attr:`RatatoskrClient.state`."""
+    """Where the client is in its life. Read it from :attr:`RatatoskrClient.connection_state`."""
 
     IDLE = "idle"  #: created and not connected yet (or connect() failed: it may be retried)
     CONNECTING = "connecting"  #: connect() in progress
@@ -191,6 +220,15 @@ class RatatoskrClient:
         max_frame_size: largest frame this client sends (the relay's default limit).
         session: an aiohttp ``ClientSession`` to use (the caller closes it); by
             default the client creates and closes its own.
+        name: the display name this client puts in its shared state (``"name"``)
+            when the server gives it none (upstream servers do not); peers in
+            peer-to-peer mode know us by it.
+        state_interval: at most one state update per document is sent per this
+            many seconds; faster ``set_state`` calls are coalesced (latest wins).
+        state_heartbeat: seconds of quiet after which a state heartbeat is sent
+            for each document we share state in (automerge-repo's 15 s).
+        state_ttl: a peer whose state messages stop for this long is forgotten
+            (automerge-repo's 45 s); in peer-to-peer mode it also leaves presence.
     """
 
     def __init__(
@@ -208,6 +246,10 @@ class RatatoskrClient:
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         session: aiohttp.ClientSession | None = None,
+        name: str | None = None,
+        state_interval: float = DEFAULT_STATE_INTERVAL,
+        state_heartbeat: float = DEFAULT_STATE_HEARTBEAT,
+        state_ttl: float = DEFAULT_STATE_TTL,
     ) -> None:
         _check_seconds("heartbeat_interval", heartbeat_interval)
         _check_seconds("request_timeout", request_timeout)
@@ -218,6 +260,12 @@ class RatatoskrClient:
             raise ValueError(f"rate_limit must be >= 1 or None, got {rate_limit}")
         if rate_burst is not None and rate_burst < 1:
             raise ValueError(f"rate_burst must be >= 1 or None, got {rate_burst}")
+        _check_seconds("state_heartbeat", state_heartbeat)
+        _check_seconds("state_ttl", state_ttl)
+        if not (math.isfinite(state_interval) and state_interval >= 0):
+            raise ValueError(f"state_interval must be >= 0, got {state_interval}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         if max_frame_size <= _ENVELOPE_OVERHEAD:
             raise ValueError(f"max_frame_size must be > {_ENVELOPE_OVERHEAD}, got {max_frame_size}")
         self.url = url
@@ -234,9 +282,15 @@ class RatatoskrClient:
         self._max_frame_size = max_frame_size
         self._http = session
         self._owns_http = session is None
+        self._name = name
 
         self._emitter = SafeEmitter()
         self._store = PresenceStore()
+        self._sync = StateSync(
+            self, interval=state_interval, heartbeat=state_heartbeat, ttl=state_ttl
+        )
+        #: peer-to-peer mode only: sessionId -> (first sender, last count)
+        self._seen_sessions: dict[str, tuple[str, int]] = {}
         self._state = ConnectionState.IDLE
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._server_peer_id = ""
@@ -269,7 +323,7 @@ class RatatoskrClient:
     # ================================================================== properties
 
     @property
-    def state(self) -> ConnectionState:
+    def connection_state(self) -> ConnectionState:
         """The connection state, kept in step with the socket."""
         if self._state is ConnectionState.CONNECTED and (self._ws is None or self._ws.closed):
             # The socket died and the receive loop has not run yet: say so now.
@@ -279,7 +333,7 @@ class RatatoskrClient:
     @property
     def is_connected(self) -> bool:
         """True exactly when an authenticated socket is open."""
-        return self.state is ConnectionState.CONNECTED
+        return self.connection_state is ConnectionState.CONNECTED
 
     @property
     def me(self) -> Peer:
@@ -302,8 +356,14 @@ class RatatoskrClient:
 
     @property
     def server_presence(self) -> bool:
-        """True when the server announced server-side presence (``features`` in
-        ``auth_ok`` includes ``"presence"``)."""
+        """Which presence mode is in use.
+
+        True: the server announced server-side presence (``features`` in
+        ``auth_ok`` includes ``"presence"``), so membership comes from the server.
+        False (a server like today's upstream): peer-to-peer mode, membership is
+        derived from the peers' automerge-repo Presence messages. Also False
+        before the first connection.
+        """
         return self._features is not None and "presence" in self._features
 
     @property
@@ -323,6 +383,41 @@ class RatatoskrClient:
         Empty for documents not entered, and while disconnected.
         """
         return self._store.presence(document_id)
+
+    def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
+        """Each peer's state in ``document_id``: peer id → its latest state.
+
+        Peers' states come from their automerge-repo Presence messages (snapshots
+        and per-channel updates, merged); this client's own state is included,
+        under its own peer id, once it shares state there (:meth:`set_state`, or
+        always in peer-to-peer mode). A read-only view; empty while disconnected.
+        """
+        me = self._store.me
+        return self._sync.state(document_id, me.peer_id if me is not None else None)
+
+    async def set_state(self, document_id: str, channel: str, value: Any) -> None:
+        """Set one channel of this client's state in a document and share it.
+
+        Like automerge-repo's ``Presence.broadcast(channel, value)``: the value is
+        merged into our state, which peers (Python or JavaScript) see in their
+        :meth:`state` / ``getPeerStates()``. The first call for a document sends a
+        full snapshot once the document is entered; later calls are coalesced,
+        so at most one update per ``state_interval`` goes out per document and
+        the latest value always does. Returns without waiting for the network.
+
+        Raises:
+            PayloadError: the value is not CBOR-encodable or too large.
+            ValueError: empty document id or channel.
+        """
+        _check_document_id(document_id)
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"channel must be a non-empty string, got {channel!r}")
+        size = len(encode_payload(update_payload(channel, value)))
+        if size + _ENVELOPE_OVERHEAD > self._max_frame_size:
+            raise PayloadError(
+                f"state value of {size} bytes is too large for a {self._max_frame_size}-byte frame"
+            )
+        self._sync.set_local(document_id, channel, value)
 
     @staticmethod
     def sidecar(document_id: str, channel: str) -> str:
@@ -435,7 +530,9 @@ class RatatoskrClient:
         if ws is not None and was_connected:
             for doc_id in list(self._entered):
                 with contextlib.suppress(RatatoskrError):
-                    await self._send_presence("leave", doc_id)
+                    await self._sync.left(doc_id)
+                    if self.server_presence:
+                        await self._send_presence("leave", doc_id)
         self._entered.clear()
         self._joining.clear()
         if ws is not None:
@@ -448,6 +545,7 @@ class RatatoskrClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._ws = None
+        self._sync.reset()
         for change in self._store.reset():
             self._dispatch(change)
         for doc_id in list(self._store.tracked()):
@@ -497,18 +595,25 @@ class RatatoskrClient:
         Returns:
             The peers present, this client included, in join order.
 
+        On a server without server-side presence (peer-to-peer mode, see
+        :attr:`server_presence`) entering sends automerge-repo's empty-document
+        ``request``, which subscribes this connection to the document's ephemeral
+        messages, and the returned presence is this client plus the peers whose
+        Presence messages it has seen; others appear as their messages arrive.
+
         Raises:
             PermissionDenied: this user may not read the document.
             DocumentNotFound: the server does not know the document.
             LimitExceeded: this connection is present in too many documents.
-            PresenceUnsupported: the server has no server-side presence.
+            PresenceUnsupported: peer-to-peer mode and an ``eph:`` channel, which
+                such servers cannot relay.
             OperationTimeout: no answer within ``timeout`` (the document is left).
             ConnectionClosed: the client is closed, or was closed meanwhile.
         """
         _check_document_id(document_id)
         self._check_usable()
-        if self._authenticated and not self.server_presence:
-            raise self._presence_unsupported()
+        if self._authenticated and not self.server_presence and _is_sidecar(document_id):
+            raise self._presence_unsupported(document_id)
         if document_id in self._entered and document_id not in self._joining:
             present = self._store.presence(document_id)
             if self.is_connected and any(p is self._store.me for p in present):
@@ -550,12 +655,28 @@ class RatatoskrClient:
             self._dispatch(change)
         if self.is_connected:
             with contextlib.suppress(ConnectionClosed):
-                await self._send_presence("leave", document_id)
+                await self._sync.left(document_id)
+                if self.server_presence:
+                    await self._send_presence("leave", document_id)
+        else:
+            await self._sync.left(document_id)
 
     async def _join(self, document_id: str) -> None:
         self._joining.add(document_id)
         try:
-            await self._send_presence("join", document_id)
+            if self.server_presence:
+                await self._send_presence("join", document_id)
+            else:
+                # Peer-to-peer mode: subscribe the connection like automerge-repo does.
+                await self._pace()
+                me = self._store.me
+                request = RequestFrame(
+                    me.peer_id if me is not None else "",
+                    self._server_peer_id,
+                    document_id,
+                    EMPTY_DOC_SYNC,
+                )
+                await self._send_bytes(self._require_ws(), encode(request))
         except ConnectionClosed:
             # The reconnect will send the join again; the caller keeps waiting.
             self._joining.discard(document_id)
@@ -667,6 +788,16 @@ class RatatoskrClient:
                     return
                 await asyncio.sleep(wait)
 
+    async def _send_state_payload(
+        self, document_id: str, payload: dict[str, Any], *, paced: bool = True
+    ) -> None:
+        """Send an automerge-repo Presence message (an ordinary, rate-limited
+        ephemeral message)."""
+        self._require_ws()
+        if paced:
+            await self._pace()
+        await self._send_ephemeral_data(document_id, encode_payload(payload))
+
     async def _send_presence(self, status: PresenceStatus, document_id: str) -> None:
         data = encode_payload(PresenceMessage(status, document_id).to_payload())
         await self._send_ephemeral_data(document_id, data)
@@ -696,7 +827,7 @@ class RatatoskrClient:
         if ws is None or ws.closed or self._state is not ConnectionState.CONNECTED:
             if self._state is ConnectionState.CLOSED:
                 raise ConnectionClosed("client is closed")
-            raise ConnectionClosed(f"not connected (state: {self.state.value})")
+            raise ConnectionClosed(f"not connected (state: {self.connection_state.value})")
         return ws
 
     def _check_usable(self) -> None:
@@ -747,10 +878,14 @@ class RatatoskrClient:
         self._authenticated = True
         self._session_id = secrets.token_hex(8)
         self._joining.clear()
-        if self._rate_limit is not None:
-            self._bucket = TokenBucket.per_minute(
-                self._rate_limit, asyncio.get_running_loop().time(), burst=self._rate_burst
-            )
+        self._seen_sessions.clear()
+        self._sync.p2p = not self.server_presence
+        user = auth_ok.user
+        if self._name is not None and (user is None or user.name is None):
+            # The server gave no display name (upstream): use ours.
+            user = UserInfo(None if user is None else user.id, self._name, user is None)
+            auth_ok = AuthOkFrame(auth_ok.peer_id, auth_ok.client_peer_id, user, auth_ok.features)
+        self._bucket = self._make_bucket(anonymous=user is None or user.is_anonymous)
         for change in self._store.authenticated(auth_ok):
             self._dispatch(change)
         self._state = ConnectionState.CONNECTED
@@ -759,32 +894,44 @@ class RatatoskrClient:
                 fut.set_result(None)
         log.debug("connected to %s as %s", self._ws_url, self._store.me)
         self._emit("connected", self._store.me)
-        if not self.server_presence and self._entered:
-            self._refuse_entered(self._presence_unsupported())
+        if not self.server_presence:
+            # Entered while we did not know yet: sidecars cannot work here.
+            for doc_id in [d for d in self._entered if _is_sidecar(d)]:
+                self._refuse_entered(doc_id, self._presence_unsupported(doc_id))
         for doc_id in list(self._entered):  # restore presence after a reconnect
             if self._ws is not ws:
                 break
             await self._join(doc_id)
 
-    def _presence_unsupported(self) -> PresenceUnsupported:
+    def _make_bucket(self, *, anonymous: bool) -> TokenBucket | None:
+        limit = self._rate_limit
+        burst = self._rate_burst
+        if not self.server_presence and anonymous:
+            # Upstream counts every frame of an anonymous connection (100/min).
+            limit = min(limit or _UPSTREAM_ANONYMOUS_LIMIT, _UPSTREAM_ANONYMOUS_LIMIT)
+            burst = min(burst, limit // 6)
+        if limit is None:
+            return None
+        return TokenBucket.per_minute(limit, asyncio.get_running_loop().time(), burst=burst)
+
+    def _presence_unsupported(self, document_id: str) -> PresenceUnsupported:
         announced = "none" if self._features is None else list(self._features)
         return PresenceUnsupported(
-            f"the server at {self.url} has no server-side presence "
-            f"(features announced: {announced}); ephemeral messages still work"
+            f"the server at {self.url} has no server-side presence (features announced: "
+            f"{announced}) and cannot relay sidecar channels such as {document_id!r}"
         )
 
-    def _refuse_entered(self, error: PresenceUnsupported) -> None:
-        """Documents entered before we knew the server lacks presence (entered
-        while connecting): stop claiming them, and tell whoever waits."""
-        for doc_id in list(self._entered):
-            self._entered.pop(doc_id)
-            for change in self._store.forget(doc_id):
-                self._dispatch(change)
-            fut = self._confirm.pop(doc_id, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-            else:
-                self._report(error)
+    def _refuse_entered(self, doc_id: str, error: PresenceUnsupported) -> None:
+        """A document entered before we knew the server cannot serve it (entered
+        while connecting): stop claiming it, and tell whoever waits."""
+        self._entered.pop(doc_id, None)
+        for change in self._store.forget(doc_id):
+            self._dispatch(change)
+        fut = self._confirm.pop(doc_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+        else:
+            self._report(error)
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> AuthOkFrame:
         auth = (
@@ -865,6 +1012,7 @@ class RatatoskrClient:
         self._ws = None
         self._joining.clear()
         self._state = ConnectionState.RECONNECTING if self._reconnect else ConnectionState.CLOSED
+        self._sync.disconnected()
         for change in self._store.reset():
             self._dispatch(change)
         self._emit("disconnected", reason)
@@ -903,17 +1051,33 @@ class RatatoskrClient:
         return self._closing
 
     async def _heartbeat_loop(self) -> None:
+        """One task for both timers (a task per client is memory at scale): the
+        server's presence heartbeats, and the state heartbeats and pruning."""
+        loop = asyncio.get_running_loop()
+        state_period = min(1.0, self._sync.heartbeat / 2, self._sync.states.ttl / 4)
+        next_presence = loop.time() + self._heartbeat_interval
+        next_state = loop.time() + state_period
         while True:
-            await asyncio.sleep(self._heartbeat_interval)
-            if not self.is_connected:
-                continue
-            # Joins still unanswered get a heartbeat too: the server treats it as a
-            # join, so a lost join heals itself.
-            for doc_id in list(self._entered):
-                try:
-                    await self._send_presence("heartbeat", doc_id)
-                except ConnectionClosed:
-                    break
+            await asyncio.sleep(max(0.0, min(next_presence, next_state) - loop.time()))
+            now = loop.time()
+            if now >= next_presence:
+                next_presence = now + self._heartbeat_interval
+                await self._send_heartbeats()
+            if now >= next_state:
+                next_state = now + state_period
+                if self.is_connected:
+                    await self._sync.tick()
+
+    async def _send_heartbeats(self) -> None:
+        if not self.is_connected or not self.server_presence:
+            return  # peer-to-peer mode: state heartbeats keep us present
+        # Joins still unanswered get a heartbeat too: the server treats it as a
+        # join, so a lost join heals itself.
+        for doc_id in list(self._entered):
+            try:
+                await self._send_presence("heartbeat", doc_id)
+            except ConnectionClosed:
+                return
 
     async def _close_http(self) -> None:
         if not self._owns_http:
@@ -949,12 +1113,26 @@ class RatatoskrClient:
         if kind is ErrorFrame:
             self._on_error_frame(cast(ErrorFrame, frame))
             return
+        if kind is SyncFrame or kind is DocUnavailableFrame:
+            if self.server_presence:
+                return  # automerge-repo's answer to our nothing: no document sync here
+            doc_id = cast(SyncFrame | DocUnavailableFrame, frame).document_id
+            if doc_id not in self._joining:
+                return
+            # Peer-to-peer mode: the server answered our request, so we are
+            # subscribed. Present: us, plus whoever already sent us their state.
+            me = self._store.me
+            ids = (me.peer_id,) if me is not None else ()
+            frame = DocPresenceStateFrame(doc_id, ids + self._sync.states.peers(doc_id))
+            kind = DocPresenceStateFrame
         if kind is DocPresenceStateFrame:
             self._joining.discard(cast(DocPresenceStateFrame, frame).document_id)
         for change in self._store.apply(frame):
             self._dispatch(change)
         if kind is DocPresenceStateFrame:
             doc_id = cast(DocPresenceStateFrame, frame).document_id
+            if doc_id in self._entered:
+                self._sync.confirmed(doc_id, self._display_name())
             fut = self._confirm.pop(doc_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(self._store.presence(doc_id))
@@ -962,21 +1140,53 @@ class RatatoskrClient:
     def _on_ephemeral(self, frame: EphemeralFrame) -> None:
         if frame.session_id == self._session_id:
             return  # our own message, echoed back by a gossiping peer
+        doc_id = frame.document_id
+        if not self.server_presence and (
+            doc_id not in self._entered or self._is_gossip_copy(frame)
+        ):
+            return
         try:
             payload = decode_payload(frame.data)
         except ProtocolError as exc:
             self._report(exc)
             return
+        if type(payload) is dict and "__presence" in payload:
+            try:
+                message = parse_state_payload(payload)
+            except ProtocolError as exc:
+                self._report(exc)
+            else:
+                if message is not None and frame.sender_id:
+                    self._sync.received(doc_id, frame.sender_id, message)
         sender = self._store.identities.get(frame.sender_id) or Peer.unknown(frame.sender_id)
-        self._emit("ephemeral-message", frame.document_id, sender, payload)
+        self._emit("ephemeral-message", doc_id, sender, payload)
+
+    def _is_gossip_copy(self, frame: EphemeralFrame) -> bool:
+        """Peer-to-peer mode: upstream relays the copies stock peers forward,
+        relabelled as the forwarder's. A sessionId first seen from another
+        sender, or a count not above the last one seen, marks such a copy."""
+        seen = self._seen_sessions.get(frame.session_id)
+        if seen is not None:
+            sender, count = seen
+            if sender != frame.sender_id or frame.count <= count:
+                return True
+        elif len(self._seen_sessions) >= _MAX_SEEN_SESSIONS:
+            del self._seen_sessions[next(iter(self._seen_sessions))]
+        self._seen_sessions[frame.session_id] = (frame.sender_id, frame.count)
+        return False
 
     def _on_error_frame(self, frame: ErrorFrame) -> None:
         exc = error_from_frame(
             frame.error, frame.message, document_id=frame.document_id, retry_after=frame.retry_after
         )
-        if isinstance(exc, RateLimited) and self._bucket is not None:
-            self._bucket.pause(asyncio.get_running_loop().time(), exc.retry_after)
         doc_id = frame.document_id
+        if isinstance(exc, RateLimited):
+            if doc_id is None:
+                if self._bucket is not None:
+                    self._bucket.pause(asyncio.get_running_loop().time(), exc.retry_after)
+            elif doc_id in self._joining:
+                # The relay's per-document bound on joins: try again when allowed.
+                self._spawn(self._rejoin_later(doc_id, exc.retry_after), "rejoin")
         if doc_id is not None and isinstance(exc, _MEMBERSHIP_REFUSALS) and doc_id in self._entered:
             # The server refused our membership: stop claiming the document.
             self._entered.pop(doc_id, None)
@@ -989,6 +1199,11 @@ class RatatoskrClient:
                 return  # the enter_document() caller receives it
         self._report(exc)
 
+    async def _rejoin_later(self, document_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if document_id in self._entered and self.is_connected:
+            await self._join(document_id)
+
     def _dispatch(self, change: Change) -> None:
         kind = type(change)
         if kind is PresenceChanged:
@@ -998,6 +1213,8 @@ class RatatoskrClient:
             self._emit("peer-joined", joined.document_id, joined.peer)
         elif kind is PeerLeft:
             left = cast(PeerLeft, change)
+            if not self._sync.p2p:
+                self._sync.peer_left(left.document_id, left.peer.peer_id)
             self._emit("peer-left", left.document_id, left.peer)
         elif kind is IdentityAdded:
             self._emit("peer-identity", cast(IdentityAdded, change).peer)
@@ -1033,6 +1250,51 @@ class RatatoskrClient:
         if emitter_listens:
             self._emit("presence-changed", document_id, peers)
 
+    # ================================================================== state hooks
+
+    def _display_name(self) -> str:
+        me = self._store.me
+        return self._name or (me.name if me is not None else "")
+
+    def _is_confirmed(self, document_id: str) -> bool:
+        me = self._store.me
+        return (
+            self.is_connected
+            and document_id in self._entered
+            and document_id not in self._joining
+            and me is not None
+            and any(p.peer_id == me.peer_id for p in self._store.presence(document_id))
+        )
+
+    def _emit_state(self, document_id: str, peer_id: str, state: Mapping[str, Any]) -> None:
+        peer = self._store.identities.get(peer_id) or Peer.unknown(peer_id)
+        self._emit("state-changed", document_id, peer, state)
+
+    def _emit_own_state(self, document_id: str, state: Mapping[str, Any]) -> None:
+        me = self._store.me
+        if me is not None:
+            self._emit("state-changed", document_id, me, state)
+
+    def _p2p_seen(self, document_id: str, peer_id: str, state: Mapping[str, Any]) -> None:
+        """Peer-to-peer mode: a peer's Presence message is its identity and presence."""
+        name = state.get("name")
+        user = UserInfo(None, name if isinstance(name, str) and name else peer_id, True)
+        frames: list[Frame] = [PeerIdentityFrame(peer_id, user)]
+        if document_id not in self._joining:
+            frames.append(PeerJoinedDocFrame(document_id, peer_id))
+        for frame in frames:
+            for change in self._store.apply(frame):
+                self._dispatch(change)
+
+    def _p2p_gone(self, document_id: str, peer_id: str) -> None:
+        """Peer-to-peer mode: goodbye or silence. Gone from the document, and
+        forgotten entirely once it is in no document we share."""
+        for change in self._store.apply(PeerLeftDocFrame(document_id, peer_id)):
+            self._dispatch(change)
+        if not any(peer_id in self._sync.states.peers(d) for d in self._entered):
+            for change in self._store.apply(PeerDisconnectedFrame(peer_id)):
+                self._dispatch(change)
+
     def _fail_waiters(self, error: RatatoskrError) -> None:
         for waiter in self._connect_waiters:
             if not waiter.done():
@@ -1053,12 +1315,16 @@ class RatatoskrClient:
     def __repr__(self) -> str:
         me = self._store.me
         who = f" as {me.name!r} ({me.peer_id})" if me is not None else ""
-        return f"<RatatoskrClient {self._ws_url} {self.state.value}{who}>"
+        return f"<RatatoskrClient {self._ws_url} {self.connection_state.value}{who}>"
 
 
 def _check_seconds(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
+
+
+def _is_sidecar(document_id: str) -> bool:
+    return document_id.startswith("eph:")
 
 
 def _check_document_id(document_id: object) -> None:

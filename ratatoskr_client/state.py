@@ -219,6 +219,10 @@ class PeerStates:
         entry = self._peers.get(document_id, {}).get(peer_id)
         return entry.view if entry is not None else None
 
+    def documents(self) -> tuple[str, ...]:
+        """Documents in which some peer has state."""
+        return tuple(doc for doc, peers in self._peers.items() if peers)
+
     def peers(self, document_id: str) -> tuple[str, ...]:
         """Peer ids with state in a document, in order of first message."""
         return tuple(self._peers.get(document_id, ()))

@@ -169,7 +169,7 @@ class _LiveView:
         self._peers = peers
         me = client.me.peer_id if client.is_connected else None
         table = Table(
-            title=f"{self._document} — {len(peers)} present ({client.state.value})",
+            title=f"{self._document} — {len(peers)} present ({client.connection_state.value})",
             title_justify="left",
         )
         table.add_column("name")

@@ -455,7 +455,10 @@ class RelayCore:
                 return  # upstream's automerge-repo rejects eph: ids: nothing relayed, no error
             presence = None  # upstream relays presence-shaped payloads like any other
         if presence is not None:
-            if not self._control_allowed(session, doc_id):
+            # Only joins and leaves fan out to everyone present; a heartbeat for a
+            # document the peer is in just refreshes a timestamp, so it is free.
+            refresh = presence.status == "heartbeat" and doc_id in session.docs
+            if not refresh and not self._control_allowed(session, doc_id):
                 return
             if presence.document_id != doc_id:
                 self._error(

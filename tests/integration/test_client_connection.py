@@ -55,7 +55,7 @@ async def test_auth_failure_raises_and_is_never_retried(ratatoskr_client, ratato
         await client.connect()
     assert info.value.code == "invalid_token"
     assert not client.is_connected
-    assert client.state is not ConnectionState.CONNECTED
+    assert client.connection_state is not ConnectionState.CONNECTED
     assert ratatoskr_tasks() == []  # no receive loop, nothing that could retry
     assert rec.of("connected") == rec.of("reconnecting") == []
     # Trying again is the application's call, and fails the same way.
@@ -75,7 +75,7 @@ async def test_auth_refused_on_reconnect_closes_the_client():
         (err,) = await rec.wait("error")
         assert isinstance(err, AuthError)
         await tasks_finish()
-        assert client.state is ConnectionState.CLOSED
+        assert client.connection_state is ConnectionState.CLOSED
         assert not client.is_connected
         assert server.auth_attempts == 2  # the first auth, and one refused retry
         assert len(rec.of("reconnecting")) == 1
@@ -100,7 +100,7 @@ async def test_http_and_ws_urls_reach_the_sync_socket(ratatoskr_relay, scheme, s
     async with RatatoskrClient(url) as client:
         assert client.is_connected
         assert await client.enter_document("doc") == (client.me,)
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
 
 
 # --------------------------------------------------------------------------- state
@@ -109,23 +109,23 @@ async def test_http_and_ws_urls_reach_the_sync_socket(ratatoskr_relay, scheme, s
 async def test_state_is_true_to_the_socket(ratatoskr_client, ratatoskr_relay):
     client = await ratatoskr_client(connect=False)
     rec = Recorder(client)
-    assert client.state is ConnectionState.IDLE
+    assert client.connection_state is ConnectionState.IDLE
     assert not client.is_connected
     await client.connect()
-    assert client.state is ConnectionState.CONNECTED
+    assert client.connection_state is ConnectionState.CONNECTED
     assert client.is_connected
 
     await ratatoskr_relay.stop()
     # The relay waited for our close reply: the socket is closed now.
     assert not client.is_connected
-    assert client.state is ConnectionState.RECONNECTING
+    assert client.connection_state is ConnectionState.RECONNECTING
     await ratatoskr_relay.start()
     await rec.wait("connected", lambda me: me != rec.of("connected")[0][0])
     assert client.is_connected
-    assert client.state is ConnectionState.CONNECTED
+    assert client.connection_state is ConnectionState.CONNECTED
 
     await client.close()
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
     assert not client.is_connected
 
 
@@ -136,12 +136,12 @@ async def test_without_reconnect_a_lost_connection_closes_the_client(
     rec = Recorder(client)
     await client.enter_document("doc")
     await ratatoskr_relay.stop()
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
     (reason,) = await rec.wait("disconnected")
     assert isinstance(reason, ConnectionClosed)
     await tasks_finish()
     assert rec.of("reconnecting") == []
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
     assert client.presence("doc") == ()
     with pytest.raises(ConnectionClosed):
         await client.enter_document("doc")
@@ -157,7 +157,7 @@ async def test_connect_and_close_are_idempotent_and_a_closed_client_can_reconnec
     await client.enter_document("doc")
     await client.close()
     await client.close()
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
     await client.connect()
     assert client.is_connected
     assert client.me.peer_id != first.peer_id
@@ -199,7 +199,7 @@ async def test_close_leaves_every_document_and_stops_every_task(ratatoskr_client
     assert len(ratatoskr_tasks()) == 2
     assert a._tasks == set()
     assert a._emitter.complete
-    assert a.state is ConnectionState.CLOSED
+    assert a.connection_state is ConnectionState.CLOSED
     assert a.presence("d1") == a.presence("d2") == ()
     assert a.entered_documents == ()
     emitted = rec_a.events[mark:]
@@ -227,7 +227,7 @@ async def test_close_while_reconnecting(ratatoskr_client, ratatoskr_relay):
     await ratatoskr_relay.stop()
     await rec.wait("reconnecting")
     await asyncio.wait_for(a.close(), 5)
-    assert a.state is ConnectionState.CLOSED
+    assert a.connection_state is ConnectionState.CLOSED
     assert ratatoskr_tasks() == []
 
 
@@ -560,23 +560,49 @@ async def test_bad_frames_from_the_server_are_reported_and_skipped():
 # --------------------------------------------------------------------------- other servers
 
 
-async def test_a_server_without_features_carries_ephemeral_but_has_no_presence():
+async def test_a_server_without_features_carries_ephemeral_and_enters_peer_to_peer():
     async with FakeServer(features=None) as server:
         async with RatatoskrClient(server.url) as a, RatatoskrClient(server.url) as b:
             rec_b = Recorder(b)
             assert a.is_connected
             assert not a.server_presence
             assert a.features == ()
-            with pytest.raises(PresenceUnsupported, match="presence"):
-                await a.enter_document("doc")
+            # Sidecars cannot work on such a server: a clear error, nothing entered.
+            with pytest.raises(PresenceUnsupported, match="eph:chat-doc"):
+                await a.enter_document("eph:chat-doc")
             assert a.entered_documents == ()
-            await a.send_ephemeral("doc", {"hello": "upstream"})
+            # Not entered yet: b drops the document's messages (upstream sends a
+            # document's messages only to subscribers; after a leave they go on).
+            await a.send_ephemeral("doc", {"n": "before"})
+            # Once the server has it, it has forwarded it to b ahead of anything else.
+            await server.wait_for(
+                lambda r: r.frame.get("type") == "ephemeral" and r.conn.peer_id == a.me.peer_id
+            )
+            # A document is entered with automerge-repo's empty-document request,
+            # and confirmed by the server's sync answer.
+            entering = asyncio.create_task(b.enter_document("doc", timeout=5))
+            request = await server.wait_for(
+                lambda r: r.frame.get("type") == "request" and r.conn.peer_id == b.me.peer_id
+            )
+            assert request.frame["documentId"] == "doc"
+            assert request.frame["data"] == bytes.fromhex("42000001000000020102")
+            await server.send(
+                request.conn,
+                {
+                    "type": "sync",
+                    "senderId": "server",
+                    "targetId": b.me.peer_id,
+                    "documentId": "doc",
+                    "data": b"\x42",
+                },
+            )
+            assert await asyncio.wait_for(entering, 5) == (b.me,)
+            await a.send_ephemeral("doc", {"n": "after"})
             await rec_b.wait("ephemeral-message")
-            assert rec_b.of("ephemeral-message") == [
-                ("doc", Peer.unknown(a.me.peer_id), {"hello": "upstream"})
-            ]
-        joins = server.presence_messages()
-        assert joins == []  # nothing presence-shaped was ever sent
+            assert [p for _, _, p in rec_b.of("ephemeral-message")] == [{"n": "after"}]
+            assert rec_b.of("ephemeral-message")[0][1] == Peer.unknown(a.me.peer_id)
+        # Nothing presence-shaped was ever sent: no server here would consume it.
+        assert server.presence_messages() == []
 
 
 async def test_upstream_style_auth_ok_with_a_user_id_only():
@@ -655,7 +681,7 @@ async def test_wait_connected_ends_when_the_client_closes(ratatoskr_client, rata
         await asyncio.wait_for(waiting, 3)
     await closing[0]
     assert waiters_at_close == [1]
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
 
 
 async def test_connect_times_out_when_auth_is_never_answered():
@@ -664,7 +690,7 @@ async def test_connect_times_out_when_auth_is_never_answered():
         client = RatatoskrClient(server.url, connect_timeout=0.2)
         with pytest.raises(OperationTimeout, match="auth"):
             await client.connect()
-        assert client.state is not ConnectionState.CONNECTED
+        assert client.connection_state is not ConnectionState.CONNECTED
         assert ratatoskr_tasks() == []
         hold.set()
         await client.close()
@@ -677,11 +703,11 @@ async def test_close_during_connect_wins():
         connecting = asyncio.create_task(client.connect())
         await server.wait_for(lambda r: r.frame.get("type") == "auth")
         await client.close()
-        assert client.state is ConnectionState.CLOSED
+        assert client.connection_state is ConnectionState.CLOSED
         hold.set()  # the server answers now, too late
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(connecting, 5)
-        assert client.state is ConnectionState.CLOSED
+        assert client.connection_state is ConnectionState.CLOSED
         assert not client.is_connected
         assert ratatoskr_tasks() == []
 
@@ -745,7 +771,7 @@ async def test_reconnect_gives_up_after_max_attempts(ratatoskr_client, ratatoskr
     assert "gave up" in str(err)
     await tasks_finish()
     assert [n for n, _ in rec.of("reconnecting")] == [1, 2, 3]
-    assert client.state is ConnectionState.CLOSED
+    assert client.connection_state is ConnectionState.CLOSED
     assert client.entered_documents == ()
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(waiting, 2)
@@ -806,8 +832,10 @@ async def test_enter_document_while_the_first_connect_is_in_progress(features):
         client = RatatoskrClient(server.url)
         connecting = asyncio.create_task(client.connect())
         await server.wait_for(lambda r: r.frame.get("type") == "auth")
-        assert client.state is ConnectionState.CONNECTING
-        entering = asyncio.create_task(client.enter_document("doc", timeout=5))
+        assert client.connection_state is ConnectionState.CONNECTING
+        # Without server-side presence only sidecars are refused (after auth_ok).
+        doc = "doc" if features else "eph:chat-doc"
+        entering = asyncio.create_task(client.enter_document(doc, timeout=5))
         hold.set()
         await asyncio.wait_for(connecting, 5)
         if features is None:

@@ -50,7 +50,7 @@ async def test_marker(ratatoskr_relay, ratatoskr_client):
     await client.enter_document(client.sidecar("only-doc", "chat"))  # eph: is public
 
 def test_every_client_was_closed():
-    assert made and all(c.state.value == "closed" for c in made)
+    assert made and all(c.connection_state.value == "closed" for c in made)
 
 @pytest.mark.asyncio
 async def test_open_mode_by_default(ratatoskr_relay, ratatoskr_client):

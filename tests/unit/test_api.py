@@ -211,7 +211,7 @@ def test_sidecar_ids():
 
 def test_a_fresh_client_is_idle_and_has_no_identity():
     client = RatatoskrClient("http://localhost:4151")
-    assert client.state is ratatoskr_client.ConnectionState.IDLE
+    assert client.connection_state is ratatoskr_client.ConnectionState.IDLE
     assert not client.is_connected
     assert dict(client.peers) == {}
     assert client.presence("doc") == ()
