@@ -3,9 +3,11 @@
 ``interop_node_project`` installs ``tests/interop/node`` (pinned automerge-repo,
 automerge and ws, from ``package-lock.json``) with ``npm ci`` once per session. If
 npm or its registry is unreachable, every interop test FAILS with npm's output: CI
-must never silently skip interop. A successful install is stamped with a hash of
-``package.json``, ``package-lock.json`` and the Node version, so later sessions on a
-developer machine reuse it (set ``RATATOSKR_INTEROP_REINSTALL=1`` to force npm ci).
+must never silently skip interop. Only when Node/npm are not installed at all are
+the tests skipped (and not even then under ``RATATOSKR_REQUIRE_INTEROP=1``, as in
+CI). A successful install is stamped with a hash of ``package.json``,
+``package-lock.json`` and the Node version, so later sessions on a developer
+machine reuse it (set ``RATATOSKR_INTEROP_REINSTALL=1`` to force npm ci).
 
 ``start_js_peer`` starts ``node peer.js`` against the test's relay and returns a
 :class:`JsPeer` that speaks the line protocol documented at the top of
@@ -55,7 +57,13 @@ Event = dict[str, Any]
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"the interop tests need {name!r} on PATH (Node 20+ and npm)", pytrace=False)
+        message = f"the interop tests need {name!r} on PATH (Node 20+ and npm)"
+        # CI sets RATATOSKR_REQUIRE_INTEROP=1 (see .ci/run): there a missing Node is
+        # a failure. On a machine with only Python the suite still passes, with
+        # these tests reported as skipped and the reason printed.
+        if os.environ.get("RATATOSKR_REQUIRE_INTEROP"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     return path
 
 
