@@ -130,6 +130,8 @@ DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024
 _ENVELOPE_OVERHEAD: Final = 512
 # Seconds coroutine callbacks get to finish when the client closes.
 _CALLBACK_GRACE: Final = 1.0
+# Seconds close() waits for the server to answer our close frame.
+_CLOSE_TIMEOUT: Final = 2.0
 # A watch_presence() consumer this far behind loses its oldest snapshots.
 _WATCH_BACKLOG: Final = 1000
 # The empty-document sync message automerge-repo sends in a `request`; upstream
@@ -319,6 +321,8 @@ class RatatoskrClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        #: resolved by close(): wakes senders waiting for a pacing token
+        self._closed_future: asyncio.Future[None] | None = None
 
     # ================================================================== properties
 
@@ -521,6 +525,8 @@ class RatatoskrClient:
             await self._close_http()
             return
         self._closing = True
+        if self._closed_future is not None and not self._closed_future.done():
+            self._closed_future.set_result(None)
         was_connected = self.is_connected
         ws = self._ws
         opening = self._opening
@@ -635,6 +641,12 @@ class RatatoskrClient:
             raise OperationTimeout(
                 f"the server did not confirm entering {document_id!r} within {wait} s"
             ) from None
+        except asyncio.CancelledError:
+            # The caller gave up (e.g. its own timeout): do not stay in a document
+            # it cannot know it entered. Leave in the background; re-raise now.
+            if self._confirm.get(document_id) is fut and not fut.done():
+                self._spawn(self._abandon(document_id), "abandon")
+            raise
 
     async def leave_document(self, document_id: str) -> None:
         """Leave a document: the server tells the other peers, and this client stops
@@ -786,7 +798,11 @@ class RatatoskrClient:
                 wait = bucket.take(loop.time())
                 if wait <= 0:
                     return
-                await asyncio.sleep(wait)
+                # A long pause (a server's retryAfter) must not outlive close().
+                closed = self._closed_signal
+                await asyncio.wait([closed], timeout=wait)
+                if closed.done():
+                    raise ConnectionClosed("client closed while waiting to send")
 
     async def _send_state_payload(
         self, document_id: str, payload: dict[str, Any], *, paced: bool = True
@@ -852,6 +868,8 @@ class RatatoskrClient:
                     heartbeat=self._ping_interval,
                     max_msg_size=16 * 1024 * 1024,
                     autoping=True,
+                    # close() waits this long for the server's close reply, not 10 s.
+                    timeout=aiohttp.ClientWSTimeout(ws_close=_CLOSE_TIMEOUT),
                 ),
                 self._connect_timeout,
             )
@@ -971,26 +989,37 @@ class RatatoskrClient:
 
     async def _run(self) -> None:
         """Receive frames; on a lost connection, reconnect until closed."""
-        while True:
-            ws = self._ws
-            assert ws is not None
-            reason = await self._receive_loop(ws)
+        try:
+            while True:
+                ws = self._ws
+                assert ws is not None
+                reason = await self._receive_loop(ws)
+                if self._closing:
+                    return
+                self._lost(reason)
+                if not self._reconnect or not await self._reconnect_loop():
+                    break  # auth refused, reconnect disabled or given up
+        except Exception:
+            # A bug must not leave the client claiming to reconnect forever.
+            log.exception("the receive loop failed; closing the client")
             if self._closing:
                 return
-            self._lost(reason)
-            if not self._reconnect or not await self._reconnect_loop():
-                # Auth refused, reconnect disabled or given up: the client is closed.
-                self._state = ConnectionState.CLOSED
-                self._fail_waiters(ConnectionClosed("client stopped reconnecting"))
-                for doc_id in list(self._store.tracked()):
-                    self._store.forget(doc_id)
-                self._entered.clear()
-                current = asyncio.current_task()
-                for task in list(self._tasks):
-                    if task is not current:
-                        task.cancel()
-                await self._close_http()
-                return
+            self._ws = None
+        await self._shut_down(ConnectionClosed("client stopped reconnecting"))
+
+    async def _shut_down(self, reason: ConnectionClosed) -> None:
+        """The client closes on its own (not through close())."""
+        self._state = ConnectionState.CLOSED
+        self._sync.reset()
+        self._fail_waiters(reason)
+        for doc_id in list(self._store.tracked()):
+            self._store.forget(doc_id)
+        self._entered.clear()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        await self._close_http()
 
     async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> ConnectionClosed:
         while True:
@@ -1044,6 +1073,13 @@ class RatatoskrClient:
                 log.debug("reconnect attempt %d failed: %s", attempt, exc)
                 floor = 0.0
         return False
+
+    @property
+    def _closed_signal(self) -> asyncio.Future[None]:
+        fut = self._closed_future
+        if fut is None or (fut.done() and not self._closing):
+            fut = self._closed_future = asyncio.get_running_loop().create_future()
+        return fut
 
     def _stopping(self) -> bool:
         # A method, not the attribute, so type checkers do not assume that

@@ -845,3 +845,47 @@ async def test_enter_document_while_the_first_connect_is_in_progress(features):
         else:
             assert await asyncio.wait_for(entering, 5) == (client.me,)
         await client.close()
+
+
+async def test_cancelled_enter_document_does_not_stay_entered():
+    async with FakeServer(answer_joins=False) as server, RatatoskrClient(server.url) as client:
+        with pytest.raises(TimeoutError):
+            # The caller's own timeout cancels the enter: the client leaves.
+            await asyncio.wait_for(client.enter_document("doc"), 0.2)
+        leave = await server.wait_for(
+            lambda r: r.frame.get("type") == "ephemeral" and r.payload.get("status") == "leave"
+        )
+        assert leave.payload["documentId"] == "doc"
+        assert client.entered_documents == ()
+
+
+async def test_close_wakes_a_sender_waiting_out_a_rate_limit_pause(ratatoskr_client):
+    client = await ratatoskr_client()
+    client._bucket.pause(asyncio.get_running_loop().time(), 60.0)  # a server's retryAfter
+    sending = asyncio.create_task(client.send_ephemeral("doc", "late"))
+    await asyncio.sleep(0)  # let it start waiting
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await client.close()
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(sending, 5)
+    assert loop.time() - start < 5
+
+
+async def test_an_internal_failure_closes_the_client_instead_of_hanging(
+    ratatoskr_client, monkeypatch
+):
+    client = await ratatoskr_client()
+    await client.enter_document("doc")
+    waiting = asyncio.create_task(client.wait_for_presence("doc", lambda p: len(p) == 5))
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("a bug in frame handling")
+
+    monkeypatch.setattr(client, "_on_bytes", broken)
+    other = await ratatoskr_client()
+    await other.enter_document("doc")  # makes the relay send client a frame
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(waiting, 5)
+    assert client.connection_state is ConnectionState.CLOSED
+    assert client._tasks == set()
