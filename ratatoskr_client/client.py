@@ -1004,7 +1004,11 @@ class RatatoskrClient:
             log.exception("the receive loop failed; closing the client")
             if self._closing:
                 return
-            self._ws = None
+            ws = self._ws
+            if ws is not None:
+                self._lost(ConnectionClosed("internal error in the receive loop"))
+                with contextlib.suppress(Exception):
+                    await ws.close()
         await self._shut_down(ConnectionClosed("client stopped reconnecting"))
 
     async def _shut_down(self, reason: ConnectionClosed) -> None:

@@ -889,3 +889,6 @@ async def test_an_internal_failure_closes_the_client_instead_of_hanging(
         await asyncio.wait_for(waiting, 5)
     assert client.connection_state is ConnectionState.CLOSED
     assert client._tasks == set()
+    assert client.presence("doc") == ()
+    # The relay saw the socket close: the others see the client go.
+    await other.wait_for_presence("doc", lambda p: p == (other.me,), timeout=5)
