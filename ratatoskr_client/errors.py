@@ -51,6 +51,11 @@ __all__ = [
     "error_from_frame",
 ]
 
+#: The longest pause a server's ``retryAfter`` can impose, in seconds. Rate limits
+#: are per minute, so no honest server asks for more; a larger value (a buggy or
+#: hostile server) would otherwise stop sending, re-joins and reconnects for good.
+_MAX_RETRY_AFTER = 60.0
+
 
 class RatatoskrError(Exception):
     """Root of every exception raised by ratatoskr-client."""
@@ -122,7 +127,8 @@ class DocumentNotFound(ServerError):
 class RateLimited(ServerError):
     """The server dropped a message because this connection sent too many.
 
-    ``retry_after`` is the number of seconds the server asked us to wait.
+    ``retry_after`` is the number of seconds the server asked us to wait (at most
+    60 s).
     """
 
     def __init__(
@@ -199,6 +205,7 @@ def error_from_frame(
 ) -> ServerError:
     """Build the typed exception for a server error frame's ``error`` code."""
     if code == "rate_limited":
-        return RateLimited(code, message, retry_after=retry_after or 0.0, document_id=document_id)
+        retry_after = min(retry_after or 0.0, _MAX_RETRY_AFTER)
+        return RateLimited(code, message, retry_after=retry_after, document_id=document_id)
     cls = _ERROR_CLASSES.get(code, ServerError)
     return cls(code, message, document_id=document_id)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, cast
 
 from .errors import ProtocolError
 
@@ -87,7 +87,8 @@ def parse_state_payload(payload: object) -> StateMessage | None:
     if type(message) is not dict:
         raise ProtocolError("__presence message must be a map")
     kind = message.get("type")
-    if kind not in _TYPES:
+    # Type first: `in` hashes, and a CBOR array or map is unhashable (TypeError).
+    if type(kind) is not str or kind not in _TYPES:
         raise ProtocolError(f"__presence message has unknown type {kind!r}")
     if kind == "snapshot":
         state = message.get("state")
@@ -99,7 +100,7 @@ def parse_state_payload(payload: object) -> StateMessage | None:
         if type(channel) is not str:
             raise ProtocolError("__presence update needs a string 'channel'")
         return StateMessage("update", channel=channel, value=message.get("value"))
-    return StateMessage(kind)
+    return StateMessage(cast(StateMessageType, kind))
 
 
 def snapshot_payload(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,271 @@
+"""Half-open connections: a peer or a server that goes silent without closing.
+
+Relay side, two independent mechanisms, each measured on its own:
+
+* presence TTL: a peer that stops sending (its TCP connection still open) is
+  removed from every document within TTL + one expiry sweep (min(1 s, TTL/10));
+* WebSocket ping: a socket that answers no ping is closed within 1.5 ×
+  ``ping_interval`` of the last frame received from it, and its presence goes
+  with it.
+
+Client side: a client whose server stops answering (a frozen server, or a
+network path that silently drops every packet, played by a TCP proxy) notices
+within 1.5 × its ``ping_interval`` of the last frame it received, reports
+``disconnected``, and reconnects as soon as a server is reachable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ratatoskr_client import ConnectionClosed, Peer, RatatoskrClient
+from ratatoskr_client.testing import TEST_BACKOFF
+
+from ..integration.fakeserver import FakeServer, Recorder
+from .support import Background, BlackholeProxy, RecordingPeer, assert_never_about
+
+#: Scheduling allowance on a small, shared machine (the CI runner or a laptop
+#: running benchmarks). Every bound below is "documented bound + SLACK".
+SLACK = 1.0
+
+
+USERS = [{"token": "alice-secret", "id": "alice", "name": "Alice"}]
+#: "doc" is public; the anonymous observers must never hear of the "vault".
+DOCUMENTS = [
+    {"id": "doc", "acl": [{"principal": "public"}]},
+    {"id": "vault", "owner": "alice"},
+]
+
+
+def ids(peers: tuple[Peer, ...]) -> list[str]:
+    return [p.peer_id for p in peers]
+
+
+def is_left(peer_id: str):
+    return lambda f: f.get("type") == "peer_left_doc" and f.get("peerId") == peer_id
+
+
+# --------------------------------------------------------------------------- relay side
+
+TTL = 1.0
+SWEEP = min(1.0, TTL / 10)
+
+
+# ping_interval stays 30 s: only the TTL acts
+@pytest.mark.ratatoskr_relay(presence_ttl=TTL, users=USERS, documents=DOCUMENTS)
+async def test_relay_removes_a_silent_peer_from_presence_within_the_ttl(ratatoskr_relay):
+    url = ratatoskr_relay.ws_url
+    observer = await RecordingPeer.open(url, "observer")
+    stuck = await RecordingPeer.open(url, "stuck", "alice-secret")
+    try:
+        await _silent_peer_scenario(ratatoskr_relay, observer, stuck)
+    finally:
+        await stuck.close()
+        await observer.close()
+
+
+async def _silent_peer_scenario(ratatoskr_relay, observer, stuck) -> None:
+    loop = asyncio.get_running_loop()
+    async with Background() as background:
+        await observer.join("doc")
+        await stuck.join("vault")
+
+        async def keep_observer_present() -> None:
+            while True:  # well within the TTL
+                await asyncio.sleep(TTL / 5)
+                await observer.presence("doc", "heartbeat")
+
+        background.start(keep_observer_present())  # until the end of the test
+        sent = loop.time()
+        await stuck.join("doc")
+        confirmed = loop.time()
+        stuck.pause()  # alive TCP, no reads, no writes
+
+        i = await observer.wait_index(is_left(stuck.peer_id), timeout=TTL + SWEEP + 10)
+        removed = observer.arrivals[i]
+        print(
+            f"silent peer removed {removed - confirmed:.3f}-{removed - sent:.3f} s after its "
+            f"last frame (TTL {TTL} s, sweep {SWEEP} s)"
+        )
+        assert removed - sent >= TTL  # never before the TTL
+        assert removed - confirmed <= TTL + SWEEP + SLACK
+        assert ratatoskr_relay.core.presence("doc") == (observer.peer_id,)
+        assert ratatoskr_relay.core.presence("vault") == ()  # expired everywhere
+        # Only presence went: the connection itself is open (no ping has failed yet).
+        assert ratatoskr_relay.stats().peers == 2
+        assert observer.received(lambda f: f.get("type") == "peer_disconnected") == []
+
+        # The relay told the stuck peer too; once it runs again it reads that it
+        # is gone, and one heartbeat brings it back.
+        stuck.resume()
+        await stuck.wait_for(is_left(stuck.peer_id))
+        mark = len(stuck.frames)
+        await stuck.presence("doc", "heartbeat")
+        state = await stuck.wait_for(lambda f: f.get("type") == "doc_presence_state", since=mark)
+        assert state["peers"] == [observer.peer_id, stuck.peer_id]
+        await observer.wait_for(
+            lambda f: f.get("type") == "peer_joined_doc" and f.get("peerId") == stuck.peer_id
+        )
+        await observer.barrier()
+        assert assert_never_about(observer.frames, "vault") == {}
+
+
+RELAY_PING = 0.5
+
+
+@pytest.mark.ratatoskr_relay(
+    ping_interval=RELAY_PING, presence_ttl=60, users=USERS, documents=DOCUMENTS
+)
+async def test_relay_closes_a_socket_that_answers_no_ping(ratatoskr_relay):
+    url = ratatoskr_relay.ws_url
+    observer = await RecordingPeer.open(url, "observer")
+    stuck = await RecordingPeer.open(url, "stuck", "alice-secret")
+    try:
+        await observer.join("doc")
+        await stuck.join("vault")
+        loop = asyncio.get_running_loop()
+        # The relay's ping timer restarts with each frame it receives from the
+        # peer: the last one is this join, received after `sent` and before the
+        # presence state arrives.
+        sent = loop.time()
+        await stuck.join("doc")
+        last_frame = stuck.arrivals[-1]
+        stuck.pause()
+        gone = await observer.wait_index(
+            lambda f: f.get("type") == "peer_disconnected" and f.get("peerId") == stuck.peer_id,
+            timeout=10,
+        )
+        closed_after = observer.arrivals[gone] - last_frame
+        print(f"unanswered pings closed the socket {closed_after:.3f} s after its last frame")
+        # A ping after ping_interval of silence, then half that for the pong.
+        assert observer.arrivals[gone] - sent >= 1.5 * RELAY_PING
+        assert closed_after <= 1.5 * RELAY_PING + SLACK
+        # Presence went with the connection (the TTL, 60 s, had nothing to do with it).
+        left = [i for i, f in enumerate(observer.frames) if is_left(stuck.peer_id)(f)]
+        assert len(left) == 1
+        assert left[0] < gone
+        assert ratatoskr_relay.core.presence("doc") == (observer.peer_id,)
+        stats = ratatoskr_relay.stats()
+        assert (stats.connections, stats.peers, stats.memberships) == (1, 1, 1)
+        await observer.barrier()
+        assert assert_never_about(observer.frames, "vault") == {}
+    finally:
+        await stuck.close()
+        await observer.close()
+
+
+# --------------------------------------------------------------------------- client side
+
+PING = 0.5
+CONNECT_TIMEOUT = 1.0
+
+
+@pytest.mark.ratatoskr_relay(ping_interval=RELAY_PING, users=USERS, documents=DOCUMENTS)
+async def test_client_notices_a_dead_network_path_and_reconnects_through_it(
+    ratatoskr_relay, ratatoskr_client
+):
+    loop = asyncio.get_running_loop()
+    observer = await ratatoskr_client()  # straight to the relay
+    spy = await RecordingPeer.open(ratatoskr_relay.ws_url, "spy")  # records every frame
+    async with BlackholeProxy(ratatoskr_relay.port) as proxy:
+        client = RatatoskrClient(
+            proxy.url,
+            token="alice-secret",
+            ping_interval=PING,
+            connect_timeout=CONNECT_TIMEOUT,
+            backoff=TEST_BACKOFF,
+        )
+        rec = Recorder(client)
+        obs = Recorder(observer)
+        try:
+            await client.connect()
+            await client.enter_document("doc")
+            await client.enter_document("vault")
+            await observer.enter_document("doc")
+            await client.wait_for_presence("doc", lambda p: len(p) == 2, timeout=10)
+            old = client.me
+
+            # Healthy but idle for several ping intervals: pings are answered,
+            # nothing is declared dead.
+            before = proxy.traffic()
+            await asyncio.sleep(4 * PING)  # let the ping timers run
+            assert rec.of("disconnected") == []
+            assert client.is_connected
+            assert proxy.traffic() > before  # pings and pongs did cross
+
+            # The path dies: every byte is dropped, nothing is closed.
+            last_received = loop.time()  # nothing can arrive from here on
+            proxy.blackhole()
+            (reason,) = await rec.wait("disconnected", timeout=10)
+            detected = loop.time() - last_received
+            assert isinstance(reason, ConnectionClosed)
+            assert not client.is_connected
+            assert client.presence("doc") == ()
+
+            # The relay, pinging the other end of the same dead path, drops the old peer.
+            await obs.wait("peer-left", lambda doc, peer: peer == old, timeout=10)
+            relay_detected = loop.time() - last_received
+
+            # Reconnect attempts go into the void until the path is back...
+            proxy.new_link.clear()
+            await asyncio.wait_for(proxy.new_link.wait(), 10)
+            assert not client.is_connected
+            restored = loop.time()
+            proxy.restore()
+            await rec.wait("connected", lambda me: me != old, timeout=10)
+            reconnected = loop.time() - restored
+            print(
+                f"dead path: client noticed after {detected:.3f} s (ping {PING} s), relay after "
+                f"{relay_detected:.3f} s (ping {RELAY_PING} s); reconnected {reconnected:.3f} s "
+                "after the path came back"
+            )
+            assert detected <= 1.5 * PING + SLACK
+            assert relay_detected <= 1.5 * RELAY_PING + SLACK
+            # One attempt may be hanging in the dead path: it times out, then backoff.
+            assert reconnected <= CONNECT_TIMEOUT + TEST_BACKOFF.max_delay + SLACK
+
+            # Converged: both see exactly the two live connections, no ghost.
+            expected = [observer.me.peer_id, client.me.peer_id]
+            await client.wait_for_presence("doc", lambda p: ids(p) == expected, timeout=10)
+            await observer.wait_for_presence("doc", lambda p: ids(p) == expected, timeout=10)
+            assert list(ratatoskr_relay.core.presence("doc")) == expected
+            connected = {*expected, spy.peer_id}
+            await obs.until(lambda: set(observer.peers) == connected, timeout=10)
+            assert set(client.peers) == connected
+            attempts = rec.of("reconnecting")
+            assert len(attempts) >= 2  # at least one went into the dead path
+            assert [n for n, _ in attempts] == list(range(1, len(attempts) + 1))
+            await client.wait_for_presence("vault", lambda p: ids(p) == [client.me.peer_id])
+            await spy.barrier()
+            assert assert_never_about(spy.frames, "vault") == {}
+            assert [f["type"] for f in spy.frames].count("peer_disconnected") == 1  # old
+        finally:
+            await client.close()
+            await spy.close()
+
+
+async def test_client_notices_a_frozen_server_and_reconnects():
+    loop = asyncio.get_running_loop()
+    async with FakeServer() as server:
+        client = RatatoskrClient(server.url, ping_interval=PING, backoff=TEST_BACKOFF)
+        rec = Recorder(client)
+        try:
+            await client.connect()
+            await client.enter_document("doc")
+            first = server.conns[0]
+            server.freeze(first)  # stops after the next frame: no answers, no pongs
+            await client.send_ephemeral("doc", "the last frame it reads")
+            frozen = (await server.wait_for(lambda r: r.frame.get("type") == "ephemeral")).at
+            (reason,) = await rec.wait("disconnected", timeout=10)
+            detected = loop.time() - frozen
+            await rec.wait("connected", since=1, timeout=10)
+            await client.wait_for_presence("doc", lambda p: client.me in p, timeout=10)
+            print(f"frozen server noticed after {detected:.3f} s (ping {PING} s)")
+            assert isinstance(reason, ConnectionClosed)
+            assert detected <= 1.5 * PING + SLACK
+            assert client.me.peer_id == "client-2"  # a fresh connection
+            assert len(server.conns) == 2
+        finally:
+            await client.close()
