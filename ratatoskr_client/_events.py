@@ -22,11 +22,34 @@ from .errors import CallbackError
 
 __all__ = ["SafeEmitter"]
 
+_iscoroutine = asyncio.iscoroutine
+
 log = logging.getLogger("ratatoskr_client")
 
 
 class SafeEmitter(AsyncIOEventEmitter):
     """An AsyncIOEventEmitter whose callbacks can never break the emitter."""
+
+    def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
+        # pyee's emit -> _call_handlers -> _run_one, flattened into one call: the
+        # client emits once per received message, so the layers were a real cost.
+        handlers = self._events.get(event)
+        if not handlers:
+            self._emit_handle_potential_error(event, args[0] if args else None)
+            return False
+        for handler in tuple(handlers.values()):
+            try:
+                result = handler(*args, **kwargs)
+            except Exception as exc:
+                self._failed(event, exc)
+                continue
+            if result is not None and _iscoroutine(result):
+                self._track(event, result)
+        return True
+
+    def has_listeners(self, event: str) -> bool:
+        """True if ``event`` has a callback (cheaper than ``bool(listeners(event))``)."""
+        return bool(self._events.get(event))
 
     def _call_handlers(self, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         handlers = self._events.get(event)
@@ -45,9 +68,13 @@ class SafeEmitter(AsyncIOEventEmitter):
             self._failed(event, exc)
             return
         if asyncio.iscoroutine(result):
-            task = asyncio.ensure_future(result)
-            self._waiting.add(task)
-            task.add_done_callback(partial(self._finished, event))
+            self._track(event, result)
+
+    def _track(self, event: str, coro: Any) -> None:
+        """Run a coroutine callback as a task; its failure is reported like a raise."""
+        task = asyncio.ensure_future(coro)
+        self._waiting.add(task)
+        task.add_done_callback(partial(self._finished, event))
 
     def _finished(self, event: str, task: asyncio.Future[Any]) -> None:
         self._waiting.discard(task)

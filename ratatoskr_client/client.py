@@ -141,6 +141,7 @@ EMPTY_DOC_SYNC: Final = bytes.fromhex("42000001000000020102")
 _UPSTREAM_ANONYMOUS_LIMIT: Final = 90
 # Gossip copies remembered per connection in peer-to-peer mode (see _is_gossip_copy).
 _MAX_SEEN_SESSIONS: Final = 4096
+_BINARY: Final = aiohttp.WSMsgType.BINARY
 
 EventName: TypeAlias = Literal[
     "connected",
@@ -221,7 +222,10 @@ class RatatoskrClient:
             disables it (a dead server is then only noticed by TCP).
         max_frame_size: largest frame this client sends (the relay's default limit).
         session: an aiohttp ``ClientSession`` to use (the caller closes it); by
-            default the client creates and closes its own.
+            default the client creates and closes its own. Many clients in one
+            process can share one session (it saves memory); an open socket holds
+            one of the session connector's slots, so give it a connector without
+            that limit: ``ClientSession(connector=aiohttp.TCPConnector(limit=0))``.
         name: the display name this client puts in its shared state (``"name"``)
             when the server gives it none (upstream servers do not); peers in
             peer-to-peer mode know us by it.
@@ -775,8 +779,10 @@ class RatatoskrClient:
             ConnectionClosed: not connected (the message is not queued).
         """
         _check_document_id(document_id)
-        # Any mapping (dict subclasses too) goes on the wire as a CBOR map.
-        if isinstance(payload, Mapping) and payload.get("type") == "presence":
+        # Any mapping (dict subclasses too) goes on the wire as a CBOR map. (The
+        # type test first: isinstance() against an ABC is slow on this hot path.)
+        is_map = type(payload) is dict or isinstance(payload, Mapping)
+        if is_map and payload.get("type") == "presence":
             raise PayloadError('payloads with "type": "presence" are reserved for presence')
         data = encode_payload(payload)
         if len(data) + _ENVELOPE_OVERHEAD > self._max_frame_size:
@@ -1029,7 +1035,7 @@ class RatatoskrClient:
         while True:
             msg = await ws.receive()
             kind = msg.type
-            if kind is aiohttp.WSMsgType.BINARY:
+            if kind is _BINARY:
                 self._on_bytes(msg.data)
             elif kind is aiohttp.WSMsgType.TEXT:
                 self._report(ProtocolError("server sent a text frame; expected binary CBOR"))
@@ -1146,10 +1152,10 @@ class RatatoskrClient:
         except ProtocolError as exc:
             self._report(exc)
             return
-        kind = type(frame)
-        if kind is EphemeralFrame:
-            self._on_ephemeral(cast(EphemeralFrame, frame))
+        if type(frame) is EphemeralFrame:  # the hot path: one per message received
+            self._on_ephemeral(frame)
             return
+        kind = type(frame)
         if kind is ErrorFrame:
             self._on_error_frame(cast(ErrorFrame, frame))
             return
@@ -1198,8 +1204,7 @@ class RatatoskrClient:
             else:
                 if message is not None and frame.sender_id:
                     self._sync.received(doc_id, frame.sender_id, message)
-        sender = self._store.identities.get(frame.sender_id) or Peer.unknown(frame.sender_id)
-        self._emit("ephemeral-message", doc_id, sender, payload)
+        self._emitter.emit("ephemeral-message", doc_id, self._store.peer(frame.sender_id), payload)
 
     def _is_gossip_copy(self, frame: EphemeralFrame) -> bool:
         """Peer-to-peer mode: upstream relays the copies stock peers forward,
@@ -1245,19 +1250,20 @@ class RatatoskrClient:
             await self._join(document_id)
 
     def _dispatch(self, change: Change) -> None:
+        # Runs once or twice per presence frame (N of them per client in a
+        # reconnect storm): plain type tests and direct emits, no cast() calls.
         kind = type(change)
-        if kind is PresenceChanged:
-            self._presence_changed(cast(PresenceChanged, change).document_id)
-        elif kind is PeerJoined:
-            joined = cast(PeerJoined, change)
-            self._emit("peer-joined", joined.document_id, joined.peer)
+        if type(change) is PresenceChanged:
+            self._presence_changed(change.document_id)
+        elif type(change) is PeerJoined:
+            self._emitter.emit("peer-joined", change.document_id, change.peer)
+        elif type(change) is IdentityAdded:
+            self._emitter.emit("peer-identity", change.peer)
         elif kind is PeerLeft:
             left = cast(PeerLeft, change)
             if not self._sync.p2p:
                 self._sync.peer_left(left.document_id, left.peer.peer_id)
             self._emit("peer-left", left.document_id, left.peer)
-        elif kind is IdentityAdded:
-            self._emit("peer-identity", cast(IdentityAdded, change).peer)
         elif kind is IdentityRemoved:
             self._emit("peer-disconnected", cast(IdentityRemoved, change).peer)
         elif kind is SelfRemoved:
@@ -1267,7 +1273,7 @@ class RatatoskrClient:
                 self._spawn(self._join(doc_id), "rejoin")
 
     def _presence_changed(self, document_id: str) -> None:
-        emitter_listens = bool(self._emitter.listeners("presence-changed"))
+        emitter_listens = self._emitter.has_listeners("presence-changed")
         watchers = self._watchers.get(document_id)
         waiters = self._waiters.get(document_id)
         if not (emitter_listens or watchers or waiters):

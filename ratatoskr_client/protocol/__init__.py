@@ -4,7 +4,7 @@ Shared by :class:`~ratatoskr_client.RatatoskrClient` and the reference relay.
 See ``docs/protocol.md`` for the rules these frames follow.
 """
 
-from .codec import cbor_map_header, cbor_text, loads_strict
+from .codec import cbor_bytes, cbor_map_header, cbor_text, cbor_uint, loads_strict
 from .messages import (
     FEATURES,
     AuthErrorFrame,
@@ -51,8 +51,10 @@ __all__ = [
     "SyncFrame",
     "UnknownFrame",
     "UserInfo",
+    "cbor_bytes",
     "cbor_map_header",
     "cbor_text",
+    "cbor_uint",
     "decode",
     "decode_payload",
     "encode",

@@ -13,6 +13,8 @@ camelCase (``peerId``). ``to_wire()`` gives the wire map of a frame.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, TypeAlias, cast
@@ -21,6 +23,8 @@ import cbor2
 
 from ..errors import ProtocolError
 from .codec import dumps, loads_strict
+
+_loads = cbor2.loads
 
 __all__ = [
     "FEATURES",
@@ -53,6 +57,7 @@ FEATURES: Final = ("identity", "presence", "ephemeral")
 
 PresenceStatus: TypeAlias = Literal["join", "leave", "heartbeat"]
 _PRESENCE_STATUSES: Final = frozenset(("join", "leave", "heartbeat"))
+_MAX_FLOAT: Final = sys.float_info.max
 
 
 # --------------------------------------------------------------------------- helpers
@@ -473,8 +478,10 @@ def _p_auth_error(m: dict[str, Any]) -> AuthErrorFrame:
 
 def _p_error(m: dict[str, Any]) -> ErrorFrame:
     retry = m.get("retryAfter")
-    if retry is not None and (type(retry) not in (int, float) or retry < 0):
-        raise _fail("error", "retryAfter", "a non-negative number", retry)
+    # `0 <= retry <= max float` also refuses nan, inf, and integers too large
+    # for float() (which would raise OverflowError, not ProtocolError).
+    if retry is not None and (type(retry) not in (int, float) or not 0 <= retry <= _MAX_FLOAT):
+        raise _fail("error", "retryAfter", "a finite non-negative number", retry)
     return ErrorFrame(
         _str(m, "error", "error"),
         _opt_str(m, "message", "error") or "",
@@ -484,6 +491,16 @@ def _p_error(m: dict[str, Any]) -> ErrorFrame:
 
 
 def _p_peer_identity(m: dict[str, Any]) -> PeerIdentityFrame:
+    # Hot during a reconnect storm (N frames per client): check the well-formed
+    # shape inline; anything else takes the helpers, which say what is wrong.
+    pid = m.get("peerId")
+    user = m.get("user")
+    if type(pid) is str and pid and type(user) is dict:
+        uid = user.get("id")
+        name = user.get("name")
+        anon = user.get("isAnonymous")
+        if (uid is None or type(uid) is str) and type(name) is str and type(anon) is bool:
+            return PeerIdentityFrame(pid, UserInfo(uid, name, anon))
     return PeerIdentityFrame(
         _str(m, "peerId", "peer_identity"),
         UserInfo.from_wire(m.get("user", _MISSING), "peer_identity", strict=True),
@@ -495,11 +512,19 @@ def _p_peer_disconnected(m: dict[str, Any]) -> PeerDisconnectedFrame:
 
 
 def _p_peer_joined(m: dict[str, Any]) -> PeerJoinedDocFrame:
+    doc = m.get("documentId")
+    pid = m.get("peerId")
+    if type(doc) is str and doc and type(pid) is str and pid:
+        return PeerJoinedDocFrame(doc, pid)
     t = "peer_joined_doc"
     return PeerJoinedDocFrame(_str(m, "documentId", t), _str(m, "peerId", t))
 
 
 def _p_peer_left(m: dict[str, Any]) -> PeerLeftDocFrame:
+    doc = m.get("documentId")
+    pid = m.get("peerId")
+    if type(doc) is str and doc and type(pid) is str and pid:
+        return PeerLeftDocFrame(doc, pid)
     t = "peer_left_doc"
     return PeerLeftDocFrame(_str(m, "documentId", t), _str(m, "peerId", t))
 
@@ -512,6 +537,27 @@ def _p_presence_state(m: dict[str, Any]) -> DocPresenceStateFrame:
 
 
 def _p_ephemeral(m: dict[str, Any]) -> EphemeralFrame:
+    # The hot path of both the relay and the client: check a well-formed frame
+    # inline; anything else goes through the field helpers, which say what is wrong.
+    get = m.get
+    sender = get("senderId")
+    target = get("targetId")
+    doc = get("documentId")
+    count = get("count")
+    sid = get("sessionId")
+    data = get("data")
+    if (
+        type(doc) is str
+        and doc
+        and type(count) is int
+        and count >= 0
+        and type(sid) is str
+        and sid
+        and type(data) is bytes
+        and (sender is None or type(sender) is str)
+        and (target is None or type(target) is str)
+    ):
+        return _new_ephemeral(sender or "", target or "", doc, count, sid, data)
     t = "ephemeral"
     # The relay overwrites senderId/targetId, so a client may leave them out.
     return EphemeralFrame(
@@ -522,6 +568,29 @@ def _p_ephemeral(m: dict[str, Any]) -> EphemeralFrame:
         _str(m, "sessionId", t),
         _bytes(m, "data", t),
     )
+
+
+# A frozen dataclass's __init__ goes through object.__setattr__ once per field;
+# setting the slots through their descriptors builds the same object in half the
+# time (this runs once per ephemeral message received, by the relay and clients).
+_EPHEMERAL_SLOTS: Final = tuple(
+    EphemeralFrame.__dict__[name].__set__
+    for name in ("sender_id", "target_id", "document_id", "count", "session_id", "data")
+)
+
+
+def _new_ephemeral(
+    sender_id: str, target_id: str, document_id: str, count: int, session_id: str, data: bytes
+) -> EphemeralFrame:
+    frame: EphemeralFrame = object.__new__(EphemeralFrame)
+    s_sender, s_target, s_doc, s_count, s_session, s_data = _EPHEMERAL_SLOTS
+    s_sender(frame, sender_id)
+    s_target(frame, target_id)
+    s_doc(frame, document_id)
+    s_count(frame, count)
+    s_session(frame, session_id)
+    s_data(frame, data)
+    return frame
 
 
 def _p_request(m: dict[str, Any]) -> RequestFrame:
@@ -570,13 +639,118 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
 }
 
 
+# The relay sends each identity and presence change, byte for byte the same, to
+# every peer concerned. When many clients share a process (bots, load tests, test
+# suites) they all decode the same bytes: for these frame types, which are
+# immutable, the frame is decoded once and shared. Bounded, oldest entry first.
+_SHARED_TYPES: Final = (
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    PeerDisconnectedFrame,
+)
+_SHARED: Final[dict[bytes, Frame]] = {}
+_SHARED_MAX_ENTRIES: Final = 1024
+_SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big ones
+# How ephemeral frames start (our relay's, and any encoder's that puts `type` first).
+_EPHEMERAL_HEAD: Final = b"\xa7dtypeiephemeral"
+
+
+_EPHEMERAL_KEYS: Final = frozenset(
+    ("type", "senderId", "targetId", "documentId", "count", "sessionId", "data")
+)
+# Encoded size of an ephemeral map with those seven keys, apart from the values of
+# the six fields other than `type`.
+_EPHEMERAL_FIXED_SIZE: Final = len(_EPHEMERAL_HEAD) + sum(
+    len(cbor2.dumps(key)) for key in _EPHEMERAL_KEYS - {"type"}
+)
+
+
+def _head_size(n: int) -> int:
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
+
+
+def _text_size(s: str) -> int:
+    n = len(s) if s.isascii() else len(s.encode("utf-8"))
+    return _head_size(n) + n
+
+
+def _decode_ephemeral(data: bytes) -> EphemeralFrame | None:
+    """The hot path of :func:`decode`: an ephemeral frame with the usual seven
+    fields, each well typed, in the shortest encoding (what cbor2, automerge-repo
+    and our relay write). None for anything else, which the general path decodes.
+
+    Instead of re-encoding the map to prove that nothing follows it (what
+    loads_strict does), add up the shortest encoding of its values: ``data`` can
+    be no shorter than that, so if it is exactly that long, it holds the map and
+    nothing else.
+    """
+    try:
+        m = _loads(data)
+    except Exception:
+        return None  # the general path raises the proper ProtocolError
+    if type(m) is not dict or len(m) != 7:
+        return None
+    try:  # seven entries, all seven keys: exactly these keys
+        kind = m["type"]
+        sender = m["senderId"]
+        target = m["targetId"]
+        doc = m["documentId"]
+        count = m["count"]
+        sid = m["sessionId"]
+        payload = m["data"]
+    except KeyError:
+        return None
+    if not (
+        kind == "ephemeral"
+        and type(sender) is str
+        and type(target) is str
+        and type(doc) is str
+        and doc
+        and type(count) is int
+        and 0 <= count < 0x10000000000000000
+        and type(sid) is str
+        and sid
+        and type(payload) is bytes
+    ):
+        return None
+    size = (
+        _EPHEMERAL_FIXED_SIZE
+        + _text_size(sender)
+        + _text_size(target)
+        + _text_size(doc)
+        + _text_size(sid)
+        + _head_size(count)
+        + _head_size(len(payload))
+        + len(payload)
+    )
+    if size != len(data):
+        return None
+    return _new_ephemeral(sender, target, doc, count, sid, payload)
+
+
 def decode(data: bytes | bytearray | memoryview) -> Frame:
     """Decode the bytes of one binary WebSocket message into a frame.
+
+    Frames are immutable, so decoding the same bytes twice may return the same
+    object (identity and presence frames are shared this way between the clients
+    of one process).
 
     Raises:
         ProtocolError: not exactly one CBOR map, no string ``type``, or a known
             frame type with a missing or wrongly typed field. Nothing else is raised.
     """
+    if type(data) is bytes and data.startswith(_EPHEMERAL_HEAD):
+        ephemeral = _decode_ephemeral(data)
+        if ephemeral is not None:
+            return ephemeral
+        key = None  # ephemeral frames are never shared
+    else:
+        key = data if type(data) is bytes and len(data) <= _SHARED_MAX_BYTES else None
+    if key is not None:
+        cached = _SHARED.get(key)
+        if cached is not None:
+            return cached
     value = loads_strict(data)
     if type(value) is not dict:
         raise ProtocolError(f"frame must be a CBOR map, got {_describe(value)}")
@@ -586,4 +760,11 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
     parser = _PARSERS.get(frame_type)
     if parser is None:
         return UnknownFrame(frame_type, value)
-    return parser(value)
+    frame = parser(value)
+    if key is not None and type(frame) in _SHARED_TYPES:
+        if len(_SHARED) >= _SHARED_MAX_ENTRIES:
+            # Another thread may evict at the same time: losing that race is harmless.
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del _SHARED[next(iter(_SHARED))]
+        _SHARED[key] = frame
+    return frame

@@ -56,20 +56,71 @@ def _frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
+class _Batcher:
+    """Coalesces the frames written to one connection within one event-loop
+    iteration.
+
+    The first frame for a connection in an iteration is written at once, so a
+    lone message (the common case) gains no latency. Frames that follow it in the
+    same iteration are held and written together, with one system call, when the
+    iteration ends. When many peers connect or join at once, each newcomer makes
+    the relay send a frame to everyone; batching turns the K writes per
+    connection and iteration into two.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[_SocketOutbox] = []
+        self._scheduled = False
+
+    def hold(self, outbox: _SocketOutbox) -> None:
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox.flush()
+
+
+_BATCHER_KEY: Final = web.AppKey("ratatoskr_batcher", _Batcher)
+
+
 class _SocketOutbox:
     """Writes the core's frames straight to the connection's transport.
 
     Writing whole, uncompressed binary frames synchronously (instead of awaiting
     ``WebSocketResponse.send_bytes``) is what lets one sender fan out to hundreds
     of peers without yielding per recipient, and without one slow reader blocking
-    everyone else: backpressure is handled per peer (see SLOW_PEER_BYTES).
+    everyone else: backpressure is handled per peer (see SLOW_PEER_BYTES). Frames
+    that follow another in the same loop iteration are batched (see _Batcher).
     """
 
-    __slots__ = ("_transport", "_ws", "close_code", "close_reason", "dropped")
+    __slots__ = (
+        "_batcher",
+        "_held",
+        "_transport",
+        "_ws",
+        "close_code",
+        "close_reason",
+        "dropped",
+    )
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, batcher: _Batcher
+    ) -> None:
         self._ws = ws
         self._transport = transport
+        self._batcher = batcher
+        #: frames waiting for the end of this loop iteration, in one buffer (not a
+        #: list of small bytes objects: a storm holds tens of thousands of frames
+        #: at once, which would fragment the heap); None: the next frame goes
+        #: out at once
+        self._held: bytearray | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self.dropped = 0
@@ -77,24 +128,51 @@ class _SocketOutbox:
     def _writable(self) -> bool:
         return self.close_code is None and not self._ws.closed and not self._transport.is_closing()
 
+    def _queued(self) -> int:
+        """Bytes written but not yet sent to the peer, held frames included."""
+        held = self._held
+        return self._transport.get_write_buffer_size() + (len(held) if held else 0)
+
+    def flush(self) -> None:
+        """Write the held frames (at the end of the iteration, or before a close)."""
+        held, self._held = self._held, None
+        if held and not self._ws.closed and not self._transport.is_closing():
+            self._transport.write(held)
+
     def send(self, frame: bytes) -> None:
         if not self._writable():
             return
-        self._transport.write(_frame_header(len(frame)) + frame)
-        if self._transport.get_write_buffer_size() > STALLED_PEER_BYTES:
+        held = self._held
+        if held is None:
+            self._transport.write(_frame_header(len(frame)) + frame)
+            self._held = bytearray()  # hold whatever follows in this iteration
+            self._batcher.hold(self)
+        else:
+            held += _frame_header(len(frame))
+            held += frame
+        if self._queued() > STALLED_PEER_BYTES:
             log.warning(
-                "disconnecting a peer that stopped reading (%d bytes queued)",
-                self._transport.get_write_buffer_size(),
+                "disconnecting a peer that stopped reading (%d bytes queued)", self._queued()
             )
+            self._held = None
             self._transport.abort()
 
     def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
         if not self._writable():
             return
-        if self._transport.get_write_buffer_size() > SLOW_PEER_BYTES:
+        if self._queued() > SLOW_PEER_BYTES:
             self.dropped += 1
             return
-        self._transport.write(_frame_header(len(prefix) + len(suffix)) + prefix + suffix)
+        header = _frame_header(len(prefix) + len(suffix))
+        held = self._held
+        if held is None:
+            self._transport.write(header + prefix + suffix)
+            self._held = bytearray()  # hold whatever follows in this iteration
+            self._batcher.hold(self)
+        else:
+            held += header
+            held += prefix
+            held += suffix
 
     def close(self, code: int, reason: str) -> None:
         # Acted on by the connection's own handler right after the current frame.
@@ -125,7 +203,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         return ws
     sockets = request.app[_SOCKETS_KEY].all
     sockets.add(ws)
-    outbox = _SocketOutbox(ws, transport)
+    outbox = _SocketOutbox(ws, transport, request.app[_BATCHER_KEY])
     session = core.open(outbox)
     loop = asyncio.get_running_loop()
     auth_deadline = loop.time() + cfg.auth_timeout
@@ -140,6 +218,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                     outbox.send(
                         encode(ErrorFrame("auth_timeout", f"no auth within {cfg.auth_timeout:g} s"))
                     )
+                    outbox.flush()  # the error frame goes before the close frame
                     await ws.close(code=1008, message=b"auth_timeout")
                     break
             if msg.type is WSMsgType.BINARY:
@@ -149,6 +228,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
             if outbox.close_code is not None:
+                outbox.flush()  # e.g. auth_error goes before the close frame
                 await ws.close(code=outbox.close_code, message=outbox.close_reason.encode())
                 break
     finally:
@@ -190,6 +270,7 @@ async def _close_sockets(app: web.Application) -> None:
         with contextlib.suppress(Exception):
             await ws.close(code=1001, message=b"relay shutting down")
 
+    app[_BATCHER_KEY].flush()  # frames held this iteration go before the close frames
     # Concurrently: each close waits for the peer's close reply.
     await asyncio.gather(*(close(ws) for ws in list(app[_SOCKETS_KEY].all)))
 
@@ -205,6 +286,7 @@ def create_app(
     app = web.Application()
     app[CORE_KEY] = core or RelayCore(config)
     app[_SOCKETS_KEY] = _OpenSockets()
+    app[_BATCHER_KEY] = _Batcher()
     app.router.add_get("/sync", _sync)
     app.router.add_get("/health", _health)
     app.cleanup_ctx.append(_background)

@@ -240,3 +240,44 @@ async def test_bad_arguments_exit_2(args: list[str]) -> None:
     assert proc.returncode == 2, stderr.decode()
     assert stdout == b""
     assert stderr
+
+
+async def test_relay_command_runs_on_uvloop() -> None:
+    pytest.importorskip("uvloop")
+    async with relay_process("--uvloop") as relay, RawPeers(relay.ws_url) as peers:
+        a = await peers()
+        b = await peers()
+        assert (await a.join("doc-1"))["peers"] == [a.peer_id]
+        assert (await b.join("doc-1"))["peers"] == [a.peer_id, b.peer_id]
+        await a.ephemeral("doc-1", {"cursor": [1, 2]})
+        got = await b.recv_type("ephemeral", documentId="doc-1")
+        assert cbor2.loads(got["data"]) == {"cursor": [1, 2]}
+        code, stdout, stderr = await relay.stop(signal.SIGTERM)
+        assert code == 0, stderr.decode()
+        assert stdout == b""
+        assert b"Traceback" not in stderr
+        assert await a.wait_closed() == 1001
+
+
+async def test_uvloop_flag_without_uvloop_exits_2() -> None:
+    # Hide uvloop from the import system, as on an install without the 'speed' extra.
+    code = (
+        "import sys; sys.modules['uvloop'] = None; "
+        "from ratatoskr_client.cli import main; "
+        "sys.exit(main(['relay', '--uvloop', '--port', '0']))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
+    finally:
+        await kill(proc)
+    assert proc.returncode == 2, stderr.decode()
+    assert stdout == b""
+    assert b"ratatoskr-client[speed]" in stderr

@@ -1,0 +1,205 @@
+"""The codec's fast paths (see docs/performance.md) behave exactly like the slow ones."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+
+from ratatoskr_client._events import SafeEmitter
+from ratatoskr_client.errors import ProtocolError
+from ratatoskr_client.protocol import (
+    EphemeralFrame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    UserInfo,
+    cbor_bytes,
+    cbor_uint,
+    decode,
+    encode,
+    loads_strict,
+    messages,
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # Not what cbor2 would write, but one well-formed item each: the fast path
+        # (re-encode and compare) misses, the strict decoder accepts.
+        (b"\xf9\x3c\x00", 1.0),  # half-precision float
+        (b"\x18\x05", 5),  # integer with a needlessly long head
+        (b"\xbf\x61\x61\x01\xff", {"a": 1}),  # indefinite-length map
+        (cbor2.dumps({"a": [1, 2, b"x"]}), {"a": [1, 2, b"x"]}),
+    ],
+)
+def test_loads_strict_accepts_any_encoding_of_one_item(data: bytes, expected: object) -> None:
+    assert loads_strict(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        cbor2.dumps({"a": 1}) + b"\x00",
+        cbor2.dumps({"a": 1}) + cbor2.dumps({"a": 1}),
+        b"\xf9\x3c\x00\x01",
+        cbor2.dumps("ab") + b"\x60",  # a second item: the empty string
+    ],
+)
+def test_loads_strict_still_rejects_trailing_bytes(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="trailing"):
+        loads_strict(data)
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, 2**64, 2**100]
+)
+def test_cbor_uint_is_cbor2s_encoding(value: int) -> None:
+    assert cbor_uint(value) == cbor2.dumps(value)
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_cbor_bytes_is_cbor2s_encoding(size: int) -> None:
+    value = b"x" * size
+    assert cbor_bytes(value) == cbor2.dumps(value)
+
+
+def test_identity_and_presence_frames_are_decoded_once_and_shared() -> None:
+    frames = [
+        PeerIdentityFrame("peer-shared-1", UserInfo(None, "Neon Narwhal", True)),
+        PeerJoinedDocFrame("doc-shared", "peer-shared-1"),
+        PeerDisconnectedFrame("peer-shared-1"),
+    ]
+    for frame in frames:
+        data = encode(frame)
+        first = decode(data)
+        assert first == frame
+        assert decode(bytes(data)) is first  # same bytes, another object: shared
+        assert decode(bytearray(data)) == frame  # other buffer types still decode
+
+
+def test_ephemeral_frames_are_never_shared() -> None:
+    data = encode(EphemeralFrame("peer-a", "peer-b", "doc", 1, "s", cbor2.dumps(1)))
+    assert decode(data) is not decode(data)
+    assert data not in messages._SHARED
+
+
+def test_the_shared_frames_are_bounded() -> None:
+    for i in range(messages._SHARED_MAX_ENTRIES + 50):
+        decode(encode(PeerDisconnectedFrame(f"peer-bound-{i}")))
+    assert len(messages._SHARED) <= messages._SHARED_MAX_ENTRIES
+
+
+def test_a_malformed_frame_is_never_shared() -> None:
+    data = cbor2.dumps({"type": "peer_disconnected", "peerId": 5})
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            decode(data)
+    assert data not in messages._SHARED
+
+
+def test_relay_spliced_ephemeral_frames_decode_like_encoded_ones() -> None:
+    # The relay splices pre-encoded pieces (core._relay_ephemeral); the client's
+    # fast path must see exactly what cbor2 would have written.
+    from ratatoskr_client.server.core import _EPH_MAP
+
+    spliced = b"".join(
+        (
+            _EPH_MAP,
+            cbor2.dumps("senderId"),
+            cbor2.dumps("peer-a"),
+            cbor2.dumps("documentId"),
+            cbor2.dumps("doc"),
+            cbor2.dumps("count"),
+            cbor_uint(7),
+            cbor2.dumps("sessionId"),
+            cbor2.dumps("s"),
+            cbor2.dumps("data"),
+            cbor_bytes(cbor2.dumps({"x": 1})),
+            cbor2.dumps("targetId"),
+            cbor2.dumps("peer-b"),
+        )
+    )
+    assert cbor2.dumps(cbor2.loads(spliced)) == spliced
+    assert decode(spliced) == EphemeralFrame("peer-a", "peer-b", "doc", 7, "s", b"\xa1ax\x01")
+
+
+def test_safe_emitter_has_listeners() -> None:
+    emitter = SafeEmitter()
+    assert not emitter.has_listeners("tick")
+
+    def callback() -> None:
+        pass
+
+    emitter.on("tick", callback)
+    assert emitter.has_listeners("tick")
+    emitter.remove_listener("tick", callback)
+    assert not emitter.has_listeners("tick")
+
+
+# ----------------------------------------------------------------- ephemeral fast path
+
+_EPH_FIELDS = {
+    "type": "ephemeral",
+    "senderId": "peer-a",
+    "targetId": "peer-b",
+    "documentId": "doc-ü",
+    "count": 300,
+    "sessionId": "s1",
+    "data": cbor2.dumps({"x": 1}),
+}
+_EPH_FRAME = EphemeralFrame("peer-a", "peer-b", "doc-ü", 300, "s1", cbor2.dumps({"x": 1}))
+
+
+def _long_count(count: int) -> bytes:
+    """`count` with a needlessly long (4-byte) head: valid CBOR, not the shortest."""
+    return b"\x1a" + count.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        cbor2.dumps(_EPH_FIELDS),
+        # Not the shortest encoding: the fast path cannot prove the length, the
+        # general path decodes it.
+        cbor2.dumps(_EPH_FIELDS).replace(b"\x19\x01\x2c", _long_count(300)),
+        # Indefinite-length map.
+        b"\xbf" + cbor2.dumps(_EPH_FIELDS)[1:] + b"\xff",
+        # Another key order (automerge-repo's).
+        cbor2.dumps({k: _EPH_FIELDS[k] for k in reversed(list(_EPH_FIELDS))}),
+    ],
+)
+def test_ephemeral_frames_decode_whatever_their_encoding(data: bytes) -> None:
+    assert decode(data) == _EPH_FRAME
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"\x00", b"\xf6", cbor2.dumps(_EPH_FIELDS), b"\xff"],
+)
+def test_ephemeral_frames_with_trailing_bytes_are_rejected(extra: bytes) -> None:
+    with pytest.raises(ProtocolError, match="trailing"):
+        decode(cbor2.dumps(_EPH_FIELDS) + extra)
+
+
+def test_ephemeral_frames_with_other_fields_take_the_general_path() -> None:
+    with_extra = cbor2.dumps({**_EPH_FIELDS, "extra": 1})
+    assert decode(with_extra) == _EPH_FRAME
+    without_ids = cbor2.dumps({**_EPH_FIELDS, "senderId": None, "targetId": None})
+    assert decode(without_ids) == EphemeralFrame("", "", "doc-ü", 300, "s1", _EPH_FRAME.data)
+    with pytest.raises(ProtocolError, match="count"):
+        decode(cbor2.dumps({**_EPH_FIELDS, "count": -1}))
+    with pytest.raises(ProtocolError, match="data"):
+        decode(cbor2.dumps({**_EPH_FIELDS, "data": "text"}))
+
+
+@pytest.mark.parametrize(
+    ("sender", "document", "count", "size"),
+    [("", "d", 0, 0), ("ä" * 20, "d" * 300, 2**40, 70_000), ("p", "ü", 2**63, 23)],
+)
+def test_ephemeral_fast_path_sizes(sender: str, document: str, count: int, size: int) -> None:
+    frame = EphemeralFrame(sender, "t", document, count, "s", b"x" * size)
+    data = encode(frame)
+    assert messages._decode_ephemeral(data) == frame
+    assert messages._decode_ephemeral(data + b"\x00") is None
+    assert messages._decode_ephemeral(data[:-1]) is None
