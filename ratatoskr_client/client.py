@@ -1010,11 +1010,19 @@ class RatatoskrClient:
             log.exception("the receive loop failed; closing the client")
             if self._closing:
                 return
-            ws = self._ws
+            # Only code that cannot be what failed: close the socket (so the
+            # relay drops us instead of keeping a ghost) and empty the views.
+            ws, self._ws = self._ws, None
             if ws is not None:
-                self._lost(ConnectionClosed("internal error in the receive loop"))
                 with contextlib.suppress(Exception):
                     await ws.close()
+            try:
+                changes = self._store.reset()
+                for change in changes:
+                    self._dispatch(change)
+                self._emit("disconnected", ConnectionClosed("internal error in the client"))
+            except Exception:
+                log.exception("could not report the failure")
         await self._shut_down(ConnectionClosed("client stopped reconnecting"))
 
     async def _shut_down(self, reason: ConnectionClosed) -> None:
@@ -1036,7 +1044,14 @@ class RatatoskrClient:
             msg = await ws.receive()
             kind = msg.type
             if kind is _BINARY:
-                self._on_bytes(msg.data)
+                try:
+                    self._on_bytes(msg.data)
+                except Exception as exc:
+                    # A bug must cost one frame, never the connection (as on the relay).
+                    log.exception("internal error while handling a frame")
+                    error = RatatoskrError(f"internal error while handling a frame: {exc!r}")
+                    error.__cause__ = exc
+                    self._report(error)
             elif kind is aiohttp.WSMsgType.TEXT:
                 self._report(ProtocolError("server sent a text frame; expected binary CBOR"))
             elif kind is aiohttp.WSMsgType.ERROR:

@@ -872,23 +872,43 @@ async def test_close_wakes_a_sender_waiting_out_a_rate_limit_pause(ratatoskr_cli
     assert loop.time() - start < 5
 
 
-async def test_an_internal_failure_closes_the_client_instead_of_hanging(
+async def test_an_internal_failure_on_a_frame_costs_that_frame_only(ratatoskr_client, monkeypatch):
+    client = await ratatoskr_client()
+    rec = Recorder(client)
+    await client.enter_document("doc")
+    real = client._on_bytes
+    broken_once = []
+
+    def broken(data: bytes) -> None:
+        if not broken_once:
+            broken_once.append(data)
+            raise RuntimeError("a bug in frame handling")
+        real(data)
+
+    monkeypatch.setattr(client, "_on_bytes", broken)
+    other = await ratatoskr_client()
+    await other.enter_document("doc")  # its identity frame hits the bug...
+    await rec.wait("error")
+    (error,) = rec.of("error")[0]
+    assert isinstance(error.__cause__, RuntimeError)
+    # ...and the frames after it are handled: the join arrives, still connected.
+    await client.wait_for_presence("doc", lambda p: len(p) == 2, timeout=5)
+    assert client.is_connected
+
+
+async def test_an_internal_failure_outside_frames_closes_the_client_instead_of_hanging(
     ratatoskr_client, monkeypatch
 ):
     client = await ratatoskr_client()
     await client.enter_document("doc")
     waiting = asyncio.create_task(client.wait_for_presence("doc", lambda p: len(p) == 5))
 
-    def broken(data: bytes) -> None:
-        raise RuntimeError("a bug in frame handling")
+    def broken(reason: object) -> None:
+        raise RuntimeError("a bug in disconnect handling")
 
-    monkeypatch.setattr(client, "_on_bytes", broken)
-    other = await ratatoskr_client()
-    await other.enter_document("doc")  # makes the relay send client a frame
+    monkeypatch.setattr(client, "_lost", broken)
+    abort_transport(client)
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(waiting, 5)
     assert client.connection_state is ConnectionState.CLOSED
     assert client._tasks == set()
-    assert client.presence("doc") == ()
-    # The relay saw the socket close: the others see the client go.
-    await other.wait_for_presence("doc", lambda p: p == (other.me,), timeout=5)
