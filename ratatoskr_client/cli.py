@@ -23,34 +23,26 @@ __all__ = ["main"]
 log = logging.getLogger("ratatoskr_client.cli")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _number(
+    kind: Callable[[str], float], noun: str, check: Callable[[float], bool], rule: str
+) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses with ``kind`` and enforces ``check``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {text}")
-    return value
+_positive_float = _number(float, "a number", lambda v: v > 0, "> 0")
+_positive_int = _number(int, "an integer", lambda v: v >= 1, ">= 1")
+_port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "0-65535")
 
 
 def _build_parser() -> argparse.ArgumentParser:
