@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -177,7 +178,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if args.uvloop:
         try:
-            import uvloop
+            # Imported by name: uvloop is an optional extra ('speed').
+            uvloop = importlib.import_module("uvloop")
         except ImportError:
             print(
                 "ratatoskr relay: --uvloop needs uvloop: pip install 'ratatoskr-client[speed]'",
