@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import cbor2
 from aiohttp import WSMsgType, web
+
+from ratatoskr_client import EventName
 
 FULL_FEATURES = ("identity", "presence", "ephemeral")
 
@@ -252,18 +254,8 @@ class FakeServer:
 
 # --------------------------------------------------------------------------- client-side helpers
 
-CLIENT_EVENTS = (
-    "connected",
-    "disconnected",
-    "reconnecting",
-    "peer-identity",
-    "peer-disconnected",
-    "peer-joined",
-    "peer-left",
-    "presence-changed",
-    "ephemeral-message",
-    "error",
-)
+#: Every event a client emits (the public EventName literal is the one list).
+CLIENT_EVENTS: tuple[str, ...] = get_args(EventName)
 
 
 class Recorder:
