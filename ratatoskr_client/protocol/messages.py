@@ -25,6 +25,7 @@ from ..errors import ProtocolError
 from .codec import dumps, loads_strict
 
 _loads = cbor2.loads
+_dumps = cbor2.dumps
 
 __all__ = [
     "FEATURES",
@@ -656,34 +657,15 @@ _SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big one
 _EPHEMERAL_HEAD: Final = b"\xa7dtypeiephemeral"
 
 
-_EPHEMERAL_KEYS: Final = frozenset(
-    ("type", "senderId", "targetId", "documentId", "count", "sessionId", "data")
-)
-# Encoded size of an ephemeral map with those seven keys, apart from the values of
-# the six fields other than `type`.
-_EPHEMERAL_FIXED_SIZE: Final = len(_EPHEMERAL_HEAD) + sum(
-    len(cbor2.dumps(key)) for key in _EPHEMERAL_KEYS - {"type"}
-)
-
-
-def _head_size(n: int) -> int:
-    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
-
-
-def _text_size(s: str) -> int:
-    n = len(s) if s.isascii() else len(s.encode("utf-8"))
-    return _head_size(n) + n
-
-
 def _decode_ephemeral(data: bytes) -> EphemeralFrame | None:
     """The hot path of :func:`decode`: an ephemeral frame with the usual seven
-    fields, each well typed, in the shortest encoding (what cbor2, automerge-repo
-    and our relay write). None for anything else, which the general path decodes.
+    fields, each well typed, encoded the way cbor2 encodes it (what our relay
+    and client write). None for anything else, which the general path decodes.
 
-    Instead of re-encoding the map to prove that nothing follows it (what
-    loads_strict does), add up the shortest encoding of its values: ``data`` can
-    be no shorter than that, so if it is exactly that long, it holds the map and
-    nothing else.
+    cbor2.loads() ignores trailing bytes, so the frame is proven complete by
+    re-encoding the map and comparing. (Comparing lengths is not enough: CBOR
+    value-sharing tags, which cbor2 decodes, can encode the map in fewer bytes
+    than its values' shortest encodings, leaving room for trailing garbage.)
     """
     try:
         m = _loads(data)
@@ -714,17 +696,7 @@ def _decode_ephemeral(data: bytes) -> EphemeralFrame | None:
         and type(payload) is bytes
     ):
         return None
-    size = (
-        _EPHEMERAL_FIXED_SIZE
-        + _text_size(sender)
-        + _text_size(target)
-        + _text_size(doc)
-        + _text_size(sid)
-        + _head_size(count)
-        + _head_size(len(payload))
-        + len(payload)
-    )
-    if size != len(data):
+    if _dumps(m) != data:
         return None
     return _new_ephemeral(sender, target, doc, count, sid, payload)
 

@@ -14,6 +14,7 @@ from ratatoskr_client.protocol import (
     PeerJoinedDocFrame,
     UserInfo,
     cbor_bytes,
+    cbor_text,
     cbor_uint,
     decode,
     encode,
@@ -203,3 +204,36 @@ def test_ephemeral_fast_path_sizes(sender: str, document: str, count: int, size:
     assert messages._decode_ephemeral(data) == frame
     assert messages._decode_ephemeral(data + b"\x00") is None
     assert messages._decode_ephemeral(data[:-1]) is None
+
+
+def test_ephemeral_fast_path_rejects_trailing_bytes_hidden_by_value_sharing():
+    # targetId encoded as a reference (tag 29) to the shareable senderId (tag 28)
+    # is shorter than the strings themselves: the room must not let trailing
+    # garbage through (a length check alone would have accepted it).
+    sid = "s" * 40
+    frame = b"".join(
+        [
+            b"\xa7",
+            cbor_text("type"),
+            cbor_text("ephemeral"),
+            cbor_text("senderId"),
+            b"\xd8\x1c" + cbor_text(sid),
+            cbor_text("targetId"),
+            b"\xd8\x1d\x00",
+            cbor_text("documentId"),
+            cbor_text("doc"),
+            cbor_text("count"),
+            b"\x01",
+            cbor_text("sessionId"),
+            cbor_text("sess"),
+            cbor_text("data"),
+            cbor2.dumps(cbor2.dumps({"x": 1})),
+        ]
+    )
+    decoded = decode(frame)  # value sharing itself is valid CBOR
+    assert isinstance(decoded, EphemeralFrame)
+    assert decoded.target_id == sid
+    padding = len(cbor2.dumps(cbor2.loads(frame))) - len(frame)
+    assert padding > 0
+    with pytest.raises(ProtocolError, match="trailing"):
+        decode(frame + b"\xff" * padding)
