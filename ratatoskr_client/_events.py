@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -50,25 +49,6 @@ class SafeEmitter(AsyncIOEventEmitter):
     def has_listeners(self, event: str) -> bool:
         """True if ``event`` has a callback (cheaper than ``bool(listeners(event))``)."""
         return bool(self._events.get(event))
-
-    def _call_handlers(self, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        handlers = self._events.get(event)
-        if not handlers:
-            return False
-        for handler in list(handlers.values()):
-            self._run_one(event, handler, args, kwargs)
-        return True
-
-    def _run_one(
-        self, event: str, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        try:
-            result = handler(*args, **kwargs)
-        except Exception as exc:
-            self._failed(event, exc)
-            return
-        if asyncio.iscoroutine(result):
-            self._track(event, result)
 
     def _track(self, event: str, coro: Any) -> None:
         """Run a coroutine callback as a task; its failure is reported like a raise."""
