@@ -660,15 +660,27 @@ class RatatoskrClient:
             return
         await self._abandon(document_id)
 
-    async def _abandon(self, document_id: str) -> None:
+    def _drop_document(
+        self, document_id: str, error: RatatoskrError
+    ) -> asyncio.Future[tuple[Peer, ...]] | None:
+        """Stop claiming a document: no longer entered, joining or tracked. An
+        enter_document() still waiting gets ``error``: its future is returned."""
         self._entered.pop(document_id, None)
         self._joining.discard(document_id)
         fut = self._confirm.pop(document_id, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(RatatoskrError(f"left {document_id!r} before the server confirmed"))
-            fut.exception()  # mark retrieved: nobody may be awaiting it any more
         for change in self._store.forget(document_id):
             self._dispatch(change)
+        if fut is None or fut.done():
+            return None
+        fut.set_exception(error)
+        return fut
+
+    async def _abandon(self, document_id: str) -> None:
+        fut = self._drop_document(
+            document_id, RatatoskrError(f"left {document_id!r} before the server confirmed")
+        )
+        if fut is not None:
+            fut.exception()  # mark retrieved: nobody may be awaiting it any more
         if self.is_connected:
             with contextlib.suppress(ConnectionClosed):
                 await self._sync.left(document_id)
@@ -948,13 +960,7 @@ class RatatoskrClient:
     def _refuse_entered(self, doc_id: str, error: PresenceUnsupported) -> None:
         """A document entered before we knew the server cannot serve it (entered
         while connecting): stop claiming it, and tell whoever waits."""
-        self._entered.pop(doc_id, None)
-        for change in self._store.forget(doc_id):
-            self._dispatch(change)
-        fut = self._confirm.pop(doc_id, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(error)
-        else:
+        if self._drop_document(doc_id, error) is None:
             self._report(error)
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> AuthOkFrame:
@@ -1247,16 +1253,15 @@ class RatatoskrClient:
             elif doc_id in self._joining:
                 # The relay's per-document bound on joins: try again when allowed.
                 self._spawn(self._rejoin_later(doc_id, exc.retry_after), "rejoin")
-        if doc_id is not None and isinstance(exc, _MEMBERSHIP_REFUSALS) and doc_id in self._entered:
-            # The server refused our membership: stop claiming the document.
-            self._entered.pop(doc_id, None)
-            self._joining.discard(doc_id)
-            for change in self._store.forget(doc_id):
-                self._dispatch(change)
-            fut = self._confirm.pop(doc_id, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-                return  # the enter_document() caller receives it
+        # The server refused our membership: stop claiming the document; if an
+        # enter_document() call is waiting, it receives the error instead.
+        if (
+            doc_id is not None
+            and isinstance(exc, _MEMBERSHIP_REFUSALS)
+            and doc_id in self._entered
+            and self._drop_document(doc_id, exc) is not None
+        ):
+            return
         self._report(exc)
 
     async def _rejoin_later(self, document_id: str, delay: float) -> None:
