@@ -78,6 +78,7 @@ from .presence import (
     SelfRemoved,
 )
 from .protocol import (
+    MAX_DOCUMENT_ID_BYTES,
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
@@ -99,6 +100,7 @@ from .protocol import (
     decode_payload,
     encode,
     encode_payload,
+    fits_utf8,
 )
 from .state import (
     DEFAULT_STATE_HEARTBEAT,
@@ -1396,3 +1398,8 @@ def _is_sidecar(document_id: str) -> bool:
 def _check_document_id(document_id: object) -> None:
     if not isinstance(document_id, str) or not document_id:
         raise ValueError(f"document_id must be a non-empty string, got {document_id!r}")
+    if not fits_utf8(document_id, MAX_DOCUMENT_ID_BYTES):
+        raise ValueError(
+            f"document_id must be at most {MAX_DOCUMENT_ID_BYTES} bytes in UTF-8, "
+            f"got {len(document_id.encode('utf-8', 'surrogatepass'))}"
+        )

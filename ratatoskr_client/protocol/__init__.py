@@ -4,9 +4,20 @@ Shared by :class:`~ratatoskr_client.RatatoskrClient` and the reference relay.
 See ``docs/protocol.md`` for the rules these frames follow.
 """
 
-from .codec import cbor_bytes, cbor_map_header, cbor_text, cbor_uint, loads_strict
+from .codec import (
+    ALLOWED_TAGS,
+    MAX_NESTING,
+    cbor_bytes,
+    cbor_map_header,
+    cbor_text,
+    cbor_uint,
+    loads_strict,
+)
 from .messages import (
     FEATURES,
+    MAX_DOCUMENT_ID_BYTES,
+    MAX_PEER_ID_BYTES,
+    MAX_SESSION_ID_BYTES,
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
@@ -29,10 +40,16 @@ from .messages import (
     decode_payload,
     encode,
     encode_payload,
+    fits_utf8,
 )
 
 __all__ = [
+    "ALLOWED_TAGS",
     "FEATURES",
+    "MAX_DOCUMENT_ID_BYTES",
+    "MAX_NESTING",
+    "MAX_PEER_ID_BYTES",
+    "MAX_SESSION_ID_BYTES",
     "AuthErrorFrame",
     "AuthFrame",
     "AuthOkFrame",
@@ -59,5 +76,6 @@ __all__ = [
     "decode_payload",
     "encode",
     "encode_payload",
+    "fits_utf8",
     "loads_strict",
 ]

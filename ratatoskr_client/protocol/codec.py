@@ -3,73 +3,135 @@
 Two jobs live here:
 
 * strict decoding: :func:`loads_strict` accepts exactly one CBOR data item and
-  nothing after it, and turns *every* failure (cbor2 errors, but also the
-  ``ValueError``/``OverflowError``/``RecursionError`` a semantic tag decoder can
-  raise on hostile input) into :class:`~ratatoskr_client.errors.ProtocolError`;
+  nothing after it, under rules that keep the cost of any input linear in its
+  size (see "Decoding rules" below), and turns *every* failure into
+  :class:`~ratatoskr_client.errors.ProtocolError`;
 * hand-rolled encoders for the few byte patterns the relay splices together on
   its hot path (a text string, a map header), so it can rewrite ``targetId``
   once per recipient without re-encoding the whole frame.
+
+Decoding rules (the same for frames and for application payloads, on the relay
+and in the client, because a payload is relayed to clients as it came in):
+
+* **Tags**: only :data:`ALLOWED_TAGS` (date/times 0 and 1, bignums 2 and 3).
+  Every other tag is refused before its content is read: value-sharing (28/29)
+  and stringref (25/256) describe a DAG whose expansion doubles per level, and
+  most other semantic tags run arbitrary work (``2 ** exponent`` for bigfloats,
+  regex compilation, MIME parsing). Nothing automerge-repo sends uses a tag.
+* **Nesting**: at most :data:`MAX_NESTING` levels of arrays and maps.
+* **Map keys**: text or byte strings only, never twice in one map. Integer,
+  float and array keys hash predictably, so a frame of colliding keys would
+  make building the map quadratic.
+* **One item**: the item is decoded from a stream and the stream's position
+  compared with the length, so trailing bytes are found without re-encoding
+  the value (re-encoding is what expanded shared references).
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import cbor2
 
 from ..errors import PayloadError, ProtocolError
 
-__all__ = ["cbor_bytes", "cbor_map_header", "cbor_text", "cbor_uint", "dumps", "loads_strict"]
+__all__ = [
+    "ALLOWED_TAGS",
+    "MAX_NESTING",
+    "cbor_bytes",
+    "cbor_map_header",
+    "cbor_text",
+    "cbor_uint",
+    "dumps",
+    "loads_strict",
+]
 
-_loads = cbor2.loads
+#: CBOR tags accepted in frames and payloads: standard and epoch date/times
+#: (0, 1) and positive and negative bignums (2, 3). Their cost is linear in
+#: their size, and Python values of those types encode to them.
+ALLOWED_TAGS: Final = frozenset((0, 1, 2, 3))
+#: Deepest nesting of arrays and maps accepted in a frame or payload.
+MAX_NESTING: Final = 32
+
 _dumps = cbor2.dumps
+_Decoder = cbor2.CBORDecoder
+_BytesIO = io.BytesIO
+
+
+def _refuse_tag(decoder: cbor2.CBORDecoder, *_: object) -> NoReturn:
+    # cbor2 calls this with the decoder (and, depending on the tag, its content,
+    # which at that point has cost no more than its own bytes); it reports
+    # "error decoding semantic tag N", with this as the cause.
+    raise cbor2.CBORDecodeError(
+        f"tag not allowed (only {', '.join(map(str, sorted(ALLOWED_TAGS)))} are)"
+    )
+
+
+class _TagPolicy(dict[int, Any]):
+    """cbor2's ``semantic_decoders``: it looks up every tag here before its own
+    decoders, so answering for *every* tag number refuses the ones cbor2 knows
+    today and any it learns later; a KeyError lets an allowed tag through."""
+
+    def __getitem__(self, tag: int) -> Any:
+        if tag in ALLOWED_TAGS:
+            raise KeyError(tag)
+        return _refuse_tag
+
+
+_TAG_POLICY: Final = _TagPolicy()
 
 
 def loads_strict(data: bytes | bytearray | memoryview, what: str = "frame") -> Any:
-    """Decode exactly one CBOR data item from ``data``.
+    """Decode exactly one CBOR data item from ``data``, under the decoding rules
+    of this module. CPU and memory are linear in ``len(data)`` for any input.
 
     Raises:
-        ProtocolError: ``data`` is empty, truncated, not CBOR, or has trailing bytes.
+        ProtocolError: ``data`` is empty, truncated, not CBOR, has trailing
+            bytes, or breaks a decoding rule (a refused tag, nesting deeper than
+            :data:`MAX_NESTING`, a map key that is not a string, a repeated key).
     """
     if not data:
         raise ProtocolError(f"{what} is empty")
-    # cbor2.loads() silently ignores trailing bytes. Fast path (almost every frame:
-    # both ends encode with cbor2): if re-encoding the decoded value gives back
-    # exactly ``data``, then ``data`` is one item and nothing else. It costs a
-    # third of the byte-at-a-time decoder below, which is the fallback for
-    # everything else (other encoders' choices, bad input) and gives the errors.
+    stream = _BytesIO(data)
     try:
-        value = _loads(data)
-        if _dumps(value) == data:
-            return value
-    except Exception:  # any failure: let the strict decoder judge and explain
-        pass
-    # A decoder reading one byte at a time leaves the stream position exactly
-    # after the first item, so we can tell whether anything follows it.
-    stream = io.BytesIO(data)
-    try:
-        value = cbor2.CBORDecoder(stream, read_size=1).decode()
+        value = _Decoder(
+            stream,
+            semantic_decoders=_TAG_POLICY,
+            max_depth=MAX_NESTING,
+            strict_hashable_types=True,
+            allow_duplicate_keys=False,
+        ).decode()
     except Exception as exc:  # any decoder failure on untrusted bytes is bad input
-        raise ProtocolError(f"{what} is not valid CBOR: {exc}") from exc
-    if stream.tell() != len(data):
-        raise ProtocolError(
-            f"{what} has {len(data) - stream.tell()} trailing byte(s) after the CBOR item"
-        )
+        cause = exc.__cause__
+        detail = f"{exc}: {cause}" if isinstance(cause, cbor2.CBORDecodeError) else str(exc)
+        raise ProtocolError(f"{what} is not valid CBOR: {detail}") from exc
+    end = stream.tell()
+    if end != len(data):
+        raise ProtocolError(f"{what} has {len(data) - end} trailing byte(s) after the CBOR item")
     return value
 
 
 def dumps(value: Any, what: str = "payload") -> bytes:
-    """Encode ``value`` as CBOR.
+    """Encode ``value`` as CBOR that :func:`loads_strict` accepts.
 
     Raises:
-        PayloadError: the value (or something inside it) cannot be encoded.
+        PayloadError: the value (or something inside it) cannot be encoded, or
+            encodes to something receivers refuse (a type cbor2 writes as a
+            refused tag, such as ``set``, ``Decimal`` or ``UUID``; nesting
+            deeper than :data:`MAX_NESTING`; a map key that is not a string).
     """
     try:
-        return cbor2.dumps(value)
+        data = _dumps(value)
     except Exception as exc:  # CBOREncodeError, RecursionError on cycles, ...
         raise PayloadError(f"{what} cannot be encoded as CBOR: {exc}") from exc
+    try:
+        loads_strict(data, what)
+    except ProtocolError as exc:
+        # Say it here, at the sender, rather than let every receiver refuse it.
+        raise PayloadError(f"{what} would be refused by receivers: {exc}") from exc
+    return data
 
 
 def _head(major: int, length: int) -> bytes:

@@ -24,11 +24,11 @@ import cbor2
 from ..errors import ProtocolError
 from .codec import dumps, loads_strict
 
-_loads = cbor2.loads
-_dumps = cbor2.dumps
-
 __all__ = [
     "FEATURES",
+    "MAX_DOCUMENT_ID_BYTES",
+    "MAX_PEER_ID_BYTES",
+    "MAX_SESSION_ID_BYTES",
     "AuthErrorFrame",
     "AuthFrame",
     "AuthOkFrame",
@@ -51,10 +51,24 @@ __all__ = [
     "decode_payload",
     "encode",
     "encode_payload",
+    "fits_utf8",
 ]
 
 #: The ``features`` our relay announces in ``auth_ok``.
 FEATURES: Final = ("identity", "presence", "ephemeral")
+
+#: Longest document id (``documentId``, sidecar ids included) accepted, in UTF-8 bytes.
+MAX_DOCUMENT_ID_BYTES: Final = 256
+#: Longest peer id (``peerId``, ``senderId``, ``targetId``, ``clientPeerId``, and
+#: the entries of ``peers``) accepted, in UTF-8 bytes.
+MAX_PEER_ID_BYTES: Final = 128
+#: Longest ephemeral ``sessionId`` accepted, in UTF-8 bytes.
+MAX_SESSION_ID_BYTES: Final = 128
+# Ids of at most this many characters fit whatever they contain (UTF-8 spends at
+# most 4 bytes per character): the hot paths check them without encoding.
+_DOC_CHARS: Final = MAX_DOCUMENT_ID_BYTES // 4
+_PEER_CHARS: Final = MAX_PEER_ID_BYTES // 4
+_SESSION_CHARS: Final = MAX_SESSION_ID_BYTES // 4
 
 PresenceStatus: TypeAlias = Literal["join", "leave", "heartbeat"]
 _PRESENCE_STATUSES: Final = frozenset(("join", "leave", "heartbeat"))
@@ -83,6 +97,25 @@ def _str(m: Mapping[str, Any], key: str, frame: str) -> str:
     value = m.get(key, _MISSING)
     if type(value) is not str or not value:
         raise _fail(frame, key, "a non-empty string", value)
+    return value
+
+
+def fits_utf8(value: str, limit: int) -> bool:
+    """True if ``value`` is at most ``limit`` bytes in UTF-8."""
+    return len(value) * 4 <= limit or len(value.encode("utf-8", "surrogatepass")) <= limit
+
+
+def _id(m: Mapping[str, Any], key: str, frame: str, limit: int) -> str:
+    value = _str(m, key, frame)
+    if not fits_utf8(value, limit):
+        raise ProtocolError(f"{frame} frame: field {key!r} is longer than {limit} bytes")
+    return value
+
+
+def _opt_id(m: Mapping[str, Any], key: str, frame: str, limit: int) -> str | None:
+    value = _opt_str(m, key, frame)
+    if value is not None and not fits_utf8(value, limit):
+        raise ProtocolError(f"{frame} frame: field {key!r} is longer than {limit} bytes")
     return value
 
 
@@ -419,7 +452,7 @@ class PresenceMessage:
         # array or map (list, dict) is unhashable (TypeError instead of ProtocolError).
         if type(status) is not str or status not in _PRESENCE_STATUSES:
             raise _fail("presence", "status", '"join", "leave" or "heartbeat"', status)
-        document_id = _str(payload, "documentId", "presence")
+        document_id = _id(payload, "documentId", "presence", MAX_DOCUMENT_ID_BYTES)
         return PresenceMessage(cast(PresenceStatus, status), document_id)
 
 
@@ -467,7 +500,10 @@ def _p_auth_ok(m: dict[str, Any]) -> AuthOkFrame:
             raise _fail("auth_ok", "features", "a list of strings", features_raw)
         features = tuple(features_raw)
     return AuthOkFrame(
-        _str(m, "peerId", "auth_ok"), _str(m, "clientPeerId", "auth_ok"), user, features
+        _id(m, "peerId", "auth_ok", MAX_PEER_ID_BYTES),
+        _id(m, "clientPeerId", "auth_ok", MAX_PEER_ID_BYTES),
+        user,
+        features,
     )
 
 
@@ -486,7 +522,7 @@ def _p_error(m: dict[str, Any]) -> ErrorFrame:
     return ErrorFrame(
         _str(m, "error", "error"),
         _opt_str(m, "message", "error") or "",
-        _opt_str(m, "documentId", "error"),
+        _opt_id(m, "documentId", "error", MAX_DOCUMENT_ID_BYTES),
         None if retry is None else float(retry),
     )
 
@@ -496,45 +532,65 @@ def _p_peer_identity(m: dict[str, Any]) -> PeerIdentityFrame:
     # shape inline; anything else takes the helpers, which say what is wrong.
     pid = m.get("peerId")
     user = m.get("user")
-    if type(pid) is str and pid and type(user) is dict:
+    if type(pid) is str and pid and len(pid) <= _PEER_CHARS and type(user) is dict:
         uid = user.get("id")
         name = user.get("name")
         anon = user.get("isAnonymous")
         if (uid is None or type(uid) is str) and type(name) is str and type(anon) is bool:
             return PeerIdentityFrame(pid, UserInfo(uid, name, anon))
     return PeerIdentityFrame(
-        _str(m, "peerId", "peer_identity"),
+        _id(m, "peerId", "peer_identity", MAX_PEER_ID_BYTES),
         UserInfo.from_wire(m.get("user", _MISSING), "peer_identity", strict=True),
     )
 
 
 def _p_peer_disconnected(m: dict[str, Any]) -> PeerDisconnectedFrame:
-    return PeerDisconnectedFrame(_str(m, "peerId", "peer_disconnected"))
+    return PeerDisconnectedFrame(_id(m, "peerId", "peer_disconnected", MAX_PEER_ID_BYTES))
 
 
 def _p_peer_joined(m: dict[str, Any]) -> PeerJoinedDocFrame:
     doc = m.get("documentId")
     pid = m.get("peerId")
-    if type(doc) is str and doc and type(pid) is str and pid:
+    if (
+        type(doc) is str
+        and 0 < len(doc) <= _DOC_CHARS
+        and type(pid) is str
+        and 0 < len(pid) <= _PEER_CHARS
+    ):
         return PeerJoinedDocFrame(doc, pid)
     t = "peer_joined_doc"
-    return PeerJoinedDocFrame(_str(m, "documentId", t), _str(m, "peerId", t))
+    return PeerJoinedDocFrame(
+        _id(m, "documentId", t, MAX_DOCUMENT_ID_BYTES), _id(m, "peerId", t, MAX_PEER_ID_BYTES)
+    )
 
 
 def _p_peer_left(m: dict[str, Any]) -> PeerLeftDocFrame:
     doc = m.get("documentId")
     pid = m.get("peerId")
-    if type(doc) is str and doc and type(pid) is str and pid:
+    if (
+        type(doc) is str
+        and 0 < len(doc) <= _DOC_CHARS
+        and type(pid) is str
+        and 0 < len(pid) <= _PEER_CHARS
+    ):
         return PeerLeftDocFrame(doc, pid)
     t = "peer_left_doc"
-    return PeerLeftDocFrame(_str(m, "documentId", t), _str(m, "peerId", t))
+    return PeerLeftDocFrame(
+        _id(m, "documentId", t, MAX_DOCUMENT_ID_BYTES), _id(m, "peerId", t, MAX_PEER_ID_BYTES)
+    )
 
 
 def _p_presence_state(m: dict[str, Any]) -> DocPresenceStateFrame:
     peers = m.get("peers", _MISSING)
     if type(peers) is not list or any(type(p) is not str or not p for p in peers):
         raise _fail("doc_presence_state", "peers", "a list of peer id strings", peers)
-    return DocPresenceStateFrame(_str(m, "documentId", "doc_presence_state"), tuple(peers))
+    if any(not fits_utf8(p, MAX_PEER_ID_BYTES) for p in peers):
+        raise ProtocolError(
+            f"doc_presence_state frame: a peer id is longer than {MAX_PEER_ID_BYTES} bytes"
+        )
+    return DocPresenceStateFrame(
+        _id(m, "documentId", "doc_presence_state", MAX_DOCUMENT_ID_BYTES), tuple(peers)
+    )
 
 
 def _p_ephemeral(m: dict[str, Any]) -> EphemeralFrame:
@@ -549,24 +605,24 @@ def _p_ephemeral(m: dict[str, Any]) -> EphemeralFrame:
     data = get("data")
     if (
         type(doc) is str
-        and doc
+        and 0 < len(doc) <= _DOC_CHARS
         and type(count) is int
         and count >= 0
         and type(sid) is str
-        and sid
+        and 0 < len(sid) <= _SESSION_CHARS
         and type(data) is bytes
-        and (sender is None or type(sender) is str)
-        and (target is None or type(target) is str)
+        and (sender is None or (type(sender) is str and len(sender) <= _PEER_CHARS))
+        and (target is None or (type(target) is str and len(target) <= _PEER_CHARS))
     ):
         return _new_ephemeral(sender or "", target or "", doc, count, sid, data)
     t = "ephemeral"
     # The relay overwrites senderId/targetId, so a client may leave them out.
     return EphemeralFrame(
-        _opt_str(m, "senderId", t) or "",
-        _opt_str(m, "targetId", t) or "",
-        _str(m, "documentId", t),
+        _opt_id(m, "senderId", t, MAX_PEER_ID_BYTES) or "",
+        _opt_id(m, "targetId", t, MAX_PEER_ID_BYTES) or "",
+        _id(m, "documentId", t, MAX_DOCUMENT_ID_BYTES),
         _count(m, "count", t),
-        _str(m, "sessionId", t),
+        _id(m, "sessionId", t, MAX_SESSION_ID_BYTES),
         _bytes(m, "data", t),
     )
 
@@ -597,9 +653,9 @@ def _new_ephemeral(
 def _p_request(m: dict[str, Any]) -> RequestFrame:
     t = "request"
     return RequestFrame(
-        _opt_str(m, "senderId", t) or "",
-        _opt_str(m, "targetId", t) or "",
-        _str(m, "documentId", t),
+        _opt_id(m, "senderId", t, MAX_PEER_ID_BYTES) or "",
+        _opt_id(m, "targetId", t, MAX_PEER_ID_BYTES) or "",
+        _id(m, "documentId", t, MAX_DOCUMENT_ID_BYTES),
         _bytes(m, "data", t),
     )
 
@@ -607,9 +663,9 @@ def _p_request(m: dict[str, Any]) -> RequestFrame:
 def _p_sync(m: dict[str, Any]) -> SyncFrame:
     t = "sync"
     return SyncFrame(
-        _opt_str(m, "senderId", t) or "",
-        _opt_str(m, "targetId", t) or "",
-        _str(m, "documentId", t),
+        _opt_id(m, "senderId", t, MAX_PEER_ID_BYTES) or "",
+        _opt_id(m, "targetId", t, MAX_PEER_ID_BYTES) or "",
+        _id(m, "documentId", t, MAX_DOCUMENT_ID_BYTES),
         _bytes(m, "data", t),
     )
 
@@ -617,9 +673,9 @@ def _p_sync(m: dict[str, Any]) -> SyncFrame:
 def _p_doc_unavailable(m: dict[str, Any]) -> DocUnavailableFrame:
     t = "doc-unavailable"
     return DocUnavailableFrame(
-        _opt_str(m, "senderId", t) or "",
-        _opt_str(m, "targetId", t) or "",
-        _str(m, "documentId", t),
+        _opt_id(m, "senderId", t, MAX_PEER_ID_BYTES) or "",
+        _opt_id(m, "targetId", t, MAX_PEER_ID_BYTES) or "",
+        _id(m, "documentId", t, MAX_DOCUMENT_ID_BYTES),
     )
 
 
@@ -657,50 +713,6 @@ _SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big one
 _EPHEMERAL_HEAD: Final = b"\xa7dtypeiephemeral"
 
 
-def _decode_ephemeral(data: bytes) -> EphemeralFrame | None:
-    """The hot path of :func:`decode`: an ephemeral frame with the usual seven
-    fields, each well typed, encoded the way cbor2 encodes it (what our relay
-    and client write). None for anything else, which the general path decodes.
-
-    cbor2.loads() ignores trailing bytes, so the frame is proven complete by
-    re-encoding the map and comparing. (Comparing lengths is not enough: CBOR
-    value-sharing tags, which cbor2 decodes, can encode the map in fewer bytes
-    than its values' shortest encodings, leaving room for trailing garbage.)
-    """
-    try:
-        m = _loads(data)
-    except Exception:
-        return None  # the general path raises the proper ProtocolError
-    if type(m) is not dict or len(m) != 7:
-        return None
-    try:  # seven entries, all seven keys: exactly these keys
-        kind = m["type"]
-        sender = m["senderId"]
-        target = m["targetId"]
-        doc = m["documentId"]
-        count = m["count"]
-        sid = m["sessionId"]
-        payload = m["data"]
-    except KeyError:
-        return None
-    if not (
-        kind == "ephemeral"
-        and type(sender) is str
-        and type(target) is str
-        and type(doc) is str
-        and doc
-        and type(count) is int
-        and 0 <= count < 0x10000000000000000
-        and type(sid) is str
-        and sid
-        and type(payload) is bytes
-    ):
-        return None
-    if _dumps(m) != data:
-        return None
-    return _new_ephemeral(sender, target, doc, count, sid, payload)
-
-
 def decode(data: bytes | bytearray | memoryview) -> Frame:
     """Decode the bytes of one binary WebSocket message into a frame.
 
@@ -712,13 +724,13 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
         ProtocolError: not exactly one CBOR map, no string ``type``, or a known
             frame type with a missing or wrongly typed field. Nothing else is raised.
     """
-    if type(data) is bytes and data.startswith(_EPHEMERAL_HEAD):
-        ephemeral = _decode_ephemeral(data)
-        if ephemeral is not None:
-            return ephemeral
-        key = None  # ephemeral frames are never shared
-    else:
-        key = data if type(data) is bytes and len(data) <= _SHARED_MAX_BYTES else None
+    key = (
+        data
+        if type(data) is bytes
+        and len(data) <= _SHARED_MAX_BYTES
+        and not data.startswith(_EPHEMERAL_HEAD)  # never shared: don't hash them
+        else None
+    )
     if key is not None:
         cached = _SHARED.get(key)
         if cached is not None:

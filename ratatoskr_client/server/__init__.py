@@ -11,9 +11,11 @@ The rules live in :class:`RelayCore` (no I/O); :class:`RelayServer` and
 :func:`create_app` put it on aiohttp.
 """
 
-from .app import RelayServer, create_app
+from .app import create_app
 from .config import (
+    DEFAULT_AUTH_FAILURE_LIMIT,
     DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_DOCUMENTS_PER_PEER,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -29,9 +31,12 @@ from .config import (
     load_config,
 )
 from .core import RelayCore, RelayStats
+from .runner import RelayServer
 
 __all__ = [
+    "DEFAULT_AUTH_FAILURE_LIMIT",
     "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_PING_INTERVAL",

@@ -19,7 +19,9 @@ from typing import Any, Final, Literal, cast
 from ..errors import ConfigError
 
 __all__ = [
+    "DEFAULT_AUTH_FAILURE_LIMIT",
     "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_PING_INTERVAL",
@@ -43,6 +45,8 @@ DEFAULT_AUTH_TIMEOUT: Final = 10.0
 DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024
 DEFAULT_MAX_DOCUMENTS_PER_PEER: Final = 1000
 DEFAULT_PING_INTERVAL: Final = 30.0
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
+DEFAULT_AUTH_FAILURE_LIMIT: Final = 30
 
 #: ACL principal meaning "every peer, anonymous ones included".
 PUBLIC: Final = "public"
@@ -102,7 +106,16 @@ class RelayConfig:
             from a document.
         rate_limit: relayed ephemeral messages per minute per connection (the burst
             allowance is the same number).
-        auth_timeout: seconds a socket may stay unauthenticated before it is closed.
+        handshake_timeout: seconds a TCP connection may take to complete its
+            HTTP request (the WebSocket upgrade); idle and trickling sockets are
+            closed after it. Plain HTTP requests (``/health``) are answered and
+            their connection closed.
+        auth_timeout: seconds a socket may stay unauthenticated after the
+            upgrade before it is closed.
+        auth_failure_limit: failed auth attempts (bad or missing token) allowed
+            per minute from one source address, as a burst; beyond it every
+            auth attempt from that address is refused with ``rate_limited`` and
+            a ``retryAfter`` until the allowance refills.
         max_frame_size: largest frame, in bytes, the relay processes; larger ones get
             an ``invalid_message`` error (up to 16 × this size, beyond which the
             WebSocket layer closes the socket with 1009).
@@ -124,6 +137,8 @@ class RelayConfig:
     presence_ttl: float = DEFAULT_PRESENCE_TTL
     rate_limit: int = DEFAULT_RATE_LIMIT
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_documents_per_peer: int = DEFAULT_MAX_DOCUMENTS_PER_PEER
     ping_interval: float = DEFAULT_PING_INTERVAL
@@ -179,6 +194,8 @@ def _validate(cfg: RelayConfig) -> None:
     positive("presence_ttl", cfg.presence_ttl)
     positive("rate_limit", cfg.rate_limit, integer=True)
     positive("auth_timeout", cfg.auth_timeout)
+    positive("handshake_timeout", cfg.handshake_timeout)
+    positive("auth_failure_limit", cfg.auth_failure_limit, integer=True)
     positive("max_frame_size", cfg.max_frame_size, integer=True)
     positive("max_documents_per_peer", cfg.max_documents_per_peer, integer=True)
     positive("ping_interval", cfg.ping_interval)
@@ -254,6 +271,8 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "presence_ttl": (int, float),
     "rate_limit": int,
     "auth_timeout": (int, float),
+    "handshake_timeout": (int, float),
+    "auth_failure_limit": int,
     "max_frame_size": int,
     "max_documents_per_peer": int,
     "ping_interval": (int, float),

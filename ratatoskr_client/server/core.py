@@ -68,7 +68,11 @@ MAX_SESSIONS_PER_CONNECTION: Final = 16
 #: with the same sessionId and a higher count takes it back.
 SESSION_TOMBSTONE_TTL: Final = 60.0
 #: Bound on remembered sessionIds of closed connections (oldest forgotten first).
-MAX_SESSION_TOMBSTONES: Final = 100_000
+#: With sessionIds of at most MAX_SESSION_ID_BYTES, the table stays under 8 MiB.
+MAX_SESSION_TOMBSTONES: Final = 20_000
+#: Source addresses whose failed auth attempts are remembered at once. Beyond
+#: it the oldest is forgotten: many addresses cost each one its memory, not more.
+MAX_AUTH_FAILURE_ADDRESSES: Final = 10_000
 #: Presence control messages (join/leave/heartbeat) one connection may send per
 #: document: a burst of PRESENCE_BURST, refilled at PRESENCE_RATE per second.
 #: They are not relayed and not counted by the rate limit, but each join or
@@ -118,6 +122,7 @@ class Session:
     """One WebSocket connection, before and after authentication."""
 
     __slots__ = (
+        "address",
         "authenticated",
         "bucket",
         "control",
@@ -132,8 +137,10 @@ class Session:
         "user_id",
     )
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, address: str = "") -> None:
         self.outbox = outbox
+        #: the peer's network address (for per-address limits); "" if unknown
+        self.address = address
         self.authenticated = False
         self.peer_id = ""
         self.user_id: str | None = None
@@ -166,6 +173,7 @@ class RelayStats:
     session_tombstones: int
     rate_buckets: int
     anonymous_names: int
+    auth_failure_addresses: int = 0
 
 
 class RelayCore:
@@ -192,13 +200,18 @@ class RelayCore:
         self._gossip_owner: dict[str, Session] = {}
         #: sessionId of a closed connection -> (last relayed count, closed at)
         self._tombstones: dict[str, tuple[int, float]] = {}
+        #: source address -> bucket of failed auth attempts (see _auth_allowed)
+        self._auth_failures: dict[str, TokenBucket] = {}
         self._server_presence = config.server_presence
+        #: connections closed since the core started (for memory housekeeping)
+        self.closed_total = 0
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self, outbox: Outbox) -> Session:
-        """Register a new, unauthenticated connection."""
-        session = Session(outbox)
+    def open(self, outbox: Outbox, address: str = "") -> Session:
+        """Register a new, unauthenticated connection from ``address`` (the
+        peer's IP address; per-address limits apply to it)."""
+        session = Session(outbox, address)
         self._connections.add(session)
         return session
 
@@ -208,6 +221,7 @@ class RelayCore:
         if session not in self._connections:
             return
         self._connections.discard(session)
+        self.closed_total += 1
         for doc_id in list(session.docs):
             self._leave(session, doc_id, tell_self=False)
         now = self.clock()
@@ -258,6 +272,10 @@ class RelayCore:
                 full = [d for d, b in session.control.items() if b.tokens(now) >= b.capacity]
                 for doc_id in full:
                     del session.control[doc_id]
+        if self._auth_failures:
+            healed = [a for a, b in self._auth_failures.items() if b.tokens(now) >= b.capacity]
+            for address in healed:
+                del self._auth_failures[address]
 
     def stats(self) -> RelayStats:
         """Current table sizes (for monitoring and leak tests)."""
@@ -270,6 +288,7 @@ class RelayCore:
             session_tombstones=len(self._tombstones),
             rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
             anonymous_names=len(self._names),
+            auth_failure_addresses=len(self._auth_failures),
         )
 
     def presence(self, document_id: str) -> tuple[str, ...]:
@@ -328,6 +347,8 @@ class RelayCore:
         if not isinstance(frame, AuthFrame):
             self._error(session, "not_authenticated", "the first frame must be an auth frame")
             return
+        if not self._auth_allowed(session):
+            return
         if frame.token is not None:
             user = self.config.user_for_token(frame.token)
             if user is None:
@@ -339,8 +360,40 @@ class RelayCore:
         else:
             self._auth_error(session, "missing_credentials", "send a token, or anonymous: true")
 
+    def _auth_allowed(self, session: Session) -> bool:
+        """Refuse every auth attempt from an address whose failed attempts used
+        up their allowance (``auth_failure_limit`` per minute, as a burst): a
+        token cannot be guessed faster than that, and a flood of bad auths from
+        one address is answered with one short frame each."""
+        bucket = self._auth_failures.get(session.address)
+        if bucket is None:
+            return True
+        now = self.clock()
+        tokens = bucket.tokens(now)
+        if tokens >= 1.0:
+            return True
+        retry = math.ceil((1.0 - tokens) / bucket.rate * 1000) / 1000
+        log.debug("auth from %s refused: too many failed attempts", session.address or "?")
+        self._error(
+            session,
+            "rate_limited",
+            "too many failed auth attempts from this address",
+            retry_after=retry,
+        )
+        session.outbox.close(1008, "rate_limited")
+        return False
+
     def _auth_error(self, session: Session, code: str, message: str) -> None:
         log.debug("auth failed for %r: %s", session, code)
+        now = self.clock()
+        failures = self._auth_failures
+        bucket = failures.get(session.address)
+        if bucket is None:
+            if len(failures) >= MAX_AUTH_FAILURE_ADDRESSES:
+                del failures[next(iter(failures))]
+            limit = self.config.auth_failure_limit
+            bucket = failures[session.address] = TokenBucket.per_minute(limit, now)
+        bucket.take(now)
         session.outbox.send(encode(AuthErrorFrame(code, message)))
         session.outbox.close(1008, code)
 

@@ -26,7 +26,7 @@ import pytest
 
 from ratatoskr_client import Peer, RatatoskrClient
 from ratatoskr_client.server import RelayServer
-from ratatoskr_client.server.app import STALLED_PEER_BYTES
+from ratatoskr_client.server.outbox import STALLED_PEER_BYTES
 from ratatoskr_client.server.core import PRESENCE_BURST, PRESENCE_RATE
 
 from .support import Background, Changes, RecordingPeer, assert_never_about

@@ -339,11 +339,10 @@ def test_non_frames_are_rejected(value: Any, match: str) -> None:
         decode(cbor2.dumps(value))
 
 
-def test_shared_reference_cycle_does_not_crash() -> None:
+def test_shared_reference_cycle_is_refused() -> None:
     # tag 28 (shareable) map whose value is tag 29 (shared ref 0): a map containing itself
-    frame = decode(b"\xd8\x1c\xa2\x64type\x61x\x61a\xd8\x1d\x00")
-    assert isinstance(frame, UnknownFrame)
-    assert frame.type == "x"
+    with pytest.raises(ProtocolError, match="tag 29: tag not allowed"):
+        decode(b"\xd8\x1c\xa2\x64type\x61x\x61a\xd8\x1d\x00")
 
 
 # --------------------------------------------------------------------------- field validation

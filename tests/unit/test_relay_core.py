@@ -1083,6 +1083,7 @@ def test_stats_return_to_zero_after_everyone_leaves() -> None:
         session_tombstones=0,
         rate_buckets=5,
         anonymous_names=3,
+        auth_failure_addresses=1,  # the refused one's address, until its allowance refills
     )
     relay.clock.advance(200)
     alice.heartbeat("secret")

@@ -1,0 +1,163 @@
+"""How the relay writes to a WebSocket: pre-framed bytes, batched per loop iteration.
+
+:class:`SocketOutbox` is the aiohttp layer's implementation of
+:class:`~.core.Outbox`. It writes whole, uncompressed binary frames straight to
+the connection's transport (instead of awaiting ``send_bytes``), which is what
+lets one sender fan out to hundreds of peers without yielding per recipient
+and without one slow reader holding up the others: backpressure is handled per
+peer (:data:`SLOW_PEER_BYTES`, :data:`STALLED_PEER_BYTES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Final
+
+from aiohttp import web
+
+__all__ = ["SLOW_PEER_BYTES", "STALLED_PEER_BYTES", "Batcher", "SocketOutbox"]
+
+log = logging.getLogger("ratatoskr_client.server")
+
+#: Above this many bytes waiting in a socket's send buffer, ephemeral messages to
+#: that peer are dropped (they are fire-and-forget; presence frames still go out).
+SLOW_PEER_BYTES: Final = 1 << 20
+#: Above this many, the peer is disconnected as too slow; it reconnects and resyncs.
+STALLED_PEER_BYTES: Final = 8 << 20
+
+
+def frame_header(length: int, opcode: int = 0x2) -> bytes:
+    """RFC 6455 header of an unmasked, final server-to-client frame (binary by default)."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 0x10000:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A complete RFC 6455 close frame (control frames carry at most 125 bytes)."""
+    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    return frame_header(len(payload), opcode=0x8) + payload
+
+
+class Batcher:
+    """Coalesces the frames written to one connection within one event-loop
+    iteration.
+
+    The first frame for a connection in an iteration is written at once, so a
+    lone message (the common case) gains no latency. Frames that follow it in the
+    same iteration are held and written together, with one system call, when the
+    iteration ends. When many peers connect or join at once, each newcomer makes
+    the relay send a frame to everyone; batching turns the K writes per
+    connection and iteration into two.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[SocketOutbox] = []
+        self._scheduled = False
+
+    def hold(self, outbox: SocketOutbox) -> None:
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox.flush()
+
+
+class SocketOutbox:
+    """Writes the core's frames for one connection straight to its transport.
+
+    When the core (or the backpressure rules) drops the connection, it is closed
+    at the TCP level at once: a close frame is queued behind what was already
+    sent and the transport is closed, without waiting for the peer's answer, so
+    a hostile or dead peer cannot keep the connection's memory and file
+    descriptor alive. ``dropped`` tells the connection's handler to stop.
+    """
+
+    __slots__ = ("_batcher", "_held", "_transport", "_ws", "dropped", "ephemeral_dropped")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, batcher: Batcher
+    ) -> None:
+        self._ws = ws
+        self._transport = transport
+        self._batcher = batcher
+        #: frames waiting for the end of this loop iteration, in one buffer (not a
+        #: list of small bytes objects: a storm holds tens of thousands of frames
+        #: at once, which would fragment the heap); None: the next frame goes
+        #: out at once
+        self._held: bytearray | None = None
+        #: the connection was closed by the relay (see :meth:`close`)
+        self.dropped = False
+        #: ephemeral messages not sent because the peer was too far behind
+        self.ephemeral_dropped = 0
+
+    def _writable(self) -> bool:
+        # Once aiohttp has begun the close handshake (ws.closed), no data frame
+        # may follow its close frame.
+        return not self.dropped and not self._ws.closed and not self._transport.is_closing()
+
+    def _queued(self) -> int:
+        """Bytes written but not yet sent to the peer, held frames included."""
+        held = self._held
+        return self._transport.get_write_buffer_size() + (len(held) if held else 0)
+
+    def flush(self) -> None:
+        """Write the held frames (at the end of the iteration, or before a close)."""
+        held, self._held = self._held, None
+        if held and not self._ws.closed and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def _write(self, *parts: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._transport.write(b"".join(parts))
+            self._held = bytearray()  # hold whatever follows in this iteration
+            self._batcher.hold(self)
+        else:
+            for part in parts:
+                held += part
+
+    def send(self, frame: bytes) -> None:
+        if not self._writable():
+            return
+        self._write(frame_header(len(frame)), frame)
+        if self._queued() > STALLED_PEER_BYTES:
+            log.warning(
+                "disconnecting a peer that stopped reading (%d bytes queued)", self._queued()
+            )
+            self.dropped = True
+            self._held = None
+            # abort(), not close(): close() would wait to flush what the peer
+            # does not read. The socket and its buffers are released now.
+            self._transport.abort()
+
+    def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
+        if not self._writable():
+            return
+        if self._queued() > SLOW_PEER_BYTES:
+            self.ephemeral_dropped += 1
+            return
+        self._write(frame_header(len(prefix) + len(suffix)), prefix, suffix)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send what is pending and a close frame, then close the TCP connection
+        (once the kernel has taken those bytes), without waiting for the peer."""
+        if self.dropped:
+            return
+        self.flush()
+        self.dropped = True
+        if not self._ws.closed and not self._transport.is_closing():
+            self._transport.write(close_frame(code, reason))
+        self._transport.close()

@@ -1,0 +1,179 @@
+"""RelayServer: the relay listening on a real socket, with its connection guards.
+
+::
+
+    async with RelayServer(RelayConfig(port=0, open=True)) as relay:
+        print(relay.url)          # http://127.0.0.1:<free port>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .app import GUARD_KEY, create_app
+from .config import RelayConfig
+from .core import RelayCore, RelayStats
+from .guard import AcceptErrorFilter, HandshakeGuard
+
+__all__ = ["RelayServer"]
+
+log = logging.getLogger("ratatoskr_client.server")
+
+
+class _GuardedSite(web.TCPSite):
+    """A TCP site whose every accepted connection starts a handshake deadline."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: HandshakeGuard) -> None:
+        super().__init__(runner, host, port, reuse_address=True)
+        self._guard = guard
+
+    async def start(self) -> None:
+        # TCPSite.start, with the protocol factory wrapped so the deadline starts
+        # at accept time, before the client has sent anything.
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        guard = self._guard
+
+        def protocol() -> asyncio.BaseProtocol:
+            handler = server()
+            guard.accepted(handler)
+            return handler
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+
+
+class RelayServer:
+    """A relay listening on a real socket; an async context manager.
+
+    ``RelayServer(config)`` or ``RelayServer(port=0, open=True, presence_ttl=1)``
+    (keyword arguments build or override the :class:`RelayConfig`). With port 0
+    the OS picks a free port; :attr:`port` and :attr:`url` tell which. A stopped
+    server can be started again; it then listens on the same port (its state
+    starts empty, like a restarted process).
+
+    Besides the relay's rules it guards the listening socket: connections that
+    do not complete their HTTP request within ``handshake_timeout`` are closed,
+    and accept failures at the open-file limit are logged once per 10 s instead
+    of once per attempt (see :mod:`ratatoskr_client.server.guard`).
+    """
+
+    def __init__(self, config: RelayConfig | None = None, **overrides: Any) -> None:
+        base = config or RelayConfig(open=True)
+        self.config = base.with_(**overrides) if overrides else base
+        self._runner: web.AppRunner | None = None
+        self._core: RelayCore | None = None
+        self._guard: HandshakeGuard | None = None
+        self._port: int | None = None
+        self._accept_filter: AcceptErrorFilter | None = None
+
+    async def start(self) -> RelayServer:
+        """Start listening. Returns self."""
+        if self._runner is not None:
+            raise RuntimeError("relay already running")
+        self._core = RelayCore(self.config)
+        app = create_app(self.config, core=self._core)
+        self._guard = app[GUARD_KEY]
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        port = self._port if self._port is not None else self.config.port
+        site = _GuardedSite(runner, self.config.host, port, self._guard)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._port = int(runner.addresses[0][1])
+        self._runner = runner
+        loop = asyncio.get_running_loop()
+        self._accept_filter = AcceptErrorFilter(loop.get_exception_handler())
+        loop.set_exception_handler(self._accept_filter)
+        log.info("relay listening on %s", self.ws_url)
+        if self.config.open:
+            log.warning(
+                "open mode: every document not listed in the configuration exists and "
+                "is readable by every peer, anonymous ones included"
+            )
+        if not self.config.server_presence:
+            log.warning("server_presence is off: behaving like the upstream server (no presence)")
+        return self
+
+    async def stop(self) -> None:
+        """Close every socket (1001 going away) and stop listening. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        accept_filter, self._accept_filter = self._accept_filter, None
+        if accept_filter is not None:
+            loop = asyncio.get_running_loop()
+            if loop.get_exception_handler() is accept_filter:
+                loop.set_exception_handler(accept_filter.previous)
+
+    async def __aenter__(self) -> RelayServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._runner is not None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (known once started)."""
+        if self._port is None:
+            raise RuntimeError("relay not started")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        """The interface listened on."""
+        return self.config.host
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``: what :class:`~ratatoskr_client.RatatoskrClient` takes."""
+        return f"http://{self._netloc()}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://host:port/sync``: the WebSocket endpoint."""
+        return f"ws://{self._netloc()}/sync"
+
+    def _netloc(self) -> str:
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+    @property
+    def core(self) -> RelayCore:
+        """The running relay's state (for inspection in tests)."""
+        if self._core is None:
+            raise RuntimeError("relay not started")
+        return self._core
+
+    @property
+    def guard(self) -> HandshakeGuard:
+        """The handshake deadlines (for inspection in tests)."""
+        if self._guard is None:
+            raise RuntimeError("relay not started")
+        return self._guard
+
+    def stats(self) -> RelayStats:
+        """Sizes of the relay's tables."""
+        return self.core.stats()
