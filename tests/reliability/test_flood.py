@@ -26,8 +26,8 @@ import pytest
 
 from ratatoskr_client import Peer, RatatoskrClient
 from ratatoskr_client.server import RelayServer
-from ratatoskr_client.server.outbox import STALLED_PEER_BYTES
 from ratatoskr_client.server.core import PRESENCE_BURST, PRESENCE_RATE
+from ratatoskr_client.server.outbox import STALLED_PEER_BYTES
 
 from .support import Background, Changes, RecordingPeer, assert_never_about
 
