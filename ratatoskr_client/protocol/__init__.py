@@ -13,6 +13,7 @@ from .codec import (
     cbor_uint,
     loads_strict,
 )
+from .gossip import Admission, SessionOwners
 from .messages import (
     FEATURES,
     MAX_DOCUMENT_ID_BYTES,
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_PEER_ID_BYTES",
     "MAX_SESSION_ID_BYTES",
+    "Admission",
     "AuthErrorFrame",
     "AuthFrame",
     "AuthOkFrame",
@@ -65,6 +67,7 @@ __all__ = [
     "PresenceMessage",
     "PresenceStatus",
     "RequestFrame",
+    "SessionOwners",
     "SyncFrame",
     "UnknownFrame",
     "UserInfo",

@@ -28,6 +28,7 @@ from ..errors import ProtocolError
 from ..pacing import TokenBucket
 from ..protocol import (
     FEATURES,
+    Admission,
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
@@ -42,6 +43,7 @@ from ..protocol import (
     PeerLeftDocFrame,
     PresenceMessage,
     RequestFrame,
+    SessionOwners,
     SyncFrame,
     UnknownFrame,
     UserInfo,
@@ -126,7 +128,6 @@ class Session:
         "authenticated",
         "bucket",
         "control",
-        "counts",
         "docs",
         "identity_frame",
         "is_anonymous",
@@ -148,8 +149,6 @@ class Session:
         self.is_anonymous = True
         #: document id -> monotonic time of the last join/heartbeat (or other activity)
         self.docs: dict[str, float] = {}
-        #: ephemeral sessionId -> highest count relayed for it
-        self.counts: dict[str, int] = {}
         self.bucket: TokenBucket | None = None
         #: document id -> bucket for presence control messages (created on demand)
         self.control: dict[str, TokenBucket] = {}
@@ -196,10 +195,12 @@ class RelayCore:
         self._peers: dict[str, Session] = {}
         #: document id -> present sessions by peer id, in join order
         self._docs: dict[str, dict[str, Session]] = {}
-        #: ephemeral sessionId -> the connection that first used it
-        self._gossip_owner: dict[str, Session] = {}
-        #: sessionId of a closed connection -> (last relayed count, closed at)
-        self._tombstones: dict[str, tuple[int, float]] = {}
+        #: ephemeral sessionId -> the connection that first used it (the gossip rule)
+        self._sessions: SessionOwners[Session] = SessionOwners(
+            max_per_sender=MAX_SESSIONS_PER_CONNECTION,
+            tombstone_ttl=SESSION_TOMBSTONE_TTL,
+            max_tombstones=MAX_SESSION_TOMBSTONES,
+        )
         #: source address -> bucket of failed auth attempts (see _auth_allowed)
         self._auth_failures: dict[str, TokenBucket] = {}
         self._server_presence = config.server_presence
@@ -224,14 +225,7 @@ class RelayCore:
         self.closed_total += 1
         for doc_id in list(session.docs):
             self._leave(session, doc_id, tell_self=False)
-        now = self.clock()
-        for sid, count in session.counts.items():
-            if self._gossip_owner.get(sid) is session:
-                del self._gossip_owner[sid]
-                self._tombstones[sid] = (count, now)
-        while len(self._tombstones) > MAX_SESSION_TOMBSTONES:
-            del self._tombstones[next(iter(self._tombstones))]
-        session.counts.clear()
+        self._sessions.release(session, self.clock())
         session.control.clear()
         session.bucket = None
         if session.authenticated:
@@ -264,9 +258,7 @@ class RelayCore:
     def _forget_idle(self, now: float) -> None:
         """Drop bookkeeping that has served its purpose: tombstones past their TTL
         and presence-control buckets that are full again."""
-        cutoff = now - SESSION_TOMBSTONE_TTL
-        for sid in [sid for sid, (_, closed) in self._tombstones.items() if closed < cutoff]:
-            del self._tombstones[sid]
+        self._sessions.expire(now)
         for session in self._peers.values():
             if session.control:
                 full = [d for d, b in session.control.items() if b.tokens(now) >= b.capacity]
@@ -284,8 +276,8 @@ class RelayCore:
             peers=len(self._peers),
             documents=len(self._docs),
             memberships=sum(len(m) for m in self._docs.values()),
-            gossip_sessions=len(self._gossip_owner),
-            session_tombstones=len(self._tombstones),
+            gossip_sessions=len(self._sessions),
+            session_tombstones=self._sessions.tombstones,
             rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
             anonymous_names=len(self._names),
             auth_failure_addresses=len(self._auth_failures),
@@ -568,31 +560,18 @@ class RelayCore:
 
     def _admit(self, session: Session, frame: EphemeralFrame) -> bool:
         """Gossip and replay filter: True if the frame is new and really from ``session``."""
-        sid = frame.session_id
-        owner = self._gossip_owner.get(sid)
-        if owner is None:
-            tomb = self._tombstones.get(sid)
-            if tomb is not None and frame.count <= tomb[0]:
-                return False  # a late copy of a closed connection's message
-            if len(session.counts) >= MAX_SESSIONS_PER_CONNECTION:
-                self._error(
-                    session,
-                    "too_many_sessions",
-                    f"a connection may use at most {MAX_SESSIONS_PER_CONNECTION} sessionIds",
-                )
-                return False
-            if tomb is not None:
-                # A stock peer back on a new connection, carrying on its session.
-                del self._tombstones[sid]
-                session.counts[sid] = tomb[0]
-            self._gossip_owner[sid] = session
-        elif owner is not session:
-            return False  # a stock peer forwarding someone else's message back to us
-        last = session.counts.get(sid, -1)
-        if frame.count <= last:
-            return False  # a copy we already relayed
-        session.counts[sid] = frame.count
-        return True
+        verdict = self._sessions.admit(session, frame.session_id, frame.count)
+        if verdict is Admission.ACCEPTED:
+            return True
+        if verdict is Admission.TOO_MANY_SESSIONS:
+            self._error(
+                session,
+                "too_many_sessions",
+                f"a connection may use at most {MAX_SESSIONS_PER_CONNECTION} sessionIds",
+            )
+        # Otherwise a stock peer forwarding someone's message back to us, or a
+        # copy we already relayed: dropped without a word (docs/protocol.md).
+        return False
 
     def _relay_ephemeral(self, session: Session, frame: EphemeralFrame) -> None:
         members = self._docs.get(frame.document_id)

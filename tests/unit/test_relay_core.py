@@ -816,7 +816,6 @@ def test_too_many_sessions(relay: Relay) -> None:
     err = error(a.take_one())
     assert err.error == "too_many_sessions"
     assert b.take() == []
-    assert len(a.session.counts) == MAX_SESSIONS_PER_CONNECTION
     assert relay.stats().gossip_sessions == MAX_SESSIONS_PER_CONNECTION + 1  # + b's own
     # Sessions already known keep working.
     a.ephemeral("doc", "again", session_id="s0", count=2)
