@@ -28,7 +28,7 @@ from ._console import print_line
 from .backoff import Backoff
 from .client import RatatoskrClient
 from .errors import ConnectionClosed, PayloadError, RatatoskrError, ServerError
-from .presence import Peer
+from .membership import Peer
 from .server import AclEntry, DocumentSpec, RelayConfig, RelayServer, UserSpec
 
 __all__ = ["DEMO_DOCUMENTS", "demo_config", "run_demo"]

@@ -18,8 +18,8 @@ from ratatoskr_client.protocol import (
     cbor_uint,
     decode,
     encode,
+    fastpaths,
     loads_strict,
-    messages,
 )
 
 
@@ -82,13 +82,13 @@ def test_identity_and_presence_frames_are_decoded_once_and_shared() -> None:
 def test_ephemeral_frames_are_never_shared() -> None:
     data = encode(EphemeralFrame("peer-a", "peer-b", "doc", 1, "s", cbor2.dumps(1)))
     assert decode(data) is not decode(data)
-    assert data not in messages._SHARED
+    assert data not in fastpaths._SHARED
 
 
 def test_the_shared_frames_are_bounded() -> None:
-    for i in range(messages._SHARED_MAX_ENTRIES + 50):
+    for i in range(fastpaths._SHARED_MAX_ENTRIES + 50):
         decode(encode(PeerDisconnectedFrame(f"peer-bound-{i}")))
-    assert len(messages._SHARED) <= messages._SHARED_MAX_ENTRIES
+    assert len(fastpaths._SHARED) <= fastpaths._SHARED_MAX_ENTRIES
 
 
 def test_a_malformed_frame_is_never_shared() -> None:
@@ -96,7 +96,7 @@ def test_a_malformed_frame_is_never_shared() -> None:
     for _ in range(2):
         with pytest.raises(ProtocolError):
             decode(data)
-    assert data not in messages._SHARED
+    assert data not in fastpaths._SHARED
 
 
 def test_relay_spliced_ephemeral_frames_decode_like_encoded_ones() -> None:
