@@ -78,7 +78,11 @@ from .protocol.constants import (
 )
 from .status import ConnectionState
 
-__all__ = ["ClientCore", "check_document_id"]
+__all__ = ["MIN_TIMER_STEP", "ClientCore", "check_document_id"]
+
+#: The shortest time the core asks to be woken after (seconds): no timer can
+#: spin, whatever rounding does to a deadline.
+MIN_TIMER_STEP = 0.001
 
 IDLE = ConnectionState.IDLE
 CONNECTING = ConnectionState.CONNECTING
@@ -587,7 +591,9 @@ class ClientCore(Incoming):
                 pacer = out.pacer
                 wait = 0.0 if pacer is None else pacer.take(now)
                 if wait > 0:
-                    self.arm(now + wait)
+                    # At least a millisecond: a wait of a few ulps would round to
+                    # `now` and wake us in a loop without the bucket refilling.
+                    self.arm(now + max(wait, MIN_TIMER_STEP))
                     return
             if entry.kind != "update" or not self.sharing.coalescer.scheduled(entry.document_id):
                 queue.popleft()
@@ -677,7 +683,7 @@ class ClientCore(Incoming):
             self._submit(Paced(kind, doc_id), now)
         self.prune(now)
         self._release(now)
-        self.arm(self._next_deadline())
+        self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
     def _next_deadline(self) -> float:
         at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline())

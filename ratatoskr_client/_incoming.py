@@ -190,7 +190,7 @@ class Incoming:
             self.arm(states.deadline())
         if not outcome.changed:
             return
-        view = states.session_state(doc_id, frame.session_id)
+        view = states.peer_state(doc_id, sender)  # what is shown for the sender now
         name = view.get("name") if view is not None else None
         chosen = name if type(name) is str and name else None
         p2p = self.p2p
@@ -205,14 +205,17 @@ class Incoming:
         self._emit_state(doc_id, sender, view if view is not None else EMPTY)
 
     def _reassigned(self, session_id: str, owner: str) -> None:
-        """The gossip filter moved a session to its real sender: its state follows."""
+        """The gossip filter moved a session to its real sender: its state, and
+        the presence that came with it, follow."""
         assert self.p2p is not None
-        for doc_id in self.states.reassign(session_id, owner):
+        states = self.states
+        for doc_id, previous in states.reassign(session_id, owner):
             record = self.docs.get(doc_id)
             confirmed = record is not None and record.state is _PRESENT
-            self._dispatch(self.p2p.sync(doc_id, self.store, self.states, confirmed=confirmed))
-            view = self.states.session_state(doc_id, session_id)
-            self._emit_state(doc_id, owner, view if view is not None else EMPTY)
+            self._dispatch(self.p2p.sync(doc_id, self.store, states, confirmed=confirmed))
+            for peer_id in (previous, owner):
+                view = states.peer_state(doc_id, peer_id)
+                self._emit_state(doc_id, peer_id, view if view is not None else EMPTY)
 
     def _error_frame(self, frame: ErrorFrame, now: float) -> None:
         exc = error_from_frame(

@@ -267,33 +267,45 @@ class PeerStates:
         state.update(incoming)
         return StateOutcome(changed=changed) if changed else _NOTHING
 
-    def reassign(self, session: str, owner: str) -> list[str]:
-        """Show what ``session`` said under ``owner`` from now on; returns the
-        documents where that changed something."""
+    def reassign(self, session: str, owner: str) -> list[tuple[str, str]]:
+        """Show what ``session`` said under ``owner`` from now on; returns
+        (document, previous owner) wherever that changed something."""
         changed = []
         for doc_id, entries in self._peers.items():
             entry = entries.get(session)
             if entry is not None and entry.owner != owner:
+                changed.append((doc_id, entry.owner))
                 entry.owner = owner
-                changed.append(doc_id)
         return changed
 
     def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
         """Peer id → that peer's state, in order of first message: a read-only
-        snapshot (later messages do not change it). A peer with several
-        sessions shows the state of its latest one."""
+        snapshot (later messages do not change it)."""
         entries = self._peers.get(document_id)
         if not entries:
             return EMPTY
-        return ReadOnlyMap({e.owner: ReadOnlyMap(dict(e.state)) for e in entries.values()})
+        shown = self._shown(entries)
+        return ReadOnlyMap({owner: ReadOnlyMap(dict(e.state)) for owner, e in shown.items()})
+
+    @staticmethod
+    def _shown(entries: dict[str, _Entry]) -> dict[str, _Entry]:
+        # A peer with several sessions shows its most recently active one: a
+        # session wrongly credited to a forwarder (a relabelled copy seen first)
+        # goes quiet, while the forwarder's own keeps talking.
+        shown: dict[str, _Entry] = {}
+        for entry in entries.values():
+            current = shown.get(entry.owner)
+            if current is None or entry.last_seen >= current.last_seen:
+                shown[entry.owner] = entry
+        return shown
 
     def peer_state(self, document_id: str, peer_id: str) -> Mapping[str, Any] | None:
-        """``peer_id``'s state in a document (its latest session's), or None."""
-        found = None
-        for entry in self._peers.get(document_id, {}).values():
-            if entry.owner == peer_id:
-                found = entry.view
-        return found
+        """``peer_id``'s state in a document (its most recently active session's), or None."""
+        entries = self._peers.get(document_id)
+        if not entries:
+            return None
+        entry = self._shown(entries).get(peer_id)
+        return entry.view if entry is not None else None
 
     def session_state(self, document_id: str, session: str) -> Mapping[str, Any] | None:
         """The state built from one session's messages in a document, or None."""
@@ -342,7 +354,7 @@ class PeerStates:
         threshold = now - self.ttl
         pruned: list[tuple[str, str]] = []
         for doc_id, entries in self._peers.items():
-            stale = [key for key, e in entries.items() if e.last_seen < threshold]
+            stale = [key for key, e in entries.items() if e.last_seen <= threshold]
             for key in stale:
                 owner = entries.pop(key).owner
                 if all(e.owner != owner for e in entries.values()):

@@ -210,8 +210,13 @@ async def test_two_stock_js_presence_peers_see_each_other_exactly(
     await wait_state(
         client,
         doc,
-        lambda s: {k: dict(v) for k, v in s.items()}
-        == {alice.peer_id: {"name": "js-alice", "cursor": [7, 8]}, bob.peer_id: {"name": "js-bob"}},
+        lambda s: (
+            {k: dict(v) for k, v in s.items()}
+            == {
+                alice.peer_id: {"name": "js-alice", "cursor": [7, 8]},
+                bob.peer_id: {"name": "js-bob"},
+            }
+        ),
     )
     assert {peer_id for peer_id, _ in changes} == {alice.peer_id, bob.peer_id}
     assert all(st.get("name") == "js-alice" for pid, st in changes if pid == alice.peer_id)
