@@ -13,9 +13,10 @@ the one teardown), one membership record per entered document
 (:mod:`._documents`), identities and membership (:mod:`.membership`), per-peer
 state (:mod:`.peer_state`, :mod:`._sharing`), the peer-to-peer fallback and its
 gossip filter (:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the
-mapping of error frames to exceptions. The rest of the receive side (state
-messages, peer-to-peer membership, error frames) is :class:`._incoming.Incoming`,
-which this class extends.
+mapping of error frames to exceptions. The class is split in three by
+direction: the connection's life, documents, waiting and timers here; frames
+from the server in :class:`._incoming.Incoming`; frames to the server in
+:class:`._sending.Sending`.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._documents import ENTERING, LEAVING, PRESENT, Documents
-from ._effects import Effect, Emit, Fail, Push, Resolve, Send, WakeAt
+from ._effects import Effect, Emit, Fail, Push, Resolve, WakeAt
 from ._incoming import Incoming
-from ._outgoing import Outgoing, Paced, PacedKind
+from ._outgoing import Outgoing, Paced, make_pacer
 from ._peer_to_peer import PeerToPeer
-from ._settings import ENVELOPE_OVERHEAD, Settings
+from ._sending import MIN_TIMER_STEP, Sending, check_document_id
+from ._settings import Settings
 from ._sharing import StateSharing
 from ._waiters import PresencePredicate, Waiters
 from .errors import (
     AuthError,
     ConnectionClosed,
-    PayloadError,
     PresenceUnsupported,
     ProtocolError,
     RatatoskrError,
@@ -45,44 +46,19 @@ from .errors import (
     error_from_frame,
 )
 from .membership import MembershipStore, Peer
-from .pacing import FixedWindow, Pacer, TokenBucket
-from .peer_state import (
-    EMPTY,
-    PeerStates,
-    ReadOnlyMap,
-    goodbye_payload,
-    heartbeat_payload,
-    snapshot_payload,
-    update_payload,
-)
+from .peer_state import EMPTY, PeerStates, ReadOnlyMap
 from .protocol import (
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
     ErrorFrame,
-    PresenceMessage,
-    PresenceStatus,
     decode,
     encode,
-    encode_payload,
-    fits_utf8,
 )
-from .protocol.constants import (
-    EPHEMERAL_PREFIX,
-    FEATURE_PRESENCE,
-    MAX_DOCUMENT_ID_BYTES,
-    PRESENCE_MARKER,
-    PRESENCE_TYPE,
-    UPSTREAM_ANONYMOUS_LIMIT,
-    UPSTREAM_ANONYMOUS_WINDOW,
-)
+from .protocol.constants import EPHEMERAL_PREFIX, FEATURE_PRESENCE
 from .status import ConnectionState
 
-__all__ = ["MIN_TIMER_STEP", "ClientCore", "check_document_id"]
-
-#: The shortest time the core asks to be woken after (seconds): no timer can
-#: spin, whatever rounding does to a deadline.
-MIN_TIMER_STEP = 0.001
+__all__ = ["ClientCore"]
 
 IDLE = ConnectionState.IDLE
 CONNECTING = ConnectionState.CONNECTING
@@ -91,23 +67,7 @@ RECONNECTING = ConnectionState.RECONNECTING
 CLOSED = ConnectionState.CLOSED
 
 
-def check_document_id(document_id: object) -> None:
-    """Raise ValueError unless ``document_id`` is a document id we may send."""
-    if not isinstance(document_id, str) or not document_id:
-        raise ValueError(f"document_id must be a non-empty string, got {document_id!r}")
-    if not document_id.isascii():
-        try:
-            document_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"document_id is not valid Unicode text: {document_id!r}") from None
-    if not fits_utf8(document_id, MAX_DOCUMENT_ID_BYTES):
-        raise ValueError(
-            f"document_id must be at most {MAX_DOCUMENT_ID_BYTES} bytes in UTF-8, "
-            f"got {len(document_id.encode('utf-8', 'surrogatepass'))}"
-        )
-
-
-class ClientCore(Incoming):
+class ClientCore(Incoming, Sending):
     """The state machine of one client. See the module docstring."""
 
     __slots__ = (
@@ -246,7 +206,14 @@ class ClientCore(Incoming):
         assert me is not None
         user = frame.user
         anonymous = user is None or user.is_anonymous
-        self.out.start(self._new_session(), me.peer_id, frame.peer_id, self._pacer(anonymous, now))
+        pacer = make_pacer(
+            settings,
+            anonymous=anonymous,
+            upstream=self.p2p is not None,
+            auth_at=self._auth_at,
+            now=now,
+        )
+        self.out.start(self._new_session(), me.peer_id, frame.peer_id, pacer)
         self.state = CONNECTED
         self.attempt = 0
         self.floor = 0.0
@@ -264,21 +231,6 @@ class ClientCore(Incoming):
         if self.server_presence:
             self._heartbeat_at = now + settings.heartbeat_interval
             self.arm(self._heartbeat_at)
-
-    def _pacer(self, anonymous: bool, now: float) -> Pacer | None:
-        settings = self.settings
-        bucket = None
-        if settings.rate_limit is not None:
-            bucket = TokenBucket.per_minute(settings.rate_limit, now, burst=settings.burst)
-        window = None
-        if self.p2p is not None and anonymous:
-            # Upstream counts every frame of an anonymous connection, the auth frame
-            # included, in fixed windows: pace by the same windows.
-            window = FixedWindow(UPSTREAM_ANONYMOUS_LIMIT, UPSTREAM_ANONYMOUS_WINDOW)
-            window.spend(self._auth_at)
-        if bucket is None and window is None:
-            return None
-        return Pacer(bucket, window)
 
     def connection_lost(self, reason: ConnectionClosed, now: float) -> None:
         """The socket closed (or died) while connected."""
@@ -495,164 +447,6 @@ class ClientCore(Incoming):
         waiter = self.waiters.new()
         self.waiters.connect.append(waiter)
         return waiter
-
-    # ================================================================== sending
-
-    def send_ephemeral(self, document_id: str, payload: Any, now: float) -> int | None:
-        """``send_ephemeral``: None if the frame went out (a Send effect), else
-        the id of a waiter resolved when it does (paced).
-
-        Raises:
-            ValueError: a bad document id.
-            PayloadError: not encodable, too large, or a reserved shape.
-            ConnectionClosed: not connected (nothing is queued).
-        """
-        check_document_id(document_id)
-        # Any mapping goes on the wire as a CBOR map (the type test first: an
-        # isinstance() against an ABC is slow on this hot path).
-        if type(payload) is dict or isinstance(payload, Mapping):
-            if payload.get("type") == PRESENCE_TYPE:
-                raise PayloadError('payloads with "type": "presence" are reserved for presence')
-            if PRESENCE_MARKER in payload:
-                raise PayloadError(
-                    f"payloads with a {PRESENCE_MARKER!r} key are automerge-repo Presence "
-                    "messages: share state with set_state()"
-                )
-        data = encode_payload(payload)
-        if len(data) + ENVELOPE_OVERHEAD > self.settings.max_frame_size:
-            raise PayloadError(
-                f"payload of {len(data)} bytes is too large for a "
-                f"{self.settings.max_frame_size}-byte frame"
-            )
-        if self.state is not CONNECTED:
-            if self.state is CLOSED:
-                raise ConnectionClosed("client is closed")
-            raise ConnectionClosed(f"not connected (state: {self.state.value})")
-        out = self.out
-        if out.take(now) == 0:
-            self.effects.append(Send(out.ephemeral(document_id, data)))
-            return None
-        waiter = self.waiters.new()
-        self.waiters.paced.add(waiter)
-        self._submit(Paced("app", document_id, data, waiter), now)
-        return waiter
-
-    def set_state(self, document_id: str, channel: str, value: Any, now: float) -> None:
-        """``set_state``: merge one channel into our state in a document and share it.
-
-        Raises:
-            ValueError: a bad document id or channel.
-            PayloadError: the value cannot be sent.
-        """
-        check_document_id(document_id)
-        if not isinstance(channel, str) or not channel:
-            raise ValueError(f"channel must be a non-empty string, got {channel!r}")
-        size = len(encode_payload(update_payload(channel, value)))
-        if size + ENVELOPE_OVERHEAD > self.settings.max_frame_size:
-            raise PayloadError(
-                f"state value of {size} bytes is too large for a "
-                f"{self.settings.max_frame_size}-byte frame"
-            )
-        record = self.docs.get(document_id)
-        confirmed = self.state is CONNECTED and record is not None and record.state is PRESENT
-        changed, go_live = self.sharing.set_local(
-            document_id, channel, value, now, confirmed=confirmed
-        )
-        me = self.store.me
-        if changed and me is not None:
-            local = ReadOnlyMap(dict(self.states.local(document_id)))
-            self.effects.append(Emit("state-changed", (document_id, me, local)))
-        if go_live:
-            self._submit(Paced("snapshot", document_id), now)
-        self.arm(self.sharing.deadline())
-
-    def _presence(self, status: PresenceStatus, document_id: str) -> None:
-        """A presence control message: not paced (the relay does not count them)."""
-        data = encode_payload(PresenceMessage(status, document_id).to_payload())
-        self.effects.append(Send(self.out.ephemeral(document_id, data)))
-
-    def _submit(self, entry: Paced, now: float) -> None:
-        """Send ``entry`` now if its turn and a token allow, else queue it."""
-        queue = self.out.queue
-        queue.append(entry)
-        if len(queue) == 1:
-            self._release(now)
-
-    def _release(self, now: float) -> None:
-        """Send queued frames while tokens allow; wake up when the next one may go."""
-        out = self.out
-        queue = out.queue
-        while queue:
-            entry = queue[0]
-            if not self._wanted(entry):
-                queue.popleft()
-                continue
-            if entry.kind != "leave":
-                pacer = out.pacer
-                wait = 0.0 if pacer is None else pacer.take(now)
-                if wait > 0:
-                    # At least a millisecond: a wait of a few ulps would round to
-                    # `now` and wake us in a loop without the bucket refilling.
-                    self.arm(now + max(wait, MIN_TIMER_STEP))
-                    return
-            if entry.kind != "update" or not self.sharing.coalescer.scheduled(entry.document_id):
-                queue.popleft()
-            self._send_entry(entry, now)
-
-    def _wanted(self, entry: Paced) -> bool:
-        doc = entry.document_id
-        kind = entry.kind
-        if kind == "app":
-            return entry.waiter in self.waiters.paced
-        if kind == "request":
-            record = self.docs.get(doc)
-            return record is not None and record.state is ENTERING
-        if kind in ("goodbye", "leave"):
-            record = self.docs.get(doc)
-            return record is not None and record.state is LEAVING
-        if kind == "update":
-            return doc in self.sharing.live and self.sharing.coalescer.scheduled(doc)
-        return doc in self.sharing.live
-
-    def _send_entry(self, entry: Paced, now: float) -> None:
-        kind = entry.kind
-        doc = entry.document_id
-        if kind == "app":
-            assert entry.waiter is not None
-            self.waiters.paced.discard(entry.waiter)
-            self.effects.append(Send(self.out.ephemeral(doc, entry.data)))
-            self.effects.append(Resolve(entry.waiter))
-        elif kind == "request":
-            self.effects.append(Send(self.out.request(doc)))
-        elif kind == "leave":
-            self.docs.drop(doc)
-            if self.server_presence:
-                self._presence("leave", doc)
-        else:
-            self._send_state(doc, kind, now)
-
-    def _send_state(self, document_id: str, kind: PacedKind, now: float) -> None:
-        if kind == "update":
-            item = self.sharing.coalescer.take_one(document_id, now)
-            if item is None:
-                return
-            payload = update_payload(*item)
-        elif kind == "snapshot":
-            payload = snapshot_payload(self.states.local(document_id))
-        elif kind == "heartbeat":
-            payload = heartbeat_payload()
-        else:
-            payload = goodbye_payload()
-        data = encode_payload(payload)
-        self.effects.append(Send(self.out.ephemeral(document_id, data)))
-        self.sharing.sent(document_id, now)
-
-    def _unqueue(self, document_id: str) -> None:
-        queue = self.out.queue
-        kept = [e for e in queue if e.document_id != document_id or e.kind == "app"]
-        if len(kept) != len(queue):
-            queue.clear()
-            queue.extend(kept)
 
     # ================================================================== timers
 

@@ -3,9 +3,9 @@
 :class:`Driver` turns the core's effects (:mod:`ratatoskr_client._effects`)
 into I/O and the network into core inputs. It holds no protocol rule: what to
 send, when to reconnect and which error means what are the core's decisions.
-It is also the **one place** where errors of the libraries underneath
-(aiohttp, ``OSError``) become :class:`~ratatoskr_client.errors.RatatoskrError`\\ s
-(:func:`connect_error`; cbor2's are translated by :mod:`ratatoskr_client.protocol.codec`).
+Errors of the libraries underneath (aiohttp, ``OSError``) become
+:class:`~ratatoskr_client.errors.RatatoskrError`\\ s in one place,
+:mod:`ratatoskr_client._socket` (cbor2's in :mod:`ratatoskr_client.protocol.codec`).
 
 Hot paths, by design: a received frame goes from ``ws.receive()`` through
 :meth:`ClientCore.receive` to the callbacks in one straight call chain (no task,
@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import deque
-from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import aiohttp
@@ -31,8 +29,8 @@ from ._core import ClientCore
 from ._effects import Emit, Fail, PresenceChanged, Push, Resolve, Send, WakeAt
 from ._events import SafeEmitter
 from ._settings import Settings, socket_url
+from ._socket import SocketWriter, open_socket
 from .errors import (
-    ConnectError,
     ConnectionClosed,
     OperationTimeout,
     ProtocolError,
@@ -41,102 +39,18 @@ from .errors import (
 from .membership import Peer
 from .status import ConnectionState
 
-__all__ = ["CALLBACK_GRACE", "Driver", "SocketWriter", "connect_error"]
+__all__ = ["CALLBACK_GRACE", "Driver"]
 
 log = logging.getLogger("ratatoskr_client")
 
 #: Seconds coroutine callbacks get to finish when the client closes.
 CALLBACK_GRACE: Final = 1.0
-#: Seconds close() waits for the server to answer our close frame.
-CLOSE_TIMEOUT: Final = 2.0
 #: A watch_presence() consumer this far behind loses its oldest snapshots.
 WATCH_BACKLOG: Final = 1000
 _BINARY: Final = aiohttp.WSMsgType.BINARY
 _TEXT: Final = aiohttp.WSMsgType.TEXT
 _ERROR: Final = aiohttp.WSMsgType.ERROR
 _CLOSED: Final = ConnectionState.CLOSED
-
-
-def connect_error(exc: BaseException, url: str, timeout: float) -> RatatoskrError:
-    """What opening the socket to ``url`` failed with, as one of our errors."""
-    if isinstance(exc, TimeoutError):
-        return OperationTimeout(
-            f"no answer from {url} within {timeout} s (the connection or the WebSocket upgrade)"
-        )
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        return ConnectError(
-            f"no Ratatoskr WebSocket at {url}: the server answered HTTP {exc.status}"
-            f" ({exc.message}) to the upgrade request",
-            status=exc.status,
-        )
-    return ConnectError(f"cannot connect to {url}: {exc}")
-
-
-class SocketWriter:
-    """Writes frames to one WebSocket in order, at once when it can.
-
-    aiohttp's ``send_bytes`` is a coroutine; awaiting it per frame would make
-    every send a suspension point. For uncompressed frames its writer writes
-    synchronously and only then waits for backpressure, so this calls that
-    synchronous step directly, and lets callers that should respect
-    backpressure await :meth:`drained`. On an aiohttp without that step (or a
-    compressed socket) frames go through ``send_bytes`` from one task, in order.
-    """
-
-    __slots__ = ("_backlog", "_fast", "_protocol", "_task", "ws")
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        writer = getattr(ws, "_writer", None)
-        fast = getattr(writer, "_write_websocket_frame", None)
-        compress = getattr(writer, "compress", 1)
-        self._fast: Callable[[bytes, int, int], None] | None = fast if not compress else None
-        self._protocol = getattr(writer, "protocol", None)
-        self._backlog: deque[bytes] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    def write(self, data: bytes) -> None:
-        """Send one binary frame, after every frame written before it."""
-        if self.ws.closed:
-            return  # lost: the receive loop notices and tells the core
-        fast = self._fast
-        if fast is not None and not self._backlog:
-            # try/except, not contextlib.suppress: this runs once per frame sent,
-            # and a try block costs nothing until something is raised.
-            try:  # noqa: SIM105
-                fast(data, _BINARY, 0)
-            except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
-                pass  # a closing transport: the receive loop sees the close
-            return
-        self._backlog.append(data)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._flush(), name="ratatoskr-write"
-            )
-
-    async def _flush(self) -> None:
-        try:
-            while self._backlog:
-                data = self._backlog[0]
-                with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError):
-                    await self.ws.send_bytes(data)
-                self._backlog.popleft()
-        finally:
-            self._task = None
-
-    async def drained(self) -> None:
-        """Wait while the socket's send buffer is over its limit (backpressure)."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
-        protocol = self._protocol
-        if protocol is not None and getattr(protocol, "writing_paused", False):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await protocol._drain_helper()
-
-    def stop(self) -> asyncio.Task[None] | None:
-        """Drop what is not written yet; returns the writing task, if any."""
-        self._backlog.clear()
-        return self._task
 
 
 class Driver:
@@ -288,20 +202,7 @@ class Driver:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
             self._owns_http = True
-        try:
-            ws = await asyncio.wait_for(
-                self._http.ws_connect(
-                    self.socket_url,
-                    heartbeat=settings.ping_interval,
-                    max_msg_size=16 * 1024 * 1024,
-                    autoping=True,
-                    # close() waits this long for the server's close reply, not 10 s.
-                    timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
-                ),
-                settings.connect_timeout,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise connect_error(exc, self.socket_url, settings.connect_timeout) from exc
+        ws = await open_socket(self._http, self.socket_url, settings)
         self._opening = ws
         try:
             await self._authenticate(ws)
@@ -320,10 +221,7 @@ class Driver:
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         core = self.core
         loop = asyncio.get_running_loop()
-        try:
-            await ws.send_bytes(core.auth_frame(loop.time()))
-        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-            raise ConnectionClosed(f"connection lost while sending auth: {exc}") from exc
+        SocketWriter(ws).write(core.auth_frame(loop.time()))  # a lost socket: see below
         timeout = self.settings.connect_timeout
         deadline = loop.time() + timeout
         while True:
@@ -513,8 +411,3 @@ def _internal(exc: Exception, where: str) -> RatatoskrError:
     error = RatatoskrError(f"internal error {where}: {exc!r}")
     error.__cause__ = exc
     return error
-
-
-def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    """A named task of the library (``ratatoskr-<name>``)."""
-    return asyncio.get_running_loop().create_task(coro, name=f"ratatoskr-{name}")

@@ -13,11 +13,16 @@ from __future__ import annotations
 from collections import deque
 from typing import Final, Literal, TypeAlias
 
-from .pacing import Pacer
+from ._settings import Settings
+from .pacing import FixedWindow, Pacer, TokenBucket
 from .protocol import RequestFrame, cbor_bytes, cbor_map_header, cbor_text, cbor_uint, encode
-from .protocol.constants import EMPTY_DOC_SYNC
+from .protocol.constants import (
+    EMPTY_DOC_SYNC,
+    UPSTREAM_ANONYMOUS_LIMIT,
+    UPSTREAM_ANONYMOUS_WINDOW,
+)
 
-__all__ = ["Outgoing", "Paced", "PacedKind"]
+__all__ = ["Outgoing", "Paced", "PacedKind", "make_pacer"]
 
 #: What a queued entry sends once its turn comes.
 PacedKind: TypeAlias = Literal[
@@ -120,3 +125,22 @@ class Outgoing:
         self.queue.clear()
         self.pacer = None
         return waiting
+
+
+def make_pacer(
+    settings: Settings, *, anonymous: bool, upstream: bool, auth_at: float, now: float
+) -> Pacer | None:
+    """The pacing of a new connection: the client's own token bucket
+    (``rate_limit``/``rate_burst``), and on a server without features (upstream)
+    for an anonymous connection, upstream's fixed window, which counts every
+    frame, the auth frame (sent at ``auth_at``) included."""
+    bucket = None
+    if settings.rate_limit is not None:
+        bucket = TokenBucket.per_minute(settings.rate_limit, now, burst=settings.burst)
+    window = None
+    if upstream and anonymous:
+        window = FixedWindow(UPSTREAM_ANONYMOUS_LIMIT, UPSTREAM_ANONYMOUS_WINDOW)
+        window.spend(auth_at)
+    if bucket is None and window is None:
+        return None
+    return Pacer(bucket, window)

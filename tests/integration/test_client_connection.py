@@ -12,6 +12,7 @@ import warnings
 
 import cbor2
 import pytest
+from aiohttp import web
 
 from ratatoskr_client import (
     AuthError,
@@ -929,3 +930,57 @@ async def test_an_internal_failure_outside_frames_closes_the_client_instead_of_h
         await asyncio.wait_for(waiting, 5)
     assert client.connection_state is ConnectionState.CLOSED
     assert client.stats().tasks == ()
+
+
+# --------------------------------------------------------------------------- what errors say
+
+
+async def test_an_ordinary_http_server_is_no_ratatoskr_websocket():
+    async def home(request: web.Request) -> web.Response:
+        return web.Response(text="just a web site")
+
+    app = web.Application()
+    app.router.add_get("/", home)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        client = RatatoskrClient(f"http://127.0.0.1:{port}")
+        with pytest.raises(ConnectError) as info:
+            await client.connect()
+        assert info.value.status == 404
+        message = str(info.value)
+        assert f"no Ratatoskr WebSocket at ws://127.0.0.1:{port}/sync" in message
+        assert "404" in message
+        assert "Invalid response status" not in message.split(":", 1)[0]
+        await client.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_silent_tcp_and_silent_auth_raise_the_same_timeout():
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts the connection, says nothing, ever
+        writer.close()
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        client = RatatoskrClient(f"http://127.0.0.1:{port}", connect_timeout=0.2)
+        with pytest.raises(OperationTimeout, match="no answer") as tcp:
+            await client.connect()
+        await client.close()
+    finally:
+        silent.close()
+        await silent.wait_closed()
+    hold = asyncio.Event()
+    async with FakeServer(hold_auth=hold) as server:
+        client = RatatoskrClient(server.url, connect_timeout=0.2)
+        with pytest.raises(OperationTimeout, match="no answer") as auth:
+            await client.connect()
+        hold.set()
+        await client.close()
+    assert type(tcp.value) is type(auth.value) is OperationTimeout
+    assert isinstance(tcp.value, TimeoutError)

@@ -202,6 +202,29 @@ async def test_set_state_bad_input(ratatoskr_client, channel, value, error):
         await a.set_state("doc", channel, value)
 
 
+async def test_the_name_a_peer_chose_and_the_name_the_server_gave(ratatoskr_client):
+    a = await ratatoskr_client(name="alpha")
+    b = await ratatoskr_client()
+    # The relay names anonymous peers; the name a client chose is its own.
+    assert (a.me.chosen_name, b.me.chosen_name) == ("alpha", None)
+    assert a.me.name != "alpha"
+    await a.enter_document("doc")
+    await b.enter_document("doc")
+    await a.set_state("doc", "cursor", [1, 1])
+    # Shared state carries the chosen name (what automerge-repo apps show)...
+    await wait_state(b, "doc", has(a.me.peer_id, {"name": "alpha", "cursor": [1, 1]}))
+    # ...and the Peer shows both: the server's name and the chosen one.
+    seen = b.peers[a.me.peer_id]
+    assert (seen.name, seen.chosen_name) == (a.me.name, "alpha")
+    assert seen == a.me  # the same identity, whatever it calls itself
+    assert next(p for p in b.presence("doc") if p == a.me).chosen_name == "alpha"
+    # state() is plain and read-only, and prints like a dict.
+    states = b.state("doc")
+    assert repr(states) == repr({a.me.peer_id: {"name": "alpha", "cursor": [1, 1]}})
+    with pytest.raises(TypeError):
+        states[a.me.peer_id]["name"] = "mallory"  # type: ignore[index]
+
+
 # --------------------------------------------------------------------------- peer-to-peer
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cbor2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ratatoskr_client._events import SafeEmitter
 from ratatoskr_client.errors import ProtocolError
@@ -17,6 +21,7 @@ from ratatoskr_client.protocol import (
     cbor_text,
     cbor_uint,
     decode,
+    decode_plain,
     encode,
     fastpaths,
     loads_strict,
@@ -238,3 +243,93 @@ def test_value_sharing_cannot_hide_trailing_bytes_or_expand():
     for data in (frame, frame + b"\xff" * 40):
         with pytest.raises(ProtocolError, match="tag 28"):
             decode(data)
+
+
+# ------------------------------------------------------------------- fast paths = plain decoder
+
+FRAME_TYPES = [
+    "auth",
+    "auth_ok",
+    "auth_error",
+    "error",
+    "peer_identity",
+    "peer_disconnected",
+    "peer_joined_doc",
+    "peer_left_doc",
+    "doc_presence_state",
+    "ephemeral",
+    "request",
+    "sync",
+    "doc-unavailable",
+    "from-the-future",
+]
+FIELDS = [
+    "senderId",
+    "targetId",
+    "documentId",
+    "count",
+    "sessionId",
+    "data",
+    "peerId",
+    "clientPeerId",
+    "user",
+    "features",
+    "peers",
+    "error",
+    "message",
+    "retryAfter",
+    "token",
+    "anonymous",
+]
+_texts = st.one_of(
+    st.sampled_from(["", "doc", "peer-1", "s", "ä" * 33, "𝄞" * 32, "x" * 64, "x" * 65, "y" * 129]),
+    st.text(max_size=8),
+)
+_scalars = st.one_of(
+    _texts,
+    st.integers(min_value=-3, max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=8),
+    st.floats(allow_nan=True),
+)
+_values = st.one_of(
+    _scalars,
+    st.lists(_scalars, max_size=3),
+    st.fixed_dictionaries(
+        {},
+        optional={"id": _scalars, "name": _scalars, "isAnonymous": _scalars},
+    ),
+)
+
+
+def outcome(decoder: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return ("frame", decoder(data))
+    except ProtocolError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frame_type=st.sampled_from(FRAME_TYPES),
+    fields=st.dictionaries(st.sampled_from(FIELDS), _values, max_size=8),
+    typical=st.booleans(),
+)
+def test_the_fast_paths_agree_with_the_plain_decoder_on_every_frame_type(
+    frame_type: str, fields: dict[str, object], typical: bool
+) -> None:
+    if typical:  # well-formed shapes, which the fast paths take
+        base = {
+            "senderId": "peer-a",
+            "targetId": "peer-b",
+            "documentId": "doc",
+            "count": 3,
+            "sessionId": "s",
+            "data": b"\x01",
+            "peerId": "peer-a",
+            "user": {"id": None, "name": "N", "isAnonymous": True},
+        }
+        fields = {**base, **dict(list(fields.items())[:1])}
+    data = cbor2.dumps({"type": frame_type, **fields})
+    assert outcome(decode, data) == outcome(decode_plain, data)
