@@ -62,8 +62,14 @@ class UpstreamConn:
 class UpstreamStandIn:
     """``async with UpstreamStandIn() as server``; ``server.url`` for clients."""
 
-    def __init__(self, *, limit: int | None = None, window: float = 60.0) -> None:
+    def __init__(
+        self, *, limit: int | None = None, window: float = 60.0, answer: str = "sync"
+    ) -> None:
         self.server_peer_id = f"server-{uuid.uuid4()}"
+        #: how a `request` is answered: "sync" (upstream, for a document it has) or
+        #: "doc-unavailable" (it stores nothing: what a stock Repo's find() needs
+        #: here to resolve, since this stand-in cannot hand it the document)
+        self.answer = answer
         self.limit = limit
         self.window = window
         self.conns: list[UpstreamConn] = []
@@ -197,16 +203,15 @@ class UpstreamStandIn:
     def _subscribe(self, conn: UpstreamConn, frame: dict[str, Any]) -> None:
         doc = frame["documentId"]
         conn.subscribed.add(doc)
-        self._send(
-            conn,
-            {
-                "type": "sync",
-                "senderId": self.server_peer_id,
-                "targetId": conn.peer_id,
-                "documentId": doc,
-                "data": EMPTY_DOC_SYNC,
-            },
-        )
+        reply = {
+            "type": self.answer,
+            "senderId": self.server_peer_id,
+            "targetId": conn.peer_id,
+            "documentId": doc,
+        }
+        if self.answer == "sync":
+            reply["data"] = EMPTY_DOC_SYNC
+        self._send(conn, reply)
 
     def _relay(self, conn: UpstreamConn, frame: dict[str, Any]) -> None:
         # Upstream stamps the sender's real id, so a forwarded copy is labelled as
@@ -287,7 +292,10 @@ class GossipPeer:
                 }
             )
         )
-        while cbor2.loads((await self._ws.receive()).data).get("type") != "sync":
+        while cbor2.loads((await self._ws.receive()).data).get("type") not in (
+            "sync",
+            "doc-unavailable",
+        ):
             pass
         self._documents.add(document_id)
         self._tasks.append(asyncio.create_task(self._read(), name=f"gossip-{self.name}"))
