@@ -77,6 +77,7 @@ class ClientCore(Incoming, Sending):
         "_rand",
         "_wake",
         "attempt",
+        "deliver",
         "docs",
         "effects",
         "features",
@@ -101,6 +102,9 @@ class ClientCore(Incoming, Sending):
         self.settings = settings
         #: effects not yet applied by the driver, in order
         self.effects: list[Effect] = []
+        #: set by the driver: ``deliver(event, *args)`` emits at once. Used for
+        #: application messages when no effect is pending (the hot path).
+        self.deliver: Callable[..., object] | None = None
         self.state = IDLE
         self.store = MembershipStore()
         self.states = PeerStates(settings.state_ttl)

@@ -81,6 +81,7 @@ class Driver:
     ) -> None:
         self.core = core
         self.emitter = emitter
+        core.deliver = emitter.emit
         self.settings: Settings = core.settings
         self.socket_url = socket_url(core.settings.url)
         self.writer: SocketWriter | None = None
@@ -99,18 +100,23 @@ class Driver:
     def apply(self) -> None:
         """Carry out every effect the core asked for, in order."""
         effects = self.core.effects
+        if len(effects) == 1 and type(effects[0]) is Emit:
+            # The hot case, once per application message received: one event.
+            effect = effects.pop()
+            self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+            return
         i = 0
         try:
             while i < len(effects):
                 effect = effects[i]
                 i += 1
                 kind = type(effect)
-                if kind is Send:
+                if kind is Emit:
+                    self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+                elif kind is Send:
                     writer = self.writer
                     if writer is not None:
                         writer.write(effect.data)  # type: ignore[union-attr]
-                elif kind is Emit:
-                    self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
                 elif kind is PresenceChanged:
                     if self.emitter.has_listeners("presence-changed"):
                         doc = effect.document_id  # type: ignore[union-attr]
@@ -277,6 +283,7 @@ class Driver:
         receive = core.receive
         effects = core.effects
         apply = self.apply
+        emit = self.emitter.emit
         clock = asyncio.get_running_loop().time
         while True:
             msg = await ws.receive()
@@ -289,7 +296,12 @@ class Driver:
                     log.exception("internal error while handling a frame")
                     core.report(_internal(exc, "while handling a frame"))
                 if effects:
-                    apply()
+                    if len(effects) == 1 and type(effects[0]) is Emit:
+                        # apply(), inlined for the case of every application message.
+                        effect = effects.pop()
+                        emit(effect.event, *effect.args)  # type: ignore[union-attr]
+                    else:
+                        apply()
             elif kind is _TEXT:
                 core.report(ProtocolError("server sent a text frame; expected binary CBOR"))
                 apply()

@@ -3,14 +3,16 @@
 One frame at a time, in the order the connection delivered them. The path of
 an application message is a straight line: decode, the gossip filter (only
 without server-side presence), decode the payload, one ``ephemeral-message``
-effect. Everything else a peer sends is per-peer state (``{"__presence": ...}``)
-and never reaches ``ephemeral-message``: it updates :mod:`.peer_state`, and
-without server-side presence also membership (:mod:`._peer_to_peer`).
+event (handed to ``ClientCore.deliver`` when the driver set one and no effect
+is pending, else an Emit effect). Everything else a peer sends is per-peer
+state (``{"__presence": ...}``) and never reaches ``ephemeral-message``: it
+updates :mod:`.peer_state`, and without server-side presence also membership
+(:mod:`._peer_to_peer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from ._effects import Effect, Emit, PresenceChanged
@@ -76,6 +78,7 @@ class Incoming:
 
     if TYPE_CHECKING:
         effects: list[Effect]
+        deliver: Callable[..., object] | None
         state: ConnectionState
         store: MembershipStore
         states: PeerStates
@@ -166,9 +169,15 @@ class Incoming:
         if type(payload) is dict and PRESENCE_MARKER in payload:
             self._state_message(frame, payload, now)
             return
-        self.effects.append(
-            Emit("ephemeral-message", (doc_id, self.store.peer(frame.sender_id), payload))
-        )
+        deliver = self.deliver
+        if deliver is not None and not self.effects:
+            # Nothing is pending ahead of it: hand it over now, not as an Emit
+            # effect (the same order, without an allocation per message).
+            deliver("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
+        else:
+            self.effects.append(
+                Emit("ephemeral-message", (doc_id, self.store.peer(frame.sender_id), payload))
+            )
 
     def _state_message(self, frame: EphemeralFrame, payload: dict[str, Any], now: float) -> None:
         """An automerge-repo Presence message: per-peer state, never an

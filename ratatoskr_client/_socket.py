@@ -122,6 +122,13 @@ class SocketWriter:
         finally:
             self._task = None
 
+    @property
+    def paused(self) -> bool:
+        """True while writes are waiting: the transport's buffer is over its
+        limit, or frames queue in the fallback path."""
+        protocol = self._protocol
+        return self._task is not None or bool(getattr(protocol, "writing_paused", False))
+
     async def drained(self) -> None:
         """Wait while the socket's send buffer is over its limit (backpressure)."""
         if self._task is not None:

@@ -415,7 +415,7 @@ class RatatoskrClient(ClientViews, EventSource):
         if waiter is None:
             driver.apply()
             writer = driver.writer
-            if writer is not None:
+            if writer is not None and writer.paused:  # backpressure, like send_bytes
                 await writer.drained()
             return
         fut = driver.future(waiter)

@@ -332,4 +332,5 @@ def test_the_fast_paths_agree_with_the_plain_decoder_on_every_frame_type(
         }
         fields = {**base, **dict(list(fields.items())[:1])}
     data = cbor2.dumps({"type": frame_type, **fields})
-    assert outcome(decode, data) == outcome(decode_plain, data)
+    # repr: NaN is never equal to itself, but prints the same.
+    assert repr(outcome(decode, data)) == repr(outcome(decode_plain, data))
