@@ -90,7 +90,9 @@ class SocketWriter:
         compress = getattr(writer, "compress", 1)
         self._fast: Callable[[bytes, int, int], None] | None = fast if not compress else None
         self._protocol = getattr(writer, "protocol", None)
-        self._backlog: deque[bytes] = deque()
+        #: frames waiting for the fallback path (made on first use: most
+        #: sockets never need it, and an empty deque is 600 bytes)
+        self._backlog: deque[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def write(self, data: bytes) -> None:
@@ -98,7 +100,8 @@ class SocketWriter:
         if self.ws.closed:
             return  # lost: the receive loop notices and tells the core
         fast = self._fast
-        if fast is not None and not self._backlog:
+        backlog = self._backlog
+        if fast is not None and not backlog:
             # try/except, not contextlib.suppress: this runs once per frame sent,
             # and a try block costs nothing until something is raised.
             try:  # noqa: SIM105
@@ -106,19 +109,23 @@ class SocketWriter:
             except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
                 pass  # a closing transport: the receive loop sees the close
             return
-        self._backlog.append(data)
+        if backlog is None:
+            backlog = self._backlog = deque()
+        backlog.append(data)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._flush(), name="ratatoskr-write"
             )
 
     async def _flush(self) -> None:
+        backlog = self._backlog
+        assert backlog is not None
         try:
-            while self._backlog:
-                data = self._backlog[0]
+            while backlog:
+                data = backlog[0]
                 with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError):
                     await self.ws.send_bytes(data)
-                self._backlog.popleft()
+                backlog.popleft()
         finally:
             self._task = None
 
@@ -140,5 +147,6 @@ class SocketWriter:
 
     def stop(self) -> asyncio.Task[None] | None:
         """Drop what is not written yet; returns the writing task, if any."""
-        self._backlog.clear()
+        if self._backlog is not None:
+            self._backlog.clear()
         return self._task

@@ -984,3 +984,18 @@ async def test_silent_tcp_and_silent_auth_raise_the_same_timeout():
         await client.close()
     assert type(tcp.value) is type(auth.value) is OperationTimeout
     assert isinstance(tcp.value, TimeoutError)
+
+
+async def test_frames_keep_their_order_on_the_fallback_write_path():
+    # On an aiohttp without the synchronous frame write (or a compressed socket),
+    # frames go through send_bytes from one task: still in order, counts growing.
+    async with FakeServer() as server, RatatoskrClient(server.url, rate_limit=None) as client:
+        writer = client._driver.writer  # white box: force the fallback path
+        assert writer is not None
+        writer._fast = None
+        await asyncio.gather(*(client.send_ephemeral("doc", n) for n in range(50)))
+        await server.wait_for(lambda r: r.frame.get("type") == "ephemeral" and r.payload == 49)
+        frames = server.ephemerals()
+        assert [r.payload for r in frames] == list(range(50))
+        counts = [r.frame["count"] for r in frames]
+        assert counts == sorted(counts)
