@@ -159,6 +159,7 @@ def _run_until_signal(
 
 def _cmd_relay(args: argparse.Namespace) -> int:
     from .server import RelayConfig, RelayServer, load_config
+    from .server.guard import raise_open_file_limit
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
     if args.presence_ttl is not None:
@@ -187,6 +188,10 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             )
             return 2
         loop_factory = uvloop.new_event_loop
+
+    raised = raise_open_file_limit()
+    if raised is not None:
+        log.info("open-file limit raised from %d to %d", *raised)
 
     async def serve(stop: asyncio.Event) -> int:
         relay = RelayServer(config)

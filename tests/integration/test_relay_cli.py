@@ -7,7 +7,7 @@ import contextlib
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,10 @@ class RelayProcess:
     line: str
     ws_url: str
 
+    @property
+    def port(self) -> int:
+        return int(self.ws_url.rsplit(":", 1)[1].split("/")[0])
+
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, bytes, bytes]:
         """Send ``sig``; the exit code and the rest of stdout and stderr."""
         self.proc.send_signal(sig)
@@ -66,13 +70,26 @@ async def kill(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+def _limit_open_files(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
 @contextlib.asynccontextmanager
-async def relay_process(*args: str) -> AsyncIterator[RelayProcess]:
+async def relay_process(
+    *args: str, rlimit_nofile: int | None = None
+) -> AsyncIterator[RelayProcess]:
+    """A relay process on a free port; ``rlimit_nofile`` caps its open files."""
     proc = await asyncio.create_subprocess_exec(
         *relay_command("--port", "0", *args),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=None if rlimit_nofile is None else _limit_open_files(rlimit_nofile),
     )
     try:
         assert proc.stdout is not None
