@@ -76,7 +76,7 @@ class UserSpec:
 
 @dataclass(frozen=True, slots=True)
 class AclEntry:
-    """Grants ``permission`` on a document to a user id, or to :data:`PUBLIC`."""
+    """Grants ``permission`` on a document to a user id, or to ``PUBLIC`` (everyone)."""
 
     principal: str
     permission: Permission = "read"
