@@ -4,9 +4,11 @@
     The package's docstrings cross-reference with Sphinx roles
     (``:class:`~ratatoskr_client.server.RelayServer```, ``:meth:`connect```), which
     read well in ``help()`` and editors. mkdocstrings does not know them; this
-    rewrites each into its cross-reference syntax before rendering, so a target
-    that does not exist fails ``mkdocs build --strict`` like any broken link.
-    Short targets (``connect``) resolve from the docstring's scope, as in Sphinx.
+    rewrites each into a cross-reference before rendering. A target that does
+    not exist in the package fails ``mkdocs build --strict`` like any broken
+    link; one that exists is a link where the reference renders it and plain
+    code where it does not. Short targets (``connect``) resolve from the
+    docstring's scope, as in Sphinx.
 
 ``PublicDocstrings``
     mkdocstrings silently leaves out an object without a docstring. This logs a
@@ -50,6 +52,20 @@ def resolve(target: str, scope: griffe.Object | None) -> str:
     return target
 
 
+def exists(path: str, package: griffe.Module) -> bool:
+    """Whether ``path`` names an object of ``package`` (or the package itself)."""
+    first, _, rest = path.partition(".")
+    if first != package.name:
+        return False
+    obj: griffe.Object | griffe.Alias = package
+    for part in rest.split(".") if rest else ():
+        try:
+            obj = obj.members[part]
+        except (KeyError, griffe.AliasResolutionError):
+            return False
+    return True
+
+
 def convert(text: str, scope: griffe.Object | None = None) -> str:
     """``text`` with every Sphinx role replaced by a mkdocstrings cross-reference,
     short targets resolved from ``scope`` (the object the docstring belongs to)."""
@@ -57,7 +73,12 @@ def convert(text: str, scope: griffe.Object | None = None) -> str:
     def crossref(match: re.Match[str]) -> str:
         shorten, target = match.group(1), match.group(2)
         title = target.rsplit(".", 1)[-1] if shorten else target
-        return f"[`{title}`][{resolve(target, scope)}]"
+        path = resolve(target, scope)
+        if scope is not None and exists(path, scope.package):
+            # A real object that the reference may not render (a private helper,
+            # a constant): a link where it is rendered, plain code where not.
+            return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
+        return f"[`{title}`][{path}]"  # must resolve: a broken one fails --strict
 
     return _LITERAL_INTRO.sub(r"\1:", _ROLE.sub(crossref, text))
 
@@ -111,8 +132,10 @@ KNOWN_GAPS = frozenset(
                 "UnknownFrame.to_wire",
             )
         ),
-        "ratatoskr_client.server.app.RelayServer.running",
-        "ratatoskr_client.server.app.RelayServer.host",
+        "ratatoskr_client.server.outbox.Batcher.flush",
+        "ratatoskr_client.server.outbox.Batcher.hold",
+        "ratatoskr_client.server.outbox.SocketOutbox.send",
+        "ratatoskr_client.server.outbox.SocketOutbox.send_ephemeral",
         "ratatoskr_client.state.snapshot_payload",
         "ratatoskr_client.state.update_payload",
         "ratatoskr_client.state.heartbeat_payload",

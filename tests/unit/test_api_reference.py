@@ -67,15 +67,26 @@ def test_sphinx_roles_become_crossrefs(package: griffe.Module):
     client = package["client"]["RatatoskrClient"]
     testing = package["testing"]
     convert = api_reference.convert
+
+    def link(path: str, title: str) -> str:
+        return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
+
     assert convert("call :meth:`connect` first", client) == (
-        "call [`connect`][ratatoskr_client.client.RatatoskrClient.connect] first"
+        f"call {link('ratatoskr_client.client.RatatoskrClient.connect', 'connect')} first"
     )
-    assert convert(":class:`~ratatoskr_client.server.RelayServer`", testing) == (
-        "[`RelayServer`][ratatoskr_client.server.RelayServer]"
+    assert convert(":class:`~ratatoskr_client.server.RelayServer`", testing) == link(
+        "ratatoskr_client.server.RelayServer", "RelayServer"
     )  # a full path, although testing also has a member called ratatoskr_client
-    assert convert(":class:`RelayConfig`", testing) == (
-        "[`RelayConfig`][ratatoskr_client.server.RelayConfig]"  # as imported there
+    assert convert(":class:`RelayConfig`", testing) == link(
+        "ratatoskr_client.server.RelayConfig",
+        "RelayConfig",  # as imported there
     )
+    # What does not exist stays a required cross-reference: mkdocs --strict fails on it.
+    assert (
+        convert(":func:`ratatoskr_client.nope`", client)
+        == "[`ratatoskr_client.nope`][ratatoskr_client.nope]"
+    )
+    assert convert(":class:`TimeoutError`", client) == "[`TimeoutError`][TimeoutError]"
     assert convert("like this::\n\n    code", None) == "like this:\n\n    code"
 
 
