@@ -208,13 +208,14 @@ async def test_relay_command_with_config_and_flags(tmp_path: Path) -> None:
         ('[[users]]\ntoken = "t"\nid = "public"\n', "users[0] (id 'public')", "reserved"),
         ("presence_ttl = 0\n", "presence_ttl", "must be a positive number"),
         ("this is not toml\n", "", "not valid TOML"),
+        (b"\xff\xfe x", "", "not UTF-8 text (TOML files must be UTF-8): byte 0xff at line 1"),
     ],
 )
 async def test_bad_config_exits_2_naming_file_entry_and_problem(
-    tmp_path: Path, text: str, entry: str, problem: str
+    tmp_path: Path, text: str | bytes, entry: str, problem: str
 ) -> None:
     config = tmp_path / "bad-relay.toml"
-    config.write_text(text, encoding="utf-8")
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     proc = await asyncio.create_subprocess_exec(
         *relay_command("--port", "0", "--config", str(config)),
         stdin=asyncio.subprocess.DEVNULL,
@@ -232,6 +233,7 @@ async def test_bad_config_exits_2_naming_file_entry_and_problem(
     assert entry in message
     assert problem in message
     assert "Traceback" not in message
+    assert message.count("\n") == 1, "one line on stderr"
 
 
 @pytest.mark.parametrize(
