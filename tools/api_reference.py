@@ -132,10 +132,6 @@ KNOWN_GAPS = frozenset(
                 "UnknownFrame.to_wire",
             )
         ),
-        "ratatoskr_client.server.outbox.Batcher.flush",
-        "ratatoskr_client.server.outbox.Batcher.hold",
-        "ratatoskr_client.server.outbox.SocketOutbox.send",
-        "ratatoskr_client.server.outbox.SocketOutbox.send_ephemeral",
         "ratatoskr_client.state.snapshot_payload",
         "ratatoskr_client.state.update_payload",
         "ratatoskr_client.state.heartbeat_payload",
