@@ -21,7 +21,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import socket
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -102,8 +102,8 @@ class _PortalLoop(asyncio.SelectorEventLoop):
         def resolve() -> None:
             try:
                 outcome = _returning(_native.getaddrinfo(host, port, family, type, proto, flags))
-            except OSError as exc:
-                outcome = _raising(socket.gaierror(*exc.args))
+            except Exception as exc:  # socket.gaierror, mostly: the caller's to handle
+                outcome = _raising(exc)
             # RuntimeError: the loop closed meanwhile, so nobody waits any more.
             with contextlib.suppress(RuntimeError):
                 self.call_soon_threadsafe(deliver, outcome)
@@ -148,7 +148,9 @@ class LoopThread:
                 self.stopped = True
                 orphans = list(self._pending)
                 self._pending.clear()
-            stopped = ConnectionClosed("the background event loop has stopped")
+            # Handed over too late to run: run() reports ConnectionClosed, and
+            # call() (a read) runs directly, since nothing changes any more.
+            stopped = _LoopGone("the background event loop has stopped")
             for call in orphans:
                 call.waiter.settle(_raising(stopped))
 
@@ -256,24 +258,28 @@ class LoopThread:
         kwargs: dict[str, Any],
         call: _Call,
     ) -> None:
-        if call.cancelled:
-            return
+        if not call.cancelled:
+            call.task = asyncio.get_running_loop().create_task(self._drive(call, fn, args, kwargs))
+
+    async def _drive(
+        self,
+        call: _Call,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        # The outcome is settled from inside the task, not from a done callback:
+        # that would cost one more loop iteration per call, and on a busy loop
+        # (a Locust worker's) an iteration is what a call's latency is made of.
         try:
-            task = asyncio.ensure_future(fn(*args, **kwargs))
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            self._settle(call, _raising(ConnectionClosed("the background event loop is stopping")))
+            raise
         except BaseException as exc:
             self._settle(call, _raising(exc))
-            return
-        call.task = task
-        task.add_done_callback(partial(self._task_done, call))
-
-    def _task_done(self, call: _Call, task: asyncio.Future[Any]) -> None:
-        if task.cancelled():
-            outcome = _raising(ConnectionClosed("the background event loop is stopping"))
-        elif (exc := task.exception()) is not None:
-            outcome = _raising(exc)
         else:
-            outcome = _returning(task.result())
-        self._settle(call, outcome)
+            self._settle(call, _returning(result))
 
     def _run_function(self, fn: Callable[..., Any], args: tuple[Any, ...], call: _Call) -> None:
         try:
@@ -305,6 +311,13 @@ class LoopThread:
         """Wait for the thread to end (after :meth:`stop`)."""
         self._join()
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: this loop's thread does not exist here."""
+        self._lock = _native.allocate_lock()
+        self._pending.clear()
+        self.stopped = True
+        self._join = lambda: None
+
 
 class _LoopGone(ConnectionClosed):
     """The loop stopped before the call could be handed over."""
@@ -314,6 +327,9 @@ class _Portal:
     """Hands out the current :class:`LoopThread`, starting and stopping it."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = _native.allocate_lock()
         self._current: LoopThread | None = None
         #: stopped from their own thread: joined by the next attach or at exit
@@ -368,6 +384,17 @@ class _Portal:
                 current.stop(close=list(current.clients))
             self._reap()
 
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork(): the loop thread exists only in the
+        # parent. Its clients fail in the child (ConnectionClosed) instead of
+        # waiting forever, and the child's first new client starts its own loop.
+        for loop in (self._current, *self._unjoined):
+            if loop is not None:
+                loop.forget_after_fork()
+        self._reset()
+
 
 #: The process's portal.
 portal = _Portal()
+if hasattr(os, "register_at_fork"):  # POSIX; Locust's --processes forks workers
+    os.register_at_fork(after_in_child=portal._after_fork_in_child)

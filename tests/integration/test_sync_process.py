@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -99,6 +100,32 @@ EXITS_WITHOUT_CLOSE = PROBE + textwrap.dedent(
 NOTHING_LEFT = {"python threads": ["MainThread"], "os threads": 1, "sockets": 0}
 
 
+FORKS = PROBE + textwrap.dedent(
+    """
+    from ratatoskr_client import ConnectionClosed
+    from ratatoskr_client.sync import RatatoskrClient
+
+    parents = RatatoskrClient(sys.argv[1])
+    parents.connect()
+    pid = os.fork()  # as Locust's --processes does
+    if pid == 0:
+        try:
+            parents.enter_document("doc")
+        except ConnectionClosed:
+            pass  # the parent's loop thread does not exist in the child
+        else:
+            raise AssertionError("a client from before the fork worked")
+        with RatatoskrClient(sys.argv[1]) as own:  # a loop of its own
+            assert own.enter_document("doc") == (own.me,)
+        print("child ok", flush=True)
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert parents.enter_document("doc") == (parents.me,)  # unaffected
+    print("ready", flush=True)
+    """
+)
+
+
 @pytest.fixture
 def relay_thread() -> Iterator[RelayThread]:
     with RelayThread() as relay:
@@ -119,6 +146,10 @@ def start(script: str, url: str) -> subprocess.Popen[str]:
         text=True,
     )
     assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], WAIT)
+    if not ready:
+        child.kill()
+        pytest.fail(f"the child never got ready: {child.communicate()}")
     assert child.stdout.readline() == "ready\n", child.communicate(timeout=WAIT)
     return child
 
@@ -151,9 +182,25 @@ def test_ctrl_c_interrupts_a_blocking_call_promptly_and_cleanly(relay_thread: Re
 def test_exit_without_close_leaves_nothing_behind(relay_thread: RelayThread, patch: str) -> None:
     if patch and importlib.util.find_spec("gevent") is None:
         pytest.skip("gevent (the 'locust' extra) is not installed")
-    child = start(EXITS_WITHOUT_CLOSE.replace("{patch}", patch), relay_thread.url)
+    url = relay_thread.url
+    if patch:  # and resolve a name: asyncio's resolver threads would be greenlets
+        url = url.replace("127.0.0.1", "localhost")
+    child = start(EXITS_WITHOUT_CLOSE.replace("{patch}", patch), url)
     out, err = child.communicate(timeout=WAIT)
     assert child.returncode == 0, err
     assert err == ""
     assert probe_report(out) == NOTHING_LEFT
     relay_thread.wait_until(lambda stats: stats.connections == 0 and stats.memberships == 0, WAIT)
+
+
+def test_a_forked_child_gets_a_loop_of_its_own(relay_thread: RelayThread) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", FORKS, relay_thread.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = child.communicate(timeout=WAIT)
+    assert child.returncode == 0, err
+    assert "child ok\nready\n" in out
+    assert probe_report(out) == NOTHING_LEFT
