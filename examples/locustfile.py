@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from locust import events, task
+from locust import constant_pacing, events, task
 
 from ratatoskr_client.locust import RatatoskrUser
 
@@ -53,7 +53,8 @@ class Participant(RatatoskrUser):
     """A person in a document: a moving cursor, some reactions, some wandering."""
 
     def wait_time(self) -> float:
-        return 1.0 / self.options.cursor_rate
+        # Paced: one tick every 1/cursor_rate seconds, however long a tick took.
+        return float(constant_pacing(1.0 / self.options.cursor_rate)(self))
 
     @property
     def options(self) -> Any:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import gevent
-from locust import User
+from locust import User, events
 from locust.env import Environment
 from locust.exception import LocustError
 
@@ -32,8 +33,35 @@ DELIVERY = "ephemeral delivery"
 CONVERGENCE = "presence convergence"
 ERROR = "error"
 
+#: The interpreter's thread switch interval in Locust processes (seconds).
+SWITCH_INTERVAL = 0.001
+_DEFAULT_SWITCH_INTERVAL = 0.005
+
 # One per process: every user's receiver-side measurements go through it.
 _inbox: HubInbox | None = None
+
+
+def _prepare_process(**_: Any) -> None:
+    """Run by Locust's ``init`` event, before the test starts, in every process.
+
+    The client's loop thread and gevent's hub (every user greenlet) share the
+    GIL, and with the interpreter's default switch interval (5 ms) each
+    hand-over between them can wait that long: a simulated user's call made
+    three times as slow at a few hundred users. Unless the locustfile set its
+    own, the interval becomes :data:`SWITCH_INTERVAL`.
+
+    gevent's timers count from the hub's cached time, stale until the hub first
+    runs by all the locustfile's import time (importing this SDK is a good part
+    of it), which made Locust's ``--run-time`` end the run early by as much:
+    the clock is refreshed.
+    """
+    if sys.getswitchinterval() == _DEFAULT_SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+    gevent.get_hub().loop.update_now()
+
+
+_add_init_listener: Callable[..., object] = events.init.add_listener
+_add_init_listener(_prepare_process)
 
 
 def _fire_request(
