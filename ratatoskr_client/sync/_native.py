@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -80,8 +81,6 @@ def start_thread(target: Callable[[], None], name: str) -> Callable[[], None]:
     the thread releases as its last act.
     """
     if not threading_patched():
-        import threading
-
         # daemon: the interpreter only reaches atexit (where the loop is stopped
         # and this thread joined) once every non-daemon thread has finished.
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -186,9 +185,9 @@ class _GreenWaiter:
         self._watcher.close()
 
 
-def new_waiter(*, native: bool = False) -> Waiter:
+def new_waiter() -> Waiter:
     """A waiter for the calling context: a greenlet-friendly one under gevent's
-    patching (unless ``native``), a real lock otherwise."""
-    if not native and threading_patched():
+    patching, a real lock otherwise."""
+    if threading_patched():
         return _GreenWaiter()
     return _ThreadWaiter()

@@ -19,7 +19,7 @@ from ratatoskr_client.sync import RatatoskrClient
 
 #: What only makes sense for asyncio: the session belongs to one event loop.
 ASYNC_ONLY = {"__aenter__", "__aexit__"}
-USAGE = Path(__file__).resolve().parents[1] / "typing" / "blocking_client_usage.py"
+USAGE = Path(__file__).resolve().parents[1] / "typecheck" / "blocking_client_usage.py"
 
 
 def public(cls: type) -> dict[str, object]:

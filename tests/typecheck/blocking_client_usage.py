@@ -1,5 +1,5 @@
 """User code calling the blocking client, type-checked (never run) by
-tests/unit/test_sync_typing.py with ``mypy --strict --warn-unused-ignores``.
+tests/unit/test_sync_api.py with ``mypy --strict --warn-unused-ignores``.
 
 Lines marked ``# type: ignore[...]`` are mistakes mypy must catch: if the
 client's annotations stopped catching one, its ignore would be unused, and
