@@ -60,6 +60,10 @@ class RelayThread:
         """Close every connection and stop listening."""
         self._run(self.server.stop())
 
+    def freeze(self, seconds: float) -> None:
+        """Block the relay's event loop for ``seconds``: a server that hangs."""
+        self._loop.call_soon_threadsafe(time.sleep, seconds)
+
     def stats(self) -> RelayStats:
         return self._run(self._stats())  # type: ignore[no-any-return]
 

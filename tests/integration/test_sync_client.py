@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import queue
+import signal
 import socketserver
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -109,6 +112,24 @@ def test_callbacks_run_on_the_loop_thread_and_cannot_block_it(relay_thread: Rela
         assert isinstance(error.__cause__, RuntimeError)
         assert "would wait for itself" in str(error.__cause__)
         assert client.is_connected  # nothing else was harmed
+
+
+def test_ctrl_c_cancels_the_call_it_interrupts(relay_thread: RelayThread) -> None:
+    """KeyboardInterrupt in the waiting (main) thread cancels the work underneath:
+    an interrupted enter_document does not leave the client in the document."""
+    with RatatoskrClient(relay_thread.url) as client:
+        relay_thread.freeze(1.5)  # the server cannot confirm for a while
+        ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        ctrl_c.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            client.enter_document("doc")
+        assert time.monotonic() - started < 1.0  # at once, not when the server answers
+        ctrl_c.join()
+        # The cancelled enter leaves in the background, once the relay is back.
+        relay_thread.wait_until(lambda stats: stats.memberships == 0, WAIT)
+        assert client.entered_documents == ()
+        assert client.enter_document("other") == (client.me,)  # still usable
 
 
 def test_the_asyncio_clients_exceptions_come_through(relay_thread: RelayThread) -> None:
