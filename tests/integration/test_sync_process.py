@@ -126,6 +126,29 @@ FORKS = PROBE + textwrap.dedent(
 )
 
 
+GREENLETS_WAIT_TOGETHER = textwrap.dedent(
+    """
+    import sys
+    from gevent import monkey; monkey.patch_all()
+    import gevent
+    from ratatoskr_client.sync import RatatoskrClient
+
+    N = 50
+
+    def participant(i):
+        with RatatoskrClient(sys.argv[1]) as client:
+            client.enter_document("room")
+            # Returns only once all N greenlets have entered: each one's wait
+            # must leave the hub free for the others.
+            return len(client.wait_for_presence("room", lambda ps: len(ps) >= N, timeout=20))
+
+    greenlets = [gevent.spawn(participant, i) for i in range(N)]
+    gevent.joinall(greenlets, raise_error=True)
+    print(sorted(g.value for g in greenlets) == [N] * N, flush=True)
+    """
+)
+
+
 @pytest.fixture
 def relay_thread() -> Iterator[RelayThread]:
     with RelayThread() as relay:
@@ -204,3 +227,16 @@ def test_a_forked_child_gets_a_loop_of_its_own(relay_thread: RelayThread) -> Non
     assert child.returncode == 0, err
     assert "child ok\nready\n" in out
     assert probe_report(out) == NOTHING_LEFT
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gevent") is None, reason="needs gevent")
+def test_greenlets_wait_concurrently_under_gevent(relay_thread: RelayThread) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", GREENLETS_WAIT_TOGETHER, relay_thread.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout == "True\n"
+    assert child.stderr == ""
