@@ -15,18 +15,20 @@ from typing import Any
 
 import pytest
 
-from ratatoskr_client.server import RelayServer, RelayStats
+from ratatoskr_client.server import RelayConfig, RelayServer, RelayStats
 
 WAIT = 10.0
 
 
 class RelayThread:
-    """``with RelayThread(**relay_config) as relay:`` a running relay, ``relay.url``."""
+    """``with RelayThread(config, **overrides) as relay:`` a running relay at
+    ``relay.url`` (by default open mode on a free loopback port)."""
 
-    def __init__(self, **config: Any) -> None:
-        config.setdefault("host", "127.0.0.1")
-        config.setdefault("port", 0)
-        self.server = RelayServer(**config)
+    def __init__(self, config: RelayConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            overrides.setdefault("host", "127.0.0.1")
+            overrides.setdefault("port", 0)
+        self.server = RelayServer(config, **overrides)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="test-relay", daemon=True
