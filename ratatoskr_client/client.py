@@ -55,6 +55,7 @@ __all__ = [
 
 DEFAULT_HEARTBEAT_INTERVAL: Final = PRESENCE_HEARTBEAT_INTERVAL
 DEFAULT_RATE_LIMIT: Final = RATE_LIMIT
+DEFAULT_MAX_FRAME_SIZE: Final = MAX_FRAME_SIZE
 
 _CONNECTED: Final = ConnectionState.CONNECTED
 _socket_url = _socket_url  # re-exported for the tests of URL handling
@@ -139,7 +140,7 @@ class RatatoskrClient(ClientViews, EventSource):
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
-        max_frame_size: int = MAX_FRAME_SIZE,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         session: aiohttp.ClientSession | None = None,
         name: str | None = None,
         state_interval: float = STATE_INTERVAL,

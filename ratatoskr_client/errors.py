@@ -158,7 +158,7 @@ class LimitExceeded(ServerError):
 
 class OperationTimeout(RatatoskrError, TimeoutError):
     """The server did not answer within the allotted time. Also a
-    :class:`TimeoutError`, so ``except TimeoutError`` catches it too.
+    ``TimeoutError``, so ``except TimeoutError`` catches it too.
 
     ``connect()`` raises it both when the server accepts TCP but never completes
     the WebSocket upgrade and when it never answers ``auth``.

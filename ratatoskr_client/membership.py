@@ -71,8 +71,7 @@ class Peer:
     * ``chosen_name`` is the name the **peer** chose for itself: the ``"name"``
       in the state it shares (automerge-repo ``Presence`` convention, and what
       ``RatatoskrClient(name=...)`` puts there). None until it shares one. For
-      :attr:`RatatoskrClient.me <ratatoskr_client.RatatoskrClient.me>` it is
-      the ``name=`` argument.
+      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument.
 
     ``chosen_name`` is not part of the identity: two ``Peer`` values are equal
     when their server-given fields are, whatever they call themselves.

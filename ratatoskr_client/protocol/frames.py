@@ -105,6 +105,7 @@ class AuthFrame(Frame):
     anonymous: bool = False
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         wire: dict[str, Any] = {"type": "auth"}
         if self.token is not None:
             wire["token"] = self.token
@@ -125,6 +126,7 @@ class AuthOkFrame(Frame):
     features: tuple[str, ...] | None = None
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         wire: dict[str, Any] = {
             "type": "auth_ok",
             "peerId": self.peer_id,
@@ -145,6 +147,7 @@ class AuthErrorFrame(Frame):
     message: str = ""
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {"type": "auth_error", "error": self.error, "message": self.message}
 
 
@@ -159,6 +162,7 @@ class ErrorFrame(Frame):
     retry_after: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         wire: dict[str, Any] = {"type": "error", "error": self.error, "message": self.message}
         if self.document_id is not None:
             wire["documentId"] = self.document_id
@@ -176,6 +180,7 @@ class PeerIdentityFrame(Frame):
     user: UserInfo
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {"type": "peer_identity", "peerId": self.peer_id, "user": self.user.to_wire()}
 
 
@@ -187,6 +192,7 @@ class PeerDisconnectedFrame(Frame):
     peer_id: str
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {"type": "peer_disconnected", "peerId": self.peer_id}
 
 
@@ -199,6 +205,7 @@ class PeerJoinedDocFrame(Frame):
     peer_id: str
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {"type": "peer_joined_doc", "documentId": self.document_id, "peerId": self.peer_id}
 
 
@@ -211,6 +218,7 @@ class PeerLeftDocFrame(Frame):
     peer_id: str
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {"type": "peer_left_doc", "documentId": self.document_id, "peerId": self.peer_id}
 
 
@@ -223,6 +231,7 @@ class DocPresenceStateFrame(Frame):
     peers: tuple[str, ...]
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {
             "type": "doc_presence_state",
             "documentId": self.document_id,
@@ -247,6 +256,7 @@ class EphemeralFrame(Frame):
     data: bytes
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         # automerge-repo's key order, so our frames look exactly like a JS peer's.
         return {
             "type": "ephemeral",
@@ -270,6 +280,7 @@ class RequestFrame(Frame):
     data: bytes
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {
             "type": self.TYPE,
             "senderId": self.sender_id,
@@ -290,6 +301,7 @@ class SyncFrame(Frame):
     data: bytes
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {
             "type": self.TYPE,
             "senderId": self.sender_id,
@@ -309,6 +321,7 @@ class DocUnavailableFrame(Frame):
     document_id: str
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {
             "type": self.TYPE,
             "senderId": self.sender_id,
@@ -328,6 +341,7 @@ class UnknownFrame(Frame):
     fields: Mapping[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
+        """The frame as the map that goes on the wire."""
         return {**self.fields, "type": self.type}
 
 
