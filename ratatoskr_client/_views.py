@@ -57,7 +57,8 @@ class ClientViews:
         ``name=`` argument.
 
         Raises:
-            RuntimeError: read before the first :meth:`~ratatoskr_client.RatatoskrClient.connect` succeeded (a
+            RuntimeError: read before the first
+                :meth:`~ratatoskr_client.RatatoskrClient.connect` succeeded (a
                 usage error: there is no identity to show yet).
         """
         me = self._core.me
@@ -109,8 +110,9 @@ class ClientViews:
 
         Peers' states come from their automerge-repo Presence messages (snapshots
         and per-channel updates, merged); this client's own state is included,
-        under its own peer id, once it shares state there (:meth:`~ratatoskr_client.RatatoskrClient.set_state`, or
-        always in peer-to-peer mode). Read-only mappings that print like dicts;
+        under its own peer id, once it shares state there
+        (:meth:`~ratatoskr_client.RatatoskrClient.set_state`, or always in
+        peer-to-peer mode). A read-only snapshot that prints like a dict;
         empty while disconnected.
         """
         return self._core.state_of(document_id)

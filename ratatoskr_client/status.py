@@ -26,7 +26,8 @@ class ConnectionState(Enum):
 class DocumentState(Enum):
     """Where one document entered by the application is.
 
-    A document has one membership record from :meth:`~ratatoskr_client.RatatoskrClient.enter_document` until
+    A document has one membership record from
+    :meth:`~ratatoskr_client.RatatoskrClient.enter_document` until
     :meth:`~ratatoskr_client.RatatoskrClient.leave_document` (or ``close()``):
     ``ENTERING`` → ``PRESENT`` → ``LEAVING`` → gone, and back to ``ENTERING``
     after every lost connection (it is re-entered on the next one).
