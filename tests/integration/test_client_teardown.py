@@ -62,6 +62,7 @@ async def watch(client: RatatoskrClient, doc: str) -> list[tuple[Any, ...]]:
 
 
 def quick(delays: dict[str, float]) -> bool:
+    print("released after (ms):", {name: round(d * 1000, 1) for name, d in delays.items()})
     return all(0 <= d <= RELEASED_WITHIN for d in delays.values())
 
 
