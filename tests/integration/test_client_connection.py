@@ -999,3 +999,36 @@ async def test_frames_keep_their_order_on_the_fallback_write_path():
         assert [r.payload for r in frames] == list(range(50))
         counts = [r.frame["count"] for r in frames]
         assert counts == sorted(counts)
+
+
+async def test_stats_follow_a_document_through_its_membership_states():
+    async with FakeServer(answer_joins=False) as server:
+        client = RatatoskrClient(server.url)
+        rec = Recorder(client)
+        await client.connect()
+        conn = server.conns[0]
+        entering = asyncio.create_task(client.enter_document("doc", timeout=5))
+        await server.wait_for(lambda r: r.frame.get("type") == "ephemeral")
+        stats = client.stats()
+        assert stats.documents == {"entering": ("doc",), "present": (), "leaving": ()}
+        assert (stats.waiters, stats.tasks, stats.timers) == (1, ("receive",), 1)
+        await server.send(
+            conn, {"type": "doc_presence_state", "documentId": "doc", "peers": [conn.peer_id]}
+        )
+        await entering
+        assert client.stats().documents["present"] == ("doc",)
+        # A goodbye waiting for pacing keeps the document LEAVING until it is out.
+        await client.set_state("doc", "cursor", 1)
+        await server.send(
+            conn, {"type": "error", "error": "rate_limited", "message": "m", "retryAfter": 60}
+        )
+        await rec.wait("error")
+        await client.leave_document("doc")
+        stats = client.stats()
+        assert stats.documents == {"entering": (), "present": (), "leaving": ("doc",)}
+        assert stats.paced_sends == 2  # the goodbye, then the leave behind it
+        assert client.entered_documents == ()
+        await client.close()
+        stats = client.stats()
+        assert stats.documents == {"entering": (), "present": (), "leaving": ()}
+        assert (stats.paced_sends, stats.tasks, stats.timers, stats.waiters) == (0, (), 0, 0)

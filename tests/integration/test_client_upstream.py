@@ -76,6 +76,7 @@ async def test_a_late_joiner_sees_the_real_sender_no_later_than_its_next_message
             await rec.until(lambda: bob.peer_id in client.state(DOC))
             assert names(client) == {alice.peer_id: None, bob.peer_id: "js-bob"}
             assert dict(client.state(DOC)[bob.peer_id]) == {"name": "js-bob"}
+            assert client.stats().gossip_sessions == 2  # A's session and B's
             # Nothing of A's was shown under B after A's next message.
             after = [
                 args for args in rec.of("state-changed", mark) if args[1].peer_id == bob.peer_id
