@@ -82,6 +82,7 @@ class ClientCore(Incoming, Sending):
         "effects",
         "features",
         "floor",
+        "listens",
         "out",
         "p2p",
         "settings",
@@ -105,6 +106,10 @@ class ClientCore(Incoming, Sending):
         #: set by the driver: ``deliver(event, *args)`` emits at once. Used for
         #: application messages when no effect is pending (the hot path).
         self.deliver: Callable[..., object] | None = None
+        #: set by the driver: ``listens(event)`` says whether anyone listens;
+        #: membership events nobody listens to make no effect (a reconnect
+        #: storm brings N of them per client). None: every event is an effect.
+        self.listens: Callable[[str], bool] | None = None
         self.state = IDLE
         self.store = MembershipStore()
         self.states = PeerStates(settings.state_ttl)
@@ -316,6 +321,7 @@ class ClientCore(Incoming, Sending):
         if self.p2p is not None:
             self.p2p.clear()
         self._heartbeat_at = math.inf
+        self._wake = math.inf  # the driver's timer goes with the teardown
         if was_connected:
             self.effects.append(Emit("disconnected", (reason,)))
 
@@ -370,9 +376,14 @@ class ClientCore(Incoming, Sending):
             document_id, RatatoskrError(f"left {document_id!r} before the server confirmed")
         )
         self._dispatch(self.store.forget(document_id))
-        for peer_id in self.states.peers(document_id):
+        had_state = self.states.peers(document_id)
+        for peer_id in had_state:
             self._emit_state(document_id, peer_id, EMPTY)
         self.states.forget(document_id)
+        if self.p2p is not None:  # peers known only from this document are gone
+            for peer_id in had_state:
+                if not self.states.has_peer(peer_id):
+                    self._dispatch(self.store.disconnected(peer_id))
         owes_goodbye = self.sharing.left(document_id)
         if self.state is not CONNECTED:
             self.docs.drop(document_id)

@@ -82,6 +82,7 @@ class Driver:
         self.core = core
         self.emitter = emitter
         core.deliver = emitter.emit
+        core.listens = emitter.has_listeners
         self.settings: Settings = core.settings
         self.socket_url = socket_url(core.settings.url)
         self.writer: SocketWriter | None = None

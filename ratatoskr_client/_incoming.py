@@ -79,6 +79,7 @@ class Incoming:
     if TYPE_CHECKING:
         effects: list[Effect]
         deliver: Callable[..., object] | None
+        listens: Callable[[str], bool] | None
         state: ConnectionState
         store: MembershipStore
         states: PeerStates
@@ -251,22 +252,29 @@ class Incoming:
 
     def _dispatch(self, changes: list[Change]) -> None:
         # Runs once or twice per presence frame (N of them per client in a
-        # reconnect storm): plain type tests, no cast() calls.
+        # reconnect storm): plain type tests, no cast() calls, and no effect for
+        # an event nobody listens to (``listens``, when the driver set it).
+        listens = self.listens
+        effects = self.effects
         for change in changes:
             kind = type(change)
             if kind is StoreChanged:
                 self._presence_changed(change.document_id)  # type: ignore[union-attr]
             elif kind is PeerJoined:
-                self.effects.append(Emit("peer-joined", (change.document_id, change.peer)))  # type: ignore[union-attr]
+                if listens is None or listens("peer-joined"):
+                    effects.append(Emit("peer-joined", (change.document_id, change.peer)))  # type: ignore[union-attr]
             elif kind is IdentityAdded:
-                self.effects.append(Emit("peer-identity", (change.peer,)))  # type: ignore[union-attr]
+                if listens is None or listens("peer-identity"):
+                    effects.append(Emit("peer-identity", (change.peer,)))  # type: ignore[union-attr]
             elif kind is PeerLeft:
                 doc_id, peer = change.document_id, change.peer  # type: ignore[union-attr]
                 if self.p2p is None and self.states.forget_peer(doc_id, peer.peer_id):
                     self._emit_state(doc_id, peer.peer_id, EMPTY)
-                self.effects.append(Emit("peer-left", (doc_id, peer)))
+                if listens is None or listens("peer-left"):
+                    effects.append(Emit("peer-left", (doc_id, peer)))
             elif kind is IdentityRemoved:
-                self.effects.append(Emit("peer-disconnected", (change.peer,)))  # type: ignore[union-attr]
+                if listens is None or listens("peer-disconnected"):
+                    effects.append(Emit("peer-disconnected", (change.peer,)))  # type: ignore[union-attr]
             elif kind is SelfRemoved:
                 doc_id = change.document_id  # type: ignore[union-attr]
                 record = self.docs.get(doc_id)
@@ -278,7 +286,9 @@ class Incoming:
                         self._rejoin_later(doc_id, 0.0)
 
     def _presence_changed(self, document_id: str) -> None:
-        self.effects.append(PresenceChanged(document_id))
+        listens = self.listens
+        if listens is None or listens("presence-changed"):
+            self.effects.append(PresenceChanged(document_id))
         waiters = self.waiters
         if document_id in waiters.presence or document_id in waiters.watchers:
             self.effects += waiters.presence_changed(document_id, self.store.presence(document_id))

@@ -465,3 +465,33 @@ def test_a_forwarder_credited_with_a_quiet_session_shows_its_own_state():
     # A has not spoken since: B shows its own state, A is not shown yet.
     h.ephemeral("js-a", "sa", 8, "doc", {"__presence": {"type": "heartbeat"}})
     assert h.states("doc") == {"js-b": {"name": "js-bob"}, "js-a": {"cursor": [7, 7]}}
+
+
+def test_a_closed_client_that_connects_again_arms_its_timer_again():
+    h = Harness(heartbeat_interval=30)
+    h.connect()
+    h.enter("doc")
+    h.core.close(h.now)
+    h.take()
+    h.wake = float("inf")  # the driver cancels its timer with the teardown
+    h.connect()
+    h.enter("doc")
+    frames = h.sent(h.advance(31))
+    assert presence_payloads(frames) == [("heartbeat", "doc")]
+
+
+def test_leaving_forgets_the_peers_known_only_from_that_document():
+    h = Harness()
+    h.connect(features=None)
+    for doc in ("a", "b"):
+        h.enter(doc)
+        h.server(
+            {"type": "sync", "senderId": "s", "targetId": "me-1", "documentId": doc, "data": b"x"}
+        )
+    h.ephemeral("p", "sp", 1, "a", snapshot({"name": "only-in-a"}))
+    h.ephemeral("q", "sq", 1, "a", snapshot({"name": "Q"}))
+    h.ephemeral("q", "sq", 2, "b", snapshot({"name": "Q"}))
+    h.core.leave("a", h.now)
+    gone = [e[1].peer_id for e in h.events(h.take(), "peer-disconnected")]
+    assert gone == ["p"]
+    assert set(h.core.store.identities) == {"me-1", "q"}
