@@ -2,8 +2,9 @@
 
 Inputs are method calls with the bytes or values that arrived and ``now`` (a
 time on the driver's clock); outputs are effects appended to :attr:`ClientCore.effects`
-(:mod:`ratatoskr_client._effects`): bytes to send, events to emit, waiters to
-resolve or fail, the next time to be called back. The driver
+(:mod:`ratatoskr_client._effects`, which also describes the driver's two
+shortcuts): bytes to send, events to emit, waiters to resolve or fail, the next
+time to be called back. The driver
 (:mod:`ratatoskr_client._driver`) turns them into I/O; the unit tests read them
 with a fake clock, so reconnects, TTLs, heartbeats, coalescing and pacing run in
 simulated time.

@@ -14,6 +14,12 @@ core's unit tests read them as a list:
 * :class:`Push` — give this ``watch_presence`` iterator a value (None: it ends);
 * :class:`WakeAt` — call :meth:`~ratatoskr_client._core.ClientCore.on_timer`
   at this time (the earliest one asked for wins).
+
+Two shortcuts, both set by the driver and both off in the unit tests (where
+every event is an effect): ``ClientCore.deliver`` receives an application
+message's ``ephemeral-message`` directly when no effect is pending (the same
+order, no allocation per message), and ``ClientCore.listens`` lets the core
+skip the effects of membership events nobody listens to.
 """
 
 from __future__ import annotations
