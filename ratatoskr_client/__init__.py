@@ -9,14 +9,15 @@ The public API::
         await client.enter_document("doc-123")
         await client.send_ephemeral("doc-123", {"cursor": [3, 4]})
 
-Exceptions are in :mod:`ratatoskr_client.errors` (all re-exported here), the wire
-format in :mod:`ratatoskr_client.protocol`, and the reference relay in
-:mod:`ratatoskr_client.server`.
+Exceptions are in :mod:`ratatoskr_client.errors` (all re-exported here), event
+names and callback types in :mod:`ratatoskr_client.events`, the wire format in
+:mod:`ratatoskr_client.protocol`, and the reference relay in
+:mod:`ratatoskr_client.server`. How the client is built: ``docs/architecture.md``.
 """
 
 from ._version import __version__
 from .backoff import Backoff
-from .client import ConnectionState, EventName, RatatoskrClient, sidecar_id
+from .client import RatatoskrClient, sidecar_id
 from .errors import (
     AuthError,
     CallbackError,
@@ -35,12 +36,15 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .presence import Peer
+from .events import EventName
+from .membership import Peer
+from .status import ClientStats, ConnectionState
 
 __all__ = [
     "AuthError",
     "Backoff",
     "CallbackError",
+    "ClientStats",
     "ConfigError",
     "ConnectError",
     "ConnectionClosed",

@@ -50,6 +50,10 @@ class SafeEmitter(AsyncIOEventEmitter):
         """True if ``event`` has a callback (cheaper than ``bool(listeners(event))``)."""
         return bool(self._events.get(event))
 
+    def running(self) -> int:
+        """Coroutine callbacks still running."""
+        return sum(1 for task in self._waiting if not task.done())
+
     def _track(self, event: str, coro: Any) -> None:
         """Run a coroutine callback as a task; its failure is reported like a raise."""
         task = asyncio.ensure_future(coro)

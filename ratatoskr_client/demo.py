@@ -28,7 +28,8 @@ from ._console import print_line
 from .backoff import Backoff
 from .client import RatatoskrClient
 from .errors import ConnectionClosed, PayloadError, RatatoskrError, ServerError
-from .presence import Peer
+from .membership import Peer
+from .protocol.constants import EPHEMERAL_PREFIX
 from .server import AclEntry, DocumentSpec, RelayConfig, RelayServer, UserSpec
 
 __all__ = ["DEMO_DOCUMENTS", "demo_config", "run_demo"]
@@ -110,7 +111,7 @@ async def _bot(
         docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT]
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.2))
-            entered = [d for d in client.entered_documents if not d.startswith("eph:")]
+            entered = [d for d in client.entered_documents if not d.startswith(EPHEMERAL_PREFIX)]
             roll = rng.random()
             try:
                 if roll < 0.3 or not entered:
@@ -236,7 +237,7 @@ async def run_demo(
         await viewer.connect()
 
         def on_presence(doc: str, peers: tuple[Peer, ...]) -> None:
-            if doc.startswith("eph:"):
+            if doc.startswith(EPHEMERAL_PREFIX):
                 return
             before = board.presence.get(doc, ())
             board.presence[doc] = peers
@@ -249,7 +250,9 @@ async def run_demo(
                     note(f"{doc}: {peer.name} left ({here} here)")
 
         def on_message(doc: str, sender: Peer, payload: Any) -> None:
-            where = doc if not doc.startswith("eph:") else f"#{doc[4:]}"
+            where = (
+                doc if not doc.startswith(EPHEMERAL_PREFIX) else f"#{doc[len(EPHEMERAL_PREFIX) :]}"
+            )
             note(f"{where}: {sender.name} {_describe(payload)}")
 
         def on_error(error: RatatoskrError) -> None:

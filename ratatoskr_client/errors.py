@@ -80,7 +80,15 @@ class TransportError(RatatoskrError):
 
 class ConnectError(TransportError):
     """The WebSocket could not be opened: unreachable host, refused connection,
-    TLS failure, or an HTTP answer that is not a WebSocket upgrade."""
+    TLS failure, or an HTTP answer that is not a WebSocket upgrade.
+
+    ``status`` is the HTTP status when the server answered the upgrade request
+    with something else (an ordinary web server's 404, a proxy's 502), else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ConnectionClosed(TransportError):
@@ -150,7 +158,11 @@ class LimitExceeded(ServerError):
 
 class OperationTimeout(RatatoskrError, TimeoutError):
     """The server did not answer within the allotted time. Also a
-    ``TimeoutError``, so ``except TimeoutError`` catches it too."""
+    ``TimeoutError``, so ``except TimeoutError`` catches it too.
+
+    ``connect()`` raises it both when the server accepts TCP but never completes
+    the WebSocket upgrade and when it never answers ``auth``.
+    """
 
 
 class PresenceUnsupported(RatatoskrError):

@@ -1,15 +1,22 @@
-"""Token-bucket rate limiting, as a pure state machine (the caller passes the clock).
+"""Rate limiting as pure state machines (the caller passes the clock). No I/O.
 
-The relay uses one bucket per connection to enforce its limit; the client uses one
-to pace its own sends so that it never trips that limit. See ``docs/guide.md``,
-"Pacing", for why the client's burst is smaller than the server's.
+* :class:`TokenBucket` — the relay's limit (one bucket per connection), and the
+  client's own pacing so that it never trips that limit. See ``docs/guide.md``,
+  "Pacing", for why the client's burst is smaller than the server's.
+* :class:`FixedWindow` — the upstream server's limit on anonymous connections:
+  so many frames per fixed window that starts at the first frame. A token
+  bucket cannot model it: a bucket refills continuously, so over the first
+  window it hands out its burst *plus* a window's worth of refill, more than the
+  window allows.
+* :class:`Pacer` — what the client asks: both at once, spending from neither
+  unless both allow a frame.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["TokenBucket"]
+__all__ = ["FixedWindow", "Pacer", "TokenBucket"]
 
 
 class TokenBucket:
@@ -67,3 +74,86 @@ class TokenBucket:
             return 0.0
         self._refill(now)
         return self._tokens
+
+
+class FixedWindow:
+    """At most ``limit`` frames per window of ``window`` seconds; a window starts
+    at the first frame after the previous one ended.
+
+    That is how the upstream server counts an anonymous connection's frames
+    (100 per 60 s). Our clock is not the server's: our first frame reaches it a
+    little later than we sent it, so its window ends a little later than ours.
+    ``guard`` seconds are added to every window, so frames sent just after our
+    window ended cannot land in the server's previous one.
+    """
+
+    __slots__ = ("_end", "_used", "guard", "limit", "window")
+
+    def __init__(self, limit: int, window: float, *, guard: float = 1.0) -> None:
+        if limit < 1 or not (math.isfinite(window) and window > 0) or guard < 0:
+            raise ValueError(f"need limit >= 1, window > 0, guard >= 0, got {limit=}, {window=}")
+        self.limit = limit
+        self.window = window
+        self.guard = guard
+        self._end = -math.inf
+        self._used = 0
+
+    def wait(self, now: float) -> float:
+        """Seconds until a frame may go out (0.0: now). Spends nothing."""
+        if now >= self._end or self._used < self.limit:
+            return 0.0
+        return self._end - now
+
+    def spend(self, now: float) -> None:
+        """Count one frame sent at ``now`` (starting a window if none is open)."""
+        if now >= self._end:
+            self._end = now + self.window + self.guard
+            self._used = 0
+        self._used += 1
+
+    def pause(self, now: float, seconds: float) -> None:
+        """The server said to wait ``seconds``: nothing goes out until then, and
+        a new window starts with the first frame after."""
+        self._end = max(self._end, now + max(0.0, seconds))
+        self._used = self.limit
+
+
+class Pacer:
+    """The client's pacing: a token bucket, a fixed window, or both; a frame may
+    go out only when every one of them allows it, and only then is it counted."""
+
+    __slots__ = ("bucket", "window")
+
+    def __init__(self, bucket: TokenBucket | None, window: FixedWindow | None = None) -> None:
+        self.bucket = bucket
+        self.window = window
+
+    def take(self, now: float) -> float:
+        """Spend one frame's allowance. Returns 0.0 on success, otherwise the
+        seconds to wait (nothing is spent then)."""
+        window = self.window
+        if window is not None:
+            wait = window.wait(now)
+            if wait > 0:
+                return wait
+        bucket = self.bucket
+        if bucket is not None:
+            wait = bucket.take(now)
+            if wait > 0:
+                return wait
+        if window is not None:
+            window.spend(now)
+        return 0.0
+
+    def count(self, now: float) -> None:
+        """Count a frame that is not paced but that the server counts (the
+        window's limit covers every frame, the auth frame included)."""
+        if self.window is not None:
+            self.window.spend(now)
+
+    def pause(self, now: float, seconds: float) -> None:
+        """The server asked us to wait ``seconds`` (``retryAfter``)."""
+        if self.bucket is not None:
+            self.bucket.pause(now, seconds)
+        if self.window is not None:
+            self.window.pause(now, seconds)

@@ -32,7 +32,7 @@ from .errors import (
     PresenceUnsupported,
     RatatoskrError,
 )
-from .presence import Peer
+from .membership import Peer
 
 __all__ = ["peer_json", "presence_json", "run_watch"]
 

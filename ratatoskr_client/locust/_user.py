@@ -14,7 +14,7 @@ from locust.env import Environment
 from locust.exception import LocustError
 
 from ..errors import ConnectionClosed, PayloadError, RatatoskrError
-from ..presence import Peer
+from ..membership import Peer
 from ..sync import RatatoskrClient
 from ._hub import HubInbox
 from ._probes import ENTERED_AT, ConvergenceTracker, delivery_delay, stamped

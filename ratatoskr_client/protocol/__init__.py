@@ -1,7 +1,16 @@
-"""The wire contract as code: typed frames and their CBOR codec. No I/O.
+"""The wire contract as code: constants, typed frames, their CBOR codec, the gossip rule. No I/O.
 
 Shared by :class:`~ratatoskr_client.RatatoskrClient` and the reference relay.
-See ``docs/protocol.md`` for the rules these frames follow.
+See ``docs/protocol.md`` for the rules these frames follow. The modules, split
+the way h11 splits its own:
+
+* :mod:`.constants` — wire constants (prefixes, feature names, limits, timings);
+* :mod:`.frames` — one frozen dataclass per frame type;
+* :mod:`.fields` — validation of one decoded field each;
+* :mod:`.decoding` — the plain decoder (:func:`decode_plain`) and the encoders;
+* :mod:`.fastpaths` — :func:`decode`, the plain decoder with shortcuts for hot frames;
+* :mod:`.codec` — strict CBOR and the relay's hand-rolled encoders;
+* :mod:`.gossip` — the gossip and replay rule (:class:`SessionOwners`).
 """
 
 from .codec import (
@@ -13,12 +22,20 @@ from .codec import (
     cbor_uint,
     loads_strict,
 )
-from .gossip import Admission, SessionOwners
-from .messages import (
+from .constants import (
+    EMPTY_DOC_SYNC,
+    EPHEMERAL_PREFIX,
     FEATURES,
     MAX_DOCUMENT_ID_BYTES,
     MAX_PEER_ID_BYTES,
     MAX_SESSION_ID_BYTES,
+    PRESENCE_MARKER,
+    PRESENCE_TYPE,
+)
+from .decoding import decode_payload, decode_plain, encode, encode_payload
+from .fastpaths import decode
+from .fields import fits_utf8
+from .frames import (
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
@@ -37,20 +54,20 @@ from .messages import (
     SyncFrame,
     UnknownFrame,
     UserInfo,
-    decode,
-    decode_payload,
-    encode,
-    encode_payload,
-    fits_utf8,
 )
+from .gossip import Admission, SessionOwners
 
 __all__ = [
     "ALLOWED_TAGS",
+    "EMPTY_DOC_SYNC",
+    "EPHEMERAL_PREFIX",
     "FEATURES",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_NESTING",
     "MAX_PEER_ID_BYTES",
     "MAX_SESSION_ID_BYTES",
+    "PRESENCE_MARKER",
+    "PRESENCE_TYPE",
     "Admission",
     "AuthErrorFrame",
     "AuthFrame",
@@ -77,6 +94,7 @@ __all__ = [
     "cbor_uint",
     "decode",
     "decode_payload",
+    "decode_plain",
     "encode",
     "encode_payload",
     "fits_utf8",

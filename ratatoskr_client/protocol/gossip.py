@@ -10,12 +10,28 @@ tells an original from such a copy (``docs/protocol.md``, "Gossip copies"):
 * **counts must grow**: a message whose ``count`` is not above the last one
   accepted for its sessionId is a copy (or a replay).
 
-:class:`SessionOwners` applies it. The relay keys senders by connection; a
-client without server-side presence keys them by peer id. When a sender goes
-away (:meth:`SessionOwners.release`) its sessionIds are remembered for
-``tombstone_ttl`` seconds with their last count, so late copies stay dropped,
-while the same stock peer reconnecting with a higher count takes its session
-back.
+:class:`SessionOwners` applies it, with one parameter saying who the "first"
+sender is:
+
+* **the relay** (``reassign=False``) sees every connection directly, so the
+  first connection to use a sessionId is its sender, for good: nobody else can
+  take a session over, whatever count it sends.
+* **a client behind a server that relabels copies** (``reassign=True``; the
+  upstream server stamps a forwarded copy with the *forwarder's* peer id, see
+  ``upstream-wire-notes``) cannot trust the first sender it saw: if it
+  subscribed between a message and its copies, the first thing it saw was a
+  relabelled copy. What it can trust is order: the server relays a message to
+  everyone before any peer can forward it back, so **the first arrival of each
+  new count comes from the real sender**, and copies of it always come later
+  with a count that is no longer new. So a count above the last one *reassigns*
+  the sessionId to whoever delivered it (:attr:`Admission.REASSIGNED`), and a
+  wrong first guess lasts until the real sender's next message.
+
+The relay keys senders by connection; a client keys them by peer id. When a
+sender goes away (:meth:`SessionOwners.release`) its sessionIds are remembered
+for ``tombstone_ttl`` seconds with their last count, so late copies stay
+dropped, while the same stock peer reconnecting with a higher count takes its
+session back.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ class Admission(enum.Enum):
     """What :meth:`SessionOwners.admit` decided about one message."""
 
     ACCEPTED = "accepted"  #: new, and really from this sender
+    REASSIGNED = "reassigned"  #: new, and the sessionId now belongs to this sender
     COPY = "copy"  #: the sessionId belongs to another sender
     REPLAY = "replay"  #: the count is not above the last accepted one
     TOO_MANY_SESSIONS = "too_many_sessions"  #: the sender may not claim another sessionId
@@ -52,6 +69,9 @@ class SessionOwners(Generic[SenderT]):
             keeps one per peer it hears from).
         tombstone_ttl: seconds a released sender's sessionIds are remembered.
         max_tombstones: remembered sessionIds at most (oldest forgotten first).
+        reassign: a count above the last one from another sender reassigns the
+            sessionId to it instead of being a copy (behind a server that
+            relabels copies; see the module docstring).
     """
 
     __slots__ = (
@@ -61,6 +81,7 @@ class SessionOwners(Generic[SenderT]):
         "max_per_sender",
         "max_sessions",
         "max_tombstones",
+        "reassign",
         "tombstone_ttl",
     )
 
@@ -71,8 +92,10 @@ class SessionOwners(Generic[SenderT]):
         max_sessions: int | None = None,
         tombstone_ttl: float = 0.0,
         max_tombstones: int = 0,
+        reassign: bool = False,
     ) -> None:
         self.max_per_sender = max_per_sender
+        self.reassign = reassign
         self.max_sessions = max_sessions
         self.tombstone_ttl = tombstone_ttl
         self.max_tombstones = max_tombstones
@@ -107,12 +130,16 @@ class SessionOwners(Generic[SenderT]):
         entry = owners.get(session_id)
         if entry is not None:
             owner, last = entry
-            if owner != sender:
-                return Admission.COPY
             if count <= last:
-                return Admission.REPLAY
-            owners[session_id] = (owner, count)
-            return Admission.ACCEPTED
+                return Admission.REPLAY if owner == sender or self.reassign else Admission.COPY
+            if owner == sender:
+                owners[session_id] = (owner, count)
+                return Admission.ACCEPTED
+            if not self.reassign:
+                return Admission.COPY
+            self._forget(session_id)
+            self._claim(sender, session_id, count)
+            return Admission.REASSIGNED
         # A sessionId nobody owns: perhaps a released sender's.
         last = _UNSEEN
         tomb = self._tombstones.get(session_id)
@@ -132,11 +159,15 @@ class SessionOwners(Generic[SenderT]):
             del self._tombstones[session_id]
         if self.max_sessions is not None and len(owners) >= self.max_sessions:
             self._forget(next(iter(owners)))
-        owners[session_id] = (sender, count)
+        self._claim(sender, session_id, count)
+        return Admission.ACCEPTED
+
+    def _claim(self, sender: SenderT, session_id: str, count: int) -> None:
+        self._owners[session_id] = (sender, count)
+        owned = self._by_sender.get(sender)
         if owned is None:
             owned = self._by_sender[sender] = set()
         owned.add(session_id)
-        return Admission.ACCEPTED
 
     def _forget(self, session_id: str) -> None:
         owner, _ = self._owners.pop(session_id)

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 
 from ..protocol import ErrorFrame, encode
 from .config import RelayConfig
-from .core import RelayCore, Session
+from .core import Connection, RelayCore
 from .guard import HandshakeGuard
 from .memory import TrimPolicy, trim
 from .outbox import Batcher, SocketOutbox
@@ -135,7 +135,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _apply(core: RelayCore, session: Session, data: bytes) -> None:
+def _apply(core: RelayCore, session: Connection, data: bytes) -> None:
     try:
         core.receive(session, data)
     except Exception:

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from ..errors import ConfigError
+from ..protocol.constants import (
+    AUTH_TIMEOUT,
+    EPHEMERAL_PREFIX,
+    MAX_FRAME_SIZE,
+    PRESENCE_TTL,
+    RATE_LIMIT,
+)
 
 __all__ = [
     "DEFAULT_AUTH_FAILURE_LIMIT",
@@ -39,10 +46,10 @@ __all__ = [
 ]
 
 DEFAULT_PORT: Final = 4151
-DEFAULT_PRESENCE_TTL: Final = 90.0
-DEFAULT_RATE_LIMIT: Final = 600
-DEFAULT_AUTH_TIMEOUT: Final = 10.0
-DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024
+DEFAULT_PRESENCE_TTL: Final = PRESENCE_TTL
+DEFAULT_RATE_LIMIT: Final = RATE_LIMIT
+DEFAULT_AUTH_TIMEOUT: Final = AUTH_TIMEOUT
+DEFAULT_MAX_FRAME_SIZE: Final = MAX_FRAME_SIZE
 DEFAULT_MAX_DOCUMENTS_PER_PEER: Final = 1000
 DEFAULT_PING_INTERVAL: Final = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
@@ -50,8 +57,6 @@ DEFAULT_AUTH_FAILURE_LIMIT: Final = 30
 
 #: ACL principal meaning "every peer, anonymous ones included".
 PUBLIC: Final = "public"
-#: Document ids with this prefix are public relay channels (sidecars).
-EPHEMERAL_PREFIX: Final = "eph:"
 
 Permission = Literal["read", "write"]
 _PERMISSIONS: Final = ("read", "write")

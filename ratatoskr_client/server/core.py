@@ -27,6 +27,7 @@ import cbor2
 from ..errors import ProtocolError
 from ..pacing import TokenBucket
 from ..protocol import (
+    EPHEMERAL_PREFIX,
     FEATURES,
     Admission,
     AuthErrorFrame,
@@ -55,10 +56,17 @@ from ..protocol import (
     decode_payload,
     encode,
 )
-from .config import EPHEMERAL_PREFIX, Access, RelayConfig
+from .config import Access, RelayConfig
 from .names import NameAllocator
 
-__all__ = ["MAX_SESSIONS_PER_CONNECTION", "Outbox", "RelayCore", "RelayStats", "Session"]
+__all__ = [
+    "MAX_SESSIONS_PER_CONNECTION",
+    "Connection",
+    "Outbox",
+    "RelayCore",
+    "RelayStats",
+    "Session",
+]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -120,8 +128,12 @@ class Outbox(Protocol):
         """Close the connection after the frames already sent."""
 
 
-class Session:
-    """One WebSocket connection, before and after authentication."""
+class Connection:
+    """One WebSocket connection, before and after authentication.
+
+    (Not the wire's ``sessionId``: that names a sender's stream of ephemeral
+    messages, and one connection may use several.)
+    """
 
     __slots__ = (
         "address",
@@ -157,7 +169,11 @@ class Session:
 
     def __repr__(self) -> str:
         who = self.peer_id or "unauthenticated"
-        return f"<Session {who} {self.name!r} docs={len(self.docs)}>"
+        return f"<Connection {who} {self.name!r} docs={len(self.docs)}>"
+
+
+#: The former name of :class:`Connection`, kept so existing imports work.
+Session = Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +206,13 @@ class RelayCore:
         self.clock = clock
         self.server_peer_id = server_peer_id or f"relay-{secrets.token_hex(6)}"
         self._names = names or NameAllocator()
-        self._connections: set[Session] = set()
-        #: authenticated sessions by peer id, in connection order
-        self._peers: dict[str, Session] = {}
-        #: document id -> present sessions by peer id, in join order
-        self._docs: dict[str, dict[str, Session]] = {}
+        self._connections: set[Connection] = set()
+        #: authenticated connections by peer id, in connection order
+        self._peers: dict[str, Connection] = {}
+        #: document id -> present connections by peer id, in join order
+        self._docs: dict[str, dict[str, Connection]] = {}
         #: ephemeral sessionId -> the connection that first used it (the gossip rule)
-        self._sessions: SessionOwners[Session] = SessionOwners(
+        self._sessions: SessionOwners[Connection] = SessionOwners(
             max_per_sender=MAX_SESSIONS_PER_CONNECTION,
             tombstone_ttl=SESSION_TOMBSTONE_TTL,
             max_tombstones=MAX_SESSION_TOMBSTONES,
@@ -209,14 +225,14 @@ class RelayCore:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self, outbox: Outbox, address: str = "") -> Session:
+    def open(self, outbox: Outbox, address: str = "") -> Connection:
         """Register a new, unauthenticated connection from ``address`` (the
         peer's IP address; per-address limits apply to it)."""
-        session = Session(outbox, address)
+        session = Connection(outbox, address)
         self._connections.add(session)
         return session
 
-    def close(self, session: Session) -> None:
+    def close(self, session: Connection) -> None:
         """The connection is gone: remove it from every document (``peer_left_doc``
         each), then announce ``peer_disconnected``. Safe to call twice."""
         if session not in self._connections:
@@ -287,17 +303,17 @@ class RelayCore:
         """Peer ids present in a document, in join order."""
         return tuple(self._docs.get(document_id, ()))
 
-    def peers(self) -> Iterable[Session]:
+    def peers(self) -> Iterable[Connection]:
         """Authenticated sessions, in connection order."""
         return self._peers.values()
 
     # ------------------------------------------------------------------ input
 
-    def receive_text(self, session: Session) -> None:
+    def receive_text(self, session: Connection) -> None:
         """A text WebSocket message arrived: always bad input."""
         self._error(session, "invalid_message", "text frames are not supported; send binary CBOR")
 
-    def receive(self, session: Session, data: bytes) -> None:
+    def receive(self, session: Connection, data: bytes) -> None:
         """Apply one binary WebSocket message from ``session``."""
         if len(data) > self.config.max_frame_size:
             self._error(
@@ -335,7 +351,7 @@ class RelayCore:
 
     # ------------------------------------------------------------------ auth
 
-    def _receive_unauthenticated(self, session: Session, frame: Frame) -> None:
+    def _receive_unauthenticated(self, session: Connection, frame: Frame) -> None:
         if not isinstance(frame, AuthFrame):
             self._error(session, "not_authenticated", "the first frame must be an auth frame")
             return
@@ -352,7 +368,7 @@ class RelayCore:
         else:
             self._auth_error(session, "missing_credentials", "send a token, or anonymous: true")
 
-    def _auth_allowed(self, session: Session) -> bool:
+    def _auth_allowed(self, session: Connection) -> bool:
         """Refuse every auth attempt from an address whose failed attempts used
         up their allowance (``auth_failure_limit`` per minute, as a burst): a
         token cannot be guessed faster than that, and a flood of bad auths from
@@ -375,7 +391,7 @@ class RelayCore:
         session.outbox.close(1008, "rate_limited")
         return False
 
-    def _auth_error(self, session: Session, code: str, message: str) -> None:
+    def _auth_error(self, session: Connection, code: str, message: str) -> None:
         log.debug("auth failed for %r: %s", session, code)
         now = self.clock()
         failures = self._auth_failures
@@ -390,7 +406,7 @@ class RelayCore:
         session.outbox.close(1008, code)
 
     def _authenticate(
-        self, session: Session, user_id: str | None, name: str, *, anonymous: bool
+        self, session: Connection, user_id: str | None, name: str, *, anonymous: bool
     ) -> None:
         peer_id = f"peer-{secrets.token_hex(8)}"
         user = UserInfo(user_id, name, anonymous)
@@ -428,7 +444,7 @@ class RelayCore:
 
     # ------------------------------------------------------------------ documents
 
-    def _check_access(self, session: Session, doc_id: str) -> bool:
+    def _check_access(self, session: Connection, doc_id: str) -> bool:
         access = self.config.access(session.user_id, doc_id)
         if access is Access.ALLOWED:
             return True
@@ -440,7 +456,7 @@ class RelayCore:
             self._error(session, "permission_denied", "Read access required", document_id=doc_id)
         return False
 
-    def _join(self, session: Session, doc_id: str, *, send_state: bool = True) -> None:
+    def _join(self, session: Connection, doc_id: str, *, send_state: bool = True) -> None:
         now = self.clock()
         members = self._docs.get(doc_id)
         if members is not None and session.peer_id in members:
@@ -468,7 +484,7 @@ class RelayCore:
         if send_state and self._server_presence:
             session.outbox.send(encode(DocPresenceStateFrame(doc_id, tuple(members))))
 
-    def _leave(self, session: Session, doc_id: str, *, tell_self: bool) -> None:
+    def _leave(self, session: Connection, doc_id: str, *, tell_self: bool) -> None:
         if session.docs.pop(doc_id, None) is None:
             return
         members = self._docs[doc_id]
@@ -487,7 +503,7 @@ class RelayCore:
 
     # ------------------------------------------------------------------ ephemeral
 
-    def _on_ephemeral(self, session: Session, frame: EphemeralFrame) -> None:
+    def _on_ephemeral(self, session: Connection, frame: EphemeralFrame) -> None:
         try:
             payload = decode_payload(frame.data)
             presence = PresenceMessage.from_payload(payload)
@@ -541,7 +557,7 @@ class RelayCore:
             session.docs[doc_id] = self.clock()  # activity keeps presence alive
         self._relay_ephemeral(session, frame)
 
-    def _control_allowed(self, session: Session, doc_id: str) -> bool:
+    def _control_allowed(self, session: Connection, doc_id: str) -> bool:
         now = self.clock()
         bucket = session.control.get(doc_id)
         if bucket is None:
@@ -558,7 +574,7 @@ class RelayCore:
         )
         return False
 
-    def _admit(self, session: Session, frame: EphemeralFrame) -> bool:
+    def _admit(self, session: Connection, frame: EphemeralFrame) -> bool:
         """Gossip and replay filter: True if the frame is new and really from ``session``."""
         verdict = self._sessions.admit(session, frame.session_id, frame.count)
         if verdict is Admission.ACCEPTED:
@@ -573,7 +589,7 @@ class RelayCore:
         # copy we already relayed: dropped without a word (docs/protocol.md).
         return False
 
-    def _relay_ephemeral(self, session: Session, frame: EphemeralFrame) -> None:
+    def _relay_ephemeral(self, session: Connection, frame: EphemeralFrame) -> None:
         members = self._docs.get(frame.document_id)
         if not members:
             return
@@ -601,7 +617,7 @@ class RelayCore:
 
     # ------------------------------------------------------------------ automerge sync
 
-    def _on_sync(self, session: Session, frame: RequestFrame | SyncFrame) -> None:
+    def _on_sync(self, session: Connection, frame: RequestFrame | SyncFrame) -> None:
         """A stock automerge-repo peer subscribing to a document: it never sends a
         presence join, so a request/sync counts as one. The relay stores no
         documents, so a request is answered with doc-unavailable."""
@@ -623,7 +639,7 @@ class RelayCore:
 
     def _error(
         self,
-        session: Session,
+        session: Connection,
         code: str,
         message: str,
         *,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar
 
 from ..errors import RatatoskrError
-from ..presence import Peer
+from ..membership import Peer
 
 __all__ = [
     "ErrorCallback",

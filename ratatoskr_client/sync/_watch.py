@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import ConnectionClosed, OperationTimeout
-from ..presence import Peer
+from ..membership import Peer
 from ._portal import LoopThread
 
 __all__ = ["PresenceWatch"]

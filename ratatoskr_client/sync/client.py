@@ -41,8 +41,11 @@ from ..client import (
 )
 from ..client import RatatoskrClient as AsyncClient
 from ..errors import ConnectionClosed
-from ..presence import Peer
-from ..state import DEFAULT_STATE_HEARTBEAT, DEFAULT_STATE_INTERVAL, DEFAULT_STATE_TTL
+from ..membership import Peer
+from ..protocol.constants import STATE_HEARTBEAT as DEFAULT_STATE_HEARTBEAT
+from ..protocol.constants import STATE_INTERVAL as DEFAULT_STATE_INTERVAL
+from ..protocol.constants import STATE_TTL as DEFAULT_STATE_TTL
+from ..status import ClientStats
 from . import _native
 from ._callbacks import (
     ErrorCallback,
@@ -193,14 +196,13 @@ class RatatoskrClient:
         return self._loop.call(self._client.presence, document_id)
 
     def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
-        """Each peer's state in ``document_id`` (peer id → state): a snapshot
-        taken now (it does not change afterwards)."""
+        """Each peer's state in ``document_id`` (peer id → state): a read-only
+        snapshot taken now (it does not change afterwards; it prints like a dict)."""
+        return self._loop.call(self._client.state, document_id)
 
-        def snapshot() -> Mapping[str, Mapping[str, Any]]:
-            states = self._client.state(document_id)
-            return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in states.items()})
-
-        return self._loop.call(snapshot)
+    def stats(self) -> ClientStats:
+        """A snapshot of what the client holds (see the asyncio client's ``stats()``)."""
+        return self._loop.call(self._client.stats)
 
     @staticmethod
     def sidecar(document_id: str, channel: str) -> str:

@@ -318,9 +318,13 @@ class Recorder:
 
 def abort_transport(client: Any) -> None:
     """Kill a client's TCP connection without a WebSocket close frame, as a crashed
-    process would (the client object itself is left alone)."""
-    ws = client._ws
-    assert ws is not None, "client is not connected"
+    process would (the client object itself is left alone).
+
+    The one place the tests reach into a client: a crash cannot be staged
+    through the public API."""
+    writer = client._driver.writer
+    assert writer is not None, "client is not connected"
+    ws = writer.ws
     transport = getattr(getattr(ws, "_writer", None), "transport", None)
     if transport is None:  # other aiohttp versions
         transport = ws._response.connection.transport

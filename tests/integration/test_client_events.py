@@ -13,10 +13,11 @@ from ratatoskr_client import (
     ConnectionClosed,
     Peer,
     PermissionDenied,
+    RatatoskrClient,
     RatatoskrError,
 )
 
-from .fakeserver import Recorder, abort_transport
+from .fakeserver import FakeServer, Recorder, abort_transport
 
 USERS = [{"token": "alice-secret", "id": "alice", "name": "Alice"}]
 DOCUMENTS = [
@@ -252,3 +253,23 @@ async def test_abrupt_loss_emits_disconnected_then_reconnects(ratatoskr_client):
     names = rec.names()
     first = names.index("disconnected")
     assert names[first:].index("reconnecting") < names[first:].index("connected")
+
+
+async def test_on_works_as_a_decorator_and_off_removes():
+    async with FakeServer() as server, RatatoskrClient(server.url) as client:
+        calls: list[object] = []
+
+        @client.on("error")
+        def handler(err: RatatoskrError) -> None:
+            calls.append(err)
+
+        assert callable(handler)  # the decorator returns the function itself
+        rec = Recorder(client)
+        conn = server.conns[0]
+        await server.send(conn, {"type": "error", "error": "x_first", "message": ""})
+        await rec.wait("error")
+        client.off("error", handler)
+        client.off("error", handler)  # removing twice is harmless
+        await server.send(conn, {"type": "error", "error": "x_second", "message": ""})
+        await rec.until(lambda: len(rec.of("error")) == 2)
+        assert [e.code for e in calls] == ["x_first"]  # type: ignore[attr-defined]

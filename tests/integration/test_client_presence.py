@@ -268,9 +268,9 @@ async def test_watch_presence_can_stop_early(ratatoskr_client):
     async with contextlib.aclosing(a.watch_presence("doc")) as watch:
         async for peers in watch:
             assert peers == (a.me,)
-            assert "doc" in a._watchers
+            assert a.stats().watchers == 1
             break
-    assert a._watchers == {}  # the watcher unregistered itself
+    assert a.stats().watchers == 0  # the watcher unregistered itself
 
 
 async def test_wait_for_presence(ratatoskr_client):
@@ -287,7 +287,7 @@ async def test_wait_for_presence(ratatoskr_client):
     with pytest.raises(OperationTimeout) as info:
         await a.wait_for_presence("doc", lambda p: len(p) >= 3, timeout=0.2)
     assert isinstance(info.value, TimeoutError)
-    assert a._waiters == {}  # nothing left behind
+    assert a.stats().waiters == 0  # nothing left behind
 
 
 async def test_wait_for_presence_fails_when_the_client_closes(ratatoskr_client):
@@ -301,7 +301,7 @@ async def test_wait_for_presence_fails_when_the_client_closes(ratatoskr_client):
 
     waiting = asyncio.create_task(a.wait_for_presence("doc", predicate, timeout=5))
     await asyncio.wait_for(asked.wait(), 5)
-    assert "doc" in a._waiters
+    assert a.stats().waiters == 1
     await a.close()
     with pytest.raises(ConnectionClosed):
         await waiting

@@ -45,14 +45,16 @@ def has(peer_id: str, expected: Mapping[str, Any]) -> Callable[[States], bool]:
     return lambda states: dict(states.get(peer_id) or {}) == dict(expected)
 
 
-def presence_updates(recorder: Recorder, channel: str) -> list[Any]:
-    return [
-        p["__presence"]["value"]
-        for _, _, p in recorder.of("ephemeral-message")
-        if isinstance(p, dict)
-        and p.get("__presence", {}).get("type") == "update"
-        and p["__presence"].get("channel") == channel
+def channel_values(recorder: Recorder, peer_id: str, channel: str) -> list[Any]:
+    """Each value of ``channel`` a peer's state took, in the order the
+    ``state-changed`` events reported them (one per Presence message that
+    changed it)."""
+    values = [
+        dict(state)[channel]
+        for _, peer, state in recorder.of("state-changed")
+        if peer.peer_id == peer_id and channel in state
     ]
+    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
 
 
 # --------------------------------------------------------------------------- server mode
@@ -120,7 +122,7 @@ async def test_two_hundred_updates_a_second_are_coalesced_and_the_last_arrives(r
     elapsed = loop.time() - start
     await wait_state(b, "doc", has(a.me.peer_id, {"name": a.me.name, "cursor": 199}))
 
-    sent = presence_updates(rec_b, "cursor")
+    sent = channel_values(rec_b, a.me.peer_id, "cursor")[1:]  # after the -1 of the snapshot
     assert sent[-1] == 199  # the last value always arrives
     assert len(sent) <= (elapsed + interval) / interval + 1  # at most one per interval
     assert len(sent) >= 5  # and it really streams, not just the final value
@@ -198,6 +200,29 @@ async def test_set_state_bad_input(ratatoskr_client, channel, value, error):
     a = await ratatoskr_client()
     with pytest.raises(error):
         await a.set_state("doc", channel, value)
+
+
+async def test_the_name_a_peer_chose_and_the_name_the_server_gave(ratatoskr_client):
+    a = await ratatoskr_client(name="alpha")
+    b = await ratatoskr_client()
+    # The relay names anonymous peers; the name a client chose is its own.
+    assert (a.me.chosen_name, b.me.chosen_name) == ("alpha", None)
+    assert a.me.name != "alpha"
+    await a.enter_document("doc")
+    await b.enter_document("doc")
+    await a.set_state("doc", "cursor", [1, 1])
+    # Shared state carries the chosen name (what automerge-repo apps show)...
+    await wait_state(b, "doc", has(a.me.peer_id, {"name": "alpha", "cursor": [1, 1]}))
+    # ...and the Peer shows both: the server's name and the chosen one.
+    seen = b.peers[a.me.peer_id]
+    assert (seen.name, seen.chosen_name) == (a.me.name, "alpha")
+    assert seen == a.me  # the same identity, whatever it calls itself
+    assert next(p for p in b.presence("doc") if p == a.me).chosen_name == "alpha"
+    # state() is plain and read-only, and prints like a dict.
+    states = b.state("doc")
+    assert repr(states) == repr({a.me.peer_id: {"name": "alpha", "cursor": [1, 1]}})
+    with pytest.raises(TypeError):
+        states[a.me.peer_id]["name"] = "mallory"  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------- peer-to-peer

@@ -184,6 +184,8 @@ async def test_two_stock_js_presence_peers_see_each_other_exactly(
     alice = await start_js_peer("--create", label="alice")
     client = await ratatoskr_client()  # a Python peer in the document too
     inbox = Inbox(client)
+    changes: list[tuple[str, dict[str, Any]]] = []
+    client.on("state-changed", lambda d, peer, state: changes.append((peer.peer_id, dict(state))))
     await enter_with(client, alice)
     await alice.presence_start({"name": "js-alice", "cursor": [0, 0]})
     bob = await start_js_peer("--find", alice.document_id, label="bob")
@@ -202,20 +204,28 @@ async def test_two_stock_js_presence_peers_see_each_other_exactly(
     assert await alice.peer_states() == {bob.peer_id: {"name": "js-bob"}}
     assert list(await bob.peer_states()) == [alice.peer_id]
 
-    # The Python client (present on the relay) got the same Presence messages, once
-    # each, from the right senders: never a gossip copy.
-    update = {"__presence": {"type": "update", "channel": "cursor", "value": [7, 8]}}
-    _, sender, _ = await inbox.wait_for(lambda d, s, p: p == update)
-    assert sender.peer_id == alice.peer_id
-    snapshots = [
-        (s.peer_id, p["__presence"]["state"])
-        for _, s, p in inbox.messages
-        if isinstance(p, dict) and p.get("__presence", {}).get("type") == "snapshot"
-    ]
-    assert (bob.peer_id, {"name": "js-bob"}) in snapshots
-    assert (alice.peer_id, {"name": "js-alice", "cursor": [0, 0]}) in snapshots
-    assert {peer_id for peer_id, _ in snapshots} == {alice.peer_id, bob.peer_id}
-    assert [p for _, _, p in inbox.messages].count(update) == 1
+    # The Python client (present on the relay) got the same Presence messages, from
+    # the right senders, never a gossip copy: as state, never as ephemeral-message.
+    doc = alice.document_id
+    await wait_state(
+        client,
+        doc,
+        lambda s: (
+            {k: dict(v) for k, v in s.items()}
+            == {
+                alice.peer_id: {"name": "js-alice", "cursor": [7, 8]},
+                bob.peer_id: {"name": "js-bob"},
+            }
+        ),
+    )
+    assert {peer_id for peer_id, _ in changes} == {alice.peer_id, bob.peer_id}
+    assert all(st.get("name") == "js-alice" for pid, st in changes if pid == alice.peer_id)
+    assert all(st == {"name": "js-bob"} for pid, st in changes if pid == bob.peer_id)
+    assert inbox.messages == []  # Presence messages are not application messages
+    # Their chosen names are on the Peers; the relay's names stay the names.
+    js_alice = client.peers[alice.peer_id]
+    assert js_alice.chosen_name == "js-alice"
+    assert js_alice.name == alice.info["user"]["name"]
 
 
 # --------------------------------------------------------------------------- Presence state

@@ -30,8 +30,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ratatoskr_client import Backoff, RatatoskrClient
-from ratatoskr_client.presence import _INTERNED
+from ratatoskr_client import Backoff, ClientStats, ConnectionState, RatatoskrClient
+from ratatoskr_client.membership import _INTERNED
 from ratatoskr_client.server import RelayServer
 from ratatoskr_client.server.core import MAX_SESSION_TOMBSTONES, SESSION_TOMBSTONE_TTL
 
@@ -40,6 +40,20 @@ from .support import RecordingPeer, assert_never_about
 
 CYCLES = 1000
 PARALLEL = 8
+#: What a closed client holds: nothing.
+CLOSED_STATS = ClientStats(
+    connection_state=ConnectionState.CLOSED,
+    documents={"entering": (), "present": (), "leaving": ()},
+    tasks=(),
+    callbacks=0,
+    timers=0,
+    paced_sends=0,
+    waiters=0,
+    watchers=0,
+    peers=0,
+    peer_states=0,
+    gossip_sessions=0,
+)
 USERS = [{"token": "alice-secret", "id": "alice", "name": "Alice"}]
 DOCUMENTS = [
     {"id": "lobby", "acl": [{"principal": "public"}]},
@@ -72,7 +86,7 @@ def by_type(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.ratatoskr_relay(users=USERS, documents=DOCUMENTS, presence_ttl=600)
 async def test_a_thousand_connect_enter_close_cycles_leave_nothing_behind(
-    ratatoskr_relay: RelayServer, caplog: pytest.LogCaptureFixture
+    ratatoskr_relay: RelayServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Captured DEBUG records hold references to Peers (their log arguments): log
     # only what production would show, so that the Peer leak check means something.
@@ -90,23 +104,30 @@ async def test_a_thousand_connect_enter_close_cycles_leave_nothing_behind(
         clients: weakref.WeakSet[RatatoskrClient] = weakref.WeakSet()
         sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
         unclosed: list[str] = []
+        real_session = aiohttp.ClientSession
+        made: list[int] = []
+
+        def tracked_session(*args: Any, **kwargs: Any) -> aiohttp.ClientSession:
+            session = real_session(*args, **kwargs)  # every session a client makes
+            sessions.add(session)
+            made.append(1)
+            return session
+
+        monkeypatch.setattr(aiohttp, "ClientSession", tracked_session)
 
         async def cycle(n: int) -> None:
             token = "alice-secret" if n % 2 else None
             client = RatatoskrClient(ratatoskr_relay.url, token=token)
             clients.add(client)
             await client.connect()
-            session = client._http
-            assert session is not None
-            sessions.add(session)
             await client.enter_document("lobby")
             if token is not None:
                 await client.enter_document("vault")
                 await client.send_ephemeral("vault", {"n": n})
             await client.send_ephemeral("lobby", {"n": n})
             await client.close()
-            if not session.closed:
-                unclosed.append(f"cycle {n}")
+            if client.stats() != CLOSED_STATS:
+                unclosed.append(f"cycle {n}: {client.stats()}")
 
         disconnects = 0
 
@@ -131,6 +152,7 @@ async def test_a_thousand_connect_enter_close_cycles_leave_nothing_behind(
         assert problems.reports == []
         assert [str(w.message) for w in caught] == []
         assert unclosed == []
+        assert len(made) == CYCLES  # one session per client, each closed (no warning)
         assert ratatoskr_tasks() == []
         assert len(clients) == 0  # no client object kept alive by anything
         assert len(sessions) == 0
@@ -171,8 +193,8 @@ async def test_two_hundred_abrupt_reconnects_grow_nothing(ratatoskr_relay: Relay
         await client.enter_document("eph:side")
         baseline = ratatoskr_relay.stats()
         tasks = {t.get_name() for t in ratatoskr_tasks()}
-        assert tasks == {"ratatoskr-receive", "ratatoskr-heartbeat"}
-        sizes = (len(client._tasks), len(client._confirm), len(client._waiters))
+        assert tasks == {"ratatoskr-receive"}
+        before = client.stats()
         for _ in range(200):
             mark = rec.mark()
             abort_transport(client)
@@ -185,7 +207,8 @@ async def test_two_hundred_abrupt_reconnects_grow_nothing(ratatoskr_relay: Relay
             await client.wait_for_presence(doc, lambda p: p == (client.me,), timeout=20)
         assert ratatoskr_relay.stats().peers == 1
         assert ratatoskr_relay.stats().memberships == 3
-        assert (len(client._tasks), len(client._confirm), len(client._waiters)) == sizes
+        # The client holds what it held before the 200 losses, nothing more.
+        assert client.stats() == before
         assert {t.get_name() for t in ratatoskr_tasks()} == tasks
         after = ratatoskr_relay.stats()
         # One tombstone per dropped connection (each had a sessionId), nothing else grew.

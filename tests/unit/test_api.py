@@ -187,21 +187,6 @@ def test_bad_event_names_are_rejected():
         client.off("message", print)  # type: ignore[arg-type]
 
 
-def test_on_works_as_a_decorator_and_off_removes():
-    client = RatatoskrClient("http://localhost:4151")
-    calls: list[object] = []
-
-    @client.on("error")
-    def handler(err: object) -> None:
-        calls.append(err)
-
-    client._emit("error", RatatoskrError("x"))
-    client.off("error", handler)
-    client.off("error", handler)  # removing twice is harmless
-    client._emit("error", RatatoskrError("y"))
-    assert [str(c) for c in calls] == ["x"]
-
-
 def test_sidecar_ids():
     assert RatatoskrClient.sidecar("doc-123", "chat") == "eph:chat-doc-123"
     assert ratatoskr_client.sidecar_id("doc-123", "cursors") == "eph:cursors-doc-123"
@@ -216,7 +201,8 @@ def test_a_fresh_client_is_idle_and_has_no_identity():
     assert dict(client.peers) == {}
     assert client.presence("doc") == ()
     assert client.entered_documents == ()
-    with pytest.raises(errors.ConnectionClosed):
+    # Reading the identity before connecting is a usage error, and says what to do.
+    with pytest.raises(RuntimeError, match=r"connect\(\)"):
         _ = client.me
 
 
@@ -226,4 +212,7 @@ def test_peer_fields():
         "user_id",
         "name",
         "is_anonymous",
+        "chosen_name",
     ]
+    # The name a peer chose for itself is not part of its identity.
+    assert Peer("p", None, "Neon Narwhal", True, "alpha") == Peer("p", None, "Neon Narwhal", True)

@@ -6,6 +6,7 @@ No I/O here: these compare signatures, and run mypy over user code.
 from __future__ import annotations
 
 import inspect
+import types
 from pathlib import Path
 from typing import get_args, get_overloads, get_type_hints
 
@@ -23,10 +24,16 @@ USAGE = Path(__file__).resolve().parents[1] / "typecheck" / "blocking_client_usa
 
 
 def public(cls: type) -> dict[str, object]:
+    # Along the MRO (the asyncio client gets its properties and on/once/off from
+    # mixins); slots are instance attributes, not part of the class's surface.
+    members: dict[str, object] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        members.update(vars(klass))
     return {
         name: value
-        for name, value in vars(cls).items()
-        if not name.startswith("_") or name in {"__init__", "__aenter__", "__aexit__"}
+        for name, value in members.items()
+        if (not name.startswith("_") or name in {"__init__", "__aenter__", "__aexit__"})
+        and not isinstance(value, types.MemberDescriptorType)
     }
 
 

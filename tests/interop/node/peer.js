@@ -39,6 +39,9 @@
 //   {"cmd":"presence-start", "documentId"?, "state", "heartbeatMs"?, "peerTtlMs"?}
 //                                              new Presence({handle}).start(...)
 //   {"cmd":"presence-broadcast", "documentId"?, "channel", "value"}
+//   {"cmd":"presence-animate", "documentId"?, "channel", "everyMs"}
+//                                              presence.broadcast(channel, n) with n = 0, 1, 2...
+//                                              every everyMs milliseconds (until presence-stop)
 //   {"cmd":"presence-stop", "documentId"?}     sends goodbye
 //   {"cmd":"peer-states", "documentId"?}       -> {"states": {peerId: state},
 //                                                  "peers": {peerId: {peerId,
@@ -215,7 +218,18 @@ const commands = {
     runningPresence(cmd).broadcast(cmd.channel, cmd.value)
     return {}
   },
+  "presence-animate": async cmd => {
+    const presence = runningPresence(cmd)
+    const doc = entry(cmd)
+    let n = 0
+    clearInterval(doc.animation)
+    doc.animation = setInterval(() => {
+      if (presence.running) presence.broadcast(cmd.channel, n++)
+    }, cmd.everyMs)
+    return {}
+  },
   "presence-stop": async cmd => {
+    clearInterval(entry(cmd).animation)
     runningPresence(cmd).stop()
     return {}
   },

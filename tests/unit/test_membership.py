@@ -1,6 +1,6 @@
-"""PresenceStore: the pure identity/presence state machine, without any I/O.
+"""MembershipStore: the pure identity/presence state machine, without any I/O.
 
-Every rule of the ``ratatoskr_client.presence`` module docstring is checked here
+Every rule of the ``ratatoskr_client.membership`` module docstring is checked here
 with hand-written frame sequences, and a hypothesis state machine compares the
 store against a deliberately naive model on arbitrary frame sequences.
 """
@@ -14,14 +14,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ratatoskr_client.presence import (
+from ratatoskr_client.membership import (
     IdentityAdded,
     IdentityRemoved,
+    MembershipStore,
     Peer,
     PeerJoined,
     PeerLeft,
     PresenceChanged,
-    PresenceStore,
     SelfRemoved,
 )
 from ratatoskr_client.protocol import (
@@ -53,9 +53,9 @@ def identity(peer_id: str, name: str, user_id: str | None = None) -> PeerIdentit
     return PeerIdentityFrame(peer_id, UserInfo(user_id, name, user_id is None))
 
 
-def store_with(*peers: tuple[str, str], docs: tuple[str, ...] = ("doc",)) -> PresenceStore:
+def store_with(*peers: tuple[str, str], docs: tuple[str, ...] = ("doc",)) -> MembershipStore:
     """An authenticated store that knows ``peers`` (id, name) and tracks ``docs``."""
-    store = PresenceStore()
+    store = MembershipStore()
     store.authenticated(auth_ok())
     for pid, name in peers:
         store.apply(identity(pid, name))
@@ -72,7 +72,7 @@ def ids(peers: tuple[Peer, ...]) -> list[str]:
 
 
 def test_authenticated_records_me_and_its_identity():
-    store = PresenceStore()
+    store = MembershipStore()
     assert store.me is None
     assert dict(store.identities) == {}
     assert store.authenticated(auth_ok()) == []
@@ -82,7 +82,7 @@ def test_authenticated_records_me_and_its_identity():
 
 
 def test_anonymous_me_has_no_user_id():
-    store = PresenceStore()
+    store = MembershipStore()
     store.authenticated(auth_ok(name="Neon Narwhal", user_id=None))
     assert store.me == Peer(ME, None, "Neon Narwhal", True)
     assert store.me is not None and store.me.is_anonymous
@@ -90,7 +90,7 @@ def test_anonymous_me_has_no_user_id():
 
 def test_auth_ok_without_user_falls_back_to_the_peer_id():
     # The upstream server sends user: null; the store still has a usable `me`.
-    store = PresenceStore()
+    store = MembershipStore()
     store.authenticated(AuthOkFrame("relay-1", ME, None, None))
     assert store.me == Peer(ME, None, ME, True)
 
@@ -394,7 +394,7 @@ class Model:
 class PresenceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.store = PresenceStore()
+        self.store = MembershipStore()
         self.model = Model()
 
     # Each rule: snapshot the model's presence, apply to both, compare the changes.

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ratatoskr_client.errors import ProtocolError
-from ratatoskr_client.state import (
+from ratatoskr_client.peer_state import (
     Coalescer,
     PeerStates,
     StateMessage,

@@ -1,10 +1,16 @@
-"""Peer identities and per-document presence, as a pure state machine. No I/O.
+"""Membership: who is connected (identities) and who is in each document. No I/O.
 
-:class:`PresenceStore` takes the server's identity and presence frames and
+This is what the public API calls *presence* (``presence(doc)``,
+``presence-changed``): the set of peers in a document. It is not per-peer
+*state* (a cursor, a name a peer shares), which automerge-repo also calls
+"Presence" and which lives in :mod:`ratatoskr_client.peer_state`.
+
+:class:`MembershipStore` takes the server's identity and presence frames (or,
+without server-side presence, what the client derives from peers' messages) and
 returns a list of :data:`Change` values describing what changed; it never calls
-back, sleeps or touches a socket. :class:`~ratatoskr_client.RatatoskrClient`
-feeds it frames and turns the changes into events, so every rule about "who is
-where" can be tested here without a network.
+back, sleeps or touches a socket. The client's core feeds it and turns the
+changes into events, so every rule about "who is where" can be tested here
+without a network.
 
 Contracts:
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
@@ -41,37 +47,58 @@ __all__ = [
     "Change",
     "IdentityAdded",
     "IdentityRemoved",
+    "MembershipStore",
     "Peer",
     "PeerJoined",
     "PeerLeft",
     "PresenceChanged",
-    "PresenceStore",
     "SelfRemoved",
+    "intern_peer",
 ]
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class Peer:
-    """One connection's identity, as the server verified it.
+    """One connection's identity, as the server verified it, and the name it
+    chose for itself.
+
+    Which name is which:
+
+    * ``name`` is the name the **server** gives the connection: the account's
+      name for a token user, an "Adjective Animal" for an anonymous one. A
+      server without names (the upstream server today) gives none; then
+      ``name`` is the peer's chosen name, or its ``user_id``, or its peer id.
+    * ``chosen_name`` is the name the **peer** chose for itself: the ``"name"``
+      in the state it shares (automerge-repo ``Presence`` convention, and what
+      ``RatatoskrClient(name=...)`` puts there). None until it shares one. For
+      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument.
+
+    ``chosen_name`` is not part of the identity: two ``Peer`` values are equal
+    when their server-given fields are, whatever they call themselves.
 
     Attributes:
         peer_id: the server-assigned id of the connection (new on every connect).
-        user_id: the account id, or None for anonymous peers.
-        name: the display name (an "Adjective Animal" for anonymous peers).
+        user_id: the account id, or None for anonymous peers (and for every
+            peer on a server that verifies nothing, like upstream).
+        name: the server-given display name (see above).
         is_anonymous: True when the peer authenticated without a token.
+        chosen_name: the name the peer shares for itself, or None.
     """
 
     peer_id: str
     user_id: str | None
     name: str
     is_anonymous: bool
+    chosen_name: str | None = field(default=None, compare=False)
 
     @staticmethod
-    def from_user(peer_id: str, user: UserInfo | None) -> Peer:
-        """The Peer for a wire ``user`` map (tolerating a missing name or user)."""
+    def from_user(peer_id: str, user: UserInfo | None, chosen_name: str | None = None) -> Peer:
+        """The Peer for a wire ``user`` map (tolerating a missing name or user):
+        without a server-given name, the chosen name, the user id or the peer id."""
         if user is None:
-            return intern_peer(peer_id, None, peer_id, True)
-        return intern_peer(peer_id, user.id, user.name or user.id or peer_id, user.is_anonymous)
+            return intern_peer(peer_id, None, chosen_name or peer_id, True, chosen_name)
+        name = user.name or chosen_name or user.id or peer_id
+        return intern_peer(peer_id, user.id, name, user.is_anonymous, chosen_name)
 
     @staticmethod
     def unknown(peer_id: str) -> Peer:
@@ -84,7 +111,13 @@ class Peer:
 _INTERNED: Final[weakref.WeakValueDictionary[str, Peer]] = weakref.WeakValueDictionary()
 
 
-def intern_peer(peer_id: str, user_id: str | None, name: str, is_anonymous: bool) -> Peer:
+def intern_peer(
+    peer_id: str,
+    user_id: str | None,
+    name: str,
+    is_anonymous: bool,
+    chosen_name: str | None = None,
+) -> Peer:
     """The shared :class:`Peer` with these fields (created on first use)."""
     peer = _INTERNED.get(peer_id)
     if (
@@ -92,8 +125,9 @@ def intern_peer(peer_id: str, user_id: str | None, name: str, is_anonymous: bool
         or peer.name != name
         or peer.user_id != user_id
         or peer.is_anonymous != is_anonymous
+        or peer.chosen_name != chosen_name
     ):
-        peer = Peer(peer_id, user_id, name, is_anonymous)
+        peer = Peer(peer_id, user_id, name, is_anonymous, chosen_name)
         _INTERNED[peer_id] = peer
     return peer
 
@@ -154,8 +188,8 @@ Change: TypeAlias = (
 # --------------------------------------------------------------------------- store
 
 
-class PresenceStore:
-    """Identities and presence for one client connection. See the module docstring."""
+class MembershipStore:
+    """Identities and membership for one client connection. See the module docstring."""
 
     __slots__ = ("_docs", "_identities", "_me", "_snapshots")
 
@@ -196,6 +230,7 @@ class PresenceStore:
         return snap
 
     def is_tracked(self, document_id: str) -> bool:
+        """True while presence is kept for ``document_id`` (it was entered)."""
         return document_id in self._docs
 
     def tracked(self) -> Iterable[str]:
@@ -228,10 +263,11 @@ class PresenceStore:
 
     # ------------------------------------------------------------------ frames
 
-    def authenticated(self, frame: AuthOkFrame) -> list[Change]:
-        """A new connection authenticated: forget the old one, record ``me``."""
+    def authenticated(self, frame: AuthOkFrame, chosen_name: str | None = None) -> list[Change]:
+        """A new connection authenticated: forget the old one, record ``me``
+        (with the name this client chose for itself, if any)."""
         changes = self.reset()
-        me = Peer.from_user(frame.client_peer_id, frame.user)
+        me = Peer.from_user(frame.client_peer_id, frame.user, chosen_name)
         self._me = me
         self._identities[me.peer_id] = me
         return changes
@@ -250,7 +286,43 @@ class PresenceStore:
         if type(frame) is DocPresenceStateFrame:
             return self._state(frame.document_id, frame.peers)
         if type(frame) is PeerDisconnectedFrame:
-            return self._disconnected(frame.peer_id)
+            return self.disconnected(frame.peer_id)
+        return []
+
+    # ------------------------------------------------------------------ derived membership
+
+    def joined(self, document_id: str, peer_id: str) -> list[Change]:
+        """``peer_id`` is in ``document_id`` (as ``peer_joined_doc`` says)."""
+        return self._joined(document_id, peer_id)
+
+    def left(self, document_id: str, peer_id: str) -> list[Change]:
+        """``peer_id`` left ``document_id`` (as ``peer_left_doc`` says)."""
+        return self._left(document_id, peer_id)
+
+    def present(self, document_id: str, peer_ids: tuple[str, ...]) -> list[Change]:
+        """Exactly ``peer_ids`` are in ``document_id``, in this order (as
+        ``doc_presence_state`` says)."""
+        return self._state(document_id, peer_ids)
+
+    def identity(
+        self, peer_id: str, user: UserInfo | None, chosen_name: str | None
+    ) -> list[Change]:
+        """Record a peer's identity (as ``peer_identity`` says), with its chosen name."""
+        return self._identity(peer_id, user, chosen_name)
+
+    def chosen_name(self, peer_id: str, name: str | None) -> list[Change]:
+        """A known peer shares ``name`` for itself now. The server-given fields do
+        not change, so neither does any presence value: the new :class:`Peer` is
+        swapped in silently (returns no changes)."""
+        old = self._identities.get(peer_id)
+        if old is None or old.chosen_name == name:
+            return []
+        peer = intern_peer(old.peer_id, old.user_id, old.name, old.is_anonymous, name)
+        self._identities[peer_id] = peer
+        for doc_id, members in self._docs.items():
+            if peer_id in members:
+                members[peer_id] = peer
+                self._snapshots.pop(doc_id, None)
         return []
 
     def _peer(self, peer_id: str) -> Peer:
@@ -296,19 +368,26 @@ class PresenceStore:
         self._docs[document_id] = fresh
         return [self._changed(document_id)]
 
-    def _identity(self, peer_id: str, user: UserInfo | None) -> list[Change]:
+    def _identity(
+        self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
+    ) -> list[Change]:
         old = self._identities.get(peer_id)
-        if (
-            old is not None
-            and user is not None
-            and old.name == user.name
-            and old.user_id == user.id
-            and old.is_anonymous == user.is_anonymous
-        ):
-            return []  # an identity we have already: nothing to look up or intern
-        peer = Peer.from_user(peer_id, user)
-        if old is peer or old == peer:
+        if old is not None:
+            if chosen_name is None:
+                chosen_name = old.chosen_name  # a server frame says nothing about it
+            if (
+                user is not None
+                and old.name == user.name
+                and old.user_id == user.id
+                and old.is_anonymous == user.is_anonymous
+                and old.chosen_name == chosen_name
+            ):
+                return []  # an identity we have already: nothing to look up or intern
+        peer = Peer.from_user(peer_id, user, chosen_name)
+        if old is peer:
             return []
+        if old == peer:  # the same identity; at most its chosen name is new
+            return self.chosen_name(peer_id, chosen_name)
         self._identities[peer.peer_id] = peer
         changes: list[Change] = [IdentityAdded(peer)]
         # A presence frame may have named this peer before its identity arrived.
@@ -316,12 +395,16 @@ class PresenceStore:
         # its id) is not a change of presence(doc).
         for doc_id, members in self._docs.items():
             current = members.get(peer.peer_id)
-            if current is not None and current != peer:
+            if current is not None and current is not peer:
                 members[peer.peer_id] = peer
-                changes.append(self._changed(doc_id))
+                if current != peer:
+                    changes.append(self._changed(doc_id))
+                else:
+                    self._snapshots.pop(doc_id, None)
         return changes
 
-    def _disconnected(self, peer_id: str) -> list[Change]:
+    def disconnected(self, peer_id: str) -> list[Change]:
+        """``peer_id``'s connection closed: out of every document, then forgotten."""
         changes: list[Change] = []
         for doc_id in list(self._docs):
             changes.extend(self._left(doc_id, peer_id))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cbor2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ratatoskr_client._events import SafeEmitter
 from ratatoskr_client.errors import ProtocolError
@@ -17,9 +21,10 @@ from ratatoskr_client.protocol import (
     cbor_text,
     cbor_uint,
     decode,
+    decode_plain,
     encode,
+    fastpaths,
     loads_strict,
-    messages,
 )
 
 
@@ -82,13 +87,13 @@ def test_identity_and_presence_frames_are_decoded_once_and_shared() -> None:
 def test_ephemeral_frames_are_never_shared() -> None:
     data = encode(EphemeralFrame("peer-a", "peer-b", "doc", 1, "s", cbor2.dumps(1)))
     assert decode(data) is not decode(data)
-    assert data not in messages._SHARED
+    assert data not in fastpaths._SHARED
 
 
 def test_the_shared_frames_are_bounded() -> None:
-    for i in range(messages._SHARED_MAX_ENTRIES + 50):
+    for i in range(fastpaths._SHARED_MAX_ENTRIES + 50):
         decode(encode(PeerDisconnectedFrame(f"peer-bound-{i}")))
-    assert len(messages._SHARED) <= messages._SHARED_MAX_ENTRIES
+    assert len(fastpaths._SHARED) <= fastpaths._SHARED_MAX_ENTRIES
 
 
 def test_a_malformed_frame_is_never_shared() -> None:
@@ -96,7 +101,7 @@ def test_a_malformed_frame_is_never_shared() -> None:
     for _ in range(2):
         with pytest.raises(ProtocolError):
             decode(data)
-    assert data not in messages._SHARED
+    assert data not in fastpaths._SHARED
 
 
 def test_relay_spliced_ephemeral_frames_decode_like_encoded_ones() -> None:
@@ -238,3 +243,94 @@ def test_value_sharing_cannot_hide_trailing_bytes_or_expand():
     for data in (frame, frame + b"\xff" * 40):
         with pytest.raises(ProtocolError, match="tag 28"):
             decode(data)
+
+
+# ------------------------------------------------------------------- fast paths = plain decoder
+
+FRAME_TYPES = [
+    "auth",
+    "auth_ok",
+    "auth_error",
+    "error",
+    "peer_identity",
+    "peer_disconnected",
+    "peer_joined_doc",
+    "peer_left_doc",
+    "doc_presence_state",
+    "ephemeral",
+    "request",
+    "sync",
+    "doc-unavailable",
+    "from-the-future",
+]
+FIELDS = [
+    "senderId",
+    "targetId",
+    "documentId",
+    "count",
+    "sessionId",
+    "data",
+    "peerId",
+    "clientPeerId",
+    "user",
+    "features",
+    "peers",
+    "error",
+    "message",
+    "retryAfter",
+    "token",
+    "anonymous",
+]
+_texts = st.one_of(
+    st.sampled_from(["", "doc", "peer-1", "s", "ä" * 33, "𝄞" * 32, "x" * 64, "x" * 65, "y" * 129]),
+    st.text(max_size=8),
+)
+_scalars = st.one_of(
+    _texts,
+    st.integers(min_value=-3, max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=8),
+    st.floats(allow_nan=True),
+)
+_values = st.one_of(
+    _scalars,
+    st.lists(_scalars, max_size=3),
+    st.fixed_dictionaries(
+        {},
+        optional={"id": _scalars, "name": _scalars, "isAnonymous": _scalars},
+    ),
+)
+
+
+def outcome(decoder: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return ("frame", decoder(data))
+    except ProtocolError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frame_type=st.sampled_from(FRAME_TYPES),
+    fields=st.dictionaries(st.sampled_from(FIELDS), _values, max_size=8),
+    typical=st.booleans(),
+)
+def test_the_fast_paths_agree_with_the_plain_decoder_on_every_frame_type(
+    frame_type: str, fields: dict[str, object], typical: bool
+) -> None:
+    if typical:  # well-formed shapes, which the fast paths take
+        base = {
+            "senderId": "peer-a",
+            "targetId": "peer-b",
+            "documentId": "doc",
+            "count": 3,
+            "sessionId": "s",
+            "data": b"\x01",
+            "peerId": "peer-a",
+            "user": {"id": None, "name": "N", "isAnonymous": True},
+        }
+        fields = {**base, **dict(list(fields.items())[:1])}
+    data = cbor2.dumps({"type": frame_type, **fields})
+    # repr: NaN is never equal to itself, but prints the same.
+    assert repr(outcome(decode, data)) == repr(outcome(decode_plain, data))

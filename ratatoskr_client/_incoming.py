@@ -1,0 +1,317 @@
+"""The receive side of :class:`~ratatoskr_client._core.ClientCore`: frames in, effects out. No I/O.
+
+One frame at a time, in the order the connection delivered them. The path of
+an application message is a straight line: decode, the gossip filter (only
+without server-side presence), decode the payload, one ``ephemeral-message``
+event (handed to ``ClientCore.deliver`` when the driver set one and no effect
+is pending, else an Emit effect). Everything else a peer sends is per-peer
+state (``{"__presence": ...}``) and never reaches ``ephemeral-message``: it
+updates :mod:`.peer_state`, and without server-side presence also membership
+(:mod:`._peer_to_peer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from ._effects import Effect, Emit, PresenceChanged
+from ._outgoing import Paced
+from .errors import (
+    DocumentNotFound,
+    LimitExceeded,
+    PermissionDenied,
+    ProtocolError,
+    RatatoskrError,
+    RateLimited,
+    error_from_frame,
+)
+from .membership import (
+    Change,
+    IdentityAdded,
+    IdentityRemoved,
+    PeerJoined,
+    PeerLeft,
+    SelfRemoved,
+)
+from .membership import (
+    PresenceChanged as StoreChanged,
+)
+from .peer_state import EMPTY, ReadOnlyMap, parse_state_payload
+from .protocol import (
+    Admission,
+    DocPresenceStateFrame,
+    DocUnavailableFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    SyncFrame,
+    decode,
+    decode_payload,
+)
+from .protocol.constants import PRESENCE_MARKER
+from .status import ConnectionState, DocumentState
+
+if TYPE_CHECKING:
+    from ._documents import Documents
+    from ._outgoing import Outgoing
+    from ._peer_to_peer import PeerToPeer
+    from ._sharing import StateSharing
+    from ._waiters import Waiters
+    from .membership import MembershipStore
+    from .peer_state import PeerStates
+
+__all__ = ["Incoming"]
+
+# Error codes by which the server refuses a presence membership.
+_MEMBERSHIP_REFUSALS: Final = (PermissionDenied, DocumentNotFound, LimitExceeded)
+_ENTERING: Final = DocumentState.ENTERING
+_PRESENT: Final = DocumentState.PRESENT
+_REPLAY: Final = Admission.REPLAY
+_COPY: Final = Admission.COPY
+_REASSIGNED: Final = Admission.REASSIGNED
+
+
+class Incoming:
+    """Frames from the server, applied to the core's state (a mixin of ClientCore)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        effects: list[Effect]
+        deliver: Callable[..., object] | None
+        listens: Callable[[str], bool] | None
+        state: ConnectionState
+        store: MembershipStore
+        states: PeerStates
+        sharing: StateSharing
+        docs: Documents
+        waiters: Waiters
+        out: Outgoing
+        p2p: PeerToPeer | None
+
+        @property
+        def server_presence(self) -> bool: ...
+        def report(self, error: RatatoskrError) -> None: ...
+        def arm(self, when: float) -> None: ...
+        def _join(self, document_id: str, now: float) -> None: ...
+        def _refuse(self, document_id: str, error: RatatoskrError) -> None: ...
+        def _rejoin_later(self, document_id: str, at: float) -> None: ...
+        def _submit(self, entry: Paced, now: float) -> None: ...
+        def _release(self, now: float) -> None: ...
+
+    # ------------------------------------------------------------------ frames
+
+    def receive(self, data: bytes, now: float) -> None:
+        """One binary frame from the server, while connected."""
+        try:
+            frame = decode(data)
+        except ProtocolError as exc:
+            self.report(exc)
+            return
+        if type(frame) is EphemeralFrame:  # the hot path: one per message received
+            self._ephemeral(frame, now)
+            return
+        kind = type(frame)
+        if kind is ErrorFrame:
+            self._error_frame(frame, now)  # type: ignore[arg-type]
+        elif kind is SyncFrame or kind is DocUnavailableFrame:
+            # automerge-repo's answer to our `request` (peer-to-peer mode only;
+            # with server-side presence we send none, and it means nothing).
+            doc_id = frame.document_id  # type: ignore[attr-defined]
+            record = self.docs.get(doc_id)
+            if self.p2p is not None and record is not None and record.join_sent:
+                # Subscribed now. Present: us, plus whoever already sent us state.
+                me = self.store.me
+                ids = (me.peer_id,) if me is not None else ()
+                self._confirmed(doc_id, ids + self.states.peers(doc_id), now)
+        elif kind is DocPresenceStateFrame:
+            doc_id = frame.document_id  # type: ignore[attr-defined]
+            self._confirmed(doc_id, frame.peers, now)  # type: ignore[attr-defined]
+        else:
+            self._dispatch(self.store.apply(frame))
+
+    def _confirmed(self, document_id: str, peer_ids: tuple[str, ...], now: float) -> None:
+        """The server confirmed our presence in a document (or answered a join
+        that was already confirmed)."""
+        record = self.docs.get(document_id)
+        self._dispatch(self.store.present(document_id, peer_ids))
+        if record is None or record.state is not _ENTERING:
+            return
+        record.state = _PRESENT
+        record.join_sent = False
+        me = self.store.me
+        if me is None:
+            return
+        share = self.p2p is not None
+        if self.sharing.confirmed(document_id, me.chosen_name or me.name, share=share):
+            self._submit(Paced("snapshot", document_id), now)
+        if self.p2p is not None:
+            self._dispatch(self.p2p.sync(document_id, self.store, self.states, confirmed=True))
+        self.effects += self.waiters.resolve_enter(document_id, self.store.presence(document_id))
+
+    def _ephemeral(self, frame: EphemeralFrame, now: float) -> None:
+        if frame.session_id == self.out.session_id:
+            return  # our own message, echoed back by a gossiping peer
+        doc_id = frame.document_id
+        p2p = self.p2p
+        if p2p is not None:
+            if doc_id not in self.docs:
+                return  # not entered: not ours to see (upstream sends them after a leave)
+            verdict = p2p.admit(frame.sender_id, frame.session_id, frame.count)
+            if verdict is _REPLAY or verdict is _COPY:
+                return
+            if verdict is _REASSIGNED:
+                self._reassigned(frame.session_id, frame.sender_id)
+        try:
+            payload = decode_payload(frame.data)
+        except ProtocolError as exc:
+            self.report(exc)
+            return
+        if type(payload) is dict and PRESENCE_MARKER in payload:
+            self._state_message(frame, payload, now)
+            return
+        deliver = self.deliver
+        if deliver is not None and not self.effects:
+            # Nothing is pending ahead of it: hand it over now, not as an Emit
+            # effect (the same order, without an allocation per message).
+            deliver("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
+        else:
+            self.effects.append(
+                Emit("ephemeral-message", (doc_id, self.store.peer(frame.sender_id), payload))
+            )
+
+    def _state_message(self, frame: EphemeralFrame, payload: dict[str, Any], now: float) -> None:
+        """An automerge-repo Presence message: per-peer state, never an
+        ``ephemeral-message``."""
+        try:
+            message = parse_state_payload(payload)
+        except ProtocolError as exc:
+            self.report(exc)
+            return
+        sender = frame.sender_id
+        if message is None or not sender:
+            return
+        doc_id = frame.document_id
+        states = self.states
+        outcome = states.receive(doc_id, sender, message, now, session=frame.session_id)
+        if outcome.unknown_sender and self.sharing.heard_unknown(doc_id, now):
+            self.arm(self.sharing.deadline())
+        if outcome.appeared:
+            self.arm(states.deadline())
+        if not outcome.changed:
+            return
+        view = states.peer_state(doc_id, sender)  # what is shown for the sender now
+        name = view.get("name") if view is not None else None
+        chosen = name if type(name) is str and name else None
+        p2p = self.p2p
+        if p2p is not None:
+            known = self.store.identities.get(sender)
+            if outcome.appeared or outcome.removed or known is None or known.chosen_name != chosen:
+                record = self.docs.get(doc_id)
+                confirmed = record is not None and record.state is _PRESENT
+                self._dispatch(p2p.sync(doc_id, self.store, states, confirmed=confirmed))
+        elif view is not None:
+            self._dispatch(self.store.chosen_name(sender, chosen))
+        self._emit_state(doc_id, sender, view if view is not None else EMPTY)
+
+    def _reassigned(self, session_id: str, owner: str) -> None:
+        """The gossip filter moved a session to its real sender: its state, and
+        the presence that came with it, follow."""
+        assert self.p2p is not None
+        states = self.states
+        for doc_id, previous in states.reassign(session_id, owner):
+            record = self.docs.get(doc_id)
+            confirmed = record is not None and record.state is _PRESENT
+            self._dispatch(self.p2p.sync(doc_id, self.store, states, confirmed=confirmed))
+            for peer_id in (previous, owner):
+                view = states.peer_state(doc_id, peer_id)
+                self._emit_state(doc_id, peer_id, view if view is not None else EMPTY)
+
+    def _error_frame(self, frame: ErrorFrame, now: float) -> None:
+        exc = error_from_frame(
+            frame.error, frame.message, document_id=frame.document_id, retry_after=frame.retry_after
+        )
+        doc_id = frame.document_id
+        if isinstance(exc, RateLimited):
+            if doc_id is None:
+                pacer = self.out.pacer
+                if pacer is not None:
+                    pacer.pause(now, exc.retry_after)
+                    self._release(now)  # re-arms for when the pause ends
+            else:
+                record = self.docs.get(doc_id)
+                if record is not None and record.join_sent:
+                    # The relay's per-document bound on joins: try again when allowed.
+                    self._rejoin_later(doc_id, now + exc.retry_after)
+        if doc_id is not None and isinstance(exc, _MEMBERSHIP_REFUSALS) and doc_id in self.docs:
+            self._refuse(doc_id, exc)
+            return
+        self.report(exc)
+
+    # ------------------------------------------------------------------ changes to effects
+
+    def _dispatch(self, changes: list[Change]) -> None:
+        # Runs once or twice per presence frame (N of them per client in a
+        # reconnect storm): plain type tests, no cast() calls, and no effect for
+        # an event nobody listens to (``listens``, when the driver set it).
+        listens = self.listens
+        effects = self.effects
+        for change in changes:
+            kind = type(change)
+            if kind is StoreChanged:
+                self._presence_changed(change.document_id)  # type: ignore[union-attr]
+            elif kind is PeerJoined:
+                if listens is None or listens("peer-joined"):
+                    effects.append(Emit("peer-joined", (change.document_id, change.peer)))  # type: ignore[union-attr]
+            elif kind is IdentityAdded:
+                if listens is None or listens("peer-identity"):
+                    effects.append(Emit("peer-identity", (change.peer,)))  # type: ignore[union-attr]
+            elif kind is PeerLeft:
+                doc_id, peer = change.document_id, change.peer  # type: ignore[union-attr]
+                if self.p2p is None and self.states.forget_peer(doc_id, peer.peer_id):
+                    self._emit_state(doc_id, peer.peer_id, EMPTY)
+                if listens is None or listens("peer-left"):
+                    effects.append(Emit("peer-left", (doc_id, peer)))
+            elif kind is IdentityRemoved:
+                if listens is None or listens("peer-disconnected"):
+                    effects.append(Emit("peer-disconnected", (change.peer,)))  # type: ignore[union-attr]
+            elif kind is SelfRemoved:
+                doc_id = change.document_id  # type: ignore[union-attr]
+                record = self.docs.get(doc_id)
+                if self.state is ConnectionState.CONNECTED and record is not None:
+                    if record.state is _PRESENT:
+                        record.state = _ENTERING
+                    if not record.join_sent:
+                        # The server expired our presence (a stall): join again, at once.
+                        self._rejoin_later(doc_id, 0.0)
+
+    def _presence_changed(self, document_id: str) -> None:
+        listens = self.listens
+        if listens is None or listens("presence-changed"):
+            self.effects.append(PresenceChanged(document_id))
+        waiters = self.waiters
+        if document_id in waiters.presence or document_id in waiters.watchers:
+            self.effects += waiters.presence_changed(document_id, self.store.presence(document_id))
+
+    def _emit_state(self, document_id: str, peer_id: str, state: Mapping[str, Any]) -> None:
+        # A snapshot: a callback that keeps it must not see it change later.
+        snapshot = ReadOnlyMap(dict(state)) if state else EMPTY
+        self.effects.append(
+            Emit("state-changed", (document_id, self.store.peer(peer_id), snapshot))
+        )
+
+    def _clear_peer_states(self) -> None:
+        """Every peer's state is gone (the connection is): say so, per peer."""
+        states = self.states
+        cleared = [(d, p) for d in states.documents() for p in states.peers(d)]
+        states.clear_peers()
+        for doc_id, peer_id in cleared:
+            self._emit_state(doc_id, peer_id, EMPTY)
+
+    def prune(self, now: float) -> None:
+        """Forget peers whose state went silent for the TTL (without server-side
+        presence, that is also how a peer that vanished leaves)."""
+        for doc_id, peer_id in self.states.prune(now):
+            self._emit_state(doc_id, peer_id, EMPTY)
+            if self.p2p is not None:
+                self._dispatch(self.p2p.gone(doc_id, peer_id, self.store, self.states))

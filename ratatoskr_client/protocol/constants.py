@@ -1,0 +1,89 @@
+"""Wire constants shared by the client and the relay: one definition each. No I/O.
+
+Everything here is part of the contract in ``docs/protocol.md`` (or of what the
+upstream server and automerge-repo do, which the contract has to live with).
+Both sides import these names; nothing else in the package spells them out.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "AUTH_TIMEOUT",
+    "EMPTY_DOC_SYNC",
+    "EPHEMERAL_PREFIX",
+    "FEATURES",
+    "FEATURE_PRESENCE",
+    "MAX_DOCUMENT_ID_BYTES",
+    "MAX_FRAME_SIZE",
+    "MAX_PEER_ID_BYTES",
+    "MAX_SESSION_ID_BYTES",
+    "PRESENCE_HEARTBEAT_INTERVAL",
+    "PRESENCE_MARKER",
+    "PRESENCE_TTL",
+    "PRESENCE_TYPE",
+    "RATE_LIMIT",
+    "REANNOUNCE_DELAY",
+    "STATE_HEARTBEAT",
+    "STATE_INTERVAL",
+    "STATE_TTL",
+    "UPSTREAM_ANONYMOUS_LIMIT",
+    "UPSTREAM_ANONYMOUS_WINDOW",
+]
+
+# --------------------------------------------------------------------------- ids and names
+
+#: Document ids with this prefix are public relay channels (sidecars).
+EPHEMERAL_PREFIX: Final = "eph:"
+#: The ``features`` our relay announces in ``auth_ok``.
+FEATURES: Final = ("identity", "presence", "ephemeral")
+#: The feature that means "this server keeps presence" (membership from the server).
+FEATURE_PRESENCE: Final = "presence"
+#: Longest document id (``documentId``, sidecar ids included) accepted, in UTF-8 bytes.
+MAX_DOCUMENT_ID_BYTES: Final = 256
+#: Longest peer id (``peerId``, ``senderId``, ``targetId``, ``clientPeerId``, and
+#: the entries of ``peers``) accepted, in UTF-8 bytes.
+MAX_PEER_ID_BYTES: Final = 128
+#: Longest ephemeral ``sessionId`` accepted, in UTF-8 bytes.
+MAX_SESSION_ID_BYTES: Final = 128
+#: The largest frame the relay processes by default, and the client sends.
+MAX_FRAME_SIZE: Final = 64 * 1024
+
+# --------------------------------------------------------------------------- payloads
+
+#: ``{"type": "presence", ...}`` payloads are presence control messages (join,
+#: leave, heartbeat) that our relay consumes.
+PRESENCE_TYPE: Final = "presence"
+#: ``{"__presence": {...}}`` payloads are automerge-repo ``Presence`` messages
+#: (per-peer state: snapshot, update, heartbeat, goodbye).
+PRESENCE_MARKER: Final = "__presence"
+#: The empty-document sync message automerge-repo sends in a ``request``; the
+#: upstream server subscribes the connection to the document's ephemeral
+#: messages when it sees one.
+EMPTY_DOC_SYNC: Final = bytes.fromhex("42000001000000020102")
+
+# --------------------------------------------------------------------------- timings and limits
+
+#: Seconds between a client's presence heartbeats per entered document.
+PRESENCE_HEARTBEAT_INTERVAL: Final = 30.0
+#: Seconds without join or heartbeat after which the relay drops a peer from a document.
+PRESENCE_TTL: Final = 90.0
+#: Seconds a socket may stay unauthenticated (upstream and the relay).
+AUTH_TIMEOUT: Final = 10.0
+#: Relayed ephemeral messages per minute per connection on the relay, and the
+#: client's own pacing by default.
+RATE_LIMIT: Final = 600
+#: automerge-repo ``Presence``: a heartbeat this long after the last message.
+STATE_HEARTBEAT: Final = 15.0
+#: automerge-repo ``Presence``: peers silent this long are forgotten.
+STATE_TTL: Final = 45.0
+#: automerge-repo ``Presence``: a snapshot is re-sent this long after hearing an unknown peer.
+REANNOUNCE_DELAY: Final = 0.5
+#: Our client: at most one coalesced state update per document per this many seconds.
+STATE_INTERVAL: Final = 0.05
+#: Upstream counts every frame of an anonymous connection: this many per window...
+UPSTREAM_ANONYMOUS_LIMIT: Final = 100
+#: ...of this many seconds, a fixed window that starts at the connection's
+#: first frame (the next one starts at the first frame after it ends).
+UPSTREAM_ANONYMOUS_WINDOW: Final = 60.0

@@ -1,0 +1,183 @@
+"""The decoder in use: :func:`~.decoding.decode_plain` with shortcuts for hot frames. No I/O.
+
+Two shortcuts, both invisible in the result (``tests/unit/test_protocol_fastpaths.py``
+decodes every frame type, well formed and not, with both decoders and requires
+the same frame or the same error):
+
+* **inline field checks** for the frames that arrive by the thousand
+  (``ephemeral``: one per message; ``peer_identity``, ``peer_joined_doc``,
+  ``peer_left_doc``: N per client in a reconnect storm). A well-formed frame is
+  checked with a few type tests and built directly; anything else takes the
+  plain parser, which says what is wrong. Never a shortcut on the CBOR rules:
+  every frame goes through :func:`~.codec.loads_strict`.
+* **shared frames**: the relay sends each identity and presence change, byte
+  for byte the same, to every peer concerned. Clients sharing a process (bots,
+  load tests, test suites) all decode the same bytes: for these frame types,
+  which are immutable, the frame is decoded once and shared. Bounded, oldest
+  entry first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Final
+
+from .codec import loads_strict
+from .constants import MAX_DOCUMENT_ID_BYTES, MAX_PEER_ID_BYTES, MAX_SESSION_ID_BYTES
+from .decoding import PARSERS, decode_map
+from .frames import (
+    EphemeralFrame,
+    Frame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    UnknownFrame,
+    UserInfo,
+)
+
+__all__ = ["decode"]
+
+# Ids of at most this many characters fit whatever they contain (UTF-8 spends at
+# most 4 bytes per character): the shortcuts check them without encoding.
+_DOC_CHARS: Final = MAX_DOCUMENT_ID_BYTES // 4
+_PEER_CHARS: Final = MAX_PEER_ID_BYTES // 4
+_SESSION_CHARS: Final = MAX_SESSION_ID_BYTES // 4
+
+
+def _ephemeral(m: dict[str, Any]) -> Frame:
+    get = m.get
+    sender = get("senderId")
+    target = get("targetId")
+    doc = get("documentId")
+    count = get("count")
+    sid = get("sessionId")
+    data = get("data")
+    if (
+        type(doc) is str
+        and 0 < len(doc) <= _DOC_CHARS
+        and type(count) is int
+        and count >= 0
+        and type(sid) is str
+        and 0 < len(sid) <= _SESSION_CHARS
+        and type(data) is bytes
+        and (sender is None or (type(sender) is str and len(sender) <= _PEER_CHARS))
+        and (target is None or (type(target) is str and len(target) <= _PEER_CHARS))
+    ):
+        return _new_ephemeral(sender or "", target or "", doc, count, sid, data)
+    return PARSERS["ephemeral"](m)
+
+
+# A frozen dataclass's __init__ goes through object.__setattr__ once per field;
+# setting the slots through their descriptors builds the same object in half the
+# time (this runs once per ephemeral message received, by the relay and clients).
+_EPHEMERAL_SLOTS: Final = tuple(
+    EphemeralFrame.__dict__[name].__set__
+    for name in ("sender_id", "target_id", "document_id", "count", "session_id", "data")
+)
+
+
+def _new_ephemeral(
+    sender_id: str, target_id: str, document_id: str, count: int, session_id: str, data: bytes
+) -> EphemeralFrame:
+    frame: EphemeralFrame = object.__new__(EphemeralFrame)
+    s_sender, s_target, s_doc, s_count, s_session, s_data = _EPHEMERAL_SLOTS
+    s_sender(frame, sender_id)
+    s_target(frame, target_id)
+    s_doc(frame, document_id)
+    s_count(frame, count)
+    s_session(frame, session_id)
+    s_data(frame, data)
+    return frame
+
+
+def _peer_identity(m: dict[str, Any]) -> Frame:
+    pid = m.get("peerId")
+    user = m.get("user")
+    if type(pid) is str and pid and len(pid) <= _PEER_CHARS and type(user) is dict:
+        uid = user.get("id")
+        name = user.get("name")
+        anon = user.get("isAnonymous")
+        if (uid is None or type(uid) is str) and type(name) is str and type(anon) is bool:
+            return PeerIdentityFrame(pid, UserInfo(uid, name, anon))
+    return PARSERS["peer_identity"](m)
+
+
+def _doc_and_peer(m: dict[str, Any]) -> tuple[str, str] | None:
+    doc = m.get("documentId")
+    pid = m.get("peerId")
+    if (
+        type(doc) is str
+        and 0 < len(doc) <= _DOC_CHARS
+        and type(pid) is str
+        and 0 < len(pid) <= _PEER_CHARS
+    ):
+        return doc, pid
+    return None
+
+
+def _peer_joined(m: dict[str, Any]) -> Frame:
+    both = _doc_and_peer(m)
+    return PeerJoinedDocFrame(*both) if both is not None else PARSERS["peer_joined_doc"](m)
+
+
+def _peer_left(m: dict[str, Any]) -> Frame:
+    both = _doc_and_peer(m)
+    return PeerLeftDocFrame(*both) if both is not None else PARSERS["peer_left_doc"](m)
+
+
+_FAST: Final = {
+    **PARSERS,
+    "ephemeral": _ephemeral,
+    "peer_identity": _peer_identity,
+    "peer_joined_doc": _peer_joined,
+    "peer_left_doc": _peer_left,
+}
+
+_SHARED_TYPES: Final = (
+    PeerIdentityFrame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    PeerDisconnectedFrame,
+)
+_SHARED: Final[dict[bytes, Frame]] = {}
+_SHARED_MAX_ENTRIES: Final = 1024
+_SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big ones
+# How ephemeral frames start (our relay's, and any encoder's that puts `type` first).
+_EPHEMERAL_HEAD: Final = b"\xa7dtypeiephemeral"
+
+
+def decode(data: bytes | bytearray | memoryview) -> Frame:
+    """Decode the bytes of one binary WebSocket message into a frame.
+
+    Frames are immutable, so decoding the same bytes twice may return the same
+    object (identity and presence frames are shared this way between the clients
+    of one process).
+
+    Raises:
+        ProtocolError: not exactly one CBOR map, no string ``type``, or a known
+            frame type with a missing or wrongly typed field. Nothing else is raised.
+    """
+    key = (
+        data
+        if type(data) is bytes
+        and len(data) <= _SHARED_MAX_BYTES
+        and not data.startswith(_EPHEMERAL_HEAD)  # never shared: don't hash them
+        else None
+    )
+    if key is not None:
+        cached = _SHARED.get(key)
+        if cached is not None:
+            return cached
+    value, frame_type = decode_map(loads_strict(data))
+    parser = _FAST.get(frame_type)
+    if parser is None:
+        return UnknownFrame(frame_type, value)
+    frame = parser(value)
+    if key is not None and type(frame) in _SHARED_TYPES:
+        if len(_SHARED) >= _SHARED_MAX_ENTRIES:
+            # Another thread may evict at the same time: losing that race is harmless.
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del _SHARED[next(iter(_SHARED))]
+        _SHARED[key] = frame
+    return frame

@@ -1,0 +1,174 @@
+"""Driving a ClientCore by hand: a fake clock, a fake server, effects as lists.
+
+No socket, no event loop: :class:`Harness` calls the core the way the driver
+does and keeps the effects for the test to read. :meth:`Harness.advance` moves
+the clock and runs the core's timer every time it asked to be woken, so
+minutes of heartbeats, TTLs, coalescing and pacing run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cbor2
+
+from ratatoskr_client._core import ClientCore
+from ratatoskr_client._effects import (
+    Effect,
+    Emit,
+    Fail,
+    PresenceChanged,
+    Push,
+    Resolve,
+    Send,
+    WakeAt,
+)
+from ratatoskr_client._settings import Settings
+from ratatoskr_client.backoff import Backoff
+
+FULL = ["identity", "presence", "ephemeral"]
+
+
+class Harness:
+    def __init__(self, **options: Any) -> None:
+        self.sessions = iter(f"session-{n}" for n in range(1, 1000))
+        self.core = ClientCore(
+            Settings("http://relay.test", **options),
+            rand=lambda: 0.5,
+            new_session=lambda: next(self.sessions),
+        )
+        self.now = 1000.0
+        self.wake = math.inf
+        #: every effect so far, in order
+        self.log: list[Effect] = []
+        self.connections = 0
+
+    # ------------------------------------------------------------------ effects
+
+    def take(self) -> list[Effect]:
+        """The effects since the last take (and remember when to wake the core)."""
+        effects = list(self.core.effects)
+        self.core.effects.clear()
+        for effect in effects:
+            if type(effect) is WakeAt and effect.when < self.wake:
+                self.wake = effect.when
+        self.log += effects
+        return effects
+
+    def advance(self, seconds: float) -> list[Effect]:
+        """Move the clock, waking the core whenever it asked; the effects."""
+        end = self.now + seconds
+        out = self.take()
+        while self.wake <= end:
+            self.now = max(self.now, self.wake)
+            self.wake = math.inf
+            self.core.on_timer(self.now)
+            out += self.take()
+        self.now = end
+        return out
+
+    # ------------------------------------------------------------------ views
+
+    @staticmethod
+    def sent(effects: list[Effect]) -> list[dict[str, Any]]:
+        """The frames among ``effects``, decoded, with ``payload`` for ephemerals."""
+        frames = []
+        for effect in effects:
+            if type(effect) is Send:
+                frame = cbor2.loads(effect.data)
+                if frame["type"] == "ephemeral":
+                    frame["payload"] = cbor2.loads(frame["data"])
+                frames.append(frame)
+        return frames
+
+    @staticmethod
+    def events(effects: list[Effect], name: str | None = None) -> list[tuple[Any, ...]]:
+        """(event, *args) of every Emit (and presence-changed) among ``effects``."""
+        out: list[tuple[Any, ...]] = []
+        for effect in effects:
+            if type(effect) is Emit and (name is None or effect.event == name):
+                out.append((effect.event, *effect.args))
+            elif type(effect) is PresenceChanged and name in (None, "presence-changed"):
+                out.append(("presence-changed", effect.document_id))
+        return out
+
+    @staticmethod
+    def finished(effects: list[Effect]) -> dict[int, Any]:
+        """Waiter id -> value (Resolve) or exception (Fail); watcher -> pushes."""
+        out: dict[int, Any] = {}
+        for effect in effects:
+            if type(effect) is Resolve:
+                out[effect.waiter] = effect.value
+            elif type(effect) is Fail:
+                out[effect.waiter] = effect.error
+            elif type(effect) is Push:
+                out.setdefault(effect.watcher, []).append(effect.peers)
+        return out
+
+    # ------------------------------------------------------------------ the server
+
+    def connect(
+        self, *, features: list[str] | None = FULL, user: dict[str, Any] | None = None
+    ) -> list[Effect]:
+        """A connection and its handshake; returns the effects."""
+        core = self.core
+        if core.state.value in ("idle", "closed"):
+            core.connect_started()
+        core.auth_frame(self.now)
+        self.connections += 1
+        auth_ok: dict[str, Any] = {
+            "type": "auth_ok",
+            "peerId": "server",
+            "clientPeerId": f"me-{self.connections}",
+            "user": user,
+        }
+        if features is not None:
+            auth_ok["features"] = features
+        assert core.handshake(cbor2.dumps(auth_ok), self.now)
+        return self.take()
+
+    def server(self, frame: dict[str, Any]) -> list[Effect]:
+        """The server sends ``frame``; the effects."""
+        self.core.receive(cbor2.dumps(frame), self.now)
+        return self.take()
+
+    def ephemeral(
+        self, sender: str, session: str, count: int, doc: str, payload: Any
+    ) -> list[Effect]:
+        """An ephemeral message from ``sender`` (as the server stamped it)."""
+        return self.server(
+            {
+                "type": "ephemeral",
+                "senderId": sender,
+                "targetId": self.core.me.peer_id if self.core.me else "",
+                "documentId": doc,
+                "count": count,
+                "sessionId": session,
+                "data": cbor2.dumps(payload),
+            }
+        )
+
+    def enter(self, doc: str, peers: list[str] | None = None) -> Any:
+        """Enter ``doc`` and, with server-side presence, confirm it with ``peers``
+        (default: just us). Returns the waiter id or presence tuple."""
+        result = self.core.enter(doc, self.now)
+        self.take()
+        if peers is not None or self.core.server_presence:
+            me = self.core.me
+            assert me is not None
+            ids = [me.peer_id] if peers is None else peers
+            self.server({"type": "doc_presence_state", "documentId": doc, "peers": ids})
+        return result
+
+    def presence_ids(self, doc: str) -> list[str]:
+        return [p.peer_id for p in self.core.presence(doc)]
+
+    def states(self, doc: str) -> dict[str, dict[str, Any]]:
+        """Other peers' states in ``doc`` (ours left out)."""
+        me = self.core.me
+        mine = me.peer_id if me is not None else None
+        return {k: dict(v) for k, v in self.core.state_of(doc).items() if k != mine}
+
+
+__all__ = ["FULL", "Backoff", "Harness"]
