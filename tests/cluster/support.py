@@ -388,8 +388,8 @@ class BusSpy:
                 continue
             channel = message["channel"].decode()
             self.raw.append((channel, message["data"]))
-            node, body = decode_message(message["data"])
-            self.messages.append((channel, node, body))
+            node, bodies = decode_message(message["data"])
+            self.messages += [(channel, node, body) for body in bodies]
             self._changed.set()
 
     async def wait_for(self, predicate: Any, timeout: float = 5.0) -> tuple[str, str, Any]:

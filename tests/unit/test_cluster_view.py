@@ -186,14 +186,15 @@ class Hub:
                 for d in out.docs_del:
                     self.docs[node.id].pop(d, None)
                 for channel, sharded, data in out.messages:
-                    sender, body = decode_message(data)
+                    sender, bodies = decode_message(data)
                     doc = NAMES.document_of(channel)
                     assert sharded == (doc is not None)
                     for other in self.live():
                         if other is node:
                             continue
-                        if doc is None or doc in other.view.documents():
-                            other.view.apply(sender, body, doc)
+                        for body in bodies:
+                            if doc is None or doc in other.view.documents():
+                                other.view.apply(sender, body, doc)
 
     def check(self, docs: list[str]) -> None:
         """Every peer's view equals the truth, cluster-wide."""
@@ -247,6 +248,30 @@ def test_presence_identities_and_messages_across_two_nodes(hub: Hub) -> None:
     hub.pump()
     assert pa.outbox.identities() == set()
     assert hub.docs[b.id] == {} and hub.peers[b.id] == {}
+
+
+def test_queued_messages_are_batched_per_channel_without_reordering_a_peer(hub: Hub) -> None:
+    a, _ = hub.add("aaaaaaaaaaaa"), hub.add("bbbbbbbbbbbb")
+    p1, p2 = a.connect(), a.connect()
+    hub.pump()
+    p3 = a.connect()  # identity (cluster channel)
+    a.presence(p3, "d1", "join")
+    a.ephemeral(p1, "d2", "x")
+    a.ephemeral(p2, "d1", "y")
+    a.presence(p3, "d2", "join")
+    a.close(p2)  # leaves nothing, then its gone (cluster channel)
+    out = a.view.take_outgoing()
+    assert out is not None and out.count == 6
+    shape = [
+        (NAMES.document_of(c) or "cluster", [type(m).__name__ for m in decode_message(d)[1]])
+        for c, _, d in out.messages
+    ]
+    assert shape == [
+        ("cluster", ["PeerUp"]),
+        ("d1", ["Joined", "Relayed"]),
+        ("d2", ["Relayed", "Joined"]),
+        ("cluster", ["PeerGone"]),
+    ]
 
 
 def test_messages_skip_redis_when_nobody_elsewhere_is_present(hub: Hub) -> None:

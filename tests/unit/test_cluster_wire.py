@@ -29,6 +29,8 @@ from ratatoskr_client.server.cluster.wire import (
     decode_members,
     decode_message,
     decode_user,
+    encode_batch,
+    encode_body,
     encode_members,
     encode_message,
     encode_user,
@@ -58,30 +60,54 @@ NODE = "0123456789ab"
 def test_every_message_round_trips(message: object) -> None:
     data = encode_message(NODE, message)  # type: ignore[arg-type]
     assert data.startswith(header(NODE))
-    assert decode_message(data) == (NODE, message)
+    assert decode_message(data) == (NODE, [message])
+
+
+HEAD = b"\x01" + NODE.encode()
+
+
+def batch(*maps: object) -> bytes:
+    return HEAD + cbor2.dumps(list(maps))
 
 
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        b"\x01" + NODE.encode(),  # header only
-        b"\x02" + NODE.encode() + cbor2.dumps({"t": "hello"}),  # another version
-        b"\x01" + b"NOT-A-NODE!!" + cbor2.dumps({"t": "hello"}),
-        b"\x01" + NODE.encode() + b"\xff",
-        b"\x01" + NODE.encode() + cbor2.dumps(["t", "hello"]),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "shout"}),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "join"}),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "join", "p": ""}),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "msg", "p": "x", "c": -1, "s": "s", "d": b""}),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "msg", "p": "x", "c": 1, "s": "s", "d": "t"}),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "peer", "p": "x", "u": 1, "n": "N", "a": 1}),
-        b"\x01" + NODE.encode() + cbor2.dumps({"t": "gone", "p": "x" * 200}),
+        HEAD,  # header only
+        b"\x02" + NODE.encode() + cbor2.dumps([{"t": "hello"}]),  # another version
+        b"\x01" + b"NOT-A-NODE!!" + cbor2.dumps([{"t": "hello"}]),
+        HEAD + b"\xff",
+        HEAD + cbor2.dumps({"t": "hello"}),  # not an array
+        batch(),
+        batch("t", "hello"),
+        batch({"t": "shout"}),
+        batch({"t": "join"}),
+        batch({"t": "join", "p": ""}),
+        batch({"t": "msg", "p": "x", "c": -1, "s": "s", "d": b""}),
+        batch({"t": "msg", "p": "x", "c": 1, "s": "s", "d": "t"}),
+        batch({"t": "peer", "p": "x", "u": 1, "n": "N", "a": 1}),
+        batch({"t": "gone", "p": "x" * 200}),
+        batch({"t": "hello"}, {"t": "join"}),  # one bad message spoils the batch
     ],
 )
 def test_malformed_messages_are_protocol_errors(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_message(data)
+
+
+def test_a_batch_carries_several_messages_in_order() -> None:
+    bodies = [
+        encode_body(Joined("p1")),
+        encode_body(Relayed("p1", 2, "s", b"\x01")),
+        encode_body(Left("p1")),
+    ]
+    assert decode_message(encode_batch(NODE, bodies)) == (
+        NODE,
+        [Joined("p1"), Relayed("p1", 2, "s", b"\x01"), Left("p1")],
+    )
+    many = [encode_body(Joined(f"p{i}")) for i in range(300)]  # a two-byte array head
+    assert len(decode_message(encode_batch(NODE, many))[1]) == 300
 
 
 def test_hash_values_round_trip_and_refuse_garbage() -> None:

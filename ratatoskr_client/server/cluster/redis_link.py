@@ -368,24 +368,23 @@ class RedisLink:
 
     async def _on_message(self, client: aioredis.Redis, channel: bytes, data: bytes) -> None:
         try:
-            node, body = decode_message(data)
+            node, messages = decode_message(data)
         except ProtocolError as exc:
             self.malformed += 1
             log.warning("ignoring a malformed cluster message: %s", exc)
             return
-        self.received += 1
+        self.received += len(messages)
         document_id = self.names.document_of(channel)
-        on_doc_channel = isinstance(body, Joined | Left | Relayed)
-        if on_doc_channel != (document_id is not None):
-            self.malformed += 1
-            return
-        if type(body) is Hello:
-            if self.view.connected:
-                await self._read_node(client, node)
-            return
-        if type(body) is Bye:
-            self.registry.forget(node)
-        self.view.apply(node, body, document_id)
+        for body in messages:
+            if isinstance(body, Joined | Left | Relayed) != (document_id is not None):
+                self.malformed += 1  # a message on the wrong kind of channel
+            elif type(body) is Hello:
+                if self.view.connected:
+                    await self._read_node(client, node)
+            else:
+                if type(body) is Bye:
+                    self.registry.forget(node)
+                self.view.apply(node, body, document_id)
 
     async def _on_marker(self, client: aioredis.Redis, data: object) -> None:
         text = data.decode("ascii", "replace") if isinstance(data, bytes) else str(data)
@@ -529,7 +528,7 @@ class RedisLink:
                 else:
                     pipe.publish(channel, data)
             await pipe.execute()
-            self.published += len(out.messages)
+            self.published += out.count
 
     # ------------------------------------------------------------------ heartbeat
 

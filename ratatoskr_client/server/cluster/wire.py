@@ -15,15 +15,19 @@ Redis pub/sub channels are shared by every database of a server):
   user, as :func:`encode_user`) and ``ratatoskr:<db>:node:<id>:docs``
   (document id -> the node's local peers present, as :func:`encode_members`).
 
-A message is one version byte (``0x01``), the sender's 12-character node id
-in ASCII, then one CBOR map whose ``t`` says what it is (see
-:func:`encode_message`). The fixed-size header lets a relay skip its own
-messages, which Redis delivers back to it, without decoding them.
+A Redis message is one version byte (``0x01``), the sender's 12-character
+node id in ASCII, then a CBOR array of one or more *messages*, each a CBOR map
+whose ``t`` says what it is (see :func:`encode_body`). A relay sends the
+messages for one channel that it has queued at once as one array (see
+:func:`encode_batch`): one Redis command, one delivery per subscriber. The
+fixed-size header lets a relay skip its own messages, which Redis delivers
+back to it, without decoding them.
 """
 
 from __future__ import annotations
 
 import secrets
+import struct
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +59,8 @@ __all__ = [
     "decode_members",
     "decode_message",
     "decode_user",
+    "encode_batch",
+    "encode_body",
     "encode_members",
     "encode_message",
     "encode_user",
@@ -198,10 +204,28 @@ def encode_user(user: UserInfo) -> bytes:
 
 
 def encode_message(node: str, message: BusMessage) -> bytes:
-    """The bytes of ``message`` from ``node``. Bodies by ``t``:
-    ``hello``, ``bye``: nothing else; ``peer``: ``p`` (peer id) and the user's
-    ``u``, ``n``, ``a``; ``gone``, ``join``, ``leave``: ``p``; ``msg``: ``p``,
-    ``c`` (count), ``s`` (sessionId), ``d`` (the payload's bytes)."""
+    """The bytes of a Redis message from ``node`` carrying only ``message``."""
+    return encode_batch(node, [encode_body(message)])
+
+
+def encode_batch(node: str, bodies: list[bytes]) -> bytes:
+    """The bytes of a Redis message from ``node`` carrying ``bodies`` (from
+    :func:`encode_body`), in order: the header, then a CBOR array of them."""
+    n = len(bodies)
+    if n < 24:
+        head = bytes((0x80 | n,))
+    elif n < 0x10000:
+        head = struct.pack(">BH", 0x99, n)
+    else:
+        head = struct.pack(">BI", 0x9A, n)
+    return header(node) + head + b"".join(bodies)
+
+
+def encode_body(message: BusMessage) -> bytes:
+    """One message as a CBOR map. By ``t``: ``hello``, ``bye``: nothing else;
+    ``peer``: ``p`` (peer id) and the user's ``u``, ``n``, ``a``; ``gone``,
+    ``join``, ``leave``: ``p``; ``msg``: ``p``, ``c`` (count), ``s``
+    (sessionId), ``d`` (the payload's bytes)."""
     body: dict[str, Any]
     match message:
         case Relayed(peer_id, count, session_id, data):
@@ -218,7 +242,7 @@ def encode_message(node: str, message: BusMessage) -> bytes:
             body = {"t": "hello"}
         case Bye():
             body = {"t": "bye"}
-    return header(node) + cbor2.dumps(body)
+    return cbor2.dumps(body)
 
 
 def _text(body: dict[str, Any], key: str, limit: int) -> str:
@@ -243,8 +267,8 @@ def decode_user(data: bytes) -> UserInfo:
     return _user(body)
 
 
-def decode_message(data: bytes) -> tuple[str, BusMessage]:
-    """``(node id, message)`` from the bytes of one message.
+def decode_message(data: bytes) -> tuple[str, list[BusMessage]]:
+    """``(node id, messages)`` from the bytes of one Redis message.
 
     Raises:
         ProtocolError: not a message of this version, or malformed.
@@ -254,36 +278,39 @@ def decode_message(data: bytes) -> tuple[str, BusMessage]:
     node = data[1 : 1 + NODE_ID_LENGTH].decode("ascii", "replace")
     if not is_node_id(node):
         raise ProtocolError(f"bus message: bad node id {node!r}")
-    body = loads_strict(data[1 + NODE_ID_LENGTH :], "bus message")
+    bodies = loads_strict(data[1 + NODE_ID_LENGTH :], "bus message")
+    if type(bodies) is not list or not bodies:
+        raise ProtocolError("bus message: not a non-empty array of messages")
+    return node, [_decode_body(body) for body in bodies]
+
+
+def _decode_body(body: object) -> BusMessage:
     if type(body) is not dict:
-        raise ProtocolError("bus message: body is not a map")
+        raise ProtocolError("bus message: a message is not a map")
     kind = body.get("t")
-    message: BusMessage
     if kind == "msg":
-        count, data_ = body.get("c"), body.get("d")
-        if type(count) is not int or count < 0 or type(data_) is not bytes:
+        count, data = body.get("c"), body.get("d")
+        if type(count) is not int or count < 0 or type(data) is not bytes:
             raise ProtocolError("bus message: malformed msg")
-        message = Relayed(
+        return Relayed(
             _text(body, "p", MAX_PEER_ID_BYTES),
             count,
             _text(body, "s", MAX_SESSION_ID_BYTES),
-            data_,
+            data,
         )
-    elif kind == "join":
-        message = Joined(_text(body, "p", MAX_PEER_ID_BYTES))
-    elif kind == "leave":
-        message = Left(_text(body, "p", MAX_PEER_ID_BYTES))
-    elif kind == "peer":
-        message = PeerUp(_text(body, "p", MAX_PEER_ID_BYTES), _user(body))
-    elif kind == "gone":
-        message = PeerGone(_text(body, "p", MAX_PEER_ID_BYTES))
-    elif kind == "hello":
-        message = Hello()
-    elif kind == "bye":
-        message = Bye()
-    else:
-        raise ProtocolError(f"bus message: unknown kind {kind!r}")
-    return node, message
+    if kind == "join":
+        return Joined(_text(body, "p", MAX_PEER_ID_BYTES))
+    if kind == "leave":
+        return Left(_text(body, "p", MAX_PEER_ID_BYTES))
+    if kind == "peer":
+        return PeerUp(_text(body, "p", MAX_PEER_ID_BYTES), _user(body))
+    if kind == "gone":
+        return PeerGone(_text(body, "p", MAX_PEER_ID_BYTES))
+    if kind == "hello":
+        return Hello()
+    if kind == "bye":
+        return Bye()
+    raise ProtocolError(f"bus message: unknown kind {kind!r}")
 
 
 def encode_members(peer_ids: list[str] | tuple[str, ...]) -> bytes:
