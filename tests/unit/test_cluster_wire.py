@@ -179,6 +179,17 @@ def test_a_node_is_dead_once_its_deadline_passes_not_when_it_is_missing() -> Non
     assert len(reg) == 0
 
 
+def test_after_an_outage_every_known_node_gets_a_full_window() -> None:
+    reg = NodeRegistry("me", window_ms=600)
+    reg.introduce("b")
+    assert reg.sweep(1000, {"b": 1100}) == []
+    # Redis was down from 1000 to 5000: b's deadline passed meanwhile, but b
+    # could not write itself either. It gets until 5600 to do so.
+    reg.extend(5000)
+    assert reg.sweep(5500, {}) == []
+    assert reg.sweep(5601, {}) == ["b"]
+
+
 def test_the_link_watch_fires_once_after_the_grace() -> None:
     watch = LinkWatch(2.0)
     assert not watch.due(100.0) and watch.remaining(100.0) is None

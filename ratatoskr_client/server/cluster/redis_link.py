@@ -411,6 +411,8 @@ class RedisLink:
         live = {_text(n): int(score) for n, score in table if score >= now_ms}
         live.pop(self.node_id, None)
         snapshots = await self._read_nodes(client, list(live), list(docs))
+        # Nobody is blamed for the time the link was down (see registry.py).
+        self.registry.extend(now_ms)
         for node in snapshots:
             self.registry.introduce(node)
         self.view.reset(snapshots, docs)

@@ -6,8 +6,11 @@ into the node table (a sorted set scored in Redis *server* milliseconds, so no
 two machines' clocks are compared). :class:`NodeRegistry` keeps the latest
 deadline seen for each node and says which ones have passed. A node missing
 from the table is not dead for that: after a Redis restart the table is empty
-until every node has written itself again, and only a passed deadline removes
-a node, so a short Redis outage makes no one leave.
+until every node has written itself again. And no node is blamed for the time
+Redis was unreachable: when the link comes back every known node gets a full
+window to write itself again (:meth:`NodeRegistry.extend`), which its own
+reconnection always fits, so a Redis outage shorter than ``node_ttl`` makes no
+one leave.
 
 :class:`Timing` derives every period from ``node_ttl``; :class:`LinkWatch`
 says when a node cut off from Redis for ``node_ttl`` must stop showing the
@@ -98,6 +101,15 @@ class NodeRegistry:
         fresh = None if self._now is None else self._now + self.window_ms
         if current is None or (fresh is not None and fresh > current):
             self._deadlines[node] = fresh
+
+    def extend(self, now_ms: int) -> None:
+        """The link is back at server time ``now_ms``: give every known node
+        until ``now_ms + window`` at least, to write itself again."""
+        self._now = now_ms
+        fresh = now_ms + self.window_ms
+        for node, deadline in self._deadlines.items():
+            if deadline is None or deadline < fresh:
+                self._deadlines[node] = fresh
 
     def forget(self, node: str) -> None:
         """``node`` said goodbye."""
