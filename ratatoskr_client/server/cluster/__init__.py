@@ -7,10 +7,11 @@ client may connect to any of them. See ``docs/cluster.md``. The pieces:
 * :mod:`.registry` — node liveness and link timers (pure, time as an argument);
 * :mod:`.view` — the core's bus: remote peers, remote presence, what to
   publish (pure);
-* :mod:`.redis_link` — the Redis I/O (``redis.asyncio``), with reconnection.
+* :mod:`.redis_link` — the Redis I/O (``redis.asyncio``), with reconnection;
+  :mod:`.reads` — the commands that read the others' state.
 
 :class:`Cluster` puts them together for one relay. Only :mod:`.redis_link`
-imports ``redis``, which comes with the ``cluster`` extra.
+and :mod:`.reads` import ``redis``, which comes with the ``cluster`` extra.
 """
 
 from __future__ import annotations

@@ -46,19 +46,10 @@ from redis.backoff import NoBackoff
 from ...backoff import Backoff
 from ...errors import ProtocolError
 from ..config import redact_url
+from .reads import read_nodes, read_presence, read_table, text
 from .registry import LinkWatch, NodeRegistry, RoundTrips, Timing
-from .view import ClusterView, NodeSnapshot
-from .wire import (
-    Bye,
-    Hello,
-    Joined,
-    Left,
-    Relayed,
-    decode_members,
-    decode_message,
-    decode_user,
-    encode_message,
-)
+from .view import ClusterView
+from .wire import Bye, Hello, Joined, Left, Relayed, decode_message, encode_message
 
 __all__ = ["MIN_REDIS_VERSION", "RedisLink"]
 
@@ -401,16 +392,11 @@ class RedisLink:
             await self._read_docs(client, marker)
 
     async def _read_all(self, client: aioredis.Redis) -> None:
-        names = self.names
         docs = self._subscribed_docs(self._full_marker)
-        pipe = client.pipeline(transaction=True)
-        pipe.time()
-        pipe.zrangebyscore(names.nodes_key, "-inf", "+inf", withscores=True)
-        (seconds, micros), table = await pipe.execute()
-        now_ms = seconds * 1000 + micros // 1000
-        live = {_text(n): int(score) for n, score in table if score >= now_ms}
+        now_ms, live = await read_table(client, self.names)
         live.pop(self.node_id, None)
-        snapshots = await self._read_nodes(client, list(live), list(docs))
+        snapshots, malformed = await read_nodes(client, self.names, list(live), list(docs))
+        self.malformed += malformed
         # Nobody is blamed for the time the link was down (see registry.py).
         self.registry.extend(now_ms)
         for node in snapshots:
@@ -430,43 +416,11 @@ class RedisLink:
         self.watch.up()
 
     async def _read_node(self, client: aioredis.Redis, node: str) -> None:
-        snapshots = await self._read_nodes(client, [node], list(self.view.documents()))
+        docs = list(self.view.documents())
+        snapshots, malformed = await read_nodes(client, self.names, [node], docs)
+        self.malformed += malformed
         self.registry.introduce(node)
         self.view.replace_node(node, snapshots[node])
-
-    async def _read_nodes(
-        self, client: aioredis.Redis, nodes: list[str], docs: list[str]
-    ) -> dict[str, NodeSnapshot]:
-        """Each node's peers and its presence in ``docs`` (presence first: a
-        peer listed there was added to the peers hash before it)."""
-        names = self.names
-        pipe = client.pipeline(transaction=False)
-        for node in nodes:
-            if docs:
-                pipe.hmget(names.docs_key(node), docs)
-            pipe.hgetall(names.peers_key(node))
-        replies = iter(await pipe.execute())
-        out: dict[str, NodeSnapshot] = {}
-        for node in nodes:
-            present = next(replies) if docs else []
-            raw_peers: dict[bytes, bytes] = next(replies)
-            peers = {}
-            for peer_id, value in raw_peers.items():
-                try:
-                    peers[_text(peer_id)] = decode_user(value)
-                except ProtocolError as exc:
-                    self.malformed += 1
-                    log.warning("ignoring a malformed peer of node %s: %s", node, exc)
-            members = {}
-            for doc_id, value in zip(docs, present, strict=True):
-                if value is not None:
-                    try:
-                        members[doc_id] = decode_members(value)
-                    except ProtocolError as exc:
-                        self.malformed += 1
-                        log.warning("ignoring malformed presence of node %s: %s", node, exc)
-            out[node] = NodeSnapshot(peers, members)
-        return out
 
     def _subscribed_docs(self, marker: int) -> dict[str, int]:
         """Documents to read whose subscription was sent before ``marker``
@@ -480,25 +434,13 @@ class RedisLink:
         }
 
     async def _read_docs(self, client: aioredis.Redis, marker: int) -> None:
-        names = self.names
         docs = self._subscribed_docs(marker)
         if not docs:
             return
         nodes = list(self.view.nodes())
-        doc_ids = list(docs)
-        pipe = client.pipeline(transaction=False)
-        for node in nodes:
-            pipe.hmget(names.docs_key(node), doc_ids)
-        replies = await pipe.execute() if nodes else []
-        for i, doc_id in enumerate(doc_ids):
-            members: dict[str, tuple[str, ...]] = {}
-            for node, values in zip(nodes, replies, strict=True):
-                value = values[i]
-                if value is not None:
-                    try:
-                        members[node] = decode_members(value)
-                    except ProtocolError:
-                        self.malformed += 1
+        presence, malformed = await read_presence(client, self.names, nodes, list(docs))
+        self.malformed += malformed
+        for doc_id, members in presence.items():
             self.view.doc_fetched(doc_id, docs[doc_id], members)
 
     # ------------------------------------------------------------------ writing
@@ -543,7 +485,7 @@ class RedisLink:
             if int(float(previous)) < int(now_ms):
                 raise _Rejoin
             pairs = iter(table)
-            live = {_text(n): int(float(score)) for n, score in zip(pairs, pairs, strict=True)}
+            live = {text(n): int(float(score)) for n, score in zip(pairs, pairs, strict=True)}
             for node in self.registry.sweep(int(now_ms), live):
                 log.warning("relay node %s stopped heartbeating: removing its peers", node)
                 self.view.drop_node(node)
@@ -558,10 +500,6 @@ class RedisLink:
             self._pings[marker] = self.clock()
             await pubsub.ping(f"beat:{marker}")
             await asyncio.sleep(self.timing.beat)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _describe(exc: BaseException) -> str:

@@ -47,7 +47,7 @@ from .wire import (
     PeerGone,
     PeerUp,
     Relayed,
-    encode_batch,
+    batch_messages,
     encode_body,
     encode_members,
     encode_user,
@@ -59,8 +59,6 @@ __all__ = ["MAX_QUEUED", "ClusterStats", "ClusterView", "NodeSnapshot", "Outgoin
 #: the relay's peers) ephemeral messages for other relays are dropped, as a
 #: slow peer's are; presence and identity changes are always kept.
 MAX_QUEUED: Final = 50_000
-#: Messages in one Redis message at most (see :meth:`ClusterView.take_outgoing`).
-MAX_BATCH: Final = 1000
 
 
 def _nothing() -> None:
@@ -304,51 +302,12 @@ class ClusterView:
             peers_del=[p for p, v in peers.items() if v is None],
             docs_set=docs_set,
             docs_del=docs_del,
-            messages=self._batches(self._messages),
+            messages=batch_messages(self.node_id, self._messages),
             count=len(self._messages),
         )
         self._messages = []
         self._dirty_peers = {}
         self._dirty_docs = set()
-        return out
-
-    def _batches(self, queued: list[tuple[str, bool, bytes]]) -> list[tuple[str, bool, bytes]]:
-        """The queued messages as few Redis messages as order allows.
-
-        A peer's messages depend on each other only through its identity: its
-        ``peer`` comes before its joins, its ``gone`` after (or, harmlessly,
-        before) its leaves. So the cluster channel's messages stay where they
-        are, each run of them one batch, and between two of them the document
-        channels' messages are grouped per channel, in order within each.
-        """
-        out: list[tuple[str, bool, bytes]] = []
-        run: list[bytes] = []
-        segment: dict[str, list[bytes]] = {}
-
-        def flush_segment() -> None:
-            for channel, bodies in segment.items():
-                for i in range(0, len(bodies), MAX_BATCH):
-                    out.append(
-                        (channel, True, encode_batch(self.node_id, bodies[i : i + MAX_BATCH]))
-                    )
-            segment.clear()
-
-        def flush_run() -> None:
-            if run:
-                out.append((self.names.cluster_channel, False, encode_batch(self.node_id, run[:])))
-                run.clear()
-
-        for channel, sharded, body in queued:
-            if sharded:
-                flush_run()
-                segment.setdefault(channel, []).append(body)
-            else:
-                flush_segment()
-                run.append(body)
-                if len(run) >= MAX_BATCH:
-                    flush_run()
-        flush_run()
-        flush_segment()
         return out
 
     # ------------------------------------------------------------------ from Redis

@@ -44,6 +44,7 @@ from ...protocol import (
 )
 
 __all__ = [
+    "MAX_BATCH",
     "NODE_ID_LENGTH",
     "WIRE_VERSION",
     "BusMessage",
@@ -55,6 +56,7 @@ __all__ = [
     "PeerGone",
     "PeerUp",
     "Relayed",
+    "batch_messages",
     "database_of",
     "decode_members",
     "decode_message",
@@ -73,6 +75,8 @@ __all__ = [
 WIRE_VERSION: Final = 1
 #: Characters in a node id (lowercase hex).
 NODE_ID_LENGTH: Final = 12
+#: Messages in one Redis message at most.
+MAX_BATCH: Final = 1000
 _HEX: Final = frozenset("0123456789abcdef")
 
 
@@ -219,6 +223,49 @@ def encode_batch(node: str, bodies: list[bytes]) -> bytes:
     else:
         head = struct.pack(">BI", 0x9A, n)
     return header(node) + head + b"".join(bodies)
+
+
+def batch_messages(
+    node: str, queued: list[tuple[str, bool, bytes]]
+) -> list[tuple[str, bool, bytes]]:
+    """``(channel, sharded, body)`` messages queued by ``node``, in order, as
+    few Redis messages ``(channel, sharded, bytes)`` as order allows.
+
+    A peer's messages depend on each other only through its identity: its
+    ``peer`` comes before its joins, its ``gone`` after (or, harmlessly,
+    before) its leaves. So the cluster channel's messages (not sharded) stay
+    where they are, each run of them one batch, and between two of them the
+    document channels' messages are grouped per channel, in order within each.
+    """
+    out: list[tuple[str, bool, bytes]] = []
+    run: list[bytes] = []
+    run_channel = ""
+    segment: dict[str, list[bytes]] = {}
+
+    def flush_segment() -> None:
+        for channel, bodies in segment.items():
+            for i in range(0, len(bodies), MAX_BATCH):
+                out.append((channel, True, encode_batch(node, bodies[i : i + MAX_BATCH])))
+        segment.clear()
+
+    def flush_run() -> None:
+        if run:
+            out.append((run_channel, False, encode_batch(node, run[:])))
+            run.clear()
+
+    for channel, sharded, body in queued:
+        if sharded:
+            flush_run()
+            segment.setdefault(channel, []).append(body)
+        else:
+            flush_segment()
+            if run and (channel != run_channel or len(run) >= MAX_BATCH):
+                flush_run()
+            run_channel = channel
+            run.append(body)
+    flush_run()
+    flush_segment()
+    return out
 
 
 def encode_body(message: BusMessage) -> bytes:
