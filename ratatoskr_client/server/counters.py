@@ -49,6 +49,7 @@ class RelayCounters:
 
     __slots__ = (
         "ephemeral_dropped",
+        "ephemeral_out",
         "frames_in",
         "frames_out",
         "refused",
@@ -61,8 +62,11 @@ class RelayCounters:
         #: frames received, by type (``invalid``, ``oversized``, ``text``, ``unknown``
         #: for frames that have no usable type)
         self.frames_in: dict[str, int] = {}
-        #: frames written to sockets, by type
+        #: frames written to sockets, by type (ephemeral ones in ephemeral_out)
         self.frames_out: dict[str, int] = {}
+        #: ephemeral frames written (an attribute, not a key: it is bumped per
+        #: recipient of every message)
+        self.ephemeral_out = 0
         #: frames refused with an error, by reason (see :data:`REFUSAL_REASONS`)
         self.refused: dict[str, int] = {}
         #: ephemeral messages accepted from a local peer and relayed
@@ -81,6 +85,13 @@ class RelayCounters:
     def frame_out(self, kind: str, n: int = 1) -> None:
         """``n`` frames of type ``kind`` were written."""
         self.frames_out[kind] = self.frames_out.get(kind, 0) + n
+
+    def frames_sent(self) -> dict[str, int]:
+        """Frames written to sockets, by type, ephemeral ones included."""
+        out = dict(self.frames_out)
+        if self.ephemeral_out:
+            out["ephemeral"] = out.get("ephemeral", 0) + self.ephemeral_out
+        return out
 
     def refusal(self, reason: str) -> None:
         """One frame was refused for ``reason``."""

@@ -68,7 +68,7 @@ class RelayCollector:
         sent = CounterMetricFamily(
             "ratatoskr_frames_sent", "Frames written to peers, by type.", labels=["type"]
         )
-        for kind, n in sorted(counters.frames_out.items()):
+        for kind, n in sorted(counters.frames_sent().items()):
             sent.add_metric([kind], n)
         yield sent
         relayed = CounterMetricFamily(

@@ -169,8 +169,7 @@ class SocketOutbox:
             self._counters.ephemeral_dropped += 1
             return
         self._write(frame_header(len(prefix) + len(suffix)), prefix, suffix)
-        frames_out = self._counters.frames_out
-        frames_out["ephemeral"] = frames_out.get("ephemeral", 0) + 1
+        self._counters.ephemeral_out += 1
 
     def close(self, code: int, reason: str) -> None:
         """Send what is pending and a close frame, then close the TCP connection
