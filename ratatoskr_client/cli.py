@@ -46,22 +46,43 @@ _positive_int = _number(int, "an integer", lambda v: v >= 1, ">= 1")
 _port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "0-65535")
 
 
+def _non_empty(text: str) -> str:
+    """An argparse ``type=`` refusing the empty string (``--token ""``, ``""`` as DOC_ID)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """The options every command accepts, before or after the command's name.
+
+    The top-level parser holds the defaults; each subcommand's copy uses
+    ``SUPPRESS`` so that, when the option is not repeated after the command, the
+    subcommand does not overwrite the value parsed before it.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--version", action="version", version=f"ratatoskr {__version__}")
+    options.add_argument(
+        "--log-level",
+        default="WARNING" if defaults else argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (default: WARNING)",
+    )
+    return options
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratatoskr",
         description="Presence and ephemeral messaging for Ratatoskr servers.",
+        parents=[_global_options(defaults=True)],
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level on stderr (default: WARNING)",
-    )
+    common = _global_options(defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     relay = sub.add_parser(
         "relay",
+        parents=[common],
         help="run the reference relay server",
         description="Run the reference relay. Prints one line once listening: "
         "'ratatoskr relay listening on ws://HOST:PORT/sync'. SIGINT/SIGTERM stop it.",
@@ -121,6 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="watch bots use presence on an embedded relay",
         description="Start a relay in-process, connect bot clients that enter and leave "
         "documents, move cursors, react and chat, and show it live.",
@@ -136,13 +158,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser(
         "watch",
+        parents=[common],
         help="show the live presence of a document on any server",
         description="Enter DOC_ID on the server at URL and show who is present as it "
         "changes. Exits 1 on auth failure, permission denied or an unreachable server.",
     )
     watch.add_argument("url", metavar="URL", help="server URL, e.g. http://localhost:4151")
-    watch.add_argument("document", metavar="DOC_ID", help="document to watch")
-    watch.add_argument("--token", help="authenticate with this token (default: anonymous)")
+    watch.add_argument("document", type=_non_empty, metavar="DOC_ID", help="document to watch")
+    watch.add_argument(
+        "--token", type=_non_empty, help="authenticate with this token (default: anonymous)"
+    )
     watch.add_argument(
         "--json",
         action="store_true",
@@ -179,6 +204,7 @@ def _run_until_signal(
 
 def _cmd_relay(args: argparse.Namespace) -> int:
     from .server import RelayConfig, RelayServer, load_config
+    from .server.guard import raise_open_file_limit
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
     if args.presence_ttl is not None:
@@ -223,6 +249,10 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             )
             return 2
         loop_factory = uvloop.new_event_loop
+
+    raised = raise_open_file_limit()
+    if raised is not None:
+        log.info("open-file limit raised from %d to %d", *raised)
 
     async def serve(stop: asyncio.Event) -> int:
         relay = RelayServer(config)
@@ -321,9 +351,16 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ratatoskr`` command. Returns the exit status."""
+    """Entry point of the ``ratatoskr`` command. Returns the exit status.
+
+    ``argv`` defaults to ``sys.argv[1:]``. Bad usage returns 2 (argparse's usage
+    and error message are on stderr), ``--help`` and ``--version`` return 0.
+    """
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         stream=sys.stderr,

@@ -150,7 +150,7 @@ class LimitExceeded(ServerError):
 
 class OperationTimeout(RatatoskrError, TimeoutError):
     """The server did not answer within the allotted time. Also a
-    :class:`TimeoutError`, so ``except TimeoutError`` catches it too."""
+    ``TimeoutError``, so ``except TimeoutError`` catches it too."""
 
 
 class PresenceUnsupported(RatatoskrError):

@@ -20,14 +20,17 @@ Installed with the package (entry point ``pytest11``), it provides:
             presence_ttl=1.0,
         )
 
-The fixtures are asyncio fixtures (pytest-asyncio, which pytest-aiohttp
-brings). See ``docs/testing.md``.
+The fixtures are asyncio fixtures (pytest-asyncio). An ``async def`` test that
+uses them (directly or through another fixture) is marked
+``@pytest.mark.asyncio`` by this plugin, so it runs in pytest-asyncio's default
+*strict* mode without the marker. See ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Iterable, Mapping
+import inspect
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -118,6 +121,48 @@ def pytest_configure(config: pytest.Config) -> None:
         "ratatoskr_relay(**options): configure the ratatoskr_relay fixture "
         "(users=, documents=, and any RelayConfig field)",
     )
+
+
+#: The plugin's fixtures that need an event loop.
+_ASYNC_FIXTURES = frozenset({"ratatoskr_relay", "ratatoskr_client"})
+#: Markers of other async test runners: a test carrying one is left alone.
+_OTHER_RUNNERS = ("anyio", "trio")
+
+
+def _is_coroutine_test(item: pytest.Function) -> bool:
+    # Hypothesis wraps an async test in a sync function; pytest-asyncio unwraps it.
+    inner = getattr(getattr(item.obj, "hypothesis", None), "inner_test", item.obj)
+    return inspect.iscoroutinefunction(inner)
+
+
+def _mark_asyncio(collected: object) -> None:
+    """Mark ``async def`` tests that use the plugin's async fixtures with ``asyncio``."""
+    items = collected if isinstance(collected, Sequence) else (collected,)
+    for item in items:
+        if (
+            isinstance(item, pytest.Function)
+            and not _ASYNC_FIXTURES.isdisjoint(item.fixturenames)
+            and item.get_closest_marker("asyncio") is None
+            and not any(item.get_closest_marker(name) for name in _OTHER_RUNNERS)
+            and _is_coroutine_test(item)
+        ):
+            item.add_marker(pytest.mark.asyncio)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, object, object]:
+    """Add the ``asyncio`` marker a strict-mode test would need, as tests are made.
+
+    pytest-asyncio decides whether it runs a test when the test item is made
+    (its own wrapper of this hook reads the marker); ``trylast`` makes this the
+    innermost wrapper, so the marker is there by then. ``item.fixturenames``
+    holds every fixture the test needs, including those its fixtures request.
+    """
+    collected = yield
+    _mark_asyncio(collected)
+    return collected
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._console import print_line
 from .client import RatatoskrClient
@@ -51,9 +52,24 @@ def presence_json(document_id: str, peers: tuple[Peer, ...]) -> str:
     return json.dumps({"document": document_id, "peers": [peer_json(p) for p in peers]})
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"ratatoskr watch: {message}", file=sys.stderr, flush=True)
-    return 1
+    return status
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a server URL, or None. Checked before connecting,
+    so a typo is a usage error (exit 2), not an unreachable server (exit 1)."""
+    try:
+        RatatoskrClient(url)  # the client's own rule: http(s):// or ws(s):// and a host
+    except ValueError as exc:
+        hint = f" (did you mean 'http://{url}'?)" if "://" not in url and url else ""
+        return f"invalid URL: {exc}{hint}"
+    try:
+        urlsplit(url).port  # noqa: B018 (the property parses and range-checks the port)
+    except ValueError:
+        return f"invalid URL: the port in {url!r} is not a number from 0 to 65535"
+    return None
 
 
 async def run_watch(
@@ -66,12 +82,14 @@ async def run_watch(
     client: RatatoskrClient | None = None,
 ) -> int:
     """Watch ``document`` until ``stop`` is set. Returns the exit status: 0 after
-    ``stop``, 1 on auth failure, permission denied, unknown document or an
-    unreachable server (with a one-line reason on stderr)."""
-    try:
-        client = client or RatatoskrClient(url, token=token)
-    except ValueError as exc:
-        return _fail(str(exc))
+    ``stop``; 1 on auth failure, permission denied, unknown document or an
+    unreachable server; 2 for a URL that is not an ``http(s)://`` or
+    ``ws(s)://`` URL (each failure with a one-line reason on stderr)."""
+    if client is None:
+        problem = _url_problem(url)
+        if problem is not None:
+            return _fail(problem, status=2)
+        client = RatatoskrClient(url, token=token)
     try:
         await client.connect()
     except AuthError as exc:

@@ -14,10 +14,11 @@ Decoding rules (the same for frames and for application payloads, on the relay
 and in the client, because a payload is relayed to clients as it came in):
 
 * **Tags**: only :data:`ALLOWED_TAGS` (date/times 0 and 1, bignums 2 and 3).
-  Every other tag is refused before its content is read: value-sharing (28/29)
-  and stringref (25/256) describe a DAG whose expansion doubles per level, and
-  most other semantic tags run arbitrary work (``2 ** exponent`` for bigfloats,
-  regex compilation, MIME parsing). Nothing automerge-repo sends uses a tag.
+  Every other tag is refused instead of interpreted (its content is decoded
+  first, at the cost of its own bytes): value-sharing (28/29) and stringref
+  (25/256) describe a DAG whose expansion doubles per level, and most other
+  semantic tags run arbitrary work (``2 ** exponent`` for bigfloats, regex
+  compilation, MIME parsing). Nothing automerge-repo sends uses a tag.
 * **Nesting**: at most :data:`MAX_NESTING` levels of arrays and maps.
 * **Map keys**: text or byte strings only, never twice in one map. Integer,
   float and array keys hash predictably, so a frame of colliding keys would

@@ -81,6 +81,7 @@ async def _one_request_per_connection(request: web.Request, response: web.Stream
     # idle keep-alive connection cannot outlive the handshake deadline either.
     if not isinstance(response, web.WebSocketResponse):
         response.force_close()
+        response.headers["Connection"] = "close"  # (headers are prepared before this hook)
 
 
 async def _sync(request: web.Request) -> web.StreamResponse:
@@ -94,6 +95,9 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         compress=False,  # SocketOutbox writes raw frames; compression would break them
         heartbeat=cfg.ping_interval,
         autoping=True,
+        # We answer the peer's close frame ourselves, after writing what the
+        # relay said before it (held frames would otherwise be lost).
+        autoclose=False,
         timeout=CLOSE_TIMEOUT,
     )
     try:
@@ -137,6 +141,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     finally:
         core.close(session)
         sockets.discard(ws)
+        outbox.flush()  # answers to the peer's last frames go before the close frame
         # Cancels aiohttp's ping timers now (they would keep the connection's
         # objects alive for up to 1.5 x ping_interval); after a drop the socket
         # is already closed and this returns at once.

@@ -84,7 +84,7 @@ class UserSpec:
 
 @dataclass(frozen=True, slots=True)
 class AclEntry:
-    """Grants ``permission`` on a document to a user id, or to :data:`PUBLIC`."""
+    """Grants ``permission`` on a document to a user id, or to ``PUBLIC`` (everyone)."""
 
     principal: str
     permission: Permission = "read"
@@ -378,15 +378,28 @@ def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
     over the file, the way CLI flags do.
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or describes an invalid
-            config. The message names the file, the entry and the problem.
+        ConfigError: the file cannot be read, is not UTF-8 text, is not TOML, or
+            describes an invalid config. The message names the file, the entry and the problem.
     """
     where = str(path)
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            data = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror or exc}", path=where) from exc
+    try:
+        # Decoded here, not by tomllib, so a non-UTF-8 file is a ConfigError too.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ConfigError(
+            f"not UTF-8 text (TOML files must be UTF-8): byte 0x{data[exc.start]:02x} "
+            f"at line {line}, column {column}",
+            path=where,
+        ) from exc
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=where) from exc
 

@@ -65,12 +65,14 @@ class Batcher:
         self._scheduled = False
 
     def hold(self, outbox: SocketOutbox) -> None:
+        """``outbox`` holds frames: flush it when this loop iteration ends."""
         self._dirty.append(outbox)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Write every held frame now (also called before shutdown)."""
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for outbox in dirty:
@@ -146,6 +148,8 @@ class SocketOutbox:
                 held += part
 
     def send(self, frame: bytes) -> None:
+        """Queue a control frame; never dropped, but a peer with more than
+        :data:`STALLED_PEER_BYTES` queued after it is disconnected."""
         if not self._writable():
             return
         self._write(frame_header(len(frame)), frame)
@@ -162,6 +166,8 @@ class SocketOutbox:
             self._transport.abort()
 
     def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
+        """Queue the frame ``prefix + suffix``, unless more than
+        :data:`SLOW_PEER_BYTES` are queued already (then it is dropped)."""
         if not self._writable():
             return
         if self._queued() > SLOW_PEER_BYTES:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from ratatoskr_client import __version__
+from ratatoskr_client.cli import main
 from ratatoskr_client.demo import DEMO_DOCUMENTS, run_demo
 
 TIMEOUT = 15.0
@@ -156,3 +158,85 @@ async def test_watch_plain_output_is_timestamped_lines(ratatoskr_relay, ratatosk
         proc.send_signal(signal.SIGTERM)
         code, _, err = await finish(proc)
     assert code == 0, err
+
+
+# --------------------------------------------------------------------------- usage
+
+USAGE_ERRORS = [
+    # (argv, what stderr must say)
+    (["watch", "localhost:4151", "doc"], "did you mean 'http://localhost:4151'?"),
+    (["watch", "ftp://example.org", "doc"], "invalid URL: expected an http(s):// or ws(s)://"),
+    (["watch", "http://", "doc"], "invalid URL"),
+    (["watch", "http://127.0.0.1:99999", "doc"], "is not a number from 0 to 65535"),
+    (["watch", "http://127.0.0.1:4151", ""], "argument DOC_ID: must not be empty"),
+    (["watch", "http://127.0.0.1:4151", "doc", "--token", ""], "--token: must not be empty"),
+    (["watch", "http://127.0.0.1:4151"], "required: DOC_ID"),
+    (["relay", "--port", "70000"], "must be 0-65535"),
+    (["demo", "--bots", "0"], "must be >= 1"),
+    (["--log-level", "LOUD", "relay"], "invalid choice: 'LOUD'"),
+    (["relay", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
+    (["teleport"], "invalid choice: 'teleport'"),
+    ([], "the following arguments are required: COMMAND"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_return_2_from_main(argv, says, capsys: pytest.CaptureFixture[str]):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert says in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "says"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+async def test_usage_errors_exit_2_from_the_command(argv, says):
+    code, out, err = await finish(await ratatoskr(*argv))
+    assert code == 2, err
+    assert out == ""
+    assert says in err
+    assert "Traceback" not in err
+    # Errors that argparse does not see are still one line, like every other failure.
+    if err.startswith("ratatoskr watch: invalid URL"):
+        assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "INFO", "demo", "--bots", "1", "--duration", "0.2"],
+        ["demo", "--log-level", "INFO", "--bots", "1", "--duration", "0.2"],
+        ["demo", "--bots", "1", "--duration", "0.2", "--log-level", "INFO"],
+    ],
+)
+def test_global_options_work_before_and_after_the_command(argv, capsys):
+    assert main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag_at", ["before", "after"])
+async def test_log_level_takes_effect_before_and_after_the_command(flag_at):
+    flag = ["--log-level", "INFO"]
+    argv = ["demo", "--bots", "1", "--duration", "0.2"]
+    code, _, err = await finish(
+        await ratatoskr(*(flag + argv if flag_at == "before" else argv + flag))
+    )
+    assert code == 0, err
+    assert " INFO ratatoskr_client.server: " in err  # the relay says where it listens
+
+
+async def test_log_level_defaults_to_warning_and_the_last_one_wins():
+    argv = ["demo", "--bots", "1", "--duration", "0.2"]
+    code, _, err = await finish(await ratatoskr(*argv))
+    assert code == 0, err
+    assert " INFO " not in err
+    code, _, err = await finish(
+        await ratatoskr("--log-level", "INFO", *argv, "--log-level", "ERROR")
+    )
+    assert code == 0, err
+    assert " INFO " not in err
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["watch", "--version"]])
+def test_version_before_and_after_the_command(argv, capsys):
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"ratatoskr {__version__}"

@@ -14,17 +14,79 @@ pytest_plugins = ["pytester"]
 DOC = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
-def user_test_from_docs() -> str:
+def block_from_docs(name: str, language: str) -> str:
     text = DOC.read_text(encoding="utf-8")
-    match = re.search(r"<!-- user-test -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "docs/testing.md lost its <!-- user-test --> code block"
+    match = re.search(rf"<!-- {name} -->\s*```{language}\n(.*?)```", text, re.S)
+    assert match, f"docs/testing.md lost its <!-- {name} --> code block"
     return match.group(1)
 
 
-def test_documented_user_test_passes_with_only_the_two_fixtures(pytester: pytest.Pytester):
+def user_test_from_docs() -> str:
+    return block_from_docs("user-test", "python")
+
+
+#: pytest-asyncio's default mode, spelled out so a change of default cannot hide a failure.
+STRICT = ("-p", "no:cacheprovider", "-q", "-o", "asyncio_mode=strict")
+
+
+def test_documented_user_test_passes_in_strict_mode_without_warnings(pytester: pytest.Pytester):
+    pytester.makepyprojecttoml(block_from_docs("user-ini", "toml"))
     pytester.makepyfile(test_user=user_test_from_docs())
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(*STRICT)
+    result.assert_outcomes(passed=1, warnings=0)
+    # pytest-asyncio prints its warning about an unset loop scope at start-up, on
+    # stderr, outside pytest's warning count.
+    assert "Warning" not in result.stderr.str()
+
+
+def test_async_tests_using_the_fixtures_need_no_marker_in_strict_mode(pytester: pytest.Pytester):
+    pytester.makepyprojecttoml(block_from_docs("user-ini", "toml"))
+    pytester.makepyfile(
+        test_unmarked="""
+import pytest
+import pytest_asyncio
+
+
+@pytest_asyncio.fixture
+async def bot(ratatoskr_client):
+    return await ratatoskr_client()
+
+
+async def test_direct(ratatoskr_client):
+    client = await ratatoskr_client()
+    assert await client.enter_document("doc")
+
+
+async def test_through_a_user_fixture(bot):
+    assert await bot.enter_document("doc")
+
+
+@pytest.mark.parametrize("doc", ["a", "b"])
+async def test_parametrized(ratatoskr_client, doc):
+    assert await (await ratatoskr_client()).enter_document(doc)
+
+
+class TestInAClass:
+    async def test_method(self, ratatoskr_relay):
+        assert ratatoskr_relay.running
+
+
+@pytest.mark.usefixtures("ratatoskr_relay")
+async def test_usefixtures():
+    pass
+
+
+def test_sync_test_is_not_marked(ratatoskr_relay_config, request):
+    assert request.node.get_closest_marker("asyncio") is None
+
+
+async def test_other_async_tests_still_need_the_marker():
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess(*STRICT)
+    result.assert_outcomes(passed=7, failed=1)
+    result.stdout.fnmatch_lines(["*test_other_async_tests_still_need_the_marker*"])
 
 
 def test_factory_closes_every_client_and_marker_configures_the_relay(pytester: pytest.Pytester):

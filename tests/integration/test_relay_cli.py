@@ -7,7 +7,7 @@ import contextlib
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,10 @@ class RelayProcess:
     line: str
     ws_url: str
 
+    @property
+    def port(self) -> int:
+        return int(self.ws_url.rsplit(":", 1)[1].split("/")[0])
+
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, bytes, bytes]:
         """Send ``sig``; the exit code and the rest of stdout and stderr."""
         self.proc.send_signal(sig)
@@ -66,13 +70,26 @@ async def kill(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+def _limit_open_files(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
 @contextlib.asynccontextmanager
-async def relay_process(*args: str) -> AsyncIterator[RelayProcess]:
+async def relay_process(
+    *args: str, rlimit_nofile: int | None = None
+) -> AsyncIterator[RelayProcess]:
+    """A relay process on a free port; ``rlimit_nofile`` caps its open files."""
     proc = await asyncio.create_subprocess_exec(
         *relay_command("--port", "0", *args),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=None if rlimit_nofile is None else _limit_open_files(rlimit_nofile),
     )
     try:
         assert proc.stdout is not None
@@ -191,13 +208,14 @@ async def test_relay_command_with_config_and_flags(tmp_path: Path) -> None:
         ('[[users]]\ntoken = "t"\nid = "public"\n', "users[0] (id 'public')", "reserved"),
         ("presence_ttl = 0\n", "presence_ttl", "must be a positive number"),
         ("this is not toml\n", "", "not valid TOML"),
+        (b"\xff\xfe x", "", "not UTF-8 text (TOML files must be UTF-8): byte 0xff at line 1"),
     ],
 )
 async def test_bad_config_exits_2_naming_file_entry_and_problem(
-    tmp_path: Path, text: str, entry: str, problem: str
+    tmp_path: Path, text: str | bytes, entry: str, problem: str
 ) -> None:
     config = tmp_path / "bad-relay.toml"
-    config.write_text(text, encoding="utf-8")
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     proc = await asyncio.create_subprocess_exec(
         *relay_command("--port", "0", "--config", str(config)),
         stdin=asyncio.subprocess.DEVNULL,
@@ -215,6 +233,7 @@ async def test_bad_config_exits_2_naming_file_entry_and_problem(
     assert entry in message
     assert problem in message
     assert "Traceback" not in message
+    assert message.count("\n") == 1, "one line on stderr"
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,22 @@
 """Fixtures for the automerge-repo interop tests: the Node project and JS peers.
 
 ``interop_node_project`` installs ``tests/interop/node`` (pinned automerge-repo,
-automerge and ws, from ``package-lock.json``) with ``npm ci`` once per session. If
-npm or its registry is unreachable, every interop test FAILS with npm's output: CI
-must never silently skip interop. Only when Node/npm are not installed at all are
-the tests skipped (and not even then under ``RATATOSKR_REQUIRE_INTEROP=1``, as in
-CI). A successful install is stamped with a hash of ``package.json``,
+automerge and ws, from ``package-lock.json``) with ``npm ci`` once per session. A
+successful install is stamped with a hash of ``package.json``,
 ``package-lock.json`` and the Node version, so later sessions on a developer
 machine reuse it (set ``RATATOSKR_INTEROP_REINSTALL=1`` to force npm ci).
+
+What happens when that is not possible (docs/testing.md, "Our own test suite"):
+
+- ``RATATOSKR_INTEROP=0``: every interop test is skipped, with the reason, and
+  the session ends with one line saying so. Nothing runs npm.
+- Node/npm not installed: skipped, with a message saying so.
+- npm cannot reach its registry (and the packages are not in npm's cache):
+  the interop tests FAIL within seconds, naming the registry, npm's error and
+  ``RATATOSKR_INTEROP=0``. Without this check npm retries for over a minute.
+- ``RATATOSKR_REQUIRE_INTEROP=1`` (CI, see ``.ci/run``): interop may never be
+  skipped or cut short: a missing Node fails, ``RATATOSKR_INTEROP=0`` is a usage
+  error, and npm keeps its own retries.
 
 ``start_js_peer`` starts ``node peer.js`` against the test's relay and returns a
 :class:`JsPeer` that speaks the line protocol documented at the top of
@@ -25,6 +34,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -39,9 +49,15 @@ import pytest_asyncio
 
 from ratatoskr_client.server import RelayServer
 
-NODE_DIR = Path(__file__).parent / "node"
+INTEROP_DIR = Path(__file__).resolve().parent
+NODE_DIR = INTEROP_DIR / "node"
 #: npm ci must finish well within pytest's per-test timeout (120 s in pyproject.toml).
 NPM_TIMEOUT = 100.0
+#: Milliseconds npm waits for its registry to answer a ping, without retrying.
+REGISTRY_PROBE_TIMEOUT_MS = 5000
+#: Environment variables, documented in docs/testing.md.
+OPT_OUT = "RATATOSKR_INTEROP"
+REQUIRED = "RATATOSKR_REQUIRE_INTEROP"
 #: Seconds for a JS peer to start, connect and authenticate (Node + wasm load).
 START_TIMEOUT = 15.0
 #: Default seconds to wait for one expected line or event.
@@ -50,6 +66,60 @@ WAIT_TIMEOUT = 10.0
 log = logging.getLogger("tests.interop.node")
 
 Event = dict[str, Any]
+
+# --------------------------------------------------------------------------- opting out
+
+_OFF = {"0", "false", "no", "off"}
+_ON = {"", "1", "true", "yes", "on"}
+
+
+def _interop_wanted() -> bool:
+    """False when the user opted out with ``RATATOSKR_INTEROP=0``."""
+    value = os.environ.get(OPT_OUT, "").strip().lower()
+    if value not in _OFF | _ON:
+        raise pytest.UsageError(f"{OPT_OUT}={value!r}: expected 0 (skip interop tests) or 1")
+    if value in _OFF and os.environ.get(REQUIRED):
+        raise pytest.UsageError(f"{OPT_OUT}=0 cannot skip the interop tests: {REQUIRED} is set")
+    return value not in _OFF
+
+
+#: How many interop tests RATATOSKR_INTEROP=0 skipped in this session.
+_SKIPPED = pytest.StashKey[int]()
+
+
+def _is_interop_test(item: pytest.Item) -> bool:
+    return INTEROP_DIR in Path(item.path).resolve().parents
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _interop_wanted():
+        config.stash[_SKIPPED] = sum(1 for item in items if _is_interop_test(item))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _interop_opt_out() -> None:
+    """Skip every test of this directory under RATATOSKR_INTEROP=0.
+
+    A session fixture, so it runs before ``interop_node_project`` (npm), and a
+    skip raised here, not a marker, so ``pytest -rs`` folds every skip into one
+    line (they share this location).
+    """
+    if not _interop_wanted():
+        pytest.skip(f"{OPT_OUT}=0: automerge-repo interop tests not run")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    count = config.stash.get(_SKIPPED, 0)
+    if count:
+        where = (
+            INTEROP_DIR.relative_to(config.rootpath)
+            if INTEROP_DIR.is_relative_to(config.rootpath)
+            else INTEROP_DIR
+        )
+        terminalreporter.write_line(
+            f"{OPT_OUT}=0: skipped the {count} automerge-repo interop tests in {where}/"
+        )
+
 
 # --------------------------------------------------------------------------- npm
 
@@ -61,10 +131,64 @@ def _tool(name: str) -> str:
         # CI sets RATATOSKR_REQUIRE_INTEROP=1 (see .ci/run): there a missing Node is
         # a failure. On a machine with only Python the suite still passes, with
         # these tests reported as skipped and the reason printed.
-        if os.environ.get("RATATOSKR_REQUIRE_INTEROP"):
+        if os.environ.get(REQUIRED):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return path
+
+
+def _npm_error(output: str) -> str:
+    """The line of npm's output that says what went wrong (npm prints many)."""
+    lines = [line.removeprefix("npm error ").strip() for line in output.splitlines()]
+    for prefix in ("FetchError:", "request to", "code "):
+        for line in lines:
+            if line.startswith(prefix):
+                return line
+    return next((line for line in reversed(lines) if line), "no output")
+
+
+def _registry_problem(npm: str) -> str | None:
+    """Why npm cannot reach its registry, or None if it can (or if that is unclear).
+
+    ``npm ping`` reads the same configuration as ``npm ci`` (registry, proxy,
+    certificates; ``.npmrc`` files and ``npm_config_*`` variables), so it asks the
+    registry the install would use; it waits at most
+    :data:`REGISTRY_PROBE_TIMEOUT_MS` and does not retry.
+    """
+    command = [
+        npm,
+        "ping",
+        f"--fetch-timeout={REGISTRY_PROBE_TIMEOUT_MS}",
+        "--fetch-retries=0",
+    ]
+    limit = REGISTRY_PROBE_TIMEOUT_MS / 1000 + 10  # plus npm's own start-up
+    try:
+        done = subprocess.run(
+            command, cwd=NODE_DIR, capture_output=True, text=True, timeout=limit, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return f"npm ping got no answer within {limit:g} s"
+    if done.returncode == 0:
+        return None
+    output = done.stdout + done.stderr
+    if re.search(r"npm error code E\d{3}\b", output):
+        return None  # an HTTP error status: the registry answered, only not to ping
+    registry = re.search(r"PING (\S+)", output)
+    where = registry.group(1) if registry else "its registry"
+    return f"{where}: {_npm_error(output)}"
+
+
+def _install_offline(command: list[str]) -> bool:
+    """Try the install from npm's cache alone (fast: no network, no retries)."""
+    done = subprocess.run(
+        [*command, "--offline"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=NPM_TIMEOUT,
+        check=False,
+    )
+    return done.returncode == 0
 
 
 @contextlib.contextmanager
@@ -105,6 +229,20 @@ def interop_node_project() -> Path:
         reinstall = os.environ.get("RATATOSKR_INTEROP_REINSTALL") == "1"
         if not reinstall and stamp.exists() and stamp.read_text() == digest.hexdigest():
             return NODE_DIR
+        # Outside CI a registry that cannot be reached fails fast, and says how to
+        # opt out, instead of after a minute of npm's retries.
+        problem = None if os.environ.get(REQUIRED) else _registry_problem(npm)
+        if problem is not None:
+            if _install_offline(command):
+                stamp.write_text(digest.hexdigest())
+                return NODE_DIR
+            pytest.fail(
+                f"npm cannot reach its registry ({problem}), and the interop tests need "
+                f"it once, to install {NODE_DIR} (npm's cache does not have every "
+                f"package). Set {OPT_OUT}=0 to skip the interop tests, or configure npm's "
+                "registry or proxy (npm config get registry).",
+                pytrace=False,
+            )
         try:
             done = subprocess.run(
                 command,

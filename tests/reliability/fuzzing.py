@@ -29,6 +29,8 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from .hostile import hostile_cbor
+
 Recipe = tuple[str, Any]
 
 #: Placeholder for "the next count of the sender's session".
@@ -174,7 +176,11 @@ def mutated_map(
             value = draw(st.one_of(edge_values, cbor_values, cbor_values))
             target[key] = _copy(value)  # never mutate what Hypothesis drew
         elif op == "data":
-            frame["data"] = _copy(draw(st.binary(max_size=24) | cbor_values.map(Payload)))
+            # random bytes, a mutated payload, or hostile CBOR (tags, shared
+            # references, deep nesting) where the payload should be
+            frame["data"] = _copy(
+                draw(st.binary(max_size=24) | cbor_values.map(Payload) | hostile_cbor)
+            )
     return ("map", frame)
 
 
@@ -204,6 +210,7 @@ def frames(
     kinds = [
         st.binary(max_size=48).map(lambda b: ("bytes", b)),
         cbor_values.map(lambda v: ("bytes", cbor2.dumps(v))),
+        hostile_cbor.map(lambda b: ("bytes", b)),
         st.text(max_size=24).map(lambda s: ("text", s)),
         mutated_map(templates, doc_ids),
         mutated_map(templates, doc_ids),

@@ -677,3 +677,28 @@ def test_presence_from_payload_raises_only_protocol_error(
             assert result.status in ("join", "leave", "heartbeat")
             assert isinstance(result.document_id, str)
             assert result.document_id
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ({1, 2}, "tag 258"),  # a set
+        (__import__("decimal").Decimal("1.5"), "tag 4"),
+        (__import__("uuid").UUID(int=1), "tag 37"),
+        ({1: "int key"}, "map key"),
+        ([[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["too deep"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]], "depth"),
+    ],
+)
+def test_payloads_receivers_would_refuse_are_refused_when_encoding(
+    payload: Any, match: str
+) -> None:
+    with pytest.raises(PayloadError, match=match):
+        encode_payload(payload)
+
+
+def test_date_times_and_bignums_are_allowed() -> None:
+    import datetime
+
+    at = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+    value = {"at": at, "big": 2**100, "small": -(2**70)}
+    assert decode_payload(encode_payload(value)) == value

@@ -417,6 +417,23 @@ def test_bad_toml(tmp_path: Path) -> None:
     assert "line 2" in message
 
 
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"\xff\xfe x", "byte 0xff at line 1, column 1"),  # UTF-16's byte order mark
+        (b'open = true\nname = "caf\xe9"\n', "byte 0xe9 at line 2, column 12"),  # Latin-1
+    ],
+)
+def test_file_that_is_not_utf8(tmp_path: Path, data: bytes, where: str) -> None:
+    path = tmp_path / "latin.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.path == str(path)
+    assert info.value.problem == f"not UTF-8 text (TOML files must be UTF-8): {where}"
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     message = config_error(tmp_path / "nope.toml")
     assert "cannot read file" in message

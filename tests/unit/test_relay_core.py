@@ -105,10 +105,10 @@ class Peer:
 
     _ids = itertools.count()
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, address: str = "198.51.100.7") -> None:
         self.relay = relay
         self.outbox = FakeOutbox()
-        self.session: Session = relay.core.open(self.outbox)
+        self.session: Session = relay.core.open(self.outbox, address)
         self.session_id = f"sess-{next(self._ids)}"
         self.count = 0
         self.peer_id = ""
@@ -1177,3 +1177,57 @@ def test_compat_subscriptions_do_not_expire_and_disconnect_is_silent(compat: Rel
     a.close()
     assert b.take() == []  # no peer_left_doc, no peer_disconnected
     assert compat.core.presence("amdoc") == (b.peer_id,)
+
+
+# --------------------------------------------------------------------------- failed auths
+
+
+def _try_auth(relay: Relay, token: str | None, address: str = "198.51.100.7") -> Peer:
+    peer = Peer(relay, address)
+    peer.send(AuthFrame(token=token, anonymous=token is None))
+    return peer
+
+
+def test_failed_auths_use_up_an_allowance_per_address() -> None:
+    relay = Relay(RelayConfig(users=USERS, documents=DOCUMENTS, auth_failure_limit=3))
+    for _ in range(3):
+        refused = _try_auth(relay, "wrong")
+        assert isinstance(refused.take_one(), AuthErrorFrame)
+        assert refused.outbox.closed == (1008, "invalid_token")
+    # The allowance is used up: every auth from that address is refused, the
+    # right token and anonymous ones too, with the time until the next try.
+    for token in ("wrong", "alice-secret", None):
+        limited = _try_auth(relay, token)
+        err = error(limited.take_one())
+        assert err.error == "rate_limited"
+        assert err.retry_after == pytest.approx(20.0, abs=0.01)  # 3 a minute: one per 20 s
+        assert limited.outbox.closed == (1008, "rate_limited")
+    # Other addresses are not affected.
+    elsewhere = _try_auth(relay, "alice-secret", address="203.0.113.9")
+    assert isinstance(elsewhere.take()[0], AuthOkFrame)
+    # One failure's worth comes back after 20 s.
+    relay.clock.advance(20)
+    assert isinstance(_try_auth(relay, "alice-secret").take()[0], AuthOkFrame)
+    assert isinstance(_try_auth(relay, "wrong").take_one(), AuthErrorFrame)
+    assert error(_try_auth(relay, "alice-secret").take_one()).error == "rate_limited"
+
+
+def test_missing_credentials_count_as_a_failure() -> None:
+    relay = Relay(RelayConfig(open=True, auth_failure_limit=1))
+    peer = Peer(relay)
+    peer.send({"type": "auth"})
+    assert isinstance(peer.take_one(), AuthErrorFrame)
+    assert error(_try_auth(relay, None).take_one()).error == "rate_limited"
+
+
+def test_the_failure_table_forgets_healed_addresses() -> None:
+    relay = Relay(RelayConfig(open=True, users=USERS, auth_failure_limit=2))
+    for i in range(5):
+        _try_auth(relay, "wrong", address=f"192.0.2.{i}")
+    assert relay.stats().auth_failure_addresses == 5
+    relay.clock.advance(20)  # 2 a minute: the one failure is refilled in 30 s
+    relay.core.expire()
+    assert relay.stats().auth_failure_addresses == 5  # not yet full again
+    relay.clock.advance(11)
+    relay.core.expire()
+    assert relay.stats().auth_failure_addresses == 0

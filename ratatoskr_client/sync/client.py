@@ -1,0 +1,475 @@
+"""The blocking RatatoskrClient: the asyncio client, driven from any thread.
+
+Every blocking client is an asyncio :class:`ratatoskr_client.RatatoskrClient`
+living on the process's one background event loop (see
+:mod:`ratatoskr_client.sync._portal`). A method call hands the work to that
+loop and blocks the calling thread — or, in a gevent-patched process such as a
+Locust worker, only the calling greenlet — until it is done.
+
+Who runs where:
+
+- Blocking methods run on the loop thread while the caller waits. Ctrl-C (or
+  a killed greenlet) interrupts the wait at once and cancels the work.
+- Properties, :meth:`RatatoskrClient.presence` and :meth:`RatatoskrClient.state`
+  are read on the loop thread too, so a reader never sees the client half-way
+  through an update; what they return is an immutable snapshot.
+- Callbacks (``on``/``once``), ``wait_for_presence`` predicates and coroutine
+  callbacks run **on the loop thread**. They must be quick and must not call
+  the blocking methods (that raises ``RuntimeError``: it would wait for
+  itself). Hand results to your own thread through a ``queue.Queue``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, overload
+
+from ..backoff import DEFAULT_BACKOFF, Backoff
+from ..client import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_REQUEST_TIMEOUT,
+    ConnectionState,
+    EventName,
+    sidecar_id,
+)
+from ..client import RatatoskrClient as AsyncClient
+from ..errors import ConnectionClosed
+from ..presence import Peer
+from ..state import DEFAULT_STATE_HEARTBEAT, DEFAULT_STATE_INTERVAL, DEFAULT_STATE_TTL
+from . import _native
+from ._callbacks import (
+    ErrorCallback,
+    ErrorCallbackT,
+    ErrorEvent,
+    MembershipCallback,
+    MembershipCallbackT,
+    MembershipEvent,
+    MessageCallback,
+    MessageCallbackT,
+    MessageEvent,
+    PeerCallback,
+    PeerCallbackT,
+    PeerEvent,
+    PresenceCallback,
+    PresenceCallbackT,
+    PresenceEvent,
+    ReconnectingCallback,
+    ReconnectingCallbackT,
+    ReconnectingEvent,
+    StateCallback,
+    StateCallbackT,
+    StateEvent,
+)
+from ._portal import LoopThread, portal
+from ._watch import PresenceWatch
+
+__all__ = ["RatatoskrClient"]
+
+
+class RatatoskrClient:
+    """A blocking connection to a Ratatoskr server, usable from any thread.
+
+    The same names, arguments, return values, exceptions and events as the
+    asyncio :class:`ratatoskr_client.RatatoskrClient` (read its docstrings for
+    each call's contract); only ``await`` is gone::
+
+        with RatatoskrClient("http://localhost:4151") as client:
+            peers = client.enter_document("doc-123")  # blocks until confirmed
+
+    The arguments are the asyncio client's, except ``session`` (an aiohttp
+    session belongs to one event loop). Two differences follow from running on
+    a shared background loop: callbacks run on that loop's thread (see the
+    module docstring), and a closed blocking client cannot connect again —
+    make a new one, as with ``httpx.Client``.
+
+    One client may be used from several threads at once; calls from different
+    threads run concurrently on the loop. A client that is garbage-collected
+    while open is closed in the background (with a ``ResourceWarning``); one
+    still open at interpreter exit is closed then.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        reconnect: bool = True,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        rate_limit: int | None = DEFAULT_RATE_LIMIT,
+        rate_burst: int | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        name: str | None = None,
+        state_interval: float = DEFAULT_STATE_INTERVAL,
+        state_heartbeat: float = DEFAULT_STATE_HEARTBEAT,
+        state_ttl: float = DEFAULT_STATE_TTL,
+    ) -> None:
+        options: dict[str, Any] = {
+            "token": token,
+            "heartbeat_interval": heartbeat_interval,
+            "reconnect": reconnect,
+            "backoff": backoff,
+            "rate_limit": rate_limit,
+            "rate_burst": rate_burst,
+            "request_timeout": request_timeout,
+            "connect_timeout": connect_timeout,
+            "ping_interval": ping_interval,
+            "max_frame_size": max_frame_size,
+            "name": name,
+            "state_interval": state_interval,
+            "state_heartbeat": state_heartbeat,
+            "state_ttl": state_ttl,
+        }
+        self.url = url
+        self._released = False
+        self._release_lock = _native.allocate_lock()
+        loop = self._loop = portal.attach()
+        try:
+            # Built on the loop thread: everything asyncio in it belongs there.
+            client = loop.call(lambda: AsyncClient(url, **options))
+        except BaseException:
+            portal.detach(loop, None)
+            raise
+        self._client = client
+        portal.adopt(loop, client)
+        self._finalizer = weakref.finalize(self, _close_abandoned, loop, client)
+        self._finalizer.atexit = False  # the portal closes open clients at exit
+
+    # ================================================================== properties
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """The connection state (see the asyncio client)."""
+        return self._loop.call(lambda: self._client.connection_state)
+
+    @property
+    def is_connected(self) -> bool:
+        """True exactly when an authenticated socket is open."""
+        return self._loop.call(lambda: self._client.is_connected)
+
+    @property
+    def me(self) -> Peer:
+        """This connection's identity from ``auth_ok``.
+
+        Raises:
+            ConnectionClosed: the client has never connected.
+        """
+        return self._loop.call(lambda: self._client.me)
+
+    @property
+    def peers(self) -> Mapping[str, Peer]:
+        """Every identity the server announced, by peer id, this client included:
+        a snapshot taken now (it does not change afterwards)."""
+        return self._loop.call(lambda: MappingProxyType(dict(self._client.peers)))
+
+    @property
+    def server_presence(self) -> bool:
+        """True when the server provides server-side presence (see the asyncio client)."""
+        return self._loop.call(lambda: self._client.server_presence)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The ``features`` the server announced (empty for servers that send none)."""
+        return self._loop.call(lambda: self._client.features)
+
+    @property
+    def entered_documents(self) -> tuple[str, ...]:
+        """Documents the application entered and has not left."""
+        return self._loop.call(lambda: self._client.entered_documents)
+
+    def presence(self, document_id: str) -> tuple[Peer, ...]:
+        """Peers present in ``document_id``, this client included, in join order
+        (empty for documents not entered, and while disconnected)."""
+        return self._loop.call(self._client.presence, document_id)
+
+    def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
+        """Each peer's state in ``document_id`` (peer id → state): a snapshot
+        taken now (it does not change afterwards)."""
+
+        def snapshot() -> Mapping[str, Mapping[str, Any]]:
+            states = self._client.state(document_id)
+            return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in states.items()})
+
+        return self._loop.call(snapshot)
+
+    @staticmethod
+    def sidecar(document_id: str, channel: str) -> str:
+        """The public sidecar channel of a document: ``eph:<channel>-<document_id>``."""
+        return sidecar_id(document_id, channel)
+
+    # ================================================================== lifecycle
+
+    def connect(self) -> None:
+        """Open the socket and authenticate; returns once connected.
+
+        Raises:
+            ConnectError: the server cannot be reached (not retried).
+            AuthError: the server refused the credentials (not retried).
+            OperationTimeout: no answer to the auth frame within ``connect_timeout``.
+            ConnectionClosed: the client was closed (a closed blocking client
+                cannot connect again).
+        """
+        self._check_open()
+        self._loop.run(self._client.connect)
+
+    def close(self) -> None:
+        """Leave every entered document, close the socket, stop the client's
+        tasks, and let go of the background loop (the last client stops it).
+        Pending calls in other threads fail with :class:`ConnectionClosed`.
+        Idempotent."""
+        if self._released:
+            return
+        # ConnectionClosed: the loop stopped (interpreter exit) and closed it itself.
+        with contextlib.suppress(ConnectionClosed):
+            self._loop.run(self._client.close)
+        if self._claim_release():
+            self._finalizer.detach()
+            portal.detach(self._loop, self._client)
+
+    def _claim_release(self) -> bool:
+        # Two threads may close at once: exactly one lets go of the loop.
+        with self._release_lock:
+            if self._released:
+                return False
+            self._released = True
+            return True
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the client is connected (for example after a reconnect).
+
+        Raises:
+            OperationTimeout: not connected within ``timeout`` seconds.
+            ConnectionClosed: the client is closed, or closes while waiting.
+        """
+        self._check_open()
+        self._loop.run(self._client.wait_connected, timeout)
+
+    def __enter__(self) -> RatatoskrClient:
+        try:
+            self.connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._released:
+            raise ConnectionClosed("client is closed")
+
+    # ================================================================== documents
+
+    def enter_document(self, document_id: str, *, timeout: float | None = None) -> tuple[Peer, ...]:
+        """Enter a document; return its presence once the server confirmed it.
+
+        Raises:
+            PermissionDenied, DocumentNotFound, LimitExceeded, PresenceUnsupported:
+                the server refused (see the asyncio client).
+            OperationTimeout: no answer within ``timeout`` (default
+                ``request_timeout``); the document is left.
+            ConnectionClosed: the client is closed, or was closed meanwhile.
+        """
+        self._check_open()
+        return self._loop.run(self._client.enter_document, document_id, timeout=timeout)
+
+    def leave_document(self, document_id: str) -> None:
+        """Leave a document (no-op if it was not entered)."""
+        self._check_open()
+        self._loop.run(self._client.leave_document, document_id)
+
+    def watch_presence(self, document_id: str, *, timeout: float | None = None) -> PresenceWatch:
+        """Iterate over ``presence(document_id)`` now and every new value.
+
+        Each value after the first must come within ``timeout`` seconds (None:
+        no limit), else ``next()`` raises :class:`OperationTimeout`. Ends when the
+        client closes; use ``with client.watch_presence(doc) as watch:`` (or
+        ``watch.close()``) to stop early. Does not enter the document.
+        """
+        self._check_open()
+        return PresenceWatch(
+            self._loop, self._client.watch_presence(document_id), document_id, timeout
+        )
+
+    def wait_for_presence(
+        self,
+        document_id: str,
+        predicate: Callable[[tuple[Peer, ...]], bool],
+        *,
+        timeout: float | None = None,
+    ) -> tuple[Peer, ...]:
+        """Wait until ``predicate(presence(document_id))`` is true; return that
+        presence. The predicate runs on the loop thread.
+
+        Raises:
+            OperationTimeout: not true within ``timeout`` seconds (None: forever).
+            ConnectionClosed: the client closed while waiting.
+        """
+        self._check_open()
+        return self._loop.run(
+            self._client.wait_for_presence, document_id, predicate, timeout=timeout
+        )
+
+    # ================================================================== sending
+
+    def send_ephemeral(self, document_id: str, payload: Any) -> None:
+        """Send a payload to every other peer present in ``document_id`` (waits
+        for a pacing token first; server refusals arrive as ``error`` events).
+
+        Raises:
+            PayloadError: not encodable, too large, or a presence control message.
+            ConnectionClosed: not connected (the message is not queued).
+        """
+        self._check_open()
+        self._loop.run(self._client.send_ephemeral, document_id, payload)
+
+    def set_state(self, document_id: str, channel: str, value: Any) -> None:
+        """Set one channel of this client's state in a document and share it
+        (coalesced; returns without waiting for the network).
+
+        Raises:
+            PayloadError: the value is not CBOR-encodable or too large.
+            ValueError: empty document id or channel.
+        """
+        self._check_open()
+        self._loop.run(self._client.set_state, document_id, channel, value)
+
+    # ================================================================== events
+
+    @overload
+    def on(self, event: PeerEvent, callback: PeerCallback) -> PeerCallback: ...
+    @overload
+    def on(self, event: PeerEvent) -> Callable[[PeerCallbackT], PeerCallbackT]: ...
+    @overload
+    def on(self, event: ErrorEvent, callback: ErrorCallback) -> ErrorCallback: ...
+    @overload
+    def on(self, event: ErrorEvent) -> Callable[[ErrorCallbackT], ErrorCallbackT]: ...
+    @overload
+    def on(
+        self, event: ReconnectingEvent, callback: ReconnectingCallback
+    ) -> ReconnectingCallback: ...
+    @overload
+    def on(
+        self, event: ReconnectingEvent
+    ) -> Callable[[ReconnectingCallbackT], ReconnectingCallbackT]: ...
+    @overload
+    def on(self, event: MembershipEvent, callback: MembershipCallback) -> MembershipCallback: ...
+    @overload
+    def on(
+        self, event: MembershipEvent
+    ) -> Callable[[MembershipCallbackT], MembershipCallbackT]: ...
+    @overload
+    def on(self, event: PresenceEvent, callback: PresenceCallback) -> PresenceCallback: ...
+    @overload
+    def on(self, event: PresenceEvent) -> Callable[[PresenceCallbackT], PresenceCallbackT]: ...
+    @overload
+    def on(self, event: MessageEvent, callback: MessageCallback) -> MessageCallback: ...
+    @overload
+    def on(self, event: MessageEvent) -> Callable[[MessageCallbackT], MessageCallbackT]: ...
+    @overload
+    def on(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
+    @overload
+    def on(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
+
+    def on(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
+        """Call ``callback`` every time ``event`` fires; usable as a decorator.
+
+        The callback runs on the background loop thread.
+
+        Raises:
+            ValueError: ``event`` is not one of the documented event names.
+        """
+        return self._listen(self._client.on, event, callback)
+
+    @overload
+    def once(self, event: PeerEvent, callback: PeerCallback) -> PeerCallback: ...
+    @overload
+    def once(self, event: PeerEvent) -> Callable[[PeerCallbackT], PeerCallbackT]: ...
+    @overload
+    def once(self, event: ErrorEvent, callback: ErrorCallback) -> ErrorCallback: ...
+    @overload
+    def once(self, event: ErrorEvent) -> Callable[[ErrorCallbackT], ErrorCallbackT]: ...
+    @overload
+    def once(
+        self, event: ReconnectingEvent, callback: ReconnectingCallback
+    ) -> ReconnectingCallback: ...
+    @overload
+    def once(
+        self, event: ReconnectingEvent
+    ) -> Callable[[ReconnectingCallbackT], ReconnectingCallbackT]: ...
+    @overload
+    def once(self, event: MembershipEvent, callback: MembershipCallback) -> MembershipCallback: ...
+    @overload
+    def once(
+        self, event: MembershipEvent
+    ) -> Callable[[MembershipCallbackT], MembershipCallbackT]: ...
+    @overload
+    def once(self, event: PresenceEvent, callback: PresenceCallback) -> PresenceCallback: ...
+    @overload
+    def once(self, event: PresenceEvent) -> Callable[[PresenceCallbackT], PresenceCallbackT]: ...
+    @overload
+    def once(self, event: MessageEvent, callback: MessageCallback) -> MessageCallback: ...
+    @overload
+    def once(self, event: MessageEvent) -> Callable[[MessageCallbackT], MessageCallbackT]: ...
+    @overload
+    def once(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
+    @overload
+    def once(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
+
+    def once(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
+        """Like :meth:`on`, but the callback runs at most once."""
+        return self._listen(self._client.once, event, callback)
+
+    def off(self, event: EventName, callback: Callable[..., object]) -> None:
+        """Remove a callback added with :meth:`on` or :meth:`once` (no-op if absent)."""
+        self._loop.call(self._client.off, event, callback)
+
+    remove_listener = off
+
+    def _listen(
+        self, add: Callable[..., Any], event: EventName, callback: Callable[..., object] | None
+    ) -> Any:
+        if callback is not None:
+            self._loop.call(add, event, callback)
+            return callback
+        # The asyncio client's decorator: checks the name now, registers later.
+        register = self._loop.call(add, event)
+
+        def decorator(function: Callable[..., object]) -> Callable[..., object]:
+            self._loop.call(register, function)
+            return function
+
+        return decorator
+
+    def __repr__(self) -> str:
+        return self._loop.call(lambda: f"<blocking {self._client!r}>")
+
+
+def _close_abandoned(loop: LoopThread, client: AsyncClient) -> None:
+    """A blocking client was garbage-collected while open: close it in the
+    background and let go of the loop."""
+    warnings.warn(f"unclosed blocking client {client.url}", ResourceWarning, stacklevel=1)
+
+    async def close() -> None:
+        try:
+            await client.close()
+        finally:
+            portal.detach(loop, client)
+
+    loop.submit(close)

@@ -1,0 +1,57 @@
+"""docs/server.md against the code: its scripts run, its field lists are complete."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from ratatoskr_client.server import RelayConfig, RelayStats
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+TEXT = DOC.read_text(encoding="utf-8")
+SCRIPTS = re.findall(r"<!-- run -->\s*```python\n(.*?)```", TEXT, re.S)
+
+
+def public_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+
+
+def names_in(paragraph_start: str, paragraph_end: str) -> set[str]:
+    """The `backticked` names in the text between two markers of server.md."""
+    start = TEXT.index(paragraph_start)
+    end = TEXT.index(paragraph_end, start)
+    return set(re.findall(r"`(\w+)`", TEXT[start:end]))
+
+
+def test_server_md_has_a_runnable_relay_server_script():
+    assert any("RelayServer(" in script for script in SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+async def test_server_md_script_runs_as_written(script: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert re.search(rb"^http://127\.0\.0\.1:\d+\n", out), out
+    assert b"RelayStats(" in out
+
+
+def test_every_relay_config_field_is_listed():
+    listed = names_in("Fields:", "Unlike the CLI")
+    assert public_fields(RelayConfig) <= listed, public_fields(RelayConfig) - listed
+
+
+def test_every_relay_stats_field_is_described():
+    described = names_in("`relay.stats()` returns", "- `relay.core`")
+    assert public_fields(RelayStats) <= described, public_fields(RelayStats) - described

@@ -1,0 +1,222 @@
+"""The real Locust, driving examples/locustfile.py against a real relay.
+
+Locust runs as it would for a user (``python -m locust``, headless), in child
+processes; the relay runs in this process on its own thread, so the test can
+restart it mid-run. Counts come from Locust's own final statistics
+(``--json-file``) and failures from its CSV (``--csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ratatoskr_client.testing import relay_config
+from tests.relay_thread import RelayThread
+
+# Never import locust here: it would monkey-patch the whole test session.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None, reason="the 'locust' extra is not installed"
+)
+
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "examples" / "locustfile.py"
+#: Every name a run of the example must report (the issue's list, and set_state).
+NAMES = {
+    "connect",
+    "enter_document",
+    "leave_document",
+    "send_ephemeral",
+    "set_state",
+    "ephemeral delivery",
+    "presence convergence",
+}
+#: Busy enough that every name is hit within seconds: users move every ~2 s
+#: and react every ~2 s.
+SCENARIO = ["--cursor-rate", "1", "--reactions-per-minute", "30", "--stay", "2"]
+
+
+@pytest.fixture
+def relay_thread() -> Iterator[RelayThread]:
+    with RelayThread() as relay:
+        yield relay
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def locust(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(
+    process: subprocess.Popen[str], timeout: float = 60.0, *, known: tuple[str, ...] = ()
+) -> str:
+    """Wait for a Locust process; return its stderr (its log), which must hold no
+    traceback except in log records that contain one of the ``known`` texts."""
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"locust did not finish in {timeout} s:\n{err}")
+    records = re.split(r"\n(?=\[\d{4}-)", err)  # Locust's log lines start "[2026-..."
+    unexpected = [r for r in records if "Traceback" in r and not any(k in r for k in known)]
+    assert not unexpected, "\n".join(unexpected)
+    return err
+
+
+def headless(url: str, out: Path, users: int, run_time: str, *extra: str) -> list[str]:
+    return [
+        "--headless",
+        "--host",
+        url,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        run_time,
+        "--json-file",
+        str(out),
+        "--csv",
+        str(out),
+        *SCENARIO,
+        *extra,
+    ]
+
+
+def counts(out: Path) -> dict[str, tuple[int, int]]:
+    """name -> (requests, failures) from Locust's final statistics."""
+    entries = json.loads(out.with_suffix(".json").read_text())
+    assert all(e["method"] == "ratatoskr" for e in entries)
+    return {e["name"]: (e["num_requests"], e["num_failures"]) for e in entries}
+
+
+def failures(out: Path) -> dict[tuple[str, str], int]:
+    """(name, error) -> occurrences, from Locust's failures CSV."""
+    path = out.parent / f"{out.name}_failures.csv"
+    with path.open(newline="") as file:
+        return {(r["Name"], r["Error"]): int(r["Occurrences"]) for r in csv.DictReader(file)}
+
+
+def assert_every_name_and_no_failure(out: Path) -> dict[str, tuple[int, int]]:
+    stats = counts(out)
+    assert set(stats) == NAMES, stats
+    for name, (requests, failed) in stats.items():
+        assert requests > 0, name
+        assert failed == 0, (name, failures(out))
+    return stats
+
+
+def test_headless_run_of_a_few_hundred_users(relay_thread: RelayThread, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = locust(*headless(relay_thread.url, out, 300, "6s", "--documents", "20"))
+    finish(process)
+    assert process.returncode == 0  # Locust's exit code: no failure
+    stats = assert_every_name_and_no_failure(out)
+    assert stats["connect"] == (300, 0)
+
+
+def test_distributed_run_with_a_master_and_two_workers(
+    relay_thread: RelayThread, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    port = str(free_port())
+    master = locust(
+        "--master",
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        port,
+        "--expect-workers",
+        "2",
+        *headless(relay_thread.url, out, 200, "6s", "--documents", "10"),
+    )
+    workers = [
+        locust("--worker", "--master-host", "127.0.0.1", "--master-port", port) for _ in range(2)
+    ]
+    try:
+        finish(master)
+    finally:
+        for worker in workers:
+            finish(worker)
+    assert master.returncode == 0
+    stats = assert_every_name_and_no_failure(out)
+    assert stats["connect"] == (200, 0)  # 100 on each worker, summed by the master
+
+
+def test_relay_restart_mid_run_counts_failures_and_users_reconnect(
+    relay_thread: RelayThread, tmp_path: Path
+) -> None:
+    users = 60
+    out = tmp_path / "run"
+    process = locust(*headless(relay_thread.url, out, users, "10s", "--documents", "6"))
+    try:
+        # Every user connected and in a document (a user still authenticating
+        # when the relay stops fails its connect, and is never "disconnected").
+        relay_thread.wait_until(lambda stats: stats.memberships >= users, 20)
+        relay_thread.stop()  # every connection is closed: a crash, as users see it
+        relay_thread.start()  # same port, empty state
+        relay_thread.wait_until(lambda stats: stats.connections == users, 20)
+        # Re-entered on their own: every user is present in a document again.
+        relay_thread.wait_until(lambda stats: stats.memberships >= users, 20)
+    finally:
+        finish(process)
+    assert process.returncode == 1  # Locust's exit code: there were failures
+
+    stats = counts(out)
+    assert stats["disconnect"] == (users, users), (stats, failures(out))  # each lost it once
+    assert stats["reconnect"] == (users, 0)  # ...and got it back once
+    assert stats["connect"] == (users, 0)
+    lost = failures(out)
+    assert sum(n for (name, _), n in lost.items() if name == "disconnect") == users
+    assert all("ConnectionClosed" in error for (name, error) in lost if name == "disconnect")
+    # Sending while disconnected fails (nothing is queued); nothing else may.
+    assert {name for name, _ in lost} <= {"disconnect", "send_ephemeral", "enter_document"}
+
+
+def test_refusals_are_failures_named_after_the_error(tmp_path: Path) -> None:
+    """load-0 is private (anonymous users may not read it), load-1 is public but
+    the relay allows 30 messages a minute: both kinds of refusal are counted."""
+    config = relay_config(
+        users=[{"token": "alice-secret", "id": "alice"}],
+        documents=[
+            {"id": "load-0", "owner": "alice"},
+            {"id": "load-1", "owner": "alice", "acl": [{"principal": "public"}]},
+        ],
+        rate_limit=30,
+    )
+    out = tmp_path / "run"
+    with RelayThread(config) as relay:
+        args = headless(relay.url, out, 20, "5s", "--documents", "2", "--stay", "0")
+        process = locust(*args, "--cursor-rate", "10")
+        # A known bug of the asyncio client: closing it while a state update
+        # waits out a rate_limited pause logs the flush task's ConnectionClosed.
+        finish(process, known=("internal task ratatoskr-state-flush failed",))
+    assert process.returncode == 1
+    refused = failures(out)
+    assert any(
+        name == "enter_document" and error.startswith("PermissionDenied(")
+        for name, error in refused
+    ), refused
+    assert any(name == "error" and error.startswith("RateLimited(") for name, error in refused), (
+        refused
+    )
+    assert counts(out)["connect"] == (20, 0)

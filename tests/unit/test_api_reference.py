@@ -1,0 +1,162 @@
+"""The API reference (mkdocs.yml, docs/reference.md, tools/api_reference.py):
+every public name has a docstring, every public module is rendered or
+deliberately left out, Sphinx roles become links, and a broken link or a
+missing docstring fails ``mkdocs build --strict`` as CI runs it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import griffe
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import api_reference  # noqa: E402 (tools/ is not a package)
+
+REFERENCE = ROOT / "docs" / "reference.md"
+
+
+@pytest.fixture(scope="module")
+def package() -> griffe.Module:
+    return griffe.load("ratatoskr_client", search_paths=[str(ROOT)])
+
+
+def test_every_public_name_has_a_docstring(package: griffe.Module):
+    missing = set(api_reference.undocumented(package))
+    assert missing - api_reference.KNOWN_GAPS == set(), "add docstrings to these public names"
+    assert api_reference.KNOWN_GAPS - missing == set(), (
+        "these have docstrings now: remove them from KNOWN_GAPS in tools/api_reference.py"
+    )
+
+
+def test_the_check_walks_every_public_module_and_export(tmp_path: Path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        '"""A package."""\nfrom ._impl import hidden\nfrom .mod import Thing\n'
+        '__all__ = ["Thing", "hidden"]\n'
+    )
+    (pkg / "_impl.py").write_text('"""Private."""\ndef hidden():\n    pass\n')
+    (pkg / "mod.py").write_text(
+        '"""Public."""\n__all__ = ["Thing", "VALUE"]\nVALUE = 1\n'
+        "class Thing:\n"
+        "    def method(self):\n        pass\n"
+        "    def _private(self):\n        pass\n"
+        "    @property\n    def size(self):\n        return 1\n"
+        '    def documented(self):\n        """Yes."""\n'
+    )
+    (pkg / "sub" / "__init__.py").write_text("def orphan():\n    pass\n__all__ = ['orphan']\n")
+    loaded = griffe.load("pkg", search_paths=[str(tmp_path)])
+    assert api_reference.undocumented(loaded) == [
+        "pkg._impl.hidden",  # private module, public name: exported by pkg
+        "pkg.mod.Thing",
+        "pkg.mod.Thing.method",
+        "pkg.mod.Thing.size",
+        "pkg.sub",
+        "pkg.sub.orphan",
+    ]
+
+
+def test_sphinx_roles_become_crossrefs(package: griffe.Module):
+    client = package["client"]["RatatoskrClient"]
+    testing = package["testing"]
+    convert = api_reference.convert
+
+    def link(path: str, title: str) -> str:
+        return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
+
+    assert convert("call :meth:`connect` first", client) == (
+        f"call {link('ratatoskr_client.client.RatatoskrClient.connect', 'connect')} first"
+    )
+    assert convert(":class:`~ratatoskr_client.server.RelayServer`", testing) == link(
+        "ratatoskr_client.server.RelayServer", "RelayServer"
+    )  # a full path, although testing also has a member called ratatoskr_client
+    assert convert(":class:`RelayConfig`", testing) == link(
+        "ratatoskr_client.server.RelayConfig",
+        "RelayConfig",  # as imported there
+    )
+    # What does not exist stays a required cross-reference: mkdocs --strict fails on it.
+    assert (
+        convert(":func:`ratatoskr_client.nope`", client)
+        == "[`ratatoskr_client.nope`][ratatoskr_client.nope]"
+    )
+    assert convert(":class:`TimeoutError`", client) == "[`TimeoutError`][TimeoutError]"
+    assert convert("like this::\n\n    code", None) == "like this:\n\n    code"
+
+
+def rendered_and_excluded() -> tuple[list[str], list[str]]:
+    text = REFERENCE.read_text(encoding="utf-8")
+    rendered = re.findall(r"^::: (\S+)$", text, re.M)
+    excluded_block = re.search(r"<!-- not rendered:.*?:\n(.*?)-->", text, re.S)
+    assert excluded_block, "docs/reference.md lost its 'not rendered' list"
+    return rendered, excluded_block.group(1).split()
+
+
+def test_every_public_module_is_rendered_or_deliberately_left_out(package: griffe.Module):
+    rendered, excluded = rendered_and_excluded()
+    public = {m.path for m in api_reference.public_modules(package)}
+    assert not set(rendered) & set(excluded)
+    unlisted = public - set(rendered) - set(excluded)
+    assert not unlisted, (
+        f"add each to docs/reference.md (a ::: line, or the not-rendered list): {unlisted}"
+    )
+    assert set(rendered) | set(excluded) <= public, "docs/reference.md names a module that is gone"
+
+
+def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_build_in_strict_mode(tmp_path: Path):
+    done = mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "site" / "reference" / "index.html").read_text(encoding="utf-8")
+    assert 'id="ratatoskr_client.RatatoskrClient.enter_document"' in page
+    assert ":meth:" not in page and ":class:" not in page
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        (
+            '"""A module.\n\nSee :class:`ratatoskr_client.NoSuchThing`."""\n'
+            '__all__ = ["f"]\ndef f():\n    """Fine."""\n',
+            "Could not find cross-reference target 'ratatoskr_client.NoSuchThing'",
+        ),
+        (
+            '"""A module."""\n__all__ = ["f"]\ndef f():\n    pass\n',
+            "ratatoskr_client.zz_docs_probe.f is public and has no docstring",
+        ),
+    ],
+    ids=["broken reference", "missing docstring"],
+)
+def test_docs_build_fails_on(source: str, error: str, tmp_path: Path):
+    # A copy of the package with one bad module, rendered by a copy of the config.
+    copy = tmp_path / "src" / "ratatoskr_client"
+    shutil.copytree(ROOT / "ratatoskr_client", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "zz_docs_probe.py").write_text(source)
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    reference = docs / "reference.md"
+    reference.write_text(reference.read_text() + "\n::: ratatoskr_client.zz_docs_probe\n")
+    config = (ROOT / "mkdocs.yml").read_text()
+    config = config.replace("docs_dir: docs", f"docs_dir: {docs}")
+    config = config.replace("paths: [.]", f"paths: [{copy.parent}]")
+    config = config.replace("tools/api_reference.py", str(ROOT / "tools" / "api_reference.py"))
+    (tmp_path / "mkdocs.yml").write_text(config)
+    done = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert done.returncode != 0
+    assert error in done.stderr

@@ -1,0 +1,77 @@
+"""The blocking client mirrors the asyncio client's public API, and is typed.
+
+No I/O here: these compare signatures, and run mypy over user code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import get_args, get_overloads, get_type_hints
+
+import pytest
+
+import ratatoskr_client
+import ratatoskr_client.sync
+from ratatoskr_client import EventName
+from ratatoskr_client import RatatoskrClient as AsyncClient
+from ratatoskr_client.sync import RatatoskrClient
+
+#: What only makes sense for asyncio: the session belongs to one event loop.
+ASYNC_ONLY = {"__aenter__", "__aexit__"}
+USAGE = Path(__file__).resolve().parents[1] / "typecheck" / "blocking_client_usage.py"
+
+
+def public(cls: type) -> dict[str, object]:
+    return {
+        name: value
+        for name, value in vars(cls).items()
+        if not name.startswith("_") or name in {"__init__", "__aenter__", "__aexit__"}
+    }
+
+
+def test_every_public_name_of_the_asyncio_client_is_there():
+    mirrored = set(public(AsyncClient)) - ASYNC_ONLY
+    assert mirrored <= set(public(RatatoskrClient)) | {"url"}
+    assert {"__enter__", "__exit__", "close", "connect"} <= set(vars(RatatoskrClient))
+
+
+@pytest.mark.parametrize("name", sorted(set(public(AsyncClient)) - ASYNC_ONLY))
+def test_same_arguments_and_no_coroutines(name):
+    async_member = inspect.getattr_static(AsyncClient, name)
+    member = inspect.getattr_static(RatatoskrClient, name)
+    if isinstance(async_member, property):
+        assert isinstance(member, property), name
+        return
+    function = getattr(RatatoskrClient, name)
+    assert not inspect.iscoroutinefunction(function), name
+    expected = dict(inspect.signature(getattr(AsyncClient, name)).parameters)
+    actual = dict(inspect.signature(function).parameters)
+    if name == "__init__":
+        del expected["session"]  # an aiohttp session belongs to one event loop
+    if name == "watch_presence":
+        assert actual.pop("timeout").default is None  # blocking iteration gets a timeout
+    assert [(p.name, p.kind, p.default) for p in actual.values()] == [
+        (p.name, p.kind, p.default) for p in expected.values()
+    ], name
+
+
+@pytest.mark.parametrize("method", ["on", "once"])
+def test_on_has_a_typed_overload_for_every_event(method):
+    events: list[str] = []
+    for overload in get_overloads(getattr(RatatoskrClient, method)):
+        hints = get_type_hints(overload)
+        events += get_args(hints["event"])
+    # Each event twice: with a callback, and as a decorator.
+    assert sorted(events) == sorted(get_args(EventName) * 2)
+
+
+def test_the_sync_module_exports():
+    assert ratatoskr_client.sync.__all__ == ["PresenceWatch", "RatatoskrClient"]
+    assert "sync" not in ratatoskr_client.__all__  # a submodule, imported on demand
+
+
+def test_user_code_calling_it_passes_mypy_strict():
+    api = pytest.importorskip("mypy.api")
+    out, err, status = api.run(["--strict", "--warn-unused-ignores", str(USAGE)])
+    assert status == 0, out + err
