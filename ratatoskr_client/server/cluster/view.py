@@ -2,7 +2,7 @@
 is present in the documents this relay has local peers in, and what this relay
 must tell the others. Pure: no I/O, no asyncio.
 
-:class:`ClusterView` is the core's :class:`~..bus.Bus`. The core calls it with
+:class:`ClusterView` is the core's ``Bus`` (``ratatoskr_client.server.bus``). The core calls it with
 what its local peers do; the view queues the messages and hash updates for the
 Redis driver (:meth:`ClusterView.take_outgoing`). The driver calls it with
 what the other relays said (:meth:`ClusterView.apply`) and with state read
@@ -134,7 +134,8 @@ class _Doc:
 
 
 class ClusterView:
-    """The core's :class:`~..bus.Bus`: remote peers in, local changes out."""
+    """The core's ``Bus`` (``ratatoskr_client.server.bus``): remote peers in,
+    local changes out."""
 
     def __init__(
         self, core: RelayCore, node_id: str, names: Names, *, max_queued: int = MAX_QUEUED
@@ -195,7 +196,7 @@ class ClusterView:
     # ------------------------------------------------------------------ the core's bus
 
     def peer_authenticated(self, session: Session) -> Iterable[bytes]:
-        """See :class:`~..bus.Bus`."""
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             user = UserInfo(session.user_id, session.name, session.is_anonymous)
             self._dirty_peers[session.peer_id] = encode_user(user)
@@ -203,13 +204,13 @@ class ClusterView:
         return [peer.identity_frame for peer in self._peers.values()]
 
     def peer_closed(self, session: Session) -> None:
-        """See :class:`~..bus.Bus`."""
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             self._dirty_peers[session.peer_id] = None
             self._send(self.names.cluster_channel, False, PeerGone(session.peer_id))
 
     def joined(self, document_id: str, session: Session) -> None:
-        """See :class:`~..bus.Bus`."""
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if document_id not in self._docs:
             # Connected: joiners wait for the fetch. Not: they get what is known
             # now, and the fetch after reconnecting announces the differences.
@@ -220,7 +221,7 @@ class ClusterView:
             self._send(self.names.doc_channel(document_id), True, Joined(session.peer_id))
 
     def left(self, document_id: str, session: Session) -> None:
-        """See :class:`~..bus.Bus`."""
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             self._dirty_docs.add(document_id)
             self._send(self.names.doc_channel(document_id), True, Left(session.peer_id))
@@ -237,7 +238,7 @@ class ClusterView:
             self.on_documents()
 
     def presence_state(self, document_id: str, session: Session) -> tuple[str, ...] | None:
-        """See :class:`~..bus.Bus`."""
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
             return ()
@@ -249,7 +250,7 @@ class ClusterView:
     def relayed(
         self, document_id: str, sender: Session, count: int, session_id: str, data: bytes
     ) -> None:
-        """See :class:`~..bus.Bus`."""
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         doc = self._docs.get(document_id)
         if doc is not None and not doc.fetch and not doc.remote:
             return  # known: nobody on another relay is present
