@@ -2,9 +2,9 @@
 is present in the documents this relay has local peers in, and what this relay
 must tell the others. Pure: no I/O, no asyncio.
 
-:class:`ClusterView` is the core's ``Bus`` (``ratatoskr_client.server.bus``). The core calls it with
-what its local peers do; the view queues the messages and hash updates for the
-Redis driver (:meth:`ClusterView.take_outgoing`). The driver calls it with
+:class:`ClusterView` is the core's ``Bus`` (``ratatoskr_client.server.bus``).
+The core calls it with what its local peers do; the view queues the messages
+and hash updates for the Redis driver (:meth:`ClusterView.take_outgoing`). The driver calls it with
 what the other relays said (:meth:`ClusterView.apply`) and with state read
 from Redis (:meth:`replace_node`, :meth:`reset`, :meth:`doc_fetched`); the
 view turns that into the frames the local peers must receive, through the
