@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks: our relay and SDK, measured against a raw floor relay in the same run.
 
-    python benchmarks/run.py [--quick] [--json PATH] [--uvloop] [--malloc-tuned]
+    python benchmarks/run.py [--quick] [--json PATH] [--uvloop] [--malloc-tuned] [--cluster]
 
 Two relays run as separate processes: the raw floor (``benchmarks/raw_relay.py``:
 forwards every binary frame's bytes to every other connection, nothing else)
@@ -111,9 +111,11 @@ def pct(samples: Sequence[float], q: float) -> float:
 class Relay:
     """One relay process: ours or the raw floor. Started, killed, restarted."""
 
-    def __init__(self, kind: str, *, use_uvloop: bool) -> None:
+    def __init__(self, kind: str, *, use_uvloop: bool, extra: Sequence[str] = ()) -> None:
         self.kind = kind
         self.use_uvloop = use_uvloop
+        #: more options for our relay (--redis, --workers, ...)
+        self.extra = list(extra)
         self.port = 0
         self.host = "127.0.0.1"
         self.proc: subprocess.Popen[str] | None = None
@@ -124,7 +126,7 @@ class Relay:
             cmd = [sys.executable, str(RAW_RELAY), "--port", str(self.port)]
         else:
             cmd = [sys.executable, "-m", "ratatoskr_client", "relay", "--port", str(self.port)]
-            cmd += ["--rate-limit", str(BENCH_RATE_LIMIT)]
+            cmd += ["--rate-limit", str(BENCH_RATE_LIMIT), *self.extra]
         if self.use_uvloop:
             cmd.append("--uvloop")
         return cmd
@@ -915,6 +917,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated subset of: memory (incl. the storm), latency, presence, fanout",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run the relay cluster phases (needs redis-server and the 'cluster' "
+        "extra); see benchmarks/cluster_bench.py",
+    )
+    parser.add_argument(
         "--raw-memory-worker", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -938,9 +946,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     results = run_loop(run(args))
+    if args.cluster:
+        from cluster_bench import report_cluster, run_cluster
+
+        results.update(run_loop(run_cluster(args.quick, args.uvloop)))
     wall = time.perf_counter() - started
     results["wall_s"] = wall
     report(results, wall)
+    if args.cluster:
+        report_cluster(results)
     if args.json:
         missing = [k for k in REQUIRED_KEYS if k not in results]
         if missing and not args.only:

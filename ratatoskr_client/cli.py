@@ -118,6 +118,26 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run on uvloop, a faster event loop (needs the 'speed' extra: "
         "pip install 'ratatoskr-client[speed]')",
     )
+    relay.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join the relay cluster on this Redis server (redis://HOST:PORT/DB; needs "
+        "the 'cluster' extra: pip install 'ratatoskr-client[cluster]')",
+    )
+    relay.add_argument(
+        "--node-ttl",
+        type=_number(float, "a number", lambda v: v >= 1, ">= 1"),
+        metavar="SECONDS",
+        help="with --redis: the other relays remove this one's peers this long after it stops (10)",
+    )
+    relay.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="with --redis, on Linux: run N relay processes on the same port "
+        "(SO_REUSEPORT), one per core",
+    )
+    relay.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     relay.set_defaults(func=_cmd_relay)
 
     demo = sub.add_parser(
@@ -193,6 +213,12 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         overrides["rate_limit"] = args.rate_limit
     if args.upstream_compat:
         overrides["server_presence"] = False
+    if args.redis is not None:
+        overrides["redis_url"] = args.redis
+    if args.node_ttl is not None:
+        overrides["node_ttl"] = args.node_ttl
+    if args.reuse_port:
+        overrides["reuse_port"] = True
     try:
         if args.config:
             config = load_config(args.config, **overrides)
@@ -201,6 +227,16 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ratatoskr relay: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if config.redis_url is not None:
+        from .server.cluster import require_redis
+
+        try:
+            require_redis()
+        except ConfigError as exc:
+            print(f"ratatoskr relay: {exc}", file=sys.stderr)
+            return 2
+    if args.workers is not None:
+        return _relay_workers(args, config)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if args.uvloop:
         try:
@@ -222,6 +258,9 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         relay = RelayServer(config)
         try:
             await relay.start()
+        except ConfigError as exc:
+            print(f"ratatoskr relay: {exc}", file=sys.stderr)
+            return 2
         except OSError as exc:
             print(
                 f"ratatoskr relay: cannot listen on {config.host}:{config.port}: "
@@ -237,6 +276,57 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         return 0
 
     return _run_until_signal(serve, loop_factory)
+
+
+def _relay_workers(args: argparse.Namespace, config: Any) -> int:
+    """``relay --workers N``: N relay processes on one port (see server/workers.py)."""
+    from .server.workers import reserve_port, reuse_port_supported, supervise
+
+    if config.redis_url is None:
+        print(
+            "ratatoskr relay: --workers needs --redis: the workers share presence through Redis",
+            file=sys.stderr,
+        )
+        return 2
+    if not reuse_port_supported():
+        print("ratatoskr relay: --workers needs Linux (SO_REUSEPORT)", file=sys.stderr)
+        return 2
+    try:
+        reserved = reserve_port(config.host, config.port)
+    except OSError as exc:
+        print(
+            f"ratatoskr relay: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    port = reserved.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    # Each worker gets the same options, the resolved port and --reuse-port.
+    forwarded = ["--host", config.host, "--port", str(port), "--reuse-port"]
+    for flag, value in (
+        ("--config", args.config),
+        ("--presence-ttl", args.presence_ttl),
+        ("--rate-limit", args.rate_limit),
+        ("--redis", args.redis),
+        ("--node-ttl", args.node_ttl),
+    ):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    forwarded += [
+        f
+        for f, on in (("--upstream-compat", args.upstream_compat), ("--uvloop", args.uvloop))
+        if on
+    ]
+    command = [sys.executable, "-m", "ratatoskr_client", "--log-level", args.log_level, "relay"]
+    return _run_until_signal(
+        lambda stop: supervise(
+            args.workers,
+            lambda _: [*command, *forwarded],
+            f"ws://{host}:{port}/sync",
+            reserved,
+            stop,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- demo / watch

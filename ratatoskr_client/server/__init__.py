@@ -8,7 +8,8 @@ Run it with ``ratatoskr relay`` (see ``docs/server.md``), or in-process::
         ...  # connect clients to relay.url
 
 The rules live in :class:`RelayCore` (no I/O); :class:`RelayServer` and
-:func:`create_app` put it on aiohttp.
+:func:`create_app` put it on aiohttp. With ``redis_url`` a relay joins a
+cluster of relays that behave as one (:mod:`.cluster`, ``docs/cluster.md``).
 """
 
 from .app import create_app
@@ -18,6 +19,7 @@ from .config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_DOCUMENTS_PER_PEER,
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_NODE_TTL,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PORT,
     DEFAULT_PRESENCE_TTL,
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_NODE_TTL",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_PRESENCE_TTL",

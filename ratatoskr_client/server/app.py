@@ -18,19 +18,23 @@ from typing import Final
 from aiohttp import WSMsgType, web
 
 from ..protocol import ErrorFrame, encode
+from .cluster import Cluster
 from .config import RelayConfig
 from .core import Connection, RelayCore
 from .guard import HandshakeGuard
 from .memory import TrimPolicy, trim
+from .metrics import metrics_registry, serve_metrics
 from .outbox import Batcher, SocketOutbox
 
-__all__ = ["CORE_KEY", "GUARD_KEY", "create_app"]
+__all__ = ["CLUSTER_KEY", "CORE_KEY", "GUARD_KEY", "create_app"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
 CORE_KEY: Final = web.AppKey("ratatoskr_core", RelayCore)
 #: The handshake deadlines; :class:`~.runner.RelayServer` feeds it accepted connections.
 GUARD_KEY: Final = web.AppKey("ratatoskr_guard", HandshakeGuard)
+#: The relay's cluster membership (only when ``redis_url`` is configured).
+CLUSTER_KEY: Final = web.AppKey("ratatoskr_cluster", Cluster)
 #: Seconds a closing WebSocket waits for the peer's close frame (graceful
 #: shutdown only: connections the relay drops are closed without waiting).
 CLOSE_TIMEOUT: Final = 2.0
@@ -45,10 +49,21 @@ class _OpenSockets:
 
 _SOCKETS_KEY: Final = web.AppKey("ratatoskr_sockets", _OpenSockets)
 _BATCHER_KEY: Final = web.AppKey("ratatoskr_batcher", Batcher)
+_METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", object)
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # 200 whenever the relay serves its own peers (what a load balancer asks);
+    # a relay in a cluster adds whether its Redis link is up.
+    body: dict[str, object] = {"status": "ok"}
+    cluster = request.app.get(CLUSTER_KEY)
+    if cluster is not None:
+        body.update(cluster.health())
+    return web.json_response(body)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return await serve_metrics(request.app[_METRICS_KEY])  # type: ignore[arg-type]
 
 
 @web.middleware
@@ -100,7 +115,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         return ws
     sockets = request.app[_SOCKETS_KEY].all
     sockets.add(ws)
-    outbox = SocketOutbox(ws, transport, request.app[_BATCHER_KEY])
+    outbox = SocketOutbox(ws, transport, request.app[_BATCHER_KEY], core.counters)
     session = core.open(outbox, request.remote or "")
     loop = asyncio.get_running_loop()
     auth_deadline = loop.time() + cfg.auth_timeout
@@ -168,6 +183,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[GUARD_KEY].cancel_all()
 
 
+async def _cluster_link(app: web.Application) -> AsyncIterator[None]:
+    cluster = app[CLUSTER_KEY]
+    cluster.start()
+    yield
+    await cluster.stop()
+
+
 async def _close_sockets(app: web.Application) -> None:
     async def close(ws: web.WebSocketResponse) -> None:
         with contextlib.suppress(Exception):
@@ -181,19 +203,31 @@ async def _close_sockets(app: web.Application) -> None:
 def create_app(
     config: RelayConfig | None = None, *, core: RelayCore | None = None
 ) -> web.Application:
-    """An aiohttp application serving the relay (``/sync`` and ``/health``).
+    """An aiohttp application serving the relay (``/sync``, ``/health`` and
+    ``/metrics``). With ``config.redis_url`` it joins that Redis server's relay
+    cluster while it runs (see ``docs/cluster.md``).
 
     Pass ``core`` to share state with code that inspects it (tests do).
+
+    Raises:
+        ConfigError: ``redis_url`` is set but the ``redis`` package is missing.
     """
     config = config or RelayConfig(open=True)
     app = web.Application(middlewares=[_request_complete])
-    app[CORE_KEY] = core or RelayCore(config)
+    app[CORE_KEY] = core = core or RelayCore(config)
+    cluster = None
+    if config.redis_url is not None:
+        cluster = app[CLUSTER_KEY] = Cluster(core, config)
     app[GUARD_KEY] = HandshakeGuard(config.handshake_timeout)
     app[_SOCKETS_KEY] = _OpenSockets()
     app[_BATCHER_KEY] = Batcher()
+    app[_METRICS_KEY] = metrics_registry(core, cluster)
     app.router.add_get("/sync", _sync)
     app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
     app.on_response_prepare.append(_one_request_per_connection)
     app.cleanup_ctx.append(_background)
+    if cluster is not None:
+        app.cleanup_ctx.append(_cluster_link)
     app.on_shutdown.append(_close_sockets)
     return app

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..protocol.constants import (
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_NODE_TTL",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_PRESENCE_TTL",
@@ -43,6 +45,7 @@ __all__ = [
     "RelayConfig",
     "UserSpec",
     "load_config",
+    "redact_url",
 ]
 
 DEFAULT_PORT: Final = 4151
@@ -54,6 +57,11 @@ DEFAULT_MAX_DOCUMENTS_PER_PEER: Final = 1000
 DEFAULT_PING_INTERVAL: Final = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
 DEFAULT_AUTH_FAILURE_LIMIT: Final = 30
+DEFAULT_NODE_TTL: Final = 10.0
+#: The shortest node TTL accepted: nodes heartbeat every TTL/5 seconds, and a
+#: shorter TTL would declare a busy node dead for a garbage-collection pause.
+MIN_NODE_TTL: Final = 1.0
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 #: ACL principal meaning "every peer, anonymous ones included".
 PUBLIC: Final = "public"
@@ -132,6 +140,13 @@ class RelayConfig:
             identity or presence frames, ephemeral messages relayed to the
             connections that sent ``request``/``sync`` for the document, ``eph:``
             ids ignored. For testing clients' peer-to-peer fallback.
+        redis_url: join the relay cluster that shares this Redis server
+            (``redis://HOST:PORT/DB``, ``rediss://`` or ``unix://``); needs
+            the ``cluster`` extra. None: a single relay (see ``docs/cluster.md``).
+        node_ttl: seconds after which the other relays of a cluster remove the
+            peers of a relay that stopped heartbeating (at least 1).
+        reuse_port: listen with ``SO_REUSEPORT``, so several relay processes
+            can share one port (what ``ratatoskr relay --workers`` does).
     """
 
     host: str = "127.0.0.1"
@@ -148,6 +163,9 @@ class RelayConfig:
     max_documents_per_peer: int = DEFAULT_MAX_DOCUMENTS_PER_PEER
     ping_interval: float = DEFAULT_PING_INTERVAL
     server_presence: bool = True
+    redis_url: str | None = None
+    node_ttl: float = DEFAULT_NODE_TTL
+    reuse_port: bool = False
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
@@ -204,6 +222,13 @@ def _validate(cfg: RelayConfig) -> None:
     positive("max_frame_size", cfg.max_frame_size, integer=True)
     positive("max_documents_per_peer", cfg.max_documents_per_peer, integer=True)
     positive("ping_interval", cfg.ping_interval)
+    positive("node_ttl", cfg.node_ttl)
+    if cfg.node_ttl < MIN_NODE_TTL:
+        raise ConfigError(
+            f"node_ttl must be at least {MIN_NODE_TTL:g} second, got {cfg.node_ttl!r}",
+            path=cfg.source,
+        )
+    _validate_redis_url(cfg.redis_url, cfg.source)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
@@ -268,6 +293,41 @@ def _validate(cfg: RelayConfig) -> None:
                 )
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host``), for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def _validate_redis_url(url: object, source: str | None) -> None:
+    if url is None:
+        return
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"redis_url must be a non-empty string, got {url!r}", path=source)
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"redis_url {shown!r} is not a valid URL: {exc}", path=source) from exc
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ConfigError(
+            f"redis_url must start with redis://, rediss:// or unix://, got {shown!r}",
+            path=source,
+        )
+    if parts.scheme == "unix" and not parts.path:
+        raise ConfigError(f"redis_url {shown!r} names no socket path", path=source)
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"redis_url {shown!r} names no host", path=source)
+
+
 # --------------------------------------------------------------------------- TOML loading
 
 _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
@@ -281,6 +341,8 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "max_frame_size": int,
     "max_documents_per_peer": int,
     "ping_interval": (int, float),
+    "redis_url": str,
+    "node_ttl": (int, float),
 }
 
 

@@ -10,6 +10,12 @@ unit tests use a list.
 
 The clock is injected (``clock``), so TTL expiry and rate limits are testable
 without sleeping.
+
+A relay in a cluster (``docs/cluster.md``) also has a :class:`Bus`: the core
+tells it, synchronously, about every local identity, membership and relayed
+message, and asks it who is present on the other relays. The bus calls back
+:meth:`RelayCore.deliver_remote` with messages other relays accepted. Without
+a bus (``bus is None``) nothing of this runs.
 """
 
 from __future__ import annotations
@@ -56,15 +62,19 @@ from ..protocol import (
     decode_payload,
     encode,
 )
+from .bus import Bus, RemoteSender
 from .config import Access, RelayConfig
+from .counters import RelayCounters, refusal_reason
 from .names import NameAllocator
 
 __all__ = [
     "MAX_SESSIONS_PER_CONNECTION",
+    "Bus",
     "Connection",
     "Outbox",
     "RelayCore",
     "RelayStats",
+    "RemoteSender",
     "Session",
 ]
 
@@ -211,8 +221,9 @@ class RelayCore:
         self._peers: dict[str, Connection] = {}
         #: document id -> present connections by peer id, in join order
         self._docs: dict[str, dict[str, Connection]] = {}
-        #: ephemeral sessionId -> the connection that first used it (the gossip rule)
-        self._sessions: SessionOwners[Connection] = SessionOwners(
+        #: ephemeral sessionId -> the connection that first used it (the gossip rule);
+        #: senders on other relays are keyed by (node id, peer id)
+        self._sessions: SessionOwners[Connection | RemoteSender] = SessionOwners(
             max_per_sender=MAX_SESSIONS_PER_CONNECTION,
             tombstone_ttl=SESSION_TOMBSTONE_TTL,
             max_tombstones=MAX_SESSION_TOMBSTONES,
@@ -222,6 +233,10 @@ class RelayCore:
         self._server_presence = config.server_presence
         #: connections closed since the core started (for memory housekeeping)
         self.closed_total = 0
+        #: traffic counts, for monitoring
+        self.counters = RelayCounters()
+        #: the cluster link (see :meth:`attach_bus`); None for a single relay
+        self.bus: Bus | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,6 +263,8 @@ class RelayCore:
             del self._peers[session.peer_id]
             if session.is_anonymous:
                 self._names.release(session.name)
+            if self.bus is not None:
+                self.bus.peer_closed(session)
             if self._server_presence:
                 frame = encode(PeerDisconnectedFrame(session.peer_id))
                 for other in self._peers.values():
@@ -311,23 +328,29 @@ class RelayCore:
 
     def receive_text(self, session: Connection) -> None:
         """A text WebSocket message arrived: always bad input."""
+        self.counters.frame_in("text")
         self._error(session, "invalid_message", "text frames are not supported; send binary CBOR")
 
     def receive(self, session: Connection, data: bytes) -> None:
         """Apply one binary WebSocket message from ``session``."""
+        counters = self.counters
         if len(data) > self.config.max_frame_size:
+            counters.frame_in("oversized")
             self._error(
                 session,
                 "invalid_message",
                 f"frame of {len(data)} bytes exceeds the {self.config.max_frame_size}-byte limit",
+                reason="oversized",
             )
             return
         try:
             frame = decode(data)
         except ProtocolError as exc:
+            counters.frame_in("invalid")
             log.debug("invalid frame from %r: %s", session, exc)
             self._error(session, "invalid_message", str(exc))
             return
+        counters.frame_in(frame.TYPE or "unknown")
         if not session.authenticated:
             self._receive_unauthenticated(session, frame)
             return
@@ -402,6 +425,7 @@ class RelayCore:
             limit = self.config.auth_failure_limit
             bucket = failures[session.address] = TokenBucket.per_minute(limit, now)
         bucket.take(now)
+        self.counters.refusal(refusal_reason(code))
         session.outbox.send(encode(AuthErrorFrame(code, message)))
         session.outbox.close(1008, code)
 
@@ -434,12 +458,17 @@ class RelayCore:
                 )
             )
             self._peers[peer_id] = session
+            if self.bus is not None:
+                self.bus.peer_authenticated(session)
             return
         out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, FEATURES)))
         for other in self._peers.values():  # initial sync, in connection order
             out.send(other.identity_frame)
             other.outbox.send(session.identity_frame)
         self._peers[peer_id] = session
+        if self.bus is not None:  # then the peers on the other relays
+            for frame in self.bus.peer_authenticated(session):
+                out.send(frame)
         log.debug("peer %s authenticated as %r (user %s)", peer_id, name, user_id)
 
     # ------------------------------------------------------------------ documents
@@ -481,8 +510,16 @@ class RelayCore:
                     other.outbox.send(joined)
             members[session.peer_id] = session
             session.docs[doc_id] = now
+            if self.bus is not None:
+                self.bus.joined(doc_id, session)
         if send_state and self._server_presence:
-            session.outbox.send(encode(DocPresenceStateFrame(doc_id, tuple(members))))
+            peers = tuple(members)
+            if self.bus is not None:
+                remote = self.bus.presence_state(doc_id, session)
+                if remote is None:
+                    return  # the bus sends it once it knows who is present elsewhere
+                peers = remote + peers  # so the joiner is still listed last
+            session.outbox.send(encode(DocPresenceStateFrame(doc_id, peers)))
 
     def _leave(self, session: Connection, doc_id: str, *, tell_self: bool) -> None:
         if session.docs.pop(doc_id, None) is None:
@@ -491,6 +528,8 @@ class RelayCore:
         del members[session.peer_id]
         if not members:
             del self._docs[doc_id]
+        if self.bus is not None:
+            self.bus.left(doc_id, session)
         if not self._server_presence:
             return
         left = encode(PeerLeftDocFrame(doc_id, session.peer_id))
@@ -590,30 +629,51 @@ class RelayCore:
         return False
 
     def _relay_ephemeral(self, session: Connection, frame: EphemeralFrame) -> None:
+        self.counters.relayed_local += 1
+        if self.bus is not None:
+            self.bus.relayed(frame.document_id, session, frame.count, frame.session_id, frame.data)
         members = self._docs.get(frame.document_id)
         if not members:
             return
-        # Encode the frame once, with targetId last, and splice each recipient's id
-        # onto the end: no per-recipient re-encoding of the payload.
-        prefix = b"".join(
-            (
-                _EPH_MAP,
-                _K_SENDER,
-                session.target_suffix,
-                _K_DOC,
-                cbor_text(frame.document_id),
-                _K_COUNT,
-                cbor_uint(frame.count),
-                _K_SESSION,
-                cbor_text(frame.session_id),
-                _K_DATA,
-                cbor_bytes(frame.data),
-                _K_TARGET,
-            )
+        prefix = _ephemeral_prefix(
+            session.target_suffix, frame.document_id, frame.count, frame.session_id, frame.data
         )
         for other in members.values():
             if other is not session:
                 other.outbox.send_ephemeral(prefix, other.target_suffix)
+
+    # ------------------------------------------------------------------ cluster seam
+
+    def attach_bus(self, bus: Bus) -> None:
+        """Link this core to the other relays of a cluster (before any connection)."""
+        if self._connections:
+            raise RuntimeError("attach the bus before the relay accepts connections")
+        self.bus = bus
+
+    def members(self, document_id: str) -> Iterable[Connection]:
+        """The local sessions present in a document, in join order."""
+        return self._docs.get(document_id, {}).values()
+
+    def deliver_remote(
+        self, sender: RemoteSender, document_id: str, count: int, session_id: str, data: bytes
+    ) -> bool:
+        """A message another relay accepted from ``sender``: apply the gossip
+        rule to it here too (so a sessionId stays its first user's across the
+        cluster), then deliver it to the local peers present. Its read check and
+        rate limit were applied where it entered. True if it was admitted."""
+        if self._sessions.admit(sender, session_id, count) is not Admission.ACCEPTED:
+            return False
+        self.counters.relayed_remote += 1
+        members = self._docs.get(document_id)
+        if members:
+            prefix = _ephemeral_prefix(cbor_text(sender[1]), document_id, count, session_id, data)
+            for other in members.values():
+                other.outbox.send_ephemeral(prefix, other.target_suffix)
+        return True
+
+    def release_remote(self, sender: RemoteSender) -> None:
+        """A peer on another relay is gone: its sessionIds become tombstones."""
+        self._sessions.release(sender, self.clock())
 
     # ------------------------------------------------------------------ automerge sync
 
@@ -645,5 +705,32 @@ class RelayCore:
         *,
         document_id: str | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
+        self.counters.refusal(reason or refusal_reason(code))
         session.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
+
+
+def _ephemeral_prefix(
+    sender: bytes, document_id: str, count: int, session_id: str, data: bytes
+) -> bytes:
+    """A relayed ephemeral frame up to its ``targetId`` value (``sender`` is the
+    CBOR text of the sender's peer id). Encoded once per message, with targetId
+    last, so each recipient's id is spliced onto the end: no per-recipient
+    re-encoding of the payload."""
+    return b"".join(
+        (
+            _EPH_MAP,
+            _K_SENDER,
+            sender,
+            _K_DOC,
+            cbor_text(document_id),
+            _K_COUNT,
+            cbor_uint(count),
+            _K_SESSION,
+            cbor_text(session_id),
+            _K_DATA,
+            cbor_bytes(data),
+            _K_TARGET,
+        )
+    )

@@ -17,6 +17,8 @@ from typing import Final
 
 from aiohttp import web
 
+from .counters import RelayCounters
+
 __all__ = ["SLOW_PEER_BYTES", "STALLED_PEER_BYTES", "Batcher", "SocketOutbox"]
 
 log = logging.getLogger("ratatoskr_client.server")
@@ -87,12 +89,26 @@ class SocketOutbox:
     descriptor alive. ``dropped`` tells the connection's handler to stop.
     """
 
-    __slots__ = ("_batcher", "_held", "_transport", "_ws", "dropped", "ephemeral_dropped")
+    __slots__ = (
+        "_batcher",
+        "_counters",
+        "_held",
+        "_transport",
+        "_ws",
+        "dropped",
+        "ephemeral_dropped",
+    )
 
     def __init__(
-        self, ws: web.WebSocketResponse, transport: asyncio.Transport, batcher: Batcher
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        batcher: Batcher,
+        counters: RelayCounters | None = None,
     ) -> None:
         self._ws = ws
+        #: the relay's traffic counts (frames written by type, drops)
+        self._counters = counters or RelayCounters()
         self._transport = transport
         self._batcher = batcher
         #: frames waiting for the end of this loop iteration, in one buffer (not a
@@ -137,12 +153,14 @@ class SocketOutbox:
         if not self._writable():
             return
         self._write(frame_header(len(frame)), frame)
+        self._counters.frame_out(_frame_type(frame))
         if self._queued() > STALLED_PEER_BYTES:
             log.warning(
                 "disconnecting a peer that stopped reading (%d bytes queued)", self._queued()
             )
             self.dropped = True
             self._held = None
+            self._counters.slow_disconnects += 1
             # abort(), not close(): close() would wait to flush what the peer
             # does not read. The socket and its buffers are released now.
             self._transport.abort()
@@ -154,8 +172,10 @@ class SocketOutbox:
             return
         if self._queued() > SLOW_PEER_BYTES:
             self.ephemeral_dropped += 1
+            self._counters.ephemeral_dropped += 1
             return
         self._write(frame_header(len(prefix) + len(suffix)), prefix, suffix)
+        self._counters.ephemeral_out += 1
 
     def close(self, code: int, reason: str) -> None:
         """Send what is pending and a close frame, then close the TCP connection
@@ -167,3 +187,15 @@ class SocketOutbox:
         if not self._ws.closed and not self._transport.is_closing():
             self._transport.write(close_frame(code, reason))
         self._transport.close()
+
+
+_TYPE_KEY: Final = b"dtype"
+
+
+def _frame_type(frame: bytes) -> str:
+    """The ``type`` of a frame the relay encoded (its first key, by construction),
+    for counting; ``other`` if it is not where it should be."""
+    # A map head of one byte, "type", then a text head of one byte (< 24 chars).
+    if frame[1:6] == _TYPE_KEY and 0x60 <= frame[6] < 0x78:
+        return frame[7 : 7 + (frame[6] & 0x1F)].decode("ascii", "replace")
+    return "other"

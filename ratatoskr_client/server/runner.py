@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import GUARD_KEY, create_app
+from .app import CLUSTER_KEY, GUARD_KEY, create_app
+from .cluster import Cluster
 from .config import RelayConfig
 from .core import RelayCore, RelayStats
 from .guard import AcceptErrorFilter, HandshakeGuard
@@ -27,8 +28,16 @@ log = logging.getLogger("ratatoskr_client.server")
 class _GuardedSite(web.TCPSite):
     """A TCP site whose every accepted connection starts a handshake deadline."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: HandshakeGuard) -> None:
-        super().__init__(runner, host, port, reuse_address=True)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        guard: HandshakeGuard,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
         self._guard = guard
 
     async def start(self) -> None:
@@ -76,20 +85,33 @@ class RelayServer:
         self._runner: web.AppRunner | None = None
         self._core: RelayCore | None = None
         self._guard: HandshakeGuard | None = None
+        self._cluster: Cluster | None = None
         self._port: int | None = None
         self._accept_filter: AcceptErrorFilter | None = None
 
     async def start(self) -> RelayServer:
-        """Start listening. Returns self."""
+        """Start listening (and, with ``redis_url``, joining the cluster). Returns self.
+
+        Raises:
+            OSError: the address cannot be listened on.
+            ConfigError: ``redis_url`` is set but the ``redis`` package is missing.
+        """
         if self._runner is not None:
             raise RuntimeError("relay already running")
         self._core = RelayCore(self.config)
         app = create_app(self.config, core=self._core)
         self._guard = app[GUARD_KEY]
+        self._cluster = app.get(CLUSTER_KEY)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
+        if self._cluster is not None:
+            # Listen once joined, so the first clients already see the whole
+            # cluster; without Redis, serve local peers after JOIN_TIMEOUT.
+            await self._cluster.wait_up()
         port = self._port if self._port is not None else self.config.port
-        site = _GuardedSite(runner, self.config.host, port, self._guard)
+        site = _GuardedSite(
+            runner, self.config.host, port, self._guard, reuse_port=self.config.reuse_port
+        )
         try:
             await site.start()
         except BaseException:
@@ -173,6 +195,11 @@ class RelayServer:
         if self._guard is None:
             raise RuntimeError("relay not started")
         return self._guard
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The relay's cluster membership (None without ``redis_url``)."""
+        return self._cluster
 
     def stats(self) -> RelayStats:
         """Sizes of the relay's tables."""

@@ -1,0 +1,51 @@
+"""The seam between a relay's rules and the other relays of its cluster. No I/O.
+
+:class:`~.core.RelayCore` calls a :class:`Bus` synchronously with what its
+local peers did that the other relays must know, and asks it who is present on
+them; the cluster (:mod:`ratatoskr_client.server.cluster`) implements it. A
+relay without a cluster has no bus, and none of this runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .core import Connection
+
+__all__ = ["Bus", "RemoteSender"]
+
+#: A peer on another relay of the cluster, as the gossip table keys it: (node id, peer id).
+RemoteSender = tuple[str, str]
+
+
+class Bus(Protocol):
+    """The core's link to the other relays of a cluster. Calls never block.
+
+    Only what passed the core's checks reaches it: authenticated identities,
+    memberships that passed the read check, messages that passed every check.
+    """
+
+    def peer_authenticated(self, session: Connection) -> Iterable[bytes]:
+        """A local connection authenticated. Returns the ``peer_identity``
+        frames of the peers on other relays, for its initial sync."""
+
+    def peer_closed(self, session: Connection) -> None:
+        """An authenticated local connection closed (after its leaves)."""
+
+    def joined(self, document_id: str, session: Connection) -> None:
+        """A local peer became present in a document."""
+
+    def left(self, document_id: str, session: Connection) -> None:
+        """A local peer is no longer present in a document."""
+
+    def presence_state(self, document_id: str, session: Connection) -> tuple[str, ...] | None:
+        """The peers present on other relays, for ``session``'s
+        ``doc_presence_state`` (they are listed before the local ones); None
+        when not known yet: the bus then sends the frame itself once it knows."""
+
+    def relayed(
+        self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes
+    ) -> None:
+        """A local peer's ephemeral message was accepted and relayed here."""
