@@ -116,12 +116,12 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     sockets = request.app[_SOCKETS_KEY].all
     sockets.add(ws)
     outbox = SocketOutbox(ws, transport, request.app[_BATCHER_KEY], core.counters)
-    session = core.open(outbox, request.remote or "")
+    conn = core.open(outbox, request.remote or "")
     loop = asyncio.get_running_loop()
     auth_deadline = loop.time() + cfg.auth_timeout
     try:
         while not outbox.dropped:
-            if session.authenticated:
+            if conn.authenticated:
                 msg = await ws.receive()
             else:
                 try:
@@ -133,13 +133,13 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                     outbox.close(1008, "auth_timeout")
                     break
             if msg.type is WSMsgType.BINARY:
-                _apply(core, session, msg.data)
+                _apply(core, conn, msg.data)
             elif msg.type is WSMsgType.TEXT:
-                core.receive_text(session)
+                core.receive_text(conn)
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
     finally:
-        core.close(session)
+        core.close(conn)
         sockets.discard(ws)
         outbox.flush()  # answers to the peer's last frames go before the close frame
         # Cancels aiohttp's ping timers now (they would keep the connection's
@@ -150,13 +150,13 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _apply(core: RelayCore, session: Connection, data: bytes) -> None:
+def _apply(core: RelayCore, conn: Connection, data: bytes) -> None:
     try:
-        core.receive(session, data)
+        core.receive(conn, data)
     except Exception:
         # A bug must cost one frame, never the connection or the process.
-        log.exception("internal error while handling a frame from %r", session)
-        session.outbox.send(encode(ErrorFrame("internal_error", "the relay failed on this frame")))
+        log.exception("internal error while handling a frame from %r", conn)
+        conn.outbox.send(encode(ErrorFrame("internal_error", "the relay failed on this frame")))
 
 
 async def _housekeeping(core: RelayCore) -> None:

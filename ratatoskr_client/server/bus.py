@@ -9,10 +9,9 @@ relay without a cluster has no bus, and none of this runs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .core import Connection
+from .connection import Connection
 
 __all__ = ["Bus", "RemoteSender"]
 
@@ -27,21 +26,21 @@ class Bus(Protocol):
     memberships that passed the read check, messages that passed every check.
     """
 
-    def peer_authenticated(self, session: Connection) -> Iterable[bytes]:
+    def peer_authenticated(self, conn: Connection) -> Iterable[bytes]:
         """A local connection authenticated. Returns the ``peer_identity``
         frames of the peers on other relays, for its initial sync."""
 
-    def peer_closed(self, session: Connection) -> None:
+    def peer_closed(self, conn: Connection) -> None:
         """An authenticated local connection closed (after its leaves)."""
 
-    def joined(self, document_id: str, session: Connection) -> None:
+    def joined(self, document_id: str, conn: Connection) -> None:
         """A local peer became present in a document."""
 
-    def left(self, document_id: str, session: Connection) -> None:
+    def left(self, document_id: str, conn: Connection) -> None:
         """A local peer is no longer present in a document."""
 
-    def presence_state(self, document_id: str, session: Connection) -> tuple[str, ...] | None:
-        """The peers present on other relays, for ``session``'s
+    def presence_state(self, document_id: str, conn: Connection) -> tuple[str, ...] | None:
+        """The peers present on other relays, for ``conn``'s
         ``doc_presence_state`` (they are listed before the local ones); None
         when not known yet: the bus then sends the frame itself once it knows."""
 

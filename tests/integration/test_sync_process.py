@@ -131,16 +131,26 @@ GREENLETS_WAIT_TOGETHER = textwrap.dedent(
     import sys
     from gevent import monkey; monkey.patch_all()
     import gevent
+    from gevent.event import Event
     from ratatoskr_client.sync import RatatoskrClient
 
     N = 50
+    saw_everyone = []
+    everyone_saw_everyone = Event()
 
     def participant(i):
         with RatatoskrClient(sys.argv[1]) as client:
             client.enter_document("room")
             # Returns only once all N greenlets have entered: each one's wait
             # must leave the hub free for the others.
-            return len(client.wait_for_presence("room", lambda ps: len(ps) >= N, timeout=20))
+            seen = len(client.wait_for_presence("room", lambda ps: len(ps) >= N, timeout=20))
+            # Nobody leaves before everyone has seen everyone (a participant
+            # whose wait started late would otherwise see the others go).
+            saw_everyone.append(i)
+            if len(saw_everyone) == N:
+                everyone_saw_everyone.set()
+            everyone_saw_everyone.wait(20)
+            return seen
 
     greenlets = [gevent.spawn(participant, i) for i in range(N)]
     gevent.joinall(greenlets, raise_error=True)

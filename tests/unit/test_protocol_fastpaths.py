@@ -105,9 +105,9 @@ def test_a_malformed_frame_is_never_shared() -> None:
 
 
 def test_relay_spliced_ephemeral_frames_decode_like_encoded_ones() -> None:
-    # The relay splices pre-encoded pieces (core._relay_ephemeral); the client's
+    # The relay splices pre-encoded pieces (documents._relay_ephemeral); the client's
     # fast path must see exactly what cbor2 would have written.
-    from ratatoskr_client.server.core import _EPH_MAP
+    from ratatoskr_client.server.documents import _EPH_MAP
 
     spliced = b"".join(
         (

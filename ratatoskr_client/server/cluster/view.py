@@ -195,21 +195,21 @@ class ClusterView:
 
     # ------------------------------------------------------------------ the core's bus
 
-    def peer_authenticated(self, session: Connection) -> Iterable[bytes]:
+    def peer_authenticated(self, conn: Connection) -> Iterable[bytes]:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
-            user = UserInfo(session.user_id, session.name, session.is_anonymous)
-            self._dirty_peers[session.peer_id] = encode_user(user)
-            self._send(self.names.cluster_channel, False, PeerUp(session.peer_id, user))
+            user = UserInfo(conn.user_id, conn.name, conn.is_anonymous)
+            self._dirty_peers[conn.peer_id] = encode_user(user)
+            self._send(self.names.cluster_channel, False, PeerUp(conn.peer_id, user))
         return [peer.identity_frame for peer in self._peers.values()]
 
-    def peer_closed(self, session: Connection) -> None:
+    def peer_closed(self, conn: Connection) -> None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
-            self._dirty_peers[session.peer_id] = None
-            self._send(self.names.cluster_channel, False, PeerGone(session.peer_id))
+            self._dirty_peers[conn.peer_id] = None
+            self._send(self.names.cluster_channel, False, PeerGone(conn.peer_id))
 
-    def joined(self, document_id: str, session: Connection) -> None:
+    def joined(self, document_id: str, conn: Connection) -> None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if document_id not in self._docs:
             # Connected: joiners wait for the fetch. Not: they get what is known
@@ -218,18 +218,18 @@ class ClusterView:
             self.on_documents()
         if self.publishing:
             self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Joined(session.peer_id))
+            self._send(self.names.doc_channel(document_id), True, Joined(conn.peer_id))
 
-    def left(self, document_id: str, session: Connection) -> None:
+    def left(self, document_id: str, conn: Connection) -> None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Left(session.peer_id))
+            self._send(self.names.doc_channel(document_id), True, Left(conn.peer_id))
         doc = self._docs.get(document_id)
         if doc is None:
             return
-        if session in doc.waiting:
-            doc.waiting.remove(session)
+        if conn in doc.waiting:
+            doc.waiting.remove(conn)
         if not self.core.members(document_id):
             # No local peer left: stop listening, forget who is there elsewhere.
             del self._docs[document_id]
@@ -237,13 +237,13 @@ class ClusterView:
                 peer.docs.discard(document_id)
             self.on_documents()
 
-    def presence_state(self, document_id: str, session: Connection) -> tuple[str, ...] | None:
+    def presence_state(self, document_id: str, conn: Connection) -> tuple[str, ...] | None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
             return ()
         if not doc.synced:
-            doc.waiting.append(session)
+            doc.waiting.append(conn)
             return None
         return tuple(doc.remote)
 
@@ -424,13 +424,13 @@ class ClusterView:
 
     def _broadcast(self, frame: bytes) -> None:
         if self._presence:
-            for session in self.core.peers():
-                session.outbox.send(frame)
+            for conn in self.core.peers():
+                conn.outbox.send(frame)
 
     def _tell_present(self, document_id: str, frame: bytes) -> None:
         if self._presence:
-            for session in self.core.members(document_id):
-                session.outbox.send(frame)
+            for conn in self.core.members(document_id):
+                conn.outbox.send(frame)
 
     def _add_peer(self, node: str, peer_id: str, user: UserInfo) -> None:
         if peer_id in self._peers:
@@ -499,7 +499,7 @@ class ClusterView:
             return
         doc.synced = True
         waiting, doc.waiting = doc.waiting, []
-        for session in waiting:
-            if document_id in session.docs and self._presence:
+        for conn in waiting:
+            if document_id in conn.docs and self._presence:
                 peers = tuple(doc.remote) + self.core.presence(document_id)
-                session.outbox.send(encode(DocPresenceStateFrame(document_id, peers)))
+                conn.outbox.send(encode(DocPresenceStateFrame(document_id, peers)))

@@ -1,0 +1,297 @@
+"""The relay's document rules, part of :class:`~.core.RelayCore`. No I/O.
+
+Presence (join, leave, heartbeat), the read check, the per-document bound on
+presence messages, the gossip and replay filter, the rate limit, and relaying
+an ephemeral message to everyone present; automerge-repo ``request``/``sync``
+frames count as a join.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Final
+
+from ..errors import ProtocolError
+from ..pacing import TokenBucket
+from ..protocol import (
+    EPHEMERAL_PREFIX,
+    Admission,
+    DocPresenceStateFrame,
+    DocUnavailableFrame,
+    EphemeralFrame,
+    Frame,
+    PeerJoinedDocFrame,
+    PeerLeftDocFrame,
+    PresenceMessage,
+    RequestFrame,
+    SessionOwners,
+    SyncFrame,
+    cbor_bytes,
+    cbor_map_header,
+    cbor_text,
+    cbor_uint,
+    decode_payload,
+    encode,
+)
+from .bus import Bus, RemoteSender
+from .config import Access, RelayConfig
+from .connection import Connection
+from .counters import RelayCounters
+from .limits import MAX_SESSIONS_PER_CONNECTION, PRESENCE_BURST, PRESENCE_RATE
+
+__all__ = ["DocumentRules", "ephemeral_prefix"]
+
+log = logging.getLogger("ratatoskr_client.server")
+
+# Pre-encoded pieces of an outgoing ephemeral frame (see _relay_ephemeral).
+_EPH_MAP: Final = cbor_map_header(7) + cbor_text("type") + cbor_text("ephemeral")
+_K_SENDER: Final = cbor_text("senderId")
+_K_DOC: Final = cbor_text("documentId")
+_K_COUNT: Final = cbor_text("count")
+_K_SESSION: Final = cbor_text("sessionId")
+_K_DATA: Final = cbor_text("data")
+_K_TARGET: Final = cbor_text("targetId")
+
+
+class DocumentRules:
+    """Presence in documents and the ephemeral messages relayed in them."""
+
+    __slots__ = ()
+
+    # What these rules use of the RelayCore they are part of.
+    config: RelayConfig
+    clock: Callable[[], float]
+    server_peer_id: str
+    counters: RelayCounters
+    bus: Bus | None
+    _docs: dict[str, dict[str, Connection]]
+    _sessions: SessionOwners[Connection | RemoteSender]
+    _server_presence: bool
+
+    def _error(
+        self,
+        conn: Connection,
+        code: str,
+        message: str,
+        *,
+        document_id: str | None = None,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _check_access(self, conn: Connection, doc_id: str) -> bool:
+        access = self.config.access(conn.user_id, doc_id)
+        if access is Access.ALLOWED:
+            return True
+        if access is Access.NOT_FOUND:
+            self._error(
+                conn, "document_not_found", f"unknown document {doc_id!r}", document_id=doc_id
+            )
+        else:
+            self._error(conn, "permission_denied", "Read access required", document_id=doc_id)
+        return False
+
+    def _join(self, conn: Connection, doc_id: str, *, send_state: bool = True) -> None:
+        now = self.clock()
+        members = self._docs.get(doc_id)
+        if members is not None and conn.peer_id in members:
+            conn.docs[doc_id] = now
+        else:
+            if not self._check_access(conn, doc_id):
+                return
+            if len(conn.docs) >= self.config.max_documents_per_peer:
+                self._error(
+                    conn,
+                    "too_many_documents",
+                    f"a connection may be present in at most "
+                    f"{self.config.max_documents_per_peer} documents",
+                    document_id=doc_id,
+                )
+                return
+            if members is None:
+                members = self._docs[doc_id] = {}
+            if self._server_presence:
+                joined = encode(PeerJoinedDocFrame(doc_id, conn.peer_id))
+                for other in members.values():
+                    other.outbox.send(joined)
+            members[conn.peer_id] = conn
+            conn.docs[doc_id] = now
+            if self.bus is not None:
+                self.bus.joined(doc_id, conn)
+        if send_state and self._server_presence:
+            peers = tuple(members)
+            if self.bus is not None:
+                remote = self.bus.presence_state(doc_id, conn)
+                if remote is None:
+                    return  # the bus sends it once it knows who is present elsewhere
+                peers = remote + peers  # so the joiner is still listed last
+            conn.outbox.send(encode(DocPresenceStateFrame(doc_id, peers)))
+
+    def _leave(self, conn: Connection, doc_id: str, *, tell_self: bool) -> None:
+        if conn.docs.pop(doc_id, None) is None:
+            return
+        members = self._docs[doc_id]
+        del members[conn.peer_id]
+        if not members:
+            del self._docs[doc_id]
+        if self.bus is not None:
+            self.bus.left(doc_id, conn)
+        if not self._server_presence:
+            return
+        left = encode(PeerLeftDocFrame(doc_id, conn.peer_id))
+        for other in members.values():
+            other.outbox.send(left)
+        if tell_self:
+            # Expiry: the peer may still be alive (a stalled loop), so tell it too;
+            # a client that sees itself leave re-joins with a heartbeat.
+            conn.outbox.send(left)
+
+    # ------------------------------------------------------------------ ephemeral
+
+    def _on_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
+        try:
+            payload = decode_payload(frame.data)
+            presence = PresenceMessage.from_payload(payload)
+        except ProtocolError as exc:
+            self._error(conn, "invalid_message", str(exc), document_id=frame.document_id)
+            return
+        if not self._admit(conn, frame):
+            return
+        doc_id = frame.document_id
+        if not self._server_presence:
+            if doc_id.startswith(EPHEMERAL_PREFIX):
+                return  # upstream's automerge-repo rejects eph: ids: nothing relayed, no error
+            presence = None  # upstream relays presence-shaped payloads like any other
+        if presence is not None:
+            # Only joins and leaves fan out to everyone present; a heartbeat for a
+            # document the peer is in just refreshes a timestamp, so it is free.
+            refresh = presence.status == "heartbeat" and doc_id in conn.docs
+            if not refresh and not self._control_allowed(conn, doc_id):
+                return
+            if presence.document_id != doc_id:
+                self._error(
+                    conn,
+                    "invalid_message",
+                    "presence documentId does not match the envelope's documentId",
+                    document_id=doc_id,
+                )
+            elif presence.status == "leave":
+                self._leave(conn, doc_id, tell_self=False)
+            else:
+                # A heartbeat for a document the peer is not in counts as a join.
+                self._join(
+                    conn,
+                    doc_id,
+                    send_state=presence.status == "join" or doc_id not in conn.docs,
+                )
+            return
+        if not self._check_access(conn, doc_id):
+            return
+        bucket = conn.bucket
+        assert bucket is not None
+        wait = bucket.take(self.clock())
+        if wait > 0:
+            self._error(
+                conn,
+                "rate_limited",
+                f"more than {self.config.rate_limit} ephemeral messages per minute",
+                retry_after=math.ceil(wait * 1000) / 1000,
+            )
+            return
+        if doc_id in conn.docs:
+            conn.docs[doc_id] = self.clock()  # activity keeps presence alive
+        self._relay_ephemeral(conn, frame)
+
+    def _control_allowed(self, conn: Connection, doc_id: str) -> bool:
+        now = self.clock()
+        bucket = conn.control.get(doc_id)
+        if bucket is None:
+            bucket = conn.control[doc_id] = TokenBucket(PRESENCE_RATE, PRESENCE_BURST, now)
+        wait = bucket.take(now)
+        if wait <= 0:
+            return True
+        self._error(
+            conn,
+            "rate_limited",
+            f"more than {PRESENCE_BURST} presence messages in a row for this document",
+            document_id=doc_id,
+            retry_after=math.ceil(wait * 1000) / 1000,
+        )
+        return False
+
+    def _admit(self, conn: Connection, frame: EphemeralFrame) -> bool:
+        """Gossip and replay filter: True if the frame is new and really from ``conn``."""
+        verdict = self._sessions.admit(conn, frame.session_id, frame.count)
+        if verdict is Admission.ACCEPTED:
+            return True
+        if verdict is Admission.TOO_MANY_SESSIONS:
+            self._error(
+                conn,
+                "too_many_sessions",
+                f"a connection may use at most {MAX_SESSIONS_PER_CONNECTION} sessionIds",
+            )
+        # Otherwise a stock peer forwarding someone's message back to us, or a
+        # copy we already relayed: dropped without a word (docs/protocol.md).
+        return False
+
+    def _relay_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
+        self.counters.relayed_local += 1
+        if self.bus is not None:
+            self.bus.relayed(frame.document_id, conn, frame.count, frame.session_id, frame.data)
+        members = self._docs.get(frame.document_id)
+        if not members:
+            return
+        prefix = ephemeral_prefix(
+            conn.target_suffix, frame.document_id, frame.count, frame.session_id, frame.data
+        )
+        for other in members.values():
+            if other is not conn:
+                other.outbox.send_ephemeral(prefix, other.target_suffix)
+
+    # ------------------------------------------------------------------ automerge sync
+
+    def _on_sync(self, conn: Connection, frame: RequestFrame | SyncFrame) -> None:
+        """A stock automerge-repo peer subscribing to a document: it never sends a
+        presence join, so a request/sync counts as one. The relay stores no
+        documents, so a request is answered with doc-unavailable."""
+        doc_id = frame.document_id
+        if not self._server_presence and doc_id.startswith(EPHEMERAL_PREFIX):
+            return  # upstream: "Invalid AutomergeUrl", no answer
+        self._join(conn, doc_id, send_state=doc_id not in conn.docs)
+        if not isinstance(frame, RequestFrame) or doc_id not in conn.docs:
+            return
+        if self._server_presence:
+            reply: Frame = DocUnavailableFrame(self.server_peer_id, conn.peer_id, doc_id)
+        else:
+            # Upstream answers a request with a sync message; with nothing stored,
+            # the empty document's own sync message is the truthful answer.
+            reply = SyncFrame(self.server_peer_id, conn.peer_id, doc_id, frame.data)
+        conn.outbox.send(encode(reply))
+
+
+def ephemeral_prefix(
+    sender: bytes, document_id: str, count: int, session_id: str, data: bytes
+) -> bytes:
+    """A relayed ephemeral frame up to its ``targetId`` value (``sender`` is the
+    CBOR text of the sender's peer id). Encoded once per message, with targetId
+    last, so each recipient's id is spliced onto the end: no per-recipient
+    re-encoding of the payload."""
+    return b"".join(
+        (
+            _EPH_MAP,
+            _K_SENDER,
+            sender,
+            _K_DOC,
+            cbor_text(document_id),
+            _K_COUNT,
+            cbor_uint(count),
+            _K_SESSION,
+            cbor_text(session_id),
+            _K_DATA,
+            cbor_bytes(data),
+            _K_TARGET,
+        )
+    )
