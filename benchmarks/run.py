@@ -56,6 +56,8 @@ import aiohttp
 from ratatoskr_client import RatatoskrClient
 from ratatoskr_client.protocol import EphemeralFrame, encode, encode_payload
 
+from relay_alone import RawOnOursFanout, RawOnOursPair, cpu_seconds  # isort: skip
+
 HERE = Path(__file__).resolve().parent
 RAW_RELAY = HERE / "raw_relay.py"
 LISTENING = re.compile(r"listening on ws://(?P<host>\[[^\]]+\]|[^\s:/]+):(?P<port>\d+)/sync")
@@ -373,23 +375,32 @@ class SdkPair:
 
 async def latency(
     raw_relay: Relay, our_relay: Relay, n: int, warmup: int, rounds: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
+    """Samples of the raw floor, of raw clients on our relay, and of the SDK."""
     raw, sdk = RawPair(raw_relay), SdkPair(our_relay)
+    alone = RawOnOursPair(our_relay.url, now_ns)
     raw_samples: list[float] = []
+    alone_samples: list[float] = []
     sdk_samples: list[float] = []
+    session = new_session()
     try:
         await raw.open()
+        await alone.open(session)
         await sdk.open()
         await raw.measure(warmup)
+        await alone.measure(warmup)
         await sdk.measure(warmup)
         gc.collect()
         for _ in range(rounds):
             raw_samples += await raw.measure(n // rounds)
+            alone_samples += await alone.measure(n // rounds)
             sdk_samples += await sdk.measure(n // rounds)
     finally:
         await raw.close()
+        await alone.close()
         await sdk.close()
-    return raw_samples, sdk_samples
+        await session.close()
+    return raw_samples, alone_samples, sdk_samples
 
 
 async def presence_latency(relay: Relay, n: int) -> tuple[list[float], list[float]]:
@@ -567,26 +578,42 @@ class SdkFanout:
         await self.session.close()
 
 
+async def _timed(run: Awaitable[dict[str, float]]) -> dict[str, float]:
+    """A fan-out round, with this process's CPU time per delivered message."""
+    gc.collect()
+    cpu = cpu_seconds()
+    result = await run
+    result["cpu_us_per_delivery"] = (cpu_seconds() - cpu) * 1e6 / max(1, result["delivered"])
+    return result
+
+
 async def fanout(
     raw_relay: Relay, our_relay: Relay, n: int, rounds: int
-) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]]:
+    """Rounds of the raw floor, of raw clients on our relay, and of the SDK."""
     raw, sdk = RawFanout(raw_relay), SdkFanout(our_relay)
+    alone = RawOnOursFanout(our_relay.url, FANOUT_RECEIVERS, Burst)
     raw_runs: list[dict[str, float]] = []
+    alone_runs: list[dict[str, float]] = []
     sdk_runs: list[dict[str, float]] = []
+    session = new_session()
     try:
         await raw.open()
+        await alone.open(session)
         await sdk.open()
         await raw.run(min(n // rounds, 500))  # warm-up
+        await alone.run(min(n // rounds, 500))
         await sdk.run(min(n // rounds, 500))
         for _ in range(rounds):
-            gc.collect()
-            raw_runs.append(await raw.run(n // rounds))
-            gc.collect()
-            sdk_runs.append(await sdk.run(n // rounds))
+            raw_runs.append(await _timed(raw.run(n // rounds)))
+            alone_runs.append(await _timed(alone.run(n // rounds)))
+            sdk_runs.append(await _timed(sdk.run(n // rounds)))
     finally:
         await raw.close()
+        await alone.close()
         await sdk.close()
-    return raw_runs, sdk_runs
+        await session.close()
+    return raw_runs, alone_runs, sdk_runs
 
 
 # --------------------------------------------------------------------------- memory + storm
@@ -597,9 +624,12 @@ async def settle_rss(read: Callable[[], int], seconds: float = 1.0) -> int:
     return read()
 
 
-async def sdk_memory_and_storm(n: int, use_uvloop: bool) -> dict[str, float]:
-    """n idle clients in one document: memory on both sides; then the relay is
-    killed and restarted, and we time until every presence is whole again."""
+async def sdk_memory_and_storm(
+    n: int, use_uvloop: bool, *, storm: bool = True, suffix: str = ""
+) -> dict[str, float]:
+    """n idle clients in one document: memory on both sides; then (``storm``)
+    the relay is killed and restarted, and we time until every presence is
+    whole again. ``suffix`` is appended to the memory keys."""
     doc = "bench-idle"
     relay = Relay("ours", use_uvloop=use_uvloop)
     results: dict[str, float] = {}
@@ -627,17 +657,21 @@ async def sdk_memory_and_storm(n: int, use_uvloop: bool) -> dict[str, float]:
             gc.collect()
             relay_rss = await settle_rss(relay.rss_kib)
             client_rss = rss_kib()
-            results["relay_kib_per_peer"] = (relay_rss - relay_base) / n
-            results["client_kib_per_client"] = (client_rss - client_base) / n
-            results["relay_rss_base_kib"] = relay_base
-            results["relay_rss_kib"] = relay_rss
-            results["client_rss_base_kib"] = client_base
-            results["client_rss_kib"] = client_rss
+            results["relay_kib_per_peer" + suffix] = (relay_rss - relay_base) / n
+            results["client_kib_per_client" + suffix] = (client_rss - client_base) / n
+            results["relay_rss_base_kib" + suffix] = relay_base
+            results["relay_rss_kib" + suffix] = relay_rss
+            results["client_rss_base_kib" + suffix] = client_base
+            results["client_rss_kib" + suffix] = client_rss
             log(
                 f"memory: relay {relay_base} -> {relay_rss} KiB, "
                 f"client {client_base} -> {client_rss} KiB for {n} clients"
             )
 
+            if not storm:
+                relay.kill()  # (closing them would fan out n x n departures)
+                await close_all(clients)
+                return results
             # ---- reconnect storm
             before = frozenset(c.me.peer_id for c in clients)
             t0 = time.perf_counter()
@@ -802,6 +836,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         gc.collect()
         log(f"raw: memory with {idle_n} connections")
         results.update(await raw_memory(idle_n, args.uvloop))
+        if not quick:
+            gc.collect()
+            log("ours: memory with 2000 clients (how it grows per client)")
+            results.update(
+                await sdk_memory_and_storm(2000, args.uvloop, storm=False, suffix="_2000")
+            )
 
     raw = Relay("raw", use_uvloop=args.uvloop)
     ours = Relay("ours", use_uvloop=args.uvloop)
@@ -813,9 +853,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 f"latency: {lat_n} messages each after {lat_warm} warm-up, "
                 f"raw and ours alternating in {rounds} rounds"
             )
-            raw_samples, sdk_samples = await latency(raw, ours, lat_n, lat_warm, rounds)
+            raw_samples, alone_samples, sdk_samples = await latency(
+                raw, ours, lat_n, lat_warm, rounds
+            )
             results["raw_p50_us"] = pct(raw_samples, 50)
             results["raw_p99_us"] = pct(raw_samples, 99)
+            results["raw_on_ours_p50_us"] = pct(alone_samples, 50)
+            results["raw_on_ours_p99_us"] = pct(alone_samples, 99)
             results["sdk_p50_us"] = pct(sdk_samples, 50)
             results["sdk_p99_us"] = pct(sdk_samples, 99)
             results["raw_mean_us"] = statistics.fmean(raw_samples)
@@ -833,10 +877,17 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 f"fan-out: {fan_n} messages each to {FANOUT_RECEIVERS} receivers, "
                 f"raw and ours alternating in {rounds} rounds"
             )
-            raw_runs, sdk_runs = await fanout(raw, ours, fan_n, rounds)
+            raw_runs, alone_runs, sdk_runs = await fanout(raw, ours, fan_n, rounds)
             # The median round: robust to a burst of load from elsewhere.
             results["raw_fanout100_per_s"] = statistics.median(r["per_s"] for r in raw_runs)
+            results["raw_on_ours_fanout100_per_s"] = statistics.median(
+                r["per_s"] for r in alone_runs
+            )
             results["sdk_fanout100_per_s"] = statistics.median(r["per_s"] for r in sdk_runs)
+            for side, runs in (("raw", raw_runs), ("raw_on_ours", alone_runs), ("sdk", sdk_runs)):
+                results[f"{side}_client_cpu_us_per_delivery"] = statistics.median(
+                    r["cpu_us_per_delivery"] for r in runs
+                )
             for side, runs in (("raw", raw_runs), ("sdk", sdk_runs)):
                 total = sum(r["delivered"] for r in runs)
                 results[f"{side}_fanout100_overall_per_s"] = total / sum(r["seconds"] for r in runs)
@@ -872,25 +923,51 @@ def report(results: dict[str, float], wall: float) -> None:
     ]
     print()
     print(f"{'measure':34} {'raw floor':>12} {'ours':>12} {'ratio':>7}  target")
+    split = [
+        ("  relay alone: raw clients, p50", "raw_p50_us", "raw_on_ours_p50_us"),
+        ("  relay alone: raw clients, p99", "raw_p99_us", "raw_on_ours_p99_us"),
+        ("  relay alone: fan-out", "raw_fanout100_per_s", "raw_on_ours_fanout100_per_s"),
+        ("  SDK alone: vs raw clients, p50", "raw_on_ours_p50_us", "sdk_p50_us"),
+        ("  SDK alone: vs raw clients, p99", "raw_on_ours_p99_us", "sdk_p99_us"),
+        ("  SDK alone: fan-out", "raw_on_ours_fanout100_per_s", "sdk_fanout100_per_s"),
+        (
+            "  client CPU µs per delivery",
+            "raw_client_cpu_us_per_delivery",
+            "sdk_client_cpu_us_per_delivery",
+        ),
+        (
+            "  … raw clients on our relay",
+            "raw_client_cpu_us_per_delivery",
+            "raw_on_ours_client_cpu_us_per_delivery",
+        ),
+    ]
     for label, rk, sk, target, bound, op in rows:
         raw, ours = get(rk), get(sk)
         ratio = ours / raw if raw else float("nan")
         ok = ratio <= bound if op == "le" else ratio >= bound
         mark = "ok" if ok else "MISSED"
         print(f"{label:34} {raw:12.1f} {ours:12.1f} {ratio:7.2f}  {target} {mark}")
+    for label, rk, sk in split:
+        raw, ours = get(rk), get(sk)
+        if raw == raw and ours == ours:
+            print(f"{label:34} {raw:12.1f} {ours:12.1f} {ours / raw:7.2f}")
     absolute = [
         ("presence latency p50 (µs)", "presence_p50_us", None),
         ("presence latency p99 (µs)", "presence_p99_us", None),
         ("relay KiB per peer", "relay_kib_per_peer", 32.0),
-        ("client KiB per client", "client_kib_per_client", 32.0),
+        ("client KiB per client", "client_kib_per_client", 24.0),
+        ("client KiB per client, 2,000", "client_kib_per_client_2000", 24.0),
         ("reconnect storm converge (s)", "restart_converge_s", 5.0),
     ]
     floor = {
         "relay_kib_per_peer": "raw_relay_kib_per_conn",
         "client_kib_per_client": "raw_client_kib_per_conn",
+        "client_kib_per_client_2000": "raw_client_kib_per_conn",
     }
     for label, key, limit in absolute:
         value = get(key)
+        if value != value:
+            continue  # not measured in this run
         raw = get(floor[key]) if key in floor else float("nan")
         raw_txt = f"{raw:12.1f}" if raw == raw else f"{'':12}"
         target = f"≤ {limit:g} {'ok' if value <= limit else 'MISSED'}" if limit else ""

@@ -491,12 +491,17 @@ class ClientCore(Incoming, Sending):
                     self._presence("heartbeat", doc_id)
         for doc_id, kind in self.sharing.due(now):
             self._submit(Paced(kind, doc_id), now)
+        if now >= self.store.share_at:
+            self.store.share()
         self.prune(now)
         self._release(now)
         self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
     def _next_deadline(self) -> float:
-        at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline())
+        store = self.store
+        at = min(
+            self._heartbeat_at, self.sharing.deadline(), self.states.deadline(), store.share_at
+        )
         for _, record in self.docs.items():
             if record.rejoin_at is not None:
                 at = min(at, record.rejoin_at)

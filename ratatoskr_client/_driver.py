@@ -28,6 +28,7 @@ import aiohttp
 from ._core import ClientCore
 from ._effects import Emit, Fail, PresenceChanged, Push, Resolve, Send, WakeAt
 from ._events import SafeEmitter
+from ._memory import trim_soon
 from ._settings import Settings, socket_url
 from ._socket import SocketWriter, open_socket
 from .errors import (
@@ -60,6 +61,7 @@ class Driver:
         "_closing",
         "_futures",
         "_http",
+        "_loop",
         "_opening",
         "_owns_http",
         "_queues",
@@ -89,6 +91,9 @@ class Driver:
         self._http = session
         self._owns_http = session is None
         self._opening: aiohttp.ClientWebSocketResponse | None = None
+        #: the event loop of the last connect(); asking asyncio for it costs a
+        #: system call on Python 3.11 (getpid()), once per message sent
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -168,7 +173,10 @@ class Driver:
 
     def now(self) -> float:
         """The core's clock: the event loop's."""
-        return asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     # ================================================================== the timer
 
@@ -187,12 +195,16 @@ class Driver:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = math.inf
+        now = self.now()
         try:
-            self.core.on_timer(self.now())
+            self.core.on_timer(now)
         except Exception as exc:  # a bug must not stop every timer for good
             log.exception("internal error in the client's timer")
             self.core.report(_internal(exc, "in the timer"))
         self.apply()
+        # Clients of one process that shared their peer tables (at this timer)
+        # released their own copies: give those pages back.
+        trim_soon(self._loop or asyncio.get_running_loop())
 
     # ================================================================== connecting
 
@@ -206,6 +218,7 @@ class Driver:
             ConnectionClosed: the socket closed during auth, or close() was called.
         """
         settings = self.settings
+        self._loop = asyncio.get_running_loop()
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
             self._owns_http = True

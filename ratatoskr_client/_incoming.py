@@ -110,6 +110,8 @@ class Incoming:
             return
         if type(frame) is EphemeralFrame:  # the hot path: one per message received
             self._ephemeral(frame, now)
+            if self.store.changed:  # (peers' own messages, without server presence)
+                self.arm(self.store.touched(now))
             return
         kind = type(frame)
         if kind is ErrorFrame:
@@ -129,6 +131,8 @@ class Incoming:
             self._confirmed(doc_id, frame.peers, now)  # type: ignore[attr-defined]
         else:
             self._dispatch(self.store.apply(frame))
+        if self.store.changed:
+            self.arm(self.store.touched(now))
 
     def _confirmed(self, document_id: str, peer_ids: tuple[str, ...], now: float) -> None:
         """The server confirmed our presence in a document (or answered a join
@@ -254,6 +258,8 @@ class Incoming:
         # Runs once or twice per presence frame (N of them per client in a
         # reconnect storm): plain type tests, no cast() calls, and no effect for
         # an event nobody listens to (``listens``, when the driver set it).
+        if changes:
+            self.store.changed = True
         listens = self.listens
         effects = self.effects
         for change in changes:

@@ -26,12 +26,14 @@ Contracts:
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
+from ._peer_tables import PeerTable
 from .protocol import (
     AuthOkFrame,
     DocPresenceStateFrame,
@@ -187,19 +189,27 @@ Change: TypeAlias = (
 
 # --------------------------------------------------------------------------- store
 
+#: Seconds the tables must stay unchanged before they are shared with the other
+#: clients of the process that hold the same (:mod:`ratatoskr_client._peer_tables`):
+#: long enough for a burst of joins to be over, short enough that an idle fleet
+#: of bots shares its tables within a second.
+SHARE_AFTER: Final = 0.5
+
 
 class MembershipStore:
     """Identities and membership for one client connection. See the module docstring."""
 
-    __slots__ = ("_docs", "_identities", "_me", "_snapshots")
+    __slots__ = ("_docs", "_identities", "_me", "changed", "share_at")
 
     def __init__(self) -> None:
+        #: the tables changed since :meth:`touched` was last told
+        self.changed = False
+        #: when to :meth:`share` the tables (they have been quiet since)
+        self.share_at = math.inf
         self._me: Peer | None = None
-        self._identities: dict[str, Peer] = {}
+        self._identities: PeerTable[Peer] = PeerTable(ordered=False)
         #: tracked document -> present peers by peer id, in join order
-        self._docs: dict[str, dict[str, Peer]] = {}
-        #: cached presence tuples, dropped whenever a document changes
-        self._snapshots: dict[str, tuple[Peer, ...]] = {}
+        self._docs: dict[str, PeerTable[Peer]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -210,8 +220,30 @@ class MembershipStore:
 
     @property
     def identities(self) -> Mapping[str, Peer]:
-        """Every identity the server announced on this connection, self included."""
+        """Every identity the server announced on this connection, self included
+        (a read-only live view)."""
         return MappingProxyType(self._identities)
+
+    def touched(self, now: float) -> float:
+        """The tables changed at ``now``: they are to be shared once they have
+        been quiet for :data:`SHARE_AFTER`. Returns that time."""
+        self.changed = False
+        self.share_at = now + SHARE_AFTER
+        return self.share_at
+
+    def share(self) -> None:
+        """Share the tables with the other clients of the process that hold the
+        same (see :mod:`ratatoskr_client._peer_tables`). Changes nothing seen."""
+        self.share_at = math.inf
+        self._identities.share()
+        for members in self._docs.values():
+            members.share()
+
+    def unshared(self) -> bool:
+        """True if some non-empty table is this client's own."""
+        return (bool(self._identities) and not self._identities.shared) or any(
+            m and not m.shared for m in self._docs.values()
+        )
 
     def peer(self, peer_id: str) -> Peer:
         """The identity announced for ``peer_id``, or a placeholder if none was
@@ -221,13 +253,8 @@ class MembershipStore:
 
     def presence(self, document_id: str) -> tuple[Peer, ...]:
         """Peers present in ``document_id`` in join order (empty if not tracked)."""
-        snap = self._snapshots.get(document_id)
-        if snap is None:
-            members = self._docs.get(document_id)
-            if not members:
-                return ()
-            snap = self._snapshots[document_id] = tuple(members.values())
-        return snap
+        members = self._docs.get(document_id)
+        return members.snapshot() if members else ()
 
     def is_tracked(self, document_id: str) -> bool:
         """True while presence is kept for ``document_id`` (it was entered)."""
@@ -241,12 +268,12 @@ class MembershipStore:
 
     def track(self, document_id: str) -> None:
         """Start keeping presence for a document (the application entered it)."""
-        self._docs.setdefault(document_id, {})
+        if document_id not in self._docs:
+            self._docs[document_id] = PeerTable()
 
     def forget(self, document_id: str) -> list[Change]:
         """Stop tracking a document (the application left it)."""
         members = self._docs.pop(document_id, None)
-        self._snapshots.pop(document_id, None)
         return [PresenceChanged(document_id)] if members else []
 
     def reset(self) -> list[Change]:
@@ -257,7 +284,6 @@ class MembershipStore:
             if members:
                 members.clear()
                 changes.append(PresenceChanged(doc_id))
-        self._snapshots.clear()
         self._identities.clear()
         return changes
 
@@ -269,7 +295,7 @@ class MembershipStore:
         changes = self.reset()
         me = Peer.from_user(frame.client_peer_id, frame.user, chosen_name)
         self._me = me
-        self._identities[me.peer_id] = me
+        self._identities.put(me)
         return changes
 
     def apply(self, frame: Frame) -> list[Change]:
@@ -318,37 +344,32 @@ class MembershipStore:
         if old is None or old.chosen_name == name:
             return []
         peer = intern_peer(old.peer_id, old.user_id, old.name, old.is_anonymous, name)
-        self._identities[peer_id] = peer
-        for doc_id, members in self._docs.items():
+        self._identities.put(peer)
+        for members in self._docs.values():
             if peer_id in members:
-                members[peer_id] = peer
-                self._snapshots.pop(doc_id, None)
+                members.put(peer)
         return []
 
     def _peer(self, peer_id: str) -> Peer:
         peer = self._identities.get(peer_id)
         return peer if peer is not None else Peer.unknown(peer_id)
 
-    def _changed(self, document_id: str) -> PresenceChanged:
-        self._snapshots.pop(document_id, None)
-        return PresenceChanged(document_id)
-
     def _joined(self, document_id: str, peer_id: str) -> list[Change]:
         members = self._docs.get(document_id)
         if members is None or peer_id in members:
             return []
         peer = self._peer(peer_id)
-        members[peer.peer_id] = peer
-        return [PeerJoined(document_id, peer), self._changed(document_id)]
+        members.put(peer)
+        return [PeerJoined(document_id, peer), PresenceChanged(document_id)]
 
     def _left(self, document_id: str, peer_id: str) -> list[Change]:
         members = self._docs.get(document_id)
         if members is None:
             return []
-        peer = members.pop(peer_id, None)
+        peer = members.pop(peer_id)
         if peer is None:
             return []
-        change = self._changed(document_id)
+        change = PresenceChanged(document_id)
         me = self._me
         if me is not None and peer_id == me.peer_id:
             return [change, SelfRemoved(document_id)]
@@ -365,8 +386,8 @@ class MembershipStore:
                 fresh[peer.peer_id] = peer
         if list(fresh.items()) == list(members.items()):
             return []
-        self._docs[document_id] = fresh
-        return [self._changed(document_id)]
+        members.replace(fresh)
+        return [PresenceChanged(document_id)]
 
     def _identity(
         self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
@@ -388,7 +409,7 @@ class MembershipStore:
             return []
         if old == peer:  # the same identity; at most its chosen name is new
             return self.chosen_name(peer_id, chosen_name)
-        self._identities[peer.peer_id] = peer
+        self._identities.put(peer)
         changes: list[Change] = [IdentityAdded(peer)]
         # A presence frame may have named this peer before its identity arrived.
         # A placeholder equal to the real identity (an anonymous peer named after
@@ -396,11 +417,9 @@ class MembershipStore:
         for doc_id, members in self._docs.items():
             current = members.get(peer.peer_id)
             if current is not None and current is not peer:
-                members[peer.peer_id] = peer
+                members.put(peer)
                 if current != peer:
-                    changes.append(self._changed(doc_id))
-                else:
-                    self._snapshots.pop(doc_id, None)
+                    changes.append(PresenceChanged(doc_id))
         return changes
 
     def disconnected(self, peer_id: str) -> list[Change]:
@@ -408,7 +427,7 @@ class MembershipStore:
         changes: list[Change] = []
         for doc_id in list(self._docs):
             changes.extend(self._left(doc_id, peer_id))
-        peer = self._identities.pop(peer_id, None)
+        peer = self._identities.pop(peer_id)
         if peer is not None:
             changes.append(IdentityRemoved(peer))
         return changes

@@ -1,8 +1,18 @@
 """The decoder in use: :func:`~.decoding.decode_plain` with shortcuts for hot frames. No I/O.
 
-Two shortcuts, both invisible in the result (``tests/unit/test_protocol_fastpaths.py``
+Three shortcuts, all invisible in the result (``tests/unit/test_protocol_fastpaths.py``
 decodes every frame type, well formed and not, with both decoders and requires
 the same frame or the same error):
+
+* **ephemeral frames read by position**: an ephemeral frame whose bytes are laid
+  out the way our relay splices them, or the way our client and automerge-repo
+  encode them (a map of exactly the seven fields, ``type`` first, in one of
+  those two key orders, with definite lengths), is read field by field and
+  proven complete by its position, without building the map. Every byte is
+  checked: the heads and their major types, UTF-8, the id bounds, and that
+  nothing follows the last field. Anything else, down to a needlessly long
+  head, takes the general path below, which gives the same frame or says what
+  is wrong. This is one per message received, on the relay and in every client.
 
 * **inline field checks** for the frames that arrive by the thousand
   (``ephemeral``: one per message; ``peer_identity``, ``peer_joined_doc``,
@@ -43,6 +53,142 @@ __all__ = ["decode"]
 _DOC_CHARS: Final = MAX_DOCUMENT_ID_BYTES // 4
 _PEER_CHARS: Final = MAX_PEER_ID_BYTES // 4
 _SESSION_CHARS: Final = MAX_SESSION_ID_BYTES // 4
+
+
+# The keys of an ephemeral frame, CBOR-encoded (a text head, then the key).
+_K_SENDER: Final = b"hsenderId"
+_K_TARGET: Final = b"htargetId"
+_K_DOC: Final = b"jdocumentId"
+_K_COUNT: Final = b"ecount"
+_K_SESSION: Final = b"isessionId"
+_K_DATA: Final = b"ddata"
+_EPHEMERAL_SENDER_FIRST: Final = b"\xa7dtypeiephemeral" + _K_SENDER
+
+
+def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
+    """An ephemeral frame in one of the two usual layouts, read exactly; None
+    for anything else (see the module docstring).
+
+    One function, with the CBOR heads read inline, because it runs once per
+    message received by the relay and by every client: a helper call per field
+    would double its cost. Text heads may carry a length up to 65,535 (ids are
+    bounded far below), the payload's up to 2**32 - 1; a length in a longer
+    head than it needs takes the general path.
+    """
+    if not data.startswith(_EPHEMERAL_SENDER_FIRST):
+        return None
+    pos = len(_EPHEMERAL_SENDER_FIRST)
+    target = ""
+    try:
+        # senderId
+        b = data[pos]
+        if 0x60 <= b <= 0x77:
+            n, pos = b - 0x60, pos + 1
+        elif b == 0x78 and data[pos + 1] >= 24:
+            n, pos = data[pos + 1], pos + 2
+        else:
+            return None
+        sender = data[pos : pos + n].decode("utf-8")
+        pos += n
+        # targetId second (a client's and automerge-repo's order), or last (the relay's)
+        relayed = not data.startswith(_K_TARGET, pos)
+        if not relayed:
+            pos += len(_K_TARGET)
+            b = data[pos]
+            if 0x60 <= b <= 0x77:
+                n, pos = b - 0x60, pos + 1
+            elif b == 0x78 and data[pos + 1] >= 24:
+                n, pos = data[pos + 1], pos + 2
+            else:
+                return None
+            target = data[pos : pos + n].decode("utf-8")
+            pos += n
+        # documentId
+        if not data.startswith(_K_DOC, pos):
+            return None
+        pos += len(_K_DOC)
+        b = data[pos]
+        if 0x60 <= b <= 0x77:
+            n, pos = b - 0x60, pos + 1
+        elif b == 0x78 and data[pos + 1] >= 24:
+            n, pos = data[pos + 1], pos + 2
+        elif b == 0x79 and data[pos + 1]:
+            n, pos = (data[pos + 1] << 8) | data[pos + 2], pos + 3
+        else:
+            return None
+        doc = data[pos : pos + n].decode("utf-8")
+        pos += n
+        # count
+        if not data.startswith(_K_COUNT, pos):
+            return None
+        pos += len(_K_COUNT)
+        b = data[pos]
+        if b <= 0x17:
+            count, pos = b, pos + 1
+        elif b == 0x18 and data[pos + 1] >= 24:
+            count, pos = data[pos + 1], pos + 2
+        elif b == 0x19 and data[pos + 1]:
+            count, pos = (data[pos + 1] << 8) | data[pos + 2], pos + 3
+        elif b == 0x1A and (data[pos + 1] or data[pos + 2]):
+            count, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+        elif b == 0x1B and any(data[pos + 1 : pos + 5]):
+            count, pos = int.from_bytes(data[pos + 1 : pos + 9], "big"), pos + 9
+        else:
+            return None
+        # sessionId
+        if not data.startswith(_K_SESSION, pos):
+            return None
+        pos += len(_K_SESSION)
+        b = data[pos]
+        if 0x60 <= b <= 0x77:
+            n, pos = b - 0x60, pos + 1
+        elif b == 0x78 and data[pos + 1] >= 24:
+            n, pos = data[pos + 1], pos + 2
+        else:
+            return None
+        sid = data[pos : pos + n].decode("utf-8")
+        pos += n
+        # data
+        if not data.startswith(_K_DATA, pos):
+            return None
+        pos += len(_K_DATA)
+        b = data[pos]
+        if 0x40 <= b <= 0x57:
+            n, pos = b - 0x40, pos + 1
+        elif b == 0x58 and data[pos + 1] >= 24:
+            n, pos = data[pos + 1], pos + 2
+        elif b == 0x59 and data[pos + 1]:
+            n, pos = (data[pos + 1] << 8) | data[pos + 2], pos + 3
+        elif b == 0x5A and (data[pos + 1] or data[pos + 2]):
+            n, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+        else:
+            return None
+        payload = data[pos : pos + n]
+        pos += n
+        if relayed:
+            if not data.startswith(_K_TARGET, pos):
+                return None
+            pos += len(_K_TARGET)
+            b = data[pos]
+            if 0x60 <= b <= 0x77:
+                n, pos = b - 0x60, pos + 1
+            elif b == 0x78 and data[pos + 1] >= 24:
+                n, pos = data[pos + 1], pos + 2
+            else:
+                return None
+            target = data[pos : pos + n].decode("utf-8")
+            pos += n
+    except (IndexError, ValueError):  # short data; invalid UTF-8 (UnicodeDecodeError)
+        return None
+    if (
+        pos != len(data)  # short (a slice past the end) or trailing bytes
+        or not 0 < len(doc) <= _DOC_CHARS
+        or not 0 < len(sid) <= _SESSION_CHARS
+        or len(sender) > _PEER_CHARS
+        or len(target) > _PEER_CHARS
+    ):
+        return None  # the general path raises, or measures long ids exactly
+    return _new_ephemeral(sender, target, doc, count, sid, payload)
 
 
 def _ephemeral(m: dict[str, Any]) -> Frame:
@@ -158,13 +304,13 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
         ProtocolError: not exactly one CBOR map, no string ``type``, or a known
             frame type with a missing or wrongly typed field. Nothing else is raised.
     """
-    key = (
-        data
-        if type(data) is bytes
-        and len(data) <= _SHARED_MAX_BYTES
-        and not data.startswith(_EPHEMERAL_HEAD)  # never shared: don't hash them
-        else None
-    )
+    if type(data) is bytes and data.startswith(_EPHEMERAL_HEAD):
+        ephemeral = _ephemeral_by_position(data)
+        if ephemeral is not None:
+            return ephemeral
+        key = None  # ephemeral frames are never shared: don't hash them
+    else:
+        key = data if type(data) is bytes and len(data) <= _SHARED_MAX_BYTES else None
     if key is not None:
         cached = _SHARED.get(key)
         if cached is not None:

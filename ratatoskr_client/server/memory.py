@@ -11,11 +11,10 @@ no-op elsewhere.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-from collections.abc import Callable
 from typing import Final
+
+from .._memory import trim
 
 __all__ = ["TRIM_AFTER_CLOSED", "TRIM_INTERVAL", "TrimPolicy", "trim"]
 
@@ -25,32 +24,6 @@ log = logging.getLogger("ratatoskr_client.server")
 TRIM_AFTER_CLOSED: Final = 500
 #: ...and at most once per this many seconds.
 TRIM_INTERVAL: Final = 10.0
-
-
-def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    func = getattr(libc, "malloc_trim", None)  # glibc only
-    if func is None:
-        return None
-    func.argtypes = [ctypes.c_size_t]
-    func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
-
-
-_MALLOC_TRIM: Final = _load_trim()
-
-
-def trim() -> bool:
-    """Return free heap memory to the OS. True if the C library could."""
-    if _MALLOC_TRIM is None:
-        return False
-    return bool(_MALLOC_TRIM(0))
 
 
 class TrimPolicy:

@@ -58,18 +58,24 @@ class Batcher:
     connection and iteration into two.
     """
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "_scheduled")
 
     def __init__(self) -> None:
         self._dirty: list[SocketOutbox] = []
         self._scheduled = False
+        #: the relay's loop, found once: asking asyncio for it costs a system
+        #: call on Python 3.11 (getpid()), and this runs once per message
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def hold(self, outbox: SocketOutbox) -> None:
         """``outbox`` holds frames: flush it when this loop iteration ends."""
         self._dirty.append(outbox)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every held frame now (also called before shutdown)."""

@@ -495,3 +495,32 @@ def test_leaving_forgets_the_peers_known_only_from_that_document():
     gone = [e[1].peer_id for e in h.events(h.take(), "peer-disconnected")]
     assert gone == ["p"]
     assert set(h.core.store.identities) == {"me-1", "q"}
+
+
+def test_membership_tables_are_shared_once_quiet_for_a_moment():
+    # (see ratatoskr_client._peer_tables: the clients of one process share them)
+    h = Harness(heartbeat_interval=30)
+    h.connect()
+    h.enter("doc")
+    h.server({"type": "doc_presence_state", "documentId": "doc", "peers": ["me-1", "peer-x"]})
+    h.server(
+        {
+            "type": "peer_identity",
+            "peerId": "peer-x",
+            "user": {"id": None, "name": "X", "isAnonymous": True},
+        }
+    )
+    assert h.core.store.unshared()
+    h.advance(0.3)
+    h.server({"type": "peer_joined_doc", "documentId": "doc", "peerId": "peer-y"})
+    h.advance(0.3)  # 0.6 s since the first change, but only 0.3 s of quiet
+    assert h.core.store.unshared()
+    h.advance(0.3)
+    assert not h.core.store.unshared()
+    assert [p.peer_id for p in h.core.presence("doc")] == ["me-1", "peer-x", "peer-y"]
+    # A change makes them this client's own again, until the next quiet moment.
+    h.server({"type": "peer_left_doc", "documentId": "doc", "peerId": "peer-y"})
+    assert h.core.store.unshared()
+    assert [p.peer_id for p in h.core.presence("doc")] == ["me-1", "peer-x"]
+    h.advance(1)
+    assert not h.core.store.unshared()

@@ -702,3 +702,39 @@ def test_date_times_and_bignums_are_allowed() -> None:
     at = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
     value = {"at": at, "big": 2**100, "small": -(2**70)}
     assert decode_payload(encode_payload(value)) == value
+
+
+_anything = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=4),
+        st.binary(max_size=4),
+        st.sampled_from([{1, 2}, frozenset(), __import__("decimal").Decimal("1.5")]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.binary(max_size=2)), inner, max_size=4),
+        st.dictionaries(st.integers(0, 3), inner, max_size=2),
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(_anything, st.integers(1, 40))
+def test_the_encoders_shortcut_never_lets_a_refused_payload_through(
+    value: Any, nesting: int
+) -> None:
+    # The sender skips the decode check when it can tell from the value alone;
+    # whatever it lets through must decode under the rules.
+    for _ in range(nesting):
+        value = [value]
+    try:
+        data = encode_payload(value)
+    except PayloadError:
+        return
+    loads_strict(data, "payload")  # raises if the shortcut was wrong

@@ -334,3 +334,97 @@ def test_the_fast_paths_agree_with_the_plain_decoder_on_every_frame_type(
     data = cbor2.dumps({"type": frame_type, **fields})
     # repr: NaN is never equal to itself, but prints the same.
     assert repr(outcome(decode, data)) == repr(outcome(decode_plain, data))
+
+
+# ------------------------------------------------------------------- ephemeral frames by position
+
+_ids = st.one_of(
+    st.sampled_from(["", "d", "peer-0123456789abcdef", "ä" * 12, "𝄞" * 8, "x" * 23, "x" * 24]),
+    st.text(max_size=40),
+    st.text(min_size=60, max_size=70),  # around the bounds the fast path checks by length
+)
+_counts = st.one_of(
+    st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]),
+    st.integers(min_value=0, max_value=2**64 - 1),
+)
+_payloads = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([23, 24, 255, 256, 65535, 65536]).map(lambda n: b"p" * n),
+)
+
+
+def _relay_layout(sender: str, target: str, doc: str, count: int, sid: str, data: bytes) -> bytes:
+    from ratatoskr_client.server.documents import ephemeral_prefix
+
+    return ephemeral_prefix(cbor_text(sender), doc, count, sid, data) + cbor_text(target)
+
+
+@st.composite
+def _mutation(draw: st.DrawFn, data: bytes) -> bytes:
+    kind = draw(st.sampled_from(["none", "truncate", "append", "flip", "insert"]))
+    if kind == "none" or not data:
+        return data
+    pos = draw(st.integers(0, len(data) - 1))
+    if kind == "truncate":
+        return data[:pos]
+    if kind == "append":
+        return data + draw(st.binary(min_size=1, max_size=3))
+    if kind == "flip":
+        return data[:pos] + bytes([data[pos] ^ (1 << draw(st.integers(0, 7)))]) + data[pos + 1 :]
+    return data[:pos] + draw(st.binary(min_size=1, max_size=2)) + data[pos:]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    sender=_ids,
+    target=_ids,
+    doc=_ids,
+    count=_counts,
+    sid=_ids,
+    payload=_payloads,
+    relayed=st.booleans(),
+    data=st.data(),
+)
+def test_ephemeral_frames_read_by_position_agree_with_the_plain_decoder(
+    sender: str,
+    target: str,
+    doc: str,
+    count: int,
+    sid: str,
+    payload: bytes,
+    relayed: bool,
+    data: st.DataObject,
+) -> None:
+    frame = EphemeralFrame(sender, target, doc, count, sid, payload)
+    wire = _relay_layout(sender, target, doc, count, sid, payload) if relayed else encode(frame)
+    if relayed:
+        assert outcome(decode_plain, wire) == outcome(decode_plain, encode(frame))
+    mutated = data.draw(_mutation(wire))
+    assert outcome(decode, mutated) == outcome(decode_plain, mutated)
+    if mutated == wire and fastpaths._ephemeral_by_position(wire) is None:
+        # Only ids the general path must measure (or refuse) leave the fast path.
+        assert max(len(doc), len(sid), len(sender), len(target)) > 32 or not doc or not sid
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [
+        (b"ecount\x01", b"ecount\x18\x01"),  # a needlessly long head
+        (b"ddata\x41", b"ddata\x58\x01"),
+        (b"jdocumentIdcdoc", b"jdocumentIdx\x03doc"),
+    ],
+)
+def test_a_needlessly_long_head_takes_the_general_path(replace: tuple[bytes, bytes]) -> None:
+    frame = EphemeralFrame("peer-a", "peer-b", "doc", 1, "s", b"x")
+    wire = encode(frame).replace(*replace)
+    assert fastpaths._ephemeral_by_position(wire) is None
+    assert decode(wire) == frame == decode_plain(wire)
+
+
+def test_invalid_utf8_in_an_id_is_a_protocol_error_on_both_paths() -> None:
+    wire = encode(EphemeralFrame("peer-a", "peer-b", "doc", 1, "s", b"x")).replace(
+        b"cdoc", b"c\xff\xfeo"
+    )
+    assert fastpaths._ephemeral_by_position(wire) is None
+    with pytest.raises(ProtocolError):
+        decode(wire)
