@@ -258,11 +258,12 @@ class ClientCore(Incoming, Sending):
         self._dispatch(self.store.reset())
         self._heartbeat_at = math.inf
         self.effects.append(Emit("disconnected", (reason,)))
-        if self.settings.reconnect:
-            self.state = RECONNECTING
-            self.attempt = 0
-            self.floor = 0.0
-        else:
+        self.state = RECONNECTING
+        self.attempt = 0
+        self.floor = 0.0
+        if not self.settings.reconnect:
+            # Not CONNECTED any more, so the teardown does not announce the
+            # disconnection a second time: it was announced above, with its cause.
             self.shutdown(ConnectionClosed("client stopped reconnecting"), now)
 
     def next_attempt(self, now: float) -> float | None:

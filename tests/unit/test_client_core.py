@@ -109,6 +109,18 @@ def test_reconnect_gives_up_and_tears_down_once():
     assert h.core.docs.entered() == ()
 
 
+def test_without_reconnect_a_lost_connection_is_announced_once_with_its_cause():
+    h = Harness(reconnect=False)
+    h.connect()
+    h.enter("doc")
+    waiter = h.core.wait_presence("doc", lambda peers: len(peers) == 5)
+    h.core.connection_lost(ConnectionClosed("gone"), h.now)
+    effects = h.take()
+    assert [str(e[1]) for e in h.events(effects, "disconnected")] == ["gone"]
+    assert h.core.state is ConnectionState.CLOSED
+    assert isinstance(h.finished(effects)[waiter], ConnectionClosed)
+
+
 def test_auth_refused_on_reconnect_is_fatal():
     h = Harness()
     h.connect()
