@@ -48,14 +48,7 @@ from .errors import (
 )
 from .membership import MembershipStore, Peer
 from .peer_state import EMPTY, PeerStates, ReadOnlyMap
-from .protocol import (
-    AuthErrorFrame,
-    AuthFrame,
-    AuthOkFrame,
-    ErrorFrame,
-    decode,
-    encode,
-)
+from .protocol import AuthErrorFrame, AuthFrame, AuthOkFrame, ErrorFrame, decode, encode
 from .protocol.constants import EPHEMERAL_PREFIX, FEATURE_PRESENCE
 from .status import ConnectionState
 
@@ -496,6 +489,8 @@ class ClientCore(Incoming, Sending):
             self.store.share()
         self.prune(now)
         self._release(now)
+        if self.store.changed:  # (expired peers: changes that came with no frame)
+            self.store.touched(now)
         self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
     def _next_deadline(self) -> float:

@@ -339,7 +339,8 @@ class MembershipStore:
     def chosen_name(self, peer_id: str, name: str | None) -> list[Change]:
         """A known peer shares ``name`` for itself now. The server-given fields do
         not change, so neither does any presence value: the new :class:`Peer` is
-        swapped in silently (returns no changes)."""
+        swapped in silently (returns no changes). The tables did change, though
+        (:attr:`changed`): they are to be shared again once quiet."""
         old = self._identities.get(peer_id)
         if old is None or old.chosen_name == name:
             return []
@@ -348,6 +349,7 @@ class MembershipStore:
         for members in self._docs.values():
             if peer_id in members:
                 members.put(peer)
+        self.changed = True
         return []
 
     def _peer(self, peer_id: str) -> Peer:

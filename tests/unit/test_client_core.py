@@ -12,6 +12,7 @@ import pytest
 
 from ratatoskr_client import AuthError, ConnectionClosed, PermissionDenied, RateLimited
 from ratatoskr_client.errors import OperationTimeout
+from ratatoskr_client.membership import SHARE_AFTER
 from ratatoskr_client.pacing import TokenBucket
 from ratatoskr_client.status import ConnectionState
 
@@ -468,6 +469,25 @@ def test_chosen_names_server_mode_and_peer_to_peer():
     p2p = Harness(name="alpha")
     p2p.connect(features=None)
     assert (p2p.core.me.name, p2p.core.me.chosen_name) == ("alpha", "alpha")  # type: ignore[union-attr]
+
+
+def test_tables_changed_by_a_chosen_name_are_shared_again_once_quiet():
+    h = Harness()
+    h.connect()
+    h.server(
+        {
+            "type": "peer_identity",
+            "peerId": "p",
+            "user": {"id": None, "name": "Neon Narwhal", "isAnonymous": True},
+        }
+    )
+    h.enter("doc", ["me-1", "p"])
+    h.advance(SHARE_AFTER + 0.1)
+    assert not h.core.store.unshared()
+    h.ephemeral("p", "sp", 1, "doc", snapshot({"name": "beta"}))  # a copy of its own now
+    assert h.core.store.unshared()
+    h.advance(SHARE_AFTER + 0.1)
+    assert not h.core.store.unshared()
 
 
 def test_a_forwarder_credited_with_a_quiet_session_shows_its_own_state():
