@@ -25,7 +25,6 @@ from ._core import ClientCore
 from ._driver import Driver
 from ._events import SafeEmitter
 from ._settings import DEFAULT_PING_INTERVAL, DEFAULT_REQUEST_TIMEOUT, Settings
-from ._settings import socket_url as _socket_url
 from ._views import ClientViews
 from .backoff import DEFAULT_BACKOFF, Backoff
 from .errors import ConnectionClosed, OperationTimeout
@@ -58,7 +57,6 @@ DEFAULT_RATE_LIMIT: Final = RATE_LIMIT
 DEFAULT_MAX_FRAME_SIZE: Final = MAX_FRAME_SIZE
 
 _CONNECTED: Final = ConnectionState.CONNECTED
-_socket_url = _socket_url  # re-exported for the tests of URL handling
 
 
 def sidecar_id(document_id: str, channel: str) -> str:

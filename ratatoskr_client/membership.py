@@ -352,15 +352,11 @@ class MembershipStore:
         self.changed = True
         return []
 
-    def _peer(self, peer_id: str) -> Peer:
-        peer = self._identities.get(peer_id)
-        return peer if peer is not None else Peer.unknown(peer_id)
-
     def _joined(self, document_id: str, peer_id: str) -> list[Change]:
         members = self._docs.get(document_id)
         if members is None or peer_id in members:
             return []
-        peer = self._peer(peer_id)
+        peer = self.peer(peer_id)
         members.put(peer)
         return [PeerJoined(document_id, peer), PresenceChanged(document_id)]
 
@@ -384,7 +380,7 @@ class MembershipStore:
         fresh: dict[str, Peer] = {}
         for pid in peer_ids:
             if pid not in fresh:
-                peer = self._peer(pid)
+                peer = self.peer(pid)
                 fresh[peer.peer_id] = peer
         if list(fresh.items()) == list(members.items()):
             return []

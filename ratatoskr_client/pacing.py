@@ -145,12 +145,6 @@ class Pacer:
             window.spend(now)
         return 0.0
 
-    def count(self, now: float) -> None:
-        """Count a frame that is not paced but that the server counts (the
-        window's limit covers every frame, the auth frame included)."""
-        if self.window is not None:
-            self.window.spend(now)
-
     def pause(self, now: float, seconds: float) -> None:
         """The server asked us to wait ``seconds`` (``retryAfter``)."""
         if self.bucket is not None:

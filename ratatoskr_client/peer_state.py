@@ -307,11 +307,6 @@ class PeerStates:
         entry = self._shown(entries).get(peer_id)
         return entry.view if entry is not None else None
 
-    def session_state(self, document_id: str, session: str) -> Mapping[str, Any] | None:
-        """The state built from one session's messages in a document, or None."""
-        entry = self._peers.get(document_id, {}).get(session)
-        return entry.view if entry is not None else None
-
     def documents(self) -> tuple[str, ...]:
         """Documents in which some peer has state."""
         return tuple(doc for doc, entries in self._peers.items() if entries)

@@ -82,9 +82,9 @@ class RelayCounters:
         """One frame of type ``kind`` was received."""
         self.frames_in[kind] = self.frames_in.get(kind, 0) + 1
 
-    def frame_out(self, kind: str, n: int = 1) -> None:
-        """``n`` frames of type ``kind`` were written."""
-        self.frames_out[kind] = self.frames_out.get(kind, 0) + n
+    def frame_out(self, kind: str) -> None:
+        """One frame of type ``kind`` was written."""
+        self.frames_out[kind] = self.frames_out.get(kind, 0) + 1
 
     def frames_sent(self) -> dict[str, int]:
         """Frames written to sockets, by type, ephemeral ones included."""

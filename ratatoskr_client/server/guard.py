@@ -41,9 +41,6 @@ class HandshakeGuard:
         #: connections closed for missing the deadline
         self.closed = 0
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     def accepted(self, protocol: asyncio.BaseProtocol) -> None:
         """A connection was just accepted: start its deadline."""
         loop = asyncio.get_running_loop()

@@ -11,14 +11,11 @@ no-op elsewhere.
 
 from __future__ import annotations
 
-import logging
 from typing import Final
 
 from .._memory import trim
 
 __all__ = ["TRIM_AFTER_CLOSED", "TRIM_INTERVAL", "TrimPolicy", "trim"]
-
-log = logging.getLogger("ratatoskr_client.server")
 
 #: Trim once at least this many connections have closed since the last trim...
 TRIM_AFTER_CLOSED: Final = 500

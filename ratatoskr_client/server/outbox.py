@@ -102,7 +102,6 @@ class SocketOutbox:
         "_transport",
         "_ws",
         "dropped",
-        "ephemeral_dropped",
     )
 
     def __init__(
@@ -110,11 +109,11 @@ class SocketOutbox:
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
         batcher: Batcher,
-        counters: RelayCounters | None = None,
+        counters: RelayCounters,
     ) -> None:
         self._ws = ws
         #: the relay's traffic counts (frames written by type, drops)
-        self._counters = counters or RelayCounters()
+        self._counters = counters
         self._transport = transport
         self._batcher = batcher
         #: frames waiting for the end of this loop iteration, in one buffer (not a
@@ -124,8 +123,6 @@ class SocketOutbox:
         self._held: bytearray | None = None
         #: the connection was closed by the relay (see :meth:`close`)
         self.dropped = False
-        #: ephemeral messages not sent because the peer was too far behind
-        self.ephemeral_dropped = 0
 
     def _writable(self) -> bool:
         # Once aiohttp has begun the close handshake (ws.closed), no data frame
@@ -177,7 +174,6 @@ class SocketOutbox:
         if not self._writable():
             return
         if self._queued() > SLOW_PEER_BYTES:
-            self.ephemeral_dropped += 1
             self._counters.ephemeral_dropped += 1
             return
         self._write(frame_header(len(prefix) + len(suffix)), prefix, suffix)

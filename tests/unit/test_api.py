@@ -12,7 +12,7 @@ import pytest
 import ratatoskr_client
 import ratatoskr_client.errors as errors_module
 from ratatoskr_client import Peer, RatatoskrClient, RatatoskrError, errors
-from ratatoskr_client.client import _socket_url
+from ratatoskr_client._settings import socket_url as _socket_url
 
 PUBLIC_MODULES = [
     "ratatoskr_client",
