@@ -11,13 +11,20 @@ call order, and is built when its turn comes.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 from ._settings import Settings
 from .pacing import FixedWindow, Pacer, TokenBucket
-from .protocol import RequestFrame, cbor_bytes, cbor_map_header, cbor_text, cbor_uint, encode
+from .protocol import RequestFrame, cbor_bytes, cbor_text, cbor_uint, encode
 from .protocol.constants import (
     EMPTY_DOC_SYNC,
+    EPHEMERAL_HEAD,
+    KEY_COUNT,
+    KEY_DATA,
+    KEY_DOCUMENT_ID,
+    KEY_SENDER_ID,
+    KEY_SESSION_ID,
+    KEY_TARGET_ID,
     UPSTREAM_ANONYMOUS_LIMIT,
     UPSTREAM_ANONYMOUS_WINDOW,
 )
@@ -34,17 +41,6 @@ PacedKind: TypeAlias = Literal[
     "goodbye",  # a state goodbye (we leave the document)
     "leave",  # the presence leave after a goodbye: not paced, only ordered
 ]
-
-# Pre-encoded pieces of an outgoing ephemeral frame, in automerge-repo's key
-# order (type, senderId, targetId, documentId, count, sessionId, data), so our
-# frames look exactly like a JS peer's.
-_MAP_TYPE: Final = cbor_map_header(7) + cbor_text("type") + cbor_text("ephemeral")
-_K_SENDER: Final = cbor_text("senderId")
-_K_TARGET: Final = cbor_text("targetId")
-_K_DOC: Final = cbor_text("documentId")
-_K_COUNT: Final = cbor_text("count")
-_K_SESSION: Final = cbor_text("sessionId")
-_K_DATA: Final = cbor_text("data")
 
 
 class Paced:
@@ -87,10 +83,19 @@ class Outgoing:
         self.server_id = server_id
         self.pacer = pacer
         self.queue.clear()
+        # Pre-encoded, in automerge-repo's key order (type, senderId, targetId,
+        # documentId, count, sessionId, data): our frames look exactly like a JS peer's.
         self._head = b"".join(
-            (_MAP_TYPE, _K_SENDER, cbor_text(peer_id), _K_TARGET, cbor_text(server_id), _K_DOC)
+            (
+                EPHEMERAL_HEAD,
+                KEY_SENDER_ID,
+                cbor_text(peer_id),
+                KEY_TARGET_ID,
+                cbor_text(server_id),
+                KEY_DOCUMENT_ID,
+            )
         )
-        self._tail = _K_SESSION + cbor_text(session_id) + _K_DATA
+        self._tail = KEY_SESSION_ID + cbor_text(session_id) + KEY_DATA
 
     def ephemeral(self, document_id: str, data: bytes) -> bytes:
         """The next ephemeral frame: ``data`` (an encoded payload) for ``document_id``."""
@@ -99,7 +104,7 @@ class Outgoing:
             (
                 self._head,
                 cbor_text(document_id),
-                _K_COUNT,
+                KEY_COUNT,
                 cbor_uint(self.count),
                 self._tail,
                 cbor_bytes(data),

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from typing import Final
 
+from .codec import cbor_map_header, cbor_text
+
 __all__ = [
     "AUTH_TIMEOUT",
     "EMPTY_DOC_SYNC",
+    "EPHEMERAL_HEAD",
     "EPHEMERAL_PREFIX",
     "FEATURES",
     "FEATURE_PRESENCE",
+    "KEY_COUNT",
+    "KEY_DATA",
+    "KEY_DOCUMENT_ID",
+    "KEY_SENDER_ID",
+    "KEY_SESSION_ID",
+    "KEY_TARGET_ID",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_FRAME_SIZE",
     "MAX_PEER_ID_BYTES",
@@ -62,6 +71,27 @@ PRESENCE_MARKER: Final = "__presence"
 #: upstream server subscribes the connection to the document's ephemeral
 #: messages when it sees one.
 EMPTY_DOC_SYNC: Final = bytes.fromhex("42000001000000020102")
+
+# --------------------------------------------------------------------------- ephemeral frames
+
+#: How every ephemeral frame the relay and the client write begins: a CBOR map
+#: of the seven fields, ``type`` first. Both write the rest from the encoded
+#: keys below, and both read frames laid out that way by position
+#: (:mod:`ratatoskr_client.protocol.fastpaths`), so the three must agree byte
+#: for byte: they are defined here once.
+EPHEMERAL_HEAD: Final = cbor_map_header(7) + cbor_text("type") + cbor_text("ephemeral")
+#: The ``senderId`` key of an ephemeral frame, CBOR-encoded.
+KEY_SENDER_ID: Final = cbor_text("senderId")
+#: The ``targetId`` key of an ephemeral frame, CBOR-encoded.
+KEY_TARGET_ID: Final = cbor_text("targetId")
+#: The ``documentId`` key of an ephemeral frame, CBOR-encoded.
+KEY_DOCUMENT_ID: Final = cbor_text("documentId")
+#: The ``count`` key of an ephemeral frame, CBOR-encoded.
+KEY_COUNT: Final = cbor_text("count")
+#: The ``sessionId`` key of an ephemeral frame, CBOR-encoded.
+KEY_SESSION_ID: Final = cbor_text("sessionId")
+#: The ``data`` key of an ephemeral frame, CBOR-encoded.
+KEY_DATA: Final = cbor_text("data")
 
 # --------------------------------------------------------------------------- timings and limits
 

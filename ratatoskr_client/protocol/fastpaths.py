@@ -33,7 +33,18 @@ import contextlib
 from typing import Any, Final
 
 from .codec import loads_strict
-from .constants import MAX_DOCUMENT_ID_BYTES, MAX_PEER_ID_BYTES, MAX_SESSION_ID_BYTES
+from .constants import (
+    EPHEMERAL_HEAD,
+    KEY_COUNT,
+    KEY_DATA,
+    KEY_DOCUMENT_ID,
+    KEY_SENDER_ID,
+    KEY_SESSION_ID,
+    KEY_TARGET_ID,
+    MAX_DOCUMENT_ID_BYTES,
+    MAX_PEER_ID_BYTES,
+    MAX_SESSION_ID_BYTES,
+)
 from .decoding import PARSERS, decode_map
 from .frames import (
     EphemeralFrame,
@@ -55,14 +66,7 @@ _PEER_CHARS: Final = MAX_PEER_ID_BYTES // 4
 _SESSION_CHARS: Final = MAX_SESSION_ID_BYTES // 4
 
 
-# The keys of an ephemeral frame, CBOR-encoded (a text head, then the key).
-_K_SENDER: Final = b"hsenderId"
-_K_TARGET: Final = b"htargetId"
-_K_DOC: Final = b"jdocumentId"
-_K_COUNT: Final = b"ecount"
-_K_SESSION: Final = b"isessionId"
-_K_DATA: Final = b"ddata"
-_EPHEMERAL_SENDER_FIRST: Final = b"\xa7dtypeiephemeral" + _K_SENDER
+_EPHEMERAL_SENDER_FIRST: Final = EPHEMERAL_HEAD + KEY_SENDER_ID
 
 
 def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
@@ -91,9 +95,9 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
         sender = data[pos : pos + n].decode("utf-8")
         pos += n
         # targetId second (a client's and automerge-repo's order), or last (the relay's)
-        relayed = not data.startswith(_K_TARGET, pos)
+        relayed = not data.startswith(KEY_TARGET_ID, pos)
         if not relayed:
-            pos += len(_K_TARGET)
+            pos += len(KEY_TARGET_ID)
             b = data[pos]
             if 0x60 <= b <= 0x77:
                 n, pos = b - 0x60, pos + 1
@@ -104,9 +108,9 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
             target = data[pos : pos + n].decode("utf-8")
             pos += n
         # documentId
-        if not data.startswith(_K_DOC, pos):
+        if not data.startswith(KEY_DOCUMENT_ID, pos):
             return None
-        pos += len(_K_DOC)
+        pos += len(KEY_DOCUMENT_ID)
         b = data[pos]
         if 0x60 <= b <= 0x77:
             n, pos = b - 0x60, pos + 1
@@ -119,9 +123,9 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
         doc = data[pos : pos + n].decode("utf-8")
         pos += n
         # count
-        if not data.startswith(_K_COUNT, pos):
+        if not data.startswith(KEY_COUNT, pos):
             return None
-        pos += len(_K_COUNT)
+        pos += len(KEY_COUNT)
         b = data[pos]
         if b <= 0x17:
             count, pos = b, pos + 1
@@ -136,9 +140,9 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
         else:
             return None
         # sessionId
-        if not data.startswith(_K_SESSION, pos):
+        if not data.startswith(KEY_SESSION_ID, pos):
             return None
-        pos += len(_K_SESSION)
+        pos += len(KEY_SESSION_ID)
         b = data[pos]
         if 0x60 <= b <= 0x77:
             n, pos = b - 0x60, pos + 1
@@ -149,9 +153,9 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
         sid = data[pos : pos + n].decode("utf-8")
         pos += n
         # data
-        if not data.startswith(_K_DATA, pos):
+        if not data.startswith(KEY_DATA, pos):
             return None
-        pos += len(_K_DATA)
+        pos += len(KEY_DATA)
         b = data[pos]
         if 0x40 <= b <= 0x57:
             n, pos = b - 0x40, pos + 1
@@ -166,9 +170,9 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
         payload = data[pos : pos + n]
         pos += n
         if relayed:
-            if not data.startswith(_K_TARGET, pos):
+            if not data.startswith(KEY_TARGET_ID, pos):
                 return None
-            pos += len(_K_TARGET)
+            pos += len(KEY_TARGET_ID)
             b = data[pos]
             if 0x60 <= b <= 0x77:
                 n, pos = b - 0x60, pos + 1
@@ -289,8 +293,6 @@ _SHARED_TYPES: Final = (
 _SHARED: Final[dict[bytes, Frame]] = {}
 _SHARED_MAX_ENTRIES: Final = 1024
 _SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big ones
-# How ephemeral frames start (our relay's, and any encoder's that puts `type` first).
-_EPHEMERAL_HEAD: Final = b"\xa7dtypeiephemeral"
 
 
 def decode(data: bytes | bytearray | memoryview) -> Frame:
@@ -304,7 +306,7 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
         ProtocolError: not exactly one CBOR map, no string ``type``, or a known
             frame type with a missing or wrongly typed field. Nothing else is raised.
     """
-    if type(data) is bytes and data.startswith(_EPHEMERAL_HEAD):
+    if type(data) is bytes and data.startswith(EPHEMERAL_HEAD):
         ephemeral = _ephemeral_by_position(data)
         if ephemeral is not None:
             return ephemeral

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Final
 
 from ..errors import ProtocolError
 from ..pacing import TokenBucket
@@ -29,11 +28,19 @@ from ..protocol import (
     SessionOwners,
     SyncFrame,
     cbor_bytes,
-    cbor_map_header,
     cbor_text,
     cbor_uint,
     decode_payload,
     encode,
+)
+from ..protocol.constants import (
+    EPHEMERAL_HEAD,
+    KEY_COUNT,
+    KEY_DATA,
+    KEY_DOCUMENT_ID,
+    KEY_SENDER_ID,
+    KEY_SESSION_ID,
+    KEY_TARGET_ID,
 )
 from .bus import Bus, RemoteSender
 from .config import Access, RelayConfig
@@ -44,15 +51,6 @@ from .limits import MAX_SESSIONS_PER_CONNECTION, PRESENCE_BURST, PRESENCE_RATE
 __all__ = ["DocumentRules", "ephemeral_prefix"]
 
 log = logging.getLogger("ratatoskr_client.server")
-
-# Pre-encoded pieces of an outgoing ephemeral frame (see _relay_ephemeral).
-_EPH_MAP: Final = cbor_map_header(7) + cbor_text("type") + cbor_text("ephemeral")
-_K_SENDER: Final = cbor_text("senderId")
-_K_DOC: Final = cbor_text("documentId")
-_K_COUNT: Final = cbor_text("count")
-_K_SESSION: Final = cbor_text("sessionId")
-_K_DATA: Final = cbor_text("data")
-_K_TARGET: Final = cbor_text("targetId")
 
 
 class DocumentRules:
@@ -281,17 +279,17 @@ def ephemeral_prefix(
     re-encoding of the payload."""
     return b"".join(
         (
-            _EPH_MAP,
-            _K_SENDER,
+            EPHEMERAL_HEAD,
+            KEY_SENDER_ID,
             sender,
-            _K_DOC,
+            KEY_DOCUMENT_ID,
             cbor_text(document_id),
-            _K_COUNT,
+            KEY_COUNT,
             cbor_uint(count),
-            _K_SESSION,
+            KEY_SESSION_ID,
             cbor_text(session_id),
-            _K_DATA,
+            KEY_DATA,
             cbor_bytes(data),
-            _K_TARGET,
+            KEY_TARGET_ID,
         )
     )

@@ -107,11 +107,11 @@ def test_a_malformed_frame_is_never_shared() -> None:
 def test_relay_spliced_ephemeral_frames_decode_like_encoded_ones() -> None:
     # The relay splices pre-encoded pieces (documents._relay_ephemeral); the client's
     # fast path must see exactly what cbor2 would have written.
-    from ratatoskr_client.server.documents import _EPH_MAP
+    from ratatoskr_client.protocol.constants import EPHEMERAL_HEAD
 
     spliced = b"".join(
         (
-            _EPH_MAP,
+            EPHEMERAL_HEAD,
             cbor2.dumps("senderId"),
             cbor2.dumps("peer-a"),
             cbor2.dumps("documentId"),
