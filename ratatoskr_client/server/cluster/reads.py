@@ -14,16 +14,11 @@ import redis.asyncio as aioredis
 
 from ...errors import ProtocolError
 from .view import NodeSnapshot
-from .wire import Names, decode_members, decode_user
+from .wire import Names, decode_members, decode_user, text
 
-__all__ = ["read_nodes", "read_presence", "read_table", "text"]
+__all__ = ["read_nodes", "read_presence", "read_table"]
 
 log = logging.getLogger("ratatoskr_client.server")
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 async def read_table(client: aioredis.Redis, names: Names) -> tuple[int, dict[str, int]]:

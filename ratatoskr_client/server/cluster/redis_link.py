@@ -46,10 +46,10 @@ from redis.backoff import NoBackoff
 from ...backoff import Backoff
 from ...errors import ProtocolError
 from ..config import redact_url
-from .reads import read_nodes, read_presence, read_table, text
+from .reads import read_nodes, read_presence, read_table
 from .registry import LinkWatch, NodeRegistry, RoundTrips, Timing
 from .view import ClusterView
-from .wire import Bye, Hello, Joined, Left, Relayed, decode_message, encode_message
+from .wire import Bye, Hello, Joined, Left, Relayed, decode_message, encode_message, header, text
 
 __all__ = ["MIN_REDIS_VERSION", "RedisLink"]
 
@@ -117,7 +117,10 @@ class RedisLink:
         self._warned = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._header = bytes((1,)) + self.node_id.encode("ascii")
+        self._header = header(self.node_id)  # how our own messages come back
+        #: this node's presence hashes in Redis
+        self._peers_key = self.names.peers_key(self.node_id)
+        self._docs_key = self.names.docs_key(self.node_id)
         self._wake = asyncio.Event()
         self._docs_changed = asyncio.Event()
         self._up_event = asyncio.Event()
@@ -277,11 +280,11 @@ class RedisLink:
     ) -> None:
         names = self.names
         pipe = client.pipeline(transaction=True)
-        pipe.delete(names.peers_key(self.node_id), names.docs_key(self.node_id))
+        pipe.delete(self._peers_key, self._docs_key)
         if peers:
-            pipe.hset(names.peers_key(self.node_id), mapping=peers)  # type: ignore[arg-type]
+            pipe.hset(self._peers_key, mapping=peers)  # type: ignore[arg-type]
         if docs:
-            pipe.hset(names.docs_key(self.node_id), mapping=docs)  # type: ignore[arg-type]
+            pipe.hset(self._docs_key, mapping=docs)  # type: ignore[arg-type]
         # Last, so a node that finds us in the table also finds our hashes.
         self._heartbeat_call(pipe)
         pipe.publish(names.cluster_channel, encode_message(self.node_id, Hello()))
@@ -293,8 +296,8 @@ class RedisLink:
             _HEARTBEAT,
             3,
             names.nodes_key,
-            names.peers_key(self.node_id),
-            names.docs_key(self.node_id),
+            self._peers_key,
+            self._docs_key,
             self.node_id,
             t.window_ms,
             t.key_ttl_ms,
@@ -306,9 +309,8 @@ class RedisLink:
         names = self.names
         pipe = client.pipeline(transaction=False)
         if out is not None:
-            for channel, sharded, data in out.messages:
-                (pipe.spublish if sharded else pipe.publish)(channel, data)
-        pipe.delete(names.peers_key(self.node_id), names.docs_key(self.node_id))
+            _publish(pipe, out.messages)
+        pipe.delete(self._peers_key, self._docs_key)
         pipe.zrem(names.nodes_key, self.node_id)
         pipe.publish(names.cluster_channel, encode_message(self.node_id, Bye()))
         await pipe.execute()
@@ -378,8 +380,8 @@ class RedisLink:
                 self.view.apply(node, body, document_id)
 
     async def _on_marker(self, client: aioredis.Redis, data: object) -> None:
-        text = data.decode("ascii", "replace") if isinstance(data, bytes) else str(data)
-        kind, _, number = text.partition(":")
+        reply = text(data) if isinstance(data, bytes | str) else str(data)
+        kind, _, number = reply.partition(":")
         if kind == "beat":
             self._pings.pop(number, None)
             return
@@ -446,9 +448,7 @@ class RedisLink:
     # ------------------------------------------------------------------ writing
 
     async def _writer(self, client: aioredis.Redis) -> None:
-        names = self.names
-        peers_key = names.peers_key(self.node_id)
-        docs_key = names.docs_key(self.node_id)
+        peers_key, docs_key = self._peers_key, self._docs_key
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -466,11 +466,7 @@ class RedisLink:
                 pipe.hset(docs_key, mapping=out.docs_set)  # type: ignore[arg-type]
             if out.docs_del:
                 pipe.hdel(docs_key, *out.docs_del)
-            for channel, sharded, data in out.messages:
-                if sharded:
-                    pipe.spublish(channel, data)
-                else:
-                    pipe.publish(channel, data)
+            _publish(pipe, out.messages)
             await pipe.execute()
             self.published += out.count
 
@@ -503,5 +499,12 @@ class RedisLink:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    message = str(exc) or type(exc).__name__
+    return message.splitlines()[0][:200]
+
+
+def _publish(pipe: Any, messages: list[tuple[str, bool, bytes]]) -> None:
+    """Queue ``messages`` (channel, sharded, data) on a pipeline: sharded ones
+    with SPUBLISH (document channels), the others with PUBLISH."""
+    for channel, sharded, data in messages:
+        (pipe.spublish if sharded else pipe.publish)(channel, data)

@@ -69,6 +69,7 @@ __all__ = [
     "header",
     "is_node_id",
     "new_node_id",
+    "text",
 ]
 
 #: The first byte of every message; a relay ignores messages of other versions.
@@ -93,6 +94,11 @@ def is_node_id(value: object) -> bool:
 def header(node: str) -> bytes:
     """The bytes every message from ``node`` starts with."""
     return bytes((WIRE_VERSION,)) + node.encode("ascii")
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply (a key, a channel, a hash field) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def database_of(url: str) -> int:
@@ -142,7 +148,7 @@ class Names:
 
     def document_of(self, channel: bytes | str) -> str | None:
         """The document id of a document channel, or None for any other channel."""
-        name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        name = text(channel)
         start = f"{self.prefix}:doc:"
         return name[len(start) :] if name.startswith(start) else None
 
