@@ -9,7 +9,6 @@ empty every attempt from that address is refused with ``rate_limited``.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Callable
 
@@ -96,13 +95,12 @@ class AuthRules:
         tokens = bucket.tokens(now)
         if tokens >= 1.0:
             return True
-        retry = math.ceil((1.0 - tokens) / bucket.rate * 1000) / 1000
         log.debug("auth from %s refused: too many failed attempts", conn.address or "?")
         self._error(
             conn,
             "rate_limited",
             "too many failed auth attempts from this address",
-            retry_after=retry,
+            retry_after=(1.0 - tokens) / bucket.rate,
         )
         conn.outbox.close(1008, "rate_limited")
         return False

@@ -24,6 +24,7 @@ a bus (``bus is None``) nothing of this runs.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -188,13 +189,9 @@ class RelayCore(AuthRules, DocumentRules):
         self._sessions.expire(now)
         for conn in self._peers.values():
             if conn.control:
-                full = [d for d, b in conn.control.items() if b.tokens(now) >= b.capacity]
-                for doc_id in full:
-                    del conn.control[doc_id]
+                _drop_full(conn.control, now)
         if self._auth_failures:
-            healed = [a for a, b in self._auth_failures.items() if b.tokens(now) >= b.capacity]
-            for address in healed:
-                del self._auth_failures[address]
+            _drop_full(self._auth_failures, now)
 
     def stats(self) -> RelayStats:
         """Current table sizes (for monitoring and leak tests)."""
@@ -309,5 +306,16 @@ class RelayCore(AuthRules, DocumentRules):
         retry_after: float | None = None,
         reason: str | None = None,
     ) -> None:
+        """Send an error frame and count the refusal. ``retry_after`` (seconds)
+        goes out rounded up to the millisecond: a client that waits that long
+        finds its token."""
+        if retry_after is not None:
+            retry_after = math.ceil(retry_after * 1000) / 1000
         self.counters.refusal(reason or refusal_reason(code))
         conn.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
+
+
+def _drop_full(buckets: dict[str, TokenBucket], now: float) -> None:
+    """Forget the buckets that are full again: a new one would be the same."""
+    for key in [k for k, b in buckets.items() if b.tokens(now) >= b.capacity]:
+        del buckets[key]

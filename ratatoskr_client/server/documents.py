@@ -9,7 +9,6 @@ frames count as a join.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 from ..errors import ProtocolError
@@ -196,7 +195,7 @@ class DocumentRules:
                 conn,
                 "rate_limited",
                 f"more than {self.config.rate_limit} ephemeral messages per minute",
-                retry_after=math.ceil(wait * 1000) / 1000,
+                retry_after=wait,
             )
             return
         if doc_id in conn.docs:
@@ -216,7 +215,7 @@ class DocumentRules:
             "rate_limited",
             f"more than {PRESENCE_BURST} presence messages in a row for this document",
             document_id=doc_id,
-            retry_after=math.ceil(wait * 1000) / 1000,
+            retry_after=wait,
         )
         return False
 
