@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from typing import Final
+
+from ._libc import libc_function
 
 __all__ = ["released", "trim", "trim_soon"]
 
 
 def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    func = getattr(libc, "malloc_trim", None)  # glibc only
+    func = libc_function("malloc_trim")  # glibc only
     if func is None:
         return None
     func.argtypes = [ctypes.c_size_t]

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
+
+from .._libc import libc_function
 
 __all__ = ["reserve_port", "reuse_port_supported", "supervise"]
 
@@ -66,13 +66,20 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel for SIGTERM
-    # when the parent dies, so a killed parent leaves no workers behind.
-    name = ctypes.util.find_library("c")
-    if name is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _death_signal() -> Callable[[], None] | None:
+    """What a worker runs between fork and exec to ask the kernel for SIGTERM
+    when the parent dies, so a killed parent leaves no workers behind; None
+    where there is no ``prctl``. The function is found here, in the parent:
+    finding the C library starts a subprocess, which a forked child must not."""
+    prctl = libc_function("prctl") if sys.platform.startswith("linux") else None
+    if prctl is None:
+        return None
+
+    def die_with_parent() -> None:
+        with contextlib.suppress(OSError):
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent
 
 
 class _Worker:
@@ -88,7 +95,7 @@ class _Worker:
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_death_signal(),
         )
         assert self.proc.stdout is not None
         try:
