@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
 from ..protocol.constants import (
@@ -44,6 +44,7 @@ __all__ = [
     "DocumentSpec",
     "RelayConfig",
     "UserSpec",
+    "database_of",
     "load_config",
     "redact_url",
 ]
@@ -293,6 +294,22 @@ def _validate(cfg: RelayConfig) -> None:
                 )
 
 
+def database_of(url: str) -> int:
+    """The Redis database number a URL selects (``/N`` or ``?db=N``; default 0).
+
+    Raises:
+        ValueError: the URL names a database that is not a number.
+    """
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db")
+    if db:
+        return int(db[0])
+    path = parts.path.strip("/")
+    if parts.scheme != "unix" and path:
+        return int(path)
+    return 0
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password (``redis://user:***@host``), for messages and logs."""
     try:
@@ -315,6 +332,7 @@ def _validate_redis_url(url: object, source: str | None) -> None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        database_of(url)  # (and this for a database that is not one)
     except ValueError as exc:
         raise ConfigError(f"redis_url {shown!r} is not a valid URL: {exc}", path=source) from exc
     if parts.scheme not in _REDIS_SCHEMES:

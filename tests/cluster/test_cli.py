@@ -48,6 +48,13 @@ def test_a_bad_redis_url_is_refused() -> None:
     assert "redis_url must start with redis://" in done.stderr
 
 
+def test_a_redis_url_whose_database_is_not_a_number_is_refused() -> None:
+    done = run_relay("--redis", "redis://127.0.0.1:6379/abc")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "is not a valid URL" in done.stderr
+
+
 def test_redis_without_the_cluster_extra_says_what_to_install(tmp_path: Path) -> None:
     # A `redis` package that cannot be imported, first on the path: what a
     # machine without the extra looks like to the relay.

@@ -25,7 +25,6 @@ from ratatoskr_client.server.cluster.wire import (
     PeerGone,
     PeerUp,
     Relayed,
-    database_of,
     decode_members,
     decode_message,
     decode_user,
@@ -38,6 +37,7 @@ from ratatoskr_client.server.cluster.wire import (
     is_node_id,
     new_node_id,
 )
+from ratatoskr_client.server.config import database_of
 
 NODE = "0123456789ab"
 

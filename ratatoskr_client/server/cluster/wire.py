@@ -30,7 +30,6 @@ import secrets
 import struct
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
-from urllib.parse import parse_qs, urlsplit
 
 import cbor2
 
@@ -42,6 +41,7 @@ from ...protocol import (
     fits_utf8,
     loads_strict,
 )
+from ..config import database_of
 
 __all__ = [
     "MAX_BATCH",
@@ -57,7 +57,6 @@ __all__ = [
     "PeerUp",
     "Relayed",
     "batch_messages",
-    "database_of",
     "decode_members",
     "decode_message",
     "decode_user",
@@ -99,18 +98,6 @@ def header(node: str) -> bytes:
 def text(value: bytes | str) -> str:
     """A Redis reply (a key, a channel, a hash field) as text."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def database_of(url: str) -> int:
-    """The Redis database number a URL selects (``/N`` or ``?db=N``; default 0)."""
-    parts = urlsplit(url)
-    db = parse_qs(parts.query).get("db")
-    if db:
-        return int(db[0])
-    path = parts.path.strip("/")
-    if parts.scheme != "unix" and path:
-        return int(path)
-    return 0
 
 
 @dataclass(frozen=True, slots=True)
