@@ -37,7 +37,7 @@ from .membership import (
 from .membership import (
     PresenceChanged as StoreChanged,
 )
-from .peer_state import EMPTY, ReadOnlyMap, parse_state_payload
+from .peer_state import EMPTY, ReadOnlyMap, chosen_name_of, parse_state_payload
 from .protocol import (
     Admission,
     DocPresenceStateFrame,
@@ -205,8 +205,7 @@ class Incoming:
         if not outcome.changed:
             return
         view = states.peer_state(doc_id, sender)  # what is shown for the sender now
-        name = view.get("name") if view is not None else None
-        chosen = name if type(name) is str and name else None
+        chosen = chosen_name_of(view)
         p2p = self.p2p
         if p2p is not None:
             known = self.store.identities.get(sender)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 from .membership import Change, MembershipStore
-from .peer_state import PeerStates
+from .peer_state import PeerStates, chosen_name_of
 from .protocol import Admission, SessionOwners, UserInfo
 
 __all__ = ["MAX_GOSSIP_SESSIONS", "PeerToPeer"]
@@ -60,19 +60,16 @@ class PeerToPeer:
         states: an identity per peer with state (named by it), and, once our own
         presence is ``confirmed``, exactly those peers present besides us."""
         changes: list[Change] = []
-        owners = states.peers(document_id)
-        for owner in owners:
-            view = states.peer_state(document_id, owner)
-            name = view.get("name") if view is not None else None
-            chosen = name if type(name) is str and name else None
-            changes += store.identity(owner, _UNVERIFIED, chosen)
+        views = states.views(document_id)
+        for owner, view in views.items():
+            changes += store.identity(owner, _UNVERIFIED, chosen_name_of(view))
             if confirmed:
                 changes += store.joined(document_id, owner)
         if confirmed:
             me = store.me
             for peer in store.presence(document_id):
                 pid = peer.peer_id
-                if pid not in owners and (me is None or pid != me.peer_id):
+                if pid not in views and (me is None or pid != me.peer_id):
                     changes += self.gone(document_id, pid, store, states)
         return changes
 

@@ -43,6 +43,7 @@ __all__ = [
     "ReadOnlyMap",
     "StateMessage",
     "StateOutcome",
+    "chosen_name_of",
     "goodbye_payload",
     "heartbeat_payload",
     "parse_state_payload",
@@ -301,11 +302,17 @@ class PeerStates:
 
     def peer_state(self, document_id: str, peer_id: str) -> Mapping[str, Any] | None:
         """``peer_id``'s state in a document (its most recently active session's), or None."""
+        shown: _Entry | None = None
+        for entry in self._peers.get(document_id, {}).values():  # _shown's rule, for one peer
+            if entry.owner == peer_id and (shown is None or entry.last_seen >= shown.last_seen):
+                shown = entry
+        return shown.view if shown is not None else None
+
+    def views(self, document_id: str) -> dict[str, Mapping[str, Any]]:
+        """Peer id → the state shown for that peer in a document (a live view),
+        in order of first message: :meth:`peer_state` for every peer at once."""
         entries = self._peers.get(document_id)
-        if not entries:
-            return None
-        entry = self._shown(entries).get(peer_id)
-        return entry.view if entry is not None else None
+        return {owner: e.view for owner, e in self._shown(entries).items()} if entries else {}
 
     def documents(self) -> tuple[str, ...]:
         """Documents in which some peer has state."""
@@ -443,3 +450,10 @@ class Coalescer:
         self._pending.clear()
         self._last_sent.clear()
         self._scheduled.clear()
+
+
+def chosen_name_of(state: Mapping[str, Any] | None) -> str | None:
+    """The name a peer chose for itself: its state's ``name``, if a non-empty
+    string (what automerge-repo peers and our clients share)."""
+    name = state.get("name") if state is not None else None
+    return name if type(name) is str and name else None
