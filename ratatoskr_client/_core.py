@@ -147,8 +147,7 @@ class ClientCore(Incoming, Sending):
         me = self.store.me
         if me is None or document_id not in self.sharing.live:
             return peers
-        local = ReadOnlyMap(dict(self.states.local(document_id)))
-        return ReadOnlyMap({me.peer_id: local, **peers})
+        return ReadOnlyMap({me.peer_id: self.states.local_snapshot(document_id), **peers})
 
     def usable(self) -> None:
         """Raise ConnectionClosed unless the client was connected and is not closed."""

@@ -52,6 +52,11 @@ class Documents:
         """The record of ``document_id``, if it has one."""
         return self._records.get(document_id)
 
+    def is_present(self, document_id: str) -> bool:
+        """True if the server confirmed our presence in ``document_id``."""
+        record = self._records.get(document_id)
+        return record is not None and record.state is PRESENT
+
     def enter(self, document_id: str) -> DocumentRecord:
         """The record of ``document_id``, created (ENTERING) if it has none, and
         back to ENTERING if it was LEAVING."""

@@ -210,8 +210,7 @@ class Incoming:
         if p2p is not None:
             known = self.store.identities.get(sender)
             if outcome.appeared or outcome.removed or known is None or known.chosen_name != chosen:
-                record = self.docs.get(doc_id)
-                confirmed = record is not None and record.state is _PRESENT
+                confirmed = self.docs.is_present(doc_id)
                 self._dispatch(p2p.sync(doc_id, self.store, states, confirmed=confirmed))
         elif view is not None:
             self._dispatch(self.store.chosen_name(sender, chosen))
@@ -223,8 +222,7 @@ class Incoming:
         assert self.p2p is not None
         states = self.states
         for doc_id, previous in states.reassign(session_id, owner):
-            record = self.docs.get(doc_id)
-            confirmed = record is not None and record.state is _PRESENT
+            confirmed = self.docs.is_present(doc_id)
             self._dispatch(self.p2p.sync(doc_id, self.store, states, confirmed=confirmed))
             for peer_id in (previous, owner):
                 view = states.peer_state(doc_id, peer_id)

@@ -18,7 +18,6 @@ from ._outgoing import Outgoing, Paced, PacedKind
 from ._settings import ENVELOPE_OVERHEAD, Settings
 from .errors import ConnectionClosed, PayloadError
 from .peer_state import (
-    ReadOnlyMap,
     goodbye_payload,
     heartbeat_payload,
     snapshot_payload,
@@ -43,7 +42,6 @@ MIN_TIMER_STEP = 0.001
 _CONNECTED = ConnectionState.CONNECTED
 _CLOSED = ConnectionState.CLOSED
 _ENTERING = DocumentState.ENTERING
-_PRESENT = DocumentState.PRESENT
 _LEAVING = DocumentState.LEAVING
 
 
@@ -138,14 +136,13 @@ class Sending:
                 f"state value of {size} bytes is too large for a "
                 f"{self.settings.max_frame_size}-byte frame"
             )
-        record = self.docs.get(document_id)
-        confirmed = self.state is _CONNECTED and record is not None and record.state is _PRESENT
+        confirmed = self.state is _CONNECTED and self.docs.is_present(document_id)
         changed, go_live = self.sharing.set_local(
             document_id, channel, value, now, confirmed=confirmed
         )
         me = self.store.me
         if changed and me is not None:
-            local = ReadOnlyMap(dict(self.states.local(document_id)))
+            local = self.states.local_snapshot(document_id)
             self.effects.append(Emit("state-changed", (document_id, me, local)))
         if go_live:
             self._submit(Paced("snapshot", document_id), now)
@@ -180,7 +177,7 @@ class Sending:
                     # `now` and wake us in a loop without the bucket refilling.
                     self.arm(now + max(wait, MIN_TIMER_STEP))
                     return
-            if entry.kind != "update" or not self.sharing.coalescer.scheduled(entry.document_id):
+            if entry.kind != "update":  # (an update stays while values wait: _wanted)
                 queue.popleft()
             self._send_entry(entry, now)
 

@@ -208,6 +208,11 @@ class PeerStates:
         """This client's state in a document (read-only view)."""
         return ReadOnlyMap(self._local.setdefault(document_id, {}))
 
+    def local_snapshot(self, document_id: str) -> Mapping[str, Any]:
+        """This client's state in a document, as it is now (later changes do
+        not show in it)."""
+        return ReadOnlyMap(dict(self._local.get(document_id, {})))
+
     def set_local(self, document_id: str, channel: str, value: Any) -> bool:
         """Merge one channel into the local state. True if the value changed."""
         local = self._local.setdefault(document_id, {})
