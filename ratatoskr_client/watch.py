@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._console import print_line
+from ._settings import socket_url
 from .client import RatatoskrClient
 from .errors import (
     AuthError,
@@ -61,7 +62,7 @@ def _url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a server URL, or None. Checked before connecting,
     so a typo is a usage error (exit 2), not an unreachable server (exit 1)."""
     try:
-        RatatoskrClient(url)  # the client's own rule: http(s):// or ws(s):// and a host
+        socket_url(url)  # the client's own rule: http(s):// or ws(s):// and a host
     except ValueError as exc:
         hint = f" (did you mean 'http://{url}'?)" if "://" not in url and url else ""
         return f"invalid URL: {exc}{hint}"

@@ -1,8 +1,9 @@
 """The callback signature of each event, for typed ``on()`` / ``once()``.
 
 Each type variable is bound by the signature the client calls that event's
-callbacks with (see the table in :mod:`ratatoskr_client.client`), so mypy
-checks a callback against its event and a decorated function keeps its type.
+callbacks with (those of :mod:`ratatoskr_client.events`, grouped by
+signature), so mypy checks a callback against its event and a decorated
+function keeps its type.
 A callback's return value is ignored (a coroutine is run as a task). A
 callback passed directly is checked against its event's ``...Callback`` type
 (lambdas included); the decorator form keeps the decorated function's type.
@@ -58,10 +59,10 @@ MessageCallback: TypeAlias = Callable[[str, Peer, Any], object]
 StateCallback: TypeAlias = Callable[[str, Peer, Mapping[str, Any]], object]
 
 # For the decorator form: a decorated function keeps its own type.
-PeerCallbackT = TypeVar("PeerCallbackT", bound=Callable[[Peer], object])
-ErrorCallbackT = TypeVar("ErrorCallbackT", bound=Callable[[RatatoskrError], object])
-ReconnectingCallbackT = TypeVar("ReconnectingCallbackT", bound=Callable[[int, float], object])
-MembershipCallbackT = TypeVar("MembershipCallbackT", bound=Callable[[str, Peer], object])
-PresenceCallbackT = TypeVar("PresenceCallbackT", bound=Callable[[str, tuple[Peer, ...]], object])
-MessageCallbackT = TypeVar("MessageCallbackT", bound=Callable[[str, Peer, Any], object])
-StateCallbackT = TypeVar("StateCallbackT", bound=Callable[[str, Peer, Mapping[str, Any]], object])
+PeerCallbackT = TypeVar("PeerCallbackT", bound=PeerCallback)
+ErrorCallbackT = TypeVar("ErrorCallbackT", bound=ErrorCallback)
+ReconnectingCallbackT = TypeVar("ReconnectingCallbackT", bound=ReconnectingCallback)
+MembershipCallbackT = TypeVar("MembershipCallbackT", bound=MembershipCallback)
+PresenceCallbackT = TypeVar("PresenceCallbackT", bound=PresenceCallback)
+MessageCallbackT = TypeVar("MessageCallbackT", bound=MessageCallback)
+StateCallbackT = TypeVar("StateCallbackT", bound=StateCallback)
