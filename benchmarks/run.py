@@ -54,9 +54,13 @@ from typing import Any
 import aiohttp
 
 from ratatoskr_client import RatatoskrClient
-from ratatoskr_client.protocol import EphemeralFrame, encode, encode_payload
-
-from relay_alone import RawOnOursFanout, RawOnOursPair, cpu_seconds  # isort: skip
+from ratatoskr_client.protocol import (
+    AuthFrame,
+    EphemeralFrame,
+    PresenceMessage,
+    encode,
+    encode_payload,
+)
 
 HERE = Path(__file__).resolve().parent
 RAW_RELAY = HERE / "raw_relay.py"
@@ -297,7 +301,15 @@ class RawPair:
         self.session = new_session()
         self.a = await self.session.ws_connect(self.relay.url)
         self.b = await self.session.ws_connect(self.relay.url)
+        await self._prepare()
         self.task = asyncio.create_task(self._reader())
+
+    async def _prepare(self) -> None:
+        """What the relay needs before A's frames reach B (the raw relay: nothing)."""
+
+    def _next_frame(self) -> bytes:
+        """The frame A sends next (the raw relay forwards the same one each time)."""
+        return self.frame
 
     async def _reader(self) -> None:
         async for msg in self.b:
@@ -311,10 +323,11 @@ class RawPair:
         loop = asyncio.get_running_loop()
         samples = []
         for _ in range(n):
+            frame = self._next_frame()
             fut = loop.create_future()
             self.waiting.append(fut)
             t0 = now_ns()
-            await self.a.send_bytes(self.frame)
+            await self.a.send_bytes(frame)
             t1 = await asyncio.wait_for(fut, 5)
             samples.append((t1 - t0) / 1000)
         return samples
@@ -377,15 +390,13 @@ async def latency(
     raw_relay: Relay, our_relay: Relay, n: int, warmup: int, rounds: int
 ) -> tuple[list[float], list[float], list[float]]:
     """Samples of the raw floor, of raw clients on our relay, and of the SDK."""
-    raw, sdk = RawPair(raw_relay), SdkPair(our_relay)
-    alone = RawOnOursPair(our_relay.url, now_ns)
+    raw, alone, sdk = RawPair(raw_relay), RawOnOursPair(our_relay), SdkPair(our_relay)
     raw_samples: list[float] = []
     alone_samples: list[float] = []
     sdk_samples: list[float] = []
-    session = new_session()
     try:
         await raw.open()
-        await alone.open(session)
+        await alone.open()
         await sdk.open()
         await raw.measure(warmup)
         await alone.measure(warmup)
@@ -399,7 +410,6 @@ async def latency(
         await raw.close()
         await alone.close()
         await sdk.close()
-        await session.close()
     return raw_samples, alone_samples, sdk_samples
 
 
@@ -507,9 +517,16 @@ class RawFanout:
             await self.session.ws_connect(self.relay.url) for _ in range(FANOUT_RECEIVERS)
         ]
         self.sender = await self.session.ws_connect(self.relay.url)
+        await self._prepare()
         self.tasks = [
             asyncio.create_task(self._reader(r, ws)) for r, ws in enumerate(self.receivers)
         ]
+
+    async def _prepare(self) -> None:
+        """What the relay needs before the sender's frames reach everyone."""
+
+    def _next_frame(self) -> bytes:
+        return self.frame
 
     async def _reader(self, r: int, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -520,7 +537,7 @@ class RawFanout:
                 burst.got(r, burst.base + burst.counts[r] + 1)
 
     async def _send(self, seq: int) -> None:
-        await self.sender.send_bytes(self.frame)
+        await self.sender.send_bytes(self._next_frame())
 
     async def run(self, n: int) -> dict[str, float]:
         self.burst = Burst(n, self.sent)
@@ -578,12 +595,84 @@ class SdkFanout:
         await self.session.close()
 
 
+# --------------------------------------------------------------------------- the relay alone
+#
+# The raw floor's clients on *our* relay, so that the relay's cost and the SDK's
+# are visible apart: relay ratio = raw clients on ours / raw clients on the raw
+# relay; SDK ratio = SDK clients on ours / raw clients on ours. They speak just
+# enough of the protocol to be relayed: auth, a join, and ephemeral frames with
+# a growing count (our relay drops replays).
+
+_RAW_PAYLOAD = encode_payload({"seq": 0, "cursor": [3, 4]})
+
+
+def _raw_frame(doc: str, count: int, session_id: str) -> bytes:
+    return encode(
+        EphemeralFrame("peer-0123456789abcdef", "relay", doc, count, session_id, _RAW_PAYLOAD)
+    )
+
+
+async def _raw_join(ws: aiohttp.ClientWebSocketResponse, doc: str, session_id: str) -> None:
+    """Authenticate anonymously and join ``doc``."""
+    await ws.send_bytes(encode(AuthFrame(anonymous=True)))
+    await ws.receive()  # auth_ok
+    join = encode_payload(PresenceMessage("join", doc).to_payload())
+    await ws.send_bytes(encode(EphemeralFrame("", "", doc, 1, session_id, join)))
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse, quiet: float = 0.3) -> None:
+    """Read and drop frames (identities, joins) until the socket is quiet."""
+    with contextlib.suppress(TimeoutError):
+        while True:
+            await asyncio.wait_for(ws.receive(), quiet)
+
+
+class RawOnOursPair(RawPair):
+    """:class:`RawPair` on our relay: A and B joined in one document."""
+
+    doc = "bench-latency-raw"
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self.count = 1  # the join used 1
+
+    async def _prepare(self) -> None:
+        await _raw_join(self.a, self.doc, "raw-a")
+        await _raw_join(self.b, self.doc, "raw-b")
+        await asyncio.gather(_drain(self.a), _drain(self.b))
+
+    def _next_frame(self) -> bytes:
+        self.count += 1
+        return _raw_frame(self.doc, self.count, "raw-a")
+
+
+class RawOnOursFanout(RawFanout):
+    """:class:`RawFanout` on our relay: the sender and receivers joined in one
+    document; the receivers still count frames without decoding them."""
+
+    doc = "bench-fanout-raw"
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self.count = 1
+
+    async def _prepare(self) -> None:
+        for i, ws in enumerate(self.receivers):
+            await _raw_join(ws, self.doc, f"raw-r{i}")
+        await _raw_join(self.sender, self.doc, "raw-s")
+        await asyncio.gather(*(_drain(ws) for ws in [self.sender, *self.receivers]))
+
+    def _next_frame(self) -> bytes:
+        self.count += 1
+        return _raw_frame(self.doc, self.count, "raw-s")
+
+
 async def _timed(run: Awaitable[dict[str, float]]) -> dict[str, float]:
     """A fan-out round, with this process's CPU time per delivered message."""
     gc.collect()
-    cpu = cpu_seconds()
+    cpu = time.process_time()  # user + system CPU of this process
     result = await run
-    result["cpu_us_per_delivery"] = (cpu_seconds() - cpu) * 1e6 / max(1, result["delivered"])
+    result["cpu_us_per_delivery"] = (time.process_time() - cpu) * 1e6 / max(1, result["delivered"])
     return result
 
 
@@ -591,15 +680,13 @@ async def fanout(
     raw_relay: Relay, our_relay: Relay, n: int, rounds: int
 ) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]]:
     """Rounds of the raw floor, of raw clients on our relay, and of the SDK."""
-    raw, sdk = RawFanout(raw_relay), SdkFanout(our_relay)
-    alone = RawOnOursFanout(our_relay.url, FANOUT_RECEIVERS, Burst)
+    raw, alone, sdk = RawFanout(raw_relay), RawOnOursFanout(our_relay), SdkFanout(our_relay)
     raw_runs: list[dict[str, float]] = []
     alone_runs: list[dict[str, float]] = []
     sdk_runs: list[dict[str, float]] = []
-    session = new_session()
     try:
         await raw.open()
-        await alone.open(session)
+        await alone.open()
         await sdk.open()
         await raw.run(min(n // rounds, 500))  # warm-up
         await alone.run(min(n // rounds, 500))
@@ -612,7 +699,6 @@ async def fanout(
         await raw.close()
         await alone.close()
         await sdk.close()
-        await session.close()
     return raw_runs, alone_runs, sdk_runs
 
 
@@ -653,7 +739,7 @@ async def sdk_memory_and_storm(
             await gather_limited([c.connect() for c in clients], 100)
             await gather_limited([c.enter_document(doc, timeout=60) for c in clients], 100)
             await wait_converged(clients, doc, n, timeout=120)
-            results["join_converge_s"] = time.perf_counter() - t0
+            results["join_converge_s" + suffix] = time.perf_counter() - t0
             gc.collect()
             relay_rss = await settle_rss(relay.rss_kib)
             client_rss = rss_kib()
@@ -668,27 +754,25 @@ async def sdk_memory_and_storm(
                 f"client {client_base} -> {client_rss} KiB for {n} clients"
             )
 
-            if not storm:
-                relay.kill()  # (closing them would fan out n x n departures)
-                await close_all(clients)
-                return results
-            # ---- reconnect storm
-            before = frozenset(c.me.peer_id for c in clients)
-            t0 = time.perf_counter()
-            relay.kill()
-            restart = await relay.start()
-            results["restart_relay_up_s"] = time.perf_counter() - t0
-            results["restart_relay_start_s"] = restart
-            connected_at = await wait_converged(clients, doc, n, timeout=120, t0=t0, old_ids=before)
-            results["restart_converge_s"] = time.perf_counter() - t0
-            results["restart_all_connected_s"] = connected_at
-            after = {c.me.peer_id for c in clients}
-            assert not (before & after), "peer ids must be new after a reconnect"
-            for c in clients:
-                assert {p.peer_id for p in c.presence(doc)} == after, "ghost or missing peer"
-            results["restart_relay_rss_kib"] = relay.rss_kib()
-            # Kill first: closing 500 connected clients would make the relay fan
-            # out 500 x 500 departure frames for nothing.
+            if storm:
+                before = frozenset(c.me.peer_id for c in clients)
+                t0 = time.perf_counter()
+                relay.kill()
+                restart = await relay.start()
+                results["restart_relay_up_s"] = time.perf_counter() - t0
+                results["restart_relay_start_s"] = restart
+                connected_at = await wait_converged(
+                    clients, doc, n, timeout=120, t0=t0, old_ids=before
+                )
+                results["restart_converge_s"] = time.perf_counter() - t0
+                results["restart_all_connected_s"] = connected_at
+                after = {c.me.peer_id for c in clients}
+                assert not (before & after), "peer ids must be new after a reconnect"
+                for c in clients:
+                    assert {p.peer_id for p in c.presence(doc)} == after, "ghost or missing peer"
+                results["restart_relay_rss_kib"] = relay.rss_kib()
+            # Kill first: closing n connected clients would make the relay fan
+            # out n x n departure frames for nothing.
             relay.kill()
             await close_all(clients)
     finally:
@@ -856,12 +940,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             raw_samples, alone_samples, sdk_samples = await latency(
                 raw, ours, lat_n, lat_warm, rounds
             )
-            results["raw_p50_us"] = pct(raw_samples, 50)
-            results["raw_p99_us"] = pct(raw_samples, 99)
-            results["raw_on_ours_p50_us"] = pct(alone_samples, 50)
-            results["raw_on_ours_p99_us"] = pct(alone_samples, 99)
-            results["sdk_p50_us"] = pct(sdk_samples, 50)
-            results["sdk_p99_us"] = pct(sdk_samples, 99)
+            for side, samples in (
+                ("raw", raw_samples),
+                ("raw_on_ours", alone_samples),
+                ("sdk", sdk_samples),
+            ):
+                results[f"{side}_p50_us"] = pct(samples, 50)
+                results[f"{side}_p99_us"] = pct(samples, 99)
             results["raw_mean_us"] = statistics.fmean(raw_samples)
             results["sdk_mean_us"] = statistics.fmean(sdk_samples)
         if want("presence"):
@@ -879,12 +964,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             )
             raw_runs, alone_runs, sdk_runs = await fanout(raw, ours, fan_n, rounds)
             # The median round: robust to a burst of load from elsewhere.
-            results["raw_fanout100_per_s"] = statistics.median(r["per_s"] for r in raw_runs)
-            results["raw_on_ours_fanout100_per_s"] = statistics.median(
-                r["per_s"] for r in alone_runs
-            )
-            results["sdk_fanout100_per_s"] = statistics.median(r["per_s"] for r in sdk_runs)
             for side, runs in (("raw", raw_runs), ("raw_on_ours", alone_runs), ("sdk", sdk_runs)):
+                results[f"{side}_fanout100_per_s"] = statistics.median(r["per_s"] for r in runs)
                 results[f"{side}_client_cpu_us_per_delivery"] = statistics.median(
                     r["cpu_us_per_delivery"] for r in runs
                 )
