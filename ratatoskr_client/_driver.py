@@ -107,7 +107,8 @@ class Driver:
         """Carry out every effect the core asked for, in order."""
         effects = self.core.effects
         if len(effects) == 1 and type(effects[0]) is Emit:
-            # The hot case, once per application message received: one event.
+            # The usual case (a state change, an error): one event. Application
+            # messages do not come this way: the core delivers them directly.
             effect = effects.pop()
             self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
             return
@@ -297,7 +298,6 @@ class Driver:
         receive = core.receive
         effects = core.effects
         apply = self.apply
-        emit = self.emitter.emit
         clock = asyncio.get_running_loop().time
         while True:
             msg = await ws.receive()
@@ -309,13 +309,8 @@ class Driver:
                     # A bug must cost one frame, never the connection (as on the relay).
                     log.exception("internal error while handling a frame")
                     core.report(_internal(exc, "while handling a frame"))
-                if effects:
-                    if len(effects) == 1 and type(effects[0]) is Emit:
-                        # apply(), inlined for the case of every application message.
-                        effect = effects.pop()
-                        emit(effect.event, *effect.args)  # type: ignore[union-attr]
-                    else:
-                        apply()
+                if effects:  # (application messages were delivered already: core.deliver)
+                    apply()
             elif kind is _TEXT:
                 core.report(ProtocolError("server sent a text frame; expected binary CBOR"))
                 apply()
