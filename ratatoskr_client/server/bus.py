@@ -42,7 +42,8 @@ class Bus(Protocol):
     def presence_state(self, document_id: str, conn: Connection) -> tuple[str, ...] | None:
         """The peers present on other relays, for ``conn``'s
         ``doc_presence_state`` (they are listed before the local ones); None
-        when not known yet: the bus then sends the frame itself once it knows."""
+        when not known yet: the bus then has the core send it (``send_presence_state``)
+        once it knows."""
 
     def relayed(
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes

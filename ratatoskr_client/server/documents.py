@@ -119,13 +119,18 @@ class DocumentRules:
             if self.bus is not None:
                 self.bus.joined(doc_id, conn)
         if send_state and self._server_presence:
-            peers = tuple(members)
-            if self.bus is not None:
-                remote = self.bus.presence_state(doc_id, conn)
-                if remote is None:
-                    return  # the bus sends it once it knows who is present elsewhere
-                peers = remote + peers  # so the joiner is still listed last
-            conn.outbox.send(encode(DocPresenceStateFrame(doc_id, peers)))
+            remote = self.bus.presence_state(doc_id, conn) if self.bus is not None else ()
+            if remote is None:
+                return  # the bus calls send_presence_state once it knows who is elsewhere
+            self.send_presence_state(conn, doc_id, remote)
+
+    def send_presence_state(
+        self, conn: Connection, doc_id: str, remote: tuple[str, ...] = ()
+    ) -> None:
+        """Tell ``conn`` who is in ``doc_id``: the peers of other relays
+        (``remote``), then ours in join order, so a joiner is listed last."""
+        peers = remote + tuple(self._docs.get(doc_id, ()))
+        conn.outbox.send(encode(DocPresenceStateFrame(doc_id, peers)))
 
     def _leave(self, conn: Connection, doc_id: str, *, tell_self: bool) -> None:
         if conn.docs.pop(doc_id, None) is None:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ...protocol import (
-    DocPresenceStateFrame,
     PeerDisconnectedFrame,
     PeerIdentityFrame,
     PeerJoinedDocFrame,
@@ -501,5 +500,4 @@ class ClusterView:
         waiting, doc.waiting = doc.waiting, []
         for conn in waiting:
             if document_id in conn.docs and self._presence:
-                peers = tuple(doc.remote) + self.core.presence(document_id)
-                conn.outbox.send(encode(DocPresenceStateFrame(document_id, peers)))
+                self.core.send_presence_state(conn, document_id, tuple(doc.remote))
