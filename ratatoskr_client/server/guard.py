@@ -8,7 +8,8 @@
   (The auth timeout only starts once the upgrade is complete.)
 * :class:`AcceptErrorFilter` turns asyncio's report of a failed ``accept()``
   at the file-descriptor limit (one ERROR with a traceback per attempt) into
-  one WARNING line every 10 seconds.
+  one WARNING line every 10 seconds, and silences the retries asyncio had
+  scheduled when they fire after the listening socket has closed.
 * :func:`raise_open_file_limit` lifts the soft limit on open files to the hard
   one, so the relay can hold as many connections as the system allows.
 """
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.constants
 import logging
 import time
 from typing import Any, Final
@@ -27,6 +29,9 @@ log = logging.getLogger("ratatoskr_client.server")
 #: Seconds between two warnings about failed accepts.
 ACCEPT_WARNING_INTERVAL: Final = 10.0
 _ACCEPT_FAILED: Final = "socket.accept() out of system resource"
+#: After a failed accept, asyncio stops listening and retries this many seconds
+#: later, through a timer this code cannot cancel.
+ACCEPT_RETRY_DELAY: Final[float] = float(getattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 1.0))
 
 
 class HandshakeGuard:
@@ -80,11 +85,25 @@ class AcceptErrorFilter:
     def __init__(self, previous: Any) -> None:
         self.previous = previous
         self.suppressed = 0
+        #: time.monotonic() of the last failed accept (0.0: none yet)
+        self.last_failure = 0.0
         self._next_warning = 0.0
 
+    def retry_window(self) -> float:
+        """Seconds during which a retry asyncio scheduled may still fire
+        (0.0 when none can): how long to stay installed after the server stops."""
+        if not self.last_failure:
+            return 0.0
+        return max(0.0, self.last_failure + ACCEPT_RETRY_DELAY - time.monotonic())
+
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _is_stale_accept_retry(context):
+            # The relay stopped while at the limit: the retry found its socket
+            # closed. Nothing is lost, and nothing can be done about it.
+            log.debug("an accept retry fired after the relay stopped listening")
+            return
         if context.get("message") == _ACCEPT_FAILED:
-            now = time.monotonic()
+            now = self.last_failure = time.monotonic()
             if now >= self._next_warning:
                 self._next_warning = now + ACCEPT_WARNING_INTERVAL
                 log.warning(
@@ -101,6 +120,18 @@ class AcceptErrorFilter:
             self.previous(loop, context)
         else:
             loop.default_exception_handler(context)
+
+
+def _is_stale_accept_retry(context: dict[str, Any]) -> bool:
+    # asyncio schedules ``loop._start_serving`` on a timer after a failed
+    # accept (once per connection waiting in the backlog). If the server closes
+    # first, the timer raises on the closed socket (fd -1), and asyncio reports
+    # "Exception in callback" with a traceback. A Handle does not expose its
+    # callback publicly; ``_callback`` has been there since Python 3.4.
+    callback = getattr(context.get("handle"), "_callback", None)
+    return getattr(callback, "__name__", None) == "_start_serving" and isinstance(
+        context.get("exception"), (ValueError, OSError)
+    )
 
 
 def raise_open_file_limit() -> tuple[int, int] | None:

@@ -140,8 +140,13 @@ class RelayServer:
         accept_filter, self._accept_filter = self._accept_filter, None
         if accept_filter is not None:
             loop = asyncio.get_running_loop()
-            if loop.get_exception_handler() is accept_filter:
-                loop.set_exception_handler(accept_filter.previous)
+            # Retries asyncio scheduled after a failed accept may still fire
+            # (on the closed socket): keep answering them until they have.
+            pending = accept_filter.retry_window()
+            if pending:
+                loop.call_later(pending + 0.1, _uninstall, loop, accept_filter)
+            else:
+                _uninstall(loop, accept_filter)
 
     async def __aenter__(self) -> RelayServer:
         return await self.start()
@@ -204,3 +209,9 @@ class RelayServer:
     def stats(self) -> RelayStats:
         """Sizes of the relay's tables."""
         return self.core.stats()
+
+
+def _uninstall(loop: asyncio.AbstractEventLoop, accept_filter: AcceptErrorFilter) -> None:
+    # Only if nobody has installed another handler since.
+    if loop.get_exception_handler() is accept_filter:
+        loop.set_exception_handler(accept_filter.previous)

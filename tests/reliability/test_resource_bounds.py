@@ -654,6 +654,60 @@ async def test_resets_during_the_upgrade_log_no_error(
     assert loud == [], [r.getMessage() for r in loud]
 
 
+#: A program that saturates a relay it hosts (64 open files), stops it while
+#: asyncio's accept retries are pending, and keeps its loop running until they
+#: have fired: what a test suite hosting a relay does.
+_STOP_WHILE_SATURATED = """
+import asyncio, contextlib, logging, resource, time
+from ratatoskr_client.server import RelayConfig, RelayServer
+
+class Saturated(logging.Handler):
+    seen = False
+    def emit(self, record):
+        Saturated.seen = Saturated.seen or "cannot accept" in record.getMessage()
+
+async def main():
+    relay = await RelayServer(RelayConfig(open=True, handshake_timeout=30.0), port=0).start()
+    clients = []
+    deadline = time.monotonic() + 10
+    while not Saturated.seen:
+        assert time.monotonic() < deadline, "never reached the open-file limit"
+        with contextlib.suppress(OSError):
+            clients.append(await asyncio.open_connection("127.0.0.1", relay.port))
+        await asyncio.sleep(0)
+    await relay.stop()
+    await asyncio.sleep(1.5)  # past asyncio's retry delay
+    for _, writer in clients:
+        writer.close()
+    print(asyncio.get_running_loop().get_exception_handler())
+
+logging.basicConfig(level=logging.DEBUG)
+logging.getLogger().addHandler(Saturated())
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+asyncio.run(main())
+"""
+
+
+@linux_only
+async def test_stopping_at_the_file_descriptor_limit_logs_no_traceback() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _STOP_WHILE_SATURATED,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    text = stderr.decode()
+    assert proc.returncode == 0, text
+    # The retries did fire on the closed socket (the case is real), and the
+    # relay's exception handler is gone once they have.
+    assert "an accept retry fired after the relay stopped listening" in text
+    assert stdout.decode().strip() == "None"
+    assert "Traceback" not in text
+    assert "Exception in callback" not in text
+
+
 def test_accept_failures_are_one_warning_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     from ratatoskr_client.server.guard import AcceptErrorFilter
 
