@@ -31,7 +31,7 @@ ACCEPT_WARNING_INTERVAL: Final = 10.0
 _ACCEPT_FAILED: Final = "socket.accept() out of system resource"
 #: After a failed accept, asyncio stops listening and retries this many seconds
 #: later, through a timer this code cannot cancel.
-ACCEPT_RETRY_DELAY: Final[float] = float(getattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 1.0))
+ACCEPT_RETRY_DELAY: Final = float(asyncio.constants.ACCEPT_RETRY_DELAY)
 
 
 class HandshakeGuard:
@@ -89,12 +89,31 @@ class AcceptErrorFilter:
         self.last_failure = 0.0
         self._next_warning = 0.0
 
-    def retry_window(self) -> float:
-        """Seconds during which a retry asyncio scheduled may still fire
-        (0.0 when none can): how long to stay installed after the server stops."""
-        if not self.last_failure:
-            return 0.0
-        return max(0.0, self.last_failure + ACCEPT_RETRY_DELAY - time.monotonic())
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> AcceptErrorFilter:
+        """Make a filter ``loop``'s exception handler, in front of the current one."""
+        previous = loop.get_exception_handler()
+        if isinstance(previous, AcceptErrorFilter):
+            # One left by a server that stopped a moment ago (see uninstall):
+            # this one answers its retries too, so stand in its place.
+            previous = previous.previous
+        accept_filter = cls(previous)
+        loop.set_exception_handler(accept_filter)
+        return accept_filter
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give ``loop`` its previous handler back (the server has stopped
+        listening), once no retry asyncio scheduled after a failed accept can
+        fire any more: until then, this filter still has to answer them."""
+        pending = self.last_failure + ACCEPT_RETRY_DELAY - time.monotonic()
+        if self.last_failure and pending > 0:
+            loop.call_later(pending + 0.1, self._restore, loop)  # +0.1: after those timers
+        else:
+            self._restore(loop)
+
+    def _restore(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop.get_exception_handler() is self:  # nobody has installed another since
+            loop.set_exception_handler(self.previous)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if _is_stale_accept_retry(context):

@@ -119,9 +119,7 @@ class RelayServer:
             raise
         self._port = int(runner.addresses[0][1])
         self._runner = runner
-        loop = asyncio.get_running_loop()
-        self._accept_filter = AcceptErrorFilter(loop.get_exception_handler())
-        loop.set_exception_handler(self._accept_filter)
+        self._accept_filter = AcceptErrorFilter.install(asyncio.get_running_loop())
         log.info("relay listening on %s", self.ws_url)
         if self.config.open:
             log.warning(
@@ -139,14 +137,7 @@ class RelayServer:
             await runner.cleanup()
         accept_filter, self._accept_filter = self._accept_filter, None
         if accept_filter is not None:
-            loop = asyncio.get_running_loop()
-            # Retries asyncio scheduled after a failed accept may still fire
-            # (on the closed socket): keep answering them until they have.
-            pending = accept_filter.retry_window()
-            if pending:
-                loop.call_later(pending + 0.1, _uninstall, loop, accept_filter)
-            else:
-                _uninstall(loop, accept_filter)
+            accept_filter.uninstall(asyncio.get_running_loop())
 
     async def __aenter__(self) -> RelayServer:
         return await self.start()
@@ -209,9 +200,3 @@ class RelayServer:
     def stats(self) -> RelayStats:
         """Sizes of the relay's tables."""
         return self.core.stats()
-
-
-def _uninstall(loop: asyncio.AbstractEventLoop, accept_filter: AcceptErrorFilter) -> None:
-    # Only if nobody has installed another handler since.
-    if loop.get_exception_handler() is accept_filter:
-        loop.set_exception_handler(accept_filter.previous)

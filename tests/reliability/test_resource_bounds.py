@@ -730,3 +730,22 @@ def test_accept_failures_are_one_warning_per_interval(caplog: pytest.LogCaptureF
     assert len(warnings) == 1
     assert accept_filter.suppressed == 999
     assert seen == [{"message": "something else"}]  # the rest goes where it went before
+
+
+def test_a_relay_started_right_after_one_stopped_at_the_limit_takes_its_filter_over() -> None:
+    from ratatoskr_client.server.guard import AcceptErrorFilter
+
+    loop = asyncio.new_event_loop()
+    try:
+        first = AcceptErrorFilter.install(loop)
+        first(loop, {"message": "socket.accept() out of system resource", "exception": OSError()})
+        first.uninstall(loop)  # a retry may still fire: it stays for now
+        assert loop.get_exception_handler() is first
+        second = AcceptErrorFilter.install(loop)
+        assert second.previous is None  # in the first one's place, not on top of it
+        first._restore(loop)  # what the first one's timer does: no effect now
+        assert loop.get_exception_handler() is second
+        second.uninstall(loop)  # no failure seen: gone at once
+        assert loop.get_exception_handler() is None
+    finally:
+        loop.close()
