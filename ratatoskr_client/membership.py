@@ -22,19 +22,49 @@ Contracts:
   are kept; frames about other documents are ignored.
 * :meth:`reset` (connection lost) empties every document and every identity,
   returning one :class:`PresenceChanged` per document that had peers.
+
+Identity scope. A server that announces ``"scoped-identity"`` in ``auth_ok``
+sends a peer's identity only to the peers sharing a document with it, right
+before the frame that needs it (a ``peer_joined_doc``, a ``doc_presence_state``,
+or a message from a peer not present in the document), and
+``peer_disconnected`` only for peers we knew, right after their last
+``peer_left_doc``. The store then keeps an identity exactly while its peer is
+present in one of our tracked documents (it mirrors the relay's rule, so
+neither side keeps a table per pair):
+
+* an identity of a peer in none of our documents waits for the next frame
+  (it introduces that frame's peer) and is dropped after it, unless that
+  frame put the peer in a document;
+* a peer that leaves our last document with it is forgotten at once; if the
+  next frame is its ``peer_disconnected`` (its connection closed), that is an
+  :class:`IdentityRemoved` all the same: ``peer-disconnected`` still means
+  exactly "the server said it disconnected".
+
+Without the feature every identity the server announces is kept until its
+``peer_disconnected``.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import Final
 
+from ._changes import (
+    Change,
+    IdentityAdded,
+    IdentityRemoved,
+    PeerJoined,
+    PeerLeft,
+    PresenceChanged,
+    SelfRemoved,
+)
+from ._peer import _INTERNED as _INTERNED  # (where the shared peers are kept)
+from ._peer import Peer, intern_peer
 from ._peer_tables import PeerTable
 from .protocol import (
+    FEATURE_SCOPED_IDENTITY,
     AuthOkFrame,
     DocPresenceStateFrame,
     Frame,
@@ -59,134 +89,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
-class Peer:
-    """One connection's identity, as the server verified it, and the name it
-    chose for itself.
-
-    Which name is which:
-
-    * ``name`` is the name the **server** gives the connection: the account's
-      name for a token user, an "Adjective Animal" for an anonymous one. A
-      server without names (the upstream server today) gives none; then
-      ``name`` is the peer's chosen name, or its ``user_id``, or its peer id.
-    * ``chosen_name`` is the name the **peer** chose for itself: the ``"name"``
-      in the state it shares (automerge-repo ``Presence`` convention, and what
-      ``RatatoskrClient(name=...)`` puts there). None until it shares one. For
-      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument.
-
-    ``chosen_name`` is not part of the identity: two ``Peer`` values are equal
-    when their server-given fields are, whatever they call themselves.
-
-    Attributes:
-        peer_id: the server-assigned id of the connection (new on every connect).
-        user_id: the account id, or None for anonymous peers (and for every
-            peer on a server that verifies nothing, like upstream).
-        name: the server-given display name (see above).
-        is_anonymous: True when the peer authenticated without a token.
-        chosen_name: the name the peer shares for itself, or None.
-    """
-
-    peer_id: str
-    user_id: str | None
-    name: str
-    is_anonymous: bool
-    chosen_name: str | None = field(default=None, compare=False)
-
-    @staticmethod
-    def from_user(peer_id: str, user: UserInfo | None, chosen_name: str | None = None) -> Peer:
-        """The Peer for a wire ``user`` map (tolerating a missing name or user):
-        without a server-given name, the chosen name, the user id or the peer id."""
-        if user is None:
-            return intern_peer(peer_id, None, chosen_name or peer_id, True, chosen_name)
-        name = user.name or chosen_name or user.id or peer_id
-        return intern_peer(peer_id, user.id, name, user.is_anonymous, chosen_name)
-
-    @staticmethod
-    def unknown(peer_id: str) -> Peer:
-        """A placeholder for a peer whose identity has not arrived (yet)."""
-        return intern_peer(peer_id, None, peer_id, True)
-
-
-# Every client in a process sees the same peers; sharing one Peer object per
-# identity keeps 500 clients in one process from holding 500 copies of each.
-_INTERNED: Final[weakref.WeakValueDictionary[str, Peer]] = weakref.WeakValueDictionary()
-
-
-def intern_peer(
-    peer_id: str,
-    user_id: str | None,
-    name: str,
-    is_anonymous: bool,
-    chosen_name: str | None = None,
-) -> Peer:
-    """The shared :class:`Peer` with these fields (created on first use)."""
-    peer = _INTERNED.get(peer_id)
-    if (
-        peer is None
-        or peer.name != name
-        or peer.user_id != user_id
-        or peer.is_anonymous != is_anonymous
-        or peer.chosen_name != chosen_name
-    ):
-        peer = Peer(peer_id, user_id, name, is_anonymous, chosen_name)
-        _INTERNED[peer_id] = peer
-    return peer
-
-
-# --------------------------------------------------------------------------- changes
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityAdded:
-    """The server announced (or updated) a peer's identity."""
-
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityRemoved:
-    """A peer disconnected from the server."""
-
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PeerJoined:
-    """Another peer entered a tracked document."""
-
-    document_id: str
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLeft:
-    """Another peer left a tracked document (or timed out, or disconnected)."""
-
-    document_id: str
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChanged:
-    """``presence(document_id)`` has a new value; read it from the store."""
-
-    document_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SelfRemoved:
-    """The server removed *this* client from a tracked document (presence TTL
-    expired, e.g. after a stall). The driver should join again."""
-
-    document_id: str
-
-
-Change: TypeAlias = (
-    IdentityAdded | IdentityRemoved | PeerJoined | PeerLeft | PresenceChanged | SelfRemoved
-)
-
-
 # --------------------------------------------------------------------------- store
 
 #: Seconds the tables must stay unchanged before they are shared with the other
@@ -199,9 +101,25 @@ SHARE_AFTER: Final = 0.5
 class MembershipStore:
     """Identities and membership for one client connection. See the module docstring."""
 
-    __slots__ = ("_docs", "_identities", "_me", "changed", "share_at")
+    __slots__ = (
+        "_docs",
+        "_identities",
+        "_me",
+        "changed",
+        "departed",
+        "incoming",
+        "scoped",
+        "share_at",
+    )
 
     def __init__(self) -> None:
+        #: the server scopes identities to documents (see the module docstring)
+        self.scoped = False
+        #: scoped: identities received for the next frame, not in any document yet
+        self.incoming: dict[str, Peer] = {}
+        #: scoped: peers the frame before took out of our last document with
+        #: them (already forgotten), in case this frame is their ``peer_disconnected``
+        self.departed: dict[str, Peer] = {}
         #: the tables changed since :meth:`touched` was last told
         self.changed = False
         #: when to :meth:`share` the tables (they have been quiet since)
@@ -249,7 +167,36 @@ class MembershipStore:
         """The identity announced for ``peer_id``, or a placeholder if none was
         (:meth:`Peer.unknown`). Cheaper than ``identities.get`` on a hot path."""
         peer = self._identities.get(peer_id)
-        return peer if peer is not None else Peer.unknown(peer_id)
+        if peer is not None:
+            return peer
+        if self.incoming:
+            peer = self.incoming.get(peer_id)
+            if peer is not None:
+                return peer
+        return Peer.unknown(peer_id)
+
+    def _in_a_document(self, peer_id: str) -> bool:
+        return any(peer_id in members for members in self._docs.values())
+
+    def _adopt(self, peer: Peer) -> list[Change]:
+        """Scoped: ``peer`` (introduced by the frame before) is now in one of
+        our documents: its identity is kept."""
+        if self.incoming.pop(peer.peer_id, None) is None:
+            return []
+        self._identities.put(peer)
+        return [IdentityAdded(peer)]
+
+    def _drop_unshared(self, peer_ids: Iterable[str]) -> None:
+        """Scoped: forget at once the identities of these peers that are in
+        none of our documents any more (no frame will say more about them)."""
+        me = self._me
+        for peer_id in peer_ids:
+            if (
+                (me is None or peer_id != me.peer_id)
+                and not self._in_a_document(peer_id)
+                and self._identities.pop(peer_id) is not None
+            ):
+                self.changed = True
 
     def presence(self, document_id: str) -> tuple[Peer, ...]:
         """Peers present in ``document_id`` in join order (empty if not tracked)."""
@@ -272,9 +219,15 @@ class MembershipStore:
             self._docs[document_id] = PeerTable()
 
     def forget(self, document_id: str) -> list[Change]:
-        """Stop tracking a document (the application left it)."""
+        """Stop tracking a document (the application left it). With scoped
+        identities, the peers known only from it are forgotten too (silently:
+        they did not disconnect)."""
         members = self._docs.pop(document_id, None)
-        return [PresenceChanged(document_id)] if members else []
+        if not members:
+            return []
+        if self.scoped:
+            self._drop_unshared(list(members))
+        return [PresenceChanged(document_id)]
 
     def reset(self) -> list[Change]:
         """The connection is gone: no identities, nobody present anywhere.
@@ -285,6 +238,8 @@ class MembershipStore:
                 members.clear()
                 changes.append(PresenceChanged(doc_id))
         self._identities.clear()
+        self.incoming.clear()
+        self.departed.clear()
         return changes
 
     # ------------------------------------------------------------------ frames
@@ -293,6 +248,7 @@ class MembershipStore:
         """A new connection authenticated: forget the old one, record ``me``
         (with the name this client chose for itself, if any)."""
         changes = self.reset()
+        self.scoped = frame.features is not None and FEATURE_SCOPED_IDENTITY in frame.features
         me = Peer.from_user(frame.client_peer_id, frame.user, chosen_name)
         self._me = me
         self._identities.put(me)
@@ -358,7 +314,10 @@ class MembershipStore:
             return []
         peer = self.peer(peer_id)
         members.put(peer)
-        return [PeerJoined(document_id, peer), PresenceChanged(document_id)]
+        joined: list[Change] = [PeerJoined(document_id, peer), PresenceChanged(document_id)]
+        if self.incoming:
+            return self._adopt(peer) + joined
+        return joined
 
     def _left(self, document_id: str, peer_id: str) -> list[Change]:
         members = self._docs.get(document_id)
@@ -370,7 +329,19 @@ class MembershipStore:
         change = PresenceChanged(document_id)
         me = self._me
         if me is not None and peer_id == me.peer_id:
+            if self.scoped:
+                # We are out: the server tells us nothing more about the
+                # others there until we are back (its state then lists them).
+                others = list(members)
+                members.clear()
+                self._drop_unshared(others)
             return [change, SelfRemoved(document_id)]
+        if self.scoped and not self._in_a_document(peer_id):
+            # Out of our last document with it: forgotten, silently, unless
+            # the next frame is its peer_disconnected (see disconnected()).
+            self._identities.pop(peer_id)
+            self.departed[peer_id] = peer
+            self.changed = True
         return [PeerLeft(document_id, peer), change]
 
     def _state(self, document_id: str, peer_ids: tuple[str, ...]) -> list[Change]:
@@ -382,15 +353,28 @@ class MembershipStore:
             if pid not in fresh:
                 peer = self.peer(pid)
                 fresh[peer.peer_id] = peer
+        changes: list[Change] = []
+        if self.incoming:
+            for peer in fresh.values():
+                changes += self._adopt(peer)
         if list(fresh.items()) == list(members.items()):
-            return []
+            return changes
+        gone = [pid for pid in members if pid not in fresh]
         members.replace(fresh)
-        return [PresenceChanged(document_id)]
+        if self.scoped and gone:
+            self._drop_unshared(gone)
+        changes.append(PresenceChanged(document_id))
+        return changes
 
     def _identity(
         self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
     ) -> list[Change]:
         old = self._identities.get(peer_id)
+        if old is None and self.scoped and not self._in_a_document(peer_id):
+            # For the next frame, which will name it; kept if it puts the
+            # peer in one of our documents.
+            self.incoming[peer_id] = Peer.from_user(peer_id, user, chosen_name)
+            return []
         if old is not None:
             if chosen_name is None:
                 chosen_name = old.chosen_name  # a server frame says nothing about it
@@ -426,6 +410,8 @@ class MembershipStore:
         for doc_id in list(self._docs):
             changes.extend(self._left(doc_id, peer_id))
         peer = self._identities.pop(peer_id)
+        if peer is None and self.departed:
+            peer = self.departed.pop(peer_id, None)  # it left our last document just now
         if peer is not None:
             changes.append(IdentityRemoved(peer))
         return changes

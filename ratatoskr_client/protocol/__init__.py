@@ -25,6 +25,7 @@ from .codec import (
 from .constants import (
     EMPTY_DOC_SYNC,
     EPHEMERAL_PREFIX,
+    FEATURE_SCOPED_IDENTITY,
     FEATURES,
     MAX_DOCUMENT_ID_BYTES,
     MAX_PEER_ID_BYTES,
@@ -62,6 +63,7 @@ __all__ = [
     "EMPTY_DOC_SYNC",
     "EPHEMERAL_PREFIX",
     "FEATURES",
+    "FEATURE_SCOPED_IDENTITY",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_NESTING",
     "MAX_PEER_ID_BYTES",

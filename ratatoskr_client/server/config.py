@@ -9,13 +9,13 @@ the file, the entry and the problem. The file format is in ``docs/server.md``.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
-from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
 from ..protocol.constants import (
@@ -25,11 +25,15 @@ from ..protocol.constants import (
     PRESENCE_TTL,
     RATE_LIMIT,
 )
+from .redis_url import database_of, redact_url, validate_redis_url
 
 __all__ = [
+    "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
     "DEFAULT_AUTH_FAILURE_LIMIT",
     "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_CONNECTION_LIMIT_EXEMPT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDENTITY_SCOPE",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_NODE_TTL",
@@ -38,16 +42,21 @@ __all__ = [
     "DEFAULT_PRESENCE_TTL",
     "DEFAULT_RATE_LIMIT",
     "EPHEMERAL_PREFIX",
+    "IDENTITY_SCOPES",
     "PUBLIC",
     "Access",
     "AclEntry",
     "DocumentSpec",
+    "IdentityScope",
     "RelayConfig",
     "UserSpec",
     "database_of",
     "load_config",
     "redact_url",
 ]
+
+#: Who receives a peer's identity (see ``RelayConfig.identity_scope``).
+IdentityScope = Literal["document", "global"]
 
 DEFAULT_PORT: Final = 4151
 DEFAULT_PRESENCE_TTL: Final = PRESENCE_TTL
@@ -59,10 +68,19 @@ DEFAULT_PING_INTERVAL: Final = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
 DEFAULT_AUTH_FAILURE_LIMIT: Final = 30
 DEFAULT_NODE_TTL: Final = 10.0
+#: Anonymous connections per minute per source address (as a burst).
+DEFAULT_ANONYMOUS_CONNECTION_LIMIT: Final = 60
+#: Source networks the connection limit does not apply to: the machine itself,
+#: where test suites open thousands of connections and a same-host reverse
+#: proxy gives every client one address.
+DEFAULT_CONNECTION_LIMIT_EXEMPT: Final = ("127.0.0.0/8", "::1/128")
+#: Who receives a peer's identity: the peers sharing a document with it
+#: ("document"), or every connected peer ("global", the plan's broadcast).
+DEFAULT_IDENTITY_SCOPE: Final[IdentityScope] = "document"
+IDENTITY_SCOPES: Final = ("document", "global")
 #: The shortest node TTL accepted: nodes heartbeat every TTL/5 seconds, and a
 #: shorter TTL would declare a busy node dead for a garbage-collection pause.
 MIN_NODE_TTL: Final = 1.0
-_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 #: ACL principal meaning "every peer, anonymous ones included".
 PUBLIC: Final = "public"
@@ -136,6 +154,18 @@ class RelayConfig:
         max_documents_per_peer: presence memberships one connection may hold.
         ping_interval: seconds of silence after which the relay pings a socket; a
             socket that does not answer within half that is closed.
+        identity_scope: ``"document"`` (the default): a peer's identity goes
+            only to the peers that share a document with it, just before the
+            presence frame (or message) that needs it, and ``peer_disconnected``
+            only to those; nobody learns who else is connected. ``"global"``:
+            every identity to every connected peer, as the plan describes
+            (a connect then costs a frame to everyone). See ``docs/server.md``.
+        anonymous_connection_limit: anonymous connections allowed per minute
+            from one source address, as a burst; beyond it an anonymous
+            ``auth`` is refused with ``rate_limited`` and a ``retryAfter``, and
+            the socket closed.
+        connection_limit_exempt: source networks (CIDR strings) the
+            anonymous connection limit does not apply to; loopback by default.
         server_presence: False makes the relay behave like today's upstream
             Ratatoskr server: ``auth_ok`` without ``features`` or names, no
             identity or presence frames, ephemeral messages relayed to the
@@ -164,18 +194,31 @@ class RelayConfig:
     max_documents_per_peer: int = DEFAULT_MAX_DOCUMENTS_PER_PEER
     ping_interval: float = DEFAULT_PING_INTERVAL
     server_presence: bool = True
+    identity_scope: IdentityScope = DEFAULT_IDENTITY_SCOPE
+    anonymous_connection_limit: int = DEFAULT_ANONYMOUS_CONNECTION_LIMIT
+    connection_limit_exempt: tuple[str, ...] = DEFAULT_CONNECTION_LIMIT_EXEMPT
     redis_url: str | None = None
     node_ttl: float = DEFAULT_NODE_TTL
     reuse_port: bool = False
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    _exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Accept any iterable for users/documents but store tuples (hashable, frozen).
         object.__setattr__(self, "users", tuple(self.users))
         object.__setattr__(self, "documents", tuple(self.documents))
+        if isinstance(self.connection_limit_exempt, list | tuple):
+            object.__setattr__(self, "connection_limit_exempt", tuple(self.connection_limit_exempt))
         _validate(self)
+        object.__setattr__(
+            self,
+            "_exempt",
+            tuple(ipaddress.ip_network(n, strict=False) for n in self.connection_limit_exempt),
+        )
         tokens = {u.token: u for u in self.users}
         readers: dict[str, frozenset[str]] = {}
         for doc in self.documents:
@@ -193,6 +236,19 @@ class RelayConfig:
     def user_for_token(self, token: str) -> UserSpec | None:
         """The user a token belongs to, or None."""
         return self._tokens.get(token)
+
+    def connection_limited(self, address: str) -> bool:
+        """True if the anonymous connection limit applies to ``address`` (a
+        peer's IP address as text): it is an IP address outside
+        ``connection_limit_exempt``. An address that is not one (a Unix
+        socket's, or unknown) is not limited: it names no single client."""
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return not any(ip in net for net in self._exempt)
 
     def access(self, user_id: str | None, document_id: str) -> Access:
         """May ``user_id`` (None for anonymous) read ``document_id``?"""
@@ -224,12 +280,35 @@ def _validate(cfg: RelayConfig) -> None:
     positive("max_documents_per_peer", cfg.max_documents_per_peer, integer=True)
     positive("ping_interval", cfg.ping_interval)
     positive("node_ttl", cfg.node_ttl)
+    positive("anonymous_connection_limit", cfg.anonymous_connection_limit, integer=True)
+    if cfg.identity_scope not in IDENTITY_SCOPES:
+        raise ConfigError(
+            f"identity_scope must be 'document' or 'global', got {cfg.identity_scope!r}",
+            path=cfg.source,
+        )
+    exempt = cfg.connection_limit_exempt
+    if not isinstance(exempt, tuple):
+        raise ConfigError(
+            f"connection_limit_exempt must be a list of networks, got {exempt!r}",
+            path=cfg.source,
+        )
+    for net in exempt:
+        try:
+            if not isinstance(net, str):
+                raise ValueError("not a string")
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"connection_limit_exempt: {net!r} is not a network like '10.0.0.0/8' "
+                f"or an address ({exc})",
+                path=cfg.source,
+            ) from exc
     if cfg.node_ttl < MIN_NODE_TTL:
         raise ConfigError(
             f"node_ttl must be at least {MIN_NODE_TTL:g} second, got {cfg.node_ttl!r}",
             path=cfg.source,
         )
-    _validate_redis_url(cfg.redis_url, cfg.source)
+    validate_redis_url(cfg.redis_url, cfg.source)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
@@ -294,63 +373,14 @@ def _validate(cfg: RelayConfig) -> None:
                 )
 
 
-def database_of(url: str) -> int:
-    """The Redis database number a URL selects (``/N`` or ``?db=N``; default 0).
-
-    Raises:
-        ValueError: the URL names a database that is not a number.
-    """
-    parts = urlsplit(url)
-    db = parse_qs(parts.query).get("db")
-    if db:
-        return int(db[0])
-    path = parts.path.strip("/")
-    if parts.scheme != "unix" and path:
-        return int(path)
-    return 0
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (``redis://user:***@host``), for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
-
-
-def _validate_redis_url(url: object, source: str | None) -> None:
-    if url is None:
-        return
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"redis_url must be a non-empty string, got {url!r}", path=source)
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-        database_of(url)  # (and this for a database that is not one)
-    except ValueError as exc:
-        raise ConfigError(f"redis_url {shown!r} is not a valid URL: {exc}", path=source) from exc
-    if parts.scheme not in _REDIS_SCHEMES:
-        raise ConfigError(
-            f"redis_url must start with redis://, rediss:// or unix://, got {shown!r}",
-            path=source,
-        )
-    if parts.scheme == "unix" and not parts.path:
-        raise ConfigError(f"redis_url {shown!r} names no socket path", path=source)
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"redis_url {shown!r} names no host", path=source)
-
-
 # --------------------------------------------------------------------------- TOML loading
 
 _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "open": bool,
     "server_presence": bool,
+    "identity_scope": str,
+    "anonymous_connection_limit": int,
+    "connection_limit_exempt": list,
     "presence_ttl": (int, float),
     "rate_limit": int,
     "auth_timeout": (int, float),

@@ -42,6 +42,7 @@ class Connection:
         "bucket",
         "control",
         "docs",
+        "held",
         "identity_frame",
         "is_anonymous",
         "name",
@@ -63,6 +64,9 @@ class Connection:
         #: document id -> monotonic time of the last join/heartbeat (or other activity)
         self.docs: dict[str, float] = {}
         self.bucket: TokenBucket | None = None
+        #: documents where a change of this peer's membership is held (see
+        #: :mod:`.visibility`); None when there is none (the usual case)
+        self.held: set[str] | None = None
         #: document id -> bucket for presence control messages (created on demand)
         self.control: dict[str, TokenBucket] = {}
         self.identity_frame = b""
@@ -90,3 +94,5 @@ class RelayStats:
     rate_buckets: int
     anonymous_names: int
     auth_failure_addresses: int = 0
+    #: source addresses whose anonymous-connection allowance is refilling
+    connection_addresses: int = 0

@@ -55,19 +55,28 @@ from .counters import RelayCounters, refusal_reason
 from .documents import DocumentRules, ephemeral_prefix
 from .limits import (
     MAX_AUTH_FAILURE_ADDRESSES,
+    MAX_CONNECTION_ADDRESSES,
     MAX_SESSION_TOMBSTONES,
     MAX_SESSIONS_PER_CONNECTION,
     PRESENCE_BURST,
+    PRESENCE_DOC_BURST,
+    PRESENCE_DOC_RATE,
+    PRESENCE_HOLD,
     PRESENCE_RATE,
     SESSION_TOMBSTONE_TTL,
 )
 from .names import NameAllocator
+from .visibility import HeldChanges
 
 __all__ = [
     "MAX_AUTH_FAILURE_ADDRESSES",
+    "MAX_CONNECTION_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
     "MAX_SESSION_TOMBSTONES",
     "PRESENCE_BURST",
+    "PRESENCE_DOC_BURST",
+    "PRESENCE_DOC_RATE",
+    "PRESENCE_HOLD",
     "PRESENCE_RATE",
     "SESSION_TOMBSTONE_TTL",
     "Bus",
@@ -125,7 +134,18 @@ class RelayCore(AuthRules, DocumentRules):
         )
         #: source address -> bucket of failed auth attempts (see _auth_allowed)
         self._auth_failures: dict[str, TokenBucket] = {}
+        #: source address -> bucket of anonymous connections (see _connection_allowed)
+        self._connection_budget: dict[str, TokenBucket] = {}
         self._server_presence = config.server_presence
+        #: identities go only to peers sharing a document (see .visibility)
+        self._scoped = config.server_presence and config.identity_scope == "document"
+        #: documents with presence changes held for the next flush (see .visibility)
+        self._held: dict[str, HeldChanges] = {}
+        #: document id -> its presence budget (see .visibility)
+        self._doc_budget: dict[str, TokenBucket] = {}
+        #: set by the I/O layer: called with the time at which :meth:`flush_held`
+        #: must run (held presence changes are due); the core has no timers
+        self.wake_at: Callable[[float], None] = _no_wake
         #: connections closed since the core started (for memory housekeeping)
         self.closed_total = 0
         #: traffic counts, for monitoring
@@ -144,13 +164,23 @@ class RelayCore(AuthRules, DocumentRules):
 
     def close(self, conn: Connection) -> None:
         """The connection is gone: remove it from every document (``peer_left_doc``
-        each), then announce ``peer_disconnected``. Safe to call twice."""
+        each, at once), then announce ``peer_disconnected`` (in document
+        scope: to each peer that knew it, right after its last
+        ``peer_left_doc``). Safe to call twice."""
         if conn not in self._connections:
             return
         self._connections.discard(conn)
         self.closed_total += 1
         for doc_id in list(conn.docs):
-            self._leave(conn, doc_id, tell_self=False)
+            self._leave(conn, doc_id, tell_self=False, gone=True)
+        if conn.held is not None:
+            # Leaves that were held: it is still shown there. Announce them now.
+            for doc_id in list(conn.held):
+                held = self._held.get(doc_id)
+                if held is not None and held.pending.pop(conn.peer_id, None) is not None:
+                    self._announce_leave(doc_id, conn, gone=True)
+                    self._settle_held(doc_id)
+            conn.held = None
         self._sessions.release(conn, self.clock())
         conn.control.clear()
         conn.bucket = None
@@ -160,7 +190,7 @@ class RelayCore(AuthRules, DocumentRules):
                 self._names.release(conn.name)
             if self.bus is not None:
                 self.bus.peer_closed(conn)
-            if self._server_presence:
+            if self._server_presence and not self._scoped:
                 frame = encode(PeerDisconnectedFrame(conn.peer_id))
                 for other in self._peers.values():
                     other.outbox.send(frame)
@@ -192,6 +222,14 @@ class RelayCore(AuthRules, DocumentRules):
                 _drop_full(conn.control, now)
         if self._auth_failures:
             _drop_full(self._auth_failures, now)
+        if self._connection_budget:
+            _drop_full(self._connection_budget, now)
+        if self._doc_budget:
+            held = self._held
+            budgets = self._doc_budget
+            for doc_id in [d for d, b in budgets.items() if d not in held]:
+                if budgets[doc_id].tokens(now) >= budgets[doc_id].capacity:
+                    del budgets[doc_id]
 
     def stats(self) -> RelayStats:
         """Current table sizes (for monitoring and leak tests)."""
@@ -205,10 +243,12 @@ class RelayCore(AuthRules, DocumentRules):
             rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
             anonymous_names=len(self._names),
             auth_failure_addresses=len(self._auth_failures),
+            connection_addresses=len(self._connection_budget),
         )
 
     def presence(self, document_id: str) -> tuple[str, ...]:
-        """Peer ids present in a document, in join order."""
+        """Peer ids present in a document, in join order (who receives its
+        messages; see :meth:`presence_shown` for what its members were told)."""
         return tuple(self._docs.get(document_id, ()))
 
     def peers(self) -> Iterable[Connection]:
@@ -274,17 +314,31 @@ class RelayCore(AuthRules, DocumentRules):
         return self._docs.get(document_id, {}).values()
 
     def deliver_remote(
-        self, sender: RemoteSender, document_id: str, count: int, session_id: str, data: bytes
+        self,
+        sender: RemoteSender,
+        document_id: str,
+        count: int,
+        session_id: str,
+        data: bytes,
+        introduce: bytes | None = None,
     ) -> bool:
         """A message another relay accepted from ``sender``: apply the gossip
         rule to it here too (so a sessionId stays its first user's across the
         cluster), then deliver it to the local peers present. Its read check and
-        rate limit were applied where it entered. True if it was admitted."""
+        rate limit were applied where it entered. ``introduce``: the sender's
+        identity frame, when it is not present in the document here (document
+        scope): each member that does not know it gets it first. True if it
+        was admitted."""
         if self._sessions.admit(sender, session_id, count) is not Admission.ACCEPTED:
             return False
         self.counters.relayed_remote += 1
         members = self._docs.get(document_id)
         if members:
+            bus = self.bus
+            if introduce is not None and bus is not None:
+                for other in members.values():
+                    if not bus.knows(other, sender[1], None):
+                        other.outbox.send(introduce)
             prefix = ephemeral_prefix(cbor_text(sender[1]), document_id, count, session_id, data)
             for other in members.values():
                 other.outbox.send_ephemeral(prefix, other.target_suffix)
@@ -313,6 +367,11 @@ class RelayCore(AuthRules, DocumentRules):
             retry_after = math.ceil(retry_after * 1000) / 1000
         self.counters.refusal(reason or refusal_reason(code))
         conn.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
+
+
+def _no_wake(when: float) -> None:
+    """The default :attr:`RelayCore.wake_at`: nobody flushes on time (tests
+    call :meth:`RelayCore.flush_held` themselves)."""
 
 
 def _drop_full(buckets: dict[str, TokenBucket], now: float) -> None:

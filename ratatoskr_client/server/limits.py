@@ -6,9 +6,13 @@ from typing import Final
 
 __all__ = [
     "MAX_AUTH_FAILURE_ADDRESSES",
+    "MAX_CONNECTION_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
     "MAX_SESSION_TOMBSTONES",
     "PRESENCE_BURST",
+    "PRESENCE_DOC_BURST",
+    "PRESENCE_DOC_RATE",
+    "PRESENCE_HOLD",
     "PRESENCE_RATE",
     "SESSION_TOMBSTONE_TTL",
 ]
@@ -26,9 +30,22 @@ MAX_SESSION_TOMBSTONES: Final = 20_000
 #: Source addresses whose failed auth attempts are remembered at once. Beyond
 #: it the oldest is forgotten: many addresses cost each one its memory, not more.
 MAX_AUTH_FAILURE_ADDRESSES: Final = 10_000
+#: Source addresses whose anonymous connections are counted at once (the
+#: ``anonymous_connection_limit``); beyond it the oldest is forgotten.
+MAX_CONNECTION_ADDRESSES: Final = 10_000
 #: Presence control messages (join/leave/heartbeat) one connection may send per
 #: document: a burst of PRESENCE_BURST, refilled at PRESENCE_RATE per second.
 #: They are not relayed and not counted by the rate limit, but each join or
 #: leave is fanned out to everyone present, so it needs a bound of its own.
 PRESENCE_BURST: Final = 10
 PRESENCE_RATE: Final = 5.0
+#: Membership changes (joins and leaves) announced to a document's members: a
+#: burst of PRESENCE_DOC_BURST at once, then PRESENCE_DOC_RATE per second, per
+#: document, whoever makes them. Changes beyond it are held and sent every
+#: PRESENCE_HOLD seconds as the net difference (as many as the budget allows,
+#: oldest first): a peer that joined and left in between is never announced.
+#: Each peer's own bound (PRESENCE_BURST) cannot bound a document's members,
+#: who hear every other peer's changes; this can.
+PRESENCE_DOC_BURST: Final = 50
+PRESENCE_DOC_RATE: Final = 50.0
+PRESENCE_HOLD: Final = 0.25

@@ -117,11 +117,15 @@ async def test_relay_command_serves_two_raw_clients_and_stops_on_sigterm() -> No
         b = await peers()
         assert a.user is not None
         assert a.user["isAnonymous"] is True
-        await b.recv_type("peer_identity", peerId=a.peer_id)  # initial sync
-        await a.recv_type("peer_identity", peerId=b.peer_id)
         assert (await a.join("doc-1"))["peers"] == [a.peer_id]
         assert (await b.join("doc-1"))["peers"] == [a.peer_id, b.peer_id]
         await a.recv_type("peer_joined_doc", peerId=b.peer_id)
+        # Identities go with the document (the default identity scope), each
+        # just before the presence frame that names the peer.
+        types = [(f["type"], f.get("peerId")) for f in b.frames[1:]]
+        assert types[:2] == [("peer_identity", a.peer_id), ("doc_presence_state", None)]
+        types = [(f["type"], f.get("peerId")) for f in a.frames[1:]]
+        assert types[1:3] == [("peer_identity", b.peer_id), ("peer_joined_doc", b.peer_id)]
 
         await a.ephemeral("doc-1", {"cursor": [1, 2]})
         got = await b.recv_type("ephemeral", documentId="doc-1")

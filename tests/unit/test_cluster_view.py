@@ -26,6 +26,7 @@ from ratatoskr_client.server.cluster.wire import (
     decode_message,
     decode_user,
 )
+from ratatoskr_client.server.config import IdentityScope
 from ratatoskr_client.server.core import Session
 
 NAMES = Names("ratatoskr:0")
@@ -36,6 +37,11 @@ class Outbox:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
+
+    def left(self, doc: str) -> None:
+        """The peer itself left ``doc`` (no frame says so): a marker for
+        :meth:`scoped_identities`."""
+        self.frames.append({"type": "_left_myself", "documentId": doc})
 
     def send(self, frame: bytes) -> None:
         self.frames.append(cbor2.loads(frame))
@@ -71,6 +77,58 @@ class Outbox:
                 known.discard(f["peerId"])
         return known
 
+    def scoped_identities(self) -> set[str]:
+        """The identities a client keeps in document scope, replaying the
+        frames under the scope's rules: an identity arrives right before the
+        frame that needs it (a join, a state, a message); a peer's identity
+        is kept while it is in one of our documents; ``peer_disconnected``
+        comes only for a peer we knew, right after its last ``peer_left_doc``."""
+        me = self.frames[0]["clientPeerId"]
+        known: set[str] = set()
+        docs: dict[str, set[str]] = {}
+        incoming: set[str] = set()
+        departing: set[str] = set()  # out of our last document by the frame before
+
+        def forget(pids: set[str]) -> None:
+            for pid in pids:
+                if not any(pid in members for members in docs.values()):
+                    departing.add(pid)
+
+        for f in self.frames[1:]:
+            kind, doc = f["type"], f.get("documentId")
+            if kind == "peer_disconnected":
+                assert f["peerId"] in departing, f"not right after its last leave: {f}"
+                known.discard(f["peerId"])
+            known -= departing
+            departing.clear()
+            if kind == "peer_identity":
+                assert f["peerId"] != me
+                (known if f["peerId"] in known else incoming).add(f["peerId"])
+                continue
+            if kind == "peer_joined_doc":
+                assert f["peerId"] in known | incoming, f"joined before its identity: {f}"
+                known.add(f["peerId"])
+                docs.setdefault(doc, set()).add(f["peerId"])
+            elif kind == "doc_presence_state":
+                before = docs.get(doc, set())
+                peers = set(f["peers"]) - {me}
+                assert peers <= known | incoming, f"state before identities: {f}"
+                known |= peers
+                docs[doc] = peers
+                forget(before - peers)
+            elif kind == "peer_left_doc":
+                if f["peerId"] == me:
+                    forget(docs.pop(doc, set()))  # expired: nothing more about it
+                else:
+                    docs.get(doc, set()).discard(f["peerId"])
+                    forget({f["peerId"]})
+            elif kind == "_left_myself":
+                forget(docs.pop(doc, set()))
+            elif kind == "ephemeral":
+                assert f["senderId"] in known | incoming, f"message from a stranger: {f}"
+            incoming.clear()
+        return known - departing
+
     def messages(self, doc: str) -> list[Any]:
         return [
             (f["senderId"], cbor2.loads(f["data"]))
@@ -83,7 +141,8 @@ class Node:
     def __init__(self, hub: Hub, node_id: str) -> None:
         self.hub = hub
         self.id = node_id
-        self.core = RelayCore(RelayConfig(open=True), server_peer_id=f"relay-{node_id}")
+        config = RelayConfig(open=True, identity_scope=hub.scope)
+        self.core = RelayCore(config, server_peer_id=f"relay-{node_id}")
         self.view = ClusterView(self.core, node_id, NAMES)
         self.up = False
         self.peers: dict[str, Session] = {}
@@ -110,6 +169,9 @@ class Node:
         self.core.receive(session, cbor2.dumps(frame))
 
     def presence(self, session: Session, doc: str, status: str) -> None:
+        if status == "leave" and doc in session.docs:
+            assert isinstance(session.outbox, Outbox)
+            session.outbox.left(doc)
         self.ephemeral(session, doc, {"type": "presence", "status": status, "documentId": doc})
 
     def close(self, session: Session) -> None:
@@ -128,7 +190,9 @@ class Node:
 class Hub:
     """Redis, for a few ClusterViews: hashes, channels, subscriptions."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: IdentityScope = "global") -> None:
+        #: the identity scope of every node
+        self.scope: IdentityScope = scope
         self.nodes: dict[str, Node] = {}
         self.peers: dict[str, dict[str, bytes]] = {}
         self.docs: dict[str, dict[str, bytes]] = {}
@@ -203,7 +267,17 @@ class Hub:
             for peer_id, session in node.peers.items():
                 outbox = session.outbox
                 assert isinstance(outbox, Outbox)
-                assert outbox.identities() == set(everyone) - {peer_id}, peer_id
+                if self.scope == "global":
+                    assert outbox.identities() == set(everyone) - {peer_id}, peer_id
+                else:
+                    # Exactly the peers it shares a document with.
+                    sharing = {
+                        p
+                        for doc in session.docs
+                        for n in self.live()
+                        for p in (*n.core.presence_shown(doc), *n.view.remote_presence(doc))
+                    }
+                    assert outbox.scoped_identities() == sharing - {peer_id}, peer_id
                 for doc in docs:
                     if doc in session.docs:
                         truth = {p for n in self.live() for p in n.core.presence(doc)}
@@ -213,7 +287,14 @@ class Hub:
 
 @pytest.fixture
 def hub() -> Hub:
+    """Nodes in the plan's global identity scope (what most tests here check)."""
     return Hub()
+
+
+@pytest.fixture(params=["global", "document"])
+def any_hub(request: pytest.FixtureRequest) -> Hub:
+    """Nodes in either identity scope."""
+    return Hub(request.param)
 
 
 def test_presence_identities_and_messages_across_two_nodes(hub: Hub) -> None:
@@ -407,7 +488,8 @@ def test_leaving_the_last_local_peer_forgets_the_document(hub: Hub) -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_random_activity_on_three_nodes_converges(hub: Hub, seed: int) -> None:
+def test_random_activity_on_three_nodes_converges(any_hub: Hub, seed: int) -> None:
+    hub = any_hub
     rng = random.Random(seed)
     nodes = [hub.add(f"{c}" * 12) for c in "abc"]
     docs = ["d1", "d2", "d3"]
