@@ -50,8 +50,9 @@ class Bus(Protocol):
     def joined(self, document_id: str, conn: Connection) -> None:
         """A local peer became present in a document."""
 
-    def left(self, document_id: str, conn: Connection) -> None:
-        """A local peer is no longer present in a document."""
+    def left(self, document_id: str, conn: Connection, gone: bool = False) -> None:
+        """A local peer is no longer present in a document (``gone``: because
+        its connection closed)."""
 
     def presence_state(self, document_id: str, conn: Connection) -> tuple[Member, ...] | None:
         """The peers present on other relays, for ``conn``'s

@@ -139,7 +139,7 @@ class DocumentRules(Visibility):
             del self._docs[doc_id]
             self._drop_held(doc_id)  # nobody left to tell
         if self.bus is not None:
-            self.bus.left(doc_id, conn)
+            self.bus.left(doc_id, conn, gone)
         if not presence:
             return
         if decision == ANNOUNCE:

@@ -150,6 +150,9 @@ class Visibility:
         if held is not None and held.pending.pop(pid, None) is not None:
             _unmark(conn, doc_id)
             return CANCELLED
+        members = self._docs.get(doc_id)
+        if held is None and (not members or (len(members) == 1 and pid in members)):
+            return ANNOUNCE  # nobody else is there to tell: it costs nothing
         bucket = self._doc_budget.get(doc_id)
         if bucket is None:
             bucket = self._doc_budget[doc_id] = TokenBucket(
@@ -161,7 +164,6 @@ class Visibility:
         if held is None:
             if bucket.take(now) <= 0:
                 return ANNOUNCE
-            members = self._docs.get(doc_id)
             held = self._held[doc_id] = HeldChanges(
                 dict(members) if members else {}, now + PRESENCE_HOLD
             )

@@ -275,12 +275,15 @@ async def test_a_stalled_reader_loses_ephemeral_messages_but_no_control_frame(
             await peer.close()
 
 
-#: A user whose every new connection sends each peer a 60 KB identity frame:
-#: control frames, which are never dropped, so a stalled reader's queue grows.
+#: A user whose every new connection sends each peer a 60 KB identity frame
+#: (in the global identity scope): control frames, which are never dropped, so
+#: a stalled reader's queue grows.
 BIG_NAME_USERS = [{"token": "big-secret", "id": "big", "name": "B" * 60_000}]
 
 
-@pytest.mark.ratatoskr_relay(users=BIG_NAME_USERS, documents=[{"id": "doc", "owner": "big"}])
+@pytest.mark.ratatoskr_relay(
+    users=BIG_NAME_USERS, documents=[{"id": "doc", "owner": "big"}], identity_scope="global"
+)
 async def test_a_reader_stalled_beyond_8_mib_of_control_frames_is_disconnected(
     ratatoskr_relay: RelayServer, caplog: pytest.LogCaptureFixture
 ) -> None:

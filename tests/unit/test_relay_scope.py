@@ -220,19 +220,19 @@ def test_global_scope_keeps_the_broadcast(relay: Scoped) -> None:
 
 
 def test_changes_within_the_budget_go_out_at_once(relay: Scoped) -> None:
-    (watcher,) = relay.crowd(1, "doc")  # its own join spent one
-    joiners = relay.crowd(PRESENCE_DOC_BURST - 1)
+    (watcher,) = relay.crowd(1, "doc")  # alone: its join told nobody, and cost nothing
+    joiners = relay.crowd(PRESENCE_DOC_BURST)
     for p in joiners:
         p.join("doc")
     frames = watcher.take()
-    assert len([f for f in frames if isinstance(f, PeerJoinedDocFrame)]) == PRESENCE_DOC_BURST - 1
+    assert len([f for f in frames if isinstance(f, PeerJoinedDocFrame)]) == PRESENCE_DOC_BURST
     assert relay.core.held_documents() == 0 and relay.wakes == []
 
 
 def exhaust(relay: Scoped, doc: str) -> tuple[Peer, list[Peer]]:
     """A watcher in ``doc`` and the peers whose joins used up its budget."""
     (watcher,) = relay.crowd(1, doc)
-    spent = relay.crowd(PRESENCE_DOC_BURST - 1, doc)
+    spent = relay.crowd(PRESENCE_DOC_BURST, doc)
     watcher.take()
     return watcher, spent
 
@@ -354,7 +354,7 @@ def test_the_budget_applies_in_global_scope_too() -> None:
     for p in others:
         p.join("doc")
     joined = [f for f in watcher.take() if isinstance(f, PeerJoinedDocFrame)]
-    assert len(joined) == PRESENCE_DOC_BURST - 1
+    assert len(joined) == PRESENCE_DOC_BURST
     assert wakes
 
 

@@ -172,11 +172,11 @@ class ClusterView:
             self._dirty_docs.add(document_id)
             self._send(self.names.doc_channel(document_id), True, Joined(conn.peer_id))
 
-    def left(self, document_id: str, conn: Connection) -> None:
+    def left(self, document_id: str, conn: Connection, gone: bool = False) -> None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Left(conn.peer_id))
+            self._send(self.names.doc_channel(document_id), True, Left(conn.peer_id, gone))
         doc = self._docs.get(document_id)
         if doc is None:
             return
@@ -328,10 +328,10 @@ class ClusterView:
                 peer = peers.get(message.peer_id)
                 if peer is None:
                     return
-                if kind is Joined:
+                if isinstance(message, Joined):
                     self._add_member(document_id, doc, peer)
                 else:
-                    self._remove_member(document_id, doc, peer)
+                    self._remove_member(document_id, doc, peer, gone=message.gone)
             return
         if isinstance(message, PeerUp):
             self._add_peer(node, message.peer_id, message.user)
