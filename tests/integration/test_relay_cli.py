@@ -304,3 +304,29 @@ async def test_uvloop_flag_without_uvloop_exits_2() -> None:
     assert proc.returncode == 2, stderr.decode()
     assert stdout == b""
     assert b"ratatoskr-client[speed]" in stderr
+
+
+async def test_identity_scope_and_connection_limit_flags() -> None:
+    args = ("--identity-scope", "global", "--anonymous-connection-limit", "5")
+    async with relay_process(*args) as relay, RawPeers(relay.ws_url) as peers:
+        a = await peers()
+        b = await peers()
+        # Global scope: no "scoped-identity", and every identity to everyone.
+        assert "scoped-identity" not in a.frames[0]["features"]
+        await a.recv_type("peer_identity", peerId=b.peer_id)
+        # (Loopback is exempt from the connection limit: these are not refused.)
+        for _ in range(6):
+            await peers()
+        code, _, stderr = await relay.stop(signal.SIGTERM)
+        assert code == 0, stderr.decode()
+
+
+async def test_bad_identity_scope_flag_exits_2() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command("--port", "0", "--identity-scope", "everyone"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
+    assert proc.returncode == 2
+    assert b"--identity-scope" in err
