@@ -96,6 +96,10 @@ __all__ = [
 #: long enough for a burst of joins to be over, short enough that an idle fleet
 #: of bots shares its tables within a second.
 SHARE_AFTER: Final = 0.5
+#: Seconds the identities of a left document's peers are kept out of sight
+#: (document identity scope, see :meth:`MembershipStore.forget`): far longer
+#: than a round trip; bounded by what was in the document.
+LINGER: Final = 10.0
 
 
 class MembershipStore:
@@ -108,6 +112,8 @@ class MembershipStore:
         "changed",
         "departed",
         "incoming",
+        "linger_until",
+        "lingering",
         "scoped",
         "share_at",
     )
@@ -120,6 +126,12 @@ class MembershipStore:
         #: scoped: peers the frame before took out of our last document with
         #: them (already forgotten), in case this frame is their ``peer_disconnected``
         self.departed: dict[str, Peer] = {}
+        #: scoped: identities forgotten since we left a document, kept out of
+        #: sight until :attr:`linger_until`: until the server has our leave it
+        #: still counts us in that document, and sends no identity it thinks
+        #: we have (see :meth:`forget`); any identity forgotten meanwhile too
+        self.lingering: dict[str, Peer] = {}
+        self.linger_until = math.inf
         #: the tables changed since :meth:`touched` was last told
         self.changed = False
         #: when to :meth:`share` the tables (they have been quiet since)
@@ -173,6 +185,10 @@ class MembershipStore:
             peer = self.incoming.get(peer_id)
             if peer is not None:
                 return peer
+        if self.lingering:
+            peer = self.lingering.get(peer_id)
+            if peer is not None:
+                return peer
         return Peer.unknown(peer_id)
 
     def _in_a_document(self, peer_id: str) -> bool:
@@ -181,22 +197,33 @@ class MembershipStore:
     def _adopt(self, peer: Peer) -> list[Change]:
         """Scoped: ``peer`` (introduced by the frame before) is now in one of
         our documents: its identity is kept."""
-        if self.incoming.pop(peer.peer_id, None) is None:
+        if (
+            self.incoming.pop(peer.peer_id, None) is None
+            and self.lingering.pop(peer.peer_id, None) is None
+        ):
             return []
         self._identities.put(peer)
         return [IdentityAdded(peer)]
 
     def _drop_unshared(self, peer_ids: Iterable[str]) -> None:
         """Scoped: forget at once the identities of these peers that are in
-        none of our documents any more (no frame will say more about them)."""
+        none of our documents any more (no frame will say more about them);
+        while a leave of ours is on its way, out of sight (:attr:`lingering`)."""
         me = self._me
+        linger = self.linger_until != math.inf
         for peer_id in peer_ids:
-            if (
-                (me is None or peer_id != me.peer_id)
-                and not self._in_a_document(peer_id)
-                and self._identities.pop(peer_id) is not None
-            ):
-                self.changed = True
+            if (me is None or peer_id != me.peer_id) and not self._in_a_document(peer_id):
+                peer = self._identities.pop(peer_id)
+                if peer is not None:
+                    self.changed = True
+                    if linger:
+                        self.lingering[peer_id] = peer
+
+    def stop_lingering(self, now: float) -> None:
+        """Forget the lingering identities once their time is up (the core's timer)."""
+        if now >= self.linger_until:
+            self.lingering.clear()
+            self.linger_until = math.inf
 
     def presence(self, document_id: str) -> tuple[Peer, ...]:
         """Peers present in ``document_id`` in join order (empty if not tracked)."""
@@ -218,16 +245,25 @@ class MembershipStore:
         if document_id not in self._docs:
             self._docs[document_id] = PeerTable()
 
-    def forget(self, document_id: str) -> list[Change]:
-        """Stop tracking a document (the application left it). With scoped
-        identities, the peers known only from it are forgotten too (silently:
-        they did not disconnect)."""
+    def forget(self, document_id: str, now: float | None = None) -> list[Change]:
+        """Stop tracking a document (the application left it, at ``now``). With
+        scoped identities, the peers known only from it are forgotten too
+        (silently: they did not disconnect)."""
         members = self._docs.pop(document_id, None)
         if not members:
             return []
         if self.scoped:
+            # Until the server has our leave it may name these peers to us
+            # again without their identity (it thinks we know them): keep
+            # them out of sight for LINGER seconds (:attr:`lingering`).
+            if now is not None:
+                self.linger_until = now + LINGER  # (our leave is on its way)
             self._drop_unshared(list(members))
         return [PresenceChanged(document_id)]
+
+    def due(self) -> float:
+        """When the store wants :meth:`share` or :meth:`stop_lingering` to run."""
+        return min(self.share_at, self.linger_until)
 
     def reset(self) -> list[Change]:
         """The connection is gone: no identities, nobody present anywhere.
@@ -240,6 +276,8 @@ class MembershipStore:
         self._identities.clear()
         self.incoming.clear()
         self.departed.clear()
+        self.lingering.clear()
+        self.linger_until = math.inf
         return changes
 
     # ------------------------------------------------------------------ frames
@@ -315,7 +353,7 @@ class MembershipStore:
         peer = self.peer(peer_id)
         members.put(peer)
         joined: list[Change] = [PeerJoined(document_id, peer), PresenceChanged(document_id)]
-        if self.incoming:
+        if self.incoming or self.lingering:
             return self._adopt(peer) + joined
         return joined
 
@@ -341,6 +379,8 @@ class MembershipStore:
             # the next frame is its peer_disconnected (see disconnected()).
             self._identities.pop(peer_id)
             self.departed[peer_id] = peer
+            if self.linger_until != math.inf:
+                self.lingering[peer_id] = peer  # (a leave of ours is on its way)
             self.changed = True
         return [PeerLeft(document_id, peer), change]
 
@@ -354,7 +394,7 @@ class MembershipStore:
                 peer = self.peer(pid)
                 fresh[peer.peer_id] = peer
         changes: list[Change] = []
-        if self.incoming:
+        if self.incoming or self.lingering:
             for peer in fresh.values():
                 changes += self._adopt(peer)
         if list(fresh.items()) == list(members.items()):
@@ -412,6 +452,8 @@ class MembershipStore:
         peer = self._identities.pop(peer_id)
         if peer is None and self.departed:
             peer = self.departed.pop(peer_id, None)  # it left our last document just now
+        if self.lingering:
+            self.lingering.pop(peer_id, None)
         if peer is not None:
             changes.append(IdentityRemoved(peer))
         return changes

@@ -48,11 +48,24 @@ class Bus(Protocol):
         """An authenticated local connection closed (after its leaves)."""
 
     def joined(self, document_id: str, conn: Connection) -> None:
-        """A local peer became present in a document."""
+        """A local peer became present in a document: it receives the
+        document's messages from now on (:meth:`announce` says when the other
+        relays are told)."""
 
-    def left(self, document_id: str, conn: Connection, gone: bool = False) -> None:
-        """A local peer is no longer present in a document (``gone``: because
-        its connection closed)."""
+    def left(self, document_id: str, conn: Connection) -> None:
+        """A local peer is no longer present in a document."""
+
+    def announce(
+        self, document_id: str, conn: Connection, present: bool, gone: bool = False
+    ) -> None:
+        """A local peer's join (``present``) or leave is announced now: the
+        other relays are to be told (at the pace of the presence budget, so
+        their peers hear no more than ours). ``gone``: it left because its
+        connection closed."""
+
+    def others_present(self, document_id: str) -> bool:
+        """True unless the document is known to have no peer on another relay
+        (a change there costs the presence budget only if someone hears it)."""
 
     def presence_state(self, document_id: str, conn: Connection) -> tuple[Member, ...] | None:
         """The peers present on other relays, for ``conn``'s

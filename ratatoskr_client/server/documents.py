@@ -113,12 +113,14 @@ class DocumentRules(Visibility):
             decision = self._decide(doc_id, conn, now) if self._server_presence else SILENT
             members[conn.peer_id] = conn
             conn.docs[doc_id] = now
+            if self.bus is not None:
+                self.bus.joined(doc_id, conn)
+                if decision == SILENT:
+                    self.bus.announce(doc_id, conn, True)  # (no presence frames to pace)
             if decision == ANNOUNCE:
                 self._announce_join(doc_id, conn)
             elif decision == CANCELLED:
                 self._settle_held(doc_id)
-            if self.bus is not None:
-                self.bus.joined(doc_id, conn)
         if send_state and self._server_presence:
             remote = self.bus.presence_state(doc_id, conn) if self.bus is not None else ()
             if remote is None:
@@ -139,7 +141,9 @@ class DocumentRules(Visibility):
             del self._docs[doc_id]
             self._drop_held(doc_id)  # nobody left to tell
         if self.bus is not None:
-            self.bus.left(doc_id, conn, gone)
+            self.bus.left(doc_id, conn)
+            if not presence:
+                self.bus.announce(doc_id, conn, False, gone)
         if not presence:
             return
         if decision == ANNOUNCE:
@@ -242,13 +246,13 @@ class DocumentRules(Visibility):
     def _relay_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
         self.counters.relayed_local += 1
         doc_id = frame.document_id
+        if self._held and doc_id in self._held:
+            self._unhold_join(doc_id, conn)  # its join goes before its message, everywhere
         if self.bus is not None:
             self.bus.relayed(doc_id, conn, frame.count, frame.session_id, frame.data)
         members = self._docs.get(doc_id)
         if not members:
             return
-        if self._held and doc_id in self._held:
-            self._unhold_join(doc_id, conn)  # its join goes before its message
         if self._scoped and doc_id not in conn.docs:
             # Not present here: the members may not know who is speaking.
             self._introduce(conn, members.values())

@@ -151,7 +151,11 @@ class Visibility:
             _unmark(conn, doc_id)
             return CANCELLED
         members = self._docs.get(doc_id)
-        if held is None and (not members or (len(members) == 1 and pid in members)):
+        if (
+            held is None
+            and (not members or (len(members) == 1 and pid in members))
+            and (self.bus is None or not self.bus.others_present(doc_id))
+        ):
             return ANNOUNCE  # nobody else is there to tell: it costs nothing
         bucket = self._doc_budget.get(doc_id)
         if bucket is None:
@@ -192,11 +196,14 @@ class Visibility:
             members.update(ordered)
 
     def _drop_held(self, doc_id: str) -> None:
-        """Nobody is left in the document to tell: forget its held changes."""
+        """Nobody is left in the document here to tell: the held changes (all
+        of them leaves, then) go to the other relays now, if any."""
         held = self._held.pop(doc_id, None)
         if held is not None:
             for conn in held.pending.values():
                 _unmark(conn, doc_id)
+                if self.bus is not None:
+                    self.bus.announce(doc_id, conn, False)
 
     def flush_held(self, now: float | None = None) -> float:
         """Announce the held changes that are due, as far as each document's
@@ -242,6 +249,8 @@ class Visibility:
         held = self._held.get(doc_id)
         if held is not None:
             held.shown[conn.peer_id] = conn
+        if self.bus is not None:
+            self.bus.announce(doc_id, conn, True)
         members = self._docs.get(doc_id)
         if not members:
             return
@@ -265,6 +274,8 @@ class Visibility:
         held = self._held.get(doc_id)
         if held is not None:
             held.shown.pop(conn.peer_id, None)
+        if self.bus is not None:
+            self.bus.announce(doc_id, conn, False, gone)
         members = self._docs.get(doc_id)
         if not members:
             return

@@ -188,3 +188,54 @@ def test_the_same_application_view_under_both_scopes(features: list[str]) -> Non
     assert [p.name for p in h.core.presence("doc")] == [h.core.me.name, "Eve"]  # type: ignore[union-attr]
     assert [e[1].peer_id for e in h.events(h.log, "peer-disconnected")] == ["p1"]
     assert peers(h) == {"me-1", "p2"}
+
+
+def test_identities_of_a_left_document_linger_until_the_server_has_the_leave() -> None:
+    """The client forgets a document when the application leaves it; until the
+    server has that leave it still counts us there, and may name its peers
+    to us elsewhere without sending their identity again."""
+    h = connected(SCOPED)
+    h.enter("d1")
+    h.enter("d2")
+    h.server(identity("p1", "Bob"))
+    h.server(joined("d1", "p1"))
+    h.core.leave("d1", h.now)
+    h.take()
+    assert "p1" not in peers(h)
+    effects = h.server(joined("d2", "p1"))  # no identity: the server thinks we know it
+    bob = Peer("p1", None, "Bob", True)
+    assert h.events(effects)[:2] == [("peer-identity", bob), ("peer-joined", "d2", bob)]
+    assert "p1" in peers(h)
+    # Lingering identities go after a while, unseen.
+    h.enter("d3")
+    h.server(identity("p2", "Eve"))
+    h.server(joined("d3", "p2"))
+    h.core.leave("d3", h.now)
+    h.take()
+    assert h.core.store.lingering
+    h.advance(11.0)
+    assert h.core.store.lingering == {}
+    effects = h.server(joined("d2", "p2"))
+    assert h.events(effects, "peer-joined") == [("peer-joined", "d2", Peer.unknown("p2"))]
+
+
+def test_while_a_leave_is_on_its_way_any_identity_forgotten_lingers() -> None:
+    """We left d1 (the server does not know yet); the peer then leaves d2, our
+    last other document with it, and joins d3: the server, still counting us
+    in d1, sends no identity with that join."""
+    h = connected(SCOPED)
+    for doc in ("d1", "d2", "d3"):
+        h.enter(doc)
+    h.server(identity("p1", "Bob"))
+    for doc in ("d1", "d2"):
+        h.server(joined(doc, "p1"))
+    h.core.leave("d1", h.now)
+    h.take()
+    assert "p1" in peers(h)  # still in d2 with us
+    h.server(left("d2", "p1"))
+    assert "p1" not in peers(h)
+    effects = h.server(joined("d3", "p1"))
+    assert h.events(effects, "peer-joined") == [
+        ("peer-joined", "d3", Peer("p1", None, "Bob", True))
+    ]
+    assert "p1" in peers(h)

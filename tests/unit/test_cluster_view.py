@@ -10,6 +10,7 @@ interleaving a test wants can be staged exactly.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import cbor2
@@ -27,7 +28,7 @@ from ratatoskr_client.server.cluster.wire import (
     decode_user,
 )
 from ratatoskr_client.server.config import IdentityScope
-from ratatoskr_client.server.core import Session
+from ratatoskr_client.server.core import PRESENCE_DOC_BURST, Session
 
 NAMES = Names("ratatoskr:0")
 
@@ -531,3 +532,34 @@ def test_frames_from_the_view_are_valid_protocol_frames(hub: Hub) -> None:
     hub.pump()
     for frame in pa.outbox.frames:
         decode(cbor2.dumps(frame))  # raises on anything malformed
+
+
+def test_the_presence_budget_paces_what_other_relays_hear(any_hub: Hub) -> None:
+    """A relay tells the others of its peers' joins and leaves as it announces
+    them to its own peers: at the pace of the document's presence budget, and
+    only the net difference of what it held."""
+    hub = any_hub
+    a, b = hub.add("aaaaaaaaaaaa"), hub.add("bbbbbbbbbbbb")
+    watcher = b.connect()
+    b.presence(watcher, "doc", "join")
+    hub.pump()
+    crowd = [a.connect() for _ in range(PRESENCE_DOC_BURST + 10)]
+    for p in crowd:
+        a.presence(p, "doc", "join")
+    hub.pump()
+    assert isinstance(watcher.outbox, Outbox)
+
+    def heard() -> int:
+        frames = watcher.outbox.frames
+        return len([f for f in frames if f["type"] == "peer_joined_doc"])
+
+    assert heard() == PRESENCE_DOC_BURST  # the rest is held on a
+    for p in crowd[-5:]:  # five of the held ones leave again: never heard of
+        a.presence(p, "doc", "leave")
+    hub.pump()
+    assert heard() == PRESENCE_DOC_BURST
+    a.core.flush_held(time.monotonic() + 1.0)
+    hub.pump()
+    assert heard() == PRESENCE_DOC_BURST + 5
+    assert a.core.held_documents() == 0
+    hub.check(["doc"])

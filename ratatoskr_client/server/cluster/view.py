@@ -168,15 +168,23 @@ class ClusterView:
             # now, and the fetch after reconnecting announces the differences.
             self._docs[document_id] = _Doc(next(self._gen), synced=not self.connected)
             self.on_documents()
-        if self.publishing:
-            self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Joined(conn.peer_id))
 
-    def left(self, document_id: str, conn: Connection, gone: bool = False) -> None:
+    def announce(
+        self, document_id: str, conn: Connection, present: bool, gone: bool = False
+    ) -> None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Left(conn.peer_id, gone))
+            message = Joined(conn.peer_id) if present else Left(conn.peer_id, gone)
+            self._send(self.names.doc_channel(document_id), True, message)
+
+    def others_present(self, document_id: str) -> bool:
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        doc = self._docs.get(document_id)
+        return doc is None or doc.fetch or bool(doc.remote)
+
+    def left(self, document_id: str, conn: Connection) -> None:
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
             return
@@ -249,7 +257,7 @@ class ClusterView:
             s.peer_id: encode_user(UserInfo(s.user_id, s.name, s.is_anonymous))
             for s in self.core.peers()
         }
-        docs = {d: encode_members(self.core.presence(d)) for d in self._docs}
+        docs = {d: encode_members(self.core.presence_shown(d)) for d in self._docs}
         return peers, docs
 
     def take_outgoing(self) -> Outgoing | None:
@@ -260,7 +268,7 @@ class ClusterView:
         docs_set: dict[str, bytes] = {}
         docs_del: list[str] = []
         for doc_id in self._dirty_docs:
-            present = self.core.presence(doc_id)
+            present = self.core.presence_shown(doc_id)  # (what the other relays were told)
             if present:
                 docs_set[doc_id] = encode_members(present)
             else:
