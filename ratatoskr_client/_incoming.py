@@ -116,7 +116,7 @@ class Incoming:
                 store.departed.clear()
             self._ephemeral(frame, now)
             if store.incoming:  # (it introduced the sender: document scope)
-                store.incoming.clear()
+                store.settle_incoming()
             if store.changed:  # (peers' own messages, without server presence)
                 self.arm(store.touched(now))
             return
@@ -147,7 +147,7 @@ class Incoming:
         else:
             self._dispatch(store.apply(frame))
         if store.incoming:
-            store.incoming.clear()  # introduced for that frame only
+            store.settle_incoming()  # introduced for that frame only
         if store.changed:
             self.arm(store.touched(now))
 

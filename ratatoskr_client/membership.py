@@ -38,7 +38,13 @@ neither side keeps a table per pair):
 * a peer that leaves our last document with it is forgotten at once; if the
   next frame is its ``peer_disconnected`` (its connection closed), that is an
   :class:`IdentityRemoved` all the same: ``peer-disconnected`` still means
-  exactly "the server said it disconnected".
+  exactly "the server said it disconnected";
+* the application's own leave is the one change the server learns after us:
+  until it has the leave it still counts us in the document, and does not
+  send again an identity it thinks we have. So for :data:`LINGER` seconds
+  after :meth:`forget`, the identities we forget are kept out of sight
+  (:attr:`lingering`, not in :attr:`identities`) and taken back when a frame
+  names their peer again.
 
 Without the feature every identity the server announces is kept until its
 ``peer_disconnected``.
@@ -218,6 +224,15 @@ class MembershipStore:
                     self.changed = True
                     if linger:
                         self.lingering[peer_id] = peer
+
+    def settle_incoming(self) -> None:
+        """After the frame the incoming identities were sent for: those it did
+        not put in one of our documents are dropped, or, while a leave of ours
+        is on its way, kept out of sight (it may be a document we just left;
+        the server counts us in it still)."""
+        if self.linger_until != math.inf:
+            self.lingering.update(self.incoming)
+        self.incoming.clear()
 
     def stop_lingering(self, now: float) -> None:
         """Forget the lingering identities once their time is up (the core's timer)."""

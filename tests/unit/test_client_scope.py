@@ -239,3 +239,20 @@ def test_while_a_leave_is_on_its_way_any_identity_forgotten_lingers() -> None:
         ("peer-joined", "d3", Peer("p1", None, "Bob", True))
     ]
     assert "p1" in peers(h)
+
+
+def test_an_identity_sent_for_a_document_we_just_left_lingers() -> None:
+    """The server, not having our leave of d1 yet, introduces a peer with its
+    join there (ignored: we left), then names it in d2 as a peer we know."""
+    h = connected(SCOPED)
+    h.enter("d1")
+    h.enter("d2")
+    h.core.leave("d1", h.now)
+    h.take()
+    h.server(identity("p1", "Bob"))
+    h.server(joined("d1", "p1"))
+    effects = h.server(joined("d2", "p1"))
+    assert h.events(effects, "peer-joined") == [
+        ("peer-joined", "d2", Peer("p1", None, "Bob", True))
+    ]
+    assert "p1" in peers(h)
