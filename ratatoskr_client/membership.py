@@ -203,10 +203,11 @@ class MembershipStore:
     def _adopt(self, peer: Peer) -> list[Change]:
         """Scoped: ``peer`` (introduced by the frame before) is now in one of
         our documents: its identity is kept."""
-        if (
-            self.incoming.pop(peer.peer_id, None) is None
-            and self.lingering.pop(peer.peer_id, None) is None
-        ):
+        # (incoming is cleared whole after the frame: popping would leave a
+        # large empty table behind in every client that received a state)
+        if peer.peer_id not in self.incoming and self.lingering.pop(peer.peer_id, None) is None:
+            return []
+        if peer.peer_id in self._identities:
             return []
         self._identities.put(peer)
         return [IdentityAdded(peer)]
@@ -231,7 +232,8 @@ class MembershipStore:
         is on its way, kept out of sight (it may be a document we just left;
         the server counts us in it still)."""
         if self.linger_until != math.inf:
-            self.lingering.update(self.incoming)
+            known = self._identities
+            self.lingering.update((p, v) for p, v in self.incoming.items() if p not in known)
         self.incoming.clear()
 
     def stop_lingering(self, now: float) -> None:

@@ -63,6 +63,7 @@ from .limits import (
     PRESENCE_DOC_RATE,
     PRESENCE_HOLD,
     PRESENCE_RATE,
+    PRESENCE_WINDOW,
     SESSION_TOMBSTONE_TTL,
 )
 from .names import NameAllocator
@@ -78,6 +79,7 @@ __all__ = [
     "PRESENCE_DOC_RATE",
     "PRESENCE_HOLD",
     "PRESENCE_RATE",
+    "PRESENCE_WINDOW",
     "SESSION_TOMBSTONE_TTL",
     "Bus",
     "Connection",
@@ -143,6 +145,9 @@ class RelayCore(AuthRules, DocumentRules):
         self._held: dict[str, HeldChanges] = {}
         #: document id -> its presence budget (see .visibility)
         self._doc_budget: dict[str, TokenBucket] = {}
+        #: document id -> peer id -> when its last two changes there were
+        #: announced (kept for PRESENCE_WINDOW; see .visibility)
+        self._recent: dict[str, dict[str, tuple[float, float]]] = {}
         #: set by the I/O layer: called with the time at which :meth:`flush_held`
         #: must run (held presence changes are due); the core has no timers
         self.wake_at: Callable[[float], None] = _no_wake
@@ -224,6 +229,13 @@ class RelayCore(AuthRules, DocumentRules):
             _drop_full(self._auth_failures, now)
         if self._connection_budget:
             _drop_full(self._connection_budget, now)
+        if self._recent:
+            for doc_id in list(self._recent):
+                recent = self._recent[doc_id]
+                for pid in [p for p, t in recent.items() if now - t[1] >= PRESENCE_WINDOW]:
+                    del recent[pid]
+                if not recent:
+                    del self._recent[doc_id]
         if self._doc_budget:
             held = self._held
             budgets = self._doc_budget

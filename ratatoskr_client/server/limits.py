@@ -14,6 +14,7 @@ __all__ = [
     "PRESENCE_DOC_RATE",
     "PRESENCE_HOLD",
     "PRESENCE_RATE",
+    "PRESENCE_WINDOW",
     "SESSION_TOMBSTONE_TTL",
 ]
 
@@ -39,13 +40,17 @@ MAX_CONNECTION_ADDRESSES: Final = 10_000
 #: leave is fanned out to everyone present, so it needs a bound of its own.
 PRESENCE_BURST: Final = 10
 PRESENCE_RATE: Final = 5.0
-#: Membership changes (joins and leaves) announced to a document's members: a
-#: burst of PRESENCE_DOC_BURST at once, then PRESENCE_DOC_RATE per second, per
-#: document, whoever makes them. Changes beyond it are held and sent every
-#: PRESENCE_HOLD seconds as the net difference (as many as the budget allows,
-#: oldest first): a peer that joined and left in between is never announced.
-#: Each peer's own bound (PRESENCE_BURST) cannot bound a document's members,
-#: who hear every other peer's changes; this can.
-PRESENCE_DOC_BURST: Final = 50
-PRESENCE_DOC_RATE: Final = 50.0
+#: How a document's membership changes (joins and leaves) reach its members:
+#: a peer's change goes out at once, unless the same peer's last two changes
+#: there were announced less than PRESENCE_WINDOW seconds ago; then it is held
+#: until the window is over and sent as the net difference (a peer that left
+#: and came back in between is never seen to leave). So a peer adds at most two
+#: changes per window to what a document's members hear, and one per window
+#: once it keeps toggling, whatever it sends; a crowd's first joins, and a
+#: quick visit (enter, leave), go out at once. On top, each document announces at most a burst of
+#: PRESENCE_DOC_BURST changes, then PRESENCE_DOC_RATE per second, whoever makes
+#: them; held changes are looked at every PRESENCE_HOLD seconds.
+PRESENCE_WINDOW: Final = 1.0
+PRESENCE_DOC_BURST: Final = 500
+PRESENCE_DOC_RATE: Final = 200.0
 PRESENCE_HOLD: Final = 0.25

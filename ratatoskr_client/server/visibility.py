@@ -22,18 +22,23 @@ membership frames a connection receives:
   documents). So an identity is sent again when two peers come to share a
   document again: a few frames, instead of memory for every pair.
 
-* **The per-document presence budget** (:data:`~.limits.PRESENCE_DOC_BURST`,
-  :data:`~.limits.PRESENCE_DOC_RATE`, :data:`~.limits.PRESENCE_HOLD`). Every
-  join and leave is a frame to each member of the document, so each document
-  announces at most a burst of changes at once, then a rate per second,
-  whoever makes them. A change beyond it is *held*: the document keeps the
-  membership its members were told (``shown``) beside the real one (who
-  receives its messages), and every ``PRESENCE_HOLD`` seconds the held changes
-  go out as the net difference, oldest first, as many as the budget allows. A
-  peer that joined and left in between is never announced (nor its identity
-  sent); one that left and came back is not seen to leave. Before the relay
-  relays a message from a peer whose join is held, it announces that join,
-  so a message never arrives before its sender's join and identity. A closing
+* **The presence budget** (:data:`~.limits.PRESENCE_WINDOW`,
+  :data:`~.limits.PRESENCE_DOC_BURST`, :data:`~.limits.PRESENCE_DOC_RATE`,
+  :data:`~.limits.PRESENCE_HOLD`). Every join and leave is a frame to each
+  member of the document. A peer's change goes out at once unless the same
+  peer's last two changes in that document were announced less than a window
+  ago (or the document's own budget, a burst then a rate, is spent): then it
+  is *held*. The document keeps the membership its members were told (``shown``)
+  beside the real one (who receives its messages); every ``PRESENCE_HOLD``
+  seconds the held changes whose window is over go out as the net
+  difference, oldest first, as the document's budget allows. A peer that
+  left and came back in between is never seen to leave; one that joined and
+  left is never announced (nor its identity sent). So each peer adds at most
+  two changes per window to what the members hear, a crowd's first joins and
+  a quick visit go out at once, and a document's members hear at most its
+  budget. Before the relay
+  relays a message from a peer whose join is held, it announces that join, so
+  a message never arrives before its sender's join and identity. A closing
   connection's leaves go out at once (never held), each followed by its
   ``peer_disconnected`` where due, so no closed connection stays shown.
 """
@@ -53,7 +58,7 @@ from ..protocol import (
     encode,
 )
 from .connection import Connection
-from .limits import PRESENCE_DOC_BURST, PRESENCE_DOC_RATE, PRESENCE_HOLD
+from .limits import PRESENCE_DOC_BURST, PRESENCE_DOC_RATE, PRESENCE_HOLD, PRESENCE_WINDOW
 
 if TYPE_CHECKING:
     from .bus import Bus, Member
@@ -100,6 +105,8 @@ class Visibility:
     _held: dict[str, HeldChanges]
     #: document id -> its presence budget (created on demand, dropped when full)
     _doc_budget: dict[str, TokenBucket]
+    #: document id -> peer id -> when its last two changes there were announced
+    _recent: dict[str, dict[str, tuple[float, float]]]
     #: called with a time when held changes must be flushed then (or earlier)
     wake_at: Callable[[float], None]
 
@@ -165,9 +172,9 @@ class Visibility:
         if force:
             bucket.take(now)  # spent if there is one; a closing peer's leave never waits
             return ANNOUNCE
+        if self._may_announce(doc_id, pid, now) and bucket.take(now) <= 0:
+            return ANNOUNCE
         if held is None:
-            if bucket.take(now) <= 0:
-                return ANNOUNCE
             held = self._held[doc_id] = HeldChanges(
                 dict(members) if members else {}, now + PRESENCE_HOLD
             )
@@ -177,6 +184,21 @@ class Visibility:
             conn.held = set()
         conn.held.add(doc_id)
         return HELD
+
+    def _may_announce(self, doc_id: str, peer_id: str, now: float) -> bool:
+        """False while the peer's last two announced changes in the document
+        are both less than PRESENCE_WINDOW old (an enter and a quick leave go
+        out at once; a third change within the window waits)."""
+        recent = self._recent.get(doc_id)
+        seen = recent.get(peer_id) if recent else None
+        return seen is None or now - seen[0] >= PRESENCE_WINDOW
+
+    def _announced(self, doc_id: str, peer_id: str) -> None:
+        recent = self._recent.get(doc_id)
+        if recent is None:
+            recent = self._recent[doc_id] = {}
+        seen = recent.get(peer_id)
+        recent[peer_id] = (seen[1] if seen else -math.inf, self.clock())
 
     def _settle_held(self, doc_id: str) -> None:
         """A held change was cancelled: if none is left, what the members were
@@ -218,8 +240,9 @@ class Visibility:
                 )
             pending = held.pending
             members = self._docs.get(doc_id) or _NOBODY
-            while pending and bucket.take(now) <= 0:
-                pid = next(iter(pending))
+            for pid in [p for p in pending if self._may_announce(doc_id, p, now)]:
+                if bucket.take(now) > 0:
+                    break  # the document's budget: the rest waits
                 conn = pending.pop(pid)
                 _unmark(conn, doc_id)
                 if pid in members:
@@ -249,6 +272,7 @@ class Visibility:
         held = self._held.get(doc_id)
         if held is not None:
             held.shown[conn.peer_id] = conn
+        self._announced(doc_id, conn.peer_id)
         if self.bus is not None:
             self.bus.announce(doc_id, conn, True)
         members = self._docs.get(doc_id)
@@ -274,6 +298,8 @@ class Visibility:
         held = self._held.get(doc_id)
         if held is not None:
             held.shown.pop(conn.peer_id, None)
+        if not gone:
+            self._announced(doc_id, conn.peer_id)
         if self.bus is not None:
             self.bus.announce(doc_id, conn, False, gone)
         members = self._docs.get(doc_id)

@@ -34,6 +34,7 @@ from ratatoskr_client.server.core import (
     PRESENCE_DOC_BURST,
     PRESENCE_DOC_RATE,
     PRESENCE_HOLD,
+    PRESENCE_WINDOW,
 )
 
 from .test_relay_core import Peer, Relay
@@ -139,12 +140,15 @@ def test_the_joiner_is_told_only_the_identities_it_lacks(relay: Scoped) -> None:
 
 def test_a_leave_tells_no_disconnect_and_a_later_join_reintroduces(relay: Scoped) -> None:
     a, b = relay.crowd(2, "doc")
+    relay.clock.advance(PRESENCE_WINDOW)  # (b's join is not recent: its leave goes out at once)
     b.leave("doc")
     assert kinds(a.take()) == [("peer_left_doc", b.peer_id)]  # a forgets b now, silently
+    relay.clock.advance(PRESENCE_WINDOW)
     b.join("doc")
     assert kinds(a.take()) == [("peer_identity", b.peer_id), ("peer_joined_doc", b.peer_id)]
     assert kinds(b.take()) == [("peer_identity", a.peer_id), ("doc_presence_state", None)]
     # A polite client leaves before closing: nobody shares a document with it any more.
+    relay.clock.advance(PRESENCE_WINDOW)
     b.leave("doc")
     a.take()
     b.close()
@@ -219,89 +223,108 @@ def test_global_scope_keeps_the_broadcast(relay: Scoped) -> None:
 # --------------------------------------------------------------------------- presence budget
 
 
-def test_changes_within_the_budget_go_out_at_once(relay: Scoped) -> None:
-    (watcher,) = relay.crowd(1, "doc")  # alone: its join told nobody, and cost nothing
-    joiners = relay.crowd(PRESENCE_DOC_BURST)
+def changes(frames: list[Frame]) -> list[tuple[str, str | None]]:
+    return [k for k in kinds(frames) if k[0] in ("peer_joined_doc", "peer_left_doc")]
+
+
+def test_a_crowds_first_joins_go_out_at_once(relay: Scoped) -> None:
+    (watcher,) = relay.crowd(1, "doc")
+    joiners = relay.crowd(100)
     for p in joiners:
         p.join("doc")
-    frames = watcher.take()
-    assert len([f for f in frames if isinstance(f, PeerJoinedDocFrame)]) == PRESENCE_DOC_BURST
+    assert len(changes(watcher.take())) == 100
     assert relay.core.held_documents() == 0 and relay.wakes == []
 
 
-def exhaust(relay: Scoped, doc: str) -> tuple[Peer, list[Peer]]:
-    """A watcher in ``doc`` and the peers whose joins used up its budget."""
-    (watcher,) = relay.crowd(1, doc)
-    spent = relay.crowd(PRESENCE_DOC_BURST, doc)
-    watcher.take()
-    return watcher, spent
-
-
-def test_beyond_the_budget_the_net_difference_is_flushed_later(relay: Scoped) -> None:
-    watcher, _ = exhaust(relay, "doc")
-    toggler, stayer = relay.crowd(2)
-    toggler.join("doc")  # held...
-    toggler.leave("doc")  # ...and undone: never announced
-    stayer.join("doc")  # held
-    assert watcher.take() == []
-    assert relay.wakes[-1] == relay.clock.now + PRESENCE_HOLD
-    assert stayer.peer_id in relay.core.presence("doc")  # present: it gets messages...
-    assert stayer.peer_id not in relay.core.presence_shown("doc")  # ...but not announced yet
-    # The stayer itself saw its state at once, itself listed last.
-    (state,) = [f for f in stayer.take() if isinstance(f, DocPresenceStateFrame)]
-    assert state.peers[-1] == stayer.peer_id and toggler.peer_id not in state.peers
-    relay.flush_due()
-    assert kinds(watcher.take()) == [
-        ("peer_identity", stayer.peer_id),
-        ("peer_joined_doc", stayer.peer_id),
+def test_a_quick_visit_goes_out_at_once(relay: Scoped) -> None:
+    (watcher,) = relay.crowd(1, "doc")
+    (visitor,) = relay.crowd(1)
+    visitor.join("doc")
+    visitor.leave("doc")
+    assert changes(watcher.take()) == [
+        ("peer_joined_doc", visitor.peer_id),
+        ("peer_left_doc", visitor.peer_id),
     ]
     assert relay.core.held_documents() == 0
-    assert relay.core.presence("doc") == relay.core.presence_shown("doc")
+
+
+def test_a_peers_third_change_within_its_window_is_held_and_coalesced(relay: Scoped) -> None:
+    (watcher,) = relay.crowd(1, "doc")
+    (toggler,) = relay.crowd(1)
+    toggler.join("doc")
+    toggler.leave("doc")
+    watcher.take()
+    toggler.join("doc")  # a third change within the window: held...
+    toggler.leave("doc")  # ...undone: nothing to tell
+    toggler.join("doc")  # held again
+    assert watcher.take() == []
+    assert toggler.peer_id in relay.core.presence("doc")  # it gets the messages...
+    assert toggler.peer_id not in relay.core.presence_shown("doc")  # ...not yet announced
+    assert relay.wakes and min(relay.wakes) == pytest.approx(1000.0 + PRESENCE_HOLD)
+    relay.clock.advance(PRESENCE_WINDOW / 2)
+    relay.core.flush_held()
+    assert watcher.take() == []  # its window is not over
+    relay.clock.advance(PRESENCE_WINDOW / 2)
+    relay.core.flush_held()
+    assert kinds(watcher.take()) == [
+        ("peer_identity", toggler.peer_id),  # (the watcher forgot it when it left)
+        ("peer_joined_doc", toggler.peer_id),
+    ]
+    assert relay.core.held_documents() == 0
+
+
+def held_leave(relay: Scoped, p: Peer) -> None:
+    """Make ``p`` (not in "doc") present there with its next leave held: its
+    last two changes announced within the window."""
+    p.join("doc")
+    relay.clock.advance(PRESENCE_WINDOW * 0.5)
+    p.leave("doc")
+    relay.clock.advance(PRESENCE_WINDOW * 0.5)
+    p.join("doc")  # (the first join is a window old: this one goes out)
+    relay.clock.advance(PRESENCE_WINDOW * 0.1)  # the last two changes: within the window
 
 
 def test_a_peer_that_left_and_came_back_is_never_seen_to_leave(relay: Scoped) -> None:
-    watcher, spent = exhaust(relay, "doc")
-    before = relay.core.presence("doc")
-    spent[0].leave("doc")
-    spent[0].join("doc")
-    relay.flush_due()
+    (watcher,) = relay.crowd(1, "doc")
+    a, b = relay.crowd(2)
+    held_leave(relay, a)
+    b.join("doc")
+    watcher.take()
+    order = relay.core.presence("doc")
+    a.leave("doc")  # held
+    a.join("doc")  # back
+    relay.clock.advance(2 * PRESENCE_WINDOW)
+    relay.core.flush_held()
     assert watcher.take() == []
-    assert relay.core.presence("doc") == before  # it kept its place in the join order
+    assert relay.core.presence("doc") == order  # it kept its place
     assert relay.core.held_documents() == 0
 
 
-def test_flushes_are_limited_by_the_budget(relay: Scoped) -> None:
-    watcher, _ = exhaust(relay, "doc")
-    late = relay.crowd(100)
-    for p in late:
-        p.join("doc")
-    told = 0
-    start = relay.clock.now
-    while relay.wakes:
-        relay.flush_due()
-        told += len([f for f in watcher.take() if isinstance(f, PeerJoinedDocFrame)])
-        elapsed = relay.clock.now - start
-        assert told <= PRESENCE_DOC_RATE * elapsed + 1
-    assert told == 100  # all announced in the end, oldest first
-    assert relay.core.presence_shown("doc") == relay.core.presence("doc")
-
-
-def test_a_message_from_a_held_joiner_announces_its_join_first(relay: Scoped) -> None:
-    watcher, _ = exhaust(relay, "doc")
-    (speaker,) = relay.crowd(1)
-    speaker.join("doc")
-    speaker.ephemeral("doc", "hello")
+def test_a_held_joiner_sees_itself_and_speaks_only_after_its_join(relay: Scoped) -> None:
+    (watcher,) = relay.crowd(1, "doc")
+    (p,) = relay.crowd(1)
+    p.join("doc")
+    p.leave("doc")
+    watcher.take()
+    p.join("doc")  # held
+    assert p.peer_id in relay.core.presence("doc")
+    assert p.peer_id not in relay.core.presence_shown("doc")
+    (state,) = [f for f in p.take() if isinstance(f, DocPresenceStateFrame)][-1:]
+    assert state.peers == (watcher.peer_id, p.peer_id)  # itself last
+    p.ephemeral("doc", "hello")
     assert kinds(watcher.take()) == [
-        ("peer_identity", speaker.peer_id),
-        ("peer_joined_doc", speaker.peer_id),
-        ("ephemeral", speaker.peer_id),
+        ("peer_identity", p.peer_id),
+        ("peer_joined_doc", p.peer_id),
+        ("ephemeral", p.peer_id),
     ]
     assert relay.core.held_documents() == 0
 
 
 def test_a_closing_peer_leaves_at_once_even_when_its_leave_was_held(relay: Scoped) -> None:
-    watcher, spent = exhaust(relay, "doc")
-    leaver = spent[-1]
+    (watcher,) = relay.crowd(1, "doc")
+    (leaver,) = relay.crowd(1)
+    held_leave(relay, leaver)
+    watcher.take()
     leaver.leave("doc")  # held: the watcher still sees it
     assert watcher.take() == []
     leaver.close()
@@ -309,37 +332,52 @@ def test_a_closing_peer_leaves_at_once_even_when_its_leave_was_held(relay: Scope
         ("peer_left_doc", leaver.peer_id),
         ("peer_disconnected", leaver.peer_id),
     ]
-    # A peer whose join was held and that closes is never heard of.
+    # A peer whose join was held and that closes is never heard of again.
     (ghost,) = relay.crowd(1)
     ghost.join("doc")
+    ghost.leave("doc")
+    watcher.take()
+    ghost.join("doc")  # held
     ghost.close()
-    relay.flush_due()
+    relay.clock.advance(2 * PRESENCE_WINDOW)
+    relay.core.flush_held()
     assert watcher.take() == []
     assert relay.core.held_documents() == 0
 
 
-def test_join_and_leave_churn_is_bounded_per_document(relay: Scoped) -> None:
-    """Many peers toggling as fast as each one's own bound allows: the members
-    hear at most the document's budget, whoever makes the changes."""
+def test_the_documents_budget_caps_everyone_together(relay: Scoped) -> None:
+    (watcher,) = relay.crowd(1, "doc")
+    crowd = relay.crowd(PRESENCE_DOC_BURST + 100)
+    for p in crowd:
+        p.join("doc")
+    assert len(changes(watcher.take())) == PRESENCE_DOC_BURST
+    told = PRESENCE_DOC_BURST
+    start = relay.clock.now
+    while relay.wakes:
+        relay.flush_due()
+        told += len(changes(watcher.take()))
+        assert told <= PRESENCE_DOC_BURST + PRESENCE_DOC_RATE * (relay.clock.now - start) + 1
+    assert told == len(crowd)  # all announced in the end, oldest first
+    assert relay.core.presence_shown("doc") == relay.core.presence("doc")
+
+
+def test_join_and_leave_churn_is_bounded_per_peer(relay: Scoped) -> None:
+    """Peers toggling as fast as their own bound allows: each adds at most two
+    changes per window to what the document's members hear."""
     (watcher,) = relay.crowd(1, "doc")
     togglers = relay.crowd(40)
     heard = 0
     seconds = 10
     for _ in range(seconds * 20):  # every 50 ms, each toggler toggles once
         for t in togglers:
-            if "doc" in t.session.docs:
-                t.leave("doc")
-            else:
-                t.join("doc")
+            t.leave("doc") if "doc" in t.session.docs else t.join("doc")
             t.take()
         relay.clock.advance(0.05)
         while relay.wakes and min(relay.wakes) <= relay.clock.now:
             relay.flush_due()
-        heard += len(
-            [f for f in watcher.take() if isinstance(f, PeerJoinedDocFrame | PeerLeftDocFrame)]
-        )
-    assert heard <= PRESENCE_DOC_BURST + PRESENCE_DOC_RATE * seconds
-    # Without the document's budget each toggler alone could make 5 per second.
+        heard += len(changes(watcher.take()))
+    assert heard <= len(togglers) * 2 * (seconds / PRESENCE_WINDOW + 1)
+    # Each toggler alone could make 5 per second (its own bound).
     assert heard < len(togglers) * 5 * seconds / 2
 
 
@@ -347,14 +385,13 @@ def test_the_budget_applies_in_global_scope_too() -> None:
     glob = Relay(RelayConfig(open=True, identity_scope="global"))
     wakes: list[float] = []
     glob.core.wake_at = wakes.append
-    watcher = glob.peer()
+    watcher, toggler = glob.peer(), glob.peer()
     watcher.join("doc")
-    others = [glob.peer() for _ in range(PRESENCE_DOC_BURST + 5)]
+    toggler.join("doc")
+    toggler.leave("doc")
+    toggler.join("doc")  # the third change within the window: held
     watcher.take()
-    for p in others:
-        p.join("doc")
-    joined = [f for f in watcher.take() if isinstance(f, PeerJoinedDocFrame)]
-    assert len(joined) == PRESENCE_DOC_BURST
+    assert toggler.peer_id not in glob.core.presence_shown("doc")
     assert wakes
 
 
