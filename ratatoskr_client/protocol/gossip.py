@@ -131,11 +131,13 @@ class SessionOwners(Generic[SenderT]):
         #: sessionId of a released sender -> (its identity, last count, released
         #: at), oldest first
         self._tombstones: dict[str, tuple[Hashable, int, float]] = {}
-        #: identity -> its tombstones, oldest first (for the fair eviction)
-        self._held: dict[Hashable, dict[str, None]] = {}
-        #: n -> the identities holding exactly n tombstones (n >= 1)
+        #: identity -> its one tombstone, or its tombstones oldest first (for the
+        #: fair eviction; a lone sessionId is kept as is: the usual case, a stock
+        #: peer has one, costs no dict of its own)
+        self._held: dict[Hashable, str | dict[str, None]] = {}
+        #: n -> the identities holding exactly n tombstones (n >= 2)
         self._holders: dict[int, dict[Hashable, None]] = {}
-        #: the most tombstones one identity holds
+        #: the most tombstones one identity holds, if two or more (else 0)
         self._max_held = 0
 
     def __len__(self) -> int:
@@ -264,39 +266,52 @@ class SessionOwners(Generic[SenderT]):
         """Remember a released session; when full, first forget the oldest
         tombstone of the identity that holds the most (perhaps this one): one
         identity closing many connections cannot push out another's
-        tombstones, only its own, until every identity holds as few."""
-        if len(self._tombstones) >= self.max_tombstones:
-            top = next(iter(self._holders[self._max_held]))
-            self._bury(next(iter(self._held[top])))
-        self._tombstones[session_id] = (ident, last, now)
+        tombstones, only its own, until every identity holds as few. Between
+        identities holding one each, the oldest goes."""
+        tombstones = self._tombstones
+        if len(tombstones) >= self.max_tombstones:
+            if self._max_held:
+                top = self._held[next(iter(self._holders[self._max_held]))]
+                assert type(top) is dict
+                self._bury(next(iter(top)))
+            else:
+                self._bury(next(iter(tombstones)))
+        tombstones[session_id] = (ident, last, now)
         held = self._held.get(ident)
         if held is None:
-            held = self._held[ident] = {}
-        n = len(held)
+            self._held[ident] = session_id
+            return
+        if type(held) is str:
+            held = self._held[ident] = {held: None}
+        assert type(held) is dict
         held[session_id] = None
-        self._move(ident, n, n + 1)
+        self._move(ident, len(held) - 1, len(held))
 
     def _bury(self, session_id: str) -> None:
         """Forget one tombstone (claimed back, expired or evicted)."""
         ident, _, _ = self._tombstones.pop(session_id)
         held = self._held[ident]
-        n = len(held)
-        del held[session_id]
-        if not held:
+        if type(held) is str:
             del self._held[ident]
-        self._move(ident, n, n - 1)
+            return
+        assert type(held) is dict
+        del held[session_id]
+        if len(held) == 1:
+            self._held[ident] = next(iter(held))
+        self._move(ident, len(held) + 1, len(held))
 
     def _move(self, ident: Hashable, old: int, new: int) -> None:
-        """``ident`` now holds ``new`` tombstones instead of ``old`` (one apart)."""
+        """``ident`` now holds ``new`` tombstones instead of ``old`` (one apart,
+        and at least one of them two or more)."""
         holders = self._holders
-        if old:
+        if old >= 2:
             bucket = holders[old]
             del bucket[ident]
             if not bucket:
                 del holders[old]
                 if self._max_held == old and new < old:
-                    self._max_held = new
-        if new:
+                    self._max_held = new if new >= 2 else 0
+        if new >= 2:
             holders.setdefault(new, {})[ident] = None
             if new > self._max_held:
                 self._max_held = new
