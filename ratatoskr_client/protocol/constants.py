@@ -24,6 +24,7 @@ __all__ = [
     "KEY_SENDER_ID",
     "KEY_SESSION_ID",
     "KEY_TARGET_ID",
+    "MAX_COUNT",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_FRAME_SIZE",
     "MAX_PEER_ID_BYTES",
@@ -56,6 +57,11 @@ MAX_DOCUMENT_ID_BYTES: Final = 256
 MAX_PEER_ID_BYTES: Final = 128
 #: Longest ephemeral ``sessionId`` accepted, in UTF-8 bytes.
 MAX_SESSION_ID_BYTES: Final = 128
+#: The largest ephemeral ``count`` accepted: 2**53 - 1, the largest integer a
+#: JavaScript number holds exactly (automerge-repo counts from 0 in one). A
+#: larger one is bad input (``invalid_message``); without a bound, one frame
+#: with a huge count would outrank every later count of its session.
+MAX_COUNT: Final = 2**53 - 1
 #: The largest frame the relay processes by default, and the client sends.
 MAX_FRAME_SIZE: Final = 64 * 1024
 

@@ -30,6 +30,7 @@ from .bus import Bus
 from .config import RelayConfig
 from .connection import Connection
 from .counters import RelayCounters, refusal_reason
+from .identity import identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES
 from .names import NameAllocator
 
@@ -52,6 +53,7 @@ class AuthRules:
     _names: NameAllocator
     _peers: dict[str, Connection]
     _auth_failures: dict[str, TokenBucket]
+    _identity_key: bytes
     _server_presence: bool
 
     def _error(
@@ -130,6 +132,7 @@ class AuthRules:
         conn.user_id = user_id
         conn.name = name
         conn.is_anonymous = anonymous
+        conn.identity = identity_of(user_id, conn.address, self._identity_key)
         conn.bucket = TokenBucket.per_minute(self.config.rate_limit, self.clock())
         conn.target_suffix = cbor_text(peer_id)
         conn.identity_frame = encode(PeerIdentityFrame(peer_id, user))

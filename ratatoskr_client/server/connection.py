@@ -42,6 +42,7 @@ class Connection:
         "bucket",
         "control",
         "docs",
+        "identity",
         "identity_frame",
         "is_anonymous",
         "name",
@@ -60,6 +61,9 @@ class Connection:
         self.user_id: str | None = None
         self.name = ""
         self.is_anonymous = True
+        #: who the connection is for the gossip rule (see :mod:`.identity`): the
+        #: user, or for an anonymous peer a keyed hash of its address
+        self.identity = ""
         #: document id -> monotonic time of the last join/heartbeat (or other activity)
         self.docs: dict[str, float] = {}
         self.bucket: TokenBucket | None = None

@@ -33,7 +33,6 @@ from typing import Final
 from ..errors import ProtocolError
 from ..pacing import TokenBucket
 from ..protocol import (
-    Admission,
     AuthFrame,
     DocUnavailableFrame,
     EphemeralFrame,
@@ -53,6 +52,7 @@ from .config import RelayConfig
 from .connection import Connection, Outbox, RelayStats, Session
 from .counters import RelayCounters, refusal_reason
 from .documents import DocumentRules, ephemeral_prefix
+from .identity import identity_key
 from .limits import (
     MAX_AUTH_FAILURE_ADDRESSES,
     MAX_SESSION_TOMBSTONES,
@@ -116,13 +116,15 @@ class RelayCore(AuthRules, DocumentRules):
         self._peers: dict[str, Connection] = {}
         #: document id -> present connections by peer id, in join order
         self._docs: dict[str, dict[str, Connection]] = {}
-        #: ephemeral sessionId -> the connection that first used it (the gossip rule);
-        #: senders on other relays are keyed by (node id, peer id)
+        #: ephemeral sessionId -> the connection that owns it, and its identity (the
+        #: gossip rule); senders on other relays are keyed by (node id, peer id)
         self._sessions: SessionOwners[Connection | RemoteSender] = SessionOwners(
             max_per_sender=MAX_SESSIONS_PER_CONNECTION,
             tombstone_ttl=SESSION_TOMBSTONE_TTL,
             max_tombstones=MAX_SESSION_TOMBSTONES,
         )
+        #: what anonymous identities are hashed with (the same on every relay of a cluster)
+        self._identity_key = identity_key(config.redis_url)
         #: source address -> bucket of failed auth attempts (see _auth_allowed)
         self._auth_failures: dict[str, TokenBucket] = {}
         self._server_presence = config.server_presence
@@ -274,13 +276,21 @@ class RelayCore(AuthRules, DocumentRules):
         return self._docs.get(document_id, {}).values()
 
     def deliver_remote(
-        self, sender: RemoteSender, document_id: str, count: int, session_id: str, data: bytes
+        self,
+        sender: RemoteSender,
+        document_id: str,
+        count: int,
+        session_id: str,
+        data: bytes,
+        identity: str | None = None,
     ) -> bool:
-        """A message another relay accepted from ``sender``: apply the gossip
-        rule to it here too (so a sessionId stays its first user's across the
-        cluster), then deliver it to the local peers present. Its read check and
-        rate limit were applied where it entered. True if it was admitted."""
-        if self._sessions.admit(sender, session_id, count) is not Admission.ACCEPTED:
+        """A message another relay accepted from ``sender`` (whose identity key,
+        as announced by its relay, is ``identity``; None if its relay announced
+        none: then it is its own): apply the gossip rule to it here too (so a
+        sessionId stays its owner's across the cluster), then deliver it to the
+        local peers present. Its read check and rate limit were applied where
+        it entered. True if it was admitted."""
+        if not self._sessions.admit(sender, session_id, count, identity).admitted:
             return False
         self.counters.relayed_remote += 1
         members = self._docs.get(document_id)

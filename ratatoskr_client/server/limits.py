@@ -16,12 +16,14 @@ __all__ = [
 #: Distinct ephemeral ``sessionId``s one connection may use. A stock peer uses one;
 #: the bound keeps a hostile client from growing the gossip table without limit.
 MAX_SESSIONS_PER_CONNECTION: Final = 16
-#: Seconds a closed connection's sessionIds are remembered, with their last count.
-#: Late gossip copies (count <= last) stay dropped; a stock peer that reconnects
-#: with the same sessionId and a higher count takes it back.
+#: Seconds a closed connection's sessionIds are remembered, with their last count
+#: and their owner's identity. Late gossip copies (count <= last) stay dropped,
+#: other identities cannot take them, and a stock peer of the same identity that
+#: reconnects with the same sessionId and a higher count takes it back.
 SESSION_TOMBSTONE_TTL: Final = 60.0
-#: Bound on remembered sessionIds of closed connections (oldest forgotten first).
-#: With sessionIds of at most MAX_SESSION_ID_BYTES, the table stays under 8 MiB.
+#: Bound on remembered sessionIds of closed connections (when full, the oldest of
+#: the identity holding the most is forgotten first). With sessionIds of at most
+#: MAX_SESSION_ID_BYTES, the table stays under 8 MiB.
 MAX_SESSION_TOMBSTONES: Final = 20_000
 #: Source addresses whose failed auth attempts are remembered at once. Beyond
 #: it the oldest is forgotten: many addresses cost each one its memory, not more.

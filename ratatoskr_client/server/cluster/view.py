@@ -74,6 +74,8 @@ class RemotePeer:
     identity_frame: bytes
     #: the tracked documents it is present in
     docs: set[str] = field(default_factory=set)
+    #: its identity key for the gossip rule, as its relay announced it (None: none)
+    identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +86,13 @@ class NodeSnapshot:
         peers: peer id -> user, for every peer connected to the node.
         docs: document id -> the node's peers present there, for the documents
             that were asked for.
+        identities: peer id -> its identity key, for the peers the node
+            stored one for.
     """
 
     peers: Mapping[str, UserInfo]
     docs: Mapping[str, Sequence[str]]
+    identities: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -198,8 +203,8 @@ class ClusterView:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             user = UserInfo(conn.user_id, conn.name, conn.is_anonymous)
-            self._dirty_peers[conn.peer_id] = encode_user(user)
-            self._send(self.names.cluster_channel, False, PeerUp(conn.peer_id, user))
+            self._dirty_peers[conn.peer_id] = encode_user(user, conn.identity)
+            self._send(self.names.cluster_channel, False, PeerUp(conn.peer_id, user, conn.identity))
         return [peer.identity_frame for peer in self._peers.values()]
 
     def peer_closed(self, conn: Connection) -> None:
@@ -278,7 +283,7 @@ class ClusterView:
     def local_state(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """This relay's whole state, for its hashes: (peers, docs)."""
         peers = {
-            s.peer_id: encode_user(UserInfo(s.user_id, s.name, s.is_anonymous))
+            s.peer_id: encode_user(UserInfo(s.user_id, s.name, s.is_anonymous), s.identity)
             for s in self.core.peers()
         }
         docs = {d: encode_members(self.core.presence(d)) for d in self._docs}
@@ -339,13 +344,15 @@ class ClusterView:
             if kind is Relayed:
                 relayed = message
                 assert isinstance(relayed, Relayed)
-                if relayed.peer_id in peers:
+                sender = peers.get(relayed.peer_id)
+                if sender is not None:
                     self.core.deliver_remote(
                         (node, relayed.peer_id),
                         document_id,
                         relayed.count,
                         relayed.session_id,
                         relayed.data,
+                        sender.identity,
                     )
             elif not doc.fetch and isinstance(message, Joined | Left):
                 peer = peers.get(message.peer_id)
@@ -357,7 +364,7 @@ class ClusterView:
                     self._remove_member(document_id, doc, peer)
             return
         if isinstance(message, PeerUp):
-            self._add_peer(node, message.peer_id, message.user)
+            self._add_peer(node, message.peer_id, message.user, message.identity)
         elif isinstance(message, PeerGone):
             peer = peers.get(message.peer_id)
             if peer is not None:
@@ -377,7 +384,7 @@ class ClusterView:
         for peer_id in [p for p in peers if p not in snapshot.peers]:
             self._remove_peer(peers[peer_id])
         for peer_id, user in snapshot.peers.items():
-            self._add_peer(node, peer_id, user)
+            self._add_peer(node, peer_id, user, snapshot.identities.get(peer_id))
         for doc_id, doc in self._docs.items():
             if not doc.fetch or (docs is not None and docs.get(doc_id) == doc.gen):
                 self._set_members(doc_id, doc, {node: snapshot.docs.get(doc_id, ())}, node)
@@ -431,11 +438,11 @@ class ClusterView:
             for conn in self.core.members(document_id):
                 conn.outbox.send(frame)
 
-    def _add_peer(self, node: str, peer_id: str, user: UserInfo) -> None:
+    def _add_peer(self, node: str, peer_id: str, user: UserInfo, identity: str | None) -> None:
         if peer_id in self._peers:
             return
         frame = encode(PeerIdentityFrame(peer_id, user))
-        peer = RemotePeer(node, peer_id, user, frame)
+        peer = RemotePeer(node, peer_id, user, frame, identity=identity)
         self._nodes.setdefault(node, {})[peer_id] = peer
         self._peers[peer_id] = peer
         self._broadcast(frame)
