@@ -278,6 +278,17 @@ class Relay:
         last = f"; its stderr ends: {lines[-1].strip()}" if lines else ""
         return f"{name} exited with status {status}{last}"
 
+    async def revive(self) -> None:
+        """If it died, start it again on its port. The death is not noted in
+        :attr:`deaths`: the phase that met it has reported it already."""
+        if self.exit_status() is None:
+            return
+        log(f"{self.death_notice()}; restarting it")
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        await self.start()
+
     def kill(self) -> None:
         """SIGKILL, like a crash."""
         self._note_death()

@@ -84,10 +84,7 @@ PHASE_BUDGET = 900.0
 async def revive(relays: Sequence[Relay]) -> None:
     """Restart a relay that died in an earlier phase (it was reported there)."""
     for relay in relays:
-        if relay.exit_status() is not None:
-            log(f"{relay.death_notice()}; restarting it")
-            relay.stop()
-            await relay.start()
+        await relay.revive()
 
 
 async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> dict[str, float]:
