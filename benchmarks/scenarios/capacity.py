@@ -240,7 +240,7 @@ def user_counts(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="How many simulated users one Locust worker process sustains. "
-        "With the defaults it takes about 4 minutes on a 2-core machine."
+        "With the defaults it takes about 3.5 minutes on a 2-core machine."
     )
     parser.add_argument(
         "--users", type=user_counts, default="100,200,400,600", help="user counts to try"
