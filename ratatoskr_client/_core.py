@@ -14,10 +14,10 @@ the one teardown), one membership record per entered document
 (:mod:`._documents`), identities and membership (:mod:`.membership`), per-peer
 state (:mod:`.peer_state`, :mod:`._sharing`), the peer-to-peer fallback and its
 gossip filter (:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the
-mapping of error frames to exceptions. The class is split in three by
-direction: the connection's life, documents, waiting and timers here; frames
-from the server in :class:`._incoming.Incoming`; frames to the server in
-:class:`._sending.Sending`.
+mapping of error frames to exceptions. The class is split by direction: the
+connection's life, documents and timers here; frames from the server in
+:class:`._incoming.Incoming`; frames to the server in
+:class:`._sending.Sending`; awaits in :class:`._waiters.Waiting`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._documents import ENTERING, LEAVING, PRESENT, Documents
-from ._effects import Effect, Emit, Fail, Push, Resolve, WakeAt
+from ._effects import Effect, Emit, Fail, Resolve, WakeAt
 from ._incoming import Incoming
 from ._outgoing import Outgoing, Paced, make_pacer
 from ._peer_to_peer import PeerToPeer
 from ._sending import MIN_TIMER_STEP, Sending, check_document_id
 from ._settings import Settings
 from ._sharing import StateSharing
-from ._waiters import PresencePredicate, Waiters
+from ._waiters import Waiters, Waiting
 from .errors import (
     AuthError,
     ConnectionClosed,
@@ -61,7 +61,7 @@ RECONNECTING = ConnectionState.RECONNECTING
 CLOSED = ConnectionState.CLOSED
 
 
-class ClientCore(Incoming, Sending):
+class ClientCore(Incoming, Sending, Waiting):
     """The state machine of one client. See the module docstring."""
 
     __slots__ = (
@@ -421,41 +421,6 @@ class ClientCore(Incoming, Sending):
             f"the server at {self.settings.url} has no server-side presence (features "
             f"announced: {announced}) and cannot relay sidecar channels such as {document_id!r}"
         )
-
-    # ================================================================== waiting
-
-    def wait_presence(
-        self, document_id: str, predicate: PresencePredicate
-    ) -> int | tuple[Peer, ...]:
-        """``wait_for_presence``: the presence at once if the predicate holds,
-        else a waiter id resolved when it does."""
-        current = self.store.presence(document_id)
-        if predicate(current):
-            return current
-        self.usable()
-        waiter = self.waiters.new()
-        self.waiters.presence.setdefault(document_id, {})[waiter] = predicate
-        return waiter
-
-    def watch(self, document_id: str) -> int:
-        """``watch_presence``: a watcher id that gets every new presence (a
-        closed client's watch ends at once)."""
-        watcher = self.waiters.new()
-        if self.state is CLOSED:
-            self.effects.append(Push(watcher, None))
-        else:
-            self.waiters.watchers.setdefault(document_id, []).append(watcher)
-        return watcher
-
-    def wait_connected(self, *, connected: bool) -> int | None:
-        """``wait_connected``: None if ``connected`` (the driver knows the
-        socket is open), else a waiter id resolved on the next connection."""
-        self.usable()
-        if connected:
-            return None
-        waiter = self.waiters.new()
-        self.waiters.connect.append(waiter)
-        return waiter
 
     # ================================================================== timers
 
