@@ -10,12 +10,13 @@ with a fake clock, so reconnects, TTLs, heartbeats, coalescing and pacing run in
 simulated time.
 
 What lives here: the connection's life (handshake, loss, the reconnect policy,
-the one teardown), one membership record per entered document
-(:mod:`._documents`), identities and membership (:mod:`.membership`), per-peer
-state (:mod:`.peer_state`, :mod:`._sharing`), the peer-to-peer fallback and its
-gossip filter (:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the
-mapping of error frames to exceptions. The class is split by direction: the
-connection's life, documents and timers here; frames from the server in
+when a silent connection is dead (:mod:`._liveness`), the one teardown), one
+membership record per entered document (:mod:`._documents`), identities and
+membership (:mod:`.membership`), per-peer state (:mod:`.peer_state`,
+:mod:`._sharing`), the peer-to-peer fallback and its gossip filter
+(:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the mapping of error
+frames to exceptions. The class is split by direction: the connection's life,
+documents and timers here; frames from the server in
 :class:`._incoming.Incoming`; frames to the server in
 :class:`._sending.Sending`; awaits in :class:`._waiters.Waiting`.
 """
@@ -29,8 +30,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._documents import ENTERING, LEAVING, PRESENT, Documents
-from ._effects import Effect, Emit, Fail, Resolve, WakeAt
+from ._effects import Drop, Effect, Emit, Fail, Ping, Resolve, WakeAt
 from ._incoming import Incoming
+from ._liveness import DEAD, PING, Liveness
 from ._outgoing import Outgoing, Paced, make_pacer
 from ._peer_to_peer import PeerToPeer
 from ._sending import MIN_TIMER_STEP, Sending, check_document_id
@@ -77,6 +79,7 @@ class ClientCore(Incoming, Sending, Waiting):
         "features",
         "floor",
         "listens",
+        "liveness",
         "out",
         "p2p",
         "settings",
@@ -84,6 +87,7 @@ class ClientCore(Incoming, Sending, Waiting):
         "state",
         "states",
         "store",
+        "unsettled",
         "waiters",
     )
 
@@ -105,7 +109,12 @@ class ClientCore(Incoming, Sending, Waiting):
         #: storm brings N of them per client). None: every event is an effect.
         self.listens: Callable[[str], bool] | None = None
         self.state = IDLE
-        self.store = MembershipStore()
+        self.store = MembershipStore(
+            max_identities=settings.max_identities, max_peers=settings.max_presence_peers
+        )
+        #: documents whose presence changed since the last :meth:`settle`, in order
+        self.unsettled: dict[str, None] = {}
+        self.liveness = Liveness(settings.ping_interval)
         self.states = PeerStates(settings.state_ttl)
         self.sharing = StateSharing(
             self.states, interval=settings.state_interval, heartbeat=settings.state_heartbeat
@@ -204,6 +213,7 @@ class ClientCore(Incoming, Sending, Waiting):
         self.features = frame.features
         self.p2p = None if self.server_presence else PeerToPeer()
         self._dispatch(self.store.authenticated(frame, settings.name))
+        self.settle()
         me = self.store.me
         assert me is not None
         user = frame.user
@@ -219,6 +229,8 @@ class ClientCore(Incoming, Sending, Waiting):
         self.state = CONNECTED
         self.attempt = 0
         self.floor = 0.0
+        self.liveness.start(now)
+        self.arm(self.liveness.deadline())
         for waiter in self.waiters.connect:
             self.effects.append(Resolve(waiter))
         self.waiters.connect.clear()
@@ -235,9 +247,15 @@ class ClientCore(Incoming, Sending, Waiting):
             self.arm(self._heartbeat_at)
 
     def connection_lost(self, reason: ConnectionClosed, now: float) -> None:
-        """The socket closed (or died) while connected."""
+        """The socket closed (or died) while connected. A ``reason`` caused by
+        a :class:`ProtocolError` (an oversized frame) is also an ``error`` event;
+        a connection the core declared dead is lost for the core's reason."""
         if self.state is not CONNECTED:
             return
+        reason = self.liveness.verdict or reason
+        self.liveness.stop()
+        if isinstance(reason.__cause__, ProtocolError):
+            self.report(reason.__cause__)
         for entry in self.out.stop():
             if entry.waiter is not None and entry.waiter in self.waiters.paced:
                 self.waiters.paced.discard(entry.waiter)
@@ -248,6 +266,7 @@ class ClientCore(Incoming, Sending, Waiting):
         if self.p2p is not None:
             self.p2p.clear()
         self._dispatch(self.store.reset())
+        self.settle()
         self._heartbeat_at = math.inf
         self.effects.append(Emit("disconnected", (reason,)))
         self.state = RECONNECTING
@@ -305,6 +324,8 @@ class ClientCore(Incoming, Sending, Waiting):
         self.state = CLOSED
         self.out.stop()
         self._dispatch(self.store.reset())  # watchers see the empty presence, then end
+        self.settle()
+        self.liveness.stop()
         for doc_id in list(self.store.tracked()):
             self.store.forget(doc_id)
         self.effects += self.waiters.release_all(reason)
@@ -370,6 +391,7 @@ class ClientCore(Incoming, Sending, Waiting):
             document_id, RatatoskrError(f"left {document_id!r} before the server confirmed")
         )
         self._dispatch(self.store.forget(document_id))
+        self.settle()
         had_state = self.states.peers(document_id)
         for peer_id in had_state:
             self._emit_state(document_id, peer_id, EMPTY)
@@ -436,6 +458,13 @@ class ClientCore(Incoming, Sending, Waiting):
         self._wake = math.inf
         if self.state is not CONNECTED:
             return
+        verdict = self.liveness.check(now)
+        if verdict is PING:
+            self.effects.append(Ping())
+        elif verdict is DEAD:
+            assert self.liveness.verdict is not None
+            self.effects.append(Drop(self.liveness.verdict))
+            return  # the driver reports the connection lost (connection_lost)
         settings = self.settings
         for doc_id, record in self.docs.items():
             if record.rejoin_at is not None and record.rejoin_at <= now:
@@ -455,12 +484,21 @@ class ClientCore(Incoming, Sending, Waiting):
         self._release(now)
         if self.store.changed:  # (expired peers: changes that came with no frame)
             self.store.touched(now)
+        self.settle()
         self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
+
+    def heard(self, now: float) -> None:
+        """A whole WebSocket frame other than a message (a ping, a pong) arrived."""
+        self.liveness.heard_at = now
 
     def _next_deadline(self) -> float:
         store = self.store
         at = min(
-            self._heartbeat_at, self.sharing.deadline(), self.states.deadline(), store.share_at
+            self._heartbeat_at,
+            self.sharing.deadline(),
+            self.states.deadline(),
+            store.share_at,
+            self.liveness.deadline(),
         )
         for _, record in self.docs.items():
             if record.rejoin_at is not None:

@@ -147,7 +147,8 @@ class Waiting:
         self, document_id: str, predicate: PresencePredicate
     ) -> int | tuple[Peer, ...]:
         """``wait_for_presence``: the presence at once if the predicate holds,
-        else a waiter id resolved when it does."""
+        else a waiter id resolved when it does (checked when the core settles:
+        :meth:`~ratatoskr_client._incoming.Incoming.settle`)."""
         current = self.store.presence(document_id)
         if predicate(current):
             return current
@@ -157,8 +158,8 @@ class Waiting:
         return waiter
 
     def watch(self, document_id: str) -> int:
-        """``watch_presence``: a watcher id that gets every new presence (a
-        closed client's watch ends at once)."""
+        """``watch_presence``: a watcher id that gets every new presence, once
+        per settle (a closed client's watch ends at once)."""
         watcher = self.waiters.new()
         if self.state is ConnectionState.CLOSED:
             self.effects.append(Push(watcher, None))
