@@ -487,10 +487,6 @@ class ClientCore(Incoming, Sending, Waiting):
         self.settle()
         self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
-    def heard(self, now: float) -> None:
-        """A whole WebSocket frame other than a message (a ping, a pong) arrived."""
-        self.liveness.heard_at = now
-
     def _next_deadline(self) -> float:
         store = self.store
         at = min(

@@ -150,6 +150,10 @@ class Incoming:
         if self.store.changed:
             self.arm(self.store.touched(now))
 
+    def heard(self, now: float) -> None:
+        """A whole WebSocket frame other than a message (a ping, a pong) arrived."""
+        self.liveness.heard_at = now
+
     def _confirmed(self, document_id: str, peer_ids: tuple[str, ...], now: float) -> None:
         """The server confirmed our presence in a document (or answered a join
         that was already confirmed)."""

@@ -198,6 +198,10 @@ class Refused:
     error: ProtocolError
 
 
+def _refused(problem: str) -> list[Change]:
+    return [Refused(ProtocolError(problem))]
+
+
 Change: TypeAlias = (
     IdentityAdded
     | IdentityRemoved
@@ -393,15 +397,10 @@ class MembershipStore:
         if members is None or peer_id in members:
             return []
         if len(members) >= self.max_peers:
-            return [
-                Refused(
-                    ProtocolError(
-                        f"peer_joined_doc frame: {document_id!r} has {len(members):,} peers"
-                        f" present already, the most a client holds ({self.max_peers:,});"
-                        f" {peer_id!r} is left out"
-                    )
-                )
-            ]
+            return _refused(
+                f"peer_joined_doc frame: {document_id!r} has {len(members):,} peers present"
+                f" already, the most a client holds ({self.max_peers:,}); {peer_id!r} is left out"
+            )
         peer = self.peer(peer_id)
         members.put(peer)
         return [PeerJoined(document_id, peer), PresenceChanged(document_id)]
@@ -424,15 +423,10 @@ class MembershipStore:
         if members is None:
             return []
         if len(peer_ids) > self.max_peers:  # before building anything per entry
-            return [
-                Refused(
-                    ProtocolError(
-                        f"doc_presence_state frame: {len(peer_ids):,} peers in"
-                        f" {document_id!r}, more than a client holds ({self.max_peers:,});"
-                        " the frame is ignored"
-                    )
-                )
-            ]
+            return _refused(
+                f"doc_presence_state frame: {len(peer_ids):,} peers in {document_id!r}, more"
+                f" than a client holds ({self.max_peers:,}); the frame is ignored"
+            )
         fresh: dict[str, Peer] = {}
         for pid in peer_ids:
             if pid not in fresh:
@@ -448,14 +442,10 @@ class MembershipStore:
     ) -> list[Change]:
         old = self._identities.get(peer_id)
         if old is None and len(self._identities) >= self.max_identities:
-            return [
-                Refused(
-                    ProtocolError(
-                        f"identity of {peer_id!r} refused: {len(self._identities):,}"
-                        " identities are held already, the most a client holds"
-                    )
-                )
-            ]
+            return _refused(
+                f"identity of {peer_id!r} refused: {len(self._identities):,} identities are"
+                " held already, the most a client holds"
+            )
         if old is not None:
             if chosen_name is None:
                 chosen_name = old.chosen_name  # a server frame says nothing about it
