@@ -161,9 +161,8 @@ class Driver:
             return
         if type(effect) is Ping:
             writer.ping()
-        else:
-            log.info("%s", effect.reason)  # type: ignore[union-attr]
-            abort(writer.ws)  # the receive loop sees it closed: connection_lost
+        else:  # dead: the receive loop sees it closed, and reports it lost
+            abort(writer.ws)
 
     def _finish(self, effect: Resolve | Fail) -> None:
         fut = self._futures.pop(effect.waiter, None)
@@ -312,7 +311,9 @@ class Driver:
                 reason = await self._receive(writer.ws)
                 if self._closing:
                     return
-                log.info("connection to %s lost: %s", self.socket_url, reason)
+                # (A connection the core declared dead is lost for the core's reason.)
+                why = core.liveness.verdict or reason
+                log.info("connection to %s lost: %s", self.socket_url, why)
                 self._drop_socket()
                 core.connection_lost(reason, self.now())
                 self.apply()
