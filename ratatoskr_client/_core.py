@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._documents import ENTERING, LEAVING, PRESENT, Documents
-from ._effects import Drop, Effect, Emit, Fail, Ping, Resolve, WakeAt
+from ._effects import Drop, Effect, Emit, Fail, Resolve, WakeAt
 from ._incoming import Incoming
-from ._liveness import DEAD, PING, Liveness
+from ._liveness import Liveness
 from ._outgoing import Outgoing, Paced, make_pacer
 from ._peer_to_peer import PeerToPeer
 from ._sending import MIN_TIMER_STEP, Sending, check_document_id
@@ -67,6 +67,7 @@ class ClientCore(Incoming, Sending, Waiting):
     """The state machine of one client. See the module docstring."""
 
     __slots__ = (
+        "_announced",
         "_auth_at",
         "_heartbeat_at",
         "_new_session",
@@ -112,8 +113,10 @@ class ClientCore(Incoming, Sending, Waiting):
         self.store = MembershipStore(
             max_identities=settings.max_identities, max_peers=settings.max_presence_peers
         )
-        #: documents whose presence changed since the last :meth:`settle`, in order
+        #: documents whose presence changed and is not announced yet, in order
         self.unsettled: dict[str, None] = {}
+        #: large document -> when it may be announced again (see :meth:`settle`)
+        self._announced: dict[str, float] = {}
         self.liveness = Liveness(settings.ping_interval)
         self.states = PeerStates(settings.state_ttl)
         self.sharing = StateSharing(
@@ -213,7 +216,7 @@ class ClientCore(Incoming, Sending, Waiting):
         self.features = frame.features
         self.p2p = None if self.server_presence else PeerToPeer()
         self._dispatch(self.store.authenticated(frame, settings.name))
-        self.settle()
+        self.settle(now, force=True)
         me = self.store.me
         assert me is not None
         user = frame.user
@@ -266,7 +269,7 @@ class ClientCore(Incoming, Sending, Waiting):
         if self.p2p is not None:
             self.p2p.clear()
         self._dispatch(self.store.reset())
-        self.settle()
+        self.settle(now, force=True)
         self._heartbeat_at = math.inf
         self.effects.append(Emit("disconnected", (reason,)))
         self.state = RECONNECTING
@@ -324,7 +327,8 @@ class ClientCore(Incoming, Sending, Waiting):
         self.state = CLOSED
         self.out.stop()
         self._dispatch(self.store.reset())  # watchers see the empty presence, then end
-        self.settle()
+        self.settle(now, force=True)
+        self._announced.clear()
         self.liveness.stop()
         for doc_id in list(self.store.tracked()):
             self.store.forget(doc_id)
@@ -391,7 +395,7 @@ class ClientCore(Incoming, Sending, Waiting):
             document_id, RatatoskrError(f"left {document_id!r} before the server confirmed")
         )
         self._dispatch(self.store.forget(document_id))
-        self.settle()
+        self.settle(now, force=True)
         had_state = self.states.peers(document_id)
         for peer_id in had_state:
             self._emit_state(document_id, peer_id, EMPTY)
@@ -458,13 +462,11 @@ class ClientCore(Incoming, Sending, Waiting):
         self._wake = math.inf
         if self.state is not CONNECTED:
             return
-        verdict = self.liveness.check(now)
-        if verdict is PING:
-            self.effects.append(Ping())
-        elif verdict is DEAD:
-            assert self.liveness.verdict is not None
-            self.effects.append(Drop(self.liveness.verdict))
-            return  # the driver reports the connection lost (connection_lost)
+        alive = self.liveness.check(now)  # a Ping, a Drop, or None
+        if alive is not None:
+            self.effects.append(alive)
+            if type(alive) is Drop:
+                return  # the driver reports the connection lost (connection_lost)
         settings = self.settings
         for doc_id, record in self.docs.items():
             if record.rejoin_at is not None and record.rejoin_at <= now:
@@ -484,18 +486,13 @@ class ClientCore(Incoming, Sending, Waiting):
         self._release(now)
         if self.store.changed:  # (expired peers: changes that came with no frame)
             self.store.touched(now)
-        self.settle()
+        self.settle(now)
         self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
     def _next_deadline(self) -> float:
         store = self.store
-        at = min(
-            self._heartbeat_at,
-            self.sharing.deadline(),
-            self.states.deadline(),
-            store.share_at,
-            self.liveness.deadline(),
-        )
+        at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline())
+        at = min(at, store.share_at, self.liveness.deadline())
         for _, record in self.docs.items():
             if record.rejoin_at is not None:
                 at = min(at, record.rejoin_at)

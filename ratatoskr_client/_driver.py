@@ -116,7 +116,7 @@ class Driver:
         for, in order."""
         core = self.core
         if core.unsettled:
-            core.settle()
+            core.settle(self.now())
         self._perform()
 
     def _perform(self) -> None:

@@ -27,15 +27,13 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from ._effects import Drop, Ping
 from .errors import ConnectionClosed
 
-__all__ = ["DEAD", "PING", "PONG_GRACE", "Liveness"]
+__all__ = ["PONG_GRACE", "Liveness"]
 
 #: The connection is dead after this many ping intervals without a whole frame.
 PONG_GRACE: Final = 1.5
-#: What :meth:`Liveness.check` may ask for.
-PING: Final = "ping"
-DEAD: Final = "dead"
 
 
 class Liveness:
@@ -76,8 +74,9 @@ class Liveness:
             return self.heard_at + interval
         return self.heard_at + PONG_GRACE * interval
 
-    def check(self, now: float) -> str | None:
-        """:data:`PING`, :data:`DEAD` (then :attr:`verdict` says why) or None."""
+    def check(self, now: float) -> Ping | Drop | None:
+        """What to do now: send a :class:`Ping`, :class:`Drop` the connection
+        (it is dead: :attr:`verdict` says why), or nothing."""
         interval = self.interval
         if interval is None or self.verdict is not None or self.heard_at == -math.inf:
             return None
@@ -91,9 +90,9 @@ class Liveness:
                 f" connection is dead (ping_interval {interval:g} s; dead after"
                 f" {PONG_GRACE:g} × that)"
             )
-            return DEAD
+            return Drop(self.verdict)
         self._suspect = False
         if silent >= interval and self._pinged_at <= self.heard_at:
             self._pinged_at = now
-            return PING
+            return Ping()
         return None

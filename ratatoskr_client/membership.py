@@ -296,6 +296,11 @@ class MembershipStore:
         members = self._docs.get(document_id)
         return members.snapshot() if members else ()
 
+    def size(self, document_id: str) -> int:
+        """How many peers are present in ``document_id`` (without building a tuple)."""
+        members = self._docs.get(document_id)
+        return len(members) if members else 0
+
     def is_tracked(self, document_id: str) -> bool:
         """True while presence is kept for ``document_id`` (it was entered)."""
         return document_id in self._docs

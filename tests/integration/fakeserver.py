@@ -172,6 +172,20 @@ class FakeServer:
                 break
         return written
 
+    async def send_each(self, conn: Conn, frames: list[bytes]) -> int:
+        """Write each of ``frames`` (framed, see :func:`ws_frame`) on its own,
+        letting the event loop run after each, so that a client in the same
+        process reads them one or two at a time. Returns the frames written."""
+        written = 0
+        for frame in frames:
+            transport = conn.request.transport
+            if transport is None or transport.is_closing():
+                break
+            transport.write(frame)
+            written += 1
+            await asyncio.sleep(0)
+        return written
+
     async def trickle(self, conn: Conn, data: bytes, every: float) -> int:
         """Write ``data`` one byte every ``every`` seconds (a server that keeps a
         frame coming forever) until it is all written or the client closed the

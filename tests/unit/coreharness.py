@@ -143,7 +143,7 @@ class Harness:
         all, then settles presence; the effects."""
         for frame in frames:
             self.core.receive(cbor2.dumps(frame), self.now)
-        self.core.settle()
+        self.core.settle(self.now)
         return self.take()
 
     def ephemeral(

@@ -14,6 +14,7 @@ import pytest
 
 from ratatoskr_client import ConnectionClosed, ProtocolError
 from ratatoskr_client._effects import Drop, Ping
+from ratatoskr_client._incoming import ANNOUNCE_SPACING, THROTTLE_PEERS
 from ratatoskr_client.status import ConnectionState
 
 from .coreharness import Harness
@@ -253,3 +254,37 @@ def test_the_ends_of_a_connection_still_announce_presence_in_order():
     h.core.close(h.now)
     effects = h.take()
     assert h.finished(effects)[watcher][-2:] == [(), None]  # empty, then the end
+
+
+def test_a_large_document_is_announced_at_most_once_per_spacing_while_it_changes():
+    h = Harness()
+    h.connect()
+    crowd = ["me-1", *(f"p{n}" for n in range(THROTTLE_PEERS - 1))]
+    entering = h.core.enter("doc", h.now)
+    h.enter("small")
+    watcher = h.core.watch("doc")
+    h.take()
+    effects = h.server({"type": "doc_presence_state", "documentId": "doc", "peers": crowd})
+    assert h.events(effects, "presence-changed") == [("presence-changed", "doc")]
+    assert h.finished(effects)[entering] == h.core.presence("doc")  # never held back
+    window = THROTTLE_PEERS * ANNOUNCE_SPACING
+    # Frames one at a time (batches of one), at once: held back, then one value.
+    held = h.server(join("doc", "x1")) + h.server(join("doc", "x2"))
+    assert h.events(held, "presence-changed") == []
+    assert [e[2].peer_id for e in h.events(held, "peer-joined")] == ["x1", "x2"]
+    assert h.core.presence("doc")[-2:] == tuple(h.core.store.peer(p) for p in ("x1", "x2"))
+    # A small document changing meanwhile is announced at once.
+    assert h.events(h.server(join("small", "y")), "presence-changed") == [
+        ("presence-changed", "small")
+    ]
+    effects = h.advance(window)  # the core's timer announces the latest value
+    assert h.events(effects, "presence-changed") == [("presence-changed", "doc")]
+    assert h.finished(effects)[watcher] == [h.core.presence("doc")]
+    assert len(h.core.presence("doc")) == THROTTLE_PEERS + 2
+    # Quiet for longer than its spacing: the next change is announced at once.
+    h.advance(1)
+    assert h.events(h.server(join("doc", "x3")), "presence-changed") != []
+    # Leaving, or losing the connection, is never held back.
+    h.server(join("doc", "x4"))
+    h.core.leave("doc", h.now)
+    assert h.events(h.take(), "presence-changed") == [("presence-changed", "doc")]
