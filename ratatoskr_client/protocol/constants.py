@@ -70,10 +70,12 @@ MAX_INCOMING_FRAME_SIZE: Final = 16 * MAX_FRAME_SIZE
 #: The most peers a client holds in one document's presence: a
 #: ``doc_presence_state`` with more entries, or a ``peer_joined_doc`` beyond
 #: it, is refused whole. Ten times the 10,000 participants a document is built
-#: for; each entry costs a client about 100 bytes.
+#: for. A full document costs a client about 40 MiB when the server names
+#: peers it never announced (measured), far less for announced ones (their
+#: ``Peer`` objects are shared).
 MAX_PRESENCE_PEERS: Final = 100_000
 #: The most identities (``peer_identity``) a client holds at once; one beyond
-#: it is refused.
+#: it is refused. 100,000 identities cost a client about 40 MiB (measured).
 MAX_IDENTITIES: Final = 100_000
 
 # --------------------------------------------------------------------------- payloads

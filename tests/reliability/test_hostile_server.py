@@ -9,7 +9,8 @@ docs/reliability.md, "A hostile server"):
   a 1,000,000-entry ``doc_presence_state`` of 9 MB took a client from 38 to
   1,140 MiB and stalled its loop for 9.6 s; and a ``doc_presence_state`` that
   fits but lists more peers than a client holds (``MAX_PRESENCE_PEERS``) is
-  refused whole, at the cost of decoding it;
+  refused whole, at the cost of decoding it (and what a client holds at its
+  bounds, identities included, is measured);
 * a server that trickles a frame a byte at a time after ``auth_ok`` is declared
   dead within 1.5 × ``ping_interval`` (it kept a client "connected" for as long
   as it liked: aiohttp's heartbeat restarts on every byte);
@@ -30,7 +31,11 @@ import cbor2
 import pytest
 
 from ratatoskr_client import ConnectionClosed, Peer, ProtocolError, RatatoskrClient
-from ratatoskr_client.protocol.constants import MAX_INCOMING_FRAME_SIZE, MAX_PRESENCE_PEERS
+from ratatoskr_client.protocol.constants import (
+    MAX_IDENTITIES,
+    MAX_INCOMING_FRAME_SIZE,
+    MAX_PRESENCE_PEERS,
+)
 from ratatoskr_client.testing import TEST_BACKOFF
 
 from ..integration.fakeserver import FakeServer, Recorder, ws_frame
@@ -162,6 +167,64 @@ async def test_a_presence_state_over_the_peer_bound_is_refused_whole():
             valid = presence_state("doc", [me.peer_id, "b"])
             await server.send_raw(server.conns[0], ws_frame(valid))
             await client.wait_for_presence("doc", lambda p: len(p) == 2, timeout=5)
+        finally:
+            await client.close()
+
+
+@linux_only
+@pytest.mark.slow
+async def test_what_a_client_holds_at_its_bounds():
+    # The most a server can make a client hold: MAX_IDENTITIES identities (we
+    # are one) and MAX_PRESENCE_PEERS peers it never announced in one
+    # document. One more of either is refused.
+    identities = [
+        ws_frame(
+            cbor2.dumps(
+                {
+                    "type": "peer_identity",
+                    "peerId": f"peer-{i:016x}",
+                    "user": {"id": None, "name": f"Peer {i}", "isAnonymous": True},
+                }
+            )
+        )
+        for i in range(MAX_IDENTITIES)
+    ]
+    async with FakeServer() as server:
+        client, rec = await entered(server)
+        try:
+            me = client.me.peer_id
+            others = [f"p{n:06d}" for n in range(MAX_PRESENCE_PEERS - 1)]
+            crowd = presence_state("doc", [me, *others])
+            conn = server.conns[0]
+            gc.collect()
+            measured_peak = reset_peak_rss()
+            before = peak_rss_mib()
+            cpu = time.process_time()
+            await server.send_raw(conn, ws_frame(crowd))
+            full = MAX_PRESENCE_PEERS
+            await client.wait_for_presence("doc", lambda p: len(p) == full, timeout=30)
+            present = time.process_time() - cpu, peak_rss_mib() - before
+            mark = rec.mark()
+            cpu = time.process_time()
+            await server.send_raw(conn, b"".join(identities))
+            await rec.wait("error", since=mark, timeout=60)
+            known = time.process_time() - cpu, peak_rss_mib() - before - present[1]
+            print(
+                f"{MAX_PRESENCE_PEERS:,} unannounced peers in a document: {present[0]:.2f} s of "
+                f"CPU, +{present[1]:.0f} MiB; {MAX_IDENTITIES:,} identities: {known[0]:.2f} s, "
+                f"+{known[1]:.0f} MiB"
+            )
+            assert len(client.peers) == MAX_IDENTITIES
+            ((error,),) = rec.of("error", mark)
+            assert "identities are held already" in str(error)
+            assert f"peer-{MAX_IDENTITIES - 1:016x}" in str(error)  # the one beyond
+            await server.send_raw(conn, ws_frame(cbor2.dumps(
+                {"type": "peer_joined_doc", "documentId": "doc", "peerId": "one-more"}
+            )))  # fmt: skip
+            await rec.wait("error", since=mark + 1, timeout=10)
+            assert len(client.presence("doc")) == MAX_PRESENCE_PEERS
+            if measured_peak:
+                assert present[1] + known[1] < 150  # 38 + 39 MiB measured
         finally:
             await client.close()
 
