@@ -344,10 +344,11 @@ class RatatoskrClient(ClientViews, EventSource):
     async def watch_presence(self, document_id: str) -> AsyncIterator[tuple[Peer, ...]]:
         """Yield ``presence(document_id)`` now, then every new value, in order.
 
-        New values come as ``presence-changed`` does: at most one per batch of
-        frames the client handles at once (a burst of joins yields its
-        result, not every step of it). It does not enter the document. Ends
-        when the client closes. To stop
+        New values come when ``presence-changed`` does (see
+        :mod:`ratatoskr_client.events`): at most one per batch of frames the
+        client handles at once, so a burst of joins yields its result, not
+        every step of it. It does not enter the document. Ends when the
+        client closes. To stop
         early, iterate inside ``contextlib.aclosing(client.watch_presence(doc))``:
         that unregisters the watcher at once (after a bare ``break`` it is only
         unregistered when the generator is garbage-collected).
@@ -375,10 +376,10 @@ class RatatoskrClient(ClientViews, EventSource):
     ) -> tuple[Peer, ...]:
         """Wait until ``predicate(presence(document_id))`` is true; return that presence.
 
-        Checks the current presence first, then each new value as
-        ``presence-changed`` announces it (once per batch of frames: a value
-        that lasted only within one batch is not seen). ``timeout`` None
-        waits forever.
+        Checks the current presence first, then each new value when
+        ``presence-changed`` announces it (see :mod:`ratatoskr_client.events`;
+        a value that lasted only within one batch of frames is not seen).
+        ``timeout`` None waits forever.
 
         Raises:
             OperationTimeout: the predicate did not become true within ``timeout``.
