@@ -22,6 +22,11 @@ Contracts:
   are kept; frames about other documents are ignored.
 * :meth:`reset` (connection lost) empties every document and every identity,
   returning one :class:`PresenceChanged` per document that had peers.
+* Bounded: at most ``max_identities`` identities and ``max_peers`` peers per
+  document (:data:`~ratatoskr_client.protocol.constants.MAX_IDENTITIES`,
+  :data:`~ratatoskr_client.protocol.constants.MAX_PRESENCE_PEERS`). A frame
+  that would go beyond changes nothing and returns one :class:`Refused`, found
+  before any per-entry work (a ``doc_presence_state`` is refused on its length).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from types import MappingProxyType
 from typing import Final, TypeAlias
 
 from ._peer_tables import PeerTable
+from .errors import ProtocolError
 from .protocol import (
     AuthOkFrame,
     DocPresenceStateFrame,
@@ -44,6 +50,7 @@ from .protocol import (
     PeerLeftDocFrame,
     UserInfo,
 )
+from .protocol.constants import MAX_IDENTITIES, MAX_PRESENCE_PEERS
 
 __all__ = [
     "Change",
@@ -54,6 +61,7 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PresenceChanged",
+    "Refused",
     "SelfRemoved",
     "intern_peer",
 ]
@@ -182,8 +190,26 @@ class SelfRemoved:
     document_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A frame would have taken a table beyond its bound: nothing of it was
+    applied. ``error`` says which frame and which bound (an ``error`` event)."""
+
+    error: ProtocolError
+
+
+def _refused(problem: str) -> list[Change]:
+    return [Refused(ProtocolError(problem))]
+
+
 Change: TypeAlias = (
-    IdentityAdded | IdentityRemoved | PeerJoined | PeerLeft | PresenceChanged | SelfRemoved
+    IdentityAdded
+    | IdentityRemoved
+    | PeerJoined
+    | PeerLeft
+    | PresenceChanged
+    | SelfRemoved
+    | Refused
 )
 
 
@@ -199,9 +225,23 @@ SHARE_AFTER: Final = 0.5
 class MembershipStore:
     """Identities and membership for one client connection. See the module docstring."""
 
-    __slots__ = ("_docs", "_identities", "_me", "changed", "share_at")
+    __slots__ = (
+        "_docs",
+        "_identities",
+        "_me",
+        "changed",
+        "max_identities",
+        "max_peers",
+        "share_at",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, max_identities: int = MAX_IDENTITIES, max_peers: int = MAX_PRESENCE_PEERS
+    ) -> None:
+        #: the most identities held at once
+        self.max_identities = max_identities
+        #: the most peers held present in one document
+        self.max_peers = max_peers
         #: the tables changed since :meth:`touched` was last told
         self.changed = False
         #: when to :meth:`share` the tables (they have been quiet since)
@@ -255,6 +295,11 @@ class MembershipStore:
         """Peers present in ``document_id`` in join order (empty if not tracked)."""
         members = self._docs.get(document_id)
         return members.snapshot() if members else ()
+
+    def size(self, document_id: str) -> int:
+        """How many peers are present in ``document_id`` (without building a tuple)."""
+        members = self._docs.get(document_id)
+        return len(members) if members else 0
 
     def is_tracked(self, document_id: str) -> bool:
         """True while presence is kept for ``document_id`` (it was entered)."""
@@ -356,6 +401,11 @@ class MembershipStore:
         members = self._docs.get(document_id)
         if members is None or peer_id in members:
             return []
+        if len(members) >= self.max_peers:
+            return _refused(
+                f"peer_joined_doc frame: {document_id!r} has {len(members):,} peers present"
+                f" already, the most a client holds ({self.max_peers:,}); {peer_id!r} is left out"
+            )
         peer = self.peer(peer_id)
         members.put(peer)
         return [PeerJoined(document_id, peer), PresenceChanged(document_id)]
@@ -377,6 +427,11 @@ class MembershipStore:
         members = self._docs.get(document_id)
         if members is None:
             return []
+        if len(peer_ids) > self.max_peers:  # before building anything per entry
+            return _refused(
+                f"doc_presence_state frame: {len(peer_ids):,} peers in {document_id!r}, more"
+                f" than a client holds ({self.max_peers:,}); the frame is ignored"
+            )
         fresh: dict[str, Peer] = {}
         for pid in peer_ids:
             if pid not in fresh:
@@ -391,6 +446,11 @@ class MembershipStore:
         self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
     ) -> list[Change]:
         old = self._identities.get(peer_id)
+        if old is None and len(self._identities) >= self.max_identities:
+            return _refused(
+                f"identity of {peer_id!r} refused: {len(self._identities):,} identities are"
+                " held already, the most a client holds"
+            )
         if old is not None:
             if chosen_name is None:
                 chosen_name = old.chosen_name  # a server frame says nothing about it

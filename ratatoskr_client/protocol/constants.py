@@ -27,7 +27,10 @@ __all__ = [
     "MAX_COUNT",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_FRAME_SIZE",
+    "MAX_IDENTITIES",
+    "MAX_INCOMING_FRAME_SIZE",
     "MAX_PEER_ID_BYTES",
+    "MAX_PRESENCE_PEERS",
     "MAX_SESSION_ID_BYTES",
     "PRESENCE_HEARTBEAT_INTERVAL",
     "PRESENCE_MARKER",
@@ -64,6 +67,22 @@ MAX_SESSION_ID_BYTES: Final = 128
 MAX_COUNT: Final = 2**53 - 1
 #: The largest frame the relay processes by default, and the client sends.
 MAX_FRAME_SIZE: Final = 64 * 1024
+#: The largest frame a client reads by default: the relay's own hard limit (16
+#: times its frame size, 1 MiB), beyond which it closes a socket with 1009 too.
+#: What the relay sends is far smaller (a ``doc_presence_state`` of 10,000 of
+#: its peers is about 220 KB), and a larger frame is refused while its header
+#: is read, never buffered.
+MAX_INCOMING_FRAME_SIZE: Final = 16 * MAX_FRAME_SIZE
+#: The most peers a client holds in one document's presence: a
+#: ``doc_presence_state`` with more entries, or a ``peer_joined_doc`` beyond
+#: it, is refused whole. Ten times the 10,000 participants a document is built
+#: for. A full document costs a client about 40 MiB when the server names
+#: peers it never announced (measured), far less for announced ones (their
+#: ``Peer`` objects are shared).
+MAX_PRESENCE_PEERS: Final = 100_000
+#: The most identities (``peer_identity``) a client holds at once; one beyond
+#: it is refused. 100,000 identities cost a client about 40 MiB (measured).
+MAX_IDENTITIES: Final = 100_000
 
 # --------------------------------------------------------------------------- payloads
 
