@@ -22,6 +22,7 @@ from .cluster import Cluster
 from .config import RelayConfig
 from .core import Connection, RelayCore
 from .guard import HandshakeGuard
+from .limits import TURN_BYTES, TURN_FRAMES
 from .memory import TrimPolicy, trim
 from .metrics import metrics_registry, serve_metrics
 from .outbox import Batcher, SocketOutbox
@@ -93,8 +94,12 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         # (+1: aiohttp refuses a message whose size is >= max_msg_size.)
         max_msg_size=cfg.max_frame_size * 16 + 1,
         compress=False,  # SocketOutbox writes raw frames; compression would break them
-        heartbeat=cfg.ping_interval,
-        autoping=True,
+        # Pings and the liveness deadline are the core's rule (check_liveness):
+        # aiohttp's heartbeat restarts with every byte received, so a peer
+        # trickling an endless frame would never be pinged nor closed. Pings
+        # and pongs are therefore handled below, where they count as frames.
+        heartbeat=None,
+        autoping=False,
         # We answer the peer's close frame ourselves, after writing what the
         # relay said before it (held frames would otherwise be lost).
         autoclose=False,
@@ -119,6 +124,11 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     conn = core.open(outbox, request.remote or "")
     loop = asyncio.get_running_loop()
     auth_deadline = loop.time() + cfg.auth_timeout
+    # This connection's share of one turn of the event loop (limits.TURN_*):
+    # ws.receive() returns messages already buffered without yielding, so a
+    # flooding peer would otherwise be served its whole buffer in one go.
+    frames_left = TURN_FRAMES
+    bytes_left = TURN_BYTES
     try:
         while not outbox.dropped:
             if conn.authenticated:
@@ -132,19 +142,31 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                     )
                     outbox.close(1008, "auth_timeout")
                     break
-            if msg.type is WSMsgType.BINARY:
-                _apply(core, conn, msg.data)
-            elif msg.type is WSMsgType.TEXT:
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                data = msg.data
+                _apply(core, conn, data)
+                bytes_left -= len(data)
+            elif kind is WSMsgType.PING:
+                outbox.pong(msg.data)
+                core.alive(conn)
+            elif kind is WSMsgType.PONG:
+                core.alive(conn)
+            elif kind is WSMsgType.TEXT:
                 core.receive_text(conn)
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
+            frames_left -= 1
+            if frames_left <= 0 or bytes_left <= 0:
+                frames_left = TURN_FRAMES
+                bytes_left = TURN_BYTES
+                await asyncio.sleep(0)  # every other ready connection's turn
     finally:
         core.close(conn)
         sockets.discard(ws)
         outbox.flush()  # answers to the peer's last frames go before the close frame
-        # Cancels aiohttp's ping timers now (they would keep the connection's
-        # objects alive for up to 1.5 x ping_interval); after a drop the socket
-        # is already closed and this returns at once.
+        # Answers the peer's close frame (or sends ours) and releases aiohttp's
+        # reader; after a drop the socket is already closed and this returns at once.
         with contextlib.suppress(Exception):
             await ws.close()
     return ws
@@ -160,15 +182,22 @@ def _apply(core: RelayCore, conn: Connection, data: bytes) -> None:
 
 
 async def _housekeeping(core: RelayCore) -> None:
-    # Sweep often enough that a stale peer is gone within TTL + 1 s (or TTL × 1.1).
-    interval = min(1.0, core.config.presence_ttl / 10)
+    # Sweep often enough that a stale peer is gone within TTL + 1 s (or TTL × 1.1),
+    # and a dead or trickling socket within 1.5 x ping_interval + 2 sweeps.
+    expire_every = min(1.0, core.config.presence_ttl / 10)
+    tick = min(expire_every, core.config.ping_interval / 10)
     trimming = TrimPolicy()
     loop = asyncio.get_running_loop()
+    expire_at = loop.time() + expire_every
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(tick)
         try:
-            core.expire()
-            if trimming.due(core.closed_total, loop.time()):
+            now = loop.time()
+            core.check_liveness()
+            if now >= expire_at:
+                expire_at = now + expire_every
+                core.expire()
+            if trimming.due(core.closed_total, now):
                 trim()
         except Exception:
             log.exception("relay housekeeping failed")

@@ -28,7 +28,7 @@ from ..protocol import (
 )
 from .bus import Bus
 from .config import RelayConfig
-from .connection import Connection
+from .connection import Connection, LimitBucket
 from .counters import RelayCounters, refusal_reason
 from .limits import MAX_AUTH_FAILURE_ADDRESSES
 from .names import NameAllocator
@@ -130,7 +130,7 @@ class AuthRules:
         conn.user_id = user_id
         conn.name = name
         conn.is_anonymous = anonymous
-        conn.bucket = TokenBucket.per_minute(self.config.rate_limit, self.clock())
+        conn.bucket = LimitBucket.per_minute(self.config.rate_limit, self.clock())
         conn.target_suffix = cbor_text(peer_id)
         conn.identity_frame = encode(PeerIdentityFrame(peer_id, user))
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "FLOOD_ALLOWANCE",
+    "FLOOD_REFILL",
+    "LIVENESS_FACTOR",
     "MAX_AUTH_FAILURE_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
     "MAX_SESSION_TOMBSTONES",
     "PRESENCE_BURST",
     "PRESENCE_RATE",
     "SESSION_TOMBSTONE_TTL",
+    "TURN_BYTES",
+    "TURN_FRAMES",
 ]
 
 #: Distinct ephemeral ``sessionId``s one connection may use. A stock peer uses one;
@@ -32,3 +37,29 @@ MAX_AUTH_FAILURE_ADDRESSES: Final = 10_000
 #: leave is fanned out to everyone present, so it needs a bound of its own.
 PRESENCE_BURST: Final = 10
 PRESENCE_RATE: Final = 5.0
+
+# ---------------------------------------------------------------------- fairness
+# (docs/reliability.md, "Floods and fairness", has the measurements behind these.)
+
+#: Frames from one connection the relay handles in one turn of the event loop
+#: before it lets every other connection have its turn. aiohttp hands out the
+#: messages already buffered without yielding, so without this a flooding
+#: connection's whole read buffer (thousands of frames) is processed before
+#: anyone else's next frame.
+TURN_FRAMES: Final = 32
+#: The same bound in bytes of payload (large frames cost more to decode).
+TURN_BYTES: Final = 64 * 1024
+#: Frames a connection may still send, after being told ``rate_limited``, that
+#: its limit refuses before the ``retryAfter`` it was given has passed (they are
+#: dropped unanswered), as a burst refilled at :data:`FLOOD_REFILL` per second.
+#: A peer that obeys ``retryAfter`` only ever sends what was in flight when it
+#: was told; one that exceeds this has ignored the relay and is disconnected.
+#: The burst is the default rate limit's (a minute's worth of messages), so a
+#: peer may overshoot by as much again before it is cut off.
+FLOOD_ALLOWANCE: Final = 100
+FLOOD_REFILL: Final = 10.0
+#: A connection from which no complete WebSocket frame (a pong included) has
+#: arrived for this many ``ping_interval``s is closed, whatever bytes trickle in.
+#: It is pinged after one ``ping_interval`` of silence, so a live peer has half
+#: an interval to answer.
+LIVENESS_FACTOR: Final = 1.5

@@ -98,6 +98,23 @@ class RelayCollector:
             "Connections dropped because their peer stopped reading.",
             value=counters.slow_disconnects,
         )
+        yield CounterMetricFamily(
+            "ratatoskr_refused_unanswered",
+            "Frames refused by a rate limit and dropped without an answer: the "
+            "connection had been told rate_limited and its retryAfter had not passed.",
+            value=counters.unanswered,
+        )
+        yield CounterMetricFamily(
+            "ratatoskr_flooders_disconnected",
+            "Connections closed for sending too much after being told rate_limited.",
+            value=counters.flood_disconnects,
+        )
+        yield CounterMetricFamily(
+            "ratatoskr_unresponsive_disconnected",
+            "Connections closed because no complete frame (nor pong) arrived within "
+            "1.5 x ping_interval.",
+            value=counters.unresponsive_disconnects,
+        )
         if self.cluster is not None:
             yield from self._cluster(GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily)
 
