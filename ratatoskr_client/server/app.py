@@ -24,10 +24,10 @@ from .core import Connection, RelayCore
 from .guard import HandshakeGuard
 from .limits import TURN_BYTES, TURN_FRAMES
 from .memory import TrimPolicy, trim
-from .metrics import metrics_registry, serve_metrics
+from .metrics import MetricsPage, metrics_registry
 from .outbox import Batcher, SocketOutbox
 
-__all__ = ["CLUSTER_KEY", "CORE_KEY", "GUARD_KEY", "create_app"]
+__all__ = ["CLUSTER_KEY", "CORE_KEY", "GUARD_KEY", "create_app", "create_metrics_app"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -50,21 +50,26 @@ class _OpenSockets:
 
 _SOCKETS_KEY: Final = web.AppKey("ratatoskr_sockets", _OpenSockets)
 _BATCHER_KEY: Final = web.AppKey("ratatoskr_batcher", Batcher)
-_METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", object)
+_METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", MetricsPage)
+
+
+_HEALTHY: Final = b'{"status": "ok"}'
 
 
 async def _health(request: web.Request) -> web.Response:
     # 200 whenever the relay serves its own peers (what a load balancer asks);
-    # a relay in a cluster adds whether its Redis link is up.
-    body: dict[str, object] = {"status": "ok"}
+    # a relay in a cluster adds whether its Redis link is up. Unauthenticated
+    # and cheap: a constant body, or a few fields of the cluster link.
     cluster = request.app.get(CLUSTER_KEY)
-    if cluster is not None:
-        body.update(cluster.health())
+    if cluster is None:
+        return web.Response(body=_HEALTHY, content_type="application/json")
+    body: dict[str, object] = {"status": "ok"}
+    body.update(cluster.health())
     return web.json_response(body)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    return await serve_metrics(request.app[_METRICS_KEY])  # type: ignore[arg-type]
+    return await request.app[_METRICS_KEY].handle(request)
 
 
 @web.middleware
@@ -229,12 +234,30 @@ async def _close_sockets(app: web.Application) -> None:
     await asyncio.gather(*(close(ws) for ws in list(app[_SOCKETS_KEY].all)))
 
 
+def create_metrics_app(relay_app: web.Application) -> web.Application:
+    """The application for ``metrics_listen``: ``/metrics`` and ``/health`` of
+    the relay ``relay_app`` (made by :func:`create_app`), to serve on an
+    address of their own. It shares the relay's handshake deadlines."""
+    app = web.Application(middlewares=[_request_complete])
+    app[GUARD_KEY] = relay_app[GUARD_KEY]
+    app[_METRICS_KEY] = relay_app[_METRICS_KEY]
+    cluster = relay_app.get(CLUSTER_KEY)
+    if cluster is not None:
+        app[CLUSTER_KEY] = cluster
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.on_response_prepare.append(_one_request_per_connection)
+    return app
+
+
 def create_app(
     config: RelayConfig | None = None, *, core: RelayCore | None = None
 ) -> web.Application:
-    """An aiohttp application serving the relay (``/sync``, ``/health`` and
-    ``/metrics``). With ``config.redis_url`` it joins that Redis server's relay
-    cluster while it runs (see ``docs/cluster.md``).
+    """An aiohttp application serving the relay (``/sync``, ``/health`` and,
+    unless ``config.metrics_listen`` puts it on an address of its own,
+    ``/metrics``: then serve :func:`create_metrics_app` there). With
+    ``config.redis_url`` it joins that Redis server's relay cluster while it
+    runs (see ``docs/cluster.md``).
 
     Pass ``core`` to share state with code that inspects it (tests do).
 
@@ -250,10 +273,11 @@ def create_app(
     app[GUARD_KEY] = HandshakeGuard(config.handshake_timeout)
     app[_SOCKETS_KEY] = _OpenSockets()
     app[_BATCHER_KEY] = Batcher()
-    app[_METRICS_KEY] = metrics_registry(core, cluster)
+    app[_METRICS_KEY] = MetricsPage(metrics_registry(core, cluster), config.metrics_token)
     app.router.add_get("/sync", _sync)
     app.router.add_get("/health", _health)
-    app.router.add_get("/metrics", _metrics)
+    if config.metrics_listen is None:  # else on its own address: create_metrics_app
+        app.router.add_get("/metrics", _metrics)
     app.on_response_prepare.append(_one_request_per_connection)
     app.cleanup_ctx.append(_background)
     if cluster is not None:

@@ -8,7 +8,7 @@ import sys
 import aiohttp
 import pytest
 
-from ratatoskr_client.server import RelayServer
+from ratatoskr_client.server import RelayServer, metrics
 
 from .rawpeer import RawPeers, settle
 
@@ -38,7 +38,10 @@ async def scrape(relay: RelayServer) -> dict[str, float]:
         {"id": "doc", "acl": [{"principal": "public"}]},
     ],
 )
-async def test_metrics_count_what_the_relay_did(ratatoskr_relay: RelayServer) -> None:
+async def test_metrics_count_what_the_relay_did(
+    ratatoskr_relay: RelayServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "MAX_AGE", 0.0)  # every scrape renders the page anew
     before = await scrape(ratatoskr_relay)
     async with RawPeers(ratatoskr_relay.ws_url) as peers:
         a, b = await peers(), await peers()
