@@ -134,8 +134,9 @@ class RelayConfig:
             an ``invalid_message`` error (up to 16 × this size, beyond which the
             WebSocket layer closes the socket with 1009).
         max_documents_per_peer: presence memberships one connection may hold.
-        ping_interval: seconds of silence after which the relay pings a socket; a
-            socket that does not answer within half that is closed.
+        ping_interval: seconds without a complete frame after which the relay
+            pings a socket; one from which no complete frame (a pong included)
+            has arrived for 1.5 x this long is closed, whatever bytes trickle in.
         server_presence: False makes the relay behave like today's upstream
             Ratatoskr server: ``auth_ok`` without ``features`` or names, no
             identity or presence frames, ephemeral messages relayed to the

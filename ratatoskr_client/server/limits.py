@@ -39,7 +39,7 @@ PRESENCE_BURST: Final = 10
 PRESENCE_RATE: Final = 5.0
 
 # ---------------------------------------------------------------------- fairness
-# (docs/reliability.md, "Floods and fairness", has the measurements behind these.)
+# (docs/reliability.md, "Rate limits and fairness", has the measurements behind these.)
 
 #: Frames from one connection the relay handles in one turn of the event loop
 #: before it lets every other connection have its turn. aiohttp hands out the
@@ -52,12 +52,15 @@ TURN_BYTES: Final = 64 * 1024
 #: Frames a connection may still send, after being told ``rate_limited``, that
 #: its limit refuses before the ``retryAfter`` it was given has passed (they are
 #: dropped unanswered), as a burst refilled at :data:`FLOOD_REFILL` per second.
-#: A peer that obeys ``retryAfter`` only ever sends what was in flight when it
-#: was told; one that exceeds this has ignored the relay and is disconnected.
-#: The burst is the default rate limit's (a minute's worth of messages), so a
-#: peer may overshoot by as much again before it is cut off.
+#: A peer that obeys ``retryAfter`` only sends what was in flight when it was
+#: told: our client's largest burst (100 messages, written before any answer
+#: can arrive) fits the burst, and a peer told ten times a second (the default
+#: rate limit's windows) with five frames in flight each time stays within the
+#: refill. One that exceeds this ignores the relay, and is disconnected. An
+#: unanswered refusal costs the relay about 6 us, so what the refill tolerates
+#: is cheap; a flood is cut off within a fraction of a second.
 FLOOD_ALLOWANCE: Final = 100
-FLOOD_REFILL: Final = 10.0
+FLOOD_REFILL: Final = 50.0
 #: A connection from which no complete WebSocket frame (a pong included) has
 #: arrived for this many ``ping_interval``s is closed, whatever bytes trickle in.
 #: It is pinged after one ``ping_interval`` of silence, so a live peer has half

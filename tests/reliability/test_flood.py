@@ -386,6 +386,7 @@ async def test_presence_togglers_cost_another_document_nothing() -> None:
             str(TOGGLE_SECONDS),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            limit=1 << 26,  # the report is one line (a toggler told often makes it long)
         )
         loop = asyncio.get_running_loop()
         victims = [RatatoskrClient(http_url) for _ in range(2)]
