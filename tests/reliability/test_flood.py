@@ -361,7 +361,7 @@ async def test_a_reader_stalled_beyond_8_mib_of_control_frames_is_disconnected(
 
 TOGGLERS_SCRIPT = Path(__file__).with_name("togglers.py")
 TOGGLERS = 50
-TOGGLE_SECONDS = 2.0
+TOGGLE_SECONDS = 1.5
 VICTIM_EVERY = 0.05  # each victim sends 20 messages a second
 #: Measured on a loaded 2-core machine: p99 under 100 ms with 200 togglers (see
 #: docs/reliability.md); the old relay made the victims wait 7-12 s. The bound
@@ -484,8 +484,8 @@ async def test_presence_togglers_cost_another_document_nothing() -> None:
 
 
 #: Below the client's default burst (600 // 6 = 100): its first burst trips the limit.
-LOW_RATE = 30
-TOGGLES = 15
+LOW_RATE = 60
+TOGGLES = 8  # 16 joins and leaves: past the burst of 10
 
 
 @pytest.mark.ratatoskr_relay(rate_limit=LOW_RATE)
@@ -494,7 +494,7 @@ async def test_a_client_that_obeys_retry_after_is_never_closed(
 ) -> None:
     """Our client against a relay with a lower limit than it assumes: its
     first burst (100 messages, written before any answer can arrive) trips
-    the limit by 69, and it then waits each retryAfter; and an application
+    the limit by 39, and it then waits each retryAfter; and an application
     toggling enter/leave faster than the presence bound allows. The relay
     answers each window once, drops the overshoot unanswered, and never
     closes the connection."""
