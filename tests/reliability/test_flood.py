@@ -461,15 +461,15 @@ async def test_presence_togglers_cost_another_document_nothing() -> None:
     assert latencies[-1] <= VICTIM_LATENCY_BOUND
     # Each toggler: told at most once per window (PRESENCE_RATE windows a
     # second, each ending when its next join or leave is allowed), then told
-    # why and closed, long before it stopped on its own. (The closing frames
-    # may be lost: the relay closes a socket full of the toggler's unread
-    # frames, which TCP answers with a reset, and the toggler's kernel may
-    # drop what it had not read yet.)
+    # why and closed, long before it stopped on its own. (The closing error
+    # and the close frame may be lost, either or both: the relay closes a
+    # socket full of the toggler's unread frames, which TCP answers with a
+    # reset, and the toggler's kernel may drop what it had not read yet.)
     for toggler in report:
         windows = [at for at, closing in toggler["limited"] if not closing]
         closings = len(toggler["limited"]) - len(windows)
         assert 1 <= len(windows) <= math.ceil(toggler["ended_at"] * PRESENCE_RATE) + 1, toggler
-        assert (closings, toggler["close_code"]) in ((1, 1008), (0, 1008), (0, 1006)), toggler
+        assert closings <= 1 and toggler["close_code"] in (1008, 1006), toggler
         assert toggler["ended_at"] < TOGGLE_SECONDS, toggler
     metric = {
         line.split()[0]: float(line.split()[1])
