@@ -28,7 +28,7 @@ from ..protocol import (
 )
 from .bus import Bus
 from .config import RelayConfig
-from .connection import Connection
+from .connection import Connection, LimitBucket
 from .counters import RelayCounters, refusal_reason
 from .identity import identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES
@@ -133,7 +133,7 @@ class AuthRules:
         conn.name = name
         conn.is_anonymous = anonymous
         conn.identity = identity_of(user_id, conn.address, self._identity_key)
-        conn.bucket = TokenBucket.per_minute(self.config.rate_limit, self.clock())
+        conn.bucket = LimitBucket.per_minute(self.config.rate_limit, self.clock())
         conn.target_suffix = cbor_text(peer_id)
         conn.identity_frame = encode(PeerIdentityFrame(peer_id, user))
 

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
-from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
 from ..protocol.constants import (
@@ -25,6 +24,7 @@ from ..protocol.constants import (
     PRESENCE_TTL,
     RATE_LIMIT,
 )
+from .addresses import database_of, parse_listen_address, redact_url, validate_redis_url
 
 __all__ = [
     "DEFAULT_AUTH_FAILURE_LIMIT",
@@ -46,6 +46,7 @@ __all__ = [
     "UserSpec",
     "database_of",
     "load_config",
+    "parse_listen_address",
     "redact_url",
 ]
 
@@ -62,7 +63,6 @@ DEFAULT_NODE_TTL: Final = 10.0
 #: The shortest node TTL accepted: nodes heartbeat every TTL/5 seconds, and a
 #: shorter TTL would declare a busy node dead for a garbage-collection pause.
 MIN_NODE_TTL: Final = 1.0
-_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 #: ACL principal meaning "every peer, anonymous ones included".
 PUBLIC: Final = "public"
@@ -134,8 +134,9 @@ class RelayConfig:
             an ``invalid_message`` error (up to 16 × this size, beyond which the
             WebSocket layer closes the socket with 1009).
         max_documents_per_peer: presence memberships one connection may hold.
-        ping_interval: seconds of silence after which the relay pings a socket; a
-            socket that does not answer within half that is closed.
+        ping_interval: seconds without a complete frame after which the relay
+            pings a socket; one from which no complete frame (a pong included)
+            has arrived for 1.5 x this long is closed, whatever bytes trickle in.
         server_presence: False makes the relay behave like today's upstream
             Ratatoskr server: ``auth_ok`` without ``features`` or names, no
             identity or presence frames, ephemeral messages relayed to the
@@ -148,6 +149,13 @@ class RelayConfig:
             peers of a relay that stopped heartbeating (at least 1).
         reuse_port: listen with ``SO_REUSEPORT``, so several relay processes
             can share one port (what ``ratatoskr relay --workers`` does).
+        metrics_token: when set, ``GET /metrics`` needs the header
+            ``Authorization: Bearer <token>`` (401 otherwise). Printable ASCII
+            without spaces. Never shown in the config's ``repr``.
+        metrics_listen: ``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6; port 0
+            picks a free one): serve ``/metrics`` and ``/health`` on this second
+            address, and not ``/metrics`` on the main one. None: ``/metrics``
+            is served on the main address.
     """
 
     host: str = "127.0.0.1"
@@ -167,6 +175,8 @@ class RelayConfig:
     redis_url: str | None = None
     node_ttl: float = DEFAULT_NODE_TTL
     reuse_port: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_listen: str | None = None
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
@@ -189,6 +199,13 @@ class RelayConfig:
     def with_(self, **changes: Any) -> RelayConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host, port), or None."""
+        if self.metrics_listen is None:
+            return None
+        return parse_listen_address(self.metrics_listen)
 
     def user_for_token(self, token: str) -> UserSpec | None:
         """The user a token belongs to, or None."""
@@ -229,7 +246,8 @@ def _validate(cfg: RelayConfig) -> None:
             f"node_ttl must be at least {MIN_NODE_TTL:g} second, got {cfg.node_ttl!r}",
             path=cfg.source,
         )
-    _validate_redis_url(cfg.redis_url, cfg.source)
+    validate_redis_url(cfg.redis_url, cfg.source)
+    _validate_metrics(cfg)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
@@ -294,56 +312,24 @@ def _validate(cfg: RelayConfig) -> None:
                 )
 
 
-def database_of(url: str) -> int:
-    """The Redis database number a URL selects (``/N`` or ``?db=N``; default 0).
-
-    Raises:
-        ValueError: the URL names a database that is not a number.
-    """
-    parts = urlsplit(url)
-    db = parse_qs(parts.query).get("db")
-    if db:
-        return int(db[0])
-    path = parts.path.strip("/")
-    if parts.scheme != "unix" and path:
-        return int(path)
-    return 0
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (``redis://user:***@host``), for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
-
-
-def _validate_redis_url(url: object, source: str | None) -> None:
-    if url is None:
-        return
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"redis_url must be a non-empty string, got {url!r}", path=source)
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-        database_of(url)  # (and this for a database that is not one)
-    except ValueError as exc:
-        raise ConfigError(f"redis_url {shown!r} is not a valid URL: {exc}", path=source) from exc
-    if parts.scheme not in _REDIS_SCHEMES:
+def _validate_metrics(cfg: RelayConfig) -> None:
+    token = cfg.metrics_token
+    if token is not None and (
+        not isinstance(token, str) or not token or not all("!" <= c <= "~" for c in token)
+    ):
+        # (the value itself is never shown: it is a secret)
         raise ConfigError(
-            f"redis_url must start with redis://, rediss:// or unix://, got {shown!r}",
-            path=source,
+            "metrics_token must be a non-empty string of printable ASCII without spaces",
+            path=cfg.source,
         )
-    if parts.scheme == "unix" and not parts.path:
-        raise ConfigError(f"redis_url {shown!r} names no socket path", path=source)
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"redis_url {shown!r} names no host", path=source)
+    listen = cfg.metrics_listen
+    if listen is not None:
+        if not isinstance(listen, str):
+            raise ConfigError(f"metrics_listen must be a string, got {listen!r}", path=cfg.source)
+        try:
+            parse_listen_address(listen)
+        except ValueError as exc:
+            raise ConfigError(f"metrics_listen: {exc}", path=cfg.source) from exc
 
 
 # --------------------------------------------------------------------------- TOML loading
@@ -361,6 +347,8 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "ping_interval": (int, float),
     "redis_url": str,
     "node_ttl": (int, float),
+    "metrics_token": str,
+    "metrics_listen": str,
 }
 
 

@@ -28,7 +28,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 from ..errors import ProtocolError
 from ..pacing import TokenBucket
@@ -49,11 +49,14 @@ from ..protocol import (
 from .auth import AuthRules
 from .bus import Bus, RemoteSender
 from .config import RelayConfig
-from .connection import Connection, Outbox, RelayStats, Session
+from .connection import Connection, LimitBucket, Outbox, RelayStats, Session
 from .counters import RelayCounters, refusal_reason
 from .documents import DocumentRules, ephemeral_prefix
 from .identity import identity_key
 from .limits import (
+    FLOOD_ALLOWANCE,
+    FLOOD_REFILL,
+    LIVENESS_FACTOR,
     MAX_AUTH_FAILURE_ADDRESSES,
     MAX_SESSION_TOMBSTONES,
     MAX_SESSIONS_PER_CONNECTION,
@@ -80,6 +83,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("ratatoskr_client.server")
+
+_Bucket = TypeVar("_Bucket", bound=TokenBucket)
 
 # Frames only the server may send; a client sending one gets invalid_message.
 _SERVER_ONLY: Final = frozenset(
@@ -140,7 +145,7 @@ class RelayCore(AuthRules, DocumentRules):
     def open(self, outbox: Outbox, address: str = "") -> Connection:
         """Register a new, unauthenticated connection from ``address`` (the
         peer's IP address; per-address limits apply to it)."""
-        conn = Connection(outbox, address)
+        conn = Connection(outbox, address, self.clock())
         self._connections.add(conn)
         return conn
 
@@ -185,6 +190,40 @@ class RelayCore(AuthRules, DocumentRules):
                 removed += 1
         return removed
 
+    def check_liveness(self, now: float | None = None) -> int:
+        """The liveness rule: a connection from which no complete frame (a pong
+        included) has arrived for ``ping_interval`` is pinged; one silent for
+        ``LIVENESS_FACTOR`` (1.5) x ``ping_interval`` is closed, whatever bytes
+        of an unfinished frame trickle in. Call it at least every
+        ``ping_interval / 10`` (the app's housekeeping does); a frame's arrival
+        is noted by the next call, so the deadline counts from at most one call
+        after it. Returns how many connections were closed."""
+        now = self.clock() if now is None else now
+        interval = self.config.ping_interval
+        deadline = now - interval * LIVENESS_FACTOR
+        ping_before = now - interval
+        closed = 0
+        for conn in self._connections:
+            if conn.heard:
+                conn.heard = False
+                conn.heard_at = now
+                conn.pinged = False
+            elif conn.heard_at <= deadline:
+                log.debug("closing %r: no frame for %g s", conn, now - conn.heard_at)
+                self.counters.unresponsive_disconnects += 1
+                conn.heard_at = math.inf  # closed once, even if the app lags behind
+                conn.outbox.close(1008, "ping_timeout")
+                closed += 1
+            elif conn.heard_at <= ping_before and not conn.pinged:
+                conn.pinged = True
+                conn.outbox.ping()
+        return closed
+
+    def alive(self, conn: Connection) -> None:
+        """A complete frame that is not a message arrived from ``conn`` (a ping
+        or a pong): it counts for the liveness rule."""
+        conn.heard = True
+
     def _forget_idle(self, now: float) -> None:
         """Drop bookkeeping that has served its purpose: tombstones past their TTL
         and presence-control buckets that are full again."""
@@ -221,11 +260,13 @@ class RelayCore(AuthRules, DocumentRules):
 
     def receive_text(self, conn: Connection) -> None:
         """A text WebSocket message arrived: always bad input."""
+        conn.heard = True
         self.counters.frame_in("text")
         self._error(conn, "invalid_message", "text frames are not supported; send binary CBOR")
 
     def receive(self, conn: Connection, data: bytes) -> None:
         """Apply one binary WebSocket message from ``conn``."""
+        conn.heard = True
         counters = self.counters
         if len(data) > self.config.max_frame_size:
             counters.frame_in("oversized")
@@ -324,8 +365,45 @@ class RelayCore(AuthRules, DocumentRules):
         self.counters.refusal(reason or refusal_reason(code))
         conn.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
 
+    def _rate_limited(
+        self, conn: Connection, bucket: LimitBucket, wait: float, document_id: str | None = None
+    ) -> None:
+        """A frame refused by ``bucket`` (the message rate, or one document's
+        presence bound), whose next token comes in ``wait`` seconds.
 
-def _drop_full(buckets: dict[str, TokenBucket], now: float) -> None:
+        The first refusal is answered with ``rate_limited`` and ``retryAfter``;
+        until that time has passed, further refusals by the same bucket are
+        dropped unanswered (a counter increment, no encoding, no frame). A
+        peer that obeys ``retryAfter`` only sends what was already in flight;
+        one that sends more than FLOOD_ALLOWANCE such frames (refilled at
+        FLOOD_REFILL per second) is told why and closed."""
+        now = self.clock()
+        if now >= bucket.told_until:
+            bucket.told_until = now + wait
+            if document_id is None:
+                message = f"more than {self.config.rate_limit} ephemeral messages per minute"
+            else:
+                message = f"more than {PRESENCE_BURST} presence messages in a row for this document"
+            self._error(conn, "rate_limited", message, document_id=document_id, retry_after=wait)
+            return
+        self.counters.unanswered += 1
+        flood = conn.flood
+        if flood is None:
+            flood = conn.flood = TokenBucket(FLOOD_REFILL, FLOOD_ALLOWANCE, now)
+        if flood.take(now) > 0:
+            log.debug("closing %r: it kept sending after rate_limited", conn)
+            self.counters.flood_disconnects += 1
+            self._error(
+                conn,
+                "rate_limited",
+                "kept sending after rate_limited: connection closed",
+                document_id=document_id,
+                retry_after=wait,
+            )
+            conn.outbox.close(1008, "rate_limited")
+
+
+def _drop_full(buckets: dict[str, _Bucket], now: float) -> None:
     """Forget the buckets that are full again: a new one would be the same."""
     for key in [k for k, b in buckets.items() if b.tokens(now) >= b.capacity]:
         del buckets[key]

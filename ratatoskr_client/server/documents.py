@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 
 from ..errors import ProtocolError
-from ..pacing import TokenBucket
 from ..protocol import (
     EPHEMERAL_PREFIX,
     Admission,
@@ -43,7 +42,7 @@ from ..protocol.constants import (
 )
 from .bus import Bus, RemoteSender
 from .config import Access, RelayConfig
-from .connection import Connection
+from .connection import Connection, LimitBucket
 from .counters import RelayCounters
 from .limits import MAX_SESSIONS_PER_CONNECTION, PRESENCE_BURST, PRESENCE_RATE
 
@@ -76,6 +75,11 @@ class DocumentRules:
         document_id: str | None = None,
         retry_after: float | None = None,
         reason: str | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _rate_limited(
+        self, conn: Connection, bucket: LimitBucket, wait: float, document_id: str | None = None
     ) -> None:
         raise NotImplementedError
 
@@ -215,12 +219,7 @@ class DocumentRules:
         assert bucket is not None
         wait = bucket.take(self.clock())
         if wait > 0:
-            self._error(
-                conn,
-                "rate_limited",
-                f"more than {self.config.rate_limit} ephemeral messages per minute",
-                retry_after=wait,
-            )
+            self._rate_limited(conn, bucket, wait)
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
@@ -230,17 +229,11 @@ class DocumentRules:
         now = self.clock()
         bucket = conn.control.get(doc_id)
         if bucket is None:
-            bucket = conn.control[doc_id] = TokenBucket(PRESENCE_RATE, PRESENCE_BURST, now)
+            bucket = conn.control[doc_id] = LimitBucket(PRESENCE_RATE, PRESENCE_BURST, now)
         wait = bucket.take(now)
         if wait <= 0:
             return True
-        self._error(
-            conn,
-            "rate_limited",
-            f"more than {PRESENCE_BURST} presence messages in a row for this document",
-            document_id=doc_id,
-            retry_after=wait,
-        )
+        self._rate_limited(conn, bucket, wait, doc_id)
         return False
 
     def _admit(self, conn: Connection, frame: EphemeralFrame) -> bool:

@@ -5,12 +5,17 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "FLOOD_ALLOWANCE",
+    "FLOOD_REFILL",
+    "LIVENESS_FACTOR",
     "MAX_AUTH_FAILURE_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
     "MAX_SESSION_TOMBSTONES",
     "PRESENCE_BURST",
     "PRESENCE_RATE",
     "SESSION_TOMBSTONE_TTL",
+    "TURN_BYTES",
+    "TURN_FRAMES",
 ]
 
 #: Distinct ephemeral ``sessionId``s one connection may use. A stock peer uses one;
@@ -34,3 +39,32 @@ MAX_AUTH_FAILURE_ADDRESSES: Final = 10_000
 #: leave is fanned out to everyone present, so it needs a bound of its own.
 PRESENCE_BURST: Final = 10
 PRESENCE_RATE: Final = 5.0
+
+# ---------------------------------------------------------------------- fairness
+# (docs/reliability.md, "Rate limits and fairness", has the measurements behind these.)
+
+#: Frames from one connection the relay handles in one turn of the event loop
+#: before it lets every other connection have its turn. aiohttp hands out the
+#: messages already buffered without yielding, so without this a flooding
+#: connection's whole read buffer (thousands of frames) is processed before
+#: anyone else's next frame.
+TURN_FRAMES: Final = 32
+#: The same bound in bytes of payload (large frames cost more to decode).
+TURN_BYTES: Final = 64 * 1024
+#: Frames a connection may still send, after being told ``rate_limited``, that
+#: its limit refuses before the ``retryAfter`` it was given has passed (they are
+#: dropped unanswered), as a burst refilled at :data:`FLOOD_REFILL` per second.
+#: A peer that obeys ``retryAfter`` only sends what was in flight when it was
+#: told: our client's largest burst (100 messages, written before any answer
+#: can arrive) fits the burst, and a peer told ten times a second (the default
+#: rate limit's windows) with five frames in flight each time stays within the
+#: refill. One that exceeds this ignores the relay, and is disconnected. An
+#: unanswered refusal costs the relay about 6 us, so what the refill tolerates
+#: is cheap; a flood is cut off within a fraction of a second.
+FLOOD_ALLOWANCE: Final = 100
+FLOOD_REFILL: Final = 50.0
+#: A connection from which no complete WebSocket frame (a pong included) has
+#: arrived for this many ``ping_interval``s is closed, whatever bytes trickle in.
+#: It is pinged after one ``ping_interval`` of silence, so a live peer has half
+#: an interval to answer.
+LIVENESS_FACTOR: Final = 1.5

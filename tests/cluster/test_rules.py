@@ -9,6 +9,7 @@ and only asserts about its own peers.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from typing import Any
 
@@ -232,17 +233,21 @@ async def test_rate_limits_stay_per_connection(cluster: Cluster) -> None:
             await peer.join(doc)
         await flooder.recv_type("peer_joined_doc", peerId=receiver.peer_id)
         extra = 15
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for i in range(RATE_LIMIT + extra):
             await flooder.ephemeral(doc, i)
         await calm.ephemeral(doc, "calm")
         await settle(flooder, calm, receiver)
+        windows = math.ceil((loop.time() - started) * RATE_LIMIT / 60) + 1
         limited = flooder.received(is_frame("error", error="rate_limited"))
         got = [cbor2.loads(f["data"]) for f in ephemerals(receiver, doc)]
         from_flooder = [v for v in got if v != "calm"]
-        # The burst (plus what refilled while sending), in order; the rest refused.
+        # The burst (plus what refilled while sending), in order; the rest
+        # refused, answered once per window (until the next token is due).
         assert from_flooder == list(range(len(from_flooder)))
         assert RATE_LIMIT <= len(from_flooder) < RATE_LIMIT + extra
-        assert len(limited) == RATE_LIMIT + extra - len(from_flooder)
+        assert 1 <= len(limited) <= min(windows, RATE_LIMIT + extra - len(from_flooder))
         assert "calm" in got  # another connection on the same relay is not limited
         assert calm.errors() == [] and receiver.errors() == []
 
