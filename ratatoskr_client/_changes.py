@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from ._peer import Peer
+from .errors import ProtocolError
 
 __all__ = [
     "Change",
@@ -15,6 +16,7 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PresenceChanged",
+    "Refused",
     "SelfRemoved",
 ]
 
@@ -64,6 +66,20 @@ class SelfRemoved:
     document_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A frame would have taken a table beyond its bound: nothing of it was
+    applied. ``error`` says which frame and which bound (an ``error`` event)."""
+
+    error: ProtocolError
+
+
 Change: TypeAlias = (
-    IdentityAdded | IdentityRemoved | PeerJoined | PeerLeft | PresenceChanged | SelfRemoved
+    IdentityAdded
+    | IdentityRemoved
+    | PeerJoined
+    | PeerLeft
+    | PresenceChanged
+    | SelfRemoved
+    | Refused
 )

@@ -10,14 +10,15 @@ with a fake clock, so reconnects, TTLs, heartbeats, coalescing and pacing run in
 simulated time.
 
 What lives here: the connection's life (handshake, loss, the reconnect policy,
-the one teardown), one membership record per entered document
-(:mod:`._documents`), identities and membership (:mod:`.membership`), per-peer
-state (:mod:`.peer_state`, :mod:`._sharing`), the peer-to-peer fallback and its
-gossip filter (:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the
-mapping of error frames to exceptions. The class is split in three by
-direction: the connection's life, documents, waiting and timers here; frames
-from the server in :class:`._incoming.Incoming`; frames to the server in
-:class:`._sending.Sending`.
+when a silent connection is dead (:mod:`._liveness`), the one teardown), one
+membership record per entered document (:mod:`._documents`), identities and
+membership (:mod:`.membership`), per-peer state (:mod:`.peer_state`,
+:mod:`._sharing`), the peer-to-peer fallback and its gossip filter
+(:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the mapping of error
+frames to exceptions. The class is split by direction: the connection's life,
+documents and timers here; frames from the server in
+:class:`._incoming.Incoming`; frames to the server in
+:class:`._sending.Sending`; awaits in :class:`._waiters.Waiting`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._documents import ENTERING, LEAVING, PRESENT, Documents
-from ._effects import Effect, Emit, Fail, Push, Resolve, WakeAt
+from ._effects import Drop, Effect, Emit, Fail, Resolve, WakeAt
 from ._incoming import Incoming
+from ._liveness import Liveness
 from ._outgoing import Outgoing, Paced, make_pacer
 from ._peer_to_peer import PeerToPeer
 from ._sending import MIN_TIMER_STEP, Sending, check_document_id
 from ._settings import Settings
 from ._sharing import StateSharing
-from ._waiters import PresencePredicate, Waiters
+from ._waiters import Waiters, Waiting
 from .errors import (
     AuthError,
     ConnectionClosed,
@@ -61,10 +63,11 @@ RECONNECTING = ConnectionState.RECONNECTING
 CLOSED = ConnectionState.CLOSED
 
 
-class ClientCore(Incoming, Sending):
+class ClientCore(Incoming, Sending, Waiting):
     """The state machine of one client. See the module docstring."""
 
     __slots__ = (
+        "_announced",
         "_auth_at",
         "_heartbeat_at",
         "_new_session",
@@ -77,6 +80,7 @@ class ClientCore(Incoming, Sending):
         "features",
         "floor",
         "listens",
+        "liveness",
         "out",
         "p2p",
         "settings",
@@ -84,6 +88,7 @@ class ClientCore(Incoming, Sending):
         "state",
         "states",
         "store",
+        "unsettled",
         "waiters",
     )
 
@@ -105,7 +110,14 @@ class ClientCore(Incoming, Sending):
         #: storm brings N of them per client). None: every event is an effect.
         self.listens: Callable[[str], bool] | None = None
         self.state = IDLE
-        self.store = MembershipStore()
+        self.store = MembershipStore(
+            max_identities=settings.max_identities, max_peers=settings.max_presence_peers
+        )
+        #: documents whose presence changed and is not announced yet, in order
+        self.unsettled: dict[str, None] = {}
+        #: large document -> when it may be announced again (see :meth:`settle`)
+        self._announced: dict[str, float] = {}
+        self.liveness = Liveness(settings.ping_interval)
         self.states = PeerStates(settings.state_ttl)
         self.sharing = StateSharing(
             self.states, interval=settings.state_interval, heartbeat=settings.state_heartbeat
@@ -204,6 +216,7 @@ class ClientCore(Incoming, Sending):
         self.features = frame.features
         self.p2p = None if self.server_presence else PeerToPeer()
         self._dispatch(self.store.authenticated(frame, settings.name))
+        self.settle(now, force=True)
         me = self.store.me
         assert me is not None
         user = frame.user
@@ -219,6 +232,8 @@ class ClientCore(Incoming, Sending):
         self.state = CONNECTED
         self.attempt = 0
         self.floor = 0.0
+        self.liveness.start(now)
+        self.arm(self.liveness.deadline())
         for waiter in self.waiters.connect:
             self.effects.append(Resolve(waiter))
         self.waiters.connect.clear()
@@ -235,9 +250,15 @@ class ClientCore(Incoming, Sending):
             self.arm(self._heartbeat_at)
 
     def connection_lost(self, reason: ConnectionClosed, now: float) -> None:
-        """The socket closed (or died) while connected."""
+        """The socket closed (or died) while connected. A ``reason`` caused by
+        a :class:`ProtocolError` (an oversized frame) is also an ``error`` event;
+        a connection the core declared dead is lost for the core's reason."""
         if self.state is not CONNECTED:
             return
+        reason = self.liveness.verdict or reason
+        self.liveness.stop()
+        if isinstance(reason.__cause__, ProtocolError):
+            self.report(reason.__cause__)
         for entry in self.out.stop():
             if entry.waiter is not None and entry.waiter in self.waiters.paced:
                 self.waiters.paced.discard(entry.waiter)
@@ -248,6 +269,7 @@ class ClientCore(Incoming, Sending):
         if self.p2p is not None:
             self.p2p.clear()
         self._dispatch(self.store.reset())
+        self.settle(now, force=True)
         self._heartbeat_at = math.inf
         self.effects.append(Emit("disconnected", (reason,)))
         self.state = RECONNECTING
@@ -305,6 +327,9 @@ class ClientCore(Incoming, Sending):
         self.state = CLOSED
         self.out.stop()
         self._dispatch(self.store.reset())  # watchers see the empty presence, then end
+        self.settle(now, force=True)
+        self._announced.clear()
+        self.liveness.stop()
         for doc_id in list(self.store.tracked()):
             self.store.forget(doc_id)
         self.effects += self.waiters.release_all(reason)
@@ -371,6 +396,7 @@ class ClientCore(Incoming, Sending):
         )
         self._dispatch(self.store.forget(document_id, now))
         self.arm(self.store.linger_until)  # (document scope: see MembershipStore.forget)
+        self.settle(now, force=True)
         had_state = self.states.peers(document_id)
         for peer_id in had_state:
             self._emit_state(document_id, peer_id, EMPTY)
@@ -423,41 +449,6 @@ class ClientCore(Incoming, Sending):
             f"announced: {announced}) and cannot relay sidecar channels such as {document_id!r}"
         )
 
-    # ================================================================== waiting
-
-    def wait_presence(
-        self, document_id: str, predicate: PresencePredicate
-    ) -> int | tuple[Peer, ...]:
-        """``wait_for_presence``: the presence at once if the predicate holds,
-        else a waiter id resolved when it does."""
-        current = self.store.presence(document_id)
-        if predicate(current):
-            return current
-        self.usable()
-        waiter = self.waiters.new()
-        self.waiters.presence.setdefault(document_id, {})[waiter] = predicate
-        return waiter
-
-    def watch(self, document_id: str) -> int:
-        """``watch_presence``: a watcher id that gets every new presence (a
-        closed client's watch ends at once)."""
-        watcher = self.waiters.new()
-        if self.state is CLOSED:
-            self.effects.append(Push(watcher, None))
-        else:
-            self.waiters.watchers.setdefault(document_id, []).append(watcher)
-        return watcher
-
-    def wait_connected(self, *, connected: bool) -> int | None:
-        """``wait_connected``: None if ``connected`` (the driver knows the
-        socket is open), else a waiter id resolved on the next connection."""
-        self.usable()
-        if connected:
-            return None
-        waiter = self.waiters.new()
-        self.waiters.connect.append(waiter)
-        return waiter
-
     # ================================================================== timers
 
     def arm(self, when: float) -> None:
@@ -472,6 +463,11 @@ class ClientCore(Incoming, Sending):
         self._wake = math.inf
         if self.state is not CONNECTED:
             return
+        alive = self.liveness.check(now)  # a Ping, a Drop, or None
+        if alive is not None:
+            self.effects.append(alive)
+            if type(alive) is Drop:
+                return  # the driver reports the connection lost (connection_lost)
         settings = self.settings
         for doc_id, record in self.docs.items():
             if record.rejoin_at is not None and record.rejoin_at <= now:
@@ -492,11 +488,13 @@ class ClientCore(Incoming, Sending):
         self._release(now)
         if self.store.changed:  # (expired peers: changes that came with no frame)
             self.store.touched(now)
+        self.settle(now)
         self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
     def _next_deadline(self) -> float:
         store = self.store
-        at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline(), store.due())
+        at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline())
+        at = min(at, store.due(), self.liveness.deadline())
         for _, record in self.docs.items():
             if record.rejoin_at is not None:
                 at = min(at, record.rejoin_at)

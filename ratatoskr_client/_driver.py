@@ -13,6 +13,12 @@ queue or lock per message); a frame to send is written to the socket at once
 (:class:`SocketWriter`), and only a caller that must respect backpressure awaits
 :meth:`SocketWriter.drained`. All timers of a client are one ``loop.call_at``
 handle, re-armed to the earliest time the core asks for.
+
+Presence changes are settled (:meth:`ClientCore.settle`) by every
+:meth:`Driver.apply`, except in the receive loop: there, once per batch, when
+every message aiohttp had read is handled (:func:`backlog` is empty), before
+the loop waits for more; so the application's coroutines, which run only when
+the loop waits, never see a presence whose ``presence-changed`` is still to come.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from typing import Any, Final
 import aiohttp
 
 from ._core import ClientCore
-from ._effects import Emit, Fail, PresenceChanged, Push, Resolve, Send, WakeAt
+from ._effects import Drop, Emit, Fail, Ping, PresenceChanged, Push, Resolve, Send, WakeAt
 from ._events import SafeEmitter
 from ._memory import trim_soon
 from ._settings import Settings, socket_url
-from ._socket import SocketWriter, open_socket
+from ._socket import SocketWriter, abort, backlog, open_socket, receive_failed
 from .errors import (
     ConnectionClosed,
     OperationTimeout,
@@ -51,6 +57,8 @@ WATCH_BACKLOG: Final = 1000
 _BINARY: Final = aiohttp.WSMsgType.BINARY
 _TEXT: Final = aiohttp.WSMsgType.TEXT
 _ERROR: Final = aiohttp.WSMsgType.ERROR
+_PING: Final = aiohttp.WSMsgType.PING
+_PONG: Final = aiohttp.WSMsgType.PONG
 _CLOSED: Final = ConnectionState.CLOSED
 
 
@@ -104,6 +112,14 @@ class Driver:
     # ================================================================== effects
 
     def apply(self) -> None:
+        """Settle presence changes, then carry out every effect the core asked
+        for, in order."""
+        core = self.core
+        if core.unsettled:
+            core.settle(self.now())
+        self._perform()
+
+    def _perform(self) -> None:
         """Carry out every effect the core asked for, in order."""
         effects = self.core.effects
         if len(effects) == 1 and type(effects[0]) is Emit:
@@ -134,8 +150,19 @@ class Driver:
                     self._push(effect)  # type: ignore[arg-type]
                 elif kind is WakeAt:
                     self._arm(effect.when)  # type: ignore[union-attr]
+                elif kind is Ping or kind is Drop:
+                    self._keepalive(effect)  # type: ignore[arg-type]
         finally:
             del effects[:i]
+
+    def _keepalive(self, effect: Ping | Drop) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        if type(effect) is Ping:
+            writer.ping()
+        else:  # dead: the receive loop sees it closed, and reports it lost
+            abort(writer.ws)
 
     def _finish(self, effect: Resolve | Fail) -> None:
         fut = self._futures.pop(effect.waiter, None)
@@ -252,7 +279,15 @@ class Driver:
                 raise OperationTimeout(
                     f"no answer to auth from {self.socket_url} within {timeout} s"
                 ) from None
-            if msg.type is not _BINARY:
+            kind = msg.type
+            if kind is _PING:
+                SocketWriter(ws).pong(msg.data)
+                continue
+            if kind is _PONG:
+                continue
+            if kind is _ERROR:
+                raise receive_failed(msg.data, ws.close_code, self.settings)
+            if kind is not _BINARY:
                 raise ConnectionClosed(
                     f"{self.socket_url} closed the connection during auth", code=ws.close_code
                 )
@@ -276,7 +311,9 @@ class Driver:
                 reason = await self._receive(writer.ws)
                 if self._closing:
                     return
-                log.info("connection to %s lost: %s", self.socket_url, reason)
+                # (A connection the core declared dead is lost for the core's reason.)
+                why = core.liveness.verdict or reason
+                log.info("connection to %s lost: %s", self.socket_url, why)
                 self._drop_socket()
                 core.connection_lost(reason, self.now())
                 self.apply()
@@ -297,7 +334,10 @@ class Driver:
         core = self.core
         receive = core.receive
         effects = core.effects
-        apply = self.apply
+        unsettled = core.unsettled  # (cleared in place, never replaced)
+        perform = self._perform
+        waiting = backlog(ws)
+        writer = self.writer
         clock = asyncio.get_running_loop().time
         while True:
             msg = await ws.receive()
@@ -310,16 +350,23 @@ class Driver:
                     log.exception("internal error while handling a frame")
                     core.report(_internal(exc, "while handling a frame"))
                 if effects:  # (application messages were delivered already: core.deliver)
-                    apply()
+                    perform()
+            elif kind is _PING or kind is _PONG:
+                core.heard(clock())
+                if kind is _PING and writer is not None:
+                    writer.pong(msg.data)
             elif kind is _TEXT:
+                core.heard(clock())
                 core.report(ProtocolError("server sent a text frame; expected binary CBOR"))
-                apply()
+                perform()
             elif kind is _ERROR:
-                return ConnectionClosed(f"connection failed: {msg.data}", code=ws.close_code)
+                return receive_failed(msg.data, ws.close_code, self.settings)
             else:  # CLOSE, CLOSING, CLOSED
                 return ConnectionClosed(
                     f"server closed the connection (code {ws.close_code})", code=ws.close_code
                 )
+            if unsettled and not waiting:  # the batch is over: announce presence
+                self.apply()
 
     async def _reconnect(self) -> bool:
         """Attempts, as the core schedules them; True once connected again."""

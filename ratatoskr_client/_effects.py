@@ -13,7 +13,11 @@ core's unit tests read them as a list:
   application) with a value or an exception;
 * :class:`Push` — give this ``watch_presence`` iterator a value (None: it ends);
 * :class:`WakeAt` — call :meth:`~ratatoskr_client._core.ClientCore.on_timer`
-  at this time (the earliest one asked for wins).
+  at this time (the earliest one asked for wins);
+* :class:`Ping` — send a WebSocket ping on the current connection;
+* :class:`Drop` — the current connection is dead (:mod:`._liveness`): close it
+  at once, without a closing handshake; the driver then reports it lost as it
+  does any other.
 
 Two shortcuts, both set by the driver and both off in the unit tests (where
 every event is an effect): ``ClientCore.deliver`` receives an application
@@ -27,10 +31,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from .errors import RatatoskrError
+from .errors import ConnectionClosed, RatatoskrError
 from .membership import Peer
 
-__all__ = ["Effect", "Emit", "Fail", "PresenceChanged", "Push", "Resolve", "Send", "WakeAt"]
+__all__ = [
+    "Drop",
+    "Effect",
+    "Emit",
+    "Fail",
+    "Ping",
+    "PresenceChanged",
+    "Push",
+    "Resolve",
+    "Send",
+    "WakeAt",
+]
 
 
 @dataclass(slots=True)
@@ -86,4 +101,17 @@ class WakeAt:
     when: float
 
 
-Effect: TypeAlias = Send | Emit | PresenceChanged | Resolve | Fail | Push | WakeAt
+@dataclass(slots=True)
+class Ping:
+    """Send a WebSocket ping on the current connection."""
+
+
+@dataclass(slots=True)
+class Drop:
+    """The current connection is dead: close it now, without a closing
+    handshake (its peer is not answering). ``reason`` says why."""
+
+    reason: ConnectionClosed
+
+
+Effect: TypeAlias = Send | Emit | PresenceChanged | Resolve | Fail | Push | WakeAt | Ping | Drop

@@ -98,7 +98,11 @@ class Outgoing:
         self._tail = KEY_SESSION_ID + cbor_text(session_id) + KEY_DATA
 
     def ephemeral(self, document_id: str, data: bytes) -> bytes:
-        """The next ephemeral frame: ``data`` (an encoded payload) for ``document_id``."""
+        """The next ephemeral frame: ``data`` (an encoded payload) for ``document_id``.
+
+        The count stays far below the wire's bound (``MAX_COUNT``, 2**53 - 1):
+        one per frame sent, it would take a million frames a second for 285
+        years to reach it."""
         self.count += 1
         return b"".join(
             (

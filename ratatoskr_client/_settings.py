@@ -14,6 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 from .backoff import DEFAULT_BACKOFF, Backoff
 from .protocol.constants import (
     MAX_FRAME_SIZE,
+    MAX_IDENTITIES,
+    MAX_INCOMING_FRAME_SIZE,
+    MAX_PRESENCE_PEERS,
     PRESENCE_HEARTBEAT_INTERVAL,
     RATE_LIMIT,
     STATE_HEARTBEAT,
@@ -76,10 +79,15 @@ class Settings:
     connect_timeout: float = DEFAULT_REQUEST_TIMEOUT
     ping_interval: float | None = DEFAULT_PING_INTERVAL
     max_frame_size: int = MAX_FRAME_SIZE
+    max_incoming_frame_size: int = MAX_INCOMING_FRAME_SIZE
     name: str | None = None
     state_interval: float = STATE_INTERVAL
     state_heartbeat: float = STATE_HEARTBEAT
     state_ttl: float = STATE_TTL
+    # Not options of RatatoskrClient: the protocol's bounds (protocol/constants.py),
+    # here so that the core's unit tests can make them small.
+    max_presence_peers: int = MAX_PRESENCE_PEERS
+    max_identities: int = MAX_IDENTITIES
 
     def __post_init__(self) -> None:
         _seconds("heartbeat_interval", self.heartbeat_interval)
@@ -101,6 +109,14 @@ class Settings:
             raise ValueError(
                 f"max_frame_size must be > {ENVELOPE_OVERHEAD}, got {self.max_frame_size}"
             )
+        incoming = self.max_incoming_frame_size
+        if type(incoming) is not int or incoming <= ENVELOPE_OVERHEAD:
+            raise ValueError(
+                f"max_incoming_frame_size must be an integer > {ENVELOPE_OVERHEAD},"
+                f" got {incoming!r}"
+            )
+        if self.max_presence_peers < 1 or self.max_identities < 1:
+            raise ValueError("max_presence_peers and max_identities must be >= 1")
         socket_url(self.url)  # raises ValueError for a bad URL
 
     @property

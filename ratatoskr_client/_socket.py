@@ -2,38 +2,59 @@
 
 * :func:`open_socket` opens the WebSocket, and is (with :func:`connect_error`)
   the one place where what that can raise (aiohttp errors, ``OSError``, a
-  timeout) becomes one of our errors;
+  timeout) becomes one of our errors; :func:`receive_failed` does the same for
+  a socket that failed while reading (a frame over ``max_incoming_frame_size``);
 * :class:`SocketWriter` writes frames to one WebSocket, in order, without a
   suspension point when the transport is not paused; a write on a socket that
-  is going away is dropped (the receive loop sees the close and says why).
+  is going away is dropped (the receive loop sees the close and says why);
+* :func:`abort` closes a socket at once, and :func:`backlog` shows the
+  messages aiohttp has read but the receive loop has not taken yet.
+
+The socket is opened without aiohttp's heartbeat and with ``autoping=False``:
+aiohttp restarts its heartbeat on every chunk of bytes, which a server
+trickling one frame a byte at a time defeats. The core's ping rule
+(:mod:`._liveness`) counts whole frames instead, so the receive loop sees pings
+and pongs, and answers pings itself (:meth:`SocketWriter.pong`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Sized
+from typing import Any, Final
 
 import aiohttp
 
 from ._settings import Settings
-from .errors import ConnectError, OperationTimeout, RatatoskrError
+from .errors import ConnectError, ConnectionClosed, OperationTimeout, ProtocolError, RatatoskrError
 
-__all__ = ["CLOSE_TIMEOUT", "SocketWriter", "connect_error", "open_socket"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "SocketWriter",
+    "abort",
+    "backlog",
+    "connect_error",
+    "open_socket",
+    "receive_failed",
+]
 
 _BINARY: Final = aiohttp.WSMsgType.BINARY
+_PING: Final = aiohttp.WSMsgType.PING
+_PONG: Final = aiohttp.WSMsgType.PONG
+_MESSAGE_TOO_BIG: Final = aiohttp.WSCloseCode.MESSAGE_TOO_BIG
 #: Seconds close() waits for the server to answer our close frame.
 CLOSE_TIMEOUT: Final = 2.0
-#: Largest frame we read (the relay's limit is far below; a bound on memory).
-MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 
 
 async def open_socket(
     http: aiohttp.ClientSession, url: str, settings: Settings
 ) -> aiohttp.ClientWebSocketResponse:
-    """Open the WebSocket at ``url`` (pinging after ``ping_interval`` of silence).
+    """Open the WebSocket at ``url``: no frame larger than
+    ``max_incoming_frame_size`` is read, and pings are the core's (see the
+    module docstring).
 
     Raises:
         ConnectError: it could not be opened (see :func:`connect_error`).
@@ -43,9 +64,11 @@ async def open_socket(
         return await asyncio.wait_for(
             http.ws_connect(
                 url,
-                heartbeat=settings.ping_interval,
-                max_msg_size=MAX_MESSAGE_SIZE,
-                autoping=True,
+                heartbeat=None,
+                # aiohttp refuses a message whose size is >= max_msg_size; its
+                # reader refuses it from the frame's header, before buffering it.
+                max_msg_size=settings.max_incoming_frame_size + 1,
+                autoping=False,
                 # close() waits this long for the server's close reply, not 10 s.
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
             ),
@@ -70,6 +93,47 @@ def connect_error(exc: BaseException, url: str, timeout: float) -> RatatoskrErro
     return ConnectError(f"cannot connect to {url}: {exc}")
 
 
+def receive_failed(exc: object, code: int | None, settings: Settings) -> ConnectionClosed:
+    """Why a socket failed while reading (aiohttp's ``ERROR`` message ``exc``,
+    the close ``code``). A frame over ``max_incoming_frame_size`` is the
+    server breaking the protocol: the reason's ``__cause__`` is then a
+    :class:`ProtocolError` (the core reports it as an ``error`` event)."""
+    if code == _MESSAGE_TOO_BIG:
+        limit = settings.max_incoming_frame_size
+        size = re.search(r"size (\d+)", str(exc))  # aiohttp: "Message size N exceeds ..."
+        frame = f"a frame of {int(size[1]):,} bytes" if size else "a frame"
+        problem = ProtocolError(
+            f"the server sent {frame}, more than max_incoming_frame_size ({limit:,} bytes):"
+            " refused unread, the connection closed with 1009"
+        )
+        reason = ConnectionClosed(str(problem), code=code)
+        reason.__cause__ = problem
+        return reason
+    return ConnectionClosed(f"connection failed: {exc}", code=code)
+
+
+def abort(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close the socket's TCP connection now, without a closing handshake (its
+    peer is not answering); the receive loop then sees it closed."""
+    transport: Any = getattr(getattr(ws, "_writer", None), "transport", None)
+    if transport is None:  # other aiohttp versions
+        connection = getattr(getattr(ws, "_response", None), "connection", None)
+        transport = getattr(connection, "transport", None)
+    if transport is not None:
+        transport.abort()
+    else:  # nothing to abort: the closing handshake, in the background
+        asyncio.get_running_loop().create_task(ws.close(), name="ratatoskr-abort")
+
+
+def backlog(ws: aiohttp.ClientWebSocketResponse) -> Sized:
+    """The messages aiohttp has read from ``ws`` and the receive loop has not
+    taken yet (a live view: empty when the next receive would wait). On an
+    aiohttp that keeps them elsewhere, always empty: the driver then settles
+    presence after every frame (correct, only not batched)."""
+    buffer = getattr(getattr(ws, "_reader", None), "_buffer", None)
+    return buffer if isinstance(buffer, deque) else ()
+
+
 class SocketWriter:
     """Writes frames to one WebSocket in order, at once when it can.
 
@@ -92,42 +156,56 @@ class SocketWriter:
         self._protocol = getattr(writer, "protocol", None)
         #: frames waiting for the fallback path (made on first use: most
         #: sockets never need it, and an empty deque is 600 bytes)
-        self._backlog: deque[bytes] | None = None
+        self._backlog: deque[tuple[bytes, aiohttp.WSMsgType]] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def write(self, data: bytes) -> None:
-        """Send one binary frame, after every frame written before it."""
+    def write(self, data: bytes, opcode: aiohttp.WSMsgType = _BINARY) -> None:
+        """Send one frame (binary unless told), after every frame written before it."""
         if self.ws.closed:
             return  # lost: the receive loop notices and tells the core
         fast = self._fast
-        backlog = self._backlog
-        if fast is not None and not backlog:
+        pending = self._backlog
+        if fast is not None and not pending:
             # try/except, not contextlib.suppress: this runs once per frame sent,
             # and a try block costs nothing until something is raised.
             try:  # noqa: SIM105
-                fast(data, _BINARY, 0)
+                fast(data, opcode, 0)
             except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
                 pass  # a closing transport: the receive loop sees the close
             return
-        if backlog is None:
-            backlog = self._backlog = deque()
-        backlog.append(data)
+        if pending is None:
+            pending = self._backlog = deque()
+        pending.append((data, opcode))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._flush(), name="ratatoskr-write"
             )
 
     async def _flush(self) -> None:
-        backlog = self._backlog
-        assert backlog is not None
+        pending = self._backlog
+        assert pending is not None
+        ws = self.ws
         try:
-            while backlog:
-                data = backlog[0]
+            while pending:
+                data, opcode = pending[0]
                 with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError):
-                    await self.ws.send_bytes(data)
-                backlog.popleft()
+                    if opcode is _BINARY:
+                        await ws.send_bytes(data)
+                    elif opcode is _PING:
+                        await ws.ping(data)
+                    else:
+                        await ws.pong(data)
+                pending.popleft()
         finally:
             self._task = None
+
+    def ping(self) -> None:
+        """Send a WebSocket ping."""
+        self.write(b"", _PING)
+
+    def pong(self, data: bytes) -> None:
+        """Answer a ping whose payload was ``data``."""
+        self.write(data, _PONG)
 
     @property
     def paused(self) -> bool:

@@ -3,21 +3,27 @@
 The core hands out an integer id for every await that cannot be answered at
 once (``enter_document``, ``wait_for_presence``, ``wait_connected``, a paced
 ``send_ephemeral``) and for every ``watch_presence`` iterator; the driver keeps
-the matching future or queue. This table is what the core knows about them:
-what each one waits for, so that the right ones are resolved when it happens,
-and so that teardown can fail every one of them.
+the matching future or queue. :class:`Waiters` is what the core knows about
+them: what each one waits for, so that the right ones are resolved when it
+happens, and so that teardown can fail every one of them. :class:`Waiting` is
+the core's side of ``wait_for_presence``, ``watch_presence`` and
+``wait_connected`` (a mixin of ClientCore).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from ._effects import Effect, Fail, Push, Resolve
 from .errors import RatatoskrError
 from .membership import Peer
+from .status import ConnectionState
 
-__all__ = ["PresencePredicate", "Waiters"]
+if TYPE_CHECKING:
+    from .membership import MembershipStore
+
+__all__ = ["PresencePredicate", "Waiters", "Waiting"]
 
 PresencePredicate: TypeAlias = Callable[[tuple[Peer, ...]], bool]
 
@@ -122,3 +128,51 @@ class Waiters:
         self.paced.clear()
         self.watchers.clear()
         return out
+
+
+class Waiting:
+    """Waiting for presence and for a connection (a mixin of ClientCore)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        effects: list[Effect]
+        state: ConnectionState
+        store: MembershipStore
+        waiters: Waiters
+
+        def usable(self) -> None: ...
+
+    def wait_presence(
+        self, document_id: str, predicate: PresencePredicate
+    ) -> int | tuple[Peer, ...]:
+        """``wait_for_presence``: the presence at once if the predicate holds,
+        else a waiter id resolved when it does (checked when the core settles:
+        :meth:`~ratatoskr_client._incoming.Incoming.settle`)."""
+        current = self.store.presence(document_id)
+        if predicate(current):
+            return current
+        self.usable()
+        waiter = self.waiters.new()
+        self.waiters.presence.setdefault(document_id, {})[waiter] = predicate
+        return waiter
+
+    def watch(self, document_id: str) -> int:
+        """``watch_presence``: a watcher id that gets every new presence, once
+        per settle (a closed client's watch ends at once)."""
+        watcher = self.waiters.new()
+        if self.state is ConnectionState.CLOSED:
+            self.effects.append(Push(watcher, None))
+        else:
+            self.waiters.watchers.setdefault(document_id, []).append(watcher)
+        return watcher
+
+    def wait_connected(self, *, connected: bool) -> int | None:
+        """``wait_connected``: None if ``connected`` (the driver knows the
+        socket is open), else a waiter id resolved on the next connection."""
+        self.usable()
+        if connected:
+            return None
+        waiter = self.waiters.new()
+        self.waiters.connect.append(waiter)
+        return waiter

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,6 +23,10 @@ from .errors import ConfigError
 __all__ = ["main"]
 
 log = logging.getLogger("ratatoskr_client.cli")
+
+#: The environment variable ``ratatoskr relay`` reads the metrics token from
+#: (``--metrics-token-file`` wins over it, and it over the config file's).
+METRICS_TOKEN_ENV = "RATATOSKR_METRICS_TOKEN"
 
 
 def _number(
@@ -149,6 +154,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --redis, on Linux: run N relay processes on the same port "
         "(SO_REUSEPORT), one per core",
     )
+    relay.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics (and /health) on this address instead of the main one, "
+        "e.g. 127.0.0.1:9464; with --workers N, worker i listens on PORT+i",
+    )
+    relay.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="GET /metrics needs 'Authorization: Bearer <token>', the token being this "
+        f"file's content (or set {METRICS_TOKEN_ENV}; never pass a secret on the command line)",
+    )
     relay.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     relay.set_defaults(func=_cmd_relay)
 
@@ -235,6 +252,20 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         overrides["node_ttl"] = args.node_ttl
     if args.reuse_port:
         overrides["reuse_port"] = True
+    if args.metrics_listen is not None:
+        overrides["metrics_listen"] = args.metrics_listen
+    try:
+        token = _metrics_token(args.metrics_token_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"ratatoskr relay: cannot read --metrics-token-file {args.metrics_token_file}: "
+            f"{reason}",
+            file=sys.stderr,
+        )
+        return 2
+    if token is not None:
+        overrides["metrics_token"] = token
     try:
         if args.config:
             config = load_config(args.config, **overrides)
@@ -278,9 +309,10 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             print(f"ratatoskr relay: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:
+            # (exc.filename names the metrics address when that one failed)
+            where = exc.filename or f"{config.host}:{config.port}"
             print(
-                f"ratatoskr relay: cannot listen on {config.host}:{config.port}: "
-                f"{exc.strerror or exc}",
+                f"ratatoskr relay: cannot listen on {where}: {exc.strerror or exc}",
                 file=sys.stderr,
             )
             return 1
@@ -292,6 +324,20 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         return 0
 
     return _run_until_signal(serve, loop_factory)
+
+
+def _metrics_token(path: str | None) -> str | None:
+    """The metrics token: the file's content (surrounding whitespace removed),
+    else the environment variable's, else None (the config file's applies).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    value = os.environ.get(METRICS_TOKEN_ENV)
+    return value.strip() if value else None
 
 
 def _relay_workers(args: argparse.Namespace, config: Any) -> int:
@@ -315,6 +361,15 @@ def _relay_workers(args: argparse.Namespace, config: Any) -> int:
             file=sys.stderr,
         )
         return 1
+    metrics = config.metrics_address
+    if metrics is not None and not 0 < metrics[1] <= 65536 - args.workers:
+        reserved.close()
+        print(
+            "ratatoskr relay: --metrics-listen with --workers needs a fixed port with "
+            f"room for {args.workers} (worker i serves its metrics on PORT+i)",
+            file=sys.stderr,
+        )
+        return 2
     port = reserved.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
     # Each worker gets the same options, the resolved port and --reuse-port.
@@ -327,6 +382,7 @@ def _relay_workers(args: argparse.Namespace, config: Any) -> int:
         ("--anonymous-connection-limit", args.anonymous_connection_limit),
         ("--redis", args.redis),
         ("--node-ttl", args.node_ttl),
+        ("--metrics-token-file", args.metrics_token_file),
     ):
         if value is not None:
             forwarded += [flag, str(value)]
@@ -336,10 +392,17 @@ def _relay_workers(args: argparse.Namespace, config: Any) -> int:
         if on
     ]
     command = [sys.executable, "-m", "ratatoskr_client", "--log-level", args.log_level, "relay"]
+
+    def worker_argv(i: int) -> list[str]:
+        if metrics is None:
+            return [*command, *forwarded]
+        metrics_host = f"[{metrics[0]}]" if ":" in metrics[0] else metrics[0]
+        return [*command, *forwarded, "--metrics-listen", f"{metrics_host}:{metrics[1] + i}"]
+
     return _run_until_signal(
         lambda stop: supervise(
             args.workers,
-            lambda _: [*command, *forwarded],
+            worker_argv,
             f"ws://{host}:{port}/sync",
             reserved,
             stop,

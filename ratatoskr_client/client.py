@@ -33,6 +33,7 @@ from .membership import Peer
 from .protocol.constants import (
     EPHEMERAL_PREFIX,
     MAX_FRAME_SIZE,
+    MAX_INCOMING_FRAME_SIZE,
     PRESENCE_HEARTBEAT_INTERVAL,
     RATE_LIMIT,
     STATE_HEARTBEAT,
@@ -55,6 +56,7 @@ __all__ = [
 DEFAULT_HEARTBEAT_INTERVAL: Final = PRESENCE_HEARTBEAT_INTERVAL
 DEFAULT_RATE_LIMIT: Final = RATE_LIMIT
 DEFAULT_MAX_FRAME_SIZE: Final = MAX_FRAME_SIZE
+DEFAULT_MAX_INCOMING_FRAME_SIZE: Final = MAX_INCOMING_FRAME_SIZE
 
 _CONNECTED: Final = ConnectionState.CONNECTED
 
@@ -98,10 +100,17 @@ class RatatoskrClient(ClientViews, EventSource):
         request_timeout: default seconds to wait for the server to confirm
             :meth:`enter_document`.
         connect_timeout: seconds for opening the socket, and again for authenticating.
-        ping_interval: seconds of silence after which a WebSocket ping is sent; a
-            missing pong within half that declares the connection dead. None
-            disables it (a dead server is then only noticed by TCP).
+        ping_interval: seconds without a whole frame from the server after which
+            a WebSocket ping is sent; after 1.5 × that without one (a pong is
+            one) the connection is declared dead and reconnected. Bytes that do
+            not complete a frame do not count, so a server trickling a frame
+            cannot keep a connection alive. None disables it (a dead server is
+            then only noticed by TCP).
         max_frame_size: largest frame this client sends (the relay's default limit).
+        max_incoming_frame_size: largest frame this client reads (default 1 MiB,
+            the relay's own hard limit). A larger one is refused from its header,
+            never buffered: an ``error`` event (:class:`ProtocolError`), then
+            ``disconnected`` (code 1009) and the reconnect policy.
         session: an aiohttp ``ClientSession`` to use (the caller closes it); by
             default the client creates and closes its own. Many clients in one
             process can share one session (it saves memory); an open socket holds
@@ -139,6 +148,7 @@ class RatatoskrClient(ClientViews, EventSource):
         connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_incoming_frame_size: int = DEFAULT_MAX_INCOMING_FRAME_SIZE,
         session: aiohttp.ClientSession | None = None,
         name: str | None = None,
         state_interval: float = STATE_INTERVAL,
@@ -157,6 +167,7 @@ class RatatoskrClient(ClientViews, EventSource):
             connect_timeout=connect_timeout,
             ping_interval=ping_interval,
             max_frame_size=max_frame_size,
+            max_incoming_frame_size=max_incoming_frame_size,
             name=name,
             state_interval=state_interval,
             state_heartbeat=state_heartbeat,
@@ -333,7 +344,11 @@ class RatatoskrClient(ClientViews, EventSource):
     async def watch_presence(self, document_id: str) -> AsyncIterator[tuple[Peer, ...]]:
         """Yield ``presence(document_id)`` now, then every new value, in order.
 
-        It does not enter the document. Ends when the client closes. To stop
+        New values come when ``presence-changed`` does (see
+        :mod:`ratatoskr_client.events`): at most one per batch of frames the
+        client handles at once, so a burst of joins yields its result, not
+        every step of it. It does not enter the document. Ends when the
+        client closes. To stop
         early, iterate inside ``contextlib.aclosing(client.watch_presence(doc))``:
         that unregisters the watcher at once (after a bare ``break`` it is only
         unregistered when the generator is garbage-collected).
@@ -361,7 +376,10 @@ class RatatoskrClient(ClientViews, EventSource):
     ) -> tuple[Peer, ...]:
         """Wait until ``predicate(presence(document_id))`` is true; return that presence.
 
-        Checks the current presence first. ``timeout`` None waits forever.
+        Checks the current presence first, then each new value when
+        ``presence-changed`` announces it (see :mod:`ratatoskr_client.events`;
+        a value that lasted only within one batch of frames is not seen).
+        ``timeout`` None waits forever.
 
         Raises:
             OperationTimeout: the predicate did not become true within ``timeout``.

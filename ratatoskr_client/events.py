@@ -26,7 +26,15 @@ they return is ignored. The events, with the callback's arguments:
 * ``peer-left`` ``(document_id: str, peer: Peer)`` — a peer left it, timed out
   or dropped out;
 * ``presence-changed`` ``(document_id: str, peers: tuple[Peer, ...])`` —
-  ``presence(document_id)`` has a new value;
+  ``presence(document_id)`` has a new value. At most once per document per
+  batch of frames the client reads at once (a burst of joins is one event,
+  with its result): after the batch's ``peer-identity``, ``peer-joined``,
+  ``peer-left`` and ``peer-disconnected`` events, before the client waits for
+  more frames, so before any coroutine of the application runs again (an
+  awaited ``enter_document`` returns after it). ``ephemeral-message`` and
+  ``state-changed`` events of the same batch may come first. A document of
+  1,000 peers or more that keeps changing is announced at most once per
+  microsecond per peer (40 ms at 40,000), its latest value last;
 * ``ephemeral-message`` ``(document_id: str, sender: Peer, payload: Any)`` —
   an application message arrived (never a presence or state control message);
 * ``state-changed`` ``(document_id: str, peer: Peer, state: Mapping[str, Any])``

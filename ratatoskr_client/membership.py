@@ -22,6 +22,11 @@ Contracts:
   are kept; frames about other documents are ignored.
 * :meth:`reset` (connection lost) empties every document and every identity,
   returning one :class:`PresenceChanged` per document that had peers.
+* Bounded: at most ``max_identities`` identities and ``max_peers`` peers per
+  document (:data:`~ratatoskr_client.protocol.constants.MAX_IDENTITIES`,
+  :data:`~ratatoskr_client.protocol.constants.MAX_PRESENCE_PEERS`). A frame
+  that would go beyond changes nothing and returns one :class:`Refused`, found
+  before any per-entry work (a ``doc_presence_state`` is refused on its length).
 
 Identity scope. A server that announces ``"scoped-identity"`` in ``auth_ok``
 sends a peer's identity only to the peers sharing a document with it, right
@@ -64,11 +69,13 @@ from ._changes import (
     PeerJoined,
     PeerLeft,
     PresenceChanged,
+    Refused,
     SelfRemoved,
 )
 from ._peer import _INTERNED as _INTERNED  # (where the shared peers are kept)
 from ._peer import Peer, intern_peer
 from ._peer_tables import PeerTable
+from .errors import ProtocolError
 from .protocol import (
     FEATURE_SCOPED_IDENTITY,
     AuthOkFrame,
@@ -80,6 +87,7 @@ from .protocol import (
     PeerLeftDocFrame,
     UserInfo,
 )
+from .protocol.constants import MAX_IDENTITIES, MAX_PRESENCE_PEERS
 
 __all__ = [
     "Change",
@@ -90,9 +98,14 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PresenceChanged",
+    "Refused",
     "SelfRemoved",
     "intern_peer",
 ]
+
+
+def _refused(problem: str) -> list[Change]:
+    return [Refused(ProtocolError(problem))]
 
 
 # --------------------------------------------------------------------------- store
@@ -120,11 +133,19 @@ class MembershipStore:
         "incoming",
         "linger_until",
         "lingering",
+        "max_identities",
+        "max_peers",
         "scoped",
         "share_at",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, max_identities: int = MAX_IDENTITIES, max_peers: int = MAX_PRESENCE_PEERS
+    ) -> None:
+        #: the most identities held at once
+        self.max_identities = max_identities
+        #: the most peers held present in one document
+        self.max_peers = max_peers
         #: the server scopes identities to documents (see the module docstring)
         self.scoped = False
         #: scoped: identities received for the next frame, not in any document yet
@@ -247,6 +268,11 @@ class MembershipStore:
         members = self._docs.get(document_id)
         return members.snapshot() if members else ()
 
+    def size(self, document_id: str) -> int:
+        """How many peers are present in ``document_id`` (without building a tuple)."""
+        members = self._docs.get(document_id)
+        return len(members) if members else 0
+
     def is_tracked(self, document_id: str) -> bool:
         """True while presence is kept for ``document_id`` (it was entered)."""
         return document_id in self._docs
@@ -367,6 +393,11 @@ class MembershipStore:
         members = self._docs.get(document_id)
         if members is None or peer_id in members:
             return []
+        if len(members) >= self.max_peers:
+            return _refused(
+                f"peer_joined_doc frame: {document_id!r} has {len(members):,} peers present"
+                f" already, the most a client holds ({self.max_peers:,}); {peer_id!r} is left out"
+            )
         peer = self.peer(peer_id)
         members.put(peer)
         joined: list[Change] = [PeerJoined(document_id, peer), PresenceChanged(document_id)]
@@ -405,6 +436,11 @@ class MembershipStore:
         members = self._docs.get(document_id)
         if members is None:
             return []
+        if len(peer_ids) > self.max_peers:  # before building anything per entry
+            return _refused(
+                f"doc_presence_state frame: {len(peer_ids):,} peers in {document_id!r}, more"
+                f" than a client holds ({self.max_peers:,}); the frame is ignored"
+            )
         fresh: dict[str, Peer] = {}
         for pid in peer_ids:
             if pid not in fresh:
@@ -427,6 +463,11 @@ class MembershipStore:
         self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
     ) -> list[Change]:
         old = self._identities.get(peer_id)
+        if old is None and len(self._identities) >= self.max_identities:
+            return _refused(
+                f"identity of {peer_id!r} refused: {len(self._identities):,} identities are"
+                " held already, the most a client holds"
+            )
         if old is None and self.scoped and not self._in_a_document(peer_id):
             # For the next frame, which will name it; kept if it puts the
             # peer in one of our documents.

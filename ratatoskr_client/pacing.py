@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from typing import Self
 
 __all__ = ["FixedWindow", "Pacer", "TokenBucket"]
 
@@ -39,7 +40,7 @@ class TokenBucket:
         self._paused_until = 0.0
 
     @classmethod
-    def per_minute(cls, limit: int, now: float, *, burst: float | None = None) -> TokenBucket:
+    def per_minute(cls, limit: int, now: float, *, burst: float | None = None) -> Self:
         """A bucket allowing ``limit`` tokens per minute, bursting to ``burst``
         (default: ``limit``)."""
         return cls(limit / 60.0, float(limit if burst is None else burst), now)

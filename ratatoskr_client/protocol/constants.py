@@ -25,9 +25,13 @@ __all__ = [
     "KEY_SENDER_ID",
     "KEY_SESSION_ID",
     "KEY_TARGET_ID",
+    "MAX_COUNT",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_FRAME_SIZE",
+    "MAX_IDENTITIES",
+    "MAX_INCOMING_FRAME_SIZE",
     "MAX_PEER_ID_BYTES",
+    "MAX_PRESENCE_PEERS",
     "MAX_SESSION_ID_BYTES",
     "PRESENCE_HEARTBEAT_INTERVAL",
     "PRESENCE_MARKER",
@@ -63,8 +67,29 @@ MAX_DOCUMENT_ID_BYTES: Final = 256
 MAX_PEER_ID_BYTES: Final = 128
 #: Longest ephemeral ``sessionId`` accepted, in UTF-8 bytes.
 MAX_SESSION_ID_BYTES: Final = 128
+#: The largest ephemeral ``count`` accepted: 2**53 - 1, the largest integer a
+#: JavaScript number holds exactly (automerge-repo counts from 0 in one). A
+#: larger one is bad input (``invalid_message``); without a bound, one frame
+#: with a huge count would outrank every later count of its session.
+MAX_COUNT: Final = 2**53 - 1
 #: The largest frame the relay processes by default, and the client sends.
 MAX_FRAME_SIZE: Final = 64 * 1024
+#: The largest frame a client reads by default: the relay's own hard limit (16
+#: times its frame size, 1 MiB), beyond which it closes a socket with 1009 too.
+#: What the relay sends is far smaller (a ``doc_presence_state`` of 10,000 of
+#: its peers is about 220 KB), and a larger frame is refused while its header
+#: is read, never buffered.
+MAX_INCOMING_FRAME_SIZE: Final = 16 * MAX_FRAME_SIZE
+#: The most peers a client holds in one document's presence: a
+#: ``doc_presence_state`` with more entries, or a ``peer_joined_doc`` beyond
+#: it, is refused whole. Ten times the 10,000 participants a document is built
+#: for. A full document costs a client about 40 MiB when the server names
+#: peers it never announced (measured), far less for announced ones (their
+#: ``Peer`` objects are shared).
+MAX_PRESENCE_PEERS: Final = 100_000
+#: The most identities (``peer_identity``) a client holds at once; one beyond
+#: it is refused. 100,000 identities cost a client about 40 MiB (measured).
+MAX_IDENTITIES: Final = 100_000
 
 # --------------------------------------------------------------------------- payloads
 

@@ -41,6 +41,7 @@ from .constants import (
     KEY_SENDER_ID,
     KEY_SESSION_ID,
     KEY_TARGET_ID,
+    MAX_COUNT,
     MAX_DOCUMENT_ID_BYTES,
     MAX_PEER_ID_BYTES,
     MAX_SESSION_ID_BYTES,
@@ -137,6 +138,8 @@ def _ephemeral_by_position(data: bytes) -> EphemeralFrame | None:
             count, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
         elif b == 0x1B and any(data[pos + 1 : pos + 5]):
             count, pos = int.from_bytes(data[pos + 1 : pos + 9], "big"), pos + 9
+            if count > MAX_COUNT:
+                return None  # the general path refuses it, and says why
         else:
             return None
         # sessionId
@@ -207,7 +210,7 @@ def _ephemeral(m: dict[str, Any]) -> Frame:
         type(doc) is str
         and 0 < len(doc) <= _DOC_CHARS
         and type(count) is int
-        and count >= 0
+        and 0 <= count <= MAX_COUNT
         and type(sid) is str
         and 0 < len(sid) <= _SESSION_CHARS
         and type(data) is bytes

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..errors import ProtocolError
+from .constants import MAX_COUNT
 
 __all__ = [
     "MISSING",
@@ -95,10 +96,14 @@ def byte_string(m: Mapping[str, Any], key: str, frame: str) -> bytes:
 
 
 def count(m: Mapping[str, Any], key: str, frame: str) -> int:
-    """A required non-negative integer (CBOR true is not one, although bool is an int)."""
+    """A required integer from 0 to :data:`~.constants.MAX_COUNT` (2**53 - 1,
+    what a JavaScript number holds exactly; a bignum is refused like any larger
+    value). CBOR true is not one, although bool is an int."""
     value = m.get(key, MISSING)
     if type(value) is not int or value < 0:
         raise fail(frame, key, "a non-negative integer", value)
+    if value > MAX_COUNT:
+        raise ProtocolError(f"{frame} frame: field {key!r} is larger than 2**53 - 1")
     return value
 
 

@@ -23,11 +23,12 @@ from .cluster import Cluster
 from .config import RelayConfig
 from .core import Connection, RelayCore
 from .guard import HandshakeGuard
+from .limits import TURN_BYTES, TURN_FRAMES
 from .memory import TrimPolicy, trim
-from .metrics import metrics_registry, serve_metrics
+from .metrics import MetricsPage, metrics_registry
 from .outbox import Batcher, SocketOutbox
 
-__all__ = ["CLUSTER_KEY", "CORE_KEY", "GUARD_KEY", "create_app"]
+__all__ = ["CLUSTER_KEY", "CORE_KEY", "GUARD_KEY", "create_app", "create_metrics_app"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -50,21 +51,26 @@ class _OpenSockets:
 
 _SOCKETS_KEY: Final = web.AppKey("ratatoskr_sockets", _OpenSockets)
 _BATCHER_KEY: Final = web.AppKey("ratatoskr_batcher", Batcher)
-_METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", object)
+_METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", MetricsPage)
+
+
+_HEALTHY: Final = b'{"status": "ok"}'
 
 
 async def _health(request: web.Request) -> web.Response:
     # 200 whenever the relay serves its own peers (what a load balancer asks);
-    # a relay in a cluster adds whether its Redis link is up.
-    body: dict[str, object] = {"status": "ok"}
+    # a relay in a cluster adds whether its Redis link is up. Unauthenticated
+    # and cheap: a constant body, or a few fields of the cluster link.
     cluster = request.app.get(CLUSTER_KEY)
-    if cluster is not None:
-        body.update(cluster.health())
+    if cluster is None:
+        return web.Response(body=_HEALTHY, content_type="application/json")
+    body: dict[str, object] = {"status": "ok"}
+    body.update(cluster.health())
     return web.json_response(body)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    return await serve_metrics(request.app[_METRICS_KEY])  # type: ignore[arg-type]
+    return await request.app[_METRICS_KEY].handle(request)
 
 
 @web.middleware
@@ -94,8 +100,12 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         # (+1: aiohttp refuses a message whose size is >= max_msg_size.)
         max_msg_size=cfg.max_frame_size * 16 + 1,
         compress=False,  # SocketOutbox writes raw frames; compression would break them
-        heartbeat=cfg.ping_interval,
-        autoping=True,
+        # Pings and the liveness deadline are the core's rule (check_liveness):
+        # aiohttp's heartbeat restarts with every byte received, so a peer
+        # trickling an endless frame would never be pinged nor closed. Pings
+        # and pongs are therefore handled below, where they count as frames.
+        heartbeat=None,
+        autoping=False,
         # We answer the peer's close frame ourselves, after writing what the
         # relay said before it (held frames would otherwise be lost).
         autoclose=False,
@@ -120,6 +130,11 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     conn = core.open(outbox, request.remote or "")
     loop = asyncio.get_running_loop()
     auth_deadline = loop.time() + cfg.auth_timeout
+    # This connection's share of one turn of the event loop (limits.TURN_*):
+    # ws.receive() returns messages already buffered without yielding, so a
+    # flooding peer would otherwise be served its whole buffer in one go.
+    frames_left = TURN_FRAMES
+    bytes_left = TURN_BYTES
     try:
         while not outbox.dropped:
             if conn.authenticated:
@@ -133,19 +148,31 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                     )
                     outbox.close(1008, "auth_timeout")
                     break
-            if msg.type is WSMsgType.BINARY:
-                _apply(core, conn, msg.data)
-            elif msg.type is WSMsgType.TEXT:
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                data = msg.data
+                _apply(core, conn, data)
+                bytes_left -= len(data)
+            elif kind is WSMsgType.PING:
+                outbox.pong(msg.data)
+                core.alive(conn)
+            elif kind is WSMsgType.PONG:
+                core.alive(conn)
+            elif kind is WSMsgType.TEXT:
                 core.receive_text(conn)
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
+            frames_left -= 1
+            if frames_left <= 0 or bytes_left <= 0:
+                frames_left = TURN_FRAMES
+                bytes_left = TURN_BYTES
+                await asyncio.sleep(0)  # every other ready connection's turn
     finally:
         core.close(conn)
         sockets.discard(ws)
         outbox.flush()  # answers to the peer's last frames go before the close frame
-        # Cancels aiohttp's ping timers now (they would keep the connection's
-        # objects alive for up to 1.5 x ping_interval); after a drop the socket
-        # is already closed and this returns at once.
+        # Answers the peer's close frame (or sends ours) and releases aiohttp's
+        # reader; after a drop the socket is already closed and this returns at once.
         with contextlib.suppress(Exception):
             await ws.close()
     return ws
@@ -161,15 +188,22 @@ def _apply(core: RelayCore, conn: Connection, data: bytes) -> None:
 
 
 async def _housekeeping(core: RelayCore) -> None:
-    # Sweep often enough that a stale peer is gone within TTL + 1 s (or TTL × 1.1).
-    interval = min(1.0, core.config.presence_ttl / 10)
+    # Sweep often enough that a stale peer is gone within TTL + 1 s (or TTL × 1.1),
+    # and a dead or trickling socket within 1.5 x ping_interval + 2 sweeps.
+    expire_every = min(1.0, core.config.presence_ttl / 10)
+    tick = min(expire_every, core.config.ping_interval / 10)
     trimming = TrimPolicy()
     loop = asyncio.get_running_loop()
+    expire_at = loop.time() + expire_every
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(tick)
         try:
-            core.expire()
-            if trimming.due(core.closed_total, loop.time()):
+            now = loop.time()
+            core.check_liveness()
+            if now >= expire_at:
+                expire_at = now + expire_every
+                core.expire()
+            if trimming.due(core.closed_total, now):
                 trim()
         except Exception:
             log.exception("relay housekeeping failed")
@@ -241,12 +275,30 @@ async def _close_sockets(app: web.Application) -> None:
     await asyncio.gather(*(close(ws) for ws in list(app[_SOCKETS_KEY].all)))
 
 
+def create_metrics_app(relay_app: web.Application) -> web.Application:
+    """The application for ``metrics_listen``: ``/metrics`` and ``/health`` of
+    the relay ``relay_app`` (made by :func:`create_app`), to serve on an
+    address of their own. It shares the relay's handshake deadlines."""
+    app = web.Application(middlewares=[_request_complete])
+    app[GUARD_KEY] = relay_app[GUARD_KEY]
+    app[_METRICS_KEY] = relay_app[_METRICS_KEY]
+    cluster = relay_app.get(CLUSTER_KEY)
+    if cluster is not None:
+        app[CLUSTER_KEY] = cluster
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.on_response_prepare.append(_one_request_per_connection)
+    return app
+
+
 def create_app(
     config: RelayConfig | None = None, *, core: RelayCore | None = None
 ) -> web.Application:
-    """An aiohttp application serving the relay (``/sync``, ``/health`` and
-    ``/metrics``). With ``config.redis_url`` it joins that Redis server's relay
-    cluster while it runs (see ``docs/cluster.md``).
+    """An aiohttp application serving the relay (``/sync``, ``/health`` and,
+    unless ``config.metrics_listen`` puts it on an address of its own,
+    ``/metrics``: then serve :func:`create_metrics_app` there). With
+    ``config.redis_url`` it joins that Redis server's relay cluster while it
+    runs (see ``docs/cluster.md``).
 
     Pass ``core`` to share state with code that inspects it (tests do).
 
@@ -262,10 +314,11 @@ def create_app(
     app[GUARD_KEY] = HandshakeGuard(config.handshake_timeout)
     app[_SOCKETS_KEY] = _OpenSockets()
     app[_BATCHER_KEY] = Batcher()
-    app[_METRICS_KEY] = metrics_registry(core, cluster)
+    app[_METRICS_KEY] = MetricsPage(metrics_registry(core, cluster), config.metrics_token)
     app.router.add_get("/sync", _sync)
     app.router.add_get("/health", _health)
-    app.router.add_get("/metrics", _metrics)
+    if config.metrics_listen is None:  # else on its own address: create_metrics_app
+        app.router.add_get("/metrics", _metrics)
     app.on_response_prepare.append(_one_request_per_connection)
     app.cleanup_ctx.append(_background)
     if cluster is not None:

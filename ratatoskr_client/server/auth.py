@@ -34,8 +34,9 @@ from ..protocol import (
 )
 from .bus import Bus
 from .config import RelayConfig
-from .connection import Connection
+from .connection import Connection, LimitBucket
 from .counters import RelayCounters, refusal_reason
+from .identity import identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
 
@@ -62,6 +63,7 @@ class AuthRules:
     _peers: dict[str, Connection]
     _auth_failures: dict[str, TokenBucket]
     _connection_budget: dict[str, TokenBucket]
+    _identity_key: bytes
     _server_presence: bool
     _scoped: bool
 
@@ -173,7 +175,8 @@ class AuthRules:
         conn.user_id = user_id
         conn.name = name
         conn.is_anonymous = anonymous
-        conn.bucket = TokenBucket.per_minute(self.config.rate_limit, self.clock())
+        conn.identity = identity_of(user_id, conn.address, self._identity_key)
+        conn.bucket = LimitBucket.per_minute(self.config.rate_limit, self.clock())
         conn.target_suffix = cbor_text(peer_id)
         conn.identity_frame = encode(PeerIdentityFrame(peer_id, user))
 

@@ -25,7 +25,7 @@ from ..protocol.constants import (
     PRESENCE_TTL,
     RATE_LIMIT,
 )
-from .redis_url import database_of, redact_url, validate_redis_url
+from .addresses import database_of, parse_listen_address, redact_url, validate_redis_url
 
 __all__ = [
     "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
@@ -52,6 +52,7 @@ __all__ = [
     "UserSpec",
     "database_of",
     "load_config",
+    "parse_listen_address",
     "redact_url",
 ]
 
@@ -152,8 +153,9 @@ class RelayConfig:
             an ``invalid_message`` error (up to 16 × this size, beyond which the
             WebSocket layer closes the socket with 1009).
         max_documents_per_peer: presence memberships one connection may hold.
-        ping_interval: seconds of silence after which the relay pings a socket; a
-            socket that does not answer within half that is closed.
+        ping_interval: seconds without a complete frame after which the relay
+            pings a socket; one from which no complete frame (a pong included)
+            has arrived for 1.5 x this long is closed, whatever bytes trickle in.
         identity_scope: ``"document"`` (the default): a peer's identity goes
             only to the peers that share a document with it, just before the
             presence frame (or message) that needs it, and ``peer_disconnected``
@@ -178,6 +180,13 @@ class RelayConfig:
             peers of a relay that stopped heartbeating (at least 1).
         reuse_port: listen with ``SO_REUSEPORT``, so several relay processes
             can share one port (what ``ratatoskr relay --workers`` does).
+        metrics_token: when set, ``GET /metrics`` needs the header
+            ``Authorization: Bearer <token>`` (401 otherwise). Printable ASCII
+            without spaces. Never shown in the config's ``repr``.
+        metrics_listen: ``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6; port 0
+            picks a free one): serve ``/metrics`` and ``/health`` on this second
+            address, and not ``/metrics`` on the main one. None: ``/metrics``
+            is served on the main address.
     """
 
     host: str = "127.0.0.1"
@@ -200,6 +209,8 @@ class RelayConfig:
     redis_url: str | None = None
     node_ttl: float = DEFAULT_NODE_TTL
     reuse_port: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_listen: str | None = None
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
@@ -232,6 +243,13 @@ class RelayConfig:
     def with_(self, **changes: Any) -> RelayConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host, port), or None."""
+        if self.metrics_listen is None:
+            return None
+        return parse_listen_address(self.metrics_listen)
 
     def user_for_token(self, token: str) -> UserSpec | None:
         """The user a token belongs to, or None."""
@@ -309,6 +327,7 @@ def _validate(cfg: RelayConfig) -> None:
             path=cfg.source,
         )
     validate_redis_url(cfg.redis_url, cfg.source)
+    _validate_metrics(cfg)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
@@ -373,6 +392,26 @@ def _validate(cfg: RelayConfig) -> None:
                 )
 
 
+def _validate_metrics(cfg: RelayConfig) -> None:
+    token = cfg.metrics_token
+    if token is not None and (
+        not isinstance(token, str) or not token or not all("!" <= c <= "~" for c in token)
+    ):
+        # (the value itself is never shown: it is a secret)
+        raise ConfigError(
+            "metrics_token must be a non-empty string of printable ASCII without spaces",
+            path=cfg.source,
+        )
+    listen = cfg.metrics_listen
+    if listen is not None:
+        if not isinstance(listen, str):
+            raise ConfigError(f"metrics_listen must be a string, got {listen!r}", path=cfg.source)
+        try:
+            parse_listen_address(listen)
+        except ValueError as exc:
+            raise ConfigError(f"metrics_listen: {exc}", path=cfg.source) from exc
+
+
 # --------------------------------------------------------------------------- TOML loading
 
 _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
@@ -391,6 +430,8 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "ping_interval": (int, float),
     "redis_url": str,
     "node_ttl": (int, float),
+    "metrics_token": str,
+    "metrics_listen": str,
 }
 
 

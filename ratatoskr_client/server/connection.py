@@ -12,7 +12,7 @@ from typing import Protocol
 
 from ..pacing import TokenBucket
 
-__all__ = ["Connection", "Outbox", "RelayStats", "Session"]
+__all__ = ["Connection", "LimitBucket", "Outbox", "RelayStats", "Session"]
 
 
 class Outbox(Protocol):
@@ -28,6 +28,22 @@ class Outbox(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Close the connection after the frames already sent."""
 
+    def ping(self) -> None:
+        """Send a WebSocket ping (the peer's pong proves it is alive)."""
+
+
+class LimitBucket(TokenBucket):
+    """A connection's token bucket for one of the relay's limits, which also
+    remembers until when the connection has been told to wait (``rate_limited``
+    with ``retryAfter``): refusals before then are not answered again."""
+
+    __slots__ = ("told_until",)
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        super().__init__(rate, capacity, now)
+        #: clock time until which the connection was told to wait (0: never told)
+        self.told_until = 0.0
+
 
 class Connection:
     """One WebSocket connection, before and after authentication.
@@ -42,17 +58,22 @@ class Connection:
         "bucket",
         "control",
         "docs",
+        "flood",
+        "heard",
+        "heard_at",
         "held",
+        "identity",
         "identity_frame",
         "is_anonymous",
         "name",
         "outbox",
         "peer_id",
+        "pinged",
         "target_suffix",
         "user_id",
     )
 
-    def __init__(self, outbox: Outbox, address: str = "") -> None:
+    def __init__(self, outbox: Outbox, address: str = "", now: float = 0.0) -> None:
         self.outbox = outbox
         #: the peer's network address (for per-address limits); "" if unknown
         self.address = address
@@ -61,14 +82,27 @@ class Connection:
         self.user_id: str | None = None
         self.name = ""
         self.is_anonymous = True
+        #: who the connection is for the gossip rule (see :mod:`.identity`): the
+        #: user, or for an anonymous peer a keyed hash of its address
+        self.identity = ""
         #: document id -> monotonic time of the last join/heartbeat (or other activity)
         self.docs: dict[str, float] = {}
-        self.bucket: TokenBucket | None = None
+        self.bucket: LimitBucket | None = None
         #: documents where a change of this peer's membership is held (see
         #: :mod:`.visibility`); None when there is none (the usual case)
         self.held: set[str] | None = None
         #: document id -> bucket for presence control messages (created on demand)
-        self.control: dict[str, TokenBucket] = {}
+        self.control: dict[str, LimitBucket] = {}
+        #: frames refused unanswered that it may still send before it is cut off
+        #: (created when the first one is refused; see limits.FLOOD_ALLOWANCE)
+        self.flood: TokenBucket | None = None
+        #: a complete frame arrived since the last liveness sweep (set per frame:
+        #: a store, so the hot path does not read the clock for this)
+        self.heard = False
+        #: when the liveness sweep last saw it had heard from the peer
+        self.heard_at = now
+        #: pinged since heard_at
+        self.pinged = False
         self.identity_frame = b""
         self.target_suffix = b""
 

@@ -28,12 +28,11 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 from ..errors import ProtocolError
 from ..pacing import TokenBucket
 from ..protocol import (
-    Admission,
     AuthFrame,
     DocUnavailableFrame,
     EphemeralFrame,
@@ -50,10 +49,14 @@ from ..protocol import (
 from .auth import AuthRules
 from .bus import Bus, RemoteSender
 from .config import RelayConfig
-from .connection import Connection, Outbox, RelayStats, Session
+from .connection import Connection, LimitBucket, Outbox, RelayStats, Session
 from .counters import RelayCounters, refusal_reason
 from .documents import DocumentRules, ephemeral_prefix
+from .identity import identity_key
 from .limits import (
+    FLOOD_ALLOWANCE,
+    FLOOD_REFILL,
+    LIVENESS_FACTOR,
     MAX_AUTH_FAILURE_ADDRESSES,
     MAX_CONNECTION_ADDRESSES,
     MAX_SESSION_TOMBSTONES,
@@ -92,6 +95,8 @@ __all__ = [
 
 log = logging.getLogger("ratatoskr_client.server")
 
+_Bucket = TypeVar("_Bucket", bound=TokenBucket)
+
 # Frames only the server may send; a client sending one gets invalid_message.
 _SERVER_ONLY: Final = frozenset(
     {
@@ -127,13 +132,15 @@ class RelayCore(AuthRules, DocumentRules):
         self._peers: dict[str, Connection] = {}
         #: document id -> present connections by peer id, in join order
         self._docs: dict[str, dict[str, Connection]] = {}
-        #: ephemeral sessionId -> the connection that first used it (the gossip rule);
-        #: senders on other relays are keyed by (node id, peer id)
+        #: ephemeral sessionId -> the connection that owns it, and its identity (the
+        #: gossip rule); senders on other relays are keyed by (node id, peer id)
         self._sessions: SessionOwners[Connection | RemoteSender] = SessionOwners(
             max_per_sender=MAX_SESSIONS_PER_CONNECTION,
             tombstone_ttl=SESSION_TOMBSTONE_TTL,
             max_tombstones=MAX_SESSION_TOMBSTONES,
         )
+        #: what anonymous identities are hashed with (the same on every relay of a cluster)
+        self._identity_key = identity_key(config.redis_url)
         #: source address -> bucket of failed auth attempts (see _auth_allowed)
         self._auth_failures: dict[str, TokenBucket] = {}
         #: source address -> bucket of anonymous connections (see _connection_allowed)
@@ -163,7 +170,7 @@ class RelayCore(AuthRules, DocumentRules):
     def open(self, outbox: Outbox, address: str = "") -> Connection:
         """Register a new, unauthenticated connection from ``address`` (the
         peer's IP address; per-address limits apply to it)."""
-        conn = Connection(outbox, address)
+        conn = Connection(outbox, address, self.clock())
         self._connections.add(conn)
         return conn
 
@@ -218,6 +225,40 @@ class RelayCore(AuthRules, DocumentRules):
                 removed += 1
         return removed
 
+    def check_liveness(self, now: float | None = None) -> int:
+        """The liveness rule: a connection from which no complete frame (a pong
+        included) has arrived for ``ping_interval`` is pinged; one silent for
+        ``LIVENESS_FACTOR`` (1.5) x ``ping_interval`` is closed, whatever bytes
+        of an unfinished frame trickle in. Call it at least every
+        ``ping_interval / 10`` (the app's housekeeping does); a frame's arrival
+        is noted by the next call, so the deadline counts from at most one call
+        after it. Returns how many connections were closed."""
+        now = self.clock() if now is None else now
+        interval = self.config.ping_interval
+        deadline = now - interval * LIVENESS_FACTOR
+        ping_before = now - interval
+        closed = 0
+        for conn in self._connections:
+            if conn.heard:
+                conn.heard = False
+                conn.heard_at = now
+                conn.pinged = False
+            elif conn.heard_at <= deadline:
+                log.debug("closing %r: no frame for %g s", conn, now - conn.heard_at)
+                self.counters.unresponsive_disconnects += 1
+                conn.heard_at = math.inf  # closed once, even if the app lags behind
+                conn.outbox.close(1008, "ping_timeout")
+                closed += 1
+            elif conn.heard_at <= ping_before and not conn.pinged:
+                conn.pinged = True
+                conn.outbox.ping()
+        return closed
+
+    def alive(self, conn: Connection) -> None:
+        """A complete frame that is not a message arrived from ``conn`` (a ping
+        or a pong): it counts for the liveness rule."""
+        conn.heard = True
+
     def _forget_idle(self, now: float) -> None:
         """Drop bookkeeping that has served its purpose: tombstones past their TTL
         and presence-control buckets that are full again."""
@@ -271,11 +312,13 @@ class RelayCore(AuthRules, DocumentRules):
 
     def receive_text(self, conn: Connection) -> None:
         """A text WebSocket message arrived: always bad input."""
+        conn.heard = True
         self.counters.frame_in("text")
         self._error(conn, "invalid_message", "text frames are not supported; send binary CBOR")
 
     def receive(self, conn: Connection, data: bytes) -> None:
         """Apply one binary WebSocket message from ``conn``."""
+        conn.heard = True
         counters = self.counters
         if len(data) > self.config.max_frame_size:
             counters.frame_in("oversized")
@@ -332,16 +375,18 @@ class RelayCore(AuthRules, DocumentRules):
         count: int,
         session_id: str,
         data: bytes,
+        identity: str | None = None,
         introduce: bytes | None = None,
     ) -> bool:
-        """A message another relay accepted from ``sender``: apply the gossip
-        rule to it here too (so a sessionId stays its first user's across the
-        cluster), then deliver it to the local peers present. Its read check and
-        rate limit were applied where it entered. ``introduce``: the sender's
-        identity frame, when it is not present in the document here (document
-        scope): each member that does not know it gets it first. True if it
-        was admitted."""
-        if self._sessions.admit(sender, session_id, count) is not Admission.ACCEPTED:
+        """A message another relay accepted from ``sender`` (whose identity key,
+        as announced by its relay, is ``identity``; None if its relay announced
+        none: then it is its own): apply the gossip rule to it here too (so a
+        sessionId stays its owner's across the cluster), then deliver it to the
+        local peers present. Its read check and rate limit were applied where
+        it entered. ``introduce``: the sender's identity frame, when it is not
+        present in the document here (document scope): each member that does
+        not know it gets it first. True if it was admitted."""
+        if not self._sessions.admit(sender, session_id, count, identity).admitted:
             return False
         self.counters.relayed_remote += 1
         members = self._docs.get(document_id)
@@ -380,13 +425,50 @@ class RelayCore(AuthRules, DocumentRules):
         self.counters.refusal(reason or refusal_reason(code))
         conn.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
 
+    def _rate_limited(
+        self, conn: Connection, bucket: LimitBucket, wait: float, document_id: str | None = None
+    ) -> None:
+        """A frame refused by ``bucket`` (the message rate, or one document's
+        presence bound), whose next token comes in ``wait`` seconds.
+
+        The first refusal is answered with ``rate_limited`` and ``retryAfter``;
+        until that time has passed, further refusals by the same bucket are
+        dropped unanswered (a counter increment, no encoding, no frame). A
+        peer that obeys ``retryAfter`` only sends what was already in flight;
+        one that sends more than FLOOD_ALLOWANCE such frames (refilled at
+        FLOOD_REFILL per second) is told why and closed."""
+        now = self.clock()
+        if now >= bucket.told_until:
+            bucket.told_until = now + wait
+            if document_id is None:
+                message = f"more than {self.config.rate_limit} ephemeral messages per minute"
+            else:
+                message = f"more than {PRESENCE_BURST} presence messages in a row for this document"
+            self._error(conn, "rate_limited", message, document_id=document_id, retry_after=wait)
+            return
+        self.counters.unanswered += 1
+        flood = conn.flood
+        if flood is None:
+            flood = conn.flood = TokenBucket(FLOOD_REFILL, FLOOD_ALLOWANCE, now)
+        if flood.take(now) > 0:
+            log.debug("closing %r: it kept sending after rate_limited", conn)
+            self.counters.flood_disconnects += 1
+            self._error(
+                conn,
+                "rate_limited",
+                "kept sending after rate_limited: connection closed",
+                document_id=document_id,
+                retry_after=wait,
+            )
+            conn.outbox.close(1008, "rate_limited")
+
 
 def _no_wake(when: float) -> None:
     """The default :attr:`RelayCore.wake_at`: nobody flushes on time (tests
     call :meth:`RelayCore.flush_held` themselves)."""
 
 
-def _drop_full(buckets: dict[str, TokenBucket], now: float) -> None:
+def _drop_full(buckets: dict[str, _Bucket], now: float) -> None:
     """Forget the buckets that are full again: a new one would be the same."""
     for key in [k for k, b in buckets.items() if b.tokens(now) >= b.capacity]:
         del buckets[key]

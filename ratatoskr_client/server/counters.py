@@ -50,12 +50,15 @@ class RelayCounters:
     __slots__ = (
         "ephemeral_dropped",
         "ephemeral_out",
+        "flood_disconnects",
         "frames_in",
         "frames_out",
         "refused",
         "relayed_local",
         "relayed_remote",
         "slow_disconnects",
+        "unanswered",
+        "unresponsive_disconnects",
     )
 
     def __init__(self) -> None:
@@ -77,6 +80,13 @@ class RelayCounters:
         self.ephemeral_dropped = 0
         #: connections dropped because their peer stopped reading
         self.slow_disconnects = 0
+        #: frames refused by a rate limit and not answered: the connection had
+        #: been told ``rate_limited`` and its ``retryAfter`` had not passed yet
+        self.unanswered = 0
+        #: connections closed for sending too many frames after being told
+        self.flood_disconnects = 0
+        #: connections closed because no complete frame (nor pong) arrived in time
+        self.unresponsive_disconnects = 0
 
     def frame_in(self, kind: str) -> None:
         """One frame of type ``kind`` was received."""

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 
 from ..errors import ProtocolError
-from ..pacing import TokenBucket
 from ..protocol import (
     EPHEMERAL_PREFIX,
     Admission,
@@ -41,7 +40,7 @@ from ..protocol.constants import (
 )
 from .bus import Bus, RemoteSender
 from .config import Access, RelayConfig
-from .connection import Connection
+from .connection import Connection, LimitBucket
 from .counters import RelayCounters
 from .limits import MAX_SESSIONS_PER_CONNECTION, PRESENCE_BURST, PRESENCE_RATE
 from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
@@ -75,6 +74,11 @@ class DocumentRules(Visibility):
         document_id: str | None = None,
         retry_after: float | None = None,
         reason: str | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _rate_limited(
+        self, conn: Connection, bucket: LimitBucket, wait: float, document_id: str | None = None
     ) -> None:
         raise NotImplementedError
 
@@ -158,33 +162,54 @@ class DocumentRules(Visibility):
     # ------------------------------------------------------------------ ephemeral
 
     def _on_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
+        # The order of the checks is the contract's (docs/protocol.md,
+        # "Ephemeral messages"), and it matters:
+        # 1. what the frame itself says: bad input is refused before anything;
+        # 2. the read check, before the frame touches any shared table: a frame
+        #    about a document the peer may not read must not claim a sessionId
+        #    in the gossip table (it would silence the session's owner);
+        # 3. the gossip table, before any allowance: a stock peer forwards every
+        #    message it receives, in documents it is present in (so readable);
+        #    those copies are dropped here without spending its tokens;
+        # 4. the presence bound or the rate limit, then the message's effect.
+        doc_id = frame.document_id
         try:
             payload = decode_payload(frame.data)
             presence = PresenceMessage.from_payload(payload)
         except ProtocolError as exc:
-            self._error(conn, "invalid_message", str(exc), document_id=frame.document_id)
+            self._error(conn, "invalid_message", str(exc), document_id=doc_id)
             return
-        if not self._admit(conn, frame):
-            return
-        doc_id = frame.document_id
         if not self._server_presence:
             if doc_id.startswith(EPHEMERAL_PREFIX):
                 return  # upstream's automerge-repo rejects eph: ids: nothing relayed, no error
             presence = None  # upstream relays presence-shaped payloads like any other
+        if presence is None:
+            if not self._check_access(conn, doc_id):
+                return
+        elif presence.document_id != doc_id:
+            self._error(
+                conn,
+                "invalid_message",
+                "presence documentId does not match the envelope's documentId",
+                document_id=doc_id,
+            )
+            return
+        elif doc_id not in conn.docs and (
+            # A peer present in the document passed the read check when it
+            # joined (the configuration does not change); one that is not needs
+            # it now, except to leave, which then has nothing to do.
+            presence.status == "leave" or not self._check_access(conn, doc_id)
+        ):
+            return
+        if not self._admit(conn, frame):
+            return
         if presence is not None:
             # Only joins and leaves fan out to everyone present; a heartbeat for a
             # document the peer is in just refreshes a timestamp, so it is free.
             refresh = presence.status == "heartbeat" and doc_id in conn.docs
             if not refresh and not self._control_allowed(conn, doc_id):
                 return
-            if presence.document_id != doc_id:
-                self._error(
-                    conn,
-                    "invalid_message",
-                    "presence documentId does not match the envelope's documentId",
-                    document_id=doc_id,
-                )
-            elif presence.status == "leave":
+            if presence.status == "leave":
                 self._leave(conn, doc_id, tell_self=False)
             else:
                 # A heartbeat for a document the peer is not in counts as a join.
@@ -194,18 +219,11 @@ class DocumentRules(Visibility):
                     send_state=presence.status == "join" or doc_id not in conn.docs,
                 )
             return
-        if not self._check_access(conn, doc_id):
-            return
         bucket = conn.bucket
         assert bucket is not None
         wait = bucket.take(self.clock())
         if wait > 0:
-            self._error(
-                conn,
-                "rate_limited",
-                f"more than {self.config.rate_limit} ephemeral messages per minute",
-                retry_after=wait,
-            )
+            self._rate_limited(conn, bucket, wait)
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
@@ -215,23 +233,20 @@ class DocumentRules(Visibility):
         now = self.clock()
         bucket = conn.control.get(doc_id)
         if bucket is None:
-            bucket = conn.control[doc_id] = TokenBucket(PRESENCE_RATE, PRESENCE_BURST, now)
+            bucket = conn.control[doc_id] = LimitBucket(PRESENCE_RATE, PRESENCE_BURST, now)
         wait = bucket.take(now)
         if wait <= 0:
             return True
-        self._error(
-            conn,
-            "rate_limited",
-            f"more than {PRESENCE_BURST} presence messages in a row for this document",
-            document_id=doc_id,
-            retry_after=wait,
-        )
+        self._rate_limited(conn, bucket, wait, doc_id)
         return False
 
     def _admit(self, conn: Connection, frame: EphemeralFrame) -> bool:
-        """Gossip and replay filter: True if the frame is new and really from ``conn``."""
-        verdict = self._sessions.admit(conn, frame.session_id, frame.count)
-        if verdict is Admission.ACCEPTED:
+        """Gossip and replay filter: True if the frame is new and really from
+        ``conn``. A sessionId changes hands only between connections of one
+        identity (the same user; for anonymous peers, the same address): a
+        stock peer reconnecting carries on its session, nobody else can."""
+        verdict = self._sessions.admit(conn, frame.session_id, frame.count, conn.identity)
+        if verdict.admitted:
             return True
         if verdict is Admission.TOO_MANY_SESSIONS:
             self._error(

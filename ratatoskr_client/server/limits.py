@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "FLOOD_ALLOWANCE",
+    "FLOOD_REFILL",
+    "LIVENESS_FACTOR",
     "MAX_AUTH_FAILURE_ADDRESSES",
     "MAX_CONNECTION_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
@@ -16,17 +19,21 @@ __all__ = [
     "PRESENCE_RATE",
     "PRESENCE_WINDOW",
     "SESSION_TOMBSTONE_TTL",
+    "TURN_BYTES",
+    "TURN_FRAMES",
 ]
 
 #: Distinct ephemeral ``sessionId``s one connection may use. A stock peer uses one;
 #: the bound keeps a hostile client from growing the gossip table without limit.
 MAX_SESSIONS_PER_CONNECTION: Final = 16
-#: Seconds a closed connection's sessionIds are remembered, with their last count.
-#: Late gossip copies (count <= last) stay dropped; a stock peer that reconnects
-#: with the same sessionId and a higher count takes it back.
+#: Seconds a closed connection's sessionIds are remembered, with their last count
+#: and their owner's identity. Late gossip copies (count <= last) stay dropped,
+#: other identities cannot take them, and a stock peer of the same identity that
+#: reconnects with the same sessionId and a higher count takes it back.
 SESSION_TOMBSTONE_TTL: Final = 60.0
-#: Bound on remembered sessionIds of closed connections (oldest forgotten first).
-#: With sessionIds of at most MAX_SESSION_ID_BYTES, the table stays under 8 MiB.
+#: Bound on remembered sessionIds of closed connections (when full, the oldest of
+#: the identity holding the most is forgotten first). With sessionIds of at most
+#: MAX_SESSION_ID_BYTES, the table stays under 8 MiB.
 MAX_SESSION_TOMBSTONES: Final = 20_000
 #: Source addresses whose failed auth attempts are remembered at once. Beyond
 #: it the oldest is forgotten: many addresses cost each one its memory, not more.
@@ -54,3 +61,32 @@ PRESENCE_WINDOW: Final = 1.0
 PRESENCE_DOC_BURST: Final = 500
 PRESENCE_DOC_RATE: Final = 200.0
 PRESENCE_HOLD: Final = 0.25
+
+# ---------------------------------------------------------------------- fairness
+# (docs/reliability.md, "Rate limits and fairness", has the measurements behind these.)
+
+#: Frames from one connection the relay handles in one turn of the event loop
+#: before it lets every other connection have its turn. aiohttp hands out the
+#: messages already buffered without yielding, so without this a flooding
+#: connection's whole read buffer (thousands of frames) is processed before
+#: anyone else's next frame.
+TURN_FRAMES: Final = 32
+#: The same bound in bytes of payload (large frames cost more to decode).
+TURN_BYTES: Final = 64 * 1024
+#: Frames a connection may still send, after being told ``rate_limited``, that
+#: its limit refuses before the ``retryAfter`` it was given has passed (they are
+#: dropped unanswered), as a burst refilled at :data:`FLOOD_REFILL` per second.
+#: A peer that obeys ``retryAfter`` only sends what was in flight when it was
+#: told: our client's largest burst (100 messages, written before any answer
+#: can arrive) fits the burst, and a peer told ten times a second (the default
+#: rate limit's windows) with five frames in flight each time stays within the
+#: refill. One that exceeds this ignores the relay, and is disconnected. An
+#: unanswered refusal costs the relay about 6 us, so what the refill tolerates
+#: is cheap; a flood is cut off within a fraction of a second.
+FLOOD_ALLOWANCE: Final = 100
+FLOOD_REFILL: Final = 50.0
+#: A connection from which no complete WebSocket frame (a pong included) has
+#: arrived for this many ``ping_interval``s is closed, whatever bytes trickle in.
+#: It is pinged after one ``ping_interval`` of silence, so a live peer has half
+#: an interval to answer.
+LIVENESS_FACTOR: Final = 1.5

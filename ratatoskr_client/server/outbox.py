@@ -28,6 +28,9 @@ log = logging.getLogger("ratatoskr_client.server")
 SLOW_PEER_BYTES: Final = 1 << 20
 #: Above this many, the peer is disconnected as too slow; it reconnects and resyncs.
 STALLED_PEER_BYTES: Final = 8 << 20
+#: Seconds a connection the relay closes has to take its last frames (the
+#: error saying why, the close frame) before it is aborted.
+CLOSE_GRACE: Final = 2.0
 
 
 def frame_header(length: int, opcode: int = 0x2) -> bytes:
@@ -38,6 +41,10 @@ def frame_header(length: int, opcode: int = 0x2) -> bytes:
     if length < 0x10000:
         return struct.pack("!BBH", first, 126, length)
     return struct.pack("!BBQ", first, 127, length)
+
+
+#: A complete ping frame with no payload.
+_PING: Final = bytes((0x89, 0))
 
 
 def close_frame(code: int, reason: str) -> bytes:
@@ -181,14 +188,31 @@ class SocketOutbox:
 
     def close(self, code: int, reason: str) -> None:
         """Send what is pending and a close frame, then close the TCP connection
-        (once the kernel has taken those bytes), without waiting for the peer."""
+        (once the kernel has taken those bytes), without waiting for the peer.
+        If the kernel has not taken them :data:`CLOSE_GRACE` seconds later, the
+        peer is not reading (or is gone): the connection is aborted, so that
+        flushing to it cannot keep the socket open for as long as it likes."""
         if self.dropped:
             return
         self.flush()
         self.dropped = True
-        if not self._ws.closed and not self._transport.is_closing():
-            self._transport.write(close_frame(code, reason))
-        self._transport.close()
+        transport = self._transport
+        if not self._ws.closed and not transport.is_closing():
+            transport.write(close_frame(code, reason))
+        transport.close()
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+
+    def ping(self) -> None:
+        """Send a WebSocket ping (empty payload)."""
+        if self._writable():
+            self._write(_PING)
+
+    def pong(self, payload: bytes) -> None:
+        """Answer the peer's ping (``payload`` is at most 125 bytes: the
+        WebSocket reader refuses longer control frames)."""
+        if self._writable():
+            self._write(frame_header(len(payload), opcode=0xA), payload)
 
 
 _TYPE_KEY: Final = b"dtype"

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import CLUSTER_KEY, GUARD_KEY, create_app
+from .app import CLUSTER_KEY, GUARD_KEY, create_app, create_metrics_app
 from .cluster import Cluster
 from .config import RelayConfig
 from .core import RelayCore, RelayStats
@@ -87,13 +87,16 @@ class RelayServer:
         self._guard: HandshakeGuard | None = None
         self._cluster: Cluster | None = None
         self._port: int | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._metrics_port: int | None = None
         self._accept_filter: AcceptErrorFilter | None = None
 
     async def start(self) -> RelayServer:
         """Start listening (and, with ``redis_url``, joining the cluster). Returns self.
 
         Raises:
-            OSError: the address cannot be listened on.
+            OSError: the address cannot be listened on (for ``metrics_listen``,
+                ``filename`` is that address).
             ConfigError: ``redis_url`` is set but the ``redis`` package is missing.
         """
         if self._runner is not None:
@@ -114,6 +117,7 @@ class RelayServer:
         )
         try:
             await site.start()
+            self._metrics_runner = await self._start_metrics(app)
         except BaseException:
             await runner.cleanup()
             raise
@@ -130,8 +134,37 @@ class RelayServer:
             log.warning("server_presence is off: behaving like the upstream server (no presence)")
         return self
 
+    async def _start_metrics(self, app: web.Application) -> web.AppRunner | None:
+        """With ``metrics_listen``: serve /metrics and /health there."""
+        address = self.config.metrics_address
+        if address is None:
+            return None
+        assert self._guard is not None
+        host, port = address
+        if self._metrics_port is not None:  # restarted: the same port again
+            port = self._metrics_port
+        runner = web.AppRunner(create_metrics_app(app), handle_signals=False, access_log=None)
+        await runner.setup()
+        # (no SO_REUSEPORT: each worker of --workers has a metrics port of its own)
+        site = _GuardedSite(runner, host, port, self._guard)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            # The address goes in ``filename``: the caller can tell which one failed.
+            raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{port}") from exc
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._metrics_port = int(runner.addresses[0][1])
+        log.info("metrics on %s", self.metrics_url)
+        return runner
+
     async def stop(self) -> None:
         """Close every socket (1001 going away) and stop listening. Idempotent."""
+        metrics, self._metrics_runner = self._metrics_runner, None
+        if metrics is not None:
+            await metrics.cleanup()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -172,11 +205,18 @@ class RelayServer:
         """``ws://host:port/sync``: the WebSocket endpoint."""
         return f"ws://{self._netloc()}/sync"
 
+    @property
+    def metrics_url(self) -> str:
+        """``http://host:port/metrics`` (on ``metrics_listen`` when it is set)."""
+        address = self.config.metrics_address
+        if address is None:
+            return f"{self.url}/metrics"
+        if self._metrics_port is None:
+            raise RuntimeError("relay not started")
+        return f"http://{_netloc(address[0], self._metrics_port)}/metrics"
+
     def _netloc(self) -> str:
-        host = self.config.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{self.port}"
+        return _netloc(self.config.host, self.port)
 
     @property
     def core(self) -> RelayCore:
@@ -200,3 +240,9 @@ class RelayServer:
     def stats(self) -> RelayStats:
         """Sizes of the relay's tables."""
         return self.core.stats()
+
+
+def _netloc(host: str, port: int) -> str:
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"

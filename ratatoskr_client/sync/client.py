@@ -32,6 +32,7 @@ from ..backoff import DEFAULT_BACKOFF, Backoff
 from ..client import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_INCOMING_FRAME_SIZE,
     DEFAULT_PING_INTERVAL,
     DEFAULT_RATE_LIMIT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -112,6 +113,7 @@ class RatatoskrClient:
         connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_incoming_frame_size: int = DEFAULT_MAX_INCOMING_FRAME_SIZE,
         name: str | None = None,
         state_interval: float = DEFAULT_STATE_INTERVAL,
         state_heartbeat: float = DEFAULT_STATE_HEARTBEAT,
@@ -128,6 +130,7 @@ class RatatoskrClient:
             "connect_timeout": connect_timeout,
             "ping_interval": ping_interval,
             "max_frame_size": max_frame_size,
+            "max_incoming_frame_size": max_incoming_frame_size,
             "name": name,
             "state_interval": state_interval,
             "state_heartbeat": state_heartbeat,

@@ -208,13 +208,30 @@ class RelayNode:
             body: dict[str, Any] = await resp.json()
             return body
 
-    async def metrics(self) -> dict[str, float]:
-        """Every sample of ``/metrics``: ``name{label="v",...}`` -> value."""
-        from prometheus_client.parser import text_string_to_metric_families
-
+    async def metrics_page(self) -> str:
         async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as resp:
             assert resp.status == 200
-            text = await resp.text()
+            return await resp.text()
+
+    async def metrics(self) -> dict[str, float]:
+        """Every sample of ``/metrics``: ``name{label="v",...}`` -> value.
+
+        The relay renders the page at most once a second, so it is the page
+        rendered during the second before this call, or during this call:
+        the first page that differs from the one served when the call began
+        (the relay's heartbeat to Redis, counted in the page, changes it
+        every NODE_TTL / 5)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        stale = await self.metrics_page()
+        text = stale
+
+        async def rendered_anew() -> bool:
+            nonlocal text
+            text = await self.metrics_page()
+            return text != stale
+
+        await eventually(rendered_anew, 5, lambda: "the /metrics page was never rendered anew")
         out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from .support import (
     RedisServer,
     RelayNode,
     eventually,
+    free_port,
     relay_command,
 )
 
@@ -180,6 +182,82 @@ async def test_workers_share_one_port_restart_a_dead_one_and_stop_on_sigterm() -
         assert not any(_alive(pid) for pid in running)
         stderr = (await stderr_task).decode()
         assert "Traceback" not in stderr, stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        redis.close()
+
+
+def test_workers_refuse_metrics_listen_without_a_fixed_port() -> None:
+    done = run_relay(
+        "--workers", "2", "--redis", "redis://127.0.0.1:1/0", "--metrics-listen", "127.0.0.1:0"
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert "--metrics-listen with --workers needs a fixed port" in done.stderr
+
+
+async def test_each_worker_serves_its_own_metrics_behind_the_token(tmp_path: Path) -> None:
+    """``--workers 2 --metrics-listen HOST:P``: worker i answers on P + i, and
+    ``--metrics-token-file`` reaches every worker."""
+    redis = RedisServer().start()
+    token = "workers-metrics-token"
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    base = free_port()
+    while True:  # two consecutive free ports
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            base = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command(
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--redis",
+            redis.url,
+            "--metrics-listen",
+            f"127.0.0.1:{base}",
+            "--metrics-token-file",
+            str(token_file),
+        ),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        stderr_task = asyncio.create_task(proc.stderr.read())
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        match = LISTENING.match(line)
+        assert match, line
+        port = int(match.group(1))
+        nodes = set()
+        async with aiohttp.ClientSession() as http:
+            for metrics_port in (base, base + 1):
+                url = f"http://127.0.0.1:{metrics_port}"
+                async with http.get(f"{url}/metrics") as resp:
+                    assert resp.status == 401
+                headers = {"Authorization": f"Bearer {token}"}
+                async with http.get(f"{url}/metrics", headers=headers) as resp:
+                    assert resp.status == 200
+                    assert "ratatoskr_redis_up" in await resp.text()
+                async with http.get(f"{url}/health") as resp:
+                    nodes.add((await resp.json())["node"])
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 404  # not on the shared port
+        assert len(nodes) == 2  # one worker each
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT + 15) == 0
+        stderr = (await stderr_task).decode()
+        assert "Traceback" not in stderr, stderr
+        assert token not in stderr
     finally:
         if proc.returncode is None:
             proc.kill()

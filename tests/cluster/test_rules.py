@@ -9,6 +9,7 @@ and only asserts about its own peers.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from typing import Any
 
@@ -228,15 +229,16 @@ async def test_messages_reach_present_peers_on_every_relay_with_the_real_sender(
 
 
 async def test_the_gossip_rule_holds_across_relays(cluster: Cluster) -> None:
-    """A sessionId belongs to the connection that used it first, on whichever
-    relay; counts must grow; a stock peer that reconnects elsewhere carries on."""
+    """A sessionId belongs to the connection that used it first and its
+    identity, on whichever relay; counts must grow; a stock peer that
+    reconnects elsewhere carries on, and nobody else can take its session."""
     doc = new_doc("gossip")
     async with (
         RawPeers(cluster.a.ws_url) as on_a,
         RawPeers(cluster.b.ws_url) as on_b,
         RawPeers(cluster.c.ws_url) as on_c,
     ):
-        author, gossip, watcher = await on_a(), await on_b(), await on_c()
+        author, gossip, watcher = await on_a("alice-secret"), await on_b(), await on_c()
         for peer in (author, gossip, watcher):
             await peer.join(doc)
         await author.recv_type("peer_joined_doc", peerId=watcher.peer_id)
@@ -255,17 +257,22 @@ async def test_the_gossip_rule_holds_across_relays(cluster: Cluster) -> None:
             assert len(ephemerals(peer, doc)) == (1 if peer is watcher else 0)
         assert len(ephemerals(gossip, doc)) == 1
 
-        # The author's connection closes; the same stock peer comes back on
-        # another relay with the same session and a higher count: it is its own.
+        # The author's connection closes; someone else tries to take its
+        # session over meanwhile (dropped on every relay); the same stock peer
+        # comes back on another relay with the same session and a higher
+        # count: it is its own.
         session, count = original["sessionId"], original["count"]
         await author.close()
         for peer in (gossip, watcher):
             await peer.recv_type("peer_disconnected", peerId=author.peer_id)
-        back = await on_c()
+        await gossip.ephemeral(doc, {"n": "stolen"}, sessionId=session, count=count + 50)
+        back = await on_c("alice-secret")
         await back.join(doc)
         await back.ephemeral(doc, {"n": 2}, sessionId=session, count=count + 5)
         got = await gossip.recv_type("ephemeral", documentId=doc, senderId=back.peer_id)
         assert cbor2.loads(got["data"]) == {"n": 2}
+        await settle(gossip, back, watcher)
+        assert [cbor2.loads(f["data"]) for f in ephemerals(watcher, doc)] == [{"n": 1}, {"n": 2}]
 
 
 async def test_rate_limits_stay_per_connection(cluster: Cluster) -> None:
@@ -276,17 +283,21 @@ async def test_rate_limits_stay_per_connection(cluster: Cluster) -> None:
             await peer.join(doc)
         await flooder.recv_type("peer_joined_doc", peerId=receiver.peer_id)
         extra = 15
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for i in range(RATE_LIMIT + extra):
             await flooder.ephemeral(doc, i)
         await calm.ephemeral(doc, "calm")
         await settle(flooder, calm, receiver)
+        windows = math.ceil((loop.time() - started) * RATE_LIMIT / 60) + 1
         limited = flooder.received(is_frame("error", error="rate_limited"))
         got = [cbor2.loads(f["data"]) for f in ephemerals(receiver, doc)]
         from_flooder = [v for v in got if v != "calm"]
-        # The burst (plus what refilled while sending), in order; the rest refused.
+        # The burst (plus what refilled while sending), in order; the rest
+        # refused, answered once per window (until the next token is due).
         assert from_flooder == list(range(len(from_flooder)))
         assert RATE_LIMIT <= len(from_flooder) < RATE_LIMIT + extra
-        assert len(limited) == RATE_LIMIT + extra - len(from_flooder)
+        assert 1 <= len(limited) <= min(windows, RATE_LIMIT + extra - len(from_flooder))
         assert "calm" in got  # another connection on the same relay is not limited
         assert calm.errors() == [] and receiver.errors() == []
 

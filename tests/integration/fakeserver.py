@@ -6,7 +6,9 @@ answers presence joins with ``doc_presence_state`` unless told to ignore them,
 and forwards ordinary ephemeral messages to the other connections, as the
 upstream server does. Tests wait on what it receives with :meth:`wait_for`, and
 can script it: hold auth, refuse it, answer it with an error frame, deny joins,
-freeze a connection (no more reads, no pongs) or drop it.
+freeze a connection (no more reads, no pongs) or drop it. As a hostile server it
+can also write raw bytes (:meth:`FakeServer.send_raw`, with :func:`ws_frame`
+for framing) and trickle a frame a byte at a time (:meth:`FakeServer.trickle`).
 
 Also here, for the client tests: :class:`Recorder` (every event a client emits,
 and waiting on them without sleeping), :func:`abort_transport` (kill a client's
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -36,6 +39,7 @@ class Conn:
     number: int
     ws: web.WebSocketResponse
     peer_id: str
+    request: web.Request
     frames: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -149,6 +153,53 @@ class FakeServer:
     async def send(self, conn: Conn, frame: dict[str, Any]) -> None:
         await conn.ws.send_bytes(cbor2.dumps(frame))
 
+    async def send_raw(self, conn: Conn, data: bytes, chunk: int = 64 * 1024) -> int:
+        """Write ``data`` as it is (WebSocket framing included, see
+        :func:`ws_frame`), a chunk at a time, each once the previous one is on
+        its way, so the server never holds more than a chunk of it. Stops when
+        the client closes the connection; returns the bytes written."""
+        request = conn.request
+        written = 0
+        for start in range(0, len(data), chunk):
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            transport.write(data[start : start + chunk])
+            written += len(data[start : start + chunk])
+            try:
+                await request.writer.drain()
+            except ConnectionError:
+                break
+        return written
+
+    async def send_each(self, conn: Conn, frames: list[bytes]) -> int:
+        """Write each of ``frames`` (framed, see :func:`ws_frame`) on its own,
+        letting the event loop run after each, so that a client in the same
+        process reads them one or two at a time. Returns the frames written."""
+        written = 0
+        for frame in frames:
+            transport = conn.request.transport
+            if transport is None or transport.is_closing():
+                break
+            transport.write(frame)
+            written += 1
+            await asyncio.sleep(0)
+        return written
+
+    async def trickle(self, conn: Conn, data: bytes, every: float) -> int:
+        """Write ``data`` one byte every ``every`` seconds (a server that keeps a
+        frame coming forever) until it is all written or the client closed the
+        connection; returns the bytes written."""
+        written = 0
+        for byte in data:
+            transport = conn.request.transport
+            if transport is None or transport.is_closing():
+                break
+            transport.write(bytes((byte,)))
+            written += 1
+            await asyncio.sleep(every)
+        return written
+
     def freeze(self, conn: Conn) -> None:
         """Stop reading ``conn`` after its next frame, as a hung server would:
         no more answers, no pongs."""
@@ -171,7 +222,7 @@ class FakeServer:
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        conn = Conn(len(self.conns) + 1, ws, f"client-{len(self.conns) + 1}")
+        conn = Conn(len(self.conns) + 1, ws, f"client-{len(self.conns) + 1}", request)
         self.conns.append(conn)
         async for msg in ws:
             if msg.type is not WSMsgType.BINARY:
@@ -250,6 +301,17 @@ class FakeServer:
             == {"type": "presence", "status": "join", "documentId": document_id}
         ]
         return bool(joins)
+
+
+def ws_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """One unfragmented WebSocket frame as a server sends it (not masked)."""
+    head = bytes((0x80 | opcode,))
+    n = len(payload)
+    if n < 126:
+        return head + bytes((n,)) + payload
+    if n < 1 << 16:
+        return head + bytes((126,)) + struct.pack(">H", n) + payload
+    return head + bytes((127,)) + struct.pack(">Q", n) + payload
 
 
 # --------------------------------------------------------------------------- client-side helpers

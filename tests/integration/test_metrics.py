@@ -8,7 +8,7 @@ import sys
 import aiohttp
 import pytest
 
-from ratatoskr_client.server import RelayServer
+from ratatoskr_client.server import RelayServer, metrics
 
 from .rawpeer import RawPeers, settle
 
@@ -38,13 +38,16 @@ async def scrape(relay: RelayServer) -> dict[str, float]:
         {"id": "doc", "acl": [{"principal": "public"}]},
     ],
 )
-async def test_metrics_count_what_the_relay_did(ratatoskr_relay: RelayServer) -> None:
+async def test_metrics_count_what_the_relay_did(
+    ratatoskr_relay: RelayServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "MAX_AGE", 0.0)  # every scrape renders the page anew
     before = await scrape(ratatoskr_relay)
     async with RawPeers(ratatoskr_relay.ws_url) as peers:
         a, b = await peers(), await peers()
         await a.join("doc")
         await b.join("doc")
-        for i in range(7):  # 5 relayed, 2 rate limited
+        for i in range(7):  # 5 relayed, 2 rate limited: 1 answered, 1 not
             await a.ephemeral("doc", i)
         await a.presence("private", "join")  # permission
         await a.send(b"\xff")  # invalid
@@ -61,7 +64,8 @@ async def test_metrics_count_what_the_relay_did(ratatoskr_relay: RelayServer) ->
     assert during["ratatoskr_memberships"] == 2
     assert grew('ratatoskr_messages_relayed_total{origin="local"}') == 5
     assert grew('ratatoskr_frames_sent_total{type="ephemeral"}') == 5
-    assert grew('ratatoskr_refused_total{reason="rate_limit"}') == 2
+    assert grew('ratatoskr_refused_total{reason="rate_limit"}') == 1
+    assert grew("ratatoskr_refused_unanswered_total") == 1
     assert grew('ratatoskr_refused_total{reason="permission"}') == 1
     assert grew('ratatoskr_refused_total{reason="invalid"}') == 2  # undecodable, text
     assert grew('ratatoskr_refused_total{reason="oversized"}') == 1

@@ -408,26 +408,30 @@ async def test_sender_need_not_be_present(peers: RawPeers) -> None:
     assert cbor2.loads(got["data"]) == "drive-by"
 
 
+@with_acl
 async def test_gossip_copies_are_dropped(peers: RawPeers) -> None:
-    a, b, c = [await peers() for _ in range(3)]
+    # a is alice; b and c are anonymous: other identities than a's.
+    a, b, c = await peers("alice-secret"), await peers(), await peers()
+    doc = "lobby"
     for p in (a, b, c):
-        await p.join("doc")
-    sent = await a.ephemeral("doc", "original")
+        await p.join(doc)
+    sent = await a.ephemeral(doc, "original")
     await b.recv_type("ephemeral", sessionId=a.session_id)
     await c.recv_type("ephemeral", sessionId=a.session_id)
-    # b forwards a's message back, as a stock automerge-repo peer does: dropped.
+    # b forwards a's message back, as a stock automerge-repo peer does: dropped;
+    # with a higher count (not a copy: an attempt to take a's session over), too.
     await b.send(dict(sent))
     await b.send({**sent, "count": sent["count"] + 5, "senderId": b.peer_id})
     # a replays an old count: dropped.
     await a.send(dict(sent))
-    await a.ephemeral("doc", "replay", count=sent["count"])
+    await a.ephemeral(doc, "replay", count=sent["count"])
     await settle(a, b, c)
     assert len(ephemerals(c)) == 1
     assert ephemerals(a) == []
     assert a.errors() == b.errors() == []  # silently
-    # Both still send normally.
-    await a.ephemeral("doc", "new")
-    await b.ephemeral("doc", "mine")
+    # Both still send normally (a's next count is below the one b tried).
+    await a.ephemeral(doc, "new")
+    await b.ephemeral(doc, "mine")
     got = await c.recv_until(lambda f: f["type"] == "ephemeral" and f["senderId"] == b.peer_id)
     assert cbor2.loads(got["data"]) == "mine"
     assert [cbor2.loads(f["data"]) for f in ephemerals(c) if f["senderId"] == a.peer_id] == [

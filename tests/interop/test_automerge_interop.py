@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import Peer, RatatoskrClient
+from ratatoskr_client.server import RelayServer
 from ratatoskr_client.testing import ClientFactory
 
+from ..reliability.support import RecordingPeer
 from .conftest import WAIT_TIMEOUT, JsPeer, StartJsPeer, automerge_document_id
 
 
@@ -173,6 +175,57 @@ async def test_python_ephemeral_arrives_at_js_handle(
     assert event["documentId"] == js.document_id
     assert event["senderId"] == client.me.peer_id
     assert event["presence"] is False
+
+
+@pytest.mark.parametrize("old_socket", ["closed", "left open"])
+async def test_a_reconnecting_js_peer_keeps_its_session_and_every_message_arrives(
+    start_js_peer: StartJsPeer,
+    ratatoskr_client: ClientFactory,
+    ratatoskr_relay: RelayServer,
+    old_socket: str,
+) -> None:
+    """Issue #19, finding 1: the relay now gives a sessionId only to its owner's
+    identity. A stock automerge-repo Repo that reconnects (a new socket, the same
+    Repo) keeps its ephemeral sessionId and carries on counting; its messages
+    must keep arriving, also when its old socket was left open (the relay still
+    thinks it alive: the new connection takes the session over). Both are
+    anonymous from the same address here, the identity of an anonymous peer."""
+    js = await start_js_peer("--create")
+    doc = js.document_id
+    client = await ratatoskr_client()
+    inbox = Inbox(client)
+    await enter_with(client, js)
+    raw = await RecordingPeer.open(ratatoskr_relay.ws_url, "raw")  # sees the wire fields
+    try:
+        await raw.join(doc)
+        await js.call("broadcast-ephemeral", message={"n": "before"})
+        await inbox.wait_for(lambda d, s, p: p == {"n": "before"})
+
+        reply = await js.call("reconnect", abandon=old_socket == "left open")
+        again = reply["peerId"]
+        assert again != js.peer_id
+        # Its Repo syncs the document with the server again: present once more.
+        await client.wait_for_presence(doc, lambda peers: again in ids(peers), timeout=WAIT_TIMEOUT)
+        for n in range(20):
+            await js.call("broadcast-ephemeral", message={"n": n})
+        await inbox.wait_for(lambda d, s, p: p == {"n": 19})
+        await raw.wait_for(lambda f: f.get("type") == "ephemeral" and f["senderId"] == again)
+        await raw.barrier()
+
+        got = [(s.peer_id, p["n"]) for d, s, p in inbox.messages if d == doc]
+        assert got == [(js.peer_id, "before")] + [(again, n) for n in range(20)]
+        wire = [
+            (f["senderId"], f["sessionId"], f["count"])
+            for f in raw.frames
+            if f.get("type") == "ephemeral" and f.get("documentId") == doc
+        ]
+        assert len(wire) == 21
+        # The same session before and after, counting on: the stock peer's own.
+        assert len({sid for _, sid, _ in wire}) == 1
+        counts = [count for _, _, count in wire]
+        assert counts == sorted(counts) and len(set(counts)) == 21
+    finally:
+        await raw.close()
 
 
 async def test_two_stock_js_presence_peers_see_each_other_exactly(

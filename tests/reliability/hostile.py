@@ -209,6 +209,25 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def reset_peak_rss() -> bool:
+    """Make this process's peak RSS (``VmHWM``) its current RSS, so that
+    :func:`peak_rss_mib` shows the peak of what runs from now on. False where
+    the kernel does not allow it (then the peak is the whole process's)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size since :func:`reset_peak_rss`, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
 def established(port: int) -> int:
     """TCP connections in state ESTABLISHED (or closing on our side) whose local
     port is ``port``, from the kernel's tables (Linux)."""

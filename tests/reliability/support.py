@@ -167,8 +167,13 @@ class RecordingPeer:
         await peer.connect(token, auth=auth)
         return peer
 
-    async def connect(self, token: str | None = None, *, auth: bool = True) -> None:
-        """Open a (new) connection, and authenticate unless ``auth`` is False."""
+    async def connect(
+        self, token: str | None = None, *, auth: bool = True, keep_session: bool = False
+    ) -> None:
+        """Open a (new) connection, and authenticate unless ``auth`` is False.
+        With ``keep_session`` the peer carries on its ``sessionId`` and
+        ``count``, as a stock automerge-repo peer does across reconnects; else
+        it starts a new session, as our client does."""
         await self._drop_connection()
         self._http = aiohttp.ClientSession()
         self._ws = await self._http.ws_connect(self.ws_url, autoping=True, max_msg_size=0)
@@ -176,8 +181,9 @@ class RecordingPeer:
         self.closed = False
         self.close_code = None
         self.closed_at = None
-        self.session_id = f"session-{uuid.uuid4().hex}"
-        self.count = 0
+        if not keep_session:
+            self.session_id = f"session-{uuid.uuid4().hex}"
+            self.count = 0
         self._reader = asyncio.create_task(self._read(self._ws, self.connections))
         if auth:
             frame: Frame = {"type": "auth"}

@@ -206,7 +206,17 @@ class RelayOracle:
             presence = PresenceMessage.from_payload(decode_payload(frame.data))
         except ProtocolError:
             return {("error:invalid_message",)}, _nothing
-        # The replay filter comes next.
+        # The presence payload's own document id, then the read check (unless
+        # the fuzzer is present: it passed one when it joined; a leave for a
+        # document it is not in has nothing to do), then the replay filter.
+        if presence is not None and presence.document_id != doc:
+            return {("error:invalid_message",)}, _nothing
+        if presence is None or doc not in self.joined:
+            if presence is not None and presence.status == "leave":
+                return {()}, _nothing
+            denied = self._denied(doc)
+            if denied:
+                return denied, _nothing
         sid = frame.session_id
         if sid not in self.counts and len(self.counts) >= MAX_SESSIONS_PER_CONNECTION:
             return {("error:too_many_sessions",)}, _nothing
@@ -214,13 +224,11 @@ class RelayOracle:
             return {()}, _nothing  # a replay: dropped without a word
         self.counts[sid] = frame.count
         if presence is None:
-            return self._denied(doc) or {()}, _nothing  # relayed to nobody
+            return {()}, _nothing  # relayed to nobody
         # Joins and leaves have a per-document bound (burst 10, 5/s): rate_limited
         # is a correct answer to any of them; a heartbeat refresh is free.
         refresh = presence.status == "heartbeat" and doc in self.joined
         limited: set[Reply] = set() if refresh else {("error:rate_limited",)}
-        if presence.document_id != doc:
-            return limited | {("error:invalid_message",)}, _nothing
         if presence.status == "leave":
 
             def left(reply: Reply) -> None:
@@ -228,9 +236,6 @@ class RelayOracle:
                     self.joined.discard(doc)
 
             return limited | {()}, left
-        denied = self._denied(doc)
-        if denied:
-            return limited | denied, _nothing
         if refresh:
             return {()}, _nothing
         replies, update = self._join(doc, ("doc_presence_state",))

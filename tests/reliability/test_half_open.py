@@ -6,7 +6,9 @@ Relay side, two independent mechanisms, each measured on its own:
   removed from every document within TTL + one expiry sweep (min(1 s, TTL/10));
 * WebSocket ping: a socket that answers no ping is closed within 1.5 ×
   ``ping_interval`` of the last frame received from it, and its presence goes
-  with it.
+  with it; so is one that trickles bytes that never complete a frame (only
+  whole frames and pongs count), while one that stays silent but answers
+  every ping stays connected.
 
 Client side: a client whose server stops answering (a frozen server, or a
 network path that silently drops every packet, played by a TCP proxy) notices
@@ -17,13 +19,16 @@ within 1.5 × its ``ping_interval`` of the last frame it received, reports
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import cbor2
 import pytest
 
 from ratatoskr_client import ConnectionClosed, Peer, RatatoskrClient
 from ratatoskr_client.testing import TEST_BACKOFF
 
 from ..integration.fakeserver import FakeServer, Recorder
+from .hostile import client_frame, open_upgraded
 from .support import Background, BlackholeProxy, RecordingPeer, assert_never_about
 
 #: Scheduling allowance on a small, shared machine (the CI runner or a laptop
@@ -154,6 +159,103 @@ async def test_relay_closes_a_socket_that_answers_no_ping(ratatoskr_relay):
     finally:
         await stuck.close()
         await observer.close()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    n = second & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(n)
+
+
+async def _raw_authenticated(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    reader, writer = await open_upgraded(port)
+    writer.write(client_frame(cbor2.dumps({"type": "auth", "anonymous": True})))
+    await writer.drain()
+    while True:
+        opcode, payload = await _read_frame(reader)
+        if opcode == 0x2:
+            frame = cbor2.loads(payload)
+            if frame["type"] == "auth_ok":
+                return reader, writer, frame["clientPeerId"]
+
+
+@pytest.mark.ratatoskr_relay(ping_interval=RELAY_PING, presence_ttl=60, auth_timeout=60)
+async def test_relay_closes_a_socket_that_trickles_a_frame_forever(ratatoskr_relay):
+    """Finding 4 of the security review, relay side: bytes that never complete
+    a frame do not keep a connection alive. It is pinged (which it cannot
+    answer in the middle of a frame) and closed 1.5 x ping_interval after its
+    last complete frame, however busily it trickles."""
+    loop = asyncio.get_running_loop()
+    observer = await RecordingPeer.open(ratatoskr_relay.ws_url, "observer")
+    reader, writer, peer_id = await _raw_authenticated(ratatoskr_relay.port)
+    last_frame = loop.time()  # the auth_ok answered its last complete frame
+    # The start of a 100-byte frame, then one more byte every 50 ms.
+    writer.write(bytes((0x82, 0x80 | 100)) + b"\0\0\0\0")
+    await writer.drain()
+    opcodes: list[int] = []
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(99):
+                await asyncio.sleep(0.05)
+                writer.write(b"\xa0")
+                await writer.drain()
+
+    async def read_until_closed() -> float:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                opcode, payload = await _read_frame(reader)
+                opcodes.append(opcode)
+                if opcode == 0x8:
+                    assert int.from_bytes(payload[:2], "big") == 1008
+        return loop.time()
+
+    try:
+        async with Background() as background:
+            background.start(trickle())
+            closed_at = await asyncio.wait_for(read_until_closed(), 10)
+        closed_after = closed_at - last_frame
+        print(f"a trickling socket was closed {closed_after:.3f} s after its last complete frame")
+        assert closed_after >= 1.5 * RELAY_PING
+        # (+ two sweeps of the relay's housekeeping, ping_interval / 10 each)
+        assert closed_after <= 1.5 * RELAY_PING + 2 * RELAY_PING / 10 + SLACK
+        # (after the observer's identity:) a ping it could not answer, then the close
+        assert [op for op in opcodes if op != 0x2] == [0x9, 0x8]
+        await observer.wait_for(
+            lambda f: f.get("type") == "peer_disconnected" and f.get("peerId") == peer_id
+        )
+        assert ratatoskr_relay.core.counters.unresponsive_disconnects == 1
+    finally:
+        writer.close()
+        await observer.close()
+
+
+@pytest.mark.ratatoskr_relay(ping_interval=RELAY_PING, presence_ttl=60)
+async def test_a_silent_socket_that_answers_pings_stays_connected(ratatoskr_relay):
+    reader, writer, _ = await _raw_authenticated(ratatoskr_relay.port)
+    pings = 0
+    try:
+        while pings < 2:  # two intervals of silence (past the 1.5 deadline), pings answered
+            opcode, payload = await asyncio.wait_for(_read_frame(reader), 10 * RELAY_PING)
+            if opcode == 0x9:
+                pings += 1
+                writer.write(client_frame(payload, opcode=0xA))
+                await writer.drain()
+        assert ratatoskr_relay.stats().peers == 1
+        assert ratatoskr_relay.core.counters.unresponsive_disconnects == 0
+        # A client's own ping is answered with its payload (the SDK pings the relay).
+        writer.write(client_frame(b"are you there", opcode=0x9))
+        await writer.drain()
+        while (frame := await asyncio.wait_for(_read_frame(reader), 10))[0] == 0x9:
+            pass
+        assert frame == (0xA, b"are you there")
+    finally:
+        writer.close()
 
 
 # --------------------------------------------------------------------------- client side

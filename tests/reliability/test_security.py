@@ -11,7 +11,11 @@ half-open scenarios, over every frame their unprivileged peer received:
 * it cannot forge ``senderId`` (the relay stamps the real one) or an identity
   (server-only frames are refused and change nothing);
 * a socket that does not authenticate is closed after the auth timeout, sending
-  or not, and receives nothing but errors meanwhile.
+  or not, and receives nothing but errors meanwhile;
+* a session belongs to its owner (issue #19, finding 1): while a stock peer
+  reconnects, nobody else can take over the ``sessionId`` it keeps, even
+  having read it off a relayed frame, with a count of 2**64 (refused:
+  ``invalid_message``) or of 2**53 - 1 (dropped as another identity's copy).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import asyncio
 import contextlib
 from typing import Any
 
+import cbor2
 import pytest
 
 from ratatoskr_client import Peer, PermissionDenied
+from ratatoskr_client.protocol import MAX_COUNT
 from ratatoskr_client.server import RelayServer
 
 from ..integration.fakeserver import Recorder
-from .support import Background, RecordingPeer, assert_never_about, try_to_break_in
+from .support import Background, Frame, RecordingPeer, assert_never_about, try_to_break_in
 
 USERS = [
     {"token": "alice-secret", "id": "alice", "name": "Alice"},
@@ -178,4 +184,122 @@ async def test_unauthenticated_sockets_are_closed_after_the_auth_timeout(
             assert ratatoskr_relay.stats().connections == 2
     finally:
         for peer in (*strangers, alice2, alice):
+            await peer.close()
+
+
+def _ephemeral_in(document_id: str, sender: str) -> Any:
+    def match(f: Frame) -> bool:
+        return (
+            f.get("type") == "ephemeral"
+            and f.get("documentId") == document_id
+            and f.get("senderId") == sender
+        )
+
+    return match
+
+
+#: Messages the owner sends after reconnecting, while the attacker is
+#: connected and after it left (issue #19: 0 of 20 and 0 of 5 arrived).
+AFTER_RECONNECT, AFTER_ATTACKER_LEFT = 20, 5
+
+
+@pytest.mark.parametrize("gone", ["closed", "half-open"])
+@pytest.mark.parametrize("attacker_kind", ["anonymous", "without read permission"])
+@pytest.mark.ratatoskr_relay(users=USERS, documents=DOCUMENTS)
+async def test_a_reconnecting_stock_peers_session_cannot_be_taken_over(
+    ratatoskr_relay: RelayServer, attacker_kind: str, gone: str
+) -> None:
+    """Issue #19, finding 1. alice's stock peer keeps its sessionId across a
+    reconnect. While it is away (its connection closed, or half-open: the
+    relay still thinks it alive), an attacker who read that sessionId off a
+    relayed frame in a public chat channel sends a frame with it into alice's document:
+    an anonymous peer into the public lobby, or bob into the vault he may not
+    read. Every message alice sends after reconnecting arrives."""
+    url = ratatoskr_relay.ws_url
+    anonymous = attacker_kind == "anonymous"
+    doc = "lobby" if anonymous else "vault"
+    owner = await RecordingPeer.open(url, "owner", "alice-secret")
+    reader = "bob-secret" if anonymous else "alice-secret"  # someone who may read `doc`
+    watcher = await RecordingPeer.open(url, "watcher", reader)
+    attacker = await RecordingPeer.open(url, "attacker", None if anonymous else "bob-secret")
+    back = RecordingPeer(url, "owner-back")
+    try:
+        await watcher.join(doc)
+        await attacker.join("eph:chat")
+        await owner.ephemeral(doc, {"n": "before"})
+        await owner.ephemeral("eph:chat", {"n": "hello"})
+        seen = await attacker.wait_for(_ephemeral_in("eph:chat", owner.peer_id))
+        session_id = seen["sessionId"]
+        assert session_id == owner.session_id  # what a stock peer's frames show
+        await watcher.wait_for(_ephemeral_in(doc, owner.peer_id))
+
+        if gone == "closed":
+            mark = len(watcher.frames)
+            await owner.close()
+            await watcher.wait_for(
+                lambda f: f.get("type") == "peer_disconnected" and f["peerId"] == owner.peer_id,
+                since=mark,
+            )
+            assert ratatoskr_relay.stats().session_tombstones >= 1
+        else:
+            owner.pause()  # the relay has not noticed: the session's owner is live
+
+        # The takeover as reported: count 2**64 (a CBOR bignum). Refused.
+        mark = len(attacker.frames)
+        await attacker.send(
+            attacker.ephemeral_frame(doc, {"n": "mine now"}, sessionId=session_id, count=2**64)
+        )
+        err = await attacker.wait_for(lambda f: f.get("type") == "error", since=mark)
+        assert err["error"] == "invalid_message" and "2**53 - 1" in err["message"]
+        # The largest count a frame may carry: refused by the read check, or
+        # (in a document the attacker may read) dropped as another identity's copy.
+        mark = len(attacker.frames)
+        await attacker.send(
+            attacker.ephemeral_frame(doc, {"n": "mine now"}, sessionId=session_id, count=MAX_COUNT)
+        )
+        if anonymous:
+            await attacker.barrier()
+            assert [f for f in attacker.frames[mark:] if f.get("documentId") == doc] == []
+        else:
+            err = await attacker.wait_for(lambda f: f.get("type") == "error", since=mark)
+            assert (err["error"], err["documentId"]) == ("permission_denied", "vault")
+
+        # alice's stock peer is back on a new connection, carrying on its session.
+        back.session_id, back.count = owner.session_id, owner.count
+        await back.connect("alice-secret", keep_session=True)
+        for n in range(AFTER_RECONNECT):
+            await back.ephemeral(doc, {"n": n})
+        await watcher.wait_for(
+            lambda f: (
+                _ephemeral_in(doc, back.peer_id)(f)
+                and cbor2.loads(f["data"]) == {"n": AFTER_RECONNECT - 1}
+            )
+        )
+        await attacker.close()
+        for n in range(AFTER_RECONNECT, AFTER_RECONNECT + AFTER_ATTACKER_LEFT):
+            await back.ephemeral(doc, {"n": n})
+        last = AFTER_RECONNECT + AFTER_ATTACKER_LEFT - 1
+        await watcher.wait_for(
+            lambda f: _ephemeral_in(doc, back.peer_id)(f) and cbor2.loads(f["data"]) == {"n": last}
+        )
+        await watcher.barrier()
+
+        got = [
+            (f["senderId"], cbor2.loads(f["data"])["n"])
+            for f in watcher.frames
+            if f.get("type") == "ephemeral" and f.get("documentId") == doc
+        ]
+        assert got == [(owner.peer_id, "before")] + [(back.peer_id, n) for n in range(last + 1)]
+        assert {f["sessionId"] for f in watcher.frames if f.get("type") == "ephemeral"} == {
+            session_id
+        }
+        print(
+            f"{attacker_kind}, owner {gone}: {AFTER_RECONNECT} of {AFTER_RECONNECT} delivered "
+            f"after the reconnect, {AFTER_ATTACKER_LEFT} of {AFTER_ATTACKER_LEFT} after the "
+            "attacker left"
+        )
+        if not anonymous:
+            assert assert_never_about(attacker.frames, "vault") == {"permission_denied": 1}
+    finally:
+        for peer in (back, attacker, watcher, owner):
             await peer.close()

@@ -18,6 +18,7 @@ from ratatoskr_client._effects import (
     Effect,
     Emit,
     Fail,
+    Ping,
     PresenceChanged,
     Push,
     Resolve,
@@ -43,6 +44,8 @@ class Harness:
         #: every effect so far, in order
         self.log: list[Effect] = []
         self.connections = 0
+        #: the fake server answers every ping at once (False: it stays silent)
+        self.pongs = True
 
     # ------------------------------------------------------------------ effects
 
@@ -53,6 +56,8 @@ class Harness:
         for effect in effects:
             if type(effect) is WakeAt and effect.when < self.wake:
                 self.wake = effect.when
+            elif type(effect) is Ping and self.pongs:
+                self.core.heard(self.now)  # a live server's pong
         self.log += effects
         return effects
 
@@ -129,8 +134,16 @@ class Harness:
         return self.take()
 
     def server(self, frame: dict[str, Any]) -> list[Effect]:
-        """The server sends ``frame``; the effects."""
-        self.core.receive(cbor2.dumps(frame), self.now)
+        """The server sends ``frame`` (a batch of one, as the driver sees a frame
+        that arrives alone); the effects."""
+        return self.batch(frame)
+
+    def batch(self, *frames: dict[str, Any]) -> list[Effect]:
+        """The server sends ``frames``, read at once: the driver handles them
+        all, then settles presence; the effects."""
+        for frame in frames:
+            self.core.receive(cbor2.dumps(frame), self.now)
+        self.core.settle(self.now)
         return self.take()
 
     def ephemeral(

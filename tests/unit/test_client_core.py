@@ -152,14 +152,19 @@ def test_presence_heartbeats_every_interval_for_every_entered_document():
 
 
 def test_an_idle_client_has_only_its_heartbeat_timer():
-    h = Harness(heartbeat_interval=30)
+    h = Harness(heartbeat_interval=30, ping_interval=None)
     h.connect()
     h.take()
     assert h.wake == h.now + 30  # one timer, nothing else
-    p2p = Harness()
+    p2p = Harness(ping_interval=None)
     p2p.connect(features=None)  # without server-side presence: nothing to wake for
     p2p.advance(100)
     assert p2p.wake == float("inf")
+    # With pings (the default), the same one timer serves the ping rule too.
+    pinging = Harness(heartbeat_interval=30, ping_interval=20)
+    pinging.connect()
+    pinging.take()
+    assert pinging.wake == pinging.now + 20
 
 
 def test_state_ttl_expiry_in_peer_to_peer_mode():

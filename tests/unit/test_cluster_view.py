@@ -15,7 +15,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from ratatoskr_client.protocol import UserInfo, decode
+from ratatoskr_client.protocol import MAX_COUNT, UserInfo, decode
 from ratatoskr_client.server import RelayConfig, RelayCore
 from ratatoskr_client.server.cluster.view import ClusterView, NodeSnapshot
 from ratatoskr_client.server.cluster.wire import (
@@ -24,12 +24,15 @@ from ratatoskr_client.server.cluster.wire import (
     PeerUp,
     decode_members,
     decode_message,
-    decode_user,
+    decode_peer,
 )
 from ratatoskr_client.server.config import IdentityScope
 from ratatoskr_client.server.core import PRESENCE_WINDOW, Session
 
 NAMES = Names("ratatoskr:0")
+#: Every node of a cluster runs the same configuration, this URL included: it
+#: keys the anonymous identities, which must agree across nodes.
+CONFIG = RelayConfig(open=True, redis_url="redis://127.0.0.1:6379/0")
 
 
 class Outbox:
@@ -141,7 +144,7 @@ class Node:
     def __init__(self, hub: Hub, node_id: str) -> None:
         self.hub = hub
         self.id = node_id
-        config = RelayConfig(open=True, identity_scope=hub.scope)
+        config = CONFIG.with_(identity_scope=hub.scope)
         self.core = RelayCore(config, server_peer_id=f"relay-{node_id}", clock=hub.clock)
         self.view = ClusterView(self.core, node_id, NAMES)
         self.up = False
@@ -150,8 +153,8 @@ class Node:
 
     # ------------------------------------------------------------------ peers
 
-    def connect(self) -> Session:
-        session = self.core.open(Outbox())
+    def connect(self, address: str = "") -> Session:
+        session = self.core.open(Outbox(), address)
         self.core.receive(session, cbor2.dumps({"type": "auth", "anonymous": True}))
         self.peers[session.peer_id] = session
         return session
@@ -181,10 +184,12 @@ class Node:
     # ------------------------------------------------------------------ what Redis holds
 
     def snapshot(self, docs: Any = None) -> NodeSnapshot:
-        peers = {p: decode_user(v) for p, v in self.hub.peers[self.id].items()}
+        decoded = {p: decode_peer(v) for p, v in self.hub.peers[self.id].items()}
+        peers = {p: user for p, (user, _) in decoded.items()}
+        identities = {p: i for p, (_, i) in decoded.items() if i is not None}
         held = self.hub.docs[self.id]
         wanted = held if docs is None else [d for d in docs if d in held]
-        return NodeSnapshot(peers, {d: decode_members(held[d]) for d in wanted})
+        return NodeSnapshot(peers, {d: decode_members(held[d]) for d in wanted}, identities)
 
 
 class Hub:
@@ -401,6 +406,46 @@ def test_the_gossip_rule_spans_nodes(hub: Hub) -> None:
     hub.pump()
     assert author.outbox.messages("doc") == []
     assert b.view.take_outgoing() is None
+
+
+@pytest.mark.parametrize("announced", ["message", "snapshot"])
+def test_a_session_follows_its_identity_across_nodes(hub: Hub, announced: str) -> None:
+    """Issue #19, finding 1, in a cluster: a stock peer that reconnects to
+    another relay carries on its session; an attacker on any relay cannot take
+    it over while it reconnects. Identities travel with the peers'
+    announcements (the PeerUp message, or the peers hash read on a hello)."""
+    a, b = hub.add("aaaaaaaaaaaa"), hub.add("bbbbbbbbbbbb", connect=announced == "message")
+    owner = a.connect("192.0.2.1")
+    watcher = a.connect("192.0.2.9")
+    attacker = b.connect("192.0.2.66")
+    if announced == "snapshot":
+        hub.connect(b)  # b's peers reach a by the read that follows b's hello
+    hub.pump()
+    for node, peer in ((a, owner), (a, watcher), (b, attacker)):
+        node.presence(peer, "doc", "join")
+        hub.pump()
+    a.ephemeral(owner, "doc", "before", sessionId="stock", count=5)
+    hub.pump()
+    a.close(owner)
+    hub.pump()
+    # Both relays remember "stock" (a also the session its join came in).
+    assert (a.core.stats().session_tombstones, b.core.stats().session_tombstones) == (2, 1)
+    # While it reconnects, another identity tries to take its session over.
+    b.ephemeral(attacker, "doc", "takeover", sessionId="stock", count=MAX_COUNT)
+    hub.pump()
+    # It comes back from the same address, on the other relay, and carries on.
+    back = b.connect("192.0.2.1")
+    hub.pump()
+    b.presence(back, "doc", "join")
+    for i in range(20):
+        b.ephemeral(back, "doc", i, sessionId="stock", count=6 + i)
+    hub.pump()
+    assert watcher.outbox.messages("doc") == [(owner.peer_id, "before")] + [
+        (back.peer_id, i) for i in range(20)
+    ]
+    assert attacker.outbox.messages("doc") == [(owner.peer_id, "before")] + [
+        (back.peer_id, i) for i in range(20)
+    ]
 
 
 def test_joiners_get_what_is_known_when_the_link_is_down_and_the_rest_on_return(

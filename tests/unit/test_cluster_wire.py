@@ -7,7 +7,7 @@ import cbor2
 import pytest
 
 from ratatoskr_client.errors import ConfigError, ProtocolError
-from ratatoskr_client.protocol import UserInfo
+from ratatoskr_client.protocol import MAX_COUNT, UserInfo
 from ratatoskr_client.server import RelayConfig, RelayCore
 from ratatoskr_client.server.cluster.registry import (
     ROUND_TRIP_BUCKETS,
@@ -27,6 +27,7 @@ from ratatoskr_client.server.cluster.wire import (
     Relayed,
     decode_members,
     decode_message,
+    decode_peer,
     decode_user,
     encode_batch,
     encode_body,
@@ -51,10 +52,13 @@ NODE = "0123456789ab"
         Bye(),
         PeerUp("peer-1", UserInfo("alice", "Alice", False)),
         PeerUp("peer-2", UserInfo(None, "Neon Narwhal", True)),
+        PeerUp("peer-3", UserInfo("alice", "Alice", False), "user:alice"),
+        PeerUp("peer-4", UserInfo(None, "Neon Narwhal", True), "anon:" + "0f" * 16),
         PeerGone("peer-1"),
         Joined("peer-1"),
         Left("peer-1"),
         Relayed("peer-1", 7, "session-x", b"\xa1ax\x01"),
+        Relayed("peer-1", MAX_COUNT, "session-x", b"\x01"),
     ],
 )
 def test_every_message_round_trips(message: object) -> None:
@@ -86,6 +90,11 @@ def batch(*maps: object) -> bytes:
         batch({"t": "join", "p": ""}),
         batch({"t": "msg", "p": "x", "c": -1, "s": "s", "d": b""}),
         batch({"t": "msg", "p": "x", "c": 1, "s": "s", "d": "t"}),
+        batch({"t": "msg", "p": "x", "c": MAX_COUNT + 1, "s": "s", "d": b""}),
+        batch({"t": "msg", "p": "x", "c": 2**64, "s": "s", "d": b""}),
+        batch({"t": "peer", "p": "x", "u": None, "n": "N", "a": True, "i": 5}),
+        batch({"t": "peer", "p": "x", "u": None, "n": "N", "a": True, "i": ""}),
+        batch({"t": "peer", "p": "x", "u": None, "n": "N", "a": True, "i": "x" * 600}),
         batch({"t": "peer", "p": "x", "u": 1, "n": "N", "a": 1}),
         batch({"t": "gone", "p": "x" * 200}),
         batch({"t": "hello"}, {"t": "join"}),  # one bad message spoils the batch
@@ -110,9 +119,19 @@ def test_a_batch_carries_several_messages_in_order() -> None:
     assert len(decode_message(encode_batch(NODE, many))[1]) == 300
 
 
+def test_a_peer_announced_without_an_identity_still_decodes() -> None:
+    # What a relay of a version before identities sends and stores.
+    old = {"t": "peer", "p": "peer-1", "u": "bob", "n": "Bob", "a": False}
+    user = UserInfo("bob", "Bob", False)
+    assert decode_message(batch(old)) == (NODE, [PeerUp("peer-1", user)])
+    assert decode_peer(cbor2.dumps({"u": "bob", "n": "Bob", "a": False})) == (user, None)
+
+
 def test_hash_values_round_trip_and_refuse_garbage() -> None:
     user = UserInfo("bob", "Bob", False)
     assert decode_user(encode_user(user)) == user
+    assert decode_peer(encode_user(user, "user:bob")) == (user, "user:bob")
+    assert decode_user(encode_user(user, "user:bob")) == user
     assert decode_members(encode_members(("p1", "p2"))) == ("p1", "p2")
     for bad in (b"\xff", cbor2.dumps([1, 2]), cbor2.dumps(["ok", ""]), cbor2.dumps("p1")):
         with pytest.raises(ProtocolError):

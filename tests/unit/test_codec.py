@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from ratatoskr_client import protocol
 from ratatoskr_client.errors import PayloadError, ProtocolError
 from ratatoskr_client.protocol import (
+    MAX_COUNT,
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
@@ -56,7 +57,9 @@ text = st.text(max_size=30)
 nonempty = st.text(min_size=1, max_size=30)
 opt_text = st.none() | text
 peer_ids = st.lists(nonempty, max_size=6).map(tuple)
-counts = st.integers(min_value=0, max_value=2**70)  # beyond 64 bits: CBOR bignums
+# Up to 2**53 - 1, the largest count accepted (larger ones, bignums included,
+# are refused: test_wrongly_typed_field_is_named).
+counts = st.integers(min_value=0, max_value=MAX_COUNT)
 numbers = st.floats(min_value=0, allow_nan=False, allow_infinity=False) | st.integers(0, 10**6)
 
 # auth_ok's user is lenient (upstream sends no name); peer_identity's is strict.
@@ -459,6 +462,9 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("ephemeral", "count", "1"),
     ("ephemeral", "count", 1.0),
     ("ephemeral", "count", True),
+    ("ephemeral", "count", MAX_COUNT + 1),
+    ("ephemeral", "count", 2**64 - 1),
+    ("ephemeral", "count", 2**64),  # a CBOR bignum (tag 2)
     ("ephemeral", "sessionId", 7),
     ("ephemeral", "data", "text"),
     ("ephemeral", "data", [1, 2, 3]),

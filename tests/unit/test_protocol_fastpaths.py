@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ratatoskr_client._events import SafeEmitter
 from ratatoskr_client.errors import ProtocolError
 from ratatoskr_client.protocol import (
+    MAX_COUNT,
     EphemeralFrame,
     PeerDisconnectedFrame,
     PeerIdentityFrame,
@@ -201,7 +202,7 @@ def test_ephemeral_frames_with_other_fields_take_the_general_path() -> None:
 
 @pytest.mark.parametrize(
     ("sender", "document", "count", "size"),
-    [("", "d", 0, 0), ("ä" * 20, "d" * 200, 2**40, 70_000), ("p", "ü", 2**63, 23)],
+    [("", "d", 0, 0), ("ä" * 20, "d" * 200, 2**40, 70_000), ("p", "ü", MAX_COUNT, 23)],
 )
 def test_ephemeral_frames_of_any_size_decode_exactly(
     sender: str, document: str, count: int, size: int
@@ -344,8 +345,11 @@ _ids = st.one_of(
     st.text(min_size=60, max_size=70),  # around the bounds the fast path checks by length
 )
 _counts = st.one_of(
-    st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]),
+    st.sampled_from(
+        [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, MAX_COUNT, 2**53, 2**64 - 1]
+    ),
     st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=MAX_COUNT - 2, max_value=MAX_COUNT + 2),
 )
 _payloads = st.one_of(
     st.binary(max_size=40),
@@ -402,8 +406,30 @@ def test_ephemeral_frames_read_by_position_agree_with_the_plain_decoder(
     mutated = data.draw(_mutation(wire))
     assert outcome(decode, mutated) == outcome(decode_plain, mutated)
     if mutated == wire and fastpaths._ephemeral_by_position(wire) is None:
-        # Only ids the general path must measure (or refuse) leave the fast path.
-        assert max(len(doc), len(sid), len(sender), len(target)) > 32 or not doc or not sid
+        # Only ids the general path must measure (or refuse), and counts it
+        # refuses, leave the fast path.
+        assert (
+            max(len(doc), len(sid), len(sender), len(target)) > 32
+            or not doc
+            or not sid
+            or count > MAX_COUNT
+        )
+
+
+@pytest.mark.parametrize("count", [MAX_COUNT + 1, 2**64 - 1, 2**64, 2**200])
+@pytest.mark.parametrize("relayed", [False, True])
+def test_a_count_beyond_2_53_is_refused_on_both_paths(count: int, relayed: bool) -> None:
+    # 2**64 and more are CBOR bignums (tag 2), which the codec otherwise allows.
+    frame = EphemeralFrame("peer-a", "peer-b", "doc", count, "s", b"x")
+    wire = _relay_layout("peer-a", "peer-b", "doc", count, "s", b"x") if relayed else encode(frame)
+    assert fastpaths._ephemeral_by_position(wire) is None
+    for decoder in (decode, decode_plain):
+        with pytest.raises(ProtocolError, match=r"count.*2\*\*53 - 1"):
+            decoder(wire)
+    largest = EphemeralFrame("peer-a", "peer-b", "doc", MAX_COUNT, "s", b"x")
+    relayed_largest = _relay_layout("peer-a", "peer-b", "doc", MAX_COUNT, "s", b"x")
+    for ok in (encode(largest), relayed_largest):
+        assert fastpaths._ephemeral_by_position(ok) == largest == decode_plain(ok)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pytest
 
 from ratatoskr_client.protocol import (
     FEATURES,
+    MAX_COUNT,
     AuthErrorFrame,
     AuthFrame,
     AuthOkFrame,
@@ -205,8 +206,10 @@ class Relay:
             server_peer_id=SERVER_ID,
         )
 
-    def peer(self, token: str | None = None, *, auth: bool = True) -> Peer:
-        peer = Peer(self)
+    def peer(
+        self, token: str | None = None, *, auth: bool = True, address: str = "198.51.100.7"
+    ) -> Peer:
+        peer = Peer(self, address)
         if auth:
             peer.auth(token)
         return peer
@@ -678,7 +681,7 @@ def test_ephemeral_is_forwarded_with_identity_rewritten(relay: Relay) -> None:
         (0, b"\xf6"),
         (23, encode_payload("x" * 23)),
         (2**32, encode_payload(list(range(100)))),
-        (2**64 + 5, encode_payload({"big": b"\xff" * 60_000})),
+        (MAX_COUNT, encode_payload({"big": b"\xff" * 60_000})),
     ],
 )
 def test_spliced_frame_decodes_exactly(relay: Relay, count: int, data: bytes) -> None:
@@ -717,7 +720,7 @@ def test_ephemeral_needs_read_permission(acl_relay: Relay) -> None:
 
 
 def test_gossip_copy_from_another_connection_is_dropped(relay: Relay) -> None:
-    a, b, c = relay.peers(3)
+    a, b, c = (relay.peer(address=f"198.51.100.{i}") for i in (1, 2, 3))
     for p in (a, b, c):
         p.join("doc")
     for p in (a, b, c):
@@ -727,12 +730,46 @@ def test_gossip_copy_from_another_connection_is_dropped(relay: Relay) -> None:
     c.take()
     # b forwards a's message back to the relay, as a stock automerge-repo peer does.
     b.send(sent)
+    # Another identity: a copy whatever its count, up to the largest one.
     b.ephemeral("doc", "copy", session_id=a.session_id, count=sent.count + 1)
+    b.ephemeral("doc", "copy", session_id=a.session_id, count=MAX_COUNT)
     assert a.take() == b.take() == c.take() == []  # silently dropped, no error
-    # b's own session still works.
+    # b's own session still works, and so does a's.
     b.ephemeral("doc", "mine")
     assert len(a.take()) == 1
     assert len(c.take()) == 1
+    a.ephemeral("doc", "still mine")
+    assert [f.count for f in c.take() if isinstance(f, EphemeralFrame)] == [sent.count + 1]
+
+
+def test_a_session_passes_to_another_connection_of_the_same_identity(acl_relay: Relay) -> None:
+    """A stock peer back on a new connection before its old one was noticed
+    dead (same user, or for anonymous peers the same address): its new count
+    takes the session over; its other tab forwarding a copy (old count) does not."""
+    relay = acl_relay
+    alice = relay.peer("alice-secret", address="198.51.100.1")
+    watcher = relay.peer("bob-secret", address="198.51.100.2")
+    for p in (alice, watcher):
+        p.join("shared")
+    sent = alice.ephemeral("shared", "hello")
+    alice_again = relay.peer("alice-secret", address="203.0.113.9")  # another address
+    for p in (alice, watcher, alice_again):
+        p.take()
+    alice_again.send(sent)  # a copy from alice's other tab: dropped
+    assert watcher.take() == []
+    alice_again.ephemeral("shared", "back", session_id=alice.session_id, count=sent.count + 1)
+    (got,) = watcher.take()
+    assert isinstance(got, EphemeralFrame)
+    assert (got.sender_id, got.count) == (alice_again.peer_id, sent.count + 1)
+    # The old connection's frames of that session with no new count are copies
+    # now; with a new count, it would take the session back (the same user).
+    alice.ephemeral("shared", "stale", count=sent.count + 1)
+    assert watcher.take() == []
+    alice.close()
+    watcher.take()
+    alice_again.ephemeral("shared", "on", session_id=alice.session_id, count=sent.count + 3)
+    assert [f.count for f in watcher.take() if isinstance(f, EphemeralFrame)] == [sent.count + 3]
+    assert relay.stats().session_tombstones == 0
 
 
 def test_count_not_greater_than_last_is_dropped(relay: Relay) -> None:
@@ -755,7 +792,8 @@ def test_count_not_greater_than_last_is_dropped(relay: Relay) -> None:
 
 
 def test_closed_connections_session_id_is_tombstoned_then_taken_back(relay: Relay) -> None:
-    a, b, c = relay.peers(3)
+    a, c = relay.peers(2)
+    other = relay.peer(address="192.0.2.66")
     c.join("doc")
     c.take()
     a.ephemeral("doc", 1, session_id="shared", count=5)
@@ -764,15 +802,84 @@ def test_closed_connections_session_id_is_tombstoned_then_taken_back(relay: Rela
     assert relay.stats().gossip_sessions == 1
     assert relay.stats().session_tombstones == 1
     c.take()
-    # A late gossip copy of a's last message, forwarded by b: still dropped.
+    other.take()
+    # Someone else, even with a new count: dropped, and the tombstone stays.
+    other.ephemeral("doc", 1, session_id="shared", count=MAX_COUNT)
+    assert c.take() == other.take() == []
+    # The stock peer reconnects (the same anonymous address): a late gossip copy
+    # of its last message, forwarded by its other tab, is still dropped...
+    b = relay.peer()
+    c.take()
     b.ephemeral("doc", 1, session_id="shared", count=5)
     assert c.take() == []
-    # A stock peer reconnecting keeps its sessionId and carries on counting.
+    # ...and it keeps its sessionId and carries on counting.
     b.ephemeral("doc", 2, session_id="shared", count=6)
     (got,) = c.take()
     assert isinstance(got, EphemeralFrame)
     assert (got.sender_id, got.count) == (b.peer_id, 6)
     assert relay.stats().session_tombstones == 0
+
+
+def test_a_frame_refused_by_the_read_check_claims_no_session(acl_relay: Relay) -> None:
+    """Issue #19, finding 1: a peer that may not read a document used to claim
+    a sessionId with its refused frame. The read check now comes first."""
+    relay = acl_relay
+    alice = relay.peer("alice-secret")
+    watcher = relay.peer("alice-secret", address="198.51.100.99")
+    watcher.join("secret")
+    bob = relay.peer("bob-secret", address="192.0.2.1")
+    anon = relay.peer(address="192.0.2.2")
+    for p in (alice, watcher, bob, anon):
+        p.take()
+    for p in (bob, anon):
+        for payload in ({"x": 1}, {"type": "presence", "status": "join", "documentId": "secret"}):
+            p.ephemeral("secret", payload, session_id=alice.session_id, count=MAX_COUNT)
+            err = error(p.take_one())
+            assert (err.error, err.document_id) == ("permission_denied", "secret")
+        # A leave of a document one is not in does nothing, and claims nothing.
+        p.ephemeral(
+            "secret",
+            {"type": "presence", "status": "leave", "documentId": "secret"},
+            session_id=alice.session_id,
+            count=MAX_COUNT,
+        )
+        assert p.take() == []
+    assert relay.stats().gossip_sessions == 1  # the watcher's join
+    alice.ephemeral("secret", "mine", count=1)
+    assert [f.count for f in watcher.take() if isinstance(f, EphemeralFrame)] == [1]
+
+
+def test_a_count_beyond_2_53_is_invalid_and_claims_nothing(relay: Relay) -> None:
+    a, b = relay.peers(2)
+    b.join("doc")
+    b.take()
+    for count in (MAX_COUNT + 1, 2**64):
+        a.ephemeral("doc", 1, count=count)
+        err = error(a.take_one())
+        assert err.error == "invalid_message"
+        assert "2**53 - 1" in err.message
+    assert b.take() == []
+    a.ephemeral("doc", 1, count=1)
+    assert len(b.take()) == 1
+
+
+def test_gossip_copies_spend_no_rate_tokens() -> None:
+    relay = Relay(RelayConfig(open=True, rate_limit=2))
+    a = relay.peer(address="192.0.2.1")
+    stock = relay.peer(address="192.0.2.2")
+    stock.join("doc")
+    stock.take()
+    sent = [a.ephemeral("doc", i) for i in range(2)]
+    assert len(stock.take()) == 2
+    for frame in sent * 5:  # a stock peer forwarding everything it hears, and more
+        stock.send(frame)
+    assert stock.take() == []  # dropped silently: no rate_limited
+    # Its whole allowance is still there: two messages of its own, not three.
+    stock.ephemeral("doc", "own")
+    stock.ephemeral("doc", "own")
+    assert stock.take() == []
+    stock.ephemeral("doc", "one too many")
+    assert error(stock.take_one()).error == "rate_limited"
 
 
 def test_tombstones_expire(relay: Relay) -> None:
@@ -851,10 +958,12 @@ def test_rate_limit() -> None:
     a.join("other")
     assert [type(f) for f in a.take()] == [DocPresenceStateFrame, DocPresenceStateFrame]
     assert b.take() == [PeerJoinedDocFrame("doc", a.peer_id)]
-    # A refused message is not relayed later, and costs no token.
+    # A refused message is not relayed later, and costs no token; one sent
+    # before the retryAfter it was given has passed is not answered again.
     relay.clock.advance(10)
     a.ephemeral("doc", "still too early")
-    assert error(a.take_one()).retry_after == pytest.approx(10.0)
+    assert a.take() == []
+    assert relay.core.counters.unanswered == 1
     relay.clock.advance(10)
     a.ephemeral("doc", "ok now")
     assert [f.data for f in b.take() if isinstance(f, EphemeralFrame)] == [encode_payload("ok now")]

@@ -109,6 +109,7 @@ def test_the_client_layers_import_downwards_only():
 CORE_MODULES = {
     "_core",
     "_incoming",
+    "_liveness",
     "_sending",
     "_outgoing",
     "_documents",

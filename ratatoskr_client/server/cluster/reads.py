@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from ...errors import ProtocolError
 from .view import NodeSnapshot
-from .wire import Names, decode_members, decode_user, text
+from .wire import Names, decode_members, decode_peer, text
 
 __all__ = ["read_nodes", "read_presence", "read_table"]
 
@@ -50,12 +50,17 @@ async def read_nodes(
         present = next(replies) if docs else []
         raw_peers: dict[bytes, bytes] = next(replies)
         peers = {}
+        identities = {}
         for peer_id, value in raw_peers.items():
             try:
-                peers[text(peer_id)] = decode_user(value)
+                user, identity = decode_peer(value)
             except ProtocolError as exc:
                 malformed += 1
                 log.warning("ignoring a malformed peer of node %s: %s", node, exc)
+                continue
+            peers[text(peer_id)] = user
+            if identity is not None:
+                identities[text(peer_id)] = identity
         members = {}
         for doc_id, value in zip(docs, present, strict=True):
             if value is not None:
@@ -64,7 +69,7 @@ async def read_nodes(
                 except ProtocolError as exc:
                     malformed += 1
                     log.warning("ignoring malformed presence of node %s: %s", node, exc)
-        out[node] = NodeSnapshot(peers, members)
+        out[node] = NodeSnapshot(peers, members, identities)
     return out, malformed
 
 

@@ -261,7 +261,7 @@ class RedisLink:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._goodbye(client), t.command_timeout)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call,unused-ignore]  # (typed from redis 8)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.aclose(), 1.0)
 

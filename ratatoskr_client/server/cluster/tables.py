@@ -21,6 +21,8 @@ class RemotePeer:
     identity_frame: bytes
     #: the tracked documents it is present in
     docs: set[str] = field(default_factory=set)
+    #: its identity key for the gossip rule, as its relay announced it (None: none)
+    identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +33,13 @@ class NodeSnapshot:
         peers: peer id -> user, for every peer connected to the node.
         docs: document id -> the node's peers present there, for the documents
             that were asked for.
+        identities: peer id -> its identity key, for the peers the node
+            stored one for.
     """
 
     peers: Mapping[str, UserInfo]
     docs: Mapping[str, Sequence[str]]
+    identities: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

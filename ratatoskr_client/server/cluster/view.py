@@ -149,8 +149,8 @@ class ClusterView:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             user = UserInfo(conn.user_id, conn.name, conn.is_anonymous)
-            self._dirty_peers[conn.peer_id] = encode_user(user)
-            self._send(self.names.cluster_channel, False, PeerUp(conn.peer_id, user))
+            self._dirty_peers[conn.peer_id] = encode_user(user, conn.identity)
+            self._send(self.names.cluster_channel, False, PeerUp(conn.peer_id, user, conn.identity))
         if self._scoped:
             return []  # identities travel with the documents
         return [peer.identity_frame for peer in self._peers.values()]
@@ -254,7 +254,7 @@ class ClusterView:
     def local_state(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """This relay's whole state, for its hashes: (peers, docs)."""
         peers = {
-            s.peer_id: encode_user(UserInfo(s.user_id, s.name, s.is_anonymous))
+            s.peer_id: encode_user(UserInfo(s.user_id, s.name, s.is_anonymous), s.identity)
             for s in self.core.peers()
         }
         docs = {d: encode_members(self.core.presence_shown(d)) for d in self._docs}
@@ -330,6 +330,7 @@ class ClusterView:
                         relayed.count,
                         relayed.session_id,
                         relayed.data,
+                        sender.identity,
                         introduce,
                     )
             elif not doc.fetch and isinstance(message, Joined | Left):
@@ -342,7 +343,7 @@ class ClusterView:
                     self._remove_member(document_id, doc, peer, gone=message.gone)
             return
         if isinstance(message, PeerUp):
-            self._add_peer(node, message.peer_id, message.user)
+            self._add_peer(node, message.peer_id, message.user, message.identity)
         elif isinstance(message, PeerGone):
             peer = peers.get(message.peer_id)
             if peer is not None:
@@ -362,7 +363,7 @@ class ClusterView:
         for peer_id in [p for p in peers if p not in snapshot.peers]:
             self._remove_peer(peers[peer_id])
         for peer_id, user in snapshot.peers.items():
-            self._add_peer(node, peer_id, user)
+            self._add_peer(node, peer_id, user, snapshot.identities.get(peer_id))
         for doc_id, doc in self._docs.items():
             if not doc.fetch or (docs is not None and docs.get(doc_id) == doc.gen):
                 self._set_members(doc_id, doc, {node: snapshot.docs.get(doc_id, ())}, node)
@@ -418,11 +419,11 @@ class ClusterView:
             for conn in self.core.members(document_id):
                 conn.outbox.send(frame)
 
-    def _add_peer(self, node: str, peer_id: str, user: UserInfo) -> None:
+    def _add_peer(self, node: str, peer_id: str, user: UserInfo, identity: str | None) -> None:
         if peer_id in self._peers:
             return
         frame = encode(PeerIdentityFrame(peer_id, user))
-        peer = RemotePeer(node, peer_id, user, frame)
+        peer = RemotePeer(node, peer_id, user, frame, identity=identity)
         self._nodes.setdefault(node, {})[peer_id] = peer
         self._peers[peer_id] = peer
         self._broadcast(frame)

@@ -12,7 +12,7 @@ Redis pub/sub channels are shared by every database of a server):
 * the **node table** ``ratatoskr:<db>:nodes``, a sorted set of node ids scored
   by the time (Redis server time, in ms) after which the node counts as dead;
 * per node, two hashes: ``ratatoskr:<db>:node:<id>:peers`` (peer id -> the
-  user, as :func:`encode_user`) and ``ratatoskr:<db>:node:<id>:docs``
+  user and the peer's identity key, as :func:`encode_user`) and ``ratatoskr:<db>:node:<id>:docs``
   (document id -> the node's local peers present, as :func:`encode_members`).
 
 A Redis message is one version byte (``0x01``), the sender's 12-character
@@ -35,6 +35,7 @@ import cbor2
 
 from ...errors import ProtocolError
 from ...protocol import (
+    MAX_COUNT,
     MAX_PEER_ID_BYTES,
     MAX_SESSION_ID_BYTES,
     UserInfo,
@@ -59,6 +60,7 @@ __all__ = [
     "batch_messages",
     "decode_members",
     "decode_message",
+    "decode_peer",
     "decode_user",
     "encode_batch",
     "encode_body",
@@ -153,12 +155,24 @@ class Bye:
     """Cluster channel: the node is stopping; drop its peers now."""
 
 
+#: The longest identity key accepted from another relay (ours are at most
+#: ``user:`` + a user id, or ``anon:`` + 32 hex digits).
+MAX_IDENTITY_BYTES: Final = 512
+
+
 @dataclass(frozen=True, slots=True)
 class PeerUp:
-    """Cluster channel: a peer authenticated on the node."""
+    """Cluster channel: a peer authenticated on the node.
+
+    ``identity`` is the peer's identity key for the gossip rule
+    (``ratatoskr_client.server.identity``): every relay must apply the same
+    rule to its messages. None when the node sent none (a relay of a version
+    before identities): its sessions then belong to that peer alone.
+    """
 
     peer_id: str
     user: UserInfo
+    identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +212,13 @@ class Relayed:
 BusMessage: TypeAlias = Hello | Bye | PeerUp | PeerGone | Joined | Left | Relayed
 
 
-def encode_user(user: UserInfo) -> bytes:
-    """A user as stored in a node's peers hash: ``{u: id, n: name, a: anonymous}``."""
-    return cbor2.dumps({"u": user.id, "n": user.name, "a": user.is_anonymous})
+def encode_user(user: UserInfo, identity: str | None = None) -> bytes:
+    """A peer as stored in a node's peers hash: ``{u: id, n: name, a:
+    anonymous}``, and ``i``, its identity key, when given."""
+    body: dict[str, Any] = {"u": user.id, "n": user.name, "a": user.is_anonymous}
+    if identity is not None:
+        body["i"] = identity
+    return cbor2.dumps(body)
 
 
 def encode_message(node: str, message: BusMessage) -> bytes:
@@ -266,7 +284,8 @@ def batch_messages(
 
 def encode_body(message: BusMessage) -> bytes:
     """One message as a CBOR map. By ``t``: ``hello``, ``bye``: nothing else;
-    ``peer``: ``p`` (peer id) and the user's ``u``, ``n``, ``a``; ``gone``,
+    ``peer``: ``p`` (peer id), the user's ``u``, ``n``, ``a``, and ``i`` (its
+    identity key; a relay that sends none is still understood); ``gone``,
     ``join``: ``p``; ``leave``: ``p``, and ``g: true`` when the connection
     closed; ``msg``: ``p``, ``c`` (count), ``s`` (sessionId), ``d`` (the
     payload's bytes)."""
@@ -280,8 +299,10 @@ def encode_body(message: BusMessage) -> bytes:
             body = {"t": "leave", "p": peer_id}
             if gone:
                 body["g"] = True
-        case PeerUp(peer_id, user):
+        case PeerUp(peer_id, user, identity):
             body = {"t": "peer", "p": peer_id, "u": user.id, "n": user.name, "a": user.is_anonymous}
+            if identity is not None:
+                body["i"] = identity
         case PeerGone(peer_id):
             body = {"t": "gone", "p": peer_id}
         case Hello():
@@ -305,12 +326,25 @@ def _user(body: dict[str, Any]) -> UserInfo:
     return UserInfo(uid, name, anon)
 
 
-def decode_user(data: bytes) -> UserInfo:
-    """A user from a node's peers hash (raises ProtocolError)."""
+def _identity(body: dict[str, Any]) -> str | None:
+    value = body.get("i")
+    if value is None:
+        return None
+    return _text(body, "i", MAX_IDENTITY_BYTES)
+
+
+def decode_peer(data: bytes) -> tuple[UserInfo, str | None]:
+    """A peer from a node's peers hash: its user and identity key (None if the
+    node stored none). Raises ProtocolError."""
     body = loads_strict(data, "bus user")
     if type(body) is not dict:
         raise ProtocolError("bus user: not a map")
-    return _user(body)
+    return _user(body), _identity(body)
+
+
+def decode_user(data: bytes) -> UserInfo:
+    """A user from a node's peers hash (raises ProtocolError)."""
+    return decode_peer(data)[0]
 
 
 def decode_message(data: bytes) -> tuple[str, list[BusMessage]]:
@@ -336,7 +370,7 @@ def _decode_body(body: object) -> BusMessage:
     kind = body.get("t")
     if kind == "msg":
         count, data = body.get("c"), body.get("d")
-        if type(count) is not int or count < 0 or type(data) is not bytes:
+        if type(count) is not int or not 0 <= count <= MAX_COUNT or type(data) is not bytes:
             raise ProtocolError("bus message: malformed msg")
         return Relayed(
             _text(body, "p", MAX_PEER_ID_BYTES),
@@ -349,7 +383,7 @@ def _decode_body(body: object) -> BusMessage:
     if kind == "leave":
         return Left(_text(body, "p", MAX_PEER_ID_BYTES), body.get("g") is True)
     if kind == "peer":
-        return PeerUp(_text(body, "p", MAX_PEER_ID_BYTES), _user(body))
+        return PeerUp(_text(body, "p", MAX_PEER_ID_BYTES), _user(body), _identity(body))
     if kind == "gone":
         return PeerGone(_text(body, "p", MAX_PEER_ID_BYTES))
     if kind == "hello":

@@ -43,6 +43,11 @@
 //                                              presence.broadcast(channel, n) with n = 0, 1, 2...
 //                                              every everyMs milliseconds (until presence-stop)
 //   {"cmd":"presence-stop", "documentId"?}     sends goodbye
+//   {"cmd":"reconnect", "abandon"?: bool}      a new socket for the same Repo (which
+//                                              keeps its ephemeral sessionId and count);
+//                                              abandon: the old one is left open, ignored
+//                                              -> {"peerId": the id the server assigned
+//                                                  the new connection}
 //   {"cmd":"peer-states", "documentId"?}       -> {"states": {peerId: state},
 //                                                  "peers": {peerId: {peerId,
 //                                                   lastActiveAt, lastSeenAt, value}},
@@ -234,6 +239,10 @@ const commands = {
     return {}
   },
   "peer-states": async cmd => peerStates(entry(cmd).presence),
+  reconnect: async cmd => {
+    const ok = await adapter.reconnect({ abandon: cmd.abandon === true })
+    return { peerId: ok.clientPeerId }
+  },
 }
 
 async function handle(line) {

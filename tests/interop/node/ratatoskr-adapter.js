@@ -19,8 +19,14 @@
 // senderId of our frames and the keys other Presence peers use for us all agree;
 // connect() warns on stderr when the Repo was given another id.
 //
-// Reconnection is out of scope (a test peer lives for one connection): when the
-// socket closes, the server peer is reported disconnected and the adapter is done.
+// Reconnection: when the socket closes, the server peer is reported disconnected
+// and the adapter is done. `reconnect()` opens a new socket on the same Repo, as a
+// stock reconnecting adapter does: the server peer is reported disconnected, then
+// announced again once the new socket is authenticated. The Repo keeps its
+// ephemeral sessionId and count across it (automerge-repo's NetworkSubsystem owns
+// them). `reconnect({ abandon: true })` leaves the old socket open and ignored, as
+// when a network path dies without anyone noticing: the server still thinks the
+// old connection alive.
 
 import { NetworkAdapter, cbor } from "@automerge/automerge-repo"
 import WebSocket from "ws"
@@ -97,8 +103,38 @@ export class RatatoskrNetworkAdapter extends NetworkAdapter {
    * auth_error, an error frame, a closed socket or a timeout. Idempotent.
    */
   authenticate() {
-    if (this.#authPromise) return this.#authPromise
-    this.#authPromise = new Promise((resolve, reject) => {
+    if (!this.#authPromise) this.#authPromise = this.#open()
+    return this.#authPromise
+  }
+
+  /**
+   * Leave the current socket (closed, or with `abandon` left open and ignored) and
+   * open a new one; resolves with the new auth_ok once the server peer has been
+   * announced again.
+   */
+  async reconnect({ abandon = false } = {}) {
+    const old = this.socket
+    this.socket = undefined
+    if (this.#ready) {
+      this.#ready = false
+      this.emit("peer-disconnected", { peerId: this.serverPeerId })
+    }
+    this.#announced = false
+    if (old !== undefined && !abandon) {
+      await new Promise(resolve => {
+        if (old.readyState === WebSocket.CLOSED) resolve()
+        old.once("close", resolve)
+        old.close(1000)
+      })
+    }
+    this.#authPromise = this.#open()
+    const frame = await this.#authPromise
+    this.#announce()
+    return frame
+  }
+
+  #open() {
+    return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url, { perMessageDeflate: false })
       ws.binaryType = "nodebuffer"
       this.socket = ws
@@ -129,9 +165,10 @@ export class RatatoskrNetworkAdapter extends NetworkAdapter {
       ws.on("close", (code, reason) => {
         this.log(`socket closed (code ${code}${reason.length ? `, ${reason}` : ""})`)
         fail(new Error(`${this.url} closed the connection during auth (code ${code})`))
-        this.#onClose()
+        if (ws === this.socket) this.#onClose() // not a socket left by reconnect()
       })
       ws.on("message", (data, isBinary) => {
+        if (ws !== this.socket) return // a socket left by reconnect({ abandon: true })
         if (!isBinary) {
           this.log(`ignoring a text frame: ${String(data).slice(0, 200)}`)
           return

@@ -1,4 +1,4 @@
-"""Redis URLs in the relay's configuration: which database, shown without a password. No I/O."""
+"""Addresses and URLs in the relay's configuration: parsed, checked, redacted. No I/O."""
 
 from __future__ import annotations
 
@@ -7,9 +7,26 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["database_of", "redact_url", "validate_redis_url"]
+__all__ = ["database_of", "parse_listen_address", "redact_url", "validate_redis_url"]
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (or ``"[IPv6]:PORT"``) as (host, port).
+
+    Raises:
+        ValueError: not of that form, or the port is not 0-65535.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return host, port
 
 
 def database_of(url: str) -> int:
@@ -42,8 +59,12 @@ def redact_url(url: str) -> str:
 
 
 def validate_redis_url(url: object, source: str | None) -> None:
-    """Raise :class:`ConfigError` (naming the file ``source``) unless ``url``
-    is None or a usable ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """Check ``redis_url`` (None: no cluster), naming ``source`` (the config
+    file) in the error.
+
+    Raises:
+        ConfigError: not a Redis URL; the message never shows its password.
+    """
     if url is None:
         return
     if not isinstance(url, str) or not url.strip():
