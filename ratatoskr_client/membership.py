@@ -142,7 +142,8 @@ class MembershipStore:
     def __init__(
         self, *, max_identities: int = MAX_IDENTITIES, max_peers: int = MAX_PRESENCE_PEERS
     ) -> None:
-        #: the most identities held at once
+        #: the most identities held at once (with :attr:`incoming`; and at most
+        #: as many more out of sight in :attr:`lingering`)
         self.max_identities = max_identities
         #: the most peers held present in one document
         self.max_peers = max_peers
@@ -226,12 +227,21 @@ class MembershipStore:
         our documents: its identity is kept."""
         # (incoming is cleared whole after the frame: popping would leave a
         # large empty table behind in every client that received a state)
-        if peer.peer_id not in self.incoming and self.lingering.pop(peer.peer_id, None) is None:
-            return []
-        if peer.peer_id in self._identities:
+        pid = peer.peer_id
+        if pid in self._identities or len(self._identities) >= self.max_identities:
+            return []  # (at the bound it stays out of identities, as it came in)
+        if pid not in self.incoming and self.lingering.pop(pid, None) is None:
             return []
         self._identities.put(peer)
         return [IdentityAdded(peer)]
+
+    def _linger(self, peer_id: str, peer: Peer) -> None:
+        """Keep a forgotten identity out of sight while a leave of ours is on
+        its way (at most ``max_identities`` of them: a server that sends
+        identities it never needs cannot grow this either)."""
+        lingering = self.lingering
+        if len(lingering) < self.max_identities or peer_id in lingering:
+            lingering[peer_id] = peer
 
     def _drop_unshared(self, peer_ids: Iterable[str]) -> None:
         """Scoped: forget at once the identities of these peers that are in
@@ -245,7 +255,7 @@ class MembershipStore:
                 if peer is not None:
                     self.changed = True
                     if linger:
-                        self.lingering[peer_id] = peer
+                        self._linger(peer_id, peer)
 
     def settle_incoming(self) -> None:
         """After the frame the incoming identities were sent for: those it did
@@ -254,7 +264,9 @@ class MembershipStore:
         the server counts us in it still)."""
         if self.linger_until != math.inf:
             known = self._identities
-            self.lingering.update((p, v) for p, v in self.incoming.items() if p not in known)
+            for peer_id, peer in self.incoming.items():
+                if peer_id not in known:
+                    self._linger(peer_id, peer)
         self.incoming.clear()
 
     def stop_lingering(self, now: float) -> None:
@@ -428,7 +440,7 @@ class MembershipStore:
             self._identities.pop(peer_id)
             self.departed[peer_id] = peer
             if self.linger_until != math.inf:
-                self.lingering[peer_id] = peer  # (a leave of ours is on its way)
+                self._linger(peer_id, peer)  # (a leave of ours is on its way)
             self.changed = True
         return [PeerLeft(document_id, peer), change]
 
@@ -463,7 +475,11 @@ class MembershipStore:
         self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
     ) -> list[Change]:
         old = self._identities.get(peer_id)
-        if old is None and len(self._identities) >= self.max_identities:
+        if (
+            old is None
+            and len(self._identities) + len(self.incoming) >= self.max_identities
+            and peer_id not in self.incoming
+        ):
             return _refused(
                 f"identity of {peer_id!r} refused: {len(self._identities):,} identities are"
                 " held already, the most a client holds"
