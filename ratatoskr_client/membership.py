@@ -28,31 +28,9 @@ Contracts:
   that would go beyond changes nothing and returns one :class:`Refused`, found
   before any per-entry work (a ``doc_presence_state`` is refused on its length).
 
-Identity scope. A server that announces ``"scoped-identity"`` in ``auth_ok``
-sends a peer's identity only to the peers sharing a document with it, right
-before the frame that needs it (a ``peer_joined_doc``, a ``doc_presence_state``,
-or a message from a peer not present in the document), and
-``peer_disconnected`` only for peers we knew, right after their last
-``peer_left_doc``. The store then keeps an identity exactly while its peer is
-present in one of our tracked documents (it mirrors the relay's rule, so
-neither side keeps a table per pair):
-
-* an identity of a peer in none of our documents waits for the next frame
-  (it introduces that frame's peer) and is dropped after it, unless that
-  frame put the peer in a document;
-* a peer that leaves our last document with it is forgotten at once; if the
-  next frame is its ``peer_disconnected`` (its connection closed), that is an
-  :class:`IdentityRemoved` all the same: ``peer-disconnected`` still means
-  exactly "the server said it disconnected";
-* the application's own leave is the one change the server learns after us:
-  until it has the leave it still counts us in the document, and does not
-  send again an identity it thinks we have. So for :data:`LINGER` seconds
-  after :meth:`forget`, the identities we forget are kept out of sight
-  (:attr:`lingering`, not in :attr:`identities`) and taken back when a frame
-  names their peer again.
-
-Without the feature every identity the server announces is kept until its
-``peer_disconnected``.
+Identity scope: behind a server that announces ``"scoped-identity"`` the store
+keeps an identity only while its peer is in one of our tracked documents; the
+rules are in :mod:`ratatoskr_client._scope`.
 """
 
 from __future__ import annotations
@@ -75,6 +53,7 @@ from ._changes import (
 from ._peer import _INTERNED as _INTERNED  # (where the shared peers are kept)
 from ._peer import Peer, intern_peer
 from ._peer_tables import PeerTable
+from ._scope import LINGER, ScopedIdentities
 from .errors import ProtocolError
 from .protocol import (
     FEATURE_SCOPED_IDENTITY,
@@ -90,6 +69,7 @@ from .protocol import (
 from .protocol.constants import MAX_IDENTITIES, MAX_PRESENCE_PEERS
 
 __all__ = [
+    "LINGER",
     "Change",
     "IdentityAdded",
     "IdentityRemoved",
@@ -115,13 +95,9 @@ def _refused(problem: str) -> list[Change]:
 #: long enough for a burst of joins to be over, short enough that an idle fleet
 #: of bots shares its tables within a second.
 SHARE_AFTER: Final = 0.5
-#: Seconds the identities of a left document's peers are kept out of sight
-#: (document identity scope, see :meth:`MembershipStore.forget`): far longer
-#: than a round trip; bounded by what was in the document.
-LINGER: Final = 10.0
 
 
-class MembershipStore:
+class MembershipStore(ScopedIdentities):
     """Identities and membership for one client connection. See the module docstring."""
 
     __slots__ = (
@@ -129,13 +105,8 @@ class MembershipStore:
         "_identities",
         "_me",
         "changed",
-        "departed",
-        "incoming",
-        "linger_until",
-        "lingering",
         "max_identities",
         "max_peers",
-        "scoped",
         "share_at",
     )
 
@@ -147,19 +118,7 @@ class MembershipStore:
         self.max_identities = max_identities
         #: the most peers held present in one document
         self.max_peers = max_peers
-        #: the server scopes identities to documents (see the module docstring)
-        self.scoped = False
-        #: scoped: identities received for the next frame, not in any document yet
-        self.incoming: dict[str, Peer] = {}
-        #: scoped: peers the frame before took out of our last document with
-        #: them (already forgotten), in case this frame is their ``peer_disconnected``
-        self.departed: dict[str, Peer] = {}
-        #: scoped: identities forgotten since we left a document, kept out of
-        #: sight until :attr:`linger_until`: until the server has our leave it
-        #: still counts us in that document, and sends no identity it thinks
-        #: we have (see :meth:`forget`); any identity forgotten meanwhile too
-        self.lingering: dict[str, Peer] = {}
-        self.linger_until = math.inf
+        self._start_scope()
         #: the tables changed since :meth:`touched` was last told
         self.changed = False
         #: when to :meth:`share` the tables (they have been quiet since)
@@ -219,30 +178,6 @@ class MembershipStore:
                 return peer
         return Peer.unknown(peer_id)
 
-    def _in_a_document(self, peer_id: str) -> bool:
-        return any(peer_id in members for members in self._docs.values())
-
-    def _adopt(self, peer: Peer) -> list[Change]:
-        """Scoped: ``peer`` (introduced by the frame before) is now in one of
-        our documents: its identity is kept."""
-        # (incoming is cleared whole after the frame: popping would leave a
-        # large empty table behind in every client that received a state)
-        pid = peer.peer_id
-        if pid in self._identities or len(self._identities) >= self.max_identities:
-            return []  # (at the bound it stays out of identities, as it came in)
-        if pid not in self.incoming and self.lingering.pop(pid, None) is None:
-            return []
-        self._identities.put(peer)
-        return [IdentityAdded(peer)]
-
-    def _linger(self, peer_id: str, peer: Peer) -> None:
-        """Keep a forgotten identity out of sight while a leave of ours is on
-        its way (at most ``max_identities`` of them: a server that sends
-        identities it never needs cannot grow this either)."""
-        lingering = self.lingering
-        if len(lingering) < self.max_identities or peer_id in lingering:
-            lingering[peer_id] = peer
-
     def _drop_unshared(self, peer_ids: Iterable[str]) -> None:
         """Scoped: forget at once the identities of these peers that are in
         none of our documents any more (no frame will say more about them);
@@ -256,24 +191,6 @@ class MembershipStore:
                     self.changed = True
                     if linger:
                         self._linger(peer_id, peer)
-
-    def settle_incoming(self) -> None:
-        """After the frame the incoming identities were sent for: those it did
-        not put in one of our documents are dropped, or, while a leave of ours
-        is on its way, kept out of sight (it may be a document we just left;
-        the server counts us in it still)."""
-        if self.linger_until != math.inf:
-            known = self._identities
-            for peer_id, peer in self.incoming.items():
-                if peer_id not in known:
-                    self._linger(peer_id, peer)
-        self.incoming.clear()
-
-    def stop_lingering(self, now: float) -> None:
-        """Forget the lingering identities once their time is up (the core's timer)."""
-        if now >= self.linger_until:
-            self.lingering.clear()
-            self.linger_until = math.inf
 
     def presence(self, document_id: str) -> tuple[Peer, ...]:
         """Peers present in ``document_id`` in join order (empty if not tracked)."""
@@ -329,10 +246,7 @@ class MembershipStore:
                 members.clear()
                 changes.append(PresenceChanged(doc_id))
         self._identities.clear()
-        self.incoming.clear()
-        self.departed.clear()
-        self.lingering.clear()
-        self.linger_until = math.inf
+        self._reset_scope()
         return changes
 
     # ------------------------------------------------------------------ frames

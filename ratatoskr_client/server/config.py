@@ -8,8 +8,6 @@ the file, the entry and the problem. The file format is in ``docs/server.md``.
 
 from __future__ import annotations
 
-import enum
-import ipaddress
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -25,7 +23,24 @@ from ..protocol.constants import (
     PRESENCE_TTL,
     RATE_LIMIT,
 )
-from .addresses import database_of, parse_listen_address, redact_url, validate_redis_url
+from .acl import (
+    PUBLIC,
+    Access,
+    AclEntry,
+    DocumentSpec,
+    Permission,
+    UserSpec,
+    validate_acl,
+)
+from .addresses import (
+    Network,
+    database_of,
+    in_networks,
+    parse_listen_address,
+    parse_networks,
+    redact_url,
+    validate_redis_url,
+)
 
 __all__ = [
     "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
@@ -82,47 +97,6 @@ IDENTITY_SCOPES: Final = ("document", "global")
 #: The shortest node TTL accepted: nodes heartbeat every TTL/5 seconds, and a
 #: shorter TTL would declare a busy node dead for a garbage-collection pause.
 MIN_NODE_TTL: Final = 1.0
-
-#: ACL principal meaning "every peer, anonymous ones included".
-PUBLIC: Final = "public"
-
-Permission = Literal["read", "write"]
-_PERMISSIONS: Final = ("read", "write")
-
-
-class Access(enum.Enum):
-    """The answer to "may this user read this document?"."""
-
-    ALLOWED = "allowed"
-    DENIED = "denied"
-    NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class UserSpec:
-    """A user who authenticates with ``token``; ``id`` and ``name`` are what peers see."""
-
-    token: str
-    id: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class AclEntry:
-    """Grants ``permission`` on a document to a user id, or to ``PUBLIC`` (everyone)."""
-
-    principal: str
-    permission: Permission = "read"
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentSpec:
-    """A document the relay knows. Its owner and every ACL principal may read it
-    (both ``read`` and ``write`` imply read)."""
-
-    id: str
-    owner: str | None = None
-    acl: tuple[AclEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,9 +188,7 @@ class RelayConfig:
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
-    _exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _exempt: tuple[Network, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Accept any iterable for users/documents but store tuples (hashable, frozen).
@@ -224,12 +196,7 @@ class RelayConfig:
         object.__setattr__(self, "documents", tuple(self.documents))
         if isinstance(self.connection_limit_exempt, list | tuple):
             object.__setattr__(self, "connection_limit_exempt", tuple(self.connection_limit_exempt))
-        _validate(self)
-        object.__setattr__(
-            self,
-            "_exempt",
-            tuple(ipaddress.ip_network(n, strict=False) for n in self.connection_limit_exempt),
-        )
+        _validate(self)  # (the networks are parsed there: _exempt)
         tokens = {u.token: u for u in self.users}
         readers: dict[str, frozenset[str]] = {}
         for doc in self.documents:
@@ -260,13 +227,7 @@ class RelayConfig:
         peer's IP address as text): it is an IP address outside
         ``connection_limit_exempt``. An address that is not one (a Unix
         socket's, or unknown) is not limited: it names no single client."""
-        try:
-            ip = ipaddress.ip_address(address.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return not any(ip in net for net in self._exempt)
+        return in_networks(address, self._exempt) is False
 
     def access(self, user_id: str | None, document_id: str) -> Access:
         """May ``user_id`` (None for anonymous) read ``document_id``?"""
@@ -310,17 +271,10 @@ def _validate(cfg: RelayConfig) -> None:
             f"connection_limit_exempt must be a list of networks, got {exempt!r}",
             path=cfg.source,
         )
-    for net in exempt:
-        try:
-            if not isinstance(net, str):
-                raise ValueError("not a string")
-            ipaddress.ip_network(net, strict=False)
-        except ValueError as exc:
-            raise ConfigError(
-                f"connection_limit_exempt: {net!r} is not a network like '10.0.0.0/8' "
-                f"or an address ({exc})",
-                path=cfg.source,
-            ) from exc
+    try:
+        object.__setattr__(cfg, "_exempt", parse_networks(exempt))
+    except ValueError as exc:
+        raise ConfigError(f"connection_limit_exempt: {exc}", path=cfg.source) from exc
     if cfg.node_ttl < MIN_NODE_TTL:
         raise ConfigError(
             f"node_ttl must be at least {MIN_NODE_TTL:g} second, got {cfg.node_ttl!r}",
@@ -331,65 +285,7 @@ def _validate(cfg: RelayConfig) -> None:
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
-    tokens: set[str] = set()
-    ids: set[str] = set()
-    for i, user in enumerate(cfg.users):
-        entry = f"users[{i}]" + (f" (id {user.id!r})" if isinstance(user.id, str) else "")
-        for attr in ("token", "id", "name"):
-            value = getattr(user, attr)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(
-                    f"{attr!r} must be a non-empty string", path=cfg.source, entry=entry
-                )
-        if user.id == PUBLIC:
-            raise ConfigError(
-                f"user id {PUBLIC!r} is reserved for the public ACL principal",
-                path=cfg.source,
-                entry=entry,
-            )
-        if user.token in tokens:
-            raise ConfigError("token is already used by another user", path=cfg.source, entry=entry)
-        if user.id in ids:
-            raise ConfigError(f"duplicate user id {user.id!r}", path=cfg.source, entry=entry)
-        tokens.add(user.token)
-        ids.add(user.id)
-
-    doc_ids: set[str] = set()
-    for i, doc in enumerate(cfg.documents):
-        entry = f"documents[{i}]" + (f" (id {doc.id!r})" if isinstance(doc.id, str) else "")
-        if not isinstance(doc.id, str) or not doc.id.strip():
-            raise ConfigError("'id' must be a non-empty string", path=cfg.source, entry=entry)
-        if doc.id.startswith(EPHEMERAL_PREFIX):
-            raise ConfigError(
-                f"ids starting with {EPHEMERAL_PREFIX!r} are public relay channels and "
-                "cannot be configured",
-                path=cfg.source,
-                entry=entry,
-            )
-        if doc.id in doc_ids:
-            raise ConfigError(f"duplicate document id {doc.id!r}", path=cfg.source, entry=entry)
-        doc_ids.add(doc.id)
-        if doc.owner is not None and doc.owner not in ids:
-            raise ConfigError(
-                f"owner {doc.owner!r} is not a user defined in [[users]]",
-                path=cfg.source,
-                entry=entry,
-            )
-        for j, acl in enumerate(doc.acl):
-            where = f"{entry}.acl[{j}]"
-            if acl.permission not in _PERMISSIONS:
-                raise ConfigError(
-                    f"permission must be 'read' or 'write', got {acl.permission!r}",
-                    path=cfg.source,
-                    entry=where,
-                )
-            if acl.principal != PUBLIC and acl.principal not in ids:
-                raise ConfigError(
-                    f"principal {acl.principal!r} is neither 'public' nor a user defined "
-                    "in [[users]]",
-                    path=cfg.source,
-                    entry=where,
-                )
+    validate_acl(cfg.users, cfg.documents, cfg.source)
 
 
 def _validate_metrics(cfg: RelayConfig) -> None:
