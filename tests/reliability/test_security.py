@@ -225,6 +225,9 @@ async def test_a_reconnecting_stock_peers_session_cannot_be_taken_over(
     back = RecordingPeer(url, "owner-back")
     try:
         await watcher.join(doc)
+        # Present in its document, as a stock peer is once it sent request or
+        # sync: the watcher shares it, so it hears of the owner's going.
+        await owner.join(doc)
         await attacker.join("eph:chat")
         await owner.ephemeral(doc, {"n": "before"})
         await owner.ephemeral("eph:chat", {"n": "hello"})

@@ -864,7 +864,7 @@ def test_a_count_beyond_2_53_is_invalid_and_claims_nothing(relay: Relay) -> None
 
 
 def test_gossip_copies_spend_no_rate_tokens() -> None:
-    relay = Relay(RelayConfig(open=True, rate_limit=2))
+    relay = Relay(global_config(open=True, rate_limit=2))
     a = relay.peer(address="192.0.2.1")
     stock = relay.peer(address="192.0.2.2")
     stock.join("doc")
