@@ -10,6 +10,9 @@ Entry scripts, run from the repository root with the project's Python:
 * ``python benchmarks/churn.py [--idle 0,500,1500] [--cycles 300] [--scope both]``:
   what a connection cycle costs the relay with N idle peers, in both identity
   scopes (or ``python -m benchmarks.churn``);
+* ``python benchmarks/floods.py {togglers,scrapes,relay-cost} ...``: hostile
+  load against the relay and what it costs everyone else (or ``python -m
+  benchmarks.floods``);
 * ``python benchmarks/raw_relay.py``: the floor relay, started by ``run.py``.
 
 Modules, each importing only those listed before it (no entry script is imported):

@@ -42,6 +42,8 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         ["-m", "benchmarks.locust_capacity"],
         ["benchmarks/churn.py"],
         ["-m", "benchmarks.churn"],
+        ["benchmarks/floods.py"],
+        ["-m", "benchmarks.floods"],
     ],
     ids=[
         "run script",
@@ -50,6 +52,8 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         "locust_capacity -m",
         "churn script",
         "churn -m",
+        "floods script",
+        "floods -m",
     ],
 )
 def test_each_module_is_loaded_once_under_its_package_name(command: list[str]):

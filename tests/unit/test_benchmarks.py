@@ -27,6 +27,7 @@ ENTRY_SCRIPTS = {
     "benchmarks.run",
     "benchmarks.locust_capacity",
     "benchmarks.churn",
+    "benchmarks.floods",
     "benchmarks.raw_relay",
 }
 
