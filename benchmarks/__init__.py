@@ -7,6 +7,12 @@ Entry scripts, run from the repository root with the project's Python:
   [--cluster]`` (or ``python -m benchmarks.run ...``): the relay and SDK benchmark;
 * ``python benchmarks/locust_capacity.py [--users ...] [--steady S]``: what one
   Locust worker sustains (or ``python -m benchmarks.locust_capacity``);
+* ``python benchmarks/churn.py [--idle 0,500,1500] [--cycles 300] [--scope both]``:
+  what a connection cycle costs the relay with N idle peers, in both identity
+  scopes (or ``python -m benchmarks.churn``);
+* ``python benchmarks/floods.py {togglers,scrapes,relay-cost} ...``: hostile
+  load against the relay and what it costs everyone else (or ``python -m
+  benchmarks.floods``);
 * ``python benchmarks/raw_relay.py``: the floor relay, started by ``run.py``.
 
 Modules, each importing only those listed before it (no entry script is imported):

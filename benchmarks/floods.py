@@ -41,20 +41,27 @@ from these runs; ``--json PATH`` writes them.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:
+    # Run as a script: import this package's modules as benchmarks.* (see run.py).
+    _here = Path(__file__).resolve().parent
+    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
+        del sys.path[0]
+    sys.path.insert(0, str(_here.parent))
+
 import argparse
 import asyncio
 import contextlib
 import json
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import cbor2
-import run as base
 
+from benchmarks.harness import Relay, cpu_seconds, pct
 from ratatoskr_client import RatatoskrClient
 
 HERE = Path(__file__).resolve()
@@ -65,13 +72,6 @@ VICTIM_DOC = "victim-room"
 VICTIM_RATE = 10.0
 #: concurrent scrapers sharing the asked scrape rate
 SCRAPERS = 4
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux, /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 # --------------------------------------------------------------------------- victims
@@ -139,8 +139,8 @@ class Victims:
         return {
             "victim_sent": self.sent,
             "victim_received": self.received,
-            "victim_p50_ms": round(base.pct(lat, 50) * 1000, 1),
-            "victim_p99_ms": round(base.pct(lat, 99) * 1000, 1),
+            "victim_p50_ms": round(pct(lat, 50) * 1000, 1),
+            "victim_p99_ms": round(pct(lat, 99) * 1000, 1),
             "victim_max_ms": round(max(lat, default=float("nan")) * 1000, 1),
             "victim_late_100ms": sum(1 for x in lat if x > 0.1),
             # the worst latency in each second of the run (ms)
@@ -163,7 +163,7 @@ class Victims:
 # --------------------------------------------------------------------------- togglers
 
 
-async def relay_metrics(relay: base.Relay, token: str | None = None) -> dict[str, float]:
+async def relay_metrics(relay: Relay, token: str | None = None) -> dict[str, float]:
     """The relay's ``ratatoskr_*`` samples."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = f"http://{relay.host}:{relay.port}/metrics"
@@ -177,7 +177,7 @@ async def relay_metrics(relay: base.Relay, token: str | None = None) -> dict[str
 
 
 async def scenario_togglers(args: argparse.Namespace) -> dict[str, Any]:
-    relay = base.Relay("ours", use_uvloop=False, extra=args.relay_option)
+    relay = Relay("ours", use_uvloop=False, extra=args.relay_option)
     await relay.start()
     victims = Victims(f"http://{relay.host}:{relay.port}")
     document = "toggle-room-{i}" if args.documents == "own" else "toggle-room"
@@ -242,7 +242,7 @@ async def scenario_scrapes(args: argparse.Namespace) -> dict[str, Any]:
         extra += ["--metrics-token-file", args.token_file]
     if args.metrics_listen:
         extra += ["--metrics-listen", args.metrics_listen]
-    relay = base.Relay("ours", use_uvloop=False, extra=extra)
+    relay = Relay("ours", use_uvloop=False, extra=extra)
     await relay.start()
     victims = Victims(f"http://{relay.host}:{relay.port}")
     where = args.metrics_listen or f"{relay.host}:{relay.port}"
@@ -334,7 +334,7 @@ async def scenario_relay_cost(args: argparse.Namespace) -> dict[str, Any]:
     """What the relay's per-turn bound and liveness rule cost on the hot paths,
     with raw clients (no SDK): relay CPU per delivery in a fan-out, and one-way
     latency of sequential messages between two peers."""
-    relay = base.Relay("ours", use_uvloop=False, extra=args.relay_option)
+    relay = Relay("ours", use_uvloop=False, extra=args.relay_option)
     await relay.start()
     connector = aiohttp.TCPConnector(limit=0)
     result: dict[str, Any] = {}
@@ -382,8 +382,8 @@ async def scenario_relay_cost(args: argparse.Namespace) -> dict[str, Any]:
                 await b.receive()
                 latencies.append(time.perf_counter() - t)
             latencies = latencies[len(latencies) // 10 :]  # after a warm-up
-            result["one_to_one_p50_us"] = round(base.pct(latencies, 50) * 1e6, 1)
-            result["one_to_one_p90_us"] = round(base.pct(latencies, 90) * 1e6, 1)
+            result["one_to_one_p50_us"] = round(pct(latencies, 50) * 1e6, 1)
+            result["one_to_one_p90_us"] = round(pct(latencies, 90) * 1e6, 1)
     finally:
         relay.close()
     return result

@@ -394,7 +394,8 @@ class ClientCore(Incoming, Sending, Waiting):
         self.effects += self.waiters.fail_enter(
             document_id, RatatoskrError(f"left {document_id!r} before the server confirmed")
         )
-        self._dispatch(self.store.forget(document_id))
+        self._dispatch(self.store.forget(document_id, now))
+        self.arm(self.store.linger_until)  # (document scope: see MembershipStore.forget)
         self.settle(now, force=True)
         had_state = self.states.peers(document_id)
         for peer_id in had_state:
@@ -482,6 +483,7 @@ class ClientCore(Incoming, Sending, Waiting):
             self._submit(Paced(kind, doc_id), now)
         if now >= self.store.share_at:
             self.store.share()
+        self.store.stop_lingering(now)
         self.prune(now)
         self._release(now)
         if self.store.changed:  # (expired peers: changes that came with no frame)
@@ -492,7 +494,7 @@ class ClientCore(Incoming, Sending, Waiting):
     def _next_deadline(self) -> float:
         store = self.store
         at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline())
-        at = min(at, store.share_at, self.liveness.deadline())
+        at = min(at, store.due(), self.liveness.deadline())
         for _, record in self.docs.items():
             if record.rejoin_at is not None:
                 at = min(at, record.rejoin_at)

@@ -62,6 +62,8 @@ from .protocol import (
     DocUnavailableFrame,
     EphemeralFrame,
     ErrorFrame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
     SyncFrame,
     decode,
     decode_payload,
@@ -137,12 +139,25 @@ class Incoming:
         except ProtocolError as exc:
             self.report(exc)
             return
+        store = self.store
         if type(frame) is EphemeralFrame:  # the hot path: one per message received
+            if store.departed:
+                store.departed.clear()
             self._ephemeral(frame, now)
-            if self.store.changed:  # (peers' own messages, without server presence)
-                self.arm(self.store.touched(now))
+            if store.incoming:  # (it introduced the sender: document scope)
+                store.settle_incoming()
+            if store.changed:  # (peers' own messages, without server presence)
+                self.arm(store.touched(now))
             return
         kind = type(frame)
+        if kind is PeerIdentityFrame:
+            # Scoped identities travel just before the frame that needs them.
+            self._dispatch(store.apply(frame))
+            if store.changed:
+                self.arm(store.touched(now))
+            return
+        if store.departed and kind is not PeerDisconnectedFrame:
+            store.departed.clear()  # kept for the frame right after their leave only
         if kind is ErrorFrame:
             self._error_frame(frame, now)  # type: ignore[arg-type]
         elif kind is SyncFrame or kind is DocUnavailableFrame:
@@ -159,9 +174,11 @@ class Incoming:
             doc_id = frame.document_id  # type: ignore[attr-defined]
             self._confirmed(doc_id, frame.peers, now)  # type: ignore[attr-defined]
         else:
-            self._dispatch(self.store.apply(frame))
-        if self.store.changed:
-            self.arm(self.store.touched(now))
+            self._dispatch(store.apply(frame))
+        if store.incoming:
+            store.settle_incoming()  # introduced for that frame only
+        if store.changed:
+            self.arm(store.touched(now))
 
     def heard(self, now: float) -> None:
         """A whole WebSocket frame other than a message (a ping, a pong) arrived."""

@@ -71,8 +71,23 @@ class ClientViews:
 
     @property
     def peers(self) -> Mapping[str, Peer]:
-        """Every identity the server announced on this connection, by peer id,
-        this client included. Empty while disconnected. A read-only live view."""
+        """The identities this client knows, by peer id, this client included.
+        Empty while disconnected. A read-only live view.
+
+        Which peers that is depends on the server's identity scope (see
+        :attr:`features`):
+
+        * ``"scoped-identity"`` in ``features`` (our relay's default): the
+          peers present in a document this client entered, and nobody else.
+          A peer that leaves the last such document leaves ``peers`` silently
+          (a ``peer-left`` event said so); ``peer-disconnected`` comes only
+          for a peer the server said disconnected. The sender of a message is
+          always identified in the ``ephemeral-message`` event, even when it
+          is in none of your documents (and so not in ``peers``).
+        * otherwise: every peer connected to the server (the server announced
+          them all), until its ``peer-disconnected``; without server-side
+          presence, the peers seen in entered documents.
+        """
         return self._core.store.identities
 
     @property
@@ -89,7 +104,11 @@ class ClientViews:
 
     @property
     def features(self) -> tuple[str, ...]:
-        """The ``features`` the server announced (empty for servers that send none)."""
+        """The ``features`` the server announced (empty for servers that send none).
+
+        ``"presence"``: server-side presence (:attr:`server_presence`).
+        ``"scoped-identity"``: identities are scoped to documents (see :attr:`peers`).
+        """
         return self._core.features or ()
 
     @property

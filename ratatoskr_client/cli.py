@@ -112,6 +112,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="relayed ephemeral messages per minute per connection (600)",
     )
     relay.add_argument(
+        "--identity-scope",
+        choices=["document", "global"],
+        help="who receives a peer's identity: the peers sharing a document with it "
+        "(document, the default) or every connected peer (global)",
+    )
+    relay.add_argument(
+        "--anonymous-connection-limit",
+        type=_positive_int,
+        metavar="PER_MINUTE",
+        help="anonymous connections per minute per source address; loopback is exempt (60)",
+    )
+    relay.add_argument(
         "--upstream-compat",
         action="store_true",
         help="behave like today's upstream Ratatoskr server: no 'features', no identity "
@@ -228,6 +240,10 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         overrides["presence_ttl"] = args.presence_ttl
     if args.rate_limit is not None:
         overrides["rate_limit"] = args.rate_limit
+    if args.identity_scope is not None:
+        overrides["identity_scope"] = args.identity_scope
+    if args.anonymous_connection_limit is not None:
+        overrides["anonymous_connection_limit"] = args.anonymous_connection_limit
     if args.upstream_compat:
         overrides["server_presence"] = False
     if args.redis is not None:
@@ -362,6 +378,8 @@ def _relay_workers(args: argparse.Namespace, config: Any) -> int:
         ("--config", args.config),
         ("--presence-ttl", args.presence_ttl),
         ("--rate-limit", args.rate_limit),
+        ("--identity-scope", args.identity_scope),
+        ("--anonymous-connection-limit", args.anonymous_connection_limit),
         ("--redis", args.redis),
         ("--node-ttl", args.node_ttl),
         ("--metrics-token-file", args.metrics_token_file),

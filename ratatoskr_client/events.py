@@ -15,8 +15,12 @@ they return is ignored. The events, with the callback's arguments:
   after ``close()``);
 * ``reconnecting`` ``(attempt: int, delay: float)`` — the next attempt
   (1-based) starts in ``delay`` seconds;
-* ``peer-identity`` ``(peer: Peer)`` — the server announced a peer;
-* ``peer-disconnected`` ``(peer: Peer)`` — a peer's connection closed;
+* ``peer-identity`` ``(peer: Peer)`` — the server announced a peer (it is in
+  ``client.peers`` now; with identities scoped to documents, when it first
+  shares one with this client);
+* ``peer-disconnected`` ``(peer: Peer)`` — a peer's connection closed (with
+  scoped identities: a peer that shared a document with this client, after
+  its ``peer-left`` events);
 * ``peer-joined`` ``(document_id: str, peer: Peer)`` — a peer entered a
   document this client is in;
 * ``peer-left`` ``(document_id: str, peer: Peer)`` — a peer left it, timed out

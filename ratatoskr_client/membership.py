@@ -27,20 +27,36 @@ Contracts:
   :data:`~ratatoskr_client.protocol.constants.MAX_PRESENCE_PEERS`). A frame
   that would go beyond changes nothing and returns one :class:`Refused`, found
   before any per-entry work (a ``doc_presence_state`` is refused on its length).
+
+Identity scope: behind a server that announces ``"scoped-identity"`` the store
+keeps an identity only while its peer is in one of our tracked documents; the
+rules are in :mod:`ratatoskr_client._scope`.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import Final
 
+from ._changes import (
+    Change,
+    IdentityAdded,
+    IdentityRemoved,
+    PeerJoined,
+    PeerLeft,
+    PresenceChanged,
+    Refused,
+    SelfRemoved,
+)
+from ._peer import _INTERNED as _INTERNED  # (where the shared peers are kept)
+from ._peer import Peer, intern_peer
 from ._peer_tables import PeerTable
+from ._scope import LINGER, ScopedIdentities
 from .errors import ProtocolError
 from .protocol import (
+    FEATURE_SCOPED_IDENTITY,
     AuthOkFrame,
     DocPresenceStateFrame,
     Frame,
@@ -53,6 +69,7 @@ from .protocol import (
 from .protocol.constants import MAX_IDENTITIES, MAX_PRESENCE_PEERS
 
 __all__ = [
+    "LINGER",
     "Change",
     "IdentityAdded",
     "IdentityRemoved",
@@ -67,150 +84,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
-class Peer:
-    """One connection's identity, as the server verified it, and the name it
-    chose for itself.
-
-    Which name is which:
-
-    * ``name`` is the name the **server** gives the connection: the account's
-      name for a token user, an "Adjective Animal" for an anonymous one. A
-      server without names (the upstream server today) gives none; then
-      ``name`` is the peer's chosen name, or its ``user_id``, or its peer id.
-    * ``chosen_name`` is the name the **peer** chose for itself: the ``"name"``
-      in the state it shares (automerge-repo ``Presence`` convention, and what
-      ``RatatoskrClient(name=...)`` puts there). None until it shares one. For
-      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument.
-
-    ``chosen_name`` is not part of the identity: two ``Peer`` values are equal
-    when their server-given fields are, whatever they call themselves.
-
-    Attributes:
-        peer_id: the server-assigned id of the connection (new on every connect).
-        user_id: the account id, or None for anonymous peers (and for every
-            peer on a server that verifies nothing, like upstream).
-        name: the server-given display name (see above).
-        is_anonymous: True when the peer authenticated without a token.
-        chosen_name: the name the peer shares for itself, or None.
-    """
-
-    peer_id: str
-    user_id: str | None
-    name: str
-    is_anonymous: bool
-    chosen_name: str | None = field(default=None, compare=False)
-
-    @staticmethod
-    def from_user(peer_id: str, user: UserInfo | None, chosen_name: str | None = None) -> Peer:
-        """The Peer for a wire ``user`` map (tolerating a missing name or user):
-        without a server-given name, the chosen name, the user id or the peer id."""
-        if user is None:
-            return intern_peer(peer_id, None, chosen_name or peer_id, True, chosen_name)
-        name = user.name or chosen_name or user.id or peer_id
-        return intern_peer(peer_id, user.id, name, user.is_anonymous, chosen_name)
-
-    @staticmethod
-    def unknown(peer_id: str) -> Peer:
-        """A placeholder for a peer whose identity has not arrived (yet)."""
-        return intern_peer(peer_id, None, peer_id, True)
-
-
-# Every client in a process sees the same peers; sharing one Peer object per
-# identity keeps 500 clients in one process from holding 500 copies of each.
-_INTERNED: Final[weakref.WeakValueDictionary[str, Peer]] = weakref.WeakValueDictionary()
-
-
-def intern_peer(
-    peer_id: str,
-    user_id: str | None,
-    name: str,
-    is_anonymous: bool,
-    chosen_name: str | None = None,
-) -> Peer:
-    """The shared :class:`Peer` with these fields (created on first use)."""
-    peer = _INTERNED.get(peer_id)
-    if (
-        peer is None
-        or peer.name != name
-        or peer.user_id != user_id
-        or peer.is_anonymous != is_anonymous
-        or peer.chosen_name != chosen_name
-    ):
-        peer = Peer(peer_id, user_id, name, is_anonymous, chosen_name)
-        _INTERNED[peer_id] = peer
-    return peer
-
-
-# --------------------------------------------------------------------------- changes
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityAdded:
-    """The server announced (or updated) a peer's identity."""
-
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityRemoved:
-    """A peer disconnected from the server."""
-
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PeerJoined:
-    """Another peer entered a tracked document."""
-
-    document_id: str
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLeft:
-    """Another peer left a tracked document (or timed out, or disconnected)."""
-
-    document_id: str
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChanged:
-    """``presence(document_id)`` has a new value; read it from the store."""
-
-    document_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SelfRemoved:
-    """The server removed *this* client from a tracked document (presence TTL
-    expired, e.g. after a stall). The driver should join again."""
-
-    document_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A frame would have taken a table beyond its bound: nothing of it was
-    applied. ``error`` says which frame and which bound (an ``error`` event)."""
-
-    error: ProtocolError
-
-
 def _refused(problem: str) -> list[Change]:
     return [Refused(ProtocolError(problem))]
-
-
-Change: TypeAlias = (
-    IdentityAdded
-    | IdentityRemoved
-    | PeerJoined
-    | PeerLeft
-    | PresenceChanged
-    | SelfRemoved
-    | Refused
-)
 
 
 # --------------------------------------------------------------------------- store
@@ -222,7 +97,7 @@ Change: TypeAlias = (
 SHARE_AFTER: Final = 0.5
 
 
-class MembershipStore:
+class MembershipStore(ScopedIdentities):
     """Identities and membership for one client connection. See the module docstring."""
 
     __slots__ = (
@@ -238,10 +113,12 @@ class MembershipStore:
     def __init__(
         self, *, max_identities: int = MAX_IDENTITIES, max_peers: int = MAX_PRESENCE_PEERS
     ) -> None:
-        #: the most identities held at once
+        #: the most identities held at once (with :attr:`incoming`; and at most
+        #: as many more out of sight in :attr:`lingering`)
         self.max_identities = max_identities
         #: the most peers held present in one document
         self.max_peers = max_peers
+        self._start_scope()
         #: the tables changed since :meth:`touched` was last told
         self.changed = False
         #: when to :meth:`share` the tables (they have been quiet since)
@@ -289,7 +166,31 @@ class MembershipStore:
         """The identity announced for ``peer_id``, or a placeholder if none was
         (:meth:`Peer.unknown`). Cheaper than ``identities.get`` on a hot path."""
         peer = self._identities.get(peer_id)
-        return peer if peer is not None else Peer.unknown(peer_id)
+        if peer is not None:
+            return peer
+        if self.incoming:
+            peer = self.incoming.get(peer_id)
+            if peer is not None:
+                return peer
+        if self.lingering:
+            peer = self.lingering.get(peer_id)
+            if peer is not None:
+                return peer
+        return Peer.unknown(peer_id)
+
+    def _drop_unshared(self, peer_ids: Iterable[str]) -> None:
+        """Scoped: forget at once the identities of these peers that are in
+        none of our documents any more (no frame will say more about them);
+        while a leave of ours is on its way, out of sight (:attr:`lingering`)."""
+        me = self._me
+        linger = self.linger_until != math.inf
+        for peer_id in peer_ids:
+            if (me is None or peer_id != me.peer_id) and not self._in_a_document(peer_id):
+                peer = self._identities.pop(peer_id)
+                if peer is not None:
+                    self.changed = True
+                    if linger:
+                        self._linger(peer_id, peer)
 
     def presence(self, document_id: str) -> tuple[Peer, ...]:
         """Peers present in ``document_id`` in join order (empty if not tracked)."""
@@ -316,10 +217,25 @@ class MembershipStore:
         if document_id not in self._docs:
             self._docs[document_id] = PeerTable()
 
-    def forget(self, document_id: str) -> list[Change]:
-        """Stop tracking a document (the application left it)."""
+    def forget(self, document_id: str, now: float | None = None) -> list[Change]:
+        """Stop tracking a document (the application left it, at ``now``). With
+        scoped identities, the peers known only from it are forgotten too
+        (silently: they did not disconnect)."""
         members = self._docs.pop(document_id, None)
-        return [PresenceChanged(document_id)] if members else []
+        if not members:
+            return []
+        if self.scoped:
+            # Until the server has our leave it may name these peers to us
+            # again without their identity (it thinks we know them): keep
+            # them out of sight for LINGER seconds (:attr:`lingering`).
+            if now is not None:
+                self.linger_until = now + LINGER  # (our leave is on its way)
+            self._drop_unshared(list(members))
+        return [PresenceChanged(document_id)]
+
+    def due(self) -> float:
+        """When the store wants :meth:`share` or :meth:`stop_lingering` to run."""
+        return min(self.share_at, self.linger_until)
 
     def reset(self) -> list[Change]:
         """The connection is gone: no identities, nobody present anywhere.
@@ -330,6 +246,7 @@ class MembershipStore:
                 members.clear()
                 changes.append(PresenceChanged(doc_id))
         self._identities.clear()
+        self._reset_scope()
         return changes
 
     # ------------------------------------------------------------------ frames
@@ -338,6 +255,7 @@ class MembershipStore:
         """A new connection authenticated: forget the old one, record ``me``
         (with the name this client chose for itself, if any)."""
         changes = self.reset()
+        self.scoped = frame.features is not None and FEATURE_SCOPED_IDENTITY in frame.features
         me = Peer.from_user(frame.client_peer_id, frame.user, chosen_name)
         self._me = me
         self._identities.put(me)
@@ -408,7 +326,10 @@ class MembershipStore:
             )
         peer = self.peer(peer_id)
         members.put(peer)
-        return [PeerJoined(document_id, peer), PresenceChanged(document_id)]
+        joined: list[Change] = [PeerJoined(document_id, peer), PresenceChanged(document_id)]
+        if self.incoming or self.lingering:
+            return self._adopt(peer) + joined
+        return joined
 
     def _left(self, document_id: str, peer_id: str) -> list[Change]:
         members = self._docs.get(document_id)
@@ -420,7 +341,21 @@ class MembershipStore:
         change = PresenceChanged(document_id)
         me = self._me
         if me is not None and peer_id == me.peer_id:
+            if self.scoped:
+                # We are out: the server tells us nothing more about the
+                # others there until we are back (its state then lists them).
+                others = list(members)
+                members.clear()
+                self._drop_unshared(others)
             return [change, SelfRemoved(document_id)]
+        if self.scoped and not self._in_a_document(peer_id):
+            # Out of our last document with it: forgotten, silently, unless
+            # the next frame is its peer_disconnected (see disconnected()).
+            self._identities.pop(peer_id)
+            self.departed[peer_id] = peer
+            if self.linger_until != math.inf:
+                self._linger(peer_id, peer)  # (a leave of ours is on its way)
+            self.changed = True
         return [PeerLeft(document_id, peer), change]
 
     def _state(self, document_id: str, peer_ids: tuple[str, ...]) -> list[Change]:
@@ -437,20 +372,37 @@ class MembershipStore:
             if pid not in fresh:
                 peer = self.peer(pid)
                 fresh[peer.peer_id] = peer
+        changes: list[Change] = []
+        if self.incoming or self.lingering:
+            for peer in fresh.values():
+                changes += self._adopt(peer)
         if list(fresh.items()) == list(members.items()):
-            return []
+            return changes
+        gone = [pid for pid in members if pid not in fresh]
         members.replace(fresh)
-        return [PresenceChanged(document_id)]
+        if self.scoped and gone:
+            self._drop_unshared(gone)
+        changes.append(PresenceChanged(document_id))
+        return changes
 
     def _identity(
         self, peer_id: str, user: UserInfo | None, chosen_name: str | None = None
     ) -> list[Change]:
         old = self._identities.get(peer_id)
-        if old is None and len(self._identities) >= self.max_identities:
+        if (
+            old is None
+            and len(self._identities) + len(self.incoming) >= self.max_identities
+            and peer_id not in self.incoming
+        ):
             return _refused(
                 f"identity of {peer_id!r} refused: {len(self._identities):,} identities are"
                 " held already, the most a client holds"
             )
+        if old is None and self.scoped and not self._in_a_document(peer_id):
+            # For the next frame, which will name it; kept if it puts the
+            # peer in one of our documents.
+            self.incoming[peer_id] = Peer.from_user(peer_id, user, chosen_name)
+            return []
         if old is not None:
             if chosen_name is None:
                 chosen_name = old.chosen_name  # a server frame says nothing about it
@@ -486,6 +438,10 @@ class MembershipStore:
         for doc_id in list(self._docs):
             changes.extend(self._left(doc_id, peer_id))
         peer = self._identities.pop(peer_id)
+        if peer is None and self.departed:
+            peer = self.departed.pop(peer_id, None)  # it left our last document just now
+        if self.lingering:
+            self.lingering.pop(peer_id, None)
         if peer is not None:
             changes.append(IdentityRemoved(peer))
         return changes

@@ -6,5 +6,6 @@ and the modules listed before it here:
 * ``fanout``: 1 sender to 100 receivers, the same three ways;
 * ``memory``: idle clients' memory on both sides, and the reconnect storm;
 * ``cluster``: the relay cluster against one relay (``run.py --cluster``);
-* ``capacity``: what one Locust worker sustains (``locust_capacity.py``).
+* ``capacity``: what one Locust worker sustains (``locust_capacity.py``);
+* ``churn``: what a connection cycle costs the relay with N idle peers (``churn.py``).
 """

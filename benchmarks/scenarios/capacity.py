@@ -8,9 +8,10 @@ A reference relay runs in its own process (``python -m ratatoskr_client relay
 
 * **connect rate**: N users spawned at once (``--spawn-rate`` N); connects per
   second = connects / (last ``auth_ok`` − first), from Locust's statistics.
-  Every connect makes the server announce the newcomer's identity to every
-  connected peer (the wire contract), so N connects in one process handle N²
-  identity frames: the rate falls as N grows.
+  With the relay's ``identity_scope = "global"`` every connect makes it
+  announce the newcomer's identity to every connected peer (the plan's wire
+  contract), so N connects in one process handle N² identity frames: the rate
+  falls as N grows. In its default document scope a connect sends none.
 * **memory**: idle users (entered in documents of 10, no messages); the Locust
   process's ``VmRSS`` from /proc with N users, minus with 10, per added user.
 * **the floor** for both: N asyncio clients in one plain Python process (no

@@ -25,6 +25,7 @@ from .codec import (
 from .constants import (
     EMPTY_DOC_SYNC,
     EPHEMERAL_PREFIX,
+    FEATURE_SCOPED_IDENTITY,
     FEATURES,
     MAX_COUNT,
     MAX_DOCUMENT_ID_BYTES,
@@ -63,6 +64,7 @@ __all__ = [
     "EMPTY_DOC_SYNC",
     "EPHEMERAL_PREFIX",
     "FEATURES",
+    "FEATURE_SCOPED_IDENTITY",
     "MAX_COUNT",
     "MAX_DOCUMENT_ID_BYTES",
     "MAX_NESTING",

@@ -18,6 +18,7 @@ __all__ = [
     "EPHEMERAL_PREFIX",
     "FEATURES",
     "FEATURE_PRESENCE",
+    "FEATURE_SCOPED_IDENTITY",
     "KEY_COUNT",
     "KEY_DATA",
     "KEY_DOCUMENT_ID",
@@ -49,10 +50,16 @@ __all__ = [
 
 #: Document ids with this prefix are public relay channels (sidecars).
 EPHEMERAL_PREFIX: Final = "eph:"
-#: The ``features`` our relay announces in ``auth_ok``.
+#: The ``features`` our relay announces in ``auth_ok`` (with ``identity_scope =
+#: "global"``; in document scope it adds :data:`FEATURE_SCOPED_IDENTITY`).
 FEATURES: Final = ("identity", "presence", "ephemeral")
 #: The feature that means "this server keeps presence" (membership from the server).
 FEATURE_PRESENCE: Final = "presence"
+#: The feature that means "identities are scoped to documents": a peer learns
+#: the identity of another only while they share a document (sent just before
+#: the presence frame or message that needs it), and ``peer_disconnected``
+#: only for peers it knew. Without it, every identity goes to everyone.
+FEATURE_SCOPED_IDENTITY: Final = "scoped-identity"
 #: Longest document id (``documentId``, sidecar ids included) accepted, in UTF-8 bytes.
 MAX_DOCUMENT_ID_BYTES: Final = 256
 #: Longest peer id (``peerId``, ``senderId``, ``targetId``, ``clientPeerId``, and

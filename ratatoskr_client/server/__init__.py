@@ -14,9 +14,12 @@ cluster of relays that behave as one (:mod:`.cluster`, ``docs/cluster.md``).
 
 from .app import create_app
 from .config import (
+    DEFAULT_ANONYMOUS_CONNECTION_LIMIT,
     DEFAULT_AUTH_FAILURE_LIMIT,
     DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_CONNECTION_LIMIT_EXEMPT,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDENTITY_SCOPE,
     DEFAULT_MAX_DOCUMENTS_PER_PEER,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_NODE_TTL,
@@ -36,9 +39,12 @@ from .core import RelayCore, RelayStats
 from .runner import RelayServer
 
 __all__ = [
+    "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
     "DEFAULT_AUTH_FAILURE_LIMIT",
     "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_CONNECTION_LIMIT_EXEMPT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDENTITY_SCOPE",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_NODE_TTL",

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Final
+import ipaddress
+from collections.abc import Iterable
+from typing import Final, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["database_of", "parse_listen_address", "redact_url", "validate_redis_url"]
+__all__ = [
+    "Network",
+    "database_of",
+    "in_networks",
+    "parse_listen_address",
+    "parse_networks",
+    "redact_url",
+    "validate_redis_url",
+]
+
+#: An IP network (``10.0.0.0/8``; a single address is a network of one).
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
@@ -27,6 +40,39 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"port must be 0-65535, got {port}")
     return host, port
+
+
+def parse_networks(values: Iterable[object]) -> tuple[Network, ...]:
+    """Networks written as ``"10.0.0.0/8"`` or single addresses (host bits
+    set are allowed: ``"10.1.2.3/8"`` is ``10.0.0.0/8``).
+
+    Raises:
+        ValueError: one is not such a string; the message names it.
+    """
+    networks = []
+    for value in values:
+        try:
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a network like '10.0.0.0/8' or an address ({exc})"
+            ) from exc
+    return tuple(networks)
+
+
+def in_networks(address: str, networks: Iterable[Network]) -> bool | None:
+    """Is ``address`` (a peer's IP address as text; an IPv4-mapped IPv6
+    address counts as its IPv4 one) in one of ``networks``? None when it is
+    not an IP address (a Unix socket's, or unknown)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 def database_of(url: str) -> int:

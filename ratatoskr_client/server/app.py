@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -208,9 +209,49 @@ async def _housekeeping(core: RelayCore) -> None:
             log.exception("relay housekeeping failed")
 
 
+class _FlushTimer:
+    """One timer that runs :meth:`RelayCore.flush_held` when held presence
+    changes are due (the core's ``wake_at``)."""
+
+    def __init__(self, core: RelayCore, loop: asyncio.AbstractEventLoop) -> None:
+        self._core = core
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def __call__(self, when: float) -> None:
+        if self._handle is not None and self._at <= when:
+            return
+        self.cancel()
+        self._at = when
+        delay = max(0.0, when - self._core.clock())
+        self._handle = self._loop.call_later(delay, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        self._at = math.inf
+        try:
+            due = self._core.flush_held()
+        except Exception:
+            log.exception("relay presence flush failed")
+            return
+        if due < math.inf:
+            self(due)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._at = math.inf
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_housekeeping(app[CORE_KEY]))
+    core = app[CORE_KEY]
+    flush = _FlushTimer(core, asyncio.get_running_loop())
+    core.wake_at = flush
+    task = asyncio.create_task(_housekeeping(core))
     yield
+    flush.cancel()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

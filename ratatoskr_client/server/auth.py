@@ -4,6 +4,11 @@ The first frame of a connection must be ``auth``: a configured token, or
 anonymous (a server-chosen "Adjective Animal" name). Failed attempts spend a
 per-address allowance (``auth_failure_limit`` a minute, as a burst); while it is
 empty every attempt from that address is refused with ``rate_limited``.
+Anonymous connections spend another (``anonymous_connection_limit``), except
+from the exempt networks (loopback by default).
+
+In document scope (``identity_scope``) nothing follows ``auth_ok``; in global
+scope the newcomer gets everyone's identity and everyone gets its own.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import cbor2
 
 from ..pacing import TokenBucket
 from ..protocol import (
+    FEATURE_SCOPED_IDENTITY,
     FEATURES,
     AuthErrorFrame,
     AuthFrame,
@@ -31,12 +37,15 @@ from .config import RelayConfig
 from .connection import Connection, LimitBucket
 from .counters import RelayCounters, refusal_reason
 from .identity import identity_of
-from .limits import MAX_AUTH_FAILURE_ADDRESSES
+from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
 
 __all__ = ["AuthRules"]
 
 log = logging.getLogger("ratatoskr_client.server")
+
+#: ``features`` in document scope.
+_SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY)
 
 
 class AuthRules:
@@ -53,8 +62,10 @@ class AuthRules:
     _names: NameAllocator
     _peers: dict[str, Connection]
     _auth_failures: dict[str, TokenBucket]
+    _connection_budget: dict[str, TokenBucket]
     _identity_key: bytes
     _server_presence: bool
+    _scoped: bool
 
     def _error(
         self,
@@ -81,6 +92,8 @@ class AuthRules:
                 return
             self._authenticate(conn, user.id, user.name, anonymous=False)
         elif frame.anonymous:
+            if not self._connection_allowed(conn):
+                return
             self._authenticate(conn, None, self._names.allocate(), anonymous=True)
         else:
             self._auth_error(conn, "missing_credentials", "send a token, or anonymous: true")
@@ -103,6 +116,36 @@ class AuthRules:
             "rate_limited",
             "too many failed auth attempts from this address",
             retry_after=(1.0 - tokens) / bucket.rate,
+        )
+        conn.outbox.close(1008, "rate_limited")
+        return False
+
+    def _connection_allowed(self, conn: Connection) -> bool:
+        """Spend one of the address's anonymous connections
+        (``anonymous_connection_limit`` per minute, as a burst); refuse with
+        ``rate_limited`` and close when there is none. Exempt networks
+        (``connection_limit_exempt``, loopback by default) spend nothing."""
+        address = conn.address
+        if not self.config.connection_limited(address):
+            return True
+        now = self.clock()
+        budget = self._connection_budget
+        bucket = budget.get(address)
+        if bucket is None:
+            if len(budget) >= MAX_CONNECTION_ADDRESSES:
+                del budget[next(iter(budget))]
+            limit = self.config.anonymous_connection_limit
+            bucket = budget[address] = TokenBucket.per_minute(limit, now)
+        wait = bucket.take(now)
+        if wait <= 0:
+            return True
+        log.debug("anonymous connection from %s refused: over its limit", address)
+        self._error(
+            conn,
+            "rate_limited",
+            f"more than {self.config.anonymous_connection_limit} anonymous connections "
+            "per minute from this address",
+            retry_after=wait,
         )
         conn.outbox.close(1008, "rate_limited")
         return False
@@ -154,6 +197,15 @@ class AuthRules:
             self._peers[peer_id] = conn
             if self.bus is not None:
                 self.bus.peer_authenticated(conn)
+            return
+        if self._scoped:
+            # Identities travel with the documents: nothing more to send now,
+            # whoever is connected (a connect costs the same with 0 or 10,000 peers).
+            out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, _SCOPED_FEATURES)))
+            self._peers[peer_id] = conn
+            if self.bus is not None:
+                self.bus.peer_authenticated(conn)
+            log.debug("peer %s authenticated as %r (user %s)", peer_id, name, user_id)
             return
         out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, FEATURES)))
         for other in self._peers.values():  # initial sync, in connection order

@@ -13,10 +13,23 @@ from typing import Protocol
 
 from .connection import Connection
 
-__all__ = ["Bus", "RemoteSender"]
+__all__ = ["Bus", "Member", "RemoteSender"]
 
 #: A peer on another relay of the cluster, as the gossip table keys it: (node id, peer id).
 RemoteSender = tuple[str, str]
+
+
+class Member(Protocol):
+    """A peer a document's members can be told about: a local connection, or
+    a peer on another relay of the cluster."""
+
+    @property
+    def peer_id(self) -> str:
+        """Its peer id."""
+
+    @property
+    def identity_frame(self) -> bytes:
+        """Its ``peer_identity`` frame, encoded."""
 
 
 class Bus(Protocol):
@@ -28,22 +41,42 @@ class Bus(Protocol):
 
     def peer_authenticated(self, conn: Connection) -> Iterable[bytes]:
         """A local connection authenticated. Returns the ``peer_identity``
-        frames of the peers on other relays, for its initial sync."""
+        frames of the peers on other relays, for its initial sync (none in
+        document scope)."""
 
     def peer_closed(self, conn: Connection) -> None:
         """An authenticated local connection closed (after its leaves)."""
 
     def joined(self, document_id: str, conn: Connection) -> None:
-        """A local peer became present in a document."""
+        """A local peer became present in a document: it receives the
+        document's messages from now on (:meth:`announce` says when the other
+        relays are told)."""
 
     def left(self, document_id: str, conn: Connection) -> None:
         """A local peer is no longer present in a document."""
 
-    def presence_state(self, document_id: str, conn: Connection) -> tuple[str, ...] | None:
+    def announce(
+        self, document_id: str, conn: Connection, present: bool, gone: bool = False
+    ) -> None:
+        """A local peer's join (``present``) or leave is announced now: the
+        other relays are to be told (at the pace of the presence budget, so
+        their peers hear no more than ours). ``gone``: it left because its
+        connection closed."""
+
+    def others_present(self, document_id: str) -> bool:
+        """True unless the document is known to have no peer on another relay
+        (a change there costs the presence budget only if someone hears it)."""
+
+    def presence_state(self, document_id: str, conn: Connection) -> tuple[Member, ...] | None:
         """The peers present on other relays, for ``conn``'s
         ``doc_presence_state`` (they are listed before the local ones); None
         when not known yet: the bus then has the core send it (``send_presence_state``)
         once it knows."""
+
+    def knows(self, conn: Connection, peer_id: str, skip: str | None) -> bool:
+        """Document scope: True if the local ``conn`` was told the identity of
+        ``peer_id``, a peer on another relay, through a document other than
+        ``skip`` that they still share (see :mod:`.visibility`)."""
 
     def relayed(
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes

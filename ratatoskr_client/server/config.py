@@ -8,7 +8,6 @@ the file, the entry and the problem. The file format is in ``docs/server.md``.
 
 from __future__ import annotations
 
-import enum
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -24,12 +23,32 @@ from ..protocol.constants import (
     PRESENCE_TTL,
     RATE_LIMIT,
 )
-from .addresses import database_of, parse_listen_address, redact_url, validate_redis_url
+from .acl import (
+    PUBLIC,
+    Access,
+    AclEntry,
+    DocumentSpec,
+    Permission,
+    UserSpec,
+    validate_acl,
+)
+from .addresses import (
+    Network,
+    database_of,
+    in_networks,
+    parse_listen_address,
+    parse_networks,
+    redact_url,
+    validate_redis_url,
+)
 
 __all__ = [
+    "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
     "DEFAULT_AUTH_FAILURE_LIMIT",
     "DEFAULT_AUTH_TIMEOUT",
+    "DEFAULT_CONNECTION_LIMIT_EXEMPT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDENTITY_SCOPE",
     "DEFAULT_MAX_DOCUMENTS_PER_PEER",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_NODE_TTL",
@@ -38,10 +57,12 @@ __all__ = [
     "DEFAULT_PRESENCE_TTL",
     "DEFAULT_RATE_LIMIT",
     "EPHEMERAL_PREFIX",
+    "IDENTITY_SCOPES",
     "PUBLIC",
     "Access",
     "AclEntry",
     "DocumentSpec",
+    "IdentityScope",
     "RelayConfig",
     "UserSpec",
     "database_of",
@@ -49,6 +70,9 @@ __all__ = [
     "parse_listen_address",
     "redact_url",
 ]
+
+#: Who receives a peer's identity (see ``RelayConfig.identity_scope``).
+IdentityScope = Literal["document", "global"]
 
 DEFAULT_PORT: Final = 4151
 DEFAULT_PRESENCE_TTL: Final = PRESENCE_TTL
@@ -60,50 +84,19 @@ DEFAULT_PING_INTERVAL: Final = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
 DEFAULT_AUTH_FAILURE_LIMIT: Final = 30
 DEFAULT_NODE_TTL: Final = 10.0
+#: Anonymous connections per minute per source address (as a burst).
+DEFAULT_ANONYMOUS_CONNECTION_LIMIT: Final = 60
+#: Source networks the connection limit does not apply to: the machine itself,
+#: where test suites open thousands of connections and a same-host reverse
+#: proxy gives every client one address.
+DEFAULT_CONNECTION_LIMIT_EXEMPT: Final = ("127.0.0.0/8", "::1/128")
+#: Who receives a peer's identity: the peers sharing a document with it
+#: ("document"), or every connected peer ("global", the plan's broadcast).
+DEFAULT_IDENTITY_SCOPE: Final[IdentityScope] = "document"
+IDENTITY_SCOPES: Final = ("document", "global")
 #: The shortest node TTL accepted: nodes heartbeat every TTL/5 seconds, and a
 #: shorter TTL would declare a busy node dead for a garbage-collection pause.
 MIN_NODE_TTL: Final = 1.0
-
-#: ACL principal meaning "every peer, anonymous ones included".
-PUBLIC: Final = "public"
-
-Permission = Literal["read", "write"]
-_PERMISSIONS: Final = ("read", "write")
-
-
-class Access(enum.Enum):
-    """The answer to "may this user read this document?"."""
-
-    ALLOWED = "allowed"
-    DENIED = "denied"
-    NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class UserSpec:
-    """A user who authenticates with ``token``; ``id`` and ``name`` are what peers see."""
-
-    token: str
-    id: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class AclEntry:
-    """Grants ``permission`` on a document to a user id, or to ``PUBLIC`` (everyone)."""
-
-    principal: str
-    permission: Permission = "read"
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentSpec:
-    """A document the relay knows. Its owner and every ACL principal may read it
-    (both ``read`` and ``write`` imply read)."""
-
-    id: str
-    owner: str | None = None
-    acl: tuple[AclEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +130,18 @@ class RelayConfig:
         ping_interval: seconds without a complete frame after which the relay
             pings a socket; one from which no complete frame (a pong included)
             has arrived for 1.5 x this long is closed, whatever bytes trickle in.
+        identity_scope: ``"document"`` (the default): a peer's identity goes
+            only to the peers that share a document with it, just before the
+            presence frame (or message) that needs it, and ``peer_disconnected``
+            only to those; nobody learns who else is connected. ``"global"``:
+            every identity to every connected peer, as the plan describes
+            (a connect then costs a frame to everyone). See ``docs/server.md``.
+        anonymous_connection_limit: anonymous connections allowed per minute
+            from one source address, as a burst; beyond it an anonymous
+            ``auth`` is refused with ``rate_limited`` and a ``retryAfter``, and
+            the socket closed.
+        connection_limit_exempt: source networks (CIDR strings) the
+            anonymous connection limit does not apply to; loopback by default.
         server_presence: False makes the relay behave like today's upstream
             Ratatoskr server: ``auth_ok`` without ``features`` or names, no
             identity or presence frames, ephemeral messages relayed to the
@@ -172,6 +177,9 @@ class RelayConfig:
     max_documents_per_peer: int = DEFAULT_MAX_DOCUMENTS_PER_PEER
     ping_interval: float = DEFAULT_PING_INTERVAL
     server_presence: bool = True
+    identity_scope: IdentityScope = DEFAULT_IDENTITY_SCOPE
+    anonymous_connection_limit: int = DEFAULT_ANONYMOUS_CONNECTION_LIMIT
+    connection_limit_exempt: tuple[str, ...] = DEFAULT_CONNECTION_LIMIT_EXEMPT
     redis_url: str | None = None
     node_ttl: float = DEFAULT_NODE_TTL
     reuse_port: bool = False
@@ -180,12 +188,15 @@ class RelayConfig:
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    _exempt: tuple[Network, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Accept any iterable for users/documents but store tuples (hashable, frozen).
         object.__setattr__(self, "users", tuple(self.users))
         object.__setattr__(self, "documents", tuple(self.documents))
-        _validate(self)
+        if isinstance(self.connection_limit_exempt, list | tuple):
+            object.__setattr__(self, "connection_limit_exempt", tuple(self.connection_limit_exempt))
+        _validate(self)  # (the networks are parsed there: _exempt)
         tokens = {u.token: u for u in self.users}
         readers: dict[str, frozenset[str]] = {}
         for doc in self.documents:
@@ -210,6 +221,13 @@ class RelayConfig:
     def user_for_token(self, token: str) -> UserSpec | None:
         """The user a token belongs to, or None."""
         return self._tokens.get(token)
+
+    def connection_limited(self, address: str) -> bool:
+        """True if the anonymous connection limit applies to ``address`` (a
+        peer's IP address as text): it is an IP address outside
+        ``connection_limit_exempt``. An address that is not one (a Unix
+        socket's, or unknown) is not limited: it names no single client."""
+        return in_networks(address, self._exempt) is False
 
     def access(self, user_id: str | None, document_id: str) -> Access:
         """May ``user_id`` (None for anonymous) read ``document_id``?"""
@@ -241,6 +259,22 @@ def _validate(cfg: RelayConfig) -> None:
     positive("max_documents_per_peer", cfg.max_documents_per_peer, integer=True)
     positive("ping_interval", cfg.ping_interval)
     positive("node_ttl", cfg.node_ttl)
+    positive("anonymous_connection_limit", cfg.anonymous_connection_limit, integer=True)
+    if cfg.identity_scope not in IDENTITY_SCOPES:
+        raise ConfigError(
+            f"identity_scope must be 'document' or 'global', got {cfg.identity_scope!r}",
+            path=cfg.source,
+        )
+    exempt = cfg.connection_limit_exempt
+    if not isinstance(exempt, tuple):
+        raise ConfigError(
+            f"connection_limit_exempt must be a list of networks, got {exempt!r}",
+            path=cfg.source,
+        )
+    try:
+        object.__setattr__(cfg, "_exempt", parse_networks(exempt))
+    except ValueError as exc:
+        raise ConfigError(f"connection_limit_exempt: {exc}", path=cfg.source) from exc
     if cfg.node_ttl < MIN_NODE_TTL:
         raise ConfigError(
             f"node_ttl must be at least {MIN_NODE_TTL:g} second, got {cfg.node_ttl!r}",
@@ -251,65 +285,7 @@ def _validate(cfg: RelayConfig) -> None:
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
-    tokens: set[str] = set()
-    ids: set[str] = set()
-    for i, user in enumerate(cfg.users):
-        entry = f"users[{i}]" + (f" (id {user.id!r})" if isinstance(user.id, str) else "")
-        for attr in ("token", "id", "name"):
-            value = getattr(user, attr)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(
-                    f"{attr!r} must be a non-empty string", path=cfg.source, entry=entry
-                )
-        if user.id == PUBLIC:
-            raise ConfigError(
-                f"user id {PUBLIC!r} is reserved for the public ACL principal",
-                path=cfg.source,
-                entry=entry,
-            )
-        if user.token in tokens:
-            raise ConfigError("token is already used by another user", path=cfg.source, entry=entry)
-        if user.id in ids:
-            raise ConfigError(f"duplicate user id {user.id!r}", path=cfg.source, entry=entry)
-        tokens.add(user.token)
-        ids.add(user.id)
-
-    doc_ids: set[str] = set()
-    for i, doc in enumerate(cfg.documents):
-        entry = f"documents[{i}]" + (f" (id {doc.id!r})" if isinstance(doc.id, str) else "")
-        if not isinstance(doc.id, str) or not doc.id.strip():
-            raise ConfigError("'id' must be a non-empty string", path=cfg.source, entry=entry)
-        if doc.id.startswith(EPHEMERAL_PREFIX):
-            raise ConfigError(
-                f"ids starting with {EPHEMERAL_PREFIX!r} are public relay channels and "
-                "cannot be configured",
-                path=cfg.source,
-                entry=entry,
-            )
-        if doc.id in doc_ids:
-            raise ConfigError(f"duplicate document id {doc.id!r}", path=cfg.source, entry=entry)
-        doc_ids.add(doc.id)
-        if doc.owner is not None and doc.owner not in ids:
-            raise ConfigError(
-                f"owner {doc.owner!r} is not a user defined in [[users]]",
-                path=cfg.source,
-                entry=entry,
-            )
-        for j, acl in enumerate(doc.acl):
-            where = f"{entry}.acl[{j}]"
-            if acl.permission not in _PERMISSIONS:
-                raise ConfigError(
-                    f"permission must be 'read' or 'write', got {acl.permission!r}",
-                    path=cfg.source,
-                    entry=where,
-                )
-            if acl.principal != PUBLIC and acl.principal not in ids:
-                raise ConfigError(
-                    f"principal {acl.principal!r} is neither 'public' nor a user defined "
-                    "in [[users]]",
-                    path=cfg.source,
-                    entry=where,
-                )
+    validate_acl(cfg.users, cfg.documents, cfg.source)
 
 
 def _validate_metrics(cfg: RelayConfig) -> None:
@@ -337,6 +313,9 @@ def _validate_metrics(cfg: RelayConfig) -> None:
 _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "open": bool,
     "server_presence": bool,
+    "identity_scope": str,
+    "anonymous_connection_limit": int,
+    "connection_limit_exempt": list,
     "presence_ttl": (int, float),
     "rate_limit": int,
     "auth_timeout": (int, float),

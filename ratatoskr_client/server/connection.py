@@ -61,6 +61,7 @@ class Connection:
         "flood",
         "heard",
         "heard_at",
+        "held",
         "identity",
         "identity_frame",
         "is_anonymous",
@@ -87,6 +88,9 @@ class Connection:
         #: document id -> monotonic time of the last join/heartbeat (or other activity)
         self.docs: dict[str, float] = {}
         self.bucket: LimitBucket | None = None
+        #: documents where a change of this peer's membership is held (see
+        #: :mod:`.visibility`); None when there is none (the usual case)
+        self.held: set[str] | None = None
         #: document id -> bucket for presence control messages (created on demand)
         self.control: dict[str, LimitBucket] = {}
         #: frames refused unanswered that it may still send before it is cut off
@@ -124,3 +128,5 @@ class RelayStats:
     rate_buckets: int
     anonymous_names: int
     auth_failure_addresses: int = 0
+    #: source addresses whose anonymous-connection allowance is refilling
+    connection_addresses: int = 0

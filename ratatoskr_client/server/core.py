@@ -58,20 +58,31 @@ from .limits import (
     FLOOD_REFILL,
     LIVENESS_FACTOR,
     MAX_AUTH_FAILURE_ADDRESSES,
+    MAX_CONNECTION_ADDRESSES,
     MAX_SESSION_TOMBSTONES,
     MAX_SESSIONS_PER_CONNECTION,
     PRESENCE_BURST,
+    PRESENCE_DOC_BURST,
+    PRESENCE_DOC_RATE,
+    PRESENCE_HOLD,
     PRESENCE_RATE,
+    PRESENCE_WINDOW,
     SESSION_TOMBSTONE_TTL,
 )
 from .names import NameAllocator
+from .visibility import HeldChanges
 
 __all__ = [
     "MAX_AUTH_FAILURE_ADDRESSES",
+    "MAX_CONNECTION_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
     "MAX_SESSION_TOMBSTONES",
     "PRESENCE_BURST",
+    "PRESENCE_DOC_BURST",
+    "PRESENCE_DOC_RATE",
+    "PRESENCE_HOLD",
     "PRESENCE_RATE",
+    "PRESENCE_WINDOW",
     "SESSION_TOMBSTONE_TTL",
     "Bus",
     "Connection",
@@ -132,7 +143,21 @@ class RelayCore(AuthRules, DocumentRules):
         self._identity_key = identity_key(config.redis_url)
         #: source address -> bucket of failed auth attempts (see _auth_allowed)
         self._auth_failures: dict[str, TokenBucket] = {}
+        #: source address -> bucket of anonymous connections (see _connection_allowed)
+        self._connection_budget: dict[str, TokenBucket] = {}
         self._server_presence = config.server_presence
+        #: identities go only to peers sharing a document (see .visibility)
+        self._scoped = config.server_presence and config.identity_scope == "document"
+        #: documents with presence changes held for the next flush (see .visibility)
+        self._held: dict[str, HeldChanges] = {}
+        #: document id -> its presence budget (see .visibility)
+        self._doc_budget: dict[str, TokenBucket] = {}
+        #: document id -> peer id -> when its last two changes there were
+        #: announced (kept for PRESENCE_WINDOW; see .visibility)
+        self._recent: dict[str, dict[str, tuple[float, float]]] = {}
+        #: set by the I/O layer: called with the time at which :meth:`flush_held`
+        #: must run (held presence changes are due); the core has no timers
+        self.wake_at: Callable[[float], None] = _no_wake
         #: connections closed since the core started (for memory housekeeping)
         self.closed_total = 0
         #: traffic counts, for monitoring
@@ -151,13 +176,23 @@ class RelayCore(AuthRules, DocumentRules):
 
     def close(self, conn: Connection) -> None:
         """The connection is gone: remove it from every document (``peer_left_doc``
-        each), then announce ``peer_disconnected``. Safe to call twice."""
+        each, at once), then announce ``peer_disconnected`` (in document
+        scope: to each peer that knew it, right after its last
+        ``peer_left_doc``). Safe to call twice."""
         if conn not in self._connections:
             return
         self._connections.discard(conn)
         self.closed_total += 1
         for doc_id in list(conn.docs):
-            self._leave(conn, doc_id, tell_self=False)
+            self._leave(conn, doc_id, tell_self=False, gone=True)
+        if conn.held is not None:
+            # Leaves that were held: it is still shown there. Announce them now.
+            for doc_id in list(conn.held):
+                held = self._held.get(doc_id)
+                if held is not None and held.pending.pop(conn.peer_id, None) is not None:
+                    self._announce_leave(doc_id, conn, gone=True)
+                    self._settle_held(doc_id)
+            conn.held = None
         self._sessions.release(conn, self.clock())
         conn.control.clear()
         conn.bucket = None
@@ -167,7 +202,7 @@ class RelayCore(AuthRules, DocumentRules):
                 self._names.release(conn.name)
             if self.bus is not None:
                 self.bus.peer_closed(conn)
-            if self._server_presence:
+            if self._server_presence and not self._scoped:
                 frame = encode(PeerDisconnectedFrame(conn.peer_id))
                 for other in self._peers.values():
                     other.outbox.send(frame)
@@ -233,6 +268,21 @@ class RelayCore(AuthRules, DocumentRules):
                 _drop_full(conn.control, now)
         if self._auth_failures:
             _drop_full(self._auth_failures, now)
+        if self._connection_budget:
+            _drop_full(self._connection_budget, now)
+        if self._recent:
+            for doc_id in list(self._recent):
+                recent = self._recent[doc_id]
+                for pid in [p for p, t in recent.items() if now - t[1] >= PRESENCE_WINDOW]:
+                    del recent[pid]
+                if not recent:
+                    del self._recent[doc_id]
+        if self._doc_budget:
+            held = self._held
+            budgets = self._doc_budget
+            for doc_id in [d for d, b in budgets.items() if d not in held]:
+                if budgets[doc_id].tokens(now) >= budgets[doc_id].capacity:
+                    del budgets[doc_id]
 
     def stats(self) -> RelayStats:
         """Current table sizes (for monitoring and leak tests)."""
@@ -246,10 +296,12 @@ class RelayCore(AuthRules, DocumentRules):
             rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
             anonymous_names=len(self._names),
             auth_failure_addresses=len(self._auth_failures),
+            connection_addresses=len(self._connection_budget),
         )
 
     def presence(self, document_id: str) -> tuple[str, ...]:
-        """Peer ids present in a document, in join order."""
+        """Peer ids present in a document, in join order (who receives its
+        messages; see :meth:`presence_shown` for what its members were told)."""
         return tuple(self._docs.get(document_id, ()))
 
     def peers(self) -> Iterable[Connection]:
@@ -324,18 +376,26 @@ class RelayCore(AuthRules, DocumentRules):
         session_id: str,
         data: bytes,
         identity: str | None = None,
+        introduce: bytes | None = None,
     ) -> bool:
         """A message another relay accepted from ``sender`` (whose identity key,
         as announced by its relay, is ``identity``; None if its relay announced
         none: then it is its own): apply the gossip rule to it here too (so a
         sessionId stays its owner's across the cluster), then deliver it to the
         local peers present. Its read check and rate limit were applied where
-        it entered. True if it was admitted."""
+        it entered. ``introduce``: the sender's identity frame, when it is not
+        present in the document here (document scope): each member that does
+        not know it gets it first. True if it was admitted."""
         if not self._sessions.admit(sender, session_id, count, identity).admitted:
             return False
         self.counters.relayed_remote += 1
         members = self._docs.get(document_id)
         if members:
+            bus = self.bus
+            if introduce is not None and bus is not None:
+                for other in members.values():
+                    if not bus.knows(other, sender[1], None):
+                        other.outbox.send(introduce)
             prefix = ephemeral_prefix(cbor_text(sender[1]), document_id, count, session_id, data)
             for other in members.values():
                 other.outbox.send_ephemeral(prefix, other.target_suffix)
@@ -401,6 +461,11 @@ class RelayCore(AuthRules, DocumentRules):
                 retry_after=wait,
             )
             conn.outbox.close(1008, "rate_limited")
+
+
+def _no_wake(when: float) -> None:
+    """The default :attr:`RelayCore.wake_at`: nobody flushes on time (tests
+    call :meth:`RelayCore.flush_held` themselves)."""
 
 
 def _drop_full(buckets: dict[str, _Bucket], now: float) -> None:

@@ -15,11 +15,9 @@ from ..errors import ProtocolError
 from ..protocol import (
     EPHEMERAL_PREFIX,
     Admission,
-    DocPresenceStateFrame,
     DocUnavailableFrame,
     EphemeralFrame,
     Frame,
-    PeerJoinedDocFrame,
     PeerLeftDocFrame,
     PresenceMessage,
     RequestFrame,
@@ -45,13 +43,14 @@ from .config import Access, RelayConfig
 from .connection import Connection, LimitBucket
 from .counters import RelayCounters
 from .limits import MAX_SESSIONS_PER_CONNECTION, PRESENCE_BURST, PRESENCE_RATE
+from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
 
 __all__ = ["DocumentRules", "ephemeral_prefix"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
 
-class DocumentRules:
+class DocumentRules(Visibility):
     """Presence in documents and the ephemeral messages relayed in them."""
 
     __slots__ = ()
@@ -98,7 +97,8 @@ class DocumentRules:
     def _join(self, conn: Connection, doc_id: str, *, send_state: bool = True) -> None:
         now = self.clock()
         members = self._docs.get(doc_id)
-        if members is not None and conn.peer_id in members:
+        rejoin = members is not None and conn.peer_id in members
+        if rejoin:
             conn.docs[doc_id] = now
         else:
             if not self._check_access(conn, doc_id):
@@ -114,46 +114,50 @@ class DocumentRules:
                 return
             if members is None:
                 members = self._docs[doc_id] = {}
-            if self._server_presence:
-                joined = encode(PeerJoinedDocFrame(doc_id, conn.peer_id))
-                for other in members.values():
-                    other.outbox.send(joined)
+            decision = self._decide(doc_id, conn, now) if self._server_presence else SILENT
             members[conn.peer_id] = conn
             conn.docs[doc_id] = now
             if self.bus is not None:
                 self.bus.joined(doc_id, conn)
+                if decision == SILENT:
+                    self.bus.announce(doc_id, conn, True)  # (no presence frames to pace)
+            if decision == ANNOUNCE:
+                self._announce_join(doc_id, conn)
+            elif decision == CANCELLED:
+                self._settle_held(doc_id)
         if send_state and self._server_presence:
             remote = self.bus.presence_state(doc_id, conn) if self.bus is not None else ()
             if remote is None:
                 return  # the bus calls send_presence_state once it knows who is elsewhere
-            self.send_presence_state(conn, doc_id, remote)
+            self.send_presence_state(conn, doc_id, remote, rejoin=rejoin)
 
-    def send_presence_state(
-        self, conn: Connection, doc_id: str, remote: tuple[str, ...] = ()
-    ) -> None:
-        """Tell ``conn`` who is in ``doc_id``: the peers of other relays
-        (``remote``), then ours in join order, so a joiner is listed last."""
-        peers = remote + tuple(self._docs.get(doc_id, ()))
-        conn.outbox.send(encode(DocPresenceStateFrame(doc_id, peers)))
-
-    def _leave(self, conn: Connection, doc_id: str, *, tell_self: bool) -> None:
+    def _leave(self, conn: Connection, doc_id: str, *, tell_self: bool, gone: bool = False) -> None:
+        """``conn`` is no longer present in ``doc_id``: it left, expired
+        (``tell_self``: it is told too) or its connection is ``gone`` (its
+        leave is announced at once, never held)."""
         if conn.docs.pop(doc_id, None) is None:
             return
         members = self._docs[doc_id]
+        presence = self._server_presence
+        decision = self._decide(doc_id, conn, self.clock(), force=gone) if presence else SILENT
         del members[conn.peer_id]
         if not members:
             del self._docs[doc_id]
+            self._drop_held(doc_id)  # nobody left to tell
         if self.bus is not None:
             self.bus.left(doc_id, conn)
-        if not self._server_presence:
+            if not presence:
+                self.bus.announce(doc_id, conn, False, gone)
+        if not presence:
             return
-        left = encode(PeerLeftDocFrame(doc_id, conn.peer_id))
-        for other in members.values():
-            other.outbox.send(left)
+        if decision == ANNOUNCE:
+            self._announce_leave(doc_id, conn, gone=gone)
+        elif decision == CANCELLED:
+            self._settle_held(doc_id)
         if tell_self:
             # Expiry: the peer may still be alive (a stalled loop), so tell it too;
             # a client that sees itself leave re-joins with a heartbeat.
-            conn.outbox.send(left)
+            conn.outbox.send(encode(PeerLeftDocFrame(doc_id, conn.peer_id)))
 
     # ------------------------------------------------------------------ ephemeral
 
@@ -256,13 +260,19 @@ class DocumentRules:
 
     def _relay_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
         self.counters.relayed_local += 1
+        doc_id = frame.document_id
+        if self._held and doc_id in self._held:
+            self._unhold_join(doc_id, conn)  # its join goes before its message, everywhere
         if self.bus is not None:
-            self.bus.relayed(frame.document_id, conn, frame.count, frame.session_id, frame.data)
-        members = self._docs.get(frame.document_id)
+            self.bus.relayed(doc_id, conn, frame.count, frame.session_id, frame.data)
+        members = self._docs.get(doc_id)
         if not members:
             return
+        if self._scoped and doc_id not in conn.docs:
+            # Not present here: the members may not know who is speaking.
+            self._introduce(conn, members.values())
         prefix = ephemeral_prefix(
-            conn.target_suffix, frame.document_id, frame.count, frame.session_id, frame.data
+            conn.target_suffix, doc_id, frame.count, frame.session_id, frame.data
         )
         for other in members.values():
             if other is not conn:

@@ -9,10 +9,15 @@ __all__ = [
     "FLOOD_REFILL",
     "LIVENESS_FACTOR",
     "MAX_AUTH_FAILURE_ADDRESSES",
+    "MAX_CONNECTION_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
     "MAX_SESSION_TOMBSTONES",
     "PRESENCE_BURST",
+    "PRESENCE_DOC_BURST",
+    "PRESENCE_DOC_RATE",
+    "PRESENCE_HOLD",
     "PRESENCE_RATE",
+    "PRESENCE_WINDOW",
     "SESSION_TOMBSTONE_TTL",
     "TURN_BYTES",
     "TURN_FRAMES",
@@ -33,12 +38,29 @@ MAX_SESSION_TOMBSTONES: Final = 20_000
 #: Source addresses whose failed auth attempts are remembered at once. Beyond
 #: it the oldest is forgotten: many addresses cost each one its memory, not more.
 MAX_AUTH_FAILURE_ADDRESSES: Final = 10_000
+#: Source addresses whose anonymous connections are counted at once (the
+#: ``anonymous_connection_limit``); beyond it the oldest is forgotten.
+MAX_CONNECTION_ADDRESSES: Final = 10_000
 #: Presence control messages (join/leave/heartbeat) one connection may send per
 #: document: a burst of PRESENCE_BURST, refilled at PRESENCE_RATE per second.
 #: They are not relayed and not counted by the rate limit, but each join or
 #: leave is fanned out to everyone present, so it needs a bound of its own.
 PRESENCE_BURST: Final = 10
 PRESENCE_RATE: Final = 5.0
+#: How a document's membership changes (joins and leaves) reach its members:
+#: a peer's change goes out at once, unless the same peer's last two changes
+#: there were announced less than PRESENCE_WINDOW seconds ago; then it is held
+#: until the window is over and sent as the net difference (a peer that left
+#: and came back in between is never seen to leave). So a peer adds at most two
+#: changes per window to what a document's members hear, and one per window
+#: once it keeps toggling, whatever it sends; a crowd's first joins, and a
+#: quick visit (enter, leave), go out at once. On top, each document announces at most a burst of
+#: PRESENCE_DOC_BURST changes, then PRESENCE_DOC_RATE per second, whoever makes
+#: them; held changes are looked at every PRESENCE_HOLD seconds.
+PRESENCE_WINDOW: Final = 1.0
+PRESENCE_DOC_BURST: Final = 500
+PRESENCE_DOC_RATE: Final = 200.0
+PRESENCE_HOLD: Final = 0.25
 
 # ---------------------------------------------------------------------- fairness
 # (docs/reliability.md, "Rate limits and fairness", has the measurements behind these.)

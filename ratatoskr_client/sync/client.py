@@ -174,8 +174,9 @@ class RatatoskrClient:
 
     @property
     def peers(self) -> Mapping[str, Peer]:
-        """Every identity the server announced, by peer id, this client included:
-        a snapshot taken now (it does not change afterwards)."""
+        """The identities this client knows, by peer id, this client included
+        (which ones depends on the server's identity scope: see the asyncio
+        client's ``peers``): a snapshot taken now (it does not change afterwards)."""
         return self._loop.call(lambda: MappingProxyType(dict(self._client.peers)))
 
     @property

@@ -94,8 +94,9 @@ async def test_a_relay_starts_without_redis_and_joins_when_it_appears() -> None:
                 other.wait_listening()
                 async with RawPeers(other.ws_url) as more:
                     c = await more()
-                    await c.recv_type("peer_identity", peerId=a.peer_id)
                     state = await c.join("doc")
+                    introduced = {f["peerId"] for f in c.frames if f["type"] == "peer_identity"}
+                    assert introduced == {a.peer_id, b.peer_id}
                     assert sorted(state["peers"]) == sorted([a.peer_id, b.peer_id, c.peer_id])
             finally:
                 other.close()

@@ -20,7 +20,7 @@ from ratatoskr_client.server.cluster.wire import Joined, Left, Relayed
 
 from ..integration.rawpeer import RawPeer, RawPeers, is_frame, settle
 from ..reliability.support import assert_never_about
-from .conftest import PRESENCE_TTL, RATE_LIMIT, Cluster
+from .conftest import PRESENCE_TTL, RATE_LIMIT, Cluster, make_cluster
 from .support import BusSpy, eventually
 
 EPHEMERAL_KEYS = {"type", "senderId", "targetId", "documentId", "count", "sessionId", "data"}
@@ -43,7 +43,11 @@ async def cluster(cluster3: Cluster) -> Cluster:
 # --------------------------------------------------------------------------- identities
 
 
-async def test_identities_and_the_initial_sync_cover_every_relay(cluster: Cluster) -> None:
+async def test_identities_travel_with_documents_across_relays(cluster: Cluster) -> None:
+    """Document identity scope (the default) across relays: an identity reaches
+    a peer just before the frame that needs it, whichever relay either is on;
+    a connect announces nothing, anywhere."""
+    doc = new_doc("ids")
     async with (
         RawPeers(cluster.a.ws_url) as on_a,
         RawPeers(cluster.b.ws_url) as on_b,
@@ -51,36 +55,82 @@ async def test_identities_and_the_initial_sync_cover_every_relay(cluster: Cluste
     ):
         alice = await on_a("alice-secret")
         anon = await on_b()
-        # Announced across relays, both ways.
-        got = await anon.recv_type("peer_identity", peerId=alice.peer_id)
-        assert got["user"] == {"id": "alice", "name": "Alice", "isAnonymous": False}
-        got = await alice.recv_type("peer_identity", peerId=anon.peer_id)
-        assert got["user"] == anon.user
+        stranger = await on_c()  # in no document: hears nothing about anyone
+        await alice.join(doc)
+        state = await anon.join(doc)
+        assert state["peers"] == [alice.peer_id, anon.peer_id]
+        kinds = [(f["type"], f.get("peerId")) for f in anon.frames[1:]]
+        assert kinds[:2] == [("peer_identity", alice.peer_id), ("doc_presence_state", None)]
+        assert anon.frames[1]["user"] == {"id": "alice", "name": "Alice", "isAnonymous": False}
+        await alice.recv_type("peer_joined_doc", peerId=anon.peer_id)
+        kinds = [(f["type"], f.get("peerId")) for f in alice.frames[1:]]
+        assert ("peer_identity", anon.peer_id) in kinds
+        assert (
+            kinds.index(("peer_identity", anon.peer_id))
+            == kinds.index(("peer_joined_doc", anon.peer_id)) - 1
+        )
 
-        # A newcomer on a third relay: its initial sync, right after auth_ok,
-        # lists the peers of both other relays.
-        newcomer = await on_c.connect()
-        await newcomer.auth()
-        await newcomer.barrier()
-        assert newcomer.frames[0]["type"] == "auth_ok"
-        after_ok = newcomer.frames[1:]
-        sync = []
-        for frame in after_ok:
-            if frame["type"] != "peer_identity":
-                break
-            sync.append(frame["peerId"])
-        assert {alice.peer_id, anon.peer_id} <= set(sync)
-        assert newcomer.peer_id not in sync  # never one's own identity
+        # A newcomer on the third relay: nothing after auth_ok; the identities
+        # of both others come with its state, before it.
+        newcomer = await on_c()
+        assert [f["type"] for f in newcomer.frames] == ["auth_ok"]
+        await newcomer.join(doc)
+        introduced = [f["peerId"] for f in newcomer.frames if f["type"] == "peer_identity"]
+        assert set(introduced) == {alice.peer_id, anon.peer_id}
+        assert newcomer.frames[-1]["type"] == "doc_presence_state"
         for peer in (alice, anon):
-            await peer.recv_type("peer_identity", peerId=newcomer.peer_id)
+            await peer.recv_type("peer_joined_doc", peerId=newcomer.peer_id)
+            assert peer.received(is_frame("peer_identity", peerId=newcomer.peer_id))
 
-        # A disconnect reaches both other relays.
+        # A connection that closes: its leave, then its disconnect, on every relay.
         await anon.close()
         for peer in (alice, newcomer):
             await peer.recv_type("peer_disconnected", peerId=anon.peer_id)
-        await settle(alice, newcomer)
-        for peer in (alice, newcomer):
+            about = [f["type"] for f in peer.frames if f.get("peerId") == anon.peer_id]
+            assert about[-2:] == ["peer_left_doc", "peer_disconnected"]
+        await settle(alice, newcomer, stranger)
+        for peer in (alice, newcomer, stranger):
             assert not peer.received(is_frame("peer_identity", peerId=peer.peer_id))
+        assert [f for f in stranger.frames if f["type"].startswith("peer_")] == []
+
+
+async def test_identities_and_the_initial_sync_cover_every_relay_in_global_scope() -> None:
+    """The plan's global identity scope across relays: every identity to
+    everyone, the initial sync lists every relay's peers, disconnects reach all."""
+    with make_cluster(2, "--identity-scope", "global") as cluster:
+        await cluster.ready()
+        async with RawPeers(cluster.a.ws_url) as on_a, RawPeers(cluster.b.ws_url) as on_b:
+            alice = await on_a("alice-secret")
+            anon = await on_b()
+            # Announced across relays, both ways.
+            got = await anon.recv_type("peer_identity", peerId=alice.peer_id)
+            assert got["user"] == {"id": "alice", "name": "Alice", "isAnonymous": False}
+            got = await alice.recv_type("peer_identity", peerId=anon.peer_id)
+            assert got["user"] == anon.user
+
+            # A newcomer: its initial sync, right after auth_ok, lists the
+            # peers of both relays.
+            newcomer = await on_b.connect()
+            ok = await newcomer.auth()
+            assert "scoped-identity" not in ok["features"]
+            await newcomer.barrier()
+            sync = []
+            for frame in newcomer.frames[1:]:
+                if frame["type"] != "peer_identity":
+                    break
+                sync.append(frame["peerId"])
+            assert {alice.peer_id, anon.peer_id} <= set(sync)
+            assert newcomer.peer_id not in sync  # never one's own identity
+            for peer in (alice, anon):
+                await peer.recv_type("peer_identity", peerId=newcomer.peer_id)
+
+            # A disconnect reaches both relays.
+            await anon.close()
+            for peer in (alice, newcomer):
+                await peer.recv_type("peer_disconnected", peerId=anon.peer_id)
+            await settle(alice, newcomer)
+            for peer in (alice, newcomer):
+                assert not peer.received(is_frame("peer_identity", peerId=peer.peer_id))
 
 
 # --------------------------------------------------------------------------- presence

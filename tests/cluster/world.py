@@ -1,12 +1,13 @@
 """SDK clients spread over a cluster, and the truth their views must converge to.
 
 The truth for a document is the set of connected clients whose application
-entered it; the truth for identities is the set of connected clients. A view
-has converged when every client that entered a document sees exactly its
-truth (no ghost, nobody missing, nobody twice), every other client sees
-nothing there, and every client knows exactly the connected clients'
-identities. (Across relays the order of a presence list is the order in which
-the client's own relay learned of the joins, so only the sets are compared.)
+entered it; the truth for a client's identities is itself and the clients
+that entered one of its documents (the relays scope identities to documents).
+A view has converged when every client that entered a document sees exactly
+its truth (no ghost, nobody missing, nobody twice), every other client sees
+nothing there, and every client knows exactly those identities. (Across
+relays the order of a presence list is the order in which the client's own
+relay learned of the joins, so only the sets are compared.)
 
 Waiting re-checks after every client event that could change the answer.
 """
@@ -85,11 +86,17 @@ class World:
                         f"client {i} {doc}: ghosts {set(seen) - want}, missing "
                         f"{want - set(seen)}, duplicates {len(seen) - len(set(seen))}"
                     )
-        live = self.live()
+        # Identities are scoped to documents (the relays' default): a client
+        # knows itself and the clients of the documents it entered.
         for i, client in enumerate(self.clients):
             known = set(client.peers)
-            if known != live:
-                out.append(f"client {i} identities: ghosts {known - live}, missing {live - known}")
+            want = {client.me.peer_id} | {
+                c.me.peer_id
+                for c in self.clients
+                if set(c.entered_documents) & set(client.entered_documents)
+            }
+            if known != want:
+                out.append(f"client {i} identities: ghosts {known - want}, missing {want - known}")
         return out
 
     def describe(self) -> str:

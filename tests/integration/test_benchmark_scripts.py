@@ -40,8 +40,21 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         ["-m", "benchmarks.run"],
         ["benchmarks/locust_capacity.py"],
         ["-m", "benchmarks.locust_capacity"],
+        ["benchmarks/churn.py"],
+        ["-m", "benchmarks.churn"],
+        ["benchmarks/floods.py"],
+        ["-m", "benchmarks.floods"],
     ],
-    ids=["run script", "run -m", "locust_capacity script", "locust_capacity -m"],
+    ids=[
+        "run script",
+        "run -m",
+        "locust_capacity script",
+        "locust_capacity -m",
+        "churn script",
+        "churn -m",
+        "floods script",
+        "floods -m",
+    ],
 )
 def test_each_module_is_loaded_once_under_its_package_name(command: list[str]):
     done = python("-X", "importtime", *command, "--help")

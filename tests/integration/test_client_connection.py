@@ -170,6 +170,7 @@ async def test_connect_and_close_are_idempotent_and_a_closed_client_can_reconnec
 # --------------------------------------------------------------------------- close
 
 
+@pytest.mark.ratatoskr_relay(identity_scope="global")  # b hears a disconnect after its leaves
 async def test_close_leaves_every_document_and_stops_every_task(ratatoskr_client):
     a = await ratatoskr_client()
     b = await ratatoskr_client()

@@ -35,16 +35,19 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
 
     # connected(me)
     assert rec.of("connected") == [(a.me,)]
-    # peer-identity(peer)
-    (peer,) = await rec.wait("peer-identity", lambda p: p.peer_id == b.me.peer_id)
-    assert peer == b.me == Peer(b.me.peer_id, "alice", "Alice", False)
 
-    # presence-changed(doc, peers) and peer-joined(doc, peer)
+    # presence-changed(doc, peers), peer-identity(peer) and peer-joined(doc, peer)
     await a.enter_document("doc-1")
     assert rec.of("presence-changed") == [("doc-1", (a.me,))]
+    assert rec.of("peer-identity") == []  # the relay scopes identities to documents
+    mark = rec.mark()
     await b.enter_document("doc-1")
-    assert await rec.wait("peer-joined") == ("doc-1", b.me)
+    assert await rec.wait("peer-joined", since=mark) == ("doc-1", b.me)
     await rec.wait("presence-changed", lambda d, p: p == (a.me, b.me))
+    ((peer,),) = rec.of("peer-identity", mark)  # b shares a document now: its identity first
+    assert peer == b.me == Peer(b.me.peer_id, "alice", "Alice", False)
+    names = rec.names()[mark:]
+    assert names.index("peer-identity") < names.index("peer-joined")
 
     # ephemeral-message(doc, sender, payload)
     await b.send_ephemeral("doc-1", {"cursor": [3, 4]})
@@ -63,10 +66,15 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
     assert isinstance(err, PermissionDenied)
     assert err.document_id == "secret"
 
-    # peer-disconnected(peer)
+    # peer-disconnected(peer): b's connection dies while it shares doc-1 with a
+    mark = rec.mark()
+    await b.enter_document("doc-1")
+    # (b's third change there within a second: a hears it within the window)
+    await rec.wait("presence-changed", lambda d, p: p == (a.me, b.me), since=mark)
     b_me = b.me
-    await b.close()
+    abort_transport(b)  # (a polite close() leaves doc-1 first: a sees only peer-left)
     assert await rec.wait("peer-disconnected") == (b_me,)
+    await b.close()
 
     # disconnected(reason), reconnecting(attempt, delay), connected(new me)
     old_me = a.me

@@ -90,7 +90,7 @@ async def test_presence_is_per_document(ratatoskr_client):
     assert a.entered_documents == ("one", "two")
 
 
-@with_acl
+@pytest.mark.ratatoskr_relay(users=USERS, documents=DOCUMENTS, identity_scope="global")
 async def test_me_and_peers(ratatoskr_client):
     alice = await ratatoskr_client("alice-secret")
     anon = await ratatoskr_client()
@@ -122,6 +122,43 @@ async def test_me_and_peers(ratatoskr_client):
     await anon.close()
     await rec.until(lambda: gone not in alice.peers)
     assert set(alice.peers) == {alice.me.peer_id, anon2.me.peer_id}
+
+
+@with_acl
+async def test_peers_are_those_sharing_an_entered_document(ratatoskr_client):
+    """The relay's default identity scope: a client knows the identities of
+    the peers in the documents it entered, and of nobody else."""
+    alice = await ratatoskr_client("alice-secret")
+    bob = await ratatoskr_client("bob-secret")
+    anon = await ratatoskr_client()
+    rec = Recorder(alice)
+    assert "scoped-identity" in alice.features
+    assert dict(alice.peers) == {alice.me.peer_id: alice.me}  # nobody else is listed
+    assert dict(anon.peers) == {anon.me.peer_id: anon.me}
+
+    await alice.enter_document("doc-public")
+    await anon.enter_document("doc-public")
+    await bob.enter_document("doc-123")  # a document anon may not read
+    await alice.enter_document("doc-123")
+    await rec.until(lambda: set(alice.peers) == {alice.me.peer_id, bob.me.peer_id, anon.me.peer_id})
+    assert alice.peers[bob.me.peer_id] == bob.me  # the server-verified identity
+    anon_rec = Recorder(anon)
+    await anon_rec.until(lambda: set(anon.peers) == {anon.me.peer_id, alice.me.peer_id})
+    assert bob.me.peer_id not in anon.peers  # bob shares nothing with anon
+
+    # Leaving the last shared document: the peer leaves `peers` with its
+    # peer-left, without a peer-disconnected (it did not disconnect).
+    mark = rec.mark()
+    await anon.leave_document("doc-public")
+    await rec.until(lambda: anon.me.peer_id not in alice.peers)
+    assert rec.of("peer-left", mark) == [("doc-public", anon.me)]
+    # A peer whose connection closes while it shares a document: peer-disconnected.
+    bob_me = bob.me
+    await bob.close()  # a polite close leaves first: peer-left, then gone
+    await rec.until(lambda: bob_me.peer_id not in alice.peers)
+    assert ("peer-left", ("doc-123", bob_me)) in rec.events[mark:]
+    assert set(alice.peers) == {alice.me.peer_id}
+    assert alice.stats().peers == 1
 
 
 async def test_enter_document_returns_presence_once_confirmed(ratatoskr_client, ratatoskr_relay):

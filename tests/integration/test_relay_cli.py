@@ -117,11 +117,15 @@ async def test_relay_command_serves_two_raw_clients_and_stops_on_sigterm() -> No
         b = await peers()
         assert a.user is not None
         assert a.user["isAnonymous"] is True
-        await b.recv_type("peer_identity", peerId=a.peer_id)  # initial sync
-        await a.recv_type("peer_identity", peerId=b.peer_id)
         assert (await a.join("doc-1"))["peers"] == [a.peer_id]
         assert (await b.join("doc-1"))["peers"] == [a.peer_id, b.peer_id]
         await a.recv_type("peer_joined_doc", peerId=b.peer_id)
+        # Identities go with the document (the default identity scope), each
+        # just before the presence frame that names the peer.
+        types = [(f["type"], f.get("peerId")) for f in b.frames[1:]]
+        assert types[:2] == [("peer_identity", a.peer_id), ("doc_presence_state", None)]
+        types = [(f["type"], f.get("peerId")) for f in a.frames[1:]]
+        assert types[1:3] == [("peer_identity", b.peer_id), ("peer_joined_doc", b.peer_id)]
 
         await a.ephemeral("doc-1", {"cursor": [1, 2]})
         got = await b.recv_type("ephemeral", documentId="doc-1")
@@ -300,3 +304,29 @@ async def test_uvloop_flag_without_uvloop_exits_2() -> None:
     assert proc.returncode == 2, stderr.decode()
     assert stdout == b""
     assert b"ratatoskr-client[speed]" in stderr
+
+
+async def test_identity_scope_and_connection_limit_flags() -> None:
+    args = ("--identity-scope", "global", "--anonymous-connection-limit", "5")
+    async with relay_process(*args) as relay, RawPeers(relay.ws_url) as peers:
+        a = await peers()
+        b = await peers()
+        # Global scope: no "scoped-identity", and every identity to everyone.
+        assert "scoped-identity" not in a.frames[0]["features"]
+        await a.recv_type("peer_identity", peerId=b.peer_id)
+        # (Loopback is exempt from the connection limit: these are not refused.)
+        for _ in range(6):
+            await peers()
+        code, _, stderr = await relay.stop(signal.SIGTERM)
+        assert code == 0, stderr.decode()
+
+
+async def test_bad_identity_scope_flag_exits_2() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command("--port", "0", "--identity-scope", "everyone"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
+    assert proc.returncode == 2
+    assert b"--identity-scope" in err

@@ -122,7 +122,7 @@ async def test_js_peer_opening_a_document_is_present_until_it_quits(
         js = await start_js_peer("--find", automerge_document_id())
         assert js.info["documentState"] == "unavailable"
     doc = js.document_id
-    assert js.info["features"] == ["identity", "presence", "ephemeral"]
+    assert js.info["features"] == ["identity", "presence", "ephemeral", "scoped-identity"]
     client = await ratatoskr_client()
 
     present = await enter_with(client, js)

@@ -9,7 +9,8 @@ it. After each round's quiet period, for every document and every client:
 * every client that entered the document sees exactly the relay's list, in the
   relay's join order (so no duplicates either), and a client that did not enter
   it sees nothing;
-* every client knows exactly the identities of the connections that are open.
+* every client knows exactly the identities of the peers in the documents it
+  entered (the relay's default identity scope), and itself.
 
 Each round also adds "zombies": raw connections that join a document and then
 never send again while their socket stays open and answers pings — an app
@@ -77,6 +78,8 @@ class World:
         self.messages: list[tuple[str, str, Any]] = []
         #: every peer id any alice client ever had
         self.alice_ids: set[str] = set()
+        #: the sender of each message from the spy, as the receiving client saw it
+        self.spy_senders: list[Peer] = []
 
     def add(self, client: RatatoskrClient) -> None:
         self.clients.append(client)
@@ -86,6 +89,8 @@ class World:
 
     def _message(self, doc: str, sender: Peer, payload: Any) -> None:
         self.messages.append((doc, sender.peer_id, payload))
+        if isinstance(payload, dict) and "spy" in payload:
+            self.spy_senders.append(sender)
 
     def watch_relay(self) -> None:
         self.changes.watch_relay(self.relay.core)
@@ -132,8 +137,13 @@ class World:
         if self.relay.stats().peers != len(live):
             out.append(f"relay has {self.relay.stats().peers} peers, {len(live)} connections open")
         for i, c in enumerate(self.clients):
-            if set(c.peers) != live:
-                extra, lacking = set(c.peers) - live, live - set(c.peers)
+            # The relay scopes identities to documents: a client knows itself
+            # and the peers of the documents it entered, nobody else.
+            sharing = {c.me.peer_id}
+            for doc in c.entered_documents:
+                sharing.update(core.presence_shown(doc))
+            if set(c.peers) != sharing:
+                extra, lacking = set(c.peers) - sharing, sharing - set(c.peers)
                 out.append(f"client {i} identities: ghosts {extra}, missing {lacking}")
         return out
 
@@ -254,9 +264,13 @@ async def test_chaos_converges_after_every_round(ratatoskr_relay: RelayServer) -
         spy_messages = [(d, s) for d, s, p in world.messages if isinstance(p, dict) and "spy" in p]
         assert spy_messages, "nobody was present where the spy sent"
         assert {s for _, s in spy_messages} <= set(spy.peer_ids)  # the real sender, always
+        # Present in no document, the spy is known to its receivers only as
+        # the server-verified sender of each of its messages.
+        for sender in world.spy_senders:
+            assert sender.is_anonymous and sender.user_id is None
+            assert sender.name != sender.peer_id  # its identity, not a placeholder
         for client in world.clients:
-            seen = client.peers.get(spy.peer_id)
-            assert seen is not None and seen.is_anonymous and seen.user_id is None
+            assert spy.peer_id not in client.peers
     finally:
         for zombie in world.zombies:
             await zombie.close()

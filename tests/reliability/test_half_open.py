@@ -172,16 +172,42 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return first & 0x0F, await reader.readexactly(n)
 
 
-async def _raw_authenticated(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+async def _raw_authenticated(
+    port: int, join: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """An anonymous raw peer; present in ``join`` when it returns, if given."""
     reader, writer = await open_upgraded(port)
     writer.write(client_frame(cbor2.dumps({"type": "auth", "anonymous": True})))
     await writer.drain()
+    peer_id = ""
     while True:
         opcode, payload = await _read_frame(reader)
-        if opcode == 0x2:
-            frame = cbor2.loads(payload)
-            if frame["type"] == "auth_ok":
-                return reader, writer, frame["clientPeerId"]
+        if opcode != 0x2:
+            continue
+        frame = cbor2.loads(payload)
+        if frame["type"] == "auth_ok":
+            peer_id = frame["clientPeerId"]
+            if join is None:
+                return reader, writer, peer_id
+            presence = {"type": "presence", "status": "join", "documentId": join}
+            writer.write(
+                client_frame(
+                    cbor2.dumps(
+                        {
+                            "type": "ephemeral",
+                            "senderId": peer_id,
+                            "targetId": "",
+                            "documentId": join,
+                            "count": 1,
+                            "sessionId": "raw",
+                            "data": cbor2.dumps(presence),
+                        }
+                    )
+                )
+            )
+            await writer.drain()
+        elif frame["type"] == "doc_presence_state" and frame["documentId"] == join:
+            return reader, writer, peer_id
 
 
 @pytest.mark.ratatoskr_relay(ping_interval=RELAY_PING, presence_ttl=60, auth_timeout=60)
@@ -192,8 +218,9 @@ async def test_relay_closes_a_socket_that_trickles_a_frame_forever(ratatoskr_rel
     last complete frame, however busily it trickles."""
     loop = asyncio.get_running_loop()
     observer = await RecordingPeer.open(ratatoskr_relay.ws_url, "observer")
-    reader, writer, peer_id = await _raw_authenticated(ratatoskr_relay.port)
-    last_frame = loop.time()  # the auth_ok answered its last complete frame
+    await observer.join("doc")  # (so that it hears of the trickler's going)
+    reader, writer, peer_id = await _raw_authenticated(ratatoskr_relay.port, join="doc")
+    last_frame = loop.time()  # the doc_presence_state answered its last complete frame
     # The start of a 100-byte frame, then one more byte every 50 ms.
     writer.write(bytes((0x82, 0x80 | 100)) + b"\0\0\0\0")
     await writer.drain()
@@ -224,10 +251,14 @@ async def test_relay_closes_a_socket_that_trickles_a_frame_forever(ratatoskr_rel
         assert closed_after >= 1.5 * RELAY_PING
         # (+ two sweeps of the relay's housekeeping, ping_interval / 10 each)
         assert closed_after <= 1.5 * RELAY_PING + 2 * RELAY_PING / 10 + SLACK
-        # (after the observer's identity:) a ping it could not answer, then the close
+        # A ping it could not answer, then the close.
         assert [op for op in opcodes if op != 0x2] == [0x9, 0x8]
+        # Closed like any connection: its leave and going told to who knew it.
         await observer.wait_for(
             lambda f: f.get("type") == "peer_disconnected" and f.get("peerId") == peer_id
+        )
+        assert observer.received(
+            lambda f: f.get("type") == "peer_left_doc" and f.get("peerId") == peer_id
         )
         assert ratatoskr_relay.core.counters.unresponsive_disconnects == 1
     finally:
@@ -333,16 +364,17 @@ async def test_client_notices_a_dead_network_path_and_reconnects_through_it(
             await client.wait_for_presence("doc", lambda p: ids(p) == expected, timeout=10)
             await observer.wait_for_presence("doc", lambda p: ids(p) == expected, timeout=10)
             assert list(ratatoskr_relay.core.presence("doc")) == expected
-            connected = {*expected, spy.peer_id}
-            await obs.until(lambda: set(observer.peers) == connected, timeout=10)
-            assert set(client.peers) == connected
+            # Identities: the peers sharing a document (the spy shares none).
+            await obs.until(lambda: set(observer.peers) == set(expected), timeout=10)
+            assert set(client.peers) == set(expected)
             attempts = rec.of("reconnecting")
             assert len(attempts) >= 2  # at least one went into the dead path
             assert [n for n, _ in attempts] == list(range(1, len(attempts) + 1))
             await client.wait_for_presence("vault", lambda p: ids(p) == [client.me.peer_id])
             await spy.barrier()
             assert assert_never_about(spy.frames, "vault") == {}
-            assert [f["type"] for f in spy.frames].count("peer_disconnected") == 1  # old
+            # In no document, the spy heard of nobody: not the old peer's going either.
+            assert [f["type"] for f in spy.frames if f["type"].startswith("peer_")] == []
         finally:
             await client.close()
             await spy.close()

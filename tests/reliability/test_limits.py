@@ -54,6 +54,7 @@ async def test_default_frame_size_limit(ratatoskr_relay: RelayServer) -> None:
     receiver = await RecordingPeer.open(url, "receiver")
     try:
         await receiver.join("doc")
+        await sender.join("doc")  # (so that the receiver hears it disconnect)
         await sender.send(frame_of_size(sender, "doc", DEFAULT_MAX_FRAME_SIZE))
         got = await receiver.wait_for(lambda f: f.get("type") == "ephemeral")
         assert len(cbor2.loads(got["data"])) > 65_000

@@ -23,7 +23,13 @@ from ratatoskr_client.errors import OperationTimeout
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 #: scripts run as programs; no module may import them
-ENTRY_SCRIPTS = {"benchmarks.run", "benchmarks.locust_capacity", "benchmarks.raw_relay"}
+ENTRY_SCRIPTS = {
+    "benchmarks.run",
+    "benchmarks.locust_capacity",
+    "benchmarks.churn",
+    "benchmarks.floods",
+    "benchmarks.raw_relay",
+}
 
 QUICK_KEYS = {
     "client_kib_per_client", "client_rss_base_kib", "client_rss_kib", "fanout_messages",
@@ -114,6 +120,7 @@ def test_the_package_has_its_modules():
         "benchmarks.scenarios.memory",
         "benchmarks.scenarios.cluster",
         "benchmarks.scenarios.capacity",
+        "benchmarks.scenarios.churn",
     } <= set(MODULES)
     assert "benchmarks.cluster_bench" not in MODULES
 

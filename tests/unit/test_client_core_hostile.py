@@ -196,6 +196,45 @@ def test_identities_beyond_the_bound_are_refused_and_a_disconnect_makes_room():
     assert sorted(h.core.store.identities) == ["b", "c", "me-1"]
 
 
+SCOPED = ["identity", "presence", "ephemeral", "scoped-identity"]
+
+
+def test_identities_held_for_the_next_frame_count_toward_the_bound():
+    """With scoped identities a server sends them just before the frame that
+    needs them; one that sends identity after identity, and never that frame,
+    is refused at the bound all the same."""
+    h = Harness(max_identities=3)
+    h.connect(features=SCOPED)
+    h.enter("doc")
+    effects = h.batch(identity("a"), identity("b"), identity("c"))
+    assert sorted(h.core.store.incoming) == ["a", "b"]  # (+ us: 3)
+    (error,) = errors(effects)
+    assert "identity of 'c' refused" in str(error)
+    h.server(identity("a"))  # held already: not a new entry
+    # The frame they came for puts one in our document: kept; the other is dropped.
+    effects = h.server(join("doc", "a"))
+    assert [e[1].peer_id for e in h.events(effects, "peer-identity")] == ["a"]
+    assert sorted(h.core.store.identities) == ["a", "me-1"] and not h.core.store.incoming
+
+
+def test_lingering_identities_are_bounded_too():
+    """While a leave of ours is on its way, identities the server sends for no
+    frame of ours linger out of sight: no more than max_identities of them,
+    however many frames bring new ones."""
+    h = Harness(max_identities=3)
+    h.connect(features=SCOPED)
+    h.enter("doc")
+    h.enter("left")
+    h.core.leave("left", h.now)  # the server may still name its peers: they linger
+    for n in range(10):
+        h.server(identity(f"stranger-{n}"))
+        h.server({"type": "doc_presence_state", "documentId": "other", "peers": []})
+    assert len(h.core.store.lingering) == 3
+    assert sorted(h.core.store.identities) == ["me-1"]
+    h.advance(11.0)  # LINGER is over
+    assert h.core.store.lingering == {}
+
+
 # --------------------------------------------------------------------------- batches
 
 

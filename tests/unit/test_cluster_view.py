@@ -26,7 +26,8 @@ from ratatoskr_client.server.cluster.wire import (
     decode_message,
     decode_peer,
 )
-from ratatoskr_client.server.core import Session
+from ratatoskr_client.server.config import IdentityScope
+from ratatoskr_client.server.core import PRESENCE_WINDOW, Session
 
 NAMES = Names("ratatoskr:0")
 #: Every node of a cluster runs the same configuration, this URL included: it
@@ -39,6 +40,11 @@ class Outbox:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
+
+    def left(self, doc: str) -> None:
+        """The peer itself left ``doc`` (no frame says so): a marker for
+        :meth:`scoped_identities`."""
+        self.frames.append({"type": "_left_myself", "documentId": doc})
 
     def send(self, frame: bytes) -> None:
         self.frames.append(cbor2.loads(frame))
@@ -74,6 +80,58 @@ class Outbox:
                 known.discard(f["peerId"])
         return known
 
+    def scoped_identities(self) -> set[str]:
+        """The identities a client keeps in document scope, replaying the
+        frames under the scope's rules: an identity arrives right before the
+        frame that needs it (a join, a state, a message); a peer's identity
+        is kept while it is in one of our documents; ``peer_disconnected``
+        comes only for a peer we knew, right after its last ``peer_left_doc``."""
+        me = self.frames[0]["clientPeerId"]
+        known: set[str] = set()
+        docs: dict[str, set[str]] = {}
+        incoming: set[str] = set()
+        departing: set[str] = set()  # out of our last document by the frame before
+
+        def forget(pids: set[str]) -> None:
+            for pid in pids:
+                if not any(pid in members for members in docs.values()):
+                    departing.add(pid)
+
+        for f in self.frames[1:]:
+            kind, doc = f["type"], f.get("documentId")
+            if kind == "peer_disconnected":
+                assert f["peerId"] in departing, f"not right after its last leave: {f}"
+                known.discard(f["peerId"])
+            known -= departing
+            departing.clear()
+            if kind == "peer_identity":
+                assert f["peerId"] != me
+                (known if f["peerId"] in known else incoming).add(f["peerId"])
+                continue
+            if kind == "peer_joined_doc":
+                assert f["peerId"] in known | incoming, f"joined before its identity: {f}"
+                known.add(f["peerId"])
+                docs.setdefault(doc, set()).add(f["peerId"])
+            elif kind == "doc_presence_state":
+                before = docs.get(doc, set())
+                peers = set(f["peers"]) - {me}
+                assert peers <= known | incoming, f"state before identities: {f}"
+                known |= peers
+                docs[doc] = peers
+                forget(before - peers)
+            elif kind == "peer_left_doc":
+                if f["peerId"] == me:
+                    forget(docs.pop(doc, set()))  # expired: nothing more about it
+                else:
+                    docs.get(doc, set()).discard(f["peerId"])
+                    forget({f["peerId"]})
+            elif kind == "_left_myself":
+                forget(docs.pop(doc, set()))
+            elif kind == "ephemeral":
+                assert f["senderId"] in known | incoming, f"message from a stranger: {f}"
+            incoming.clear()
+        return known - departing
+
     def messages(self, doc: str) -> list[Any]:
         return [
             (f["senderId"], cbor2.loads(f["data"]))
@@ -86,7 +144,8 @@ class Node:
     def __init__(self, hub: Hub, node_id: str) -> None:
         self.hub = hub
         self.id = node_id
-        self.core = RelayCore(CONFIG, server_peer_id=f"relay-{node_id}")
+        config = CONFIG.with_(identity_scope=hub.scope)
+        self.core = RelayCore(config, server_peer_id=f"relay-{node_id}", clock=hub.clock)
         self.view = ClusterView(self.core, node_id, NAMES)
         self.up = False
         self.peers: dict[str, Session] = {}
@@ -113,6 +172,9 @@ class Node:
         self.core.receive(session, cbor2.dumps(frame))
 
     def presence(self, session: Session, doc: str, status: str) -> None:
+        if status == "leave" and doc in session.docs:
+            assert isinstance(session.outbox, Outbox)
+            session.outbox.left(doc)
         self.ephemeral(session, doc, {"type": "presence", "status": status, "documentId": doc})
 
     def close(self, session: Session) -> None:
@@ -133,7 +195,11 @@ class Node:
 class Hub:
     """Redis, for a few ClusterViews: hashes, channels, subscriptions."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: IdentityScope = "global") -> None:
+        #: the identity scope of every node
+        self.scope: IdentityScope = scope
+        #: the nodes' clock (fake: moved by :meth:`settle` only)
+        self.now = 1000.0
         self.nodes: dict[str, Node] = {}
         self.peers: dict[str, dict[str, bytes]] = {}
         self.docs: dict[str, dict[str, bytes]] = {}
@@ -144,6 +210,17 @@ class Hub:
         if connect:
             self.connect(node)
         return node
+
+    def clock(self) -> float:
+        return self.now
+
+    def settle(self) -> None:
+        """Let every held presence change go out (time passes), and deliver it."""
+        while any(n.core.held_documents() for n in self.nodes.values()):
+            self.now += 1.0
+            for node in self.nodes.values():
+                node.core.flush_held()
+            self.pump()
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.up]
@@ -202,13 +279,25 @@ class Hub:
                                 other.view.apply(sender, body, doc)
 
     def check(self, docs: list[str]) -> None:
-        """Every peer's view equals the truth, cluster-wide."""
+        """Every peer's view equals the truth, cluster-wide (once the held
+        presence changes are out)."""
+        self.settle()
         everyone = {p: n for n in self.live() for p in n.peers}
         for node in self.live():
             for peer_id, session in node.peers.items():
                 outbox = session.outbox
                 assert isinstance(outbox, Outbox)
-                assert outbox.identities() == set(everyone) - {peer_id}, peer_id
+                if self.scope == "global":
+                    assert outbox.identities() == set(everyone) - {peer_id}, peer_id
+                else:
+                    # Exactly the peers it shares a document with.
+                    sharing = {
+                        p
+                        for doc in session.docs
+                        for n in self.live()
+                        for p in (*n.core.presence_shown(doc), *n.view.remote_presence(doc))
+                    }
+                    assert outbox.scoped_identities() == sharing - {peer_id}, peer_id
                 for doc in docs:
                     if doc in session.docs:
                         truth = {p for n in self.live() for p in n.core.presence(doc)}
@@ -218,7 +307,14 @@ class Hub:
 
 @pytest.fixture
 def hub() -> Hub:
+    """Nodes in the plan's global identity scope (what most tests here check)."""
     return Hub()
+
+
+@pytest.fixture(params=["global", "document"])
+def any_hub(request: pytest.FixtureRequest) -> Hub:
+    """Nodes in either identity scope."""
+    return Hub(request.param)
 
 
 def test_presence_identities_and_messages_across_two_nodes(hub: Hub) -> None:
@@ -452,7 +548,8 @@ def test_leaving_the_last_local_peer_forgets_the_document(hub: Hub) -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_random_activity_on_three_nodes_converges(hub: Hub, seed: int) -> None:
+def test_random_activity_on_three_nodes_converges(any_hub: Hub, seed: int) -> None:
+    hub = any_hub
     rng = random.Random(seed)
     nodes = [hub.add(f"{c}" * 12) for c in "abc"]
     docs = ["d1", "d2", "d3"]
@@ -494,3 +591,40 @@ def test_frames_from_the_view_are_valid_protocol_frames(hub: Hub) -> None:
     hub.pump()
     for frame in pa.outbox.frames:
         decode(cbor2.dumps(frame))  # raises on anything malformed
+
+
+def test_the_presence_budget_paces_what_other_relays_hear(any_hub: Hub) -> None:
+    """A relay tells the others of its peers' joins and leaves as it announces
+    them to its own peers: a crowd's first joins at once, a peer's third change
+    within its window held, and only the net difference."""
+    hub = any_hub
+    a, b = hub.add("aaaaaaaaaaaa"), hub.add("bbbbbbbbbbbb")
+    watcher = b.connect()
+    b.presence(watcher, "doc", "join")
+    hub.pump()
+    crowd = [a.connect() for _ in range(60)]
+    for p in crowd:
+        a.presence(p, "doc", "join")
+    hub.pump()
+    assert isinstance(watcher.outbox, Outbox)
+
+    def heard(kind: str) -> int:
+        return len([f for f in watcher.outbox.frames if f["type"] == kind])
+
+    assert heard("peer_joined_doc") == 60
+    for p in crowd[:5]:  # leave, come back, leave: the return is held, then undone
+        for status in ("leave", "join", "leave"):
+            a.presence(p, "doc", status)
+    for p in crowd[5:10]:  # leave and come back: the return is held
+        for status in ("leave", "join"):
+            a.presence(p, "doc", status)
+    hub.pump()
+    assert heard("peer_left_doc") == 10
+    assert heard("peer_joined_doc") == 60
+    hub.now += PRESENCE_WINDOW
+    a.core.flush_held()
+    hub.pump()
+    assert heard("peer_left_doc") == 10
+    assert heard("peer_joined_doc") == 65
+    assert a.core.held_documents() == 0
+    hub.check(["doc"])

@@ -57,6 +57,7 @@ NODE = "0123456789ab"
         PeerGone("peer-1"),
         Joined("peer-1"),
         Left("peer-1"),
+        Left("peer-1", gone=True),
         Relayed("peer-1", 7, "session-x", b"\xa1ax\x01"),
         Relayed("peer-1", MAX_COUNT, "session-x", b"\x01"),
     ],
@@ -117,6 +118,19 @@ def test_a_batch_carries_several_messages_in_order() -> None:
     )
     many = [encode_body(Joined(f"p{i}")) for i in range(300)]  # a two-byte array head
     assert len(decode_message(encode_batch(NODE, many))[1]) == 300
+
+
+def test_a_leave_says_gone_only_with_g_true() -> None:
+    # A relay of a version before document scope sends no "g"; anything but
+    # true is not a closed connection.
+    for extra, gone in (({}, False), ({"g": True}, True), ({"g": 1}, False)):
+        assert decode_message(batch({"t": "leave", "p": "peer-1", **extra})) == (
+            NODE,
+            [Left("peer-1", gone)],
+        )
+    # The two optional fields of the two branches of #19 travel side by side.
+    both = [PeerUp("peer-1", UserInfo("alice", "Alice", False), "user:alice"), Left("p", True)]
+    assert decode_message(encode_batch(NODE, [encode_body(m) for m in both])) == (NODE, both)
 
 
 def test_a_peer_announced_without_an_identity_still_decodes() -> None:

@@ -493,3 +493,44 @@ def test_the_example_in_docs_server_md_is_valid(tmp_path: Path) -> None:
     assert cfg.access(None, "doc-123") is Access.ALLOWED
     assert cfg.access("bob", "design-notes") is Access.ALLOWED
     assert cfg.access(None, "design-notes") is Access.DENIED
+
+
+def test_identity_scope_and_connection_limit_settings(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.identity_scope == "document"
+    assert cfg.anonymous_connection_limit == 60
+    assert cfg.connection_limit_exempt == ("127.0.0.0/8", "::1/128")
+    assert not cfg.connection_limited("127.0.0.1") and not cfg.connection_limited("::1")
+    assert cfg.connection_limited("203.0.113.9")
+    path = write(
+        tmp_path,
+        """
+identity_scope = "global"
+anonymous_connection_limit = 5
+connection_limit_exempt = ["10.0.0.0/8", "2001:db8::/32"]
+""",
+    )
+    cfg = load_config(path)
+    assert cfg.identity_scope == "global"
+    assert cfg.anonymous_connection_limit == 5
+    assert cfg.connection_limit_exempt == ("10.0.0.0/8", "2001:db8::/32")
+    assert not cfg.connection_limited("10.9.8.7")
+    assert not cfg.connection_limited("2001:db8::1")
+    assert cfg.connection_limited("127.0.0.1")  # replaced, not added to
+    assert not cfg.connection_limited("")  # not an IP address: nobody to limit
+    assert load_config(path, identity_scope="document").identity_scope == "document"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('identity_scope = "everyone"', "identity_scope must be 'document' or 'global'"),
+        ("identity_scope = 1", "'identity_scope' has the wrong type"),
+        ("anonymous_connection_limit = 0", "anonymous_connection_limit must be a positive"),
+        ('connection_limit_exempt = ["nonsense"]', "'nonsense' is not a network"),
+        ('connection_limit_exempt = "127.0.0.0/8"', "'connection_limit_exempt' has the wrong type"),
+    ],
+)
+def test_bad_scope_and_limit_settings(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(write(tmp_path, text))

@@ -69,6 +69,13 @@ DOCUMENTS = (
 )
 
 
+def global_config(**options: Any) -> RelayConfig:
+    """The tests in this file encode the plan's global identity scope (every
+    identity to everyone); document scope has its own file,
+    ``test_relay_scope.py``."""
+    return RelayConfig(identity_scope="global", **options)
+
+
 class FakeOutbox:
     """Collects what the core sends to one connection."""
 
@@ -144,6 +151,8 @@ class Peer:
         assert isinstance(ok, AuthOkFrame), frames
         self.peer_id = ok.client_peer_id
         self._pending_identities = frames[1:]
+        #: what the relay sent in answer to the auth
+        self.auth_frames = frames
         return ok
 
     def ephemeral(
@@ -218,12 +227,12 @@ class Relay:
 @pytest.fixture
 def relay() -> Relay:
     """Open mode: every document exists and is readable."""
-    return Relay(RelayConfig(open=True))
+    return Relay(global_config(open=True))
 
 
 @pytest.fixture
 def acl_relay() -> Relay:
-    return Relay(RelayConfig(users=USERS, documents=DOCUMENTS))
+    return Relay(global_config(users=USERS, documents=DOCUMENTS))
 
 
 def error(frame: Frame) -> ErrorFrame:
@@ -855,7 +864,7 @@ def test_a_count_beyond_2_53_is_invalid_and_claims_nothing(relay: Relay) -> None
 
 
 def test_gossip_copies_spend_no_rate_tokens() -> None:
-    relay = Relay(RelayConfig(open=True, rate_limit=2))
+    relay = Relay(global_config(open=True, rate_limit=2))
     a = relay.peer(address="192.0.2.1")
     stock = relay.peer(address="192.0.2.2")
     stock.join("doc")
@@ -930,7 +939,7 @@ def test_too_many_sessions(relay: Relay) -> None:
 
 
 def test_rate_limit() -> None:
-    relay = Relay(RelayConfig(open=True, rate_limit=3))
+    relay = Relay(global_config(open=True, rate_limit=3))
     a, b = relay.peers(2)
     b.join("doc")
     b.take()
@@ -961,7 +970,7 @@ def test_rate_limit() -> None:
 
 
 def test_rate_limit_is_per_connection() -> None:
-    relay = Relay(RelayConfig(open=True, rate_limit=1))
+    relay = Relay(global_config(open=True, rate_limit=1))
     a, b, c = relay.peers(3)
     c.join("doc")
     c.take()
@@ -974,7 +983,7 @@ def test_rate_limit_is_per_connection() -> None:
 
 
 def test_denied_messages_do_not_use_tokens() -> None:
-    relay = Relay(RelayConfig(users=USERS, documents=DOCUMENTS, rate_limit=1))
+    relay = Relay(global_config(users=USERS, documents=DOCUMENTS, rate_limit=1))
     alice = relay.peer("alice-secret")
     anon = relay.peer()
     alice.join("public-doc")
@@ -1009,7 +1018,7 @@ def test_data_that_is_not_cbor(relay: Relay, data: bytes, match: str) -> None:
 
 
 def test_max_documents_per_peer() -> None:
-    relay = Relay(RelayConfig(open=True, max_documents_per_peer=2))
+    relay = Relay(global_config(open=True, max_documents_per_peer=2))
     a, b = relay.peers(2)
     a.join("d1")
     a.join("eph:d2")  # sidecars count too
@@ -1122,7 +1131,7 @@ def test_text_frames_are_invalid_message(relay: Relay) -> None:
 
 
 def test_oversized_frame_is_invalid_message() -> None:
-    relay = Relay(RelayConfig(open=True, max_frame_size=1000))
+    relay = Relay(global_config(open=True, max_frame_size=1000))
     a, b = relay.peers(2)
     b.join("doc")
     b.take()
@@ -1163,7 +1172,7 @@ def test_request_for_protected_doc_is_denied(acl_relay: Relay) -> None:
 
 
 def test_stats_return_to_zero_after_everyone_leaves() -> None:
-    relay = Relay(RelayConfig(users=USERS, documents=DOCUMENTS, rate_limit=5))
+    relay = Relay(global_config(users=USERS, documents=DOCUMENTS, rate_limit=5))
     assert relay.stats() == ZERO
     alice = relay.peer("alice-secret")
     bob = relay.peer("bob-secret")
@@ -1192,6 +1201,7 @@ def test_stats_return_to_zero_after_everyone_leaves() -> None:
         rate_buckets=5,
         anonymous_names=3,
         auth_failure_addresses=1,  # the refused one's address, until its allowance refills
+        connection_addresses=1,  # the anonymous ones' address, until its allowance refills
     )
     relay.clock.advance(200)
     alice.heartbeat("secret")
@@ -1298,7 +1308,7 @@ def _try_auth(relay: Relay, token: str | None, address: str = "198.51.100.7") ->
 
 
 def test_failed_auths_use_up_an_allowance_per_address() -> None:
-    relay = Relay(RelayConfig(users=USERS, documents=DOCUMENTS, auth_failure_limit=3))
+    relay = Relay(global_config(users=USERS, documents=DOCUMENTS, auth_failure_limit=3))
     for _ in range(3):
         refused = _try_auth(relay, "wrong")
         assert isinstance(refused.take_one(), AuthErrorFrame)
@@ -1322,7 +1332,7 @@ def test_failed_auths_use_up_an_allowance_per_address() -> None:
 
 
 def test_missing_credentials_count_as_a_failure() -> None:
-    relay = Relay(RelayConfig(open=True, auth_failure_limit=1))
+    relay = Relay(global_config(open=True, auth_failure_limit=1))
     peer = Peer(relay)
     peer.send({"type": "auth"})
     assert isinstance(peer.take_one(), AuthErrorFrame)
@@ -1330,7 +1340,7 @@ def test_missing_credentials_count_as_a_failure() -> None:
 
 
 def test_the_failure_table_forgets_healed_addresses() -> None:
-    relay = Relay(RelayConfig(open=True, users=USERS, auth_failure_limit=2))
+    relay = Relay(global_config(open=True, users=USERS, auth_failure_limit=2))
     for i in range(5):
         _try_auth(relay, "wrong", address=f"192.0.2.{i}")
     assert relay.stats().auth_failure_addresses == 5

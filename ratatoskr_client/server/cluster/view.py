@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 from ...protocol import (
@@ -37,6 +36,7 @@ from ...protocol import (
     encode,
 )
 from ..core import Connection, RelayCore
+from .tables import ClusterStats, NodeSnapshot, Outgoing, RemotePeer
 from .wire import (
     BusMessage,
     Bye,
@@ -62,62 +62,6 @@ MAX_QUEUED: Final = 50_000
 
 def _nothing() -> None:
     pass
-
-
-@dataclass(slots=True, eq=False)
-class RemotePeer:
-    """A peer connected to another relay."""
-
-    node: str
-    peer_id: str
-    user: UserInfo
-    identity_frame: bytes
-    #: the tracked documents it is present in
-    docs: set[str] = field(default_factory=set)
-    #: its identity key for the gossip rule, as its relay announced it (None: none)
-    identity: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeSnapshot:
-    """One node's state as read from Redis.
-
-    Attributes:
-        peers: peer id -> user, for every peer connected to the node.
-        docs: document id -> the node's peers present there, for the documents
-            that were asked for.
-        identities: peer id -> its identity key, for the peers the node
-            stored one for.
-    """
-
-    peers: Mapping[str, UserInfo]
-    docs: Mapping[str, Sequence[str]]
-    identities: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """What the driver must write to Redis: the hashes first, then the messages
-    in order (the order matters: a peer's identity before its joins)."""
-
-    peers_set: dict[str, bytes]
-    peers_del: list[str]
-    docs_set: dict[str, bytes]
-    docs_del: list[str]
-    #: (channel, sharded, bytes of one Redis message), in the order to publish
-    messages: list[tuple[str, bool, bytes]]
-    #: how many messages those Redis messages carry
-    count: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterStats:
-    """Sizes of the view's tables."""
-
-    nodes: int
-    remote_peers: int
-    remote_memberships: int
-    documents: int
 
 
 class _Doc:
@@ -149,6 +93,8 @@ class ClusterView:
         self.names = names
         self.max_queued = max_queued
         self._presence = core.config.server_presence
+        #: identities are scoped to documents (see ``server/visibility.py``)
+        self._scoped = self._presence and core.config.identity_scope == "document"
         self._nodes: dict[str, dict[str, RemotePeer]] = {}
         self._peers: dict[str, RemotePeer] = {}
         self._docs: dict[str, _Doc] = {}
@@ -205,6 +151,8 @@ class ClusterView:
             user = UserInfo(conn.user_id, conn.name, conn.is_anonymous)
             self._dirty_peers[conn.peer_id] = encode_user(user, conn.identity)
             self._send(self.names.cluster_channel, False, PeerUp(conn.peer_id, user, conn.identity))
+        if self._scoped:
+            return []  # identities travel with the documents
         return [peer.identity_frame for peer in self._peers.values()]
 
     def peer_closed(self, conn: Connection) -> None:
@@ -220,15 +168,23 @@ class ClusterView:
             # now, and the fetch after reconnecting announces the differences.
             self._docs[document_id] = _Doc(next(self._gen), synced=not self.connected)
             self.on_documents()
-        if self.publishing:
-            self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Joined(conn.peer_id))
 
-    def left(self, document_id: str, conn: Connection) -> None:
+    def announce(
+        self, document_id: str, conn: Connection, present: bool, gone: bool = False
+    ) -> None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         if self.publishing:
             self._dirty_docs.add(document_id)
-            self._send(self.names.doc_channel(document_id), True, Left(conn.peer_id))
+            message = Joined(conn.peer_id) if present else Left(conn.peer_id, gone)
+            self._send(self.names.doc_channel(document_id), True, message)
+
+    def others_present(self, document_id: str) -> bool:
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        doc = self._docs.get(document_id)
+        return doc is None or doc.fetch or bool(doc.remote)
+
+    def left(self, document_id: str, conn: Connection) -> None:
+        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
             return
@@ -241,7 +197,7 @@ class ClusterView:
                 peer.docs.discard(document_id)
             self.on_documents()
 
-    def presence_state(self, document_id: str, conn: Connection) -> tuple[str, ...] | None:
+    def presence_state(self, document_id: str, conn: Connection) -> tuple[RemotePeer, ...] | None:
         """See ``Bus`` in ``ratatoskr_client.server.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
@@ -249,7 +205,22 @@ class ClusterView:
         if not doc.synced:
             doc.waiting.append(conn)
             return None
-        return tuple(doc.remote)
+        return tuple(doc.remote.values())
+
+    def knows(self, conn: Connection, peer_id: str, skip: str | None) -> bool:
+        """See ``Bus`` in ``ratatoskr_client.server.bus``: the remote peer is
+        shown to ``conn`` in a document other than ``skip`` (present there,
+        and the local peers were told who is there)."""
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return False
+        local = conn.docs
+        for doc_id in peer.docs:
+            if doc_id != skip and doc_id in local:
+                doc = self._docs.get(doc_id)
+                if doc is not None and doc.synced and peer_id in doc.remote:
+                    return True
+        return False
 
     def relayed(
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes
@@ -286,7 +257,7 @@ class ClusterView:
             s.peer_id: encode_user(UserInfo(s.user_id, s.name, s.is_anonymous), s.identity)
             for s in self.core.peers()
         }
-        docs = {d: encode_members(self.core.presence(d)) for d in self._docs}
+        docs = {d: encode_members(self.core.presence_shown(d)) for d in self._docs}
         return peers, docs
 
     def take_outgoing(self) -> Outgoing | None:
@@ -297,7 +268,7 @@ class ClusterView:
         docs_set: dict[str, bytes] = {}
         docs_del: list[str] = []
         for doc_id in self._dirty_docs:
-            present = self.core.presence(doc_id)
+            present = self.core.presence_shown(doc_id)  # (what the other relays were told)
             if present:
                 docs_set[doc_id] = encode_members(present)
             else:
@@ -346,6 +317,13 @@ class ClusterView:
                 assert isinstance(relayed, Relayed)
                 sender = peers.get(relayed.peer_id)
                 if sender is not None:
+                    # Document scope: a sender not present here may be unknown
+                    # to the members; the core introduces it to those.
+                    introduce = (
+                        sender.identity_frame
+                        if self._scoped and relayed.peer_id not in doc.remote
+                        else None
+                    )
                     self.core.deliver_remote(
                         (node, relayed.peer_id),
                         document_id,
@@ -353,15 +331,16 @@ class ClusterView:
                         relayed.session_id,
                         relayed.data,
                         sender.identity,
+                        introduce,
                     )
             elif not doc.fetch and isinstance(message, Joined | Left):
                 peer = peers.get(message.peer_id)
                 if peer is None:
                     return
-                if kind is Joined:
+                if isinstance(message, Joined):
                     self._add_member(document_id, doc, peer)
                 else:
-                    self._remove_member(document_id, doc, peer)
+                    self._remove_member(document_id, doc, peer, gone=message.gone)
             return
         if isinstance(message, PeerUp):
             self._add_peer(node, message.peer_id, message.user, message.identity)
@@ -429,7 +408,9 @@ class ClusterView:
     # ------------------------------------------------------------------ frames to local peers
 
     def _broadcast(self, frame: bytes) -> None:
-        if self._presence:
+        # Global identity scope only: in document scope identities and
+        # disconnections go with the documents (see _add_member, _remove_member).
+        if self._presence and not self._scoped:
             for conn in self.core.peers():
                 conn.outbox.send(frame)
 
@@ -451,7 +432,7 @@ class ClusterView:
         for doc_id in list(peer.docs):
             doc = self._docs.get(doc_id)
             if doc is not None:
-                self._remove_member(doc_id, doc, peer)
+                self._remove_member(doc_id, doc, peer, gone=True)
         node_peers = self._nodes.get(peer.node)
         if node_peers is not None:
             node_peers.pop(peer.peer_id, None)
@@ -464,15 +445,36 @@ class ClusterView:
             return
         doc.remote[peer.peer_id] = peer
         peer.docs.add(document_id)
-        if doc.synced:
-            self._tell_present(document_id, encode(PeerJoinedDocFrame(document_id, peer.peer_id)))
+        if not doc.synced:
+            return
+        joined = encode(PeerJoinedDocFrame(document_id, peer.peer_id))
+        if self._scoped:
+            for conn in self.core.members(document_id):
+                if not self.knows(conn, peer.peer_id, document_id):
+                    conn.outbox.send(peer.identity_frame)
+                conn.outbox.send(joined)
+        else:
+            self._tell_present(document_id, joined)
 
-    def _remove_member(self, document_id: str, doc: _Doc, peer: RemotePeer) -> None:
+    def _remove_member(
+        self, document_id: str, doc: _Doc, peer: RemotePeer, *, gone: bool = False
+    ) -> None:
         if doc.remote.pop(peer.peer_id, None) is None:
             return
         peer.docs.discard(document_id)
-        if doc.synced:
-            self._tell_present(document_id, encode(PeerLeftDocFrame(document_id, peer.peer_id)))
+        if not doc.synced:
+            return
+        left = encode(PeerLeftDocFrame(document_id, peer.peer_id))
+        if gone and self._scoped:
+            # Its connection closed: each local peer that no longer knows it
+            # through another document hears so, after its last leave.
+            bye = encode(PeerDisconnectedFrame(peer.peer_id))
+            for conn in self.core.members(document_id):
+                conn.outbox.send(left)
+                if not self.knows(conn, peer.peer_id, None):
+                    conn.outbox.send(bye)
+        else:
+            self._tell_present(document_id, left)
 
     def _set_members(
         self,
@@ -507,4 +509,4 @@ class ClusterView:
         waiting, doc.waiting = doc.waiting, []
         for conn in waiting:
             if document_id in conn.docs and self._presence:
-                self.core.send_presence_state(conn, document_id, tuple(doc.remote))
+                self.core.send_presence_state(conn, document_id, tuple(doc.remote.values()))

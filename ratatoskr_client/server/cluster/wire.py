@@ -191,9 +191,12 @@ class Joined:
 
 @dataclass(frozen=True, slots=True)
 class Left:
-    """Document channel: a peer on the node is no longer present in the document."""
+    """Document channel: a peer on the node is no longer present in the document;
+    ``gone``: because its connection closed (its ``peer_disconnected`` follows
+    the leave, for the peers that knew it only through this document)."""
 
     peer_id: str
+    gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,16 +286,19 @@ def encode_body(message: BusMessage) -> bytes:
     """One message as a CBOR map. By ``t``: ``hello``, ``bye``: nothing else;
     ``peer``: ``p`` (peer id), the user's ``u``, ``n``, ``a``, and ``i`` (its
     identity key; a relay that sends none is still understood); ``gone``,
-    ``join``, ``leave``: ``p``; ``msg``: ``p``, ``c`` (count), ``s``
-    (sessionId), ``d`` (the payload's bytes)."""
+    ``join``: ``p``; ``leave``: ``p``, and ``g: true`` when the connection
+    closed; ``msg``: ``p``, ``c`` (count), ``s`` (sessionId), ``d`` (the
+    payload's bytes)."""
     body: dict[str, Any]
     match message:
         case Relayed(peer_id, count, session_id, data):
             body = {"t": "msg", "p": peer_id, "c": count, "s": session_id, "d": data}
         case Joined(peer_id):
             body = {"t": "join", "p": peer_id}
-        case Left(peer_id):
+        case Left(peer_id, gone):
             body = {"t": "leave", "p": peer_id}
+            if gone:
+                body["g"] = True
         case PeerUp(peer_id, user, identity):
             body = {"t": "peer", "p": peer_id, "u": user.id, "n": user.name, "a": user.is_anonymous}
             if identity is not None:
@@ -375,7 +381,7 @@ def _decode_body(body: object) -> BusMessage:
     if kind == "join":
         return Joined(_text(body, "p", MAX_PEER_ID_BYTES))
     if kind == "leave":
-        return Left(_text(body, "p", MAX_PEER_ID_BYTES))
+        return Left(_text(body, "p", MAX_PEER_ID_BYTES), body.get("g") is True)
     if kind == "peer":
         return PeerUp(_text(body, "p", MAX_PEER_ID_BYTES), _user(body), _identity(body))
     if kind == "gone":
