@@ -15,9 +15,13 @@ names and callback types in :mod:`ratatoskr_client.events`, the wire format in
 :mod:`ratatoskr_client.server`. How the client is built: ``docs/architecture.md``.
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+from . import _aliases
 from ._version import __version__
 from .backoff import Backoff
-from .client import RatatoskrClient, sidecar_id
+from .core.membership import Peer
 from .errors import (
     AuthError,
     CallbackError,
@@ -37,7 +41,9 @@ from .errors import (
     TransportError,
 )
 from .events import EventName
-from .membership import Peer
+
+if _TYPE_CHECKING:
+    from .asyncio.client import RatatoskrClient, sidecar_id
 from .status import ClientStats, ConnectionState
 
 __all__ = [
@@ -66,3 +72,27 @@ __all__ = [
     "__version__",
     "sidecar_id",
 ]
+
+# The asyncio client is loaded on first use (``from ratatoskr_client import
+# RatatoskrClient`` as usual), so that importing the sans-I/O layers
+# (``ratatoskr_client.core``, ``.protocol``, ``.server.core``) does not load
+# asyncio and aiohttp: their no-I/O promise holds for whoever imports them.
+_LAZY = {"RatatoskrClient": "asyncio.client", "sidecar_id": "asyncio.client"}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+_aliases.install()

@@ -1,5 +1,5 @@
 """``python -m ratatoskr_client`` is the ``ratatoskr`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

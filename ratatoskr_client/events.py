@@ -50,9 +50,8 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias, TypeVar, get_args, overload
 
-from ._events import SafeEmitter
+from .core.membership import Peer
 from .errors import RatatoskrError
-from .membership import Peer
 
 __all__ = [
     "ConnectedCallback",
@@ -122,10 +121,12 @@ _Error = TypeVar("_Error", bound=ErrorCallback)
 
 
 class EventSource:
-    """``on``, ``once`` and ``off`` over a :class:`SafeEmitter` (``self._emitter``)."""
+    """``on``, ``once`` and ``off`` over an event emitter (``self._emitter``:
+    pyee's, in the asyncio client)."""
 
     __slots__ = ()
-    _emitter: SafeEmitter
+    #: the facade's emitter (pyee's interface: ``on``, ``once``, ``remove_listener``)
+    _emitter: Any
 
     @overload
     def on(self, event: Literal["connected"]) -> Callable[[_Connected], _Connected]: ...

@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
+from .asyncio.client import RatatoskrClient
 from .backoff import Backoff
-from .client import RatatoskrClient
 from .server import AclEntry, DocumentSpec, RelayConfig, RelayServer, UserSpec
 
 # pytest-asyncio is a test extra, not a runtime dependency; this module is loaded

@@ -33,7 +33,7 @@ import aiohttp
 import cbor2
 
 from benchmarks.harness import Relay, cpu_seconds, log, new_session
-from ratatoskr_client.server.metrics import MAX_AGE
+from ratatoskr_client.server.asyncio.metrics import MAX_AGE
 
 __all__ = ["main", "measure"]
 

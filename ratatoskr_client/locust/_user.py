@@ -13,8 +13,8 @@ from locust import User, events
 from locust.env import Environment
 from locust.exception import LocustError
 
+from ..core.membership import Peer
 from ..errors import ConnectionClosed, PayloadError, RatatoskrError
-from ..membership import Peer
 from ..sync import RatatoskrClient
 from ._hub import HubInbox
 from ._probes import ENTERED_AT, ConvergenceTracker, delivery_delay, stamped

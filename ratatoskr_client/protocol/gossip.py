@@ -15,7 +15,7 @@ may change hands:
 
 * **identities** (the relay). Every sender has an *identity*: on the relay, the
   user a connection authenticated as (for anonymous connections, a keyed hash
-  of the source address; see ``ratatoskr_client.server.identity``). The table
+  of the source address; see ``ratatoskr_client.server.core.identity``). The table
   remembers the owner's identity with every session and every tombstone, and a
   session changes hands only between senders of **the same identity**: a
   frame from another identity is a copy, whatever its count (an attacker who

@@ -12,7 +12,9 @@ The rules live in :class:`RelayCore` (no I/O); :class:`RelayServer` and
 cluster of relays that behave as one (:mod:`.cluster`, ``docs/cluster.md``).
 """
 
-from .app import create_app
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from .config import (
     DEFAULT_ANONYMOUS_CONNECTION_LIMIT,
     DEFAULT_AUTH_FAILURE_LIMIT,
@@ -35,8 +37,11 @@ from .config import (
     UserSpec,
     load_config,
 )
-from .core import RelayCore, RelayStats
-from .runner import RelayServer
+from .core.relay import RelayCore, RelayStats
+
+if _TYPE_CHECKING:
+    from .asyncio.app import create_app
+    from .asyncio.runner import RelayServer
 
 __all__ = [
     "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
@@ -64,3 +69,22 @@ __all__ = [
     "create_app",
     "load_config",
 ]
+
+# The aiohttp layer is loaded on first use, so that importing the relay's rules
+# (``ratatoskr_client.server.core``, ``.config``) does not load aiohttp.
+_LAZY = {"RelayServer": "asyncio.runner", "create_app": "asyncio.app"}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from ..core.membership import Peer
 from ..errors import RatatoskrError
-from ..membership import Peer
 
 __all__ = [
     "ErrorCallback",

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
 
+from ..core.membership import Peer
 from ..errors import ConnectionClosed, OperationTimeout
-from ..membership import Peer
 from ._portal import LoopThread
 
 __all__ = ["PresenceWatch"]

@@ -28,8 +28,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, overload
 
-from ..backoff import DEFAULT_BACKOFF, Backoff
-from ..client import (
+from ..asyncio.client import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_INCOMING_FRAME_SIZE,
@@ -40,9 +39,10 @@ from ..client import (
     EventName,
     sidecar_id,
 )
-from ..client import RatatoskrClient as AsyncClient
+from ..asyncio.client import RatatoskrClient as AsyncClient
+from ..backoff import DEFAULT_BACKOFF, Backoff
+from ..core.membership import Peer
 from ..errors import ConnectionClosed
-from ..membership import Peer
 from ..protocol.constants import STATE_HEARTBEAT as DEFAULT_STATE_HEARTBEAT
 from ..protocol.constants import STATE_INTERVAL as DEFAULT_STATE_INTERVAL
 from ..protocol.constants import STATE_TTL as DEFAULT_STATE_TTL

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import __version__
-from ratatoskr_client.cli import main
-from ratatoskr_client.demo import DEMO_DOCUMENTS, run_demo
+from ratatoskr_client.cli.demo import DEMO_DOCUMENTS, run_demo
+from ratatoskr_client.cli.main import main
 
 TIMEOUT = 15.0
 USERS = [{"token": "alice-secret", "id": "alice", "name": "Alice"}]

@@ -27,7 +27,7 @@ from ratatoskr_client import (
     ProtocolError,
     RatatoskrClient,
 )
-from ratatoskr_client._core import ClientCore
+from ratatoskr_client.core.client import ClientCore
 from ratatoskr_client.testing import TEST_BACKOFF
 
 from .fakeserver import FULL_FEATURES, FakeServer, Recorder, abort_transport, ratatoskr_tasks

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import Backoff, ConnectionClosed, ConnectionState, RatatoskrClient
-from ratatoskr_client._core import ClientCore
+from ratatoskr_client.core.client import ClientCore
 
 from .fakeserver import FakeServer, Recorder, ratatoskr_tasks
 

@@ -286,7 +286,7 @@ async def test_uvloop_flag_without_uvloop_exits_2() -> None:
     # Hide uvloop from the import system, as on an install without the 'speed' extra.
     code = (
         "import sys; sys.modules['uvloop'] = None; "
-        "from ratatoskr_client.cli import main; "
+        "from ratatoskr_client.cli.main import main; "
         "sys.exit(main(['relay', '--uvloop', '--port', '0']))"
     )
     proc = await asyncio.create_subprocess_exec(

@@ -29,7 +29,7 @@ import cbor2
 import pytest
 
 from ratatoskr_client.server import RelayServer
-from ratatoskr_client.server.core import (
+from ratatoskr_client.server.core.relay import (
     PRESENCE_DOC_BURST,
     PRESENCE_DOC_RATE,
     PRESENCE_HOLD,

@@ -36,14 +36,14 @@ import pytest
 
 from ratatoskr_client import Peer, RatatoskrClient
 from ratatoskr_client.server import RelayServer
-from ratatoskr_client.server.limits import (
+from ratatoskr_client.server.asyncio.outbox import STALLED_PEER_BYTES
+from ratatoskr_client.server.core.limits import (
     FLOOD_ALLOWANCE,
     FLOOD_REFILL,
     PRESENCE_BURST,
     PRESENCE_RATE,
     PRESENCE_WINDOW,
 )
-from ratatoskr_client.server.outbox import STALLED_PEER_BYTES
 
 from ..integration.test_relay_cli import relay_process
 from .support import LONG, Background, Changes, RecordingPeer, assert_never_about

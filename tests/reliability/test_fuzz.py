@@ -27,9 +27,9 @@ import cbor2
 import pytest
 
 from ratatoskr_client import ProtocolError, RatatoskrClient, RateLimited
+from ratatoskr_client.core.peer_state import parse_state_payload
 from ratatoskr_client.errors import _MAX_RETRY_AFTER as MAX_RETRY_AFTER
 from ratatoskr_client.errors import error_from_frame
-from ratatoskr_client.peer_state import parse_state_payload
 from ratatoskr_client.protocol import (
     AuthFrame,
     DocUnavailableFrame,
@@ -43,7 +43,7 @@ from ratatoskr_client.protocol import (
     decode_payload,
 )
 from ratatoskr_client.server import Access, RelayServer
-from ratatoskr_client.server.core import MAX_SESSIONS_PER_CONNECTION
+from ratatoskr_client.server.core.relay import MAX_SESSIONS_PER_CONNECTION
 from ratatoskr_client.testing import TEST_BACKOFF
 
 from ..integration.fakeserver import FakeServer, Recorder, ratatoskr_tasks

@@ -31,9 +31,9 @@ import aiohttp
 import pytest
 
 from ratatoskr_client import Backoff, ClientStats, ConnectionState, RatatoskrClient
-from ratatoskr_client.membership import _INTERNED
+from ratatoskr_client.core.membership import _INTERNED
 from ratatoskr_client.server import RelayServer
-from ratatoskr_client.server.core import MAX_SESSION_TOMBSTONES, SESSION_TOMBSTONE_TTL
+from ratatoskr_client.server.core.relay import MAX_SESSION_TOMBSTONES, SESSION_TOMBSTONE_TTL
 
 from ..integration.fakeserver import Recorder, abort_transport, ratatoskr_tasks
 from .support import RecordingPeer, assert_never_about

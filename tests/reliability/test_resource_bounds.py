@@ -42,7 +42,7 @@ from ratatoskr_client.protocol import (
     loads_strict,
 )
 from ratatoskr_client.server import RelayConfig, RelayCore, RelayServer
-from ratatoskr_client.server.core import MAX_SESSION_TOMBSTONES, MAX_SESSIONS_PER_CONNECTION
+from ratatoskr_client.server.core.relay import MAX_SESSION_TOMBSTONES, MAX_SESSIONS_PER_CONNECTION
 
 from ..integration.fakeserver import FakeServer, Recorder
 from ..integration.test_relay_cli import relay_process
@@ -730,7 +730,7 @@ async def test_stopping_at_the_file_descriptor_limit_logs_no_traceback() -> None
 
 
 def test_accept_failures_are_one_warning_per_interval(caplog: pytest.LogCaptureFixture) -> None:
-    from ratatoskr_client.server.guard import AcceptErrorFilter
+    from ratatoskr_client.server.asyncio.guard import AcceptErrorFilter
 
     seen: list[Any] = []
     accept_filter = AcceptErrorFilter(lambda loop, ctx: seen.append(ctx))
@@ -754,7 +754,7 @@ def test_accept_failures_are_one_warning_per_interval(caplog: pytest.LogCaptureF
 
 
 def test_a_relay_started_right_after_one_stopped_at_the_limit_takes_its_filter_over() -> None:
-    from ratatoskr_client.server.guard import AcceptErrorFilter
+    from ratatoskr_client.server.asyncio.guard import AcceptErrorFilter
 
     loop = asyncio.new_event_loop()
     try:

@@ -13,8 +13,9 @@ from typing import Any
 
 import cbor2
 
-from ratatoskr_client._core import ClientCore
-from ratatoskr_client._effects import (
+from ratatoskr_client.backoff import Backoff
+from ratatoskr_client.core.client import ClientCore
+from ratatoskr_client.core.effects import (
     Effect,
     Emit,
     Fail,
@@ -25,8 +26,7 @@ from ratatoskr_client._effects import (
     Send,
     WakeAt,
 )
-from ratatoskr_client._settings import Settings
-from ratatoskr_client.backoff import Backoff
+from ratatoskr_client.core.settings import Settings
 
 FULL = ["identity", "presence", "ephemeral"]
 

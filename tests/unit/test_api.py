@@ -12,7 +12,7 @@ import pytest
 import ratatoskr_client
 import ratatoskr_client.errors as errors_module
 from ratatoskr_client import Peer, RatatoskrClient, RatatoskrError, errors
-from ratatoskr_client._settings import socket_url as _socket_url
+from ratatoskr_client.core.settings import socket_url as _socket_url
 
 PUBLIC_MODULES = [
     "ratatoskr_client",
@@ -23,13 +23,13 @@ PUBLIC_MODULES = [
 
 
 def public_names(module: types.ModuleType) -> set[str]:
-    """Names a user can see on ``module``: not private, not a submodule, not a
-    ``from __future__`` feature."""
+    """Names a user can see on ``module`` (``dir()``: those loaded on first use
+    too): not private, not a submodule, not a ``from __future__`` feature."""
     return {
         name
-        for name, value in vars(module).items()
+        for name in dir(module)
         if not name.startswith("_")
-        and not isinstance(value, types.ModuleType)
+        and not isinstance(value := getattr(module, name), types.ModuleType)
         and type(value).__module__ != "__future__"
     }
 

@@ -64,7 +64,7 @@ def test_the_check_walks_every_public_module_and_export(tmp_path: Path):
 
 
 def test_sphinx_roles_become_crossrefs(package: griffe.Module):
-    client = package["client"]["RatatoskrClient"]
+    client = package["asyncio"]["client"]["RatatoskrClient"]
     testing = package["testing"]
     convert = api_reference.convert
 
@@ -72,7 +72,7 @@ def test_sphinx_roles_become_crossrefs(package: griffe.Module):
         return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
 
     assert convert("call :meth:`connect` first", client) == (
-        f"call {link('ratatoskr_client.client.RatatoskrClient.connect', 'connect')} first"
+        f"call {link('ratatoskr_client.asyncio.client.RatatoskrClient.connect', 'connect')} first"
     )
     assert convert(":class:`~ratatoskr_client.server.RelayServer`", testing) == link(
         "ratatoskr_client.server.RelayServer", "RelayServer"

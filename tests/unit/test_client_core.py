@@ -11,9 +11,9 @@ import cbor2
 import pytest
 
 from ratatoskr_client import AuthError, ConnectionClosed, PermissionDenied, RateLimited
+from ratatoskr_client.core.membership import SHARE_AFTER
+from ratatoskr_client.core.pacing import TokenBucket
 from ratatoskr_client.errors import OperationTimeout
-from ratatoskr_client.membership import SHARE_AFTER
-from ratatoskr_client.pacing import TokenBucket
 from ratatoskr_client.status import ConnectionState
 
 from .coreharness import Backoff, Harness
@@ -311,7 +311,7 @@ def test_an_anonymous_client_on_upstream_is_never_refused_and_as_fast_as_the_win
 def test_the_old_token_bucket_pacing_would_be_refused_by_upstream():
     # The control for the test above: 90/min with a burst of 15 lets 105 through
     # in the first minute (what the client did before), so upstream refuses some.
-    from ratatoskr_client.pacing import Pacer
+    from ratatoskr_client.core.pacing import Pacer
 
     refused, _, _ = _upstream_run(lambda now: Pacer(TokenBucket.per_minute(90, now, burst=15)))
     assert refused > 0
@@ -535,7 +535,7 @@ def test_leaving_forgets_the_peers_known_only_from_that_document():
 
 
 def test_membership_tables_are_shared_once_quiet_for_a_moment():
-    # (see ratatoskr_client._peer_tables: the clients of one process share them)
+    # (see ratatoskr_client.core.peer_tables: the clients of one process share them)
     h = Harness(heartbeat_interval=30)
     h.connect()
     h.enter("doc")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import ConnectionClosed, ProtocolError
-from ratatoskr_client._effects import Drop, Ping
-from ratatoskr_client._incoming import ANNOUNCE_SPACING, THROTTLE_PEERS
+from ratatoskr_client.core.effects import Drop, Ping
+from ratatoskr_client.core.incoming import ANNOUNCE_SPACING, THROTTLE_PEERS
 from ratatoskr_client.status import ConnectionState
 
 from .coreharness import Harness

@@ -27,7 +27,7 @@ from ratatoskr_client.server.cluster.wire import (
     decode_peer,
 )
 from ratatoskr_client.server.config import IdentityScope
-from ratatoskr_client.server.core import PRESENCE_WINDOW, Session
+from ratatoskr_client.server.core.relay import PRESENCE_WINDOW, Session
 
 NAMES = Names("ratatoskr:0")
 #: Every node of a cluster runs the same configuration, this URL included: it

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ratatoskr_client._events import SafeEmitter
+from ratatoskr_client.asyncio.emitter import SafeEmitter
 from ratatoskr_client.errors import CallbackError, RatatoskrError
 
 

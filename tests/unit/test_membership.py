@@ -1,6 +1,6 @@
 """MembershipStore: the pure identity/presence state machine, without any I/O.
 
-Every rule of the ``ratatoskr_client.membership`` module docstring is checked here
+Every rule of the ``ratatoskr_client.core.membership`` module docstring is checked here
 with hand-written frame sequences, and a hypothesis state machine compares the
 store against a deliberately naive model on arbitrary frame sequences.
 """
@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ratatoskr_client.membership import (
+from ratatoskr_client.core.membership import (
     IdentityAdded,
     IdentityRemoved,
     MembershipStore,

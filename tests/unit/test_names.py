@@ -1,4 +1,4 @@
-"""Anonymous "Adjective Animal" names (``ratatoskr_client.server.names``)."""
+"""Anonymous "Adjective Animal" names (``ratatoskr_client.server.core.names``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ratatoskr_client.server.names import ADJECTIVES, ANIMALS, NameAllocator
+from ratatoskr_client.server.core.names import ADJECTIVES, ANIMALS, NameAllocator
 
 COMBINATIONS = len(ADJECTIVES) * len(ANIMALS)
 WORD = re.compile(r"^[A-Z][a-z]+$")

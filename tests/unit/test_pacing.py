@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ratatoskr_client.pacing import TokenBucket
+from ratatoskr_client.core.pacing import TokenBucket
 
 
 def test_starts_full_and_allows_a_burst_of_capacity():

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ratatoskr_client.errors import ProtocolError
-from ratatoskr_client.peer_state import (
+from ratatoskr_client.core.peer_state import (
     Coalescer,
     PeerStates,
     StateMessage,
@@ -18,6 +17,7 @@ from ratatoskr_client.peer_state import (
     snapshot_payload,
     update_payload,
 )
+from ratatoskr_client.errors import ProtocolError
 
 
 def msg(payload):

@@ -1,11 +1,11 @@
-"""Peer tables shared between the clients of a process (ratatoskr_client._peer_tables)."""
+"""Peer tables shared between the clients of a process (ratatoskr_client.core.peer_tables)."""
 
 from __future__ import annotations
 
 import gc
 
-from ratatoskr_client._peer_tables import PeerTable, frozen_tables
-from ratatoskr_client.membership import MembershipStore, Peer, intern_peer
+from ratatoskr_client.core.membership import MembershipStore, Peer, intern_peer
+from ratatoskr_client.core.peer_tables import PeerTable, frozen_tables
 from ratatoskr_client.protocol import (
     AuthOkFrame,
     DocPresenceStateFrame,

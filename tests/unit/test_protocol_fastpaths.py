@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ratatoskr_client._events import SafeEmitter
+from ratatoskr_client.asyncio.emitter import SafeEmitter
 from ratatoskr_client.errors import ProtocolError
 from ratatoskr_client.protocol import (
     MAX_COUNT,
@@ -358,7 +358,7 @@ _payloads = st.one_of(
 
 
 def _relay_layout(sender: str, target: str, doc: str, count: int, sid: str, data: bytes) -> bytes:
-    from ratatoskr_client.server.documents import ephemeral_prefix
+    from ratatoskr_client.server.core.documents import ephemeral_prefix
 
     return ephemeral_prefix(cbor_text(sender), doc, count, sid, data) + cbor_text(target)
 

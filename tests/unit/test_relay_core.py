@@ -46,14 +46,14 @@ from ratatoskr_client.server import (
     RelayStats,
     UserSpec,
 )
-from ratatoskr_client.server.core import (
+from ratatoskr_client.server.core.names import ADJECTIVES, ANIMALS, NameAllocator
+from ratatoskr_client.server.core.relay import (
     MAX_SESSIONS_PER_CONNECTION,
     PRESENCE_BURST,
     PRESENCE_RATE,
     SESSION_TOMBSTONE_TTL,
     Session,
 )
-from ratatoskr_client.server.names import ADJECTIVES, ANIMALS, NameAllocator
 
 ZERO = RelayStats(0, 0, 0, 0, 0, 0, 0, 0)
 SERVER_ID = "relay-test"

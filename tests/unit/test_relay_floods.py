@@ -24,7 +24,7 @@ from ratatoskr_client.protocol import (
     PeerJoinedDocFrame,
 )
 from ratatoskr_client.server import RelayConfig
-from ratatoskr_client.server.limits import (
+from ratatoskr_client.server.core.limits import (
     FLOOD_ALLOWANCE,
     FLOOD_REFILL,
     LIVENESS_FACTOR,

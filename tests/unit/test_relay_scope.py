@@ -29,7 +29,7 @@ from ratatoskr_client.protocol import (
     UserInfo,
 )
 from ratatoskr_client.server import RelayConfig, UserSpec
-from ratatoskr_client.server.core import (
+from ratatoskr_client.server.core.relay import (
     PRESENCE_BURST,
     PRESENCE_DOC_BURST,
     PRESENCE_DOC_RATE,

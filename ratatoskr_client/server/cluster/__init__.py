@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ...errors import ConfigError
 from ..config import RelayConfig
-from ..core import RelayCore
+from ..core.relay import RelayCore
 from .registry import Timing
 from .view import ClusterStats, ClusterView
 from .wire import Names, is_node_id, new_node_id

@@ -2,7 +2,7 @@
 is present in the documents this relay has local peers in, and what this relay
 must tell the others. Pure: no I/O, no asyncio.
 
-:class:`ClusterView` is the core's ``Bus`` (``ratatoskr_client.server.bus``).
+:class:`ClusterView` is the core's ``Bus`` (``ratatoskr_client.server.core.bus``).
 The core calls it with what its local peers do; the view queues the messages
 and hash updates for the Redis driver (:meth:`ClusterView.take_outgoing`). The driver calls it with
 what the other relays said (:meth:`ClusterView.apply`) and with state read
@@ -35,7 +35,7 @@ from ...protocol import (
     UserInfo,
     encode,
 )
-from ..core import Connection, RelayCore
+from ..core.relay import Connection, RelayCore
 from .tables import ClusterStats, NodeSnapshot, Outgoing, RemotePeer
 from .wire import (
     BusMessage,
@@ -82,7 +82,7 @@ class _Doc:
 
 
 class ClusterView:
-    """The core's ``Bus`` (``ratatoskr_client.server.bus``): remote peers in,
+    """The core's ``Bus`` (``ratatoskr_client.server.core.bus``): remote peers in,
     local changes out."""
 
     def __init__(
@@ -146,7 +146,7 @@ class ClusterView:
     # ------------------------------------------------------------------ the core's bus
 
     def peer_authenticated(self, conn: Connection) -> Iterable[bytes]:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         if self.publishing:
             user = UserInfo(conn.user_id, conn.name, conn.is_anonymous)
             self._dirty_peers[conn.peer_id] = encode_user(user, conn.identity)
@@ -156,13 +156,13 @@ class ClusterView:
         return [peer.identity_frame for peer in self._peers.values()]
 
     def peer_closed(self, conn: Connection) -> None:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         if self.publishing:
             self._dirty_peers[conn.peer_id] = None
             self._send(self.names.cluster_channel, False, PeerGone(conn.peer_id))
 
     def joined(self, document_id: str, conn: Connection) -> None:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         if document_id not in self._docs:
             # Connected: joiners wait for the fetch. Not: they get what is known
             # now, and the fetch after reconnecting announces the differences.
@@ -172,19 +172,19 @@ class ClusterView:
     def announce(
         self, document_id: str, conn: Connection, present: bool, gone: bool = False
     ) -> None:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         if self.publishing:
             self._dirty_docs.add(document_id)
             message = Joined(conn.peer_id) if present else Left(conn.peer_id, gone)
             self._send(self.names.doc_channel(document_id), True, message)
 
     def others_present(self, document_id: str) -> bool:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         doc = self._docs.get(document_id)
         return doc is None or doc.fetch or bool(doc.remote)
 
     def left(self, document_id: str, conn: Connection) -> None:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
             return
@@ -198,7 +198,7 @@ class ClusterView:
             self.on_documents()
 
     def presence_state(self, document_id: str, conn: Connection) -> tuple[RemotePeer, ...] | None:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         doc = self._docs.get(document_id)
         if doc is None:
             return ()
@@ -208,7 +208,7 @@ class ClusterView:
         return tuple(doc.remote.values())
 
     def knows(self, conn: Connection, peer_id: str, skip: str | None) -> bool:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``: the remote peer is
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``: the remote peer is
         shown to ``conn`` in a document other than ``skip`` (present there,
         and the local peers were told who is there)."""
         peer = self._peers.get(peer_id)
@@ -225,7 +225,7 @@ class ClusterView:
     def relayed(
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes
     ) -> None:
-        """See ``Bus`` in ``ratatoskr_client.server.bus``."""
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
         doc = self._docs.get(document_id)
         if doc is not None and not doc.fetch and not doc.remote:
             return  # known: nobody on another relay is present

@@ -165,7 +165,7 @@ class PeerUp:
     """Cluster channel: a peer authenticated on the node.
 
     ``identity`` is the peer's identity key for the gossip rule
-    (``ratatoskr_client.server.identity``): every relay must apply the same
+    (``ratatoskr_client.server.core.identity``): every relay must apply the same
     rule to its messages. None when the node sent none (a relay of a version
     before identities): its sessions then belong to that peer alone.
     """

@@ -1,0 +1,481 @@
+"""The asyncio driver of a ClientCore: sockets, the receive and reconnect loop, one timer.
+
+:class:`Driver` turns the core's effects (:mod:`ratatoskr_client.core.effects`)
+into I/O and the network into core inputs. It holds no protocol rule: what to
+send, when to reconnect and which error means what are the core's decisions.
+Errors of the libraries underneath (aiohttp, ``OSError``) become
+:class:`~ratatoskr_client.errors.RatatoskrError`\\ s in one place,
+:mod:`ratatoskr_client.asyncio.socket` (cbor2's in :mod:`ratatoskr_client.protocol.codec`).
+
+Hot paths, by design: a received frame goes from ``ws.receive()`` through
+:meth:`ClientCore.receive` to the callbacks in one straight call chain (no task,
+queue or lock per message); a frame to send is written to the socket at once
+(:class:`SocketWriter`), and only a caller that must respect backpressure awaits
+:meth:`SocketWriter.drained`. All timers of a client are one ``loop.call_at``
+handle, re-armed to the earliest time the core asks for.
+
+Presence changes are settled (:meth:`ClientCore.settle`) by every
+:meth:`Driver.apply`, except in the receive loop: there, once per batch, when
+every message aiohttp had read is handled (:func:`backlog` is empty), before
+the loop waits for more; so the application's coroutines, which run only when
+the loop waits, never see a presence whose ``presence-changed`` is still to come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import Any, Final
+
+import aiohttp
+
+from ..core.client import ClientCore
+from ..core.effects import Drop, Emit, Fail, Ping, PresenceChanged, Push, Resolve, Send, WakeAt
+from ..core.membership import Peer
+from ..core.settings import Settings, socket_url
+from ..errors import (
+    ConnectionClosed,
+    OperationTimeout,
+    ProtocolError,
+    RatatoskrError,
+)
+from ..status import ConnectionState
+from .emitter import SafeEmitter
+from .memory import trim_soon
+from .socket import SocketWriter, abort, backlog, open_socket, receive_failed
+
+__all__ = ["CALLBACK_GRACE", "Driver"]
+
+log = logging.getLogger("ratatoskr_client")
+
+#: Seconds coroutine callbacks get to finish when the client closes.
+CALLBACK_GRACE: Final = 1.0
+#: A watch_presence() consumer this far behind loses its oldest snapshots.
+WATCH_BACKLOG: Final = 1000
+_BINARY: Final = aiohttp.WSMsgType.BINARY
+_TEXT: Final = aiohttp.WSMsgType.TEXT
+_ERROR: Final = aiohttp.WSMsgType.ERROR
+_PING: Final = aiohttp.WSMsgType.PING
+_PONG: Final = aiohttp.WSMsgType.PONG
+_CLOSED: Final = ConnectionState.CLOSED
+
+
+class Driver:
+    """Connects a :class:`ClientCore` to the network. See the module docstring."""
+
+    __slots__ = (
+        "_closing",
+        "_futures",
+        "_http",
+        "_loop",
+        "_opening",
+        "_owns_http",
+        "_queues",
+        "_task",
+        "_timer",
+        "_timer_at",
+        "core",
+        "emitter",
+        "settings",
+        "socket_url",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        core: ClientCore,
+        emitter: SafeEmitter,
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        self.core = core
+        self.emitter = emitter
+        core.deliver = emitter.emit
+        core.listens = emitter.has_listeners
+        self.settings: Settings = core.settings
+        self.socket_url = socket_url(core.settings.url)
+        self.writer: SocketWriter | None = None
+        self._http = session
+        self._owns_http = session is None
+        self._opening: aiohttp.ClientWebSocketResponse | None = None
+        #: the event loop of the last connect(); asking asyncio for it costs a
+        #: system call on Python 3.11 (getpid()), once per message sent
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._queues: dict[int, asyncio.Queue[tuple[Peer, ...] | None]] = {}
+        self._closing = False
+
+    # ================================================================== effects
+
+    def apply(self) -> None:
+        """Settle presence changes, then carry out every effect the core asked
+        for, in order."""
+        core = self.core
+        if core.unsettled:
+            core.settle(self.now())
+        self._perform()
+
+    def _perform(self) -> None:
+        """Carry out every effect the core asked for, in order."""
+        effects = self.core.effects
+        if len(effects) == 1 and type(effects[0]) is Emit:
+            # The usual case (a state change, an error): one event. Application
+            # messages do not come this way: the core delivers them directly.
+            effect = effects.pop()
+            self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+            return
+        i = 0
+        try:
+            while i < len(effects):
+                effect = effects[i]
+                i += 1
+                kind = type(effect)
+                if kind is Emit:
+                    self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+                elif kind is Send:
+                    writer = self.writer
+                    if writer is not None:
+                        writer.write(effect.data)  # type: ignore[union-attr]
+                elif kind is PresenceChanged:
+                    if self.emitter.has_listeners("presence-changed"):
+                        doc = effect.document_id  # type: ignore[union-attr]
+                        self.emitter.emit("presence-changed", doc, self.core.presence(doc))
+                elif kind is Resolve or kind is Fail:
+                    self._finish(effect)  # type: ignore[arg-type]
+                elif kind is Push:
+                    self._push(effect)  # type: ignore[arg-type]
+                elif kind is WakeAt:
+                    self._arm(effect.when)  # type: ignore[union-attr]
+                elif kind is Ping or kind is Drop:
+                    self._keepalive(effect)  # type: ignore[arg-type]
+        finally:
+            del effects[:i]
+
+    def _keepalive(self, effect: Ping | Drop) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        if type(effect) is Ping:
+            writer.ping()
+        else:  # dead: the receive loop sees it closed, and reports it lost
+            abort(writer.ws)
+
+    def _finish(self, effect: Resolve | Fail) -> None:
+        fut = self._futures.pop(effect.waiter, None)
+        if fut is None or fut.done():
+            return
+        if type(effect) is Resolve:
+            fut.set_result(effect.value)
+        else:
+            fut.set_exception(effect.error)  # type: ignore[union-attr]
+
+    def _push(self, effect: Push) -> None:
+        queue = self._queues.get(effect.watcher)
+        if queue is None:
+            return
+        if queue.qsize() >= WATCH_BACKLOG:
+            queue.get_nowait()  # a stalled consumer loses its oldest snapshot
+        queue.put_nowait(effect.peers)
+
+    def future(self, waiter: int) -> asyncio.Future[Any]:
+        """The future for a waiter id the core just handed out."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[waiter] = fut
+        return fut
+
+    def queue(self, watcher: int) -> asyncio.Queue[tuple[Peer, ...] | None]:
+        """The queue of a watcher id the core just handed out."""
+        queue: asyncio.Queue[tuple[Peer, ...] | None] = asyncio.Queue()
+        self._queues[watcher] = queue
+        return queue
+
+    def forget(self, waiter: int) -> None:
+        """A waiter or watcher whose caller went away."""
+        self._futures.pop(waiter, None)
+        self._queues.pop(waiter, None)
+        self.core.waiters.cancel(waiter)
+
+    def now(self) -> float:
+        """The core's clock: the event loop's."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
+
+    # ================================================================== the timer
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        if math.isinf(when):
+            self._timer = None
+            self._timer_at = math.inf
+            return
+        self._timer_at = when
+        self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        now = self.now()
+        try:
+            self.core.on_timer(now)
+        except Exception as exc:  # a bug must not stop every timer for good
+            log.exception("internal error in the client's timer")
+            self.core.report(_internal(exc, "in the timer"))
+        self.apply()
+        # Clients of one process that shared their peer tables (at this timer)
+        # released their own copies: give those pages back.
+        trim_soon(self._loop or asyncio.get_running_loop())
+
+    # ================================================================== connecting
+
+    async def open(self) -> None:
+        """Open a socket and authenticate; on success the core is CONNECTED.
+
+        Raises:
+            ConnectError: the socket could not be opened.
+            OperationTimeout: no answer within ``connect_timeout``.
+            AuthError, ServerError: the server refused the auth frame.
+            ConnectionClosed: the socket closed during auth, or close() was called.
+        """
+        settings = self.settings
+        self._loop = asyncio.get_running_loop()
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            self._owns_http = True
+        ws = await open_socket(self._http, self.socket_url, settings)
+        self._opening = ws
+        try:
+            await self._authenticate(ws)
+            if self._closing or self.core.state is _CLOSED:
+                raise ConnectionClosed("client closed while connecting")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            raise
+        finally:
+            self._opening = None
+        self.writer = SocketWriter(ws)
+        log.debug("connected to %s as %s", self.socket_url, self.core.me)
+        self.apply()
+
+    async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        core = self.core
+        loop = asyncio.get_running_loop()
+        SocketWriter(ws).write(core.auth_frame(loop.time()))  # a lost socket: see below
+        timeout = self.settings.connect_timeout
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                msg = await ws.receive(timeout=max(0.001, deadline - loop.time()))
+            except TimeoutError:
+                raise OperationTimeout(
+                    f"no answer to auth from {self.socket_url} within {timeout} s"
+                ) from None
+            kind = msg.type
+            if kind is _PING:
+                SocketWriter(ws).pong(msg.data)
+                continue
+            if kind is _PONG:
+                continue
+            if kind is _ERROR:
+                raise receive_failed(msg.data, ws.close_code, self.settings)
+            if kind is not _BINARY:
+                raise ConnectionClosed(
+                    f"{self.socket_url} closed the connection during auth", code=ws.close_code
+                )
+            if core.handshake(msg.data, loop.time()):
+                return  # effects applied once the socket is ours
+            self.apply()
+
+    def start(self) -> None:
+        """Connected by :meth:`open`: start the receive (and reconnect) loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ratatoskr-receive")
+
+    # ================================================================== the connection loop
+
+    async def _run(self) -> None:
+        """Receive frames; on a lost connection, reconnect until told to stop."""
+        core = self.core
+        try:
+            while True:
+                writer = self.writer
+                assert writer is not None
+                reason = await self._receive(writer.ws)
+                if self._closing:
+                    return
+                # (A connection the core declared dead is lost for the core's reason.)
+                why = core.liveness.verdict or reason
+                log.info("connection to %s lost: %s", self.socket_url, why)
+                self._drop_socket()
+                core.connection_lost(reason, self.now())
+                self.apply()
+                if not await self._reconnect():
+                    break
+        except Exception as exc:
+            # A bug must not leave the client claiming to be connected or to reconnect.
+            log.exception("the receive loop failed; closing the client")
+            if self._closing:
+                return
+            with contextlib.suppress(Exception):
+                core.report(_internal(exc, "in the receive loop"))
+                core.shutdown(ConnectionClosed("internal error in the client"), self.now())
+            self.apply()
+        await self._release_io()
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ConnectionClosed:
+        core = self.core
+        receive = core.receive
+        effects = core.effects
+        unsettled = core.unsettled  # (cleared in place, never replaced)
+        perform = self._perform
+        waiting = backlog(ws)
+        writer = self.writer
+        clock = asyncio.get_running_loop().time
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is _BINARY:
+                try:
+                    receive(msg.data, clock())
+                except Exception as exc:
+                    # A bug must cost one frame, never the connection (as on the relay).
+                    log.exception("internal error while handling a frame")
+                    core.report(_internal(exc, "while handling a frame"))
+                if effects:  # (application messages were delivered already: core.deliver)
+                    perform()
+            elif kind is _PING or kind is _PONG:
+                core.heard(clock())
+                if kind is _PING and writer is not None:
+                    writer.pong(msg.data)
+            elif kind is _TEXT:
+                core.heard(clock())
+                core.report(ProtocolError("server sent a text frame; expected binary CBOR"))
+                perform()
+            elif kind is _ERROR:
+                return receive_failed(msg.data, ws.close_code, self.settings)
+            else:  # CLOSE, CLOSING, CLOSED
+                return ConnectionClosed(
+                    f"server closed the connection (code {ws.close_code})", code=ws.close_code
+                )
+            if unsettled and not waiting:  # the batch is over: announce presence
+                self.apply()
+
+    async def _reconnect(self) -> bool:
+        """Attempts, as the core schedules them; True once connected again."""
+        core = self.core
+        while True:
+            delay = core.next_attempt(self.now())
+            self.apply()
+            if delay is None:
+                return False  # gave up: the core has torn itself down
+            await asyncio.sleep(delay)
+            if self._closing:
+                return False
+            try:
+                await self.open()
+                return True
+            except RatatoskrError as exc:
+                log.debug("reconnect attempt %d failed: %s", core.attempt, exc)
+                core.attempt_failed(exc, self.now())
+                self.apply()
+                if core.state is _CLOSED:
+                    return False
+
+    def _drop_socket(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.stop()
+
+    # ================================================================== teardown
+
+    async def close(self) -> None:
+        """``close()``: the core leaves and tears down, then every task, the
+        socket, the timer and (if ours) the HTTP session go."""
+        core = self.core
+        if self._closing or (core.state is _CLOSED and self._task is None):
+            return
+        self._closing = True
+        try:
+            opening = self._opening
+            if opening is not None:  # connect() in progress: make it fail now
+                with contextlib.suppress(Exception):
+                    await opening.close()
+            core.close(self.now())
+            self.apply()  # goodbyes and leaves go out now; waiters fail now
+            await self._release_io()
+            await self.emitter.drain(CALLBACK_GRACE)
+        finally:
+            self._closing = False
+
+    async def _release_io(self) -> None:
+        """The I/O half of the one teardown (the core did its half)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
+        writer, self.writer = self.writer, None
+        tasks = [self._task]
+        self._task = None
+        if writer is not None:
+            tasks.append(writer.stop())
+        current = asyncio.current_task()
+        live = [t for t in tasks if t is not None and t is not current]
+        for task in live:
+            task.cancel()
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.ws.close()
+        await asyncio.gather(*live, return_exceptions=True)
+        for fut in self._futures.values():  # nothing may wait on a closed client
+            if not fut.done():
+                fut.set_exception(ConnectionClosed("client is closed"))
+                fut.exception()
+        self._futures.clear()
+        for queue in self._queues.values():
+            queue.put_nowait(None)
+        self._queues.clear()
+        await self.close_http()
+
+    async def close_http(self) -> None:
+        """Close the HTTP session if the client made it."""
+        if not self._owns_http:
+            return  # the application's session: it closes it
+        http, self._http = self._http, None
+        if http is not None and not http.closed:
+            await http.close()
+
+    # ================================================================== inspection
+
+    def tasks(self) -> tuple[str, ...]:
+        """Names of this client's own tasks still running."""
+        names = []
+        if self._task is not None and not self._task.done():
+            names.append("receive")
+        writer = self.writer
+        if writer is not None and writer._task is not None:
+            names.append("write")
+        return tuple(names)
+
+    def timers(self) -> int:
+        """1 if the timer is armed."""
+        return 0 if self._timer is None else 1
+
+    @property
+    def socket_closed(self) -> bool:
+        """True when no socket is open (or the open one has closed)."""
+        writer = self.writer
+        return writer is None or writer.ws.closed
+
+
+def _internal(exc: Exception, where: str) -> RatatoskrError:
+    error = RatatoskrError(f"internal error {where}: {exc!r}")
+    error.__cause__ = exc
+    return error

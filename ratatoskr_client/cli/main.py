@@ -1,0 +1,451 @@
+"""The ``ratatoskr`` command: ``relay``, ``demo`` and ``watch``.
+
+Every subcommand returns an exit status: 0 on success, 1 on a runtime failure
+(unreachable server, refused auth, ...), 2 on bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("ratatoskr_client.cli.main")
+
+#: The environment variable ``ratatoskr relay`` reads the metrics token from
+#: (``--metrics-token-file`` wins over it, and it over the config file's).
+METRICS_TOKEN_ENV = "RATATOSKR_METRICS_TOKEN"
+
+
+def _number(
+    kind: Callable[[str], float], noun: str, check: Callable[[float], bool], rule: str
+) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses with ``kind`` and enforces ``check``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_float = _number(float, "a number", lambda v: v > 0, "> 0")
+_positive_int = _number(int, "an integer", lambda v: v >= 1, ">= 1")
+_port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "0-65535")
+
+
+def _non_empty(text: str) -> str:
+    """An argparse ``type=`` refusing the empty string (``--token ""``, ``""`` as DOC_ID)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """The options every command accepts, before or after the command's name.
+
+    The top-level parser holds the defaults; each subcommand's copy uses
+    ``SUPPRESS`` so that, when the option is not repeated after the command, the
+    subcommand does not overwrite the value parsed before it.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--version", action="version", version=f"ratatoskr {__version__}")
+    options.add_argument(
+        "--log-level",
+        default="WARNING" if defaults else argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (default: WARNING)",
+    )
+    return options
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratatoskr",
+        description="Presence and ephemeral messaging for Ratatoskr servers.",
+        parents=[_global_options(defaults=True)],
+    )
+    common = _global_options(defaults=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    relay = sub.add_parser(
+        "relay",
+        parents=[common],
+        help="run the reference relay server",
+        description="Run the reference relay. Prints one line once listening: "
+        "'ratatoskr relay listening on ws://HOST:PORT/sync'. SIGINT/SIGTERM stop it.",
+    )
+    relay.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    relay.add_argument("--port", type=_port, default=4151, help="port; 0 picks a free one (4151)")
+    relay.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with users and documents; without it the relay runs in open mode",
+    )
+    relay.add_argument(
+        "--presence-ttl",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="remove a peer from a document after this long without heartbeat (90)",
+    )
+    relay.add_argument(
+        "--rate-limit",
+        type=_positive_int,
+        metavar="PER_MINUTE",
+        help="relayed ephemeral messages per minute per connection (600)",
+    )
+    relay.add_argument(
+        "--identity-scope",
+        choices=["document", "global"],
+        help="who receives a peer's identity: the peers sharing a document with it "
+        "(document, the default) or every connected peer (global)",
+    )
+    relay.add_argument(
+        "--anonymous-connection-limit",
+        type=_positive_int,
+        metavar="PER_MINUTE",
+        help="anonymous connections per minute per source address; loopback is exempt (60)",
+    )
+    relay.add_argument(
+        "--upstream-compat",
+        action="store_true",
+        help="behave like today's upstream Ratatoskr server: no 'features', no identity "
+        "or presence frames (to test clients' peer-to-peer presence fallback)",
+    )
+    relay.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run on uvloop, a faster event loop (needs the 'speed' extra: "
+        "pip install 'ratatoskr-client[speed]')",
+    )
+    relay.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join the relay cluster on this Redis server (redis://HOST:PORT/DB; needs "
+        "the 'cluster' extra: pip install 'ratatoskr-client[cluster]')",
+    )
+    relay.add_argument(
+        "--node-ttl",
+        type=_number(float, "a number", lambda v: v >= 1, ">= 1"),
+        metavar="SECONDS",
+        help="with --redis: the other relays remove this one's peers this long after it stops (10)",
+    )
+    relay.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="with --redis, on Linux: run N relay processes on the same port "
+        "(SO_REUSEPORT), one per core",
+    )
+    relay.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics (and /health) on this address instead of the main one, "
+        "e.g. 127.0.0.1:9464; with --workers N, worker i listens on PORT+i",
+    )
+    relay.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="GET /metrics needs 'Authorization: Bearer <token>', the token being this "
+        f"file's content (or set {METRICS_TOKEN_ENV}; never pass a secret on the command line)",
+    )
+    relay.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    relay.set_defaults(func=_cmd_relay)
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="watch bots use presence on an embedded relay",
+        description="Start a relay in-process, connect bot clients that enter and leave "
+        "documents, move cursors, react and chat, and show it live.",
+    )
+    demo.add_argument("--bots", type=_positive_int, default=6, help="bot clients (default: 6)")
+    demo.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="exit 0 after this long (default: run until Ctrl-C)",
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    watch = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="show the live presence of a document on any server",
+        description="Enter DOC_ID on the server at URL and show who is present as it "
+        "changes. Exits 1 on auth failure, permission denied or an unreachable server.",
+    )
+    watch.add_argument("url", metavar="URL", help="server URL, e.g. http://localhost:4151")
+    watch.add_argument("document", type=_non_empty, metavar="DOC_ID", help="document to watch")
+    watch.add_argument(
+        "--token", type=_non_empty, help="authenticate with this token (default: anonymous)"
+    )
+    watch.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per presence change instead of the live view",
+    )
+    watch.set_defaults(func=_cmd_watch)
+    return parser
+
+
+def _run_until_signal(
+    make: Callable[[asyncio.Event], Coroutine[Any, Any, int]],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> int:
+    """Run ``make(stop)`` on a fresh event loop (from ``loop_factory``, default
+    asyncio's); SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        return await make(stop)
+
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
+            return loop_runner.run(runner())
+    except KeyboardInterrupt:  # a platform without add_signal_handler
+        return 0
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from ..server import RelayConfig, RelayServer, load_config
+    from ..server.asyncio.guard import raise_open_file_limit
+
+    overrides: dict[str, Any] = {"host": args.host, "port": args.port}
+    if args.presence_ttl is not None:
+        overrides["presence_ttl"] = args.presence_ttl
+    if args.rate_limit is not None:
+        overrides["rate_limit"] = args.rate_limit
+    if args.identity_scope is not None:
+        overrides["identity_scope"] = args.identity_scope
+    if args.anonymous_connection_limit is not None:
+        overrides["anonymous_connection_limit"] = args.anonymous_connection_limit
+    if args.upstream_compat:
+        overrides["server_presence"] = False
+    if args.redis is not None:
+        overrides["redis_url"] = args.redis
+    if args.node_ttl is not None:
+        overrides["node_ttl"] = args.node_ttl
+    if args.reuse_port:
+        overrides["reuse_port"] = True
+    if args.metrics_listen is not None:
+        overrides["metrics_listen"] = args.metrics_listen
+    try:
+        token = _metrics_token(args.metrics_token_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"ratatoskr relay: cannot read --metrics-token-file {args.metrics_token_file}: "
+            f"{reason}",
+            file=sys.stderr,
+        )
+        return 2
+    if token is not None:
+        overrides["metrics_token"] = token
+    try:
+        if args.config:
+            config = load_config(args.config, **overrides)
+        else:
+            config = RelayConfig(open=True, **overrides)
+    except ConfigError as exc:
+        print(f"ratatoskr relay: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if config.redis_url is not None:
+        from ..server.cluster import require_redis
+
+        try:
+            require_redis()
+        except ConfigError as exc:
+            print(f"ratatoskr relay: {exc}", file=sys.stderr)
+            return 2
+    if args.workers is not None:
+        return _relay_workers(args, config)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if args.uvloop:
+        try:
+            # Imported by name: uvloop is an optional extra ('speed').
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            print(
+                "ratatoskr relay: --uvloop needs uvloop: pip install 'ratatoskr-client[speed]'",
+                file=sys.stderr,
+            )
+            return 2
+        loop_factory = uvloop.new_event_loop
+
+    raised = raise_open_file_limit()
+    if raised is not None:
+        log.info("open-file limit raised from %d to %d", *raised)
+
+    async def serve(stop: asyncio.Event) -> int:
+        relay = RelayServer(config)
+        try:
+            await relay.start()
+        except ConfigError as exc:
+            print(f"ratatoskr relay: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            # (exc.filename names the metrics address when that one failed)
+            where = exc.filename or f"{config.host}:{config.port}"
+            print(
+                f"ratatoskr relay: cannot listen on {where}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            print(f"ratatoskr relay listening on {relay.ws_url}", flush=True)
+            await stop.wait()
+        finally:
+            await relay.stop()
+        return 0
+
+    return _run_until_signal(serve, loop_factory)
+
+
+def _metrics_token(path: str | None) -> str | None:
+    """The metrics token: the file's content (surrounding whitespace removed),
+    else the environment variable's, else None (the config file's applies).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    value = os.environ.get(METRICS_TOKEN_ENV)
+    return value.strip() if value else None
+
+
+def _relay_workers(args: argparse.Namespace, config: Any) -> int:
+    """``relay --workers N``: N relay processes on one port (see server/workers.py)."""
+    from ..server.asyncio.workers import reserve_port, reuse_port_supported, supervise
+
+    if config.redis_url is None:
+        print(
+            "ratatoskr relay: --workers needs --redis: the workers share presence through Redis",
+            file=sys.stderr,
+        )
+        return 2
+    if not reuse_port_supported():
+        print("ratatoskr relay: --workers needs Linux (SO_REUSEPORT)", file=sys.stderr)
+        return 2
+    try:
+        reserved = reserve_port(config.host, config.port)
+    except OSError as exc:
+        print(
+            f"ratatoskr relay: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    metrics = config.metrics_address
+    if metrics is not None and not 0 < metrics[1] <= 65536 - args.workers:
+        reserved.close()
+        print(
+            "ratatoskr relay: --metrics-listen with --workers needs a fixed port with "
+            f"room for {args.workers} (worker i serves its metrics on PORT+i)",
+            file=sys.stderr,
+        )
+        return 2
+    port = reserved.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    # Each worker gets the same options, the resolved port and --reuse-port.
+    forwarded = ["--host", config.host, "--port", str(port), "--reuse-port"]
+    for flag, value in (
+        ("--config", args.config),
+        ("--presence-ttl", args.presence_ttl),
+        ("--rate-limit", args.rate_limit),
+        ("--identity-scope", args.identity_scope),
+        ("--anonymous-connection-limit", args.anonymous_connection_limit),
+        ("--redis", args.redis),
+        ("--node-ttl", args.node_ttl),
+        ("--metrics-token-file", args.metrics_token_file),
+    ):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    forwarded += [
+        f
+        for f, on in (("--upstream-compat", args.upstream_compat), ("--uvloop", args.uvloop))
+        if on
+    ]
+    command = [sys.executable, "-m", "ratatoskr_client", "--log-level", args.log_level, "relay"]
+
+    def worker_argv(i: int) -> list[str]:
+        if metrics is None:
+            return [*command, *forwarded]
+        metrics_host = f"[{metrics[0]}]" if ":" in metrics[0] else metrics[0]
+        return [*command, *forwarded, "--metrics-listen", f"{metrics_host}:{metrics[1] + i}"]
+
+    return _run_until_signal(
+        lambda stop: supervise(
+            args.workers,
+            worker_argv,
+            f"ws://{host}:{port}/sync",
+            reserved,
+            stop,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- demo / watch
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return _run_until_signal(
+        lambda stop: run_demo(bots=args.bots, duration=args.duration, stop=stop)
+    )
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from .watch import run_watch
+
+    return _run_until_signal(
+        lambda stop: run_watch(
+            args.url, args.document, token=args.token, as_json=args.json, stop=stop
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ratatoskr`` command. Returns the exit status.
+
+    ``argv`` defaults to ``sys.argv[1:]``. Bad usage returns 2 (argparse's usage
+    and error message are on stderr), ``--help`` and ``--version`` return 0.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.func(args)
+    return result

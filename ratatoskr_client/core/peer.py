@@ -1,0 +1,87 @@
+"""A peer's identity (:class:`Peer`), shared by every client of a process.
+Re-exported by :mod:`ratatoskr_client.core.membership` and :mod:`ratatoskr_client`. No I/O."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..protocol import UserInfo
+
+__all__ = ["Peer", "intern_peer"]
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class Peer:
+    """One connection's identity, as the server verified it, and the name it
+    chose for itself.
+
+    Which name is which:
+
+    * ``name`` is the name the **server** gives the connection: the account's
+      name for a token user, an "Adjective Animal" for an anonymous one. A
+      server without names (the upstream server today) gives none; then
+      ``name`` is the peer's chosen name, or its ``user_id``, or its peer id.
+    * ``chosen_name`` is the name the **peer** chose for itself: the ``"name"``
+      in the state it shares (automerge-repo ``Presence`` convention, and what
+      ``RatatoskrClient(name=...)`` puts there). None until it shares one. For
+      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument.
+
+    ``chosen_name`` is not part of the identity: two ``Peer`` values are equal
+    when their server-given fields are, whatever they call themselves.
+
+    Attributes:
+        peer_id: the server-assigned id of the connection (new on every connect).
+        user_id: the account id, or None for anonymous peers (and for every
+            peer on a server that verifies nothing, like upstream).
+        name: the server-given display name (see above).
+        is_anonymous: True when the peer authenticated without a token.
+        chosen_name: the name the peer shares for itself, or None.
+    """
+
+    peer_id: str
+    user_id: str | None
+    name: str
+    is_anonymous: bool
+    chosen_name: str | None = field(default=None, compare=False)
+
+    @staticmethod
+    def from_user(peer_id: str, user: UserInfo | None, chosen_name: str | None = None) -> Peer:
+        """The Peer for a wire ``user`` map (tolerating a missing name or user):
+        without a server-given name, the chosen name, the user id or the peer id."""
+        if user is None:
+            return intern_peer(peer_id, None, chosen_name or peer_id, True, chosen_name)
+        name = user.name or chosen_name or user.id or peer_id
+        return intern_peer(peer_id, user.id, name, user.is_anonymous, chosen_name)
+
+    @staticmethod
+    def unknown(peer_id: str) -> Peer:
+        """A placeholder for a peer whose identity has not arrived (yet)."""
+        return intern_peer(peer_id, None, peer_id, True)
+
+
+# Every client in a process sees the same peers; sharing one Peer object per
+# identity keeps 500 clients in one process from holding 500 copies of each.
+_INTERNED: Final[weakref.WeakValueDictionary[str, Peer]] = weakref.WeakValueDictionary()
+
+
+def intern_peer(
+    peer_id: str,
+    user_id: str | None,
+    name: str,
+    is_anonymous: bool,
+    chosen_name: str | None = None,
+) -> Peer:
+    """The shared :class:`Peer` with these fields (created on first use)."""
+    peer = _INTERNED.get(peer_id)
+    if (
+        peer is None
+        or peer.name != name
+        or peer.user_id != user_id
+        or peer.is_anonymous != is_anonymous
+        or peer.chosen_name != chosen_name
+    ):
+        peer = Peer(peer_id, user_id, name, is_anonymous, chosen_name)
+        _INTERNED[peer_id] = peer
+    return peer
