@@ -90,14 +90,14 @@ def test_reconnect_in_simulated_time():
     assert [e[1:] for e in h.events(h.take(), "reconnecting")] == [(1, 0.5), (2, 3.0), (3, 2.0)]
     effects = h.connect()  # attempt 3 worked: the document is joined again
     assert presence_payloads(h.sent(effects)) == [("join", "doc")]
-    assert h.core.attempt == 0
+    assert h.core.connection.attempt == 0
 
 
 def test_reconnect_gives_up_and_tears_down_once():
     h = Harness(backoff=Backoff(base_delay=0.1, max_attempts=2))
     h.connect()
     h.enter("doc")
-    waiter = h.core.wait_presence("doc", lambda peers: len(peers) == 5)
+    waiter = h.core.wait_presence("doc")
     h.core.connection_lost(ConnectionClosed("gone"), h.now)
     assert h.core.next_attempt(h.now) is not None
     assert h.core.next_attempt(h.now) is not None
@@ -106,7 +106,7 @@ def test_reconnect_gives_up_and_tears_down_once():
     assert h.core.state is ConnectionState.CLOSED
     errors = [e[1] for e in h.events(effects, "error")]
     assert len(errors) == 1 and "gave up" in str(errors[0])
-    assert isinstance(h.finished(effects)[waiter], ConnectionClosed)
+    assert isinstance(h.finished(effects)[waiter][-1], ConnectionClosed)  # the wait ends
     assert h.core.docs.entered() == ()
 
 
@@ -114,19 +114,19 @@ def test_without_reconnect_a_lost_connection_is_announced_once_with_its_cause():
     h = Harness(reconnect=False)
     h.connect()
     h.enter("doc")
-    waiter = h.core.wait_presence("doc", lambda peers: len(peers) == 5)
+    waiter = h.core.wait_presence("doc")
     h.core.connection_lost(ConnectionClosed("gone"), h.now)
     effects = h.take()
     assert [str(e[1]) for e in h.events(effects, "disconnected")] == ["gone"]
     assert h.core.state is ConnectionState.CLOSED
-    assert isinstance(h.finished(effects)[waiter], ConnectionClosed)
+    assert isinstance(h.finished(effects)[waiter][-1], ConnectionClosed)  # the wait ends
 
 
 def test_auth_refused_on_reconnect_is_fatal():
     h = Harness()
     h.connect()
     h.core.connection_lost(ConnectionClosed("gone"), h.now)
-    connect_waiter = h.core.wait_connected(connected=False)
+    connect_waiter = h.core.wait_connected(socket_closed=True)
     h.core.next_attempt(h.now)
     h.core.attempt_failed(AuthError("invalid_token"), h.now)
     effects = h.take()
@@ -422,16 +422,18 @@ def test_one_teardown_releases_every_waiter():
     h = Harness(rate_limit=60, rate_burst=1)
     h.connect()
     enter = h.core.enter("slow", h.now)
-    presence = h.core.wait_presence("slow", lambda peers: len(peers) == 3)
+    presence = h.core.wait_presence("slow")
     watcher = h.core.watch("slow")
     h.core.send_ephemeral("doc", 1, h.now)
     paced = h.core.send_ephemeral("doc", 2, h.now)
     h.take()
     h.core.shutdown(ConnectionClosed("client stopped reconnecting"), h.now)
     done = h.finished(h.take())
-    for waiter in (enter, presence, paced):
+    for waiter in (enter, paced):
         assert isinstance(done[waiter], ConnectionClosed), waiter
-    assert done[watcher] == [None]
+    # The presence wait and the watch end (with the teardown's reason).
+    assert [str(v) for v in done[presence]] == ["client stopped reconnecting"]
+    assert [str(v) for v in done[watcher]] == ["client stopped reconnecting"]
     assert h.core.state is ConnectionState.CLOSED
     assert h.core.waiters.count() == 0
     assert not h.core.out.queue
