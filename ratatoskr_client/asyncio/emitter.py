@@ -82,10 +82,6 @@ class SafeEmitter(AsyncIOEventEmitter):
                 self._track(event, result)
         return True
 
-    def has_listeners(self, event: str) -> bool:
-        """True if ``event`` has a callback (cheaper than ``bool(listeners(event))``)."""
-        return bool(self._events.get(event))
-
     def running(self) -> int:
         """Coroutine callbacks still running."""
         return sum(1 for task in self._waiting if not task.done())

@@ -191,6 +191,3 @@ class Documents:
 
     def __contains__(self, document_id: object) -> bool:
         return document_id in self._records
-
-    def __len__(self) -> int:
-        return len(self._records)

@@ -186,8 +186,5 @@ class Outbox:
         self.effects.clear()
         return taken
 
-    def __len__(self) -> int:
-        return len(self.effects)
-
     def __repr__(self) -> str:
         return f"<Outbox {self.effects!r}>"

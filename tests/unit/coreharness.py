@@ -16,7 +16,7 @@ import cbor2
 
 from ratatoskr_client.backoff import Backoff
 from ratatoskr_client.core.client import ClientCore
-from ratatoskr_client.core.membership import Peer
+from ratatoskr_client.core.membership import MembershipStore, Peer
 from ratatoskr_client.core.outbox import (
     Effect,
     Emit,
@@ -32,6 +32,13 @@ from ratatoskr_client.core.settings import Settings
 from ratatoskr_client.errors import ConnectionClosed
 
 FULL = ["identity", "presence", "ephemeral"]
+
+
+def unshared(store: MembershipStore) -> bool:
+    """True if some non-empty table of ``store`` is its own, not shared with
+    the other clients of the process (white box: nothing public shows it)."""
+    tables = [store._identities, *store._docs.values()]
+    return any(table and not table.shared for table in tables)
 
 
 class Pushed:
@@ -222,4 +229,4 @@ class Harness:
         return {k: dict(v) for k, v in self.core.state_of(doc).items() if k != mine}
 
 
-__all__ = ["FULL", "Backoff", "Harness", "Pushed"]
+__all__ = ["FULL", "Backoff", "Harness", "Pushed", "unshared"]

@@ -10,13 +10,20 @@ from typing import Any
 import cbor2
 import pytest
 
-from ratatoskr_client import AuthError, ConnectionClosed, PermissionDenied, RateLimited
+from ratatoskr_client import (
+    AuthError,
+    ConnectionClosed,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+)
 from ratatoskr_client.core.membership import SHARE_AFTER
+from ratatoskr_client.core.outbox import Ping
 from ratatoskr_client.core.pacing import TokenBucket
 from ratatoskr_client.errors import OperationTimeout
 from ratatoskr_client.status import ConnectionState
 
-from .coreharness import Backoff, Harness
+from .coreharness import Backoff, Harness, unshared
 
 
 def presence_payloads(frames: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -490,11 +497,11 @@ def test_tables_changed_by_a_chosen_name_are_shared_again_once_quiet():
     )
     h.enter("doc", ["me-1", "p"])
     h.advance(SHARE_AFTER + 0.1)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
     h.ephemeral("p", "sp", 1, "doc", snapshot({"name": "beta"}))  # a copy of its own now
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     h.advance(SHARE_AFTER + 0.1)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
 
 
 def test_a_forwarder_credited_with_a_quiet_session_shows_its_own_state():
@@ -549,17 +556,58 @@ def test_membership_tables_are_shared_once_quiet_for_a_moment():
             "user": {"id": None, "name": "X", "isAnonymous": True},
         }
     )
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     h.advance(0.3)
     h.server({"type": "peer_joined_doc", "documentId": "doc", "peerId": "peer-y"})
     h.advance(0.3)  # 0.6 s since the first change, but only 0.3 s of quiet
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     h.advance(0.3)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
     assert [p.peer_id for p in h.core.presence("doc")] == ["me-1", "peer-x", "peer-y"]
     # A change makes them this client's own again, until the next quiet moment.
     h.server({"type": "peer_left_doc", "documentId": "doc", "peerId": "peer-y"})
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     assert [p.peer_id for p in h.core.presence("doc")] == ["me-1", "peer-x"]
     h.advance(1)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_events_nobody_listens_to_make_no_effect_and_messages_are_recorded_not_delivered():
+    h = Harness()
+    h.connect()
+    h.enter("doc")
+    for event in ("peer-joined", "peer-identity", "presence-changed"):
+        h.core.listening(event, False)
+    h.core.listening("ephemeral-message", False)  # (always recorded: it is the application's)
+    quiet = h.batch(
+        {
+            "type": "peer_identity",
+            "peerId": "p",
+            "user": {"id": None, "name": "P", "isAnonymous": True},
+        },
+        {"type": "peer_joined_doc", "documentId": "doc", "peerId": "p"},
+    )
+    assert h.events(quiet) == []
+    assert h.presence_ids("doc") == ["me-1", "p"]  # the change itself is made
+    h.core.listening("peer-joined", True)
+    h.core.listening("presence-changed", True)
+    heard = h.server({"type": "peer_joined_doc", "documentId": "doc", "peerId": "q"})
+    assert [e[0] for e in h.events(heard)] == ["peer-joined", "presence-changed"]
+    # A message is an effect in the outbox, in order: the core calls nothing.
+    got = h.ephemeral("p", "sp", 1, "doc", {"text": "hi"})
+    assert [(e[0], e[1], e[2].peer_id, e[3]) for e in h.events(got)] == [
+        ("ephemeral-message", "doc", "p", {"text": "hi"})
+    ]
+
+
+def test_a_text_frame_is_a_protocol_error_and_proves_the_connection_alive():
+    h = Harness(ping_interval=10)
+    h.connect()
+    h.advance(9)
+    h.core.receive_text(h.now)
+    (error,) = [e[1] for e in h.events(h.take(), "error")]
+    assert isinstance(error, ProtocolError) and "text frame" in str(error)
+    assert not any(type(e) is Ping for e in h.advance(9.5))  # heard 9.5 s ago: no ping yet
