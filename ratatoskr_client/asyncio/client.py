@@ -469,8 +469,9 @@ class RatatoskrClient(EventSource):
         )
         if waiter is None:
             driver.apply()
-            if driver.paused:  # backpressure, like send_bytes
-                await driver.drained()
+            writer = driver.writer
+            if writer is not None and writer.paused:  # backpressure, like send_bytes
+                await writer.drained()
             return
         fut = driver.future(waiter)
         driver.apply()

@@ -14,7 +14,7 @@ Hot paths, by design: a received frame goes from ``ws.receive()`` through
 queue or lock per message: the core records the event, and the driver emits
 it as soon as ``receive`` returns); a frame to send is written to the socket
 at once (:class:`SocketWriter`), and only a caller that must respect
-backpressure awaits :meth:`Driver.drained`. All timers of a client are one
+backpressure awaits :meth:`SocketWriter.drained`. All timers of a client are one
 ``loop.call_at`` handle, re-armed to the earliest time the core asks for.
 
 Presence changes are settled (:meth:`ClientCore.settle`) by every
@@ -35,7 +35,7 @@ from typing import Any, Final
 import aiohttp
 
 from ..core.client import ClientCore
-from ..core.outbox import Drop, Emit, Fail, Ping, Push, Resolve, Send, WakeAt
+from ..core.outbox import Drop, Fail, Ping, Push, Resolve, Send, WakeAt
 from ..core.settings import Settings, socket_url
 from ..errors import ConnectionClosed, OperationTimeout, RatatoskrError
 from .emitter import SafeEmitter
@@ -115,10 +115,9 @@ class Driver:
     def _perform(self) -> None:
         """Carry out every effect the core recorded, in order."""
         effects = self.core.outbox.effects
-        if len(effects) == 1 and type(effects[0]) is Emit:
-            # The usual case (a message received, a state change): one event.
-            effect = effects.pop()
-            self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+        if len(effects) == 1 and type(effects[0]) is tuple:
+            # The usual case (a state change, an error): one event.
+            self.emitter.emit(*effects.pop())  # type: ignore[misc]
             return
         i = 0
         try:
@@ -126,8 +125,8 @@ class Driver:
                 effect = effects[i]
                 i += 1
                 kind = type(effect)
-                if kind is Emit:
-                    self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+                if kind is tuple:  # an Emit: (event, *args)
+                    self.emitter.emit(*effect)  # type: ignore[misc]
                 elif kind is Send:
                     writer = self.writer
                     if writer is not None:
@@ -316,6 +315,7 @@ class Driver:
         effects = core.outbox.effects  # (emptied in place, never replaced)
         unsettled = core.unsettled  # (the same)
         perform = self._perform
+        emit = self.emitter.emit
         waiting = backlog(ws)
         writer = self.writer
         clock = asyncio.get_running_loop().time
@@ -330,7 +330,12 @@ class Driver:
                     log.exception("internal error while handling a frame")
                     core.report(_internal(exc, "while handling a frame"))
                 if effects:
-                    perform()
+                    if len(effects) == 1 and type(effects[0]) is tuple:
+                        # The usual frame (a message): its one event, emitted
+                        # here rather than through _perform (once per message).
+                        emit(*effects.pop())  # type: ignore[misc]
+                    else:
+                        perform()
             elif kind is _PING or kind is _PONG:
                 core.heard(clock())
                 if kind is _PING and writer is not None:
@@ -370,20 +375,6 @@ class Driver:
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.stop()
-
-    # ================================================================== sending
-
-    @property
-    def paused(self) -> bool:
-        """True while the socket's writes wait for the network (backpressure)."""
-        writer = self.writer
-        return writer is not None and writer.paused
-
-    async def drained(self) -> None:
-        """Wait while the socket's send buffer is over its limit."""
-        writer = self.writer
-        if writer is not None:
-            await writer.drained()
 
     # ================================================================== teardown
 

@@ -89,7 +89,7 @@ from .membership import (
     SelfRemoved,
 )
 from .membership import PresenceChanged as StoreChanged
-from .outbox import MIN_TIMER_STEP, Outbox
+from .outbox import MIN_TIMER_STEP, Outbox, Send
 from .outgoing import Outgoing, Paced, check_document_id, make_pacer
 from .peer_state import (
     EMPTY,
@@ -117,7 +117,9 @@ _COPY: Final = Admission.COPY
 _REASSIGNED: Final = Admission.REASSIGNED
 # Error codes by which the server refuses a presence membership.
 _MEMBERSHIP_REFUSALS: Final = (PermissionDenied, DocumentNotFound, LimitExceeded)
-# The events the core leaves out while nobody listens (the others are rare).
+# The events left out while nobody listens: a reconnect storm brings N of them
+# to every client. The others are always recorded (the emitter drops an event
+# nobody listens to; an unheard ``error`` is logged).
 _MEMBERSHIP_EVENTS: Final = frozenset(
     ("peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed")
 )
@@ -135,6 +137,7 @@ class ClientCore:
     """
 
     __slots__ = (
+        "_effects",
         "_heartbeat_at",
         "_new_session",
         "_rand",
@@ -165,6 +168,7 @@ class ClientCore:
         self.settings = settings
         #: what the core asks for, in order (the driver carries it out)
         self.outbox = outbox = Outbox() if outbox is None else outbox
+        self._effects = outbox.effects  # (the hot path appends to it directly)
         self.connection = Connection(reconnect=settings.reconnect)
         self.liveness = Liveness(settings.ping_interval)
         self.store = MembershipStore(
@@ -551,7 +555,10 @@ class ClientCore:
         if type(payload) is dict and PRESENCE_MARKER in payload:
             self._state_message(frame, payload, now)
             return
-        self.outbox.emit("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
+        # Outbox.emit, without its call and argument packing: once per message.
+        self._effects.append(
+            ("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
+        )
 
     def _state_message(self, frame: EphemeralFrame, payload: dict[str, Any], now: float) -> None:
         """An automerge-repo Presence message: per-peer state, never an
@@ -844,10 +851,12 @@ class ClientCore:
                 f"payload of {len(data)} bytes is too large for a "
                 f"{self.settings.max_frame_size}-byte frame"
             )
-        self.connection.sendable(socket_closed=socket_closed)
+        if socket_closed or self.connection.state is not CONNECTED:
+            self.connection.sendable(socket_closed=socket_closed)  # raises
         out = self.out
         if out.take(now) == 0:
-            out.send_message(document_id, data)
+            # Outbox.send, without its call: once per message sent.
+            self._effects.append(Send(out.ephemeral(document_id, data)))
             return None
         waiter = self.waiters.new()
         out.queue_message(document_id, data, waiter, now)

@@ -14,9 +14,11 @@ takes the effects in the order they were recorded and applies them, and the
 core's unit tests read them as a list:
 
 * :class:`Send` — write these bytes on the current connection;
-* :class:`Emit` — emit this event with these arguments (the core records an
-  event only while someone listens to it, see
-  :meth:`~ratatoskr_client.core.client.ClientCore.listening`; ``error`` always);
+* :data:`Emit` — emit this event with these arguments: the tuple
+  ``(event, *args)`` (a plain tuple: the core makes one per message received,
+  and a tuple costs a third of a dataclass to make and to read). Membership
+  events are recorded only while someone listens to them (see
+  :meth:`~ratatoskr_client.core.client.ClientCore.listening`);
 * :class:`Resolve` / :class:`Fail` — finish this waiter (an ``await`` of the
   application) with a value or an exception;
 * :class:`Push` — a presence watcher has new values to take
@@ -70,14 +72,6 @@ class Send:
 
 
 @dataclass(slots=True)
-class Emit:
-    """Emit ``event`` with ``args``."""
-
-    event: str
-    args: tuple[Any, ...]
-
-
-@dataclass(slots=True)
 class Resolve:
     """The waiter ``waiter`` is done, with ``value``."""
 
@@ -120,6 +114,9 @@ class Drop:
     reason: ConnectionClosed
 
 
+Emit: TypeAlias = tuple[str, *tuple[Any, ...]]
+"""Emit ``effect[0]`` (the event's name) with ``effect[1:]`` (its arguments)."""
+
 Effect: TypeAlias = Send | Emit | Resolve | Fail | Push | WakeAt | Ping | Drop
 
 
@@ -145,7 +142,7 @@ class Outbox:
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit ``event`` with ``args`` to the application's callbacks."""
-        self.effects.append(Emit(event, args))
+        self.effects.append((event, *args))
 
     def resolve(self, waiter: int, value: Any = None) -> None:
         """The await ``waiter`` returns ``value``."""

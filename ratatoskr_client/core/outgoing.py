@@ -224,10 +224,6 @@ class Outgoing:
         pacer = self.pacer
         return 0.0 if pacer is None else pacer.take(now)
 
-    def send_message(self, document_id: str, data: bytes) -> None:
-        """An application message goes out now (its token was taken)."""
-        self._outbox.send(self.ephemeral(document_id, data))
-
     def queue_message(self, document_id: str, data: bytes, waiter: int, now: float) -> None:
         """An application message waits for its token; ``waiter`` is resolved
         when it goes out."""

@@ -19,7 +19,6 @@ from ratatoskr_client.core.client import ClientCore
 from ratatoskr_client.core.membership import MembershipStore, Peer
 from ratatoskr_client.core.outbox import (
     Effect,
-    Emit,
     Fail,
     Outbox,
     Ping,
@@ -131,15 +130,13 @@ class Harness:
 
     @staticmethod
     def events(effects: list[Effect | Pushed], name: str | None = None) -> list[tuple[Any, ...]]:
-        """(event, *args) of every Emit among ``effects``; ``presence-changed``
-        as (event, document_id) (its peers are the core's presence then)."""
+        """(event, *args) of every Emit (a tuple) among ``effects``;
+        ``presence-changed`` as (event, document_id) (its peers are the core's
+        presence then)."""
         out: list[tuple[Any, ...]] = []
         for effect in effects:
-            if type(effect) is Emit and (name is None or effect.event == name):
-                if effect.event == "presence-changed":
-                    out.append((effect.event, effect.args[0]))
-                else:
-                    out.append((effect.event, *effect.args))
+            if type(effect) is tuple and (name is None or effect[0] == name):
+                out.append(effect[:2] if effect[0] == "presence-changed" else effect)
         return out
 
     @staticmethod
