@@ -337,7 +337,7 @@ class RatatoskrClient(EventSource):
         assert type(result) is int
         fut = driver.future(result)
         driver.apply()
-        wait = core.settings.request_timeout if timeout is None else timeout
+        wait = core.enter_timeout(timeout)
         try:
             value: tuple[Peer, ...] = await asyncio.wait_for(fut, wait)
         except TimeoutError:

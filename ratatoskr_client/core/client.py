@@ -752,6 +752,11 @@ class ClientCore:
             self._join(document_id, now)
         return waiter
 
+    def enter_timeout(self, timeout: float | None) -> float:
+        """How long an ``enter_document`` waits for the server: its own
+        ``timeout``, else the ``request_timeout`` option."""
+        return self.settings.request_timeout if timeout is None else timeout
+
     def enter_abandoned(self, document_id: str, waiter: int, now: float) -> None:
         """An ``enter_document`` gave up (timeout or cancelled): unless another
         call still waits, do not stay in a document the caller cannot know it entered."""

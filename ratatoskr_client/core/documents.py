@@ -3,12 +3,17 @@
 A record says where its document is (:class:`~ratatoskr_client.status.DocumentState`)
 and what is in flight for it on the current connection. :class:`Documents`
 owns the records and every change of their state; the core tells it what
-happened (the server confirmed, we leave, the connection is gone)::
+happened:
 
-    enter ──▶ ENTERING ──confirmed──▶ PRESENT ──leaving──▶ LEAVING ──(goodbye out)──▶ gone
-                ▲  ▲                     │                    │
-                │  └──expired / lost─────┘                    │
-                └──────────────────enter again────────────────┘
+* ``enter_document`` creates a record, ENTERING (a record being left is
+  ENTERING again);
+* the server confirms our presence: ENTERING → PRESENT;
+* the server expires our presence (a stall), or the connection is lost:
+  PRESENT → ENTERING (it is joined again);
+* ``leave_document`` while a state goodbye must go out first: → LEAVING, and
+  the record goes once the goodbye (and the leave after it) went out; a
+  record with nothing to say goodbye for goes at once, and so do the records
+  being left when the connection is lost.
 
 A membership the server refuses (or that this server's kind cannot have) is
 dropped at once: whoever waits for it gets the error, else it is an ``error``
@@ -127,7 +132,8 @@ class Documents:
 
     def joining(self, document_id: str) -> bool:
         """A join is sent (or queued) for ``document_id`` on this connection;
-        False (and nothing changes) if the document is being left."""
+        False (and nothing changes) if the document has no record or is being
+        left."""
         record = self._records.get(document_id)
         if record is None or record.state is LEAVING:
             return False
@@ -148,7 +154,8 @@ class Documents:
 
     def expired(self, document_id: str) -> bool:
         """The server dropped our presence (a stall outlived its TTL): PRESENT
-        is ENTERING again. True if a join must go out (none is in flight)."""
+        is ENTERING again. True if a join must go out (none is in flight);
+        False for a document not entered or being left."""
         record = self._records.get(document_id)
         if record is None or record.state is LEAVING:
             return False
