@@ -67,6 +67,12 @@ FORMER_PATHS: Final[dict[str, str]] = {
     "ratatoskr_client.server.visibility": "ratatoskr_client.server.core.visibility",
     "ratatoskr_client.server.acl": "ratatoskr_client.server.config.acl",
     "ratatoskr_client.server.addresses": "ratatoskr_client.server.config.addresses",
+    # ClientCore made of parts (issue #20): modules merged into others.
+    "ratatoskr_client.core.effects": "ratatoskr_client.core.outbox",
+    "ratatoskr_client.core.incoming": "ratatoskr_client.core.client",
+    "ratatoskr_client.core.sending": "ratatoskr_client.core.outgoing",
+    "ratatoskr_client.asyncio.views": "ratatoskr_client.asyncio.client",
+    "ratatoskr_client.sync._callbacks": "ratatoskr_client.events",
 }
 
 
