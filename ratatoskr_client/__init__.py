@@ -9,8 +9,9 @@ The public API::
         await client.enter_document("doc-123")
         await client.send_ephemeral("doc-123", {"cursor": [3, 4]})
 
-Exceptions are in :mod:`ratatoskr_client.errors` (all re-exported here), event
-names and callback types in :mod:`ratatoskr_client.events`, the wire format in
+Exceptions are in :mod:`ratatoskr_client.errors` (all re-exported here), the
+client's options in :class:`ClientOptions`, event names and callback types in
+:mod:`ratatoskr_client.events`, the wire format in
 :mod:`ratatoskr_client.protocol`, and the reference relay in
 :mod:`ratatoskr_client.server`. How the client is built: ``docs/architecture.md``.
 """
@@ -22,6 +23,7 @@ from . import _aliases
 from ._version import __version__
 from .backoff import Backoff
 from .core.membership import Peer
+from .core.settings import ClientOptions
 from .errors import (
     AuthError,
     CallbackError,
@@ -50,6 +52,7 @@ __all__ = [
     "AuthError",
     "Backoff",
     "CallbackError",
+    "ClientOptions",
     "ClientStats",
     "ConfigError",
     "ConnectError",

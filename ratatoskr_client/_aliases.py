@@ -23,14 +23,14 @@ __all__ = ["FORMER_PATHS", "install"]
 #: Former module path -> the module that holds its code now.
 FORMER_PATHS: Final[dict[str, str]] = {
     "ratatoskr_client._core": "ratatoskr_client.core.client",
-    "ratatoskr_client._incoming": "ratatoskr_client.core.incoming",
-    "ratatoskr_client._sending": "ratatoskr_client.core.sending",
+    "ratatoskr_client._incoming": "ratatoskr_client.core.client",
+    "ratatoskr_client._sending": "ratatoskr_client.core.outgoing",
     "ratatoskr_client._outgoing": "ratatoskr_client.core.outgoing",
     "ratatoskr_client._documents": "ratatoskr_client.core.documents",
     "ratatoskr_client._sharing": "ratatoskr_client.core.sharing",
     "ratatoskr_client._peer_to_peer": "ratatoskr_client.core.peer_to_peer",
     "ratatoskr_client._waiters": "ratatoskr_client.core.waiters",
-    "ratatoskr_client._effects": "ratatoskr_client.core.effects",
+    "ratatoskr_client._effects": "ratatoskr_client.core.outbox",
     "ratatoskr_client._settings": "ratatoskr_client.core.settings",
     "ratatoskr_client._liveness": "ratatoskr_client.core.liveness",
     "ratatoskr_client.membership": "ratatoskr_client.core.membership",
@@ -38,7 +38,7 @@ FORMER_PATHS: Final[dict[str, str]] = {
     "ratatoskr_client._peer_tables": "ratatoskr_client.core.peer_tables",
     "ratatoskr_client.pacing": "ratatoskr_client.core.pacing",
     "ratatoskr_client.client": "ratatoskr_client.asyncio.client",
-    "ratatoskr_client._views": "ratatoskr_client.asyncio.views",
+    "ratatoskr_client._views": "ratatoskr_client.asyncio.client",
     "ratatoskr_client._driver": "ratatoskr_client.asyncio.driver",
     "ratatoskr_client._socket": "ratatoskr_client.asyncio.socket",
     "ratatoskr_client._events": "ratatoskr_client.asyncio.emitter",
@@ -67,6 +67,12 @@ FORMER_PATHS: Final[dict[str, str]] = {
     "ratatoskr_client.server.visibility": "ratatoskr_client.server.core.visibility",
     "ratatoskr_client.server.acl": "ratatoskr_client.server.config.acl",
     "ratatoskr_client.server.addresses": "ratatoskr_client.server.config.addresses",
+    # ClientCore made of parts (issue #20): modules merged into others.
+    "ratatoskr_client.core.effects": "ratatoskr_client.core.outbox",
+    "ratatoskr_client.core.incoming": "ratatoskr_client.core.client",
+    "ratatoskr_client.core.sending": "ratatoskr_client.core.outgoing",
+    "ratatoskr_client.asyncio.views": "ratatoskr_client.asyncio.client",
+    "ratatoskr_client.sync._callbacks": "ratatoskr_client.events",
 }
 
 

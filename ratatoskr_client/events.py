@@ -1,11 +1,18 @@
 """The client's events, typed: names, callback signatures, and ``on``/``once``/``off``.
 
-Every event has one callback signature; the overloads of
-:meth:`EventSource.on`, :meth:`EventSource.once` and :meth:`EventSource.off`
-select it from the ``Literal`` event name, so a type checker (``mypy --strict``)
-accepts ``@client.on("presence-changed")`` as a typed decorator, rejects a
-callback with the wrong arguments, and rejects an unknown event name. At run
-time an unknown name raises :class:`ValueError`.
+Events with the same callback signature form a group; each group has a public
+``Literal`` of its event names (:data:`PeerEvent`...), a callback type
+(:data:`PeerCallback`...) and a type variable bound by it
+(:data:`PeerCallbackT`...). The overloads of :meth:`EventSource.on`,
+:meth:`EventSource.once` and :meth:`EventSource.off` — one pair per group —
+select the signature from the event name, so a type checker
+(``mypy --strict``) accepts ``@client.on("presence-changed")`` as a typed
+decorator that keeps the decorated function's type, rejects a callback with
+the wrong arguments, and rejects an unknown event name. A callback passed
+directly is checked against its group's callback type (a lambda's body
+included); the decorator form keeps the decorated function's own type. At
+run time an unknown name raises ``ValueError``. Both clients, asyncio
+and blocking, take their ``on``/``once``/``off`` from :class:`EventSource`.
 
 Callbacks may be plain functions or coroutine functions (run as tasks); what
 they return is ignored. The events, with the callback's arguments:
@@ -58,15 +65,34 @@ __all__ = [
     "DisconnectedCallback",
     "EphemeralMessageCallback",
     "ErrorCallback",
+    "ErrorCallbackT",
+    "ErrorEvent",
     "EventName",
     "EventSource",
+    "MembershipCallback",
+    "MembershipCallbackT",
+    "MembershipEvent",
+    "MessageCallback",
+    "MessageCallbackT",
+    "MessageEvent",
+    "PeerCallback",
+    "PeerCallbackT",
     "PeerDisconnectedCallback",
+    "PeerEvent",
     "PeerIdentityCallback",
     "PeerJoinedCallback",
     "PeerLeftCallback",
+    "PresenceCallback",
+    "PresenceCallbackT",
     "PresenceChangedCallback",
+    "PresenceEvent",
     "ReconnectingCallback",
+    "ReconnectingCallbackT",
+    "ReconnectingEvent",
+    "StateCallback",
+    "StateCallbackT",
     "StateChangedCallback",
+    "StateEvent",
 ]
 
 EventName: TypeAlias = Literal[
@@ -82,111 +108,130 @@ EventName: TypeAlias = Literal[
     "state-changed",
     "error",
 ]
+"""Every event's name."""
 _EVENTS: Final = frozenset(get_args(EventName))
 
-#: A ``connected`` callback: ``(me: Peer)``.
-ConnectedCallback: TypeAlias = Callable[[Peer], object]
-#: A ``disconnected`` callback: ``(reason: RatatoskrError)``.
-DisconnectedCallback: TypeAlias = Callable[[RatatoskrError], object]
-#: A ``reconnecting`` callback: ``(attempt: int, delay: float)``.
-ReconnectingCallback: TypeAlias = Callable[[int, float], object]
-#: A ``peer-identity`` callback: ``(peer: Peer)``.
-PeerIdentityCallback: TypeAlias = Callable[[Peer], object]
-#: A ``peer-disconnected`` callback: ``(peer: Peer)``.
-PeerDisconnectedCallback: TypeAlias = Callable[[Peer], object]
-#: A ``peer-joined`` callback: ``(document_id: str, peer: Peer)``.
-PeerJoinedCallback: TypeAlias = Callable[[str, Peer], object]
-#: A ``peer-left`` callback: ``(document_id: str, peer: Peer)``.
-PeerLeftCallback: TypeAlias = Callable[[str, Peer], object]
-#: A ``presence-changed`` callback: ``(document_id: str, peers: tuple[Peer, ...])``.
-PresenceChangedCallback: TypeAlias = Callable[[str, tuple[Peer, ...]], object]
-#: An ``ephemeral-message`` callback: ``(document_id: str, sender: Peer, payload: Any)``.
-EphemeralMessageCallback: TypeAlias = Callable[[str, Peer, Any], object]
-#: A ``state-changed`` callback: ``(document_id: str, peer: Peer, state: Mapping[str, Any])``.
-StateChangedCallback: TypeAlias = Callable[[str, Peer, Mapping[str, Any]], object]
-#: An ``error`` callback: ``(error: RatatoskrError)``.
-ErrorCallback: TypeAlias = Callable[[RatatoskrError], object]
+# --------------------------------------------------------------------------- the groups
 
-_Connected = TypeVar("_Connected", bound=ConnectedCallback)
-_Disconnected = TypeVar("_Disconnected", bound=DisconnectedCallback)
-_Reconnecting = TypeVar("_Reconnecting", bound=ReconnectingCallback)
-_PeerIdentity = TypeVar("_PeerIdentity", bound=PeerIdentityCallback)
-_PeerDisconnected = TypeVar("_PeerDisconnected", bound=PeerDisconnectedCallback)
-_PeerJoined = TypeVar("_PeerJoined", bound=PeerJoinedCallback)
-_PeerLeft = TypeVar("_PeerLeft", bound=PeerLeftCallback)
-_PresenceChanged = TypeVar("_PresenceChanged", bound=PresenceChangedCallback)
-_EphemeralMessage = TypeVar("_EphemeralMessage", bound=EphemeralMessageCallback)
-_StateChanged = TypeVar("_StateChanged", bound=StateChangedCallback)
-_Error = TypeVar("_Error", bound=ErrorCallback)
+PeerEvent: TypeAlias = Literal["connected", "peer-identity", "peer-disconnected"]
+"""Events whose callbacks get one peer: ``(peer: Peer)`` (:data:`PeerCallback`)."""
+ErrorEvent: TypeAlias = Literal["disconnected", "error"]
+"""Events whose callbacks get an error: ``(error: RatatoskrError)``, for
+``disconnected`` the reason (:data:`ErrorCallback`)."""
+ReconnectingEvent: TypeAlias = Literal["reconnecting"]
+"""``(attempt: int, delay: float)`` (:data:`ReconnectingCallback`)."""
+MembershipEvent: TypeAlias = Literal["peer-joined", "peer-left"]
+"""``(document_id: str, peer: Peer)`` (:data:`MembershipCallback`)."""
+PresenceEvent: TypeAlias = Literal["presence-changed"]
+"""``(document_id: str, peers: tuple[Peer, ...])`` (:data:`PresenceCallback`)."""
+MessageEvent: TypeAlias = Literal["ephemeral-message"]
+"""``(document_id: str, sender: Peer, payload: Any)`` (:data:`MessageCallback`)."""
+StateEvent: TypeAlias = Literal["state-changed"]
+"""``(document_id: str, peer: Peer, state: Mapping[str, Any])`` (:data:`StateCallback`)."""
+
+PeerCallback: TypeAlias = Callable[[Peer], object]
+"""A callback of a :data:`PeerEvent`: ``(peer: Peer)``."""
+ErrorCallback: TypeAlias = Callable[[RatatoskrError], object]
+"""A callback of an :data:`ErrorEvent`: ``(error: RatatoskrError)``."""
+ReconnectingCallback: TypeAlias = Callable[[int, float], object]
+"""A ``reconnecting`` callback: ``(attempt: int, delay: float)``."""
+MembershipCallback: TypeAlias = Callable[[str, Peer], object]
+"""A callback of a :data:`MembershipEvent`: ``(document_id: str, peer: Peer)``."""
+PresenceCallback: TypeAlias = Callable[[str, tuple[Peer, ...]], object]
+"""A ``presence-changed`` callback: ``(document_id: str, peers: tuple[Peer, ...])``."""
+MessageCallback: TypeAlias = Callable[[str, Peer, Any], object]
+"""An ``ephemeral-message`` callback: ``(document_id: str, sender: Peer, payload: Any)``."""
+StateCallback: TypeAlias = Callable[[str, Peer, Mapping[str, Any]], object]
+"""A ``state-changed`` callback: ``(document_id: str, peer: Peer, state: Mapping[str, Any])``."""
+
+# The decorator form: a decorated function keeps its own type.
+PeerCallbackT = TypeVar("PeerCallbackT", bound=PeerCallback)
+"""A function usable as a :data:`PeerCallback` (its own type is kept)."""
+ErrorCallbackT = TypeVar("ErrorCallbackT", bound=ErrorCallback)
+"""A function usable as an :data:`ErrorCallback` (its own type is kept)."""
+ReconnectingCallbackT = TypeVar("ReconnectingCallbackT", bound=ReconnectingCallback)
+"""A function usable as a :data:`ReconnectingCallback` (its own type is kept)."""
+MembershipCallbackT = TypeVar("MembershipCallbackT", bound=MembershipCallback)
+"""A function usable as a :data:`MembershipCallback` (its own type is kept)."""
+PresenceCallbackT = TypeVar("PresenceCallbackT", bound=PresenceCallback)
+"""A function usable as a :data:`PresenceCallback` (its own type is kept)."""
+MessageCallbackT = TypeVar("MessageCallbackT", bound=MessageCallback)
+"""A function usable as a :data:`MessageCallback` (its own type is kept)."""
+StateCallbackT = TypeVar("StateCallbackT", bound=StateCallback)
+"""A function usable as a :data:`StateCallback` (its own type is kept)."""
+
+# --------------------------------------------------------------------------- per event
+
+#: A ``connected`` callback: ``(me: Peer)``.
+ConnectedCallback: TypeAlias = PeerCallback
+#: A ``disconnected`` callback: ``(reason: RatatoskrError)``.
+DisconnectedCallback: TypeAlias = ErrorCallback
+#: A ``peer-identity`` callback: ``(peer: Peer)``.
+PeerIdentityCallback: TypeAlias = PeerCallback
+#: A ``peer-disconnected`` callback: ``(peer: Peer)``.
+PeerDisconnectedCallback: TypeAlias = PeerCallback
+#: A ``peer-joined`` callback: ``(document_id: str, peer: Peer)``.
+PeerJoinedCallback: TypeAlias = MembershipCallback
+#: A ``peer-left`` callback: ``(document_id: str, peer: Peer)``.
+PeerLeftCallback: TypeAlias = MembershipCallback
+#: A ``presence-changed`` callback: ``(document_id: str, peers: tuple[Peer, ...])``.
+PresenceChangedCallback: TypeAlias = PresenceCallback
+#: An ``ephemeral-message`` callback: ``(document_id: str, sender: Peer, payload: Any)``.
+EphemeralMessageCallback: TypeAlias = MessageCallback
+#: A ``state-changed`` callback: ``(document_id: str, peer: Peer, state: Mapping[str, Any])``.
+StateChangedCallback: TypeAlias = StateCallback
 
 
 class EventSource:
     """``on``, ``once`` and ``off`` over an event emitter (``self._emitter``:
-    pyee's, in the asyncio client)."""
+    pyee's interface, ``on``, ``once`` and ``remove_listener``). Both clients
+    have them from here; the blocking client's emitter runs them on its event
+    loop's thread, where its callbacks run too."""
 
     __slots__ = ()
     #: the facade's emitter (pyee's interface: ``on``, ``once``, ``remove_listener``)
     _emitter: Any
 
     @overload
-    def on(self, event: Literal["connected"]) -> Callable[[_Connected], _Connected]: ...
+    def on(self, event: PeerEvent) -> Callable[[PeerCallbackT], PeerCallbackT]: ...
     @overload
-    def on(self, event: Literal["connected"], callback: _Connected) -> _Connected: ...
+    def on(self, event: PeerEvent, callback: PeerCallback) -> PeerCallback: ...
     @overload
-    def on(self, event: Literal["disconnected"]) -> Callable[[_Disconnected], _Disconnected]: ...
+    def on(self, event: ErrorEvent) -> Callable[[ErrorCallbackT], ErrorCallbackT]: ...
     @overload
-    def on(self, event: Literal["disconnected"], callback: _Disconnected) -> _Disconnected: ...
-    @overload
-    def on(self, event: Literal["reconnecting"]) -> Callable[[_Reconnecting], _Reconnecting]: ...
-    @overload
-    def on(self, event: Literal["reconnecting"], callback: _Reconnecting) -> _Reconnecting: ...
-    @overload
-    def on(self, event: Literal["peer-identity"]) -> Callable[[_PeerIdentity], _PeerIdentity]: ...
-    @overload
-    def on(self, event: Literal["peer-identity"], callback: _PeerIdentity) -> _PeerIdentity: ...
+    def on(self, event: ErrorEvent, callback: ErrorCallback) -> ErrorCallback: ...
     @overload
     def on(
-        self, event: Literal["peer-disconnected"]
-    ) -> Callable[[_PeerDisconnected], _PeerDisconnected]: ...
+        self, event: ReconnectingEvent
+    ) -> Callable[[ReconnectingCallbackT], ReconnectingCallbackT]: ...
     @overload
     def on(
-        self, event: Literal["peer-disconnected"], callback: _PeerDisconnected
-    ) -> _PeerDisconnected: ...
-    @overload
-    def on(self, event: Literal["peer-joined"]) -> Callable[[_PeerJoined], _PeerJoined]: ...
-    @overload
-    def on(self, event: Literal["peer-joined"], callback: _PeerJoined) -> _PeerJoined: ...
-    @overload
-    def on(self, event: Literal["peer-left"]) -> Callable[[_PeerLeft], _PeerLeft]: ...
-    @overload
-    def on(self, event: Literal["peer-left"], callback: _PeerLeft) -> _PeerLeft: ...
+        self, event: ReconnectingEvent, callback: ReconnectingCallback
+    ) -> ReconnectingCallback: ...
     @overload
     def on(
-        self, event: Literal["presence-changed"]
-    ) -> Callable[[_PresenceChanged], _PresenceChanged]: ...
+        self, event: MembershipEvent
+    ) -> Callable[[MembershipCallbackT], MembershipCallbackT]: ...
     @overload
-    def on(
-        self, event: Literal["presence-changed"], callback: _PresenceChanged
-    ) -> _PresenceChanged: ...
+    def on(self, event: MembershipEvent, callback: MembershipCallback) -> MembershipCallback: ...
     @overload
-    def on(
-        self, event: Literal["ephemeral-message"]
-    ) -> Callable[[_EphemeralMessage], _EphemeralMessage]: ...
+    def on(self, event: PresenceEvent) -> Callable[[PresenceCallbackT], PresenceCallbackT]: ...
     @overload
-    def on(
-        self, event: Literal["ephemeral-message"], callback: _EphemeralMessage
-    ) -> _EphemeralMessage: ...
+    def on(self, event: PresenceEvent, callback: PresenceCallback) -> PresenceCallback: ...
     @overload
-    def on(self, event: Literal["state-changed"]) -> Callable[[_StateChanged], _StateChanged]: ...
+    def on(self, event: MessageEvent) -> Callable[[MessageCallbackT], MessageCallbackT]: ...
     @overload
-    def on(self, event: Literal["state-changed"], callback: _StateChanged) -> _StateChanged: ...
+    def on(self, event: MessageEvent, callback: MessageCallback) -> MessageCallback: ...
     @overload
-    def on(self, event: Literal["error"]) -> Callable[[_Error], _Error]: ...
+    def on(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
     @overload
-    def on(self, event: Literal["error"], callback: _Error) -> _Error: ...
+    def on(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
     def on(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
         """Call ``callback`` every time ``event`` fires; without ``callback``,
         a decorator that registers the function it decorates (and returns it).
+
+        The callback's signature is its event's (see the module docstring):
+        ``@client.on("presence-changed")`` expects a :data:`PresenceCallback`.
 
         Raises:
             ValueError: ``event`` is not one of the documented event names.
@@ -197,61 +242,39 @@ class EventSource:
         return self._emitter.on(event, callback)
 
     @overload
-    def once(self, event: Literal["connected"]) -> Callable[[_Connected], _Connected]: ...
+    def once(self, event: PeerEvent) -> Callable[[PeerCallbackT], PeerCallbackT]: ...
     @overload
-    def once(self, event: Literal["connected"], callback: _Connected) -> _Connected: ...
+    def once(self, event: PeerEvent, callback: PeerCallback) -> PeerCallback: ...
     @overload
-    def once(self, event: Literal["disconnected"]) -> Callable[[_Disconnected], _Disconnected]: ...
+    def once(self, event: ErrorEvent) -> Callable[[ErrorCallbackT], ErrorCallbackT]: ...
     @overload
-    def once(self, event: Literal["disconnected"], callback: _Disconnected) -> _Disconnected: ...
-    @overload
-    def once(self, event: Literal["reconnecting"]) -> Callable[[_Reconnecting], _Reconnecting]: ...
-    @overload
-    def once(self, event: Literal["reconnecting"], callback: _Reconnecting) -> _Reconnecting: ...
-    @overload
-    def once(self, event: Literal["peer-identity"]) -> Callable[[_PeerIdentity], _PeerIdentity]: ...
-    @overload
-    def once(self, event: Literal["peer-identity"], callback: _PeerIdentity) -> _PeerIdentity: ...
+    def once(self, event: ErrorEvent, callback: ErrorCallback) -> ErrorCallback: ...
     @overload
     def once(
-        self, event: Literal["peer-disconnected"]
-    ) -> Callable[[_PeerDisconnected], _PeerDisconnected]: ...
+        self, event: ReconnectingEvent
+    ) -> Callable[[ReconnectingCallbackT], ReconnectingCallbackT]: ...
     @overload
     def once(
-        self, event: Literal["peer-disconnected"], callback: _PeerDisconnected
-    ) -> _PeerDisconnected: ...
-    @overload
-    def once(self, event: Literal["peer-joined"]) -> Callable[[_PeerJoined], _PeerJoined]: ...
-    @overload
-    def once(self, event: Literal["peer-joined"], callback: _PeerJoined) -> _PeerJoined: ...
-    @overload
-    def once(self, event: Literal["peer-left"]) -> Callable[[_PeerLeft], _PeerLeft]: ...
-    @overload
-    def once(self, event: Literal["peer-left"], callback: _PeerLeft) -> _PeerLeft: ...
+        self, event: ReconnectingEvent, callback: ReconnectingCallback
+    ) -> ReconnectingCallback: ...
     @overload
     def once(
-        self, event: Literal["presence-changed"]
-    ) -> Callable[[_PresenceChanged], _PresenceChanged]: ...
+        self, event: MembershipEvent
+    ) -> Callable[[MembershipCallbackT], MembershipCallbackT]: ...
     @overload
-    def once(
-        self, event: Literal["presence-changed"], callback: _PresenceChanged
-    ) -> _PresenceChanged: ...
+    def once(self, event: MembershipEvent, callback: MembershipCallback) -> MembershipCallback: ...
     @overload
-    def once(
-        self, event: Literal["ephemeral-message"]
-    ) -> Callable[[_EphemeralMessage], _EphemeralMessage]: ...
+    def once(self, event: PresenceEvent) -> Callable[[PresenceCallbackT], PresenceCallbackT]: ...
     @overload
-    def once(
-        self, event: Literal["ephemeral-message"], callback: _EphemeralMessage
-    ) -> _EphemeralMessage: ...
+    def once(self, event: PresenceEvent, callback: PresenceCallback) -> PresenceCallback: ...
     @overload
-    def once(self, event: Literal["state-changed"]) -> Callable[[_StateChanged], _StateChanged]: ...
+    def once(self, event: MessageEvent) -> Callable[[MessageCallbackT], MessageCallbackT]: ...
     @overload
-    def once(self, event: Literal["state-changed"], callback: _StateChanged) -> _StateChanged: ...
+    def once(self, event: MessageEvent, callback: MessageCallback) -> MessageCallback: ...
     @overload
-    def once(self, event: Literal["error"]) -> Callable[[_Error], _Error]: ...
+    def once(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
     @overload
-    def once(self, event: Literal["error"], callback: _Error) -> _Error: ...
+    def once(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
     def once(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
         """Like :meth:`on`, but the callback runs at most once.
 
@@ -264,33 +287,19 @@ class EventSource:
         return self._emitter.once(event, callback)
 
     @overload
-    def off(self, event: Literal["connected"], callback: ConnectedCallback) -> None: ...
+    def off(self, event: PeerEvent, callback: PeerCallback) -> None: ...
     @overload
-    def off(self, event: Literal["disconnected"], callback: DisconnectedCallback) -> None: ...
+    def off(self, event: ErrorEvent, callback: ErrorCallback) -> None: ...
     @overload
-    def off(self, event: Literal["reconnecting"], callback: ReconnectingCallback) -> None: ...
+    def off(self, event: ReconnectingEvent, callback: ReconnectingCallback) -> None: ...
     @overload
-    def off(self, event: Literal["peer-identity"], callback: PeerIdentityCallback) -> None: ...
+    def off(self, event: MembershipEvent, callback: MembershipCallback) -> None: ...
     @overload
-    def off(
-        self, event: Literal["peer-disconnected"], callback: PeerDisconnectedCallback
-    ) -> None: ...
+    def off(self, event: PresenceEvent, callback: PresenceCallback) -> None: ...
     @overload
-    def off(self, event: Literal["peer-joined"], callback: PeerJoinedCallback) -> None: ...
+    def off(self, event: MessageEvent, callback: MessageCallback) -> None: ...
     @overload
-    def off(self, event: Literal["peer-left"], callback: PeerLeftCallback) -> None: ...
-    @overload
-    def off(
-        self, event: Literal["presence-changed"], callback: PresenceChangedCallback
-    ) -> None: ...
-    @overload
-    def off(
-        self, event: Literal["ephemeral-message"], callback: EphemeralMessageCallback
-    ) -> None: ...
-    @overload
-    def off(self, event: Literal["state-changed"], callback: StateChangedCallback) -> None: ...
-    @overload
-    def off(self, event: Literal["error"], callback: ErrorCallback) -> None: ...
+    def off(self, event: StateEvent, callback: StateCallback) -> None: ...
     def off(self, event: EventName, callback: Callable[..., object]) -> None:
         """Remove a callback added with :meth:`on` or :meth:`once` (no-op if absent).
 

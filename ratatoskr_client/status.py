@@ -31,16 +31,16 @@ class DocumentState(Enum):
     :meth:`~ratatoskr_client.RatatoskrClient.leave_document` (or ``close()``):
     ``ENTERING`` → ``PRESENT`` → ``LEAVING`` → gone, and back to ``ENTERING``
     after every lost connection (it is re-entered on the next one).
-    ``REFUSED`` is where a record ends when the server refuses the membership
-    (``permission_denied``, ``document_not_found``, ``too_many_documents``):
-    whoever waits gets the error and the record is dropped at once, so
-    :attr:`ClientStats.documents` never lists it.
+    :attr:`ClientStats.documents` lists the documents in each state. A
+    membership the server refuses (``permission_denied``,
+    ``document_not_found``, ``too_many_documents``) has no state: its record
+    is dropped at once, and whoever waits for it gets the error (else it is an
+    ``error`` event).
     """
 
     ENTERING = "entering"  #: entered; the server has not confirmed it on this connection
     PRESENT = "present"  #: confirmed on this connection
     LEAVING = "leaving"  #: left; a goodbye is still waiting for its pacing token
-    REFUSED = "refused"  #: refused by the server (dropped at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,14 @@ class ClientStats:
 
     Attributes:
         connection_state: the connection state when the snapshot was taken.
-        documents: document ids by membership state (``"entering"``,
-            ``"present"``, ``"leaving"``), in the order they were entered.
-        tasks: names of the client's own asyncio tasks still running (the
-            receive loop ``"receive"``, a reconnect attempt ``"connect"``, a
-            socket write waiting for the network ``"write"``); application
-            callbacks are counted in ``callbacks``.
+        documents: document ids by membership state, one key per
+            :class:`DocumentState` value (``"entering"``, ``"present"``,
+            ``"leaving"``), in the order they were entered.
+        tasks: names of the client's own asyncio tasks still running: the
+            receive loop ``"receive"`` (which also makes the reconnect
+            attempts), and ``"write"`` while frames wait for the network on
+            aiohttp's slow write path; application callbacks are counted in
+            ``callbacks``.
         callbacks: coroutine callbacks of the application still running.
         timers: 1 when the client's one timer is armed, else 0.
         paced_sends: messages waiting for a pacing token (``send_ephemeral``

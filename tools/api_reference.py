@@ -107,19 +107,9 @@ def _walk(obj: griffe.Object) -> Iterator[griffe.Object]:
 
 #: Public names that have no docstring yet, by canonical path. This list may
 #: only shrink (the test fails when an entry gains a docstring, so that it is
-#: removed here); it is empty since the client's restructuring documented them.
-KNOWN_GAPS: frozenset[str] = frozenset(
-    {
-        # Type-checking stubs of ClientCore's mixins, which go when the core is
-        # made of components instead (issue #20).
-        "ratatoskr_client.core.incoming.Incoming.arm",
-        "ratatoskr_client.core.incoming.Incoming.report",
-        "ratatoskr_client.core.incoming.Incoming.server_presence",
-        "ratatoskr_client.core.sending.Sending.arm",
-        "ratatoskr_client.core.sending.Sending.server_presence",
-        "ratatoskr_client.core.waiters.Waiting.usable",
-    }
-)
+#: removed here); it is empty since the client's core is made of components
+#: (issue #20) instead of mixins with type-checking stubs.
+KNOWN_GAPS: frozenset[str] = frozenset()
 
 
 def public_modules(package: griffe.Module) -> Iterator[griffe.Module]:

@@ -4,43 +4,35 @@ This is the public facade. The client is built in three layers (see
 ``docs/architecture.md``):
 
 * :class:`~ratatoskr_client.core.client.ClientCore` — every rule, as a state machine
-  without I/O: frames and calls in, effects out;
+  without I/O: frames and calls in, effects recorded in its outbox;
 * :class:`~ratatoskr_client.asyncio.driver.Driver` — the aiohttp socket, the receive
-  and reconnect loop and the one timer, turning effects into I/O;
-* :class:`RatatoskrClient` (here) — arguments, properties and the awaitable
-  methods, each a call into the core and a wait on what it answered.
+  and reconnect loop and the one timer, carrying the effects out;
+* :class:`RatatoskrClient` (here) — options, properties, queries and the
+  awaitable methods, each a call into the core and a wait on what it answered.
+  It translates, and decides nothing: even what its properties say is the
+  core's answer to a query.
 
-Events and their callbacks' signatures are in :mod:`ratatoskr_client.events`.
+The options are declared once, in :class:`~ratatoskr_client.core.settings.ClientOptions`;
+events and their callbacks' signatures are in :mod:`ratatoskr_client.events`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final, Unpack, get_args
 
 import aiohttp
 
-from ..backoff import DEFAULT_BACKOFF, Backoff
 from ..core.client import ClientCore
 from ..core.membership import Peer
-from ..core.settings import DEFAULT_PING_INTERVAL, DEFAULT_REQUEST_TIMEOUT, Settings
+from ..core.settings import DEFAULT_PING_INTERVAL, DEFAULT_REQUEST_TIMEOUT, ClientOptions, Settings
 from ..errors import ConnectionClosed, OperationTimeout
 from ..events import EventName, EventSource
-from ..protocol.constants import (
-    EPHEMERAL_PREFIX,
-    MAX_FRAME_SIZE,
-    MAX_INCOMING_FRAME_SIZE,
-    PRESENCE_HEARTBEAT_INTERVAL,
-    RATE_LIMIT,
-    STATE_HEARTBEAT,
-    STATE_INTERVAL,
-    STATE_TTL,
-)
-from ..status import ConnectionState
+from ..protocol.constants import EPHEMERAL_PREFIX, PRESENCE_HEARTBEAT_INTERVAL, RATE_LIMIT
+from ..status import ClientStats, ConnectionState
 from .driver import Driver
 from .emitter import SafeEmitter
-from .views import ClientViews
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
@@ -53,10 +45,10 @@ __all__ = [
     "sidecar_id",
 ]
 
+#: The default ``heartbeat_interval`` (seconds; see :class:`ClientOptions`).
 DEFAULT_HEARTBEAT_INTERVAL: Final = PRESENCE_HEARTBEAT_INTERVAL
+#: The default ``rate_limit`` (messages per minute; see :class:`ClientOptions`).
 DEFAULT_RATE_LIMIT: Final = RATE_LIMIT
-DEFAULT_MAX_FRAME_SIZE: Final = MAX_FRAME_SIZE
-DEFAULT_MAX_INCOMING_FRAME_SIZE: Final = MAX_INCOMING_FRAME_SIZE
 
 _CONNECTED: Final = ConnectionState.CONNECTED
 
@@ -72,7 +64,7 @@ def sidecar_id(document_id: str, channel: str) -> str:
     return f"{EPHEMERAL_PREFIX}{channel}-{document_id}"
 
 
-class RatatoskrClient(ClientViews, EventSource):
+class RatatoskrClient(EventSource):
     """A connection to a Ratatoskr server, with presence and ephemeral messaging.
 
     Use it as an async context manager, or call :meth:`connect` and :meth:`close`::
@@ -83,53 +75,18 @@ class RatatoskrClient(ClientViews, EventSource):
     Args:
         url: the server, ``http(s)://`` or ``ws(s)://``; the socket path ``/sync`` is
             appended unless the URL already ends with it.
-        token: the user's token; None connects anonymously.
-        heartbeat_interval: seconds between presence heartbeats for each entered
-            document (the server's TTL is 90 s by default).
-        reconnect: reconnect after a lost connection (never after :meth:`close` or
-            an auth failure).
-        backoff: the reconnect schedule (default: full jitter, 0.25 s doubling to 5 s,
-            retrying forever).
-        rate_limit: ephemeral messages per minute this client allows itself; keep
-            it at or below the server's limit. None disables this pacing (an
-            anonymous client on a server without ``features`` still paces to
-            that server's fixed window, see ``docs/guide.md``, "Pacing").
-        rate_burst: how many messages may go out at once (default: a tenth of a
-            minute's worth, ``rate_limit // 6``, at least 1); kept below the
-            server's burst so network jitter can never trip its limit.
-        request_timeout: default seconds to wait for the server to confirm
-            :meth:`enter_document`.
-        connect_timeout: seconds for opening the socket, and again for authenticating.
-        ping_interval: seconds without a whole frame from the server after which
-            a WebSocket ping is sent; after 1.5 × that without one (a pong is
-            one) the connection is declared dead and reconnected. Bytes that do
-            not complete a frame do not count, so a server trickling a frame
-            cannot keep a connection alive. None disables it (a dead server is
-            then only noticed by TCP).
-        max_frame_size: largest frame this client sends (the relay's default limit).
-        max_incoming_frame_size: largest frame this client reads (default 1 MiB,
-            the relay's own hard limit). A larger one is refused from its header,
-            never buffered: an ``error`` event (:class:`ProtocolError`), then
-            ``disconnected`` (code 1009) and the reconnect policy.
         session: an aiohttp ``ClientSession`` to use (the caller closes it); by
             default the client creates and closes its own. Many clients in one
             process can share one session (it saves memory); an open socket holds
             one of the session connector's slots, so give it a connector without
             that limit: ``ClientSession(connector=aiohttp.TCPConnector(limit=0))``.
-        name: the name this client chooses for itself. It is the ``"name"`` in
-            the state it shares (what automerge-repo ``Presence`` apps show),
-            ``me.chosen_name``, and, on a server that gives no names (upstream),
-            ``me.name`` too. The server's name for us (an account's name, an
-            "Adjective Animal") stays ``me.name`` where there is one.
-        state_interval: at most one state update per document is sent per this
-            many seconds; faster ``set_state`` calls are coalesced (latest wins).
-        state_heartbeat: seconds of quiet after which a state heartbeat is sent
-            for each document we share state in (automerge-repo's 15 s).
-        state_ttl: a peer whose state messages stop for this long is forgotten
-            (automerge-repo's 45 s); in peer-to-peer mode it also leaves presence.
+        **options: the client's options (``token``, ``heartbeat_interval``,
+            ``reconnect``, ``backoff``, ``rate_limit``...): every one, with its
+            type, default and meaning, is in :class:`ClientOptions`.
 
     Raises:
-        ValueError: an argument is out of range, or the URL is not a server URL.
+        TypeError: an option that does not exist.
+        ValueError: an option is out of range, or the URL is not a server URL.
     """
 
     __slots__ = ("__weakref__", "_core", "_driver", "_emitter", "url")
@@ -138,52 +95,130 @@ class RatatoskrClient(ClientViews, EventSource):
         self,
         url: str,
         *,
-        token: str | None = None,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        reconnect: bool = True,
-        backoff: Backoff = DEFAULT_BACKOFF,
-        rate_limit: int | None = DEFAULT_RATE_LIMIT,
-        rate_burst: int | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        ping_interval: float | None = DEFAULT_PING_INTERVAL,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_incoming_frame_size: int = DEFAULT_MAX_INCOMING_FRAME_SIZE,
         session: aiohttp.ClientSession | None = None,
-        name: str | None = None,
-        state_interval: float = STATE_INTERVAL,
-        state_heartbeat: float = STATE_HEARTBEAT,
-        state_ttl: float = STATE_TTL,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        settings = Settings(
-            url,
-            token=token,
-            heartbeat_interval=heartbeat_interval,
-            reconnect=reconnect,
-            backoff=backoff,
-            rate_limit=rate_limit,
-            rate_burst=rate_burst,
-            request_timeout=request_timeout,
-            connect_timeout=connect_timeout,
-            ping_interval=ping_interval,
-            max_frame_size=max_frame_size,
-            max_incoming_frame_size=max_incoming_frame_size,
-            name=name,
-            state_interval=state_interval,
-            state_heartbeat=state_heartbeat,
-            state_ttl=state_ttl,
-        )
+        settings = Settings.from_options(url, options)
         #: the server URL this client was given
         self.url = url
-        self._emitter = SafeEmitter()
-        self._core = ClientCore(settings)
-        self._driver = Driver(self._core, self._emitter, session)
+        core = self._core = ClientCore(settings)
+        self._emitter = SafeEmitter(listening=core.listening)
+        for event in get_args(EventName):  # no callback yet
+            core.listening(event, False)
+        self._driver = Driver(core, self._emitter, session)
 
     @staticmethod
     def sidecar(document_id: str, channel: str) -> str:
         """The public sidecar channel of a document: ``sidecar("doc-123", "chat")``
         is ``"eph:chat-doc-123"``. Anyone may join and send on it."""
         return sidecar_id(document_id, channel)
+
+    # ================================================================== what it knows
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """The connection state, kept in step with the socket (a socket that
+        died is lost at once, before the receive loop has noticed)."""
+        return self._core.connection_state(socket_closed=self._driver.socket_closed)
+
+    @property
+    def is_connected(self) -> bool:
+        """True exactly when an authenticated socket is open."""
+        return self.connection_state is _CONNECTED
+
+    @property
+    def me(self) -> Peer:
+        """This connection's identity from ``auth_ok`` (after a disconnect, the last
+        one; a reconnect brings a new peer id). Its ``chosen_name`` is the
+        ``name=`` option.
+
+        Raises:
+            RuntimeError: read before the first :meth:`connect` succeeded (a
+                usage error: there is no identity to show yet).
+        """
+        me = self._core.me
+        if me is None:
+            raise RuntimeError(
+                "client.me is only known once connected: await client.connect() "
+                "(or use `async with RatatoskrClient(...) as client`) first"
+            )
+        return me
+
+    @property
+    def peers(self) -> Mapping[str, Peer]:
+        """The identities this client knows, by peer id, this client included.
+        Empty while disconnected. A read-only live view.
+
+        Which peers that is depends on the server's identity scope (see
+        :attr:`features`):
+
+        * ``"scoped-identity"`` in ``features`` (our relay's default): the
+          peers present in a document this client entered, and nobody else.
+          A peer that leaves the last such document leaves ``peers`` silently
+          (a ``peer-left`` event said so); ``peer-disconnected`` comes only
+          for a peer the server said disconnected. The sender of a message is
+          always identified in the ``ephemeral-message`` event, even when it
+          is in none of your documents (and so not in ``peers``).
+        * otherwise: every peer connected to the server (the server announced
+          them all), until its ``peer-disconnected``; without server-side
+          presence, the peers seen in entered documents.
+        """
+        return self._core.peers
+
+    @property
+    def server_presence(self) -> bool:
+        """Which presence mode is in use.
+
+        True: the server announced server-side presence (``features`` in
+        ``auth_ok`` includes ``"presence"``), so membership comes from the server.
+        False (a server like today's upstream): peer-to-peer mode, membership is
+        derived from the peers' automerge-repo Presence messages. Also False
+        before the first connection.
+        """
+        return self._core.server_presence
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The ``features`` the server announced (empty for servers that send none).
+
+        ``"presence"``: server-side presence (:attr:`server_presence`).
+        ``"scoped-identity"``: identities are scoped to documents (see :attr:`peers`).
+        """
+        return self._core.features or ()
+
+    @property
+    def entered_documents(self) -> tuple[str, ...]:
+        """Documents the application entered and has not left (re-entered
+        automatically after a reconnect)."""
+        return self._core.entered()
+
+    def presence(self, document_id: str) -> tuple[Peer, ...]:
+        """Peers present in ``document_id``, this client included, in join order.
+
+        Empty for documents not entered, and while disconnected.
+        """
+        return self._core.presence(document_id)
+
+    def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
+        """Each peer's state in ``document_id``: peer id → its latest state.
+
+        Peers' states come from their automerge-repo Presence messages (snapshots
+        and per-channel updates, merged); this client's own state is included,
+        under its own peer id, once it shares state there (:meth:`set_state`,
+        or always in peer-to-peer mode). A read-only snapshot that prints like
+        a dict; empty while disconnected.
+        """
+        return self._core.state_of(document_id)
+
+    def stats(self) -> ClientStats:
+        """A snapshot of what the client holds (see :class:`ClientStats`)."""
+        driver = self._driver
+        return self._core.stats(
+            socket_closed=driver.socket_closed,
+            tasks=driver.tasks(),
+            callbacks=self._emitter.running(),
+            timers=driver.timers(),
+        )
 
     # ================================================================== lifecycle
 
@@ -211,18 +246,15 @@ class RatatoskrClient(ClientViews, EventSource):
             RuntimeError: another ``connect()`` is in progress.
         """
         core = self._core
-        if core.state is _CONNECTED or core.state is ConnectionState.RECONNECTING:
+        if not core.connect_started():
             return
-        if core.state is ConnectionState.CONNECTING:
-            raise RuntimeError("connect() is already in progress")
-        core.connect_started()
         try:
             await self._driver.open()
         except BaseException as exc:
             await self._driver.close_http()
-            if core.state is ConnectionState.CLOSED:  # close() was called meanwhile
-                raise ConnectionClosed("client closed while connecting") from exc
-            core.connect_failed()
+            instead = core.connect_failed()
+            if instead is not None:
+                raise instead from exc
             raise
         self._driver.start()
 
@@ -239,12 +271,6 @@ class RatatoskrClient(ClientViews, EventSource):
         refused credentials and an internal error tear the client down the
         same way.)
         """
-        core = self._core
-        if core.state is ConnectionState.IDLE:
-            core.shutdown(ConnectionClosed("client closed"), self._driver.now())
-            self._driver.apply()
-            await self._driver.close_http()
-            return
         await self._driver.close()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -255,10 +281,10 @@ class RatatoskrClient(ClientViews, EventSource):
             ConnectionClosed: the client is closed, or closes (or stops
                 reconnecting) while waiting.
         """
-        waiter = self._core.wait_connected(connected=self.is_connected)
+        driver = self._driver
+        waiter = self._core.wait_connected(socket_closed=driver.socket_closed)
         if waiter is None:
             return
-        driver = self._driver
         fut = driver.future(waiter)
         try:
             await asyncio.wait_for(fut, timeout)
@@ -311,7 +337,7 @@ class RatatoskrClient(ClientViews, EventSource):
         assert type(result) is int
         fut = driver.future(result)
         driver.apply()
-        wait = core.settings.request_timeout if timeout is None else timeout
+        wait = core.enter_timeout(timeout)
         try:
             value: tuple[Peer, ...] = await asyncio.wait_for(fut, wait)
         except TimeoutError:
@@ -325,8 +351,8 @@ class RatatoskrClient(ClientViews, EventSource):
         return value
 
     def _abandon(self, document_id: str, waiter: int) -> None:
-        # The caller gave up (timeout or cancelled): do not stay in a document it
-        # cannot know it entered (unless another call still waits for it).
+        # The caller gave up (timeout or cancelled): the core decides whether to
+        # stay in the document (another call may still wait for it).
         driver = self._driver
         driver.forget(waiter)
         self._core.enter_abandoned(document_id, waiter, driver.now())
@@ -347,23 +373,27 @@ class RatatoskrClient(ClientViews, EventSource):
         New values come when ``presence-changed`` does (see
         :mod:`ratatoskr_client.events`): at most one per batch of frames the
         client handles at once, so a burst of joins yields its result, not
-        every step of it. It does not enter the document. Ends when the
-        client closes. To stop
-        early, iterate inside ``contextlib.aclosing(client.watch_presence(doc))``:
-        that unregisters the watcher at once (after a bare ``break`` it is only
-        unregistered when the generator is garbage-collected).
+        every step of it. A consumer more than 1,000 values behind loses the
+        oldest. It does not enter the document. Ends when the client closes.
+        To stop early, iterate inside
+        ``contextlib.aclosing(client.watch_presence(doc))``: that unregisters
+        the watcher at once (after a bare ``break`` it is only unregistered
+        when the generator is garbage-collected).
         """
+        core = self._core
         driver = self._driver
-        watcher = self._core.watch(document_id)
-        queue = driver.queue(watcher)
+        watcher = core.watch(document_id)
         driver.apply()
         try:
-            yield self._core.store.presence(document_id)
+            yield core.presence(document_id)
             while True:
-                item = await queue.get()
+                item = core.next_presence(watcher)
                 if item is None:
-                    return
-                yield item
+                    await driver.woken(watcher)
+                elif isinstance(item, ConnectionClosed):
+                    return  # the client closed
+                else:
+                    yield item
         finally:
             driver.forget(watcher)
 
@@ -379,28 +409,37 @@ class RatatoskrClient(ClientViews, EventSource):
         Checks the current presence first, then each new value when
         ``presence-changed`` announces it (see :mod:`ratatoskr_client.events`;
         a value that lasted only within one batch of frames is not seen).
-        ``timeout`` None waits forever.
+        ``timeout`` None waits forever. The predicate runs in this call, and
+        what it raises is raised here.
 
         Raises:
             OperationTimeout: the predicate did not become true within ``timeout``.
-            ConnectionClosed: the client closed while waiting.
+            ConnectionClosed: the client is not connected yet, is closed, or
+                closed while waiting.
         """
-        result = self._core.wait_presence(document_id, predicate)
-        if type(result) is tuple:
-            return result
-        assert type(result) is int
+        core = self._core
+        current = core.presence(document_id)
+        if predicate(current):
+            return current
+        waiter = core.wait_presence(document_id)
         driver = self._driver
-        fut = driver.future(result)
         try:
-            value: tuple[Peer, ...] = await asyncio.wait_for(fut, timeout)
-            return value
+            async with asyncio.timeout(timeout):
+                while True:
+                    item = core.next_presence(waiter)
+                    if item is None:
+                        await driver.woken(waiter)
+                    elif isinstance(item, ConnectionClosed):
+                        raise item
+                    elif predicate(item):
+                        return item
         except TimeoutError:
             names = [p.name for p in self.presence(document_id)]
             raise OperationTimeout(
                 f"presence of {document_id!r} did not match within {timeout} s (present: {names})"
             ) from None
         finally:
-            driver.forget(result)
+            driver.forget(waiter)
 
     # ================================================================== sending
 
@@ -425,10 +464,9 @@ class RatatoskrClient(ClientViews, EventSource):
                 connection was lost or the client closed while it waited for pacing.
         """
         driver = self._driver
-        core = self._core
-        if core.state is _CONNECTED and driver.socket_closed:
-            raise ConnectionClosed("not connected (the connection was just lost)")
-        waiter = core.send_ephemeral(document_id, payload, driver.now())
+        waiter = self._core.send_ephemeral(
+            document_id, payload, driver.now(), socket_closed=driver.socket_closed
+        )
         if waiter is None:
             driver.apply()
             writer = driver.writer

@@ -1,18 +1,21 @@
 """The asyncio driver of a ClientCore: sockets, the receive and reconnect loop, one timer.
 
-:class:`Driver` turns the core's effects (:mod:`ratatoskr_client.core.effects`)
-into I/O and the network into core inputs. It holds no protocol rule: what to
-send, when to reconnect and which error means what are the core's decisions.
-Errors of the libraries underneath (aiohttp, ``OSError``) become
+:class:`Driver` carries out what the core recorded in its outbox
+(:mod:`ratatoskr_client.core.outbox`) and turns the network into core inputs.
+It holds no protocol rule: what to send, when to reconnect, which error means
+what, what a text frame or a socket closed during ``close()`` means, how far
+behind a presence watcher may fall — all are the core's decisions. Errors of
+the libraries underneath (aiohttp, ``OSError``) become
 :class:`~ratatoskr_client.errors.RatatoskrError`\\ s in one place,
 :mod:`ratatoskr_client.asyncio.socket` (cbor2's in :mod:`ratatoskr_client.protocol.codec`).
 
 Hot paths, by design: a received frame goes from ``ws.receive()`` through
-:meth:`ClientCore.receive` to the callbacks in one straight call chain (no task,
-queue or lock per message); a frame to send is written to the socket at once
-(:class:`SocketWriter`), and only a caller that must respect backpressure awaits
-:meth:`SocketWriter.drained`. All timers of a client are one ``loop.call_at``
-handle, re-armed to the earliest time the core asks for.
+:meth:`ClientCore.receive` to the callbacks in one straight line (no task,
+queue or lock per message: the core records the event, and the driver emits
+it as soon as ``receive`` returns); a frame to send is written to the socket
+at once (:class:`SocketWriter`), and only a caller that must respect
+backpressure awaits :meth:`SocketWriter.drained`. All timers of a client are one
+``loop.call_at`` handle, re-armed to the earliest time the core asks for.
 
 Presence changes are settled (:meth:`ClientCore.settle`) by every
 :meth:`Driver.apply`, except in the receive loop: there, once per batch, when
@@ -32,16 +35,9 @@ from typing import Any, Final
 import aiohttp
 
 from ..core.client import ClientCore
-from ..core.effects import Drop, Emit, Fail, Ping, PresenceChanged, Push, Resolve, Send, WakeAt
-from ..core.membership import Peer
+from ..core.outbox import Drop, Fail, Ping, Push, Resolve, Send, WakeAt
 from ..core.settings import Settings, socket_url
-from ..errors import (
-    ConnectionClosed,
-    OperationTimeout,
-    ProtocolError,
-    RatatoskrError,
-)
-from ..status import ConnectionState
+from ..errors import ConnectionClosed, OperationTimeout, RatatoskrError
 from .emitter import SafeEmitter
 from .memory import trim_soon
 from .socket import SocketWriter, abort, backlog, open_socket, receive_failed
@@ -52,14 +48,11 @@ log = logging.getLogger("ratatoskr_client")
 
 #: Seconds coroutine callbacks get to finish when the client closes.
 CALLBACK_GRACE: Final = 1.0
-#: A watch_presence() consumer this far behind loses its oldest snapshots.
-WATCH_BACKLOG: Final = 1000
 _BINARY: Final = aiohttp.WSMsgType.BINARY
 _TEXT: Final = aiohttp.WSMsgType.TEXT
 _ERROR: Final = aiohttp.WSMsgType.ERROR
 _PING: Final = aiohttp.WSMsgType.PING
 _PONG: Final = aiohttp.WSMsgType.PONG
-_CLOSED: Final = ConnectionState.CLOSED
 
 
 class Driver:
@@ -72,10 +65,10 @@ class Driver:
         "_loop",
         "_opening",
         "_owns_http",
-        "_queues",
         "_task",
         "_timer",
         "_timer_at",
+        "_wakers",
         "core",
         "emitter",
         "settings",
@@ -91,8 +84,6 @@ class Driver:
     ) -> None:
         self.core = core
         self.emitter = emitter
-        core.deliver = emitter.emit
-        core.listens = emitter.has_listeners
         self.settings: Settings = core.settings
         self.socket_url = socket_url(core.settings.url)
         self.writer: SocketWriter | None = None
@@ -100,33 +91,33 @@ class Driver:
         self._owns_http = session is None
         self._opening: aiohttp.ClientWebSocketResponse | None = None
         #: the event loop of the last connect(); asking asyncio for it costs a
-        #: system call on Python 3.11 (getpid()), once per message sent
+        #: system call on Python 3.11 (getpid()), and now() runs once per call
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        #: waiter id -> the future its caller awaits (Resolve/Fail finish it)
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._queues: dict[int, asyncio.Queue[tuple[Peer, ...] | None]] = {}
+        #: presence watcher id -> the future its consumer awaits until a Push
+        self._wakers: dict[int, asyncio.Future[None]] = {}
         self._closing = False
 
     # ================================================================== effects
 
     def apply(self) -> None:
-        """Settle presence changes, then carry out every effect the core asked
-        for, in order."""
+        """Settle presence changes, then carry out every effect the core
+        recorded, in order."""
         core = self.core
         if core.unsettled:
             core.settle(self.now())
         self._perform()
 
     def _perform(self) -> None:
-        """Carry out every effect the core asked for, in order."""
-        effects = self.core.effects
-        if len(effects) == 1 and type(effects[0]) is Emit:
-            # The usual case (a state change, an error): one event. Application
-            # messages do not come this way: the core delivers them directly.
-            effect = effects.pop()
-            self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+        """Carry out every effect the core recorded, in order."""
+        effects = self.core.outbox.effects
+        if len(effects) == 1 and type(effects[0]) is tuple:
+            # The usual case (a state change, an error): one event.
+            self.emitter.emit(*effects.pop())  # type: ignore[misc]
             return
         i = 0
         try:
@@ -134,20 +125,18 @@ class Driver:
                 effect = effects[i]
                 i += 1
                 kind = type(effect)
-                if kind is Emit:
-                    self.emitter.emit(effect.event, *effect.args)  # type: ignore[union-attr]
+                if kind is tuple:  # an Emit: (event, *args)
+                    self.emitter.emit(*effect)  # type: ignore[misc]
                 elif kind is Send:
                     writer = self.writer
                     if writer is not None:
                         writer.write(effect.data)  # type: ignore[union-attr]
-                elif kind is PresenceChanged:
-                    if self.emitter.has_listeners("presence-changed"):
-                        doc = effect.document_id  # type: ignore[union-attr]
-                        self.emitter.emit("presence-changed", doc, self.core.presence(doc))
                 elif kind is Resolve or kind is Fail:
                     self._finish(effect)  # type: ignore[arg-type]
                 elif kind is Push:
-                    self._push(effect)  # type: ignore[arg-type]
+                    waker = self._wakers.pop(effect.watcher, None)  # type: ignore[union-attr]
+                    if waker is not None and not waker.done():
+                        waker.set_result(None)
                 elif kind is WakeAt:
                     self._arm(effect.when)  # type: ignore[union-attr]
                 elif kind is Ping or kind is Drop:
@@ -173,31 +162,24 @@ class Driver:
         else:
             fut.set_exception(effect.error)  # type: ignore[union-attr]
 
-    def _push(self, effect: Push) -> None:
-        queue = self._queues.get(effect.watcher)
-        if queue is None:
-            return
-        if queue.qsize() >= WATCH_BACKLOG:
-            queue.get_nowait()  # a stalled consumer loses its oldest snapshot
-        queue.put_nowait(effect.peers)
-
     def future(self, waiter: int) -> asyncio.Future[Any]:
         """The future for a waiter id the core just handed out."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[waiter] = fut
         return fut
 
-    def queue(self, watcher: int) -> asyncio.Queue[tuple[Peer, ...] | None]:
-        """The queue of a watcher id the core just handed out."""
-        queue: asyncio.Queue[tuple[Peer, ...] | None] = asyncio.Queue()
-        self._queues[watcher] = queue
-        return queue
+    def woken(self, watcher: int) -> asyncio.Future[None]:
+        """A future done when the presence watcher ``watcher`` has something
+        to take (the core's :class:`~ratatoskr_client.core.outbox.Push`)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._wakers[watcher] = fut
+        return fut
 
     def forget(self, waiter: int) -> None:
         """A waiter or watcher whose caller went away."""
         self._futures.pop(waiter, None)
-        self._queues.pop(waiter, None)
-        self.core.waiters.cancel(waiter)
+        self._wakers.pop(waiter, None)
+        self.core.cancel(waiter)
 
     def now(self) -> float:
         """The core's clock: the event loop's."""
@@ -254,8 +236,6 @@ class Driver:
         self._opening = ws
         try:
             await self._authenticate(ws)
-            if self._closing or self.core.state is _CLOSED:
-                raise ConnectionClosed("client closed while connecting")
         except BaseException:
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -269,7 +249,8 @@ class Driver:
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         core = self.core
         loop = asyncio.get_running_loop()
-        SocketWriter(ws).write(core.auth_frame(loop.time()))  # a lost socket: see below
+        # A socket lost meanwhile drops the write; the receive below says why.
+        SocketWriter(ws).write(core.auth_frame(loop.time()))
         timeout = self.settings.connect_timeout
         deadline = loop.time() + timeout
         while True:
@@ -302,7 +283,7 @@ class Driver:
     # ================================================================== the connection loop
 
     async def _run(self) -> None:
-        """Receive frames; on a lost connection, reconnect until told to stop."""
+        """Receive frames; on a lost connection, reconnect as the core schedules."""
         core = self.core
         try:
             while True:
@@ -310,12 +291,10 @@ class Driver:
                 assert writer is not None
                 reason = await self._receive(writer.ws)
                 if self._closing:
-                    return
-                # (A connection the core declared dead is lost for the core's reason.)
-                why = core.liveness.verdict or reason
-                log.info("connection to %s lost: %s", self.socket_url, why)
+                    return  # close() closed it, and releases the I/O itself
                 self._drop_socket()
-                core.connection_lost(reason, self.now())
+                why = core.connection_lost(reason, self.now())
+                log.info("connection to %s lost: %s", self.socket_url, why)
                 self.apply()
                 if not await self._reconnect():
                     break
@@ -333,9 +312,10 @@ class Driver:
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ConnectionClosed:
         core = self.core
         receive = core.receive
-        effects = core.effects
-        unsettled = core.unsettled  # (cleared in place, never replaced)
+        effects = core.outbox.effects  # (emptied in place, never replaced)
+        unsettled = core.unsettled  # (the same)
         perform = self._perform
+        emit = self.emitter.emit
         waiting = backlog(ws)
         writer = self.writer
         clock = asyncio.get_running_loop().time
@@ -349,15 +329,19 @@ class Driver:
                     # A bug must cost one frame, never the connection (as on the relay).
                     log.exception("internal error while handling a frame")
                     core.report(_internal(exc, "while handling a frame"))
-                if effects:  # (application messages were delivered already: core.deliver)
-                    perform()
+                if effects:
+                    if len(effects) == 1 and type(effects[0]) is tuple:
+                        # The usual frame (a message): its one event, emitted
+                        # here rather than through _perform (once per message).
+                        emit(*effects.pop())  # type: ignore[misc]
+                    else:
+                        perform()
             elif kind is _PING or kind is _PONG:
                 core.heard(clock())
                 if kind is _PING and writer is not None:
                     writer.pong(msg.data)
             elif kind is _TEXT:
-                core.heard(clock())
-                core.report(ProtocolError("server sent a text frame; expected binary CBOR"))
+                core.receive_text(clock())
                 perform()
             elif kind is _ERROR:
                 return receive_failed(msg.data, ws.close_code, self.settings)
@@ -375,7 +359,7 @@ class Driver:
             delay = core.next_attempt(self.now())
             self.apply()
             if delay is None:
-                return False  # gave up: the core has torn itself down
+                return False  # gave up (the core has torn itself down), or closed
             await asyncio.sleep(delay)
             if self._closing:
                 return False
@@ -383,11 +367,9 @@ class Driver:
                 await self.open()
                 return True
             except RatatoskrError as exc:
-                log.debug("reconnect attempt %d failed: %s", core.attempt, exc)
+                log.debug("reconnect attempt %d failed: %s", core.connection.attempt, exc)
                 core.attempt_failed(exc, self.now())
                 self.apply()
-                if core.state is _CLOSED:
-                    return False
 
     def _drop_socket(self) -> None:
         writer, self.writer = self.writer, None
@@ -397,19 +379,19 @@ class Driver:
     # ================================================================== teardown
 
     async def close(self) -> None:
-        """``close()``: the core leaves and tears down, then every task, the
-        socket, the timer and (if ours) the HTTP session go."""
-        core = self.core
-        if self._closing or (core.state is _CLOSED and self._task is None):
+        """``close()``: the core leaves and tears down (first: a connection
+        that authenticates meanwhile is refused by the core), then every task,
+        the socket, the timer and (if ours) the HTTP session go."""
+        if self._closing:
             return
         self._closing = True
         try:
+            self.core.close(self.now())
+            self.apply()  # goodbyes and leaves go out now; waiters fail now
             opening = self._opening
             if opening is not None:  # connect() in progress: make it fail now
                 with contextlib.suppress(Exception):
                     await opening.close()
-            core.close(self.now())
-            self.apply()  # goodbyes and leaves go out now; waiters fail now
             await self._release_io()
             await self.emitter.drain(CALLBACK_GRACE)
         finally:
@@ -439,9 +421,10 @@ class Driver:
                 fut.set_exception(ConnectionClosed("client is closed"))
                 fut.exception()
         self._futures.clear()
-        for queue in self._queues.values():
-            queue.put_nowait(None)
-        self._queues.clear()
+        for waker in self._wakers.values():  # the watches ended: let them see it
+            if not waker.done():
+                waker.set_result(None)
+        self._wakers.clear()
         await self.close_http()
 
     async def close_http(self) -> None:
@@ -455,12 +438,12 @@ class Driver:
     # ================================================================== inspection
 
     def tasks(self) -> tuple[str, ...]:
-        """Names of this client's own tasks still running."""
+        """Names of this client's own tasks still running (``ClientStats.tasks``)."""
         names = []
         if self._task is not None and not self._task.done():
             names.append("receive")
         writer = self.writer
-        if writer is not None and writer._task is not None:
+        if writer is not None and writer.writing:
             names.append("write")
         return tuple(names)
 

@@ -6,12 +6,18 @@ raises when ``error`` has no listener, from inside whatever code called
 exception is logged, wrapped in :class:`~ratatoskr_client.errors.CallbackError`
 and emitted as ``error``; the other callbacks of the same event still run; an
 ``error`` nobody listens to is logged, never raised.
+
+The emitter also says whenever an event gains its first callback or loses its
+last (``once`` callbacks included, which remove themselves): the facade hands
+that to the core (:meth:`~ratatoskr_client.core.client.ClientCore.listening`),
+which then records no effect for events nobody listens to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -27,7 +33,35 @@ log = logging.getLogger("ratatoskr_client")
 
 
 class SafeEmitter(AsyncIOEventEmitter):
-    """An AsyncIOEventEmitter whose callbacks can never break the emitter."""
+    """An AsyncIOEventEmitter whose callbacks can never break the emitter.
+
+    Args:
+        listening: called with ``(event, True)`` when ``event`` gains its first
+            callback and ``(event, False)`` when it loses its last.
+    """
+
+    def __init__(self, listening: Callable[[str, bool], None] | None = None) -> None:
+        super().__init__()
+        self._listening = listening
+
+    def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
+        had = bool(self._events.get(event))
+        super()._add_event_handler(event, k, v)
+        if not had and self._listening is not None:
+            self._listening(event, True)
+
+    def _remove_listener(self, event: str, f: Callable[..., Any]) -> None:
+        super()._remove_listener(event, f)
+        if event not in self._events and self._listening is not None:
+            self._listening(event, False)
+
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        """Remove every callback of ``event`` (of every event: None)."""
+        events = list(self._events) if event is None else [event]
+        super().remove_all_listeners(event)
+        if self._listening is not None:
+            for name in events:
+                self._listening(name, False)
 
     def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
         """Call every callback of ``event`` with ``args``, each in isolation
@@ -47,10 +81,6 @@ class SafeEmitter(AsyncIOEventEmitter):
             if result is not None and _iscoroutine(result):
                 self._track(event, result)
         return True
-
-    def has_listeners(self, event: str) -> bool:
-        """True if ``event`` has a callback (cheaper than ``bool(listeners(event))``)."""
-        return bool(self._events.get(event))
 
     def running(self) -> int:
         """Coroutine callbacks still running."""

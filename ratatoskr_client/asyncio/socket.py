@@ -13,7 +13,7 @@
 The socket is opened without aiohttp's heartbeat and with ``autoping=False``:
 aiohttp restarts its heartbeat on every chunk of bytes, which a server
 trickling one frame a byte at a time defeats. The core's ping rule
-(:mod:`._liveness`) counts whole frames instead, so the receive loop sees pings
+(:mod:`ratatoskr_client.core.liveness`) counts whole frames instead, so the receive loop sees pings
 and pongs, and answers pings itself (:meth:`SocketWriter.pong`).
 """
 
@@ -206,6 +206,11 @@ class SocketWriter:
     def pong(self, data: bytes) -> None:
         """Answer a ping whose payload was ``data``."""
         self.write(data, _PONG)
+
+    @property
+    def writing(self) -> bool:
+        """True while frames wait on the fallback path (its task is running)."""
+        return self._task is not None
 
     @property
     def paused(self) -> bool:

@@ -1,91 +1,156 @@
-"""ClientCore: every rule of the client as one state machine, without I/O or asyncio.
+"""ClientCore: every rule of the client, as one state machine without I/O or asyncio.
 
 Inputs are method calls with the bytes or values that arrived and ``now`` (a
-time on the driver's clock); outputs are effects appended to :attr:`ClientCore.effects`
-(:mod:`ratatoskr_client.core.effects`, which also describes the driver's two
-shortcuts): bytes to send, events to emit, waiters to resolve or fail, the next
-time to be called back. The driver
-(:mod:`ratatoskr_client.asyncio.driver`) turns them into I/O; the unit tests read them
-with a fake clock, so reconnects, TTLs, heartbeats, coalescing and pacing run in
-simulated time.
+time on the driver's clock): a frame from the server, a call of the
+application, the timer. Outputs go into the :class:`~.outbox.Outbox` the core
+was given, which only records them; the driver
+(:mod:`ratatoskr_client.asyncio.driver`) carries them out once the call has
+returned, and the unit tests read them with a fake clock, so reconnects, TTLs,
+heartbeats, coalescing and pacing run in simulated time. The core never calls
+the application or the driver.
 
-What lives here: the connection's life (handshake, loss, the reconnect policy,
-when a silent connection is dead (:mod:`._liveness`), the one teardown), one
-membership record per entered document (:mod:`._documents`), identities and
-membership (:mod:`.membership`), per-peer state (:mod:`.peer_state`,
-:mod:`._sharing`), the peer-to-peer fallback and its gossip filter
-(:mod:`._peer_to_peer`), pacing (:mod:`._outgoing`), and the mapping of error
-frames to exceptions. The class is split by direction: the connection's life,
-documents and timers here; frames from the server in
-:class:`._incoming.Incoming`; frames to the server in
-:class:`._sending.Sending`; awaits in :class:`._waiters.Waiting`.
+:class:`ClientCore` is one class composed of parts, each of which owns its
+own state and its changes:
+
+* the connection's life, its transition table and the reconnect schedule
+  (:mod:`.connection`);
+* when a silent connection is dead (:mod:`.liveness`);
+* one membership record per entered document (:mod:`.documents`);
+* identities and membership (:mod:`.membership`), announced in batches
+  (:mod:`.batches`);
+* per-peer state (:mod:`.peer_state`) and our own (:mod:`.sharing`);
+* the peer-to-peer fallback and its gossip filter (:mod:`.peer_to_peer`);
+* the send queue: session, counts, pacing (:mod:`.outgoing`);
+* the application's pending awaits and presence watches (:mod:`.waiters`).
+
+What is left here are the rules between the parts: what a frame means, what
+an application call does, what the timer does, and the one teardown.
+
+The hot path is :meth:`ClientCore.receive` for an application message: decode,
+the gossip filter (only without server-side presence), decode the payload,
+one ``ephemeral-message`` effect. Events nobody listens to (the application's
+callbacks, which the driver reports through :meth:`ClientCore.listening`)
+make no effect at all: a reconnect storm brings N identity and join frames to
+every client.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from ..errors import (
     AuthError,
     ConnectionClosed,
+    DocumentNotFound,
+    LimitExceeded,
+    PayloadError,
+    PermissionDenied,
     PresenceUnsupported,
     ProtocolError,
     RatatoskrError,
     RateLimited,
     error_from_frame,
 )
-from ..protocol import AuthErrorFrame, AuthFrame, AuthOkFrame, ErrorFrame, decode, encode
-from ..protocol.constants import EPHEMERAL_PREFIX, FEATURE_PRESENCE
-from ..status import ConnectionState
-from .documents import ENTERING, LEAVING, PRESENT, Documents
-from .effects import Drop, Effect, Emit, Fail, Resolve, WakeAt
-from .incoming import Incoming
+from ..protocol import (
+    Admission,
+    AuthErrorFrame,
+    AuthFrame,
+    AuthOkFrame,
+    DocPresenceStateFrame,
+    DocUnavailableFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    PeerDisconnectedFrame,
+    PeerIdentityFrame,
+    SyncFrame,
+    decode,
+    decode_payload,
+    encode,
+    encode_payload,
+)
+from ..protocol.constants import EPHEMERAL_PREFIX, PRESENCE_MARKER, PRESENCE_TYPE
+from ..status import ClientStats, ConnectionState, DocumentState
+from .batches import PresenceBatches
+from .connection import Connection
+from .documents import Documents
 from .liveness import Liveness
-from .membership import MembershipStore, Peer
-from .outgoing import Outgoing, Paced, make_pacer
-from .peer_state import EMPTY, PeerStates, ReadOnlyMap
+from .membership import (
+    Change,
+    IdentityAdded,
+    IdentityRemoved,
+    MembershipStore,
+    Peer,
+    PeerJoined,
+    PeerLeft,
+    Refused,
+    SelfRemoved,
+)
+from .membership import PresenceChanged as StoreChanged
+from .outbox import MIN_TIMER_STEP, Outbox, Send
+from .outgoing import Outgoing, Paced, check_document_id, make_pacer
+from .peer_state import (
+    EMPTY,
+    PeerStates,
+    ReadOnlyMap,
+    chosen_name_of,
+    parse_state_payload,
+    update_payload,
+)
 from .peer_to_peer import PeerToPeer
-from .sending import MIN_TIMER_STEP, Sending, check_document_id
-from .settings import Settings
+from .settings import ENVELOPE_OVERHEAD, Settings
 from .sharing import StateSharing
-from .waiters import Waiters, Waiting
+from .waiters import Waiters
 
 __all__ = ["ClientCore"]
 
-IDLE = ConnectionState.IDLE
-CONNECTING = ConnectionState.CONNECTING
-CONNECTED = ConnectionState.CONNECTED
-RECONNECTING = ConnectionState.RECONNECTING
-CLOSED = ConnectionState.CLOSED
+IDLE: Final = ConnectionState.IDLE
+CONNECTING: Final = ConnectionState.CONNECTING
+CONNECTED: Final = ConnectionState.CONNECTED
+RECONNECTING: Final = ConnectionState.RECONNECTING
+CLOSED: Final = ConnectionState.CLOSED
+_LEAVING: Final = DocumentState.LEAVING
+_REPLAY: Final = Admission.REPLAY
+_COPY: Final = Admission.COPY
+_REASSIGNED: Final = Admission.REASSIGNED
+# Error codes by which the server refuses a presence membership.
+_MEMBERSHIP_REFUSALS: Final = (PermissionDenied, DocumentNotFound, LimitExceeded)
+# The events left out while nobody listens: a reconnect storm brings N of them
+# to every client. The others are always recorded (the emitter drops an event
+# nobody listens to; an unheard ``error`` is logged).
+_MEMBERSHIP_EVENTS: Final = frozenset(
+    ("peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed")
+)
 
 
-class ClientCore(Incoming, Sending, Waiting):
-    """The state machine of one client. See the module docstring."""
+class ClientCore:
+    """The state machine of one client. See the module docstring.
+
+    Args:
+        settings: the client's options.
+        outbox: where the effects of every input are recorded (a new one by
+            default: :attr:`outbox`).
+        rand: the reconnect jitter's random source (tests pass a fixed one).
+        new_session: makes the ``sessionId`` of each new connection.
+    """
 
     __slots__ = (
-        "_announced",
-        "_auth_at",
+        "_effects",
         "_heartbeat_at",
         "_new_session",
         "_rand",
-        "_wake",
-        "attempt",
-        "deliver",
+        "_unheard",
+        "batches",
+        "connection",
         "docs",
-        "effects",
-        "features",
-        "floor",
-        "listens",
         "liveness",
         "out",
+        "outbox",
         "p2p",
         "settings",
         "sharing",
-        "state",
         "states",
         "store",
         "unsettled",
@@ -95,49 +160,46 @@ class ClientCore(Incoming, Sending, Waiting):
     def __init__(
         self,
         settings: Settings,
+        outbox: Outbox | None = None,
         *,
         rand: Callable[[], float] = random.random,
         new_session: Callable[[], str] = lambda: secrets.token_hex(8),
     ) -> None:
         self.settings = settings
-        #: effects not yet applied by the driver, in order
-        self.effects: list[Effect] = []
-        #: set by the driver: ``deliver(event, *args)`` emits at once. Used for
-        #: application messages when no effect is pending (the hot path).
-        self.deliver: Callable[..., object] | None = None
-        #: set by the driver: ``listens(event)`` says whether anyone listens;
-        #: membership events nobody listens to make no effect (a reconnect
-        #: storm brings N of them per client). None: every event is an effect.
-        self.listens: Callable[[str], bool] | None = None
-        self.state = IDLE
+        #: what the core asks for, in order (the driver carries it out)
+        self.outbox = outbox = Outbox() if outbox is None else outbox
+        self._effects = outbox.effects  # (the hot path appends to it directly)
+        self.connection = Connection(reconnect=settings.reconnect)
+        self.liveness = Liveness(settings.ping_interval)
         self.store = MembershipStore(
             max_identities=settings.max_identities, max_peers=settings.max_presence_peers
         )
-        #: documents whose presence changed and is not announced yet, in order
-        self.unsettled: dict[str, None] = {}
-        #: large document -> when it may be announced again (see :meth:`settle`)
-        self._announced: dict[str, float] = {}
-        self.liveness = Liveness(settings.ping_interval)
+        self.batches = PresenceBatches()
+        #: documents whose presence changed and is not announced yet (the
+        #: driver settles once it has handled a batch of frames: :meth:`settle`)
+        self.unsettled = self.batches.unsettled
         self.states = PeerStates(settings.state_ttl)
         self.sharing = StateSharing(
             self.states, interval=settings.state_interval, heartbeat=settings.state_heartbeat
         )
         self.docs = Documents()
-        self.waiters = Waiters()
-        self.out = Outgoing()
+        self.waiters = Waiters(outbox)
+        self.out = Outgoing(outbox, self.docs, self.sharing)
         #: the peer-to-peer fallback, while connected to a server without presence
         self.p2p: PeerToPeer | None = None
-        #: what the last server announced (None: none yet, or it sent no features)
-        self.features: tuple[str, ...] | None = None
-        self.attempt = 0  # reconnect attempts since the connection was lost
-        self.floor = 0.0  # a server's retryAfter for the next attempt
+        # Events the application has no callback for (see listening()): none
+        # known until the driver says, so every event is recorded.
+        self._unheard: set[str] = set()
         self._rand = rand
         self._new_session = new_session
-        self._auth_at = 0.0
-        self._heartbeat_at = math.inf
-        self._wake = math.inf  # the earliest WakeAt not yet served
+        self._heartbeat_at = float("inf")
 
     # ================================================================== queries
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is (:mod:`.connection`)."""
+        return self.connection.state
 
     @property
     def me(self) -> Peer | None:
@@ -145,9 +207,25 @@ class ClientCore(Incoming, Sending, Waiting):
         return self.store.me
 
     @property
+    def features(self) -> tuple[str, ...] | None:
+        """What the last server announced (None: none yet, or it sent none)."""
+        return self.connection.features
+
+    @property
     def server_presence(self) -> bool:
         """True when the server announced server-side presence."""
-        return self.features is not None and FEATURE_PRESENCE in self.features
+        return self.connection.server_presence
+
+    @property
+    def peers(self) -> Mapping[str, Peer]:
+        """The identities known on this connection, by peer id (a live view)."""
+        return self.store.identities
+
+    def connection_state(self, *, socket_closed: bool) -> ConnectionState:
+        """The state as the application sees it, given whether the driver's
+        socket has closed (a socket that died before the receive loop noticed
+        is already lost)."""
+        return self.connection.visible_state(socket_closed=socket_closed)
 
     def presence(self, document_id: str) -> tuple[Peer, ...]:
         """Peers present in a document, in join order."""
@@ -161,29 +239,69 @@ class ClientCore(Incoming, Sending, Waiting):
             return peers
         return ReadOnlyMap({me.peer_id: self.states.local_snapshot(document_id), **peers})
 
-    def usable(self) -> None:
-        """Raise ConnectionClosed unless the client was connected and is not closed."""
-        if self.state is IDLE or self.state is CLOSED:
-            raise ConnectionClosed(
-                "client is closed" if self.state is CLOSED else "not connected yet: call connect()"
-            )
+    def entered(self) -> tuple[str, ...]:
+        """Documents the application entered and has not left, in order."""
+        return self.docs.entered()
 
-    # ================================================================== connection
+    def stats(
+        self, *, socket_closed: bool, tasks: tuple[str, ...], callbacks: int, timers: int
+    ) -> ClientStats:
+        """What the client holds, with what only the driver knows (its socket,
+        tasks, running callbacks and timers)."""
+        return ClientStats(
+            connection_state=self.connection_state(socket_closed=socket_closed),
+            documents=self.docs.by_state(),
+            tasks=tasks,
+            callbacks=callbacks,
+            timers=timers,
+            paced_sends=len(self.out),
+            waiters=self.waiters.count(),
+            watchers=self.waiters.watcher_count(),
+            peers=len(self.store.identities),
+            peer_states=len(self.states),
+            gossip_sessions=len(self.p2p) if self.p2p is not None else 0,
+        )
 
-    def connect_started(self) -> None:
-        """``connect()`` begins."""
-        if self.state is CLOSED:
+    def listening(self, event: str, listened: bool) -> None:
+        """Whether the application has a callback for ``event`` now (the
+        driver says so whenever that changes). Membership events and
+        ``presence-changed`` nobody listens to make no effect."""
+        if listened:
+            self._unheard.discard(event)
+        elif event in _MEMBERSHIP_EVENTS:
+            self._unheard.add(event)
+
+    # ================================================================== the connection
+
+    def connect_started(self) -> bool:
+        """``connect()`` begins. False when there is nothing to do (connected,
+        or reconnecting on its own).
+
+        Raises:
+            RuntimeError: another ``connect()`` is in progress.
+        """
+        state = self.connection.state
+        if state is CONNECTED or state is RECONNECTING:
+            return False
+        if state is CONNECTING:
+            raise RuntimeError("connect() is already in progress")
+        if state is CLOSED:
             self.sharing.reset()
-        self.state = CONNECTING
+        self.connection.apply("connect")
+        return True
 
-    def connect_failed(self) -> None:
-        """``connect()`` failed (and may be retried)."""
-        if self.state is CONNECTING:
-            self.state = IDLE
+    def connect_failed(self) -> ConnectionClosed | None:
+        """``connect()`` failed before authenticating. Returns the error the
+        caller raises instead of the failure when ``close()`` was called
+        meanwhile; None: the failure stands (and ``connect()`` may be retried)."""
+        if self.connection.state is CLOSED:
+            return ConnectionClosed("client closed while connecting")
+        self.connection.apply("connect_failed")
+        return None
 
     def auth_frame(self, now: float) -> bytes:
         """The first frame of a connection (sent at ``now``)."""
-        self._auth_at = now
+        self.connection.auth_at = now
         token = self.settings.token
         return encode(AuthFrame(token=token) if token is not None else AuthFrame(anonymous=True))
 
@@ -193,7 +311,10 @@ class ClientCore(Incoming, Sending, Waiting):
         Raises:
             AuthError: the server refused the credentials.
             ServerError: the server answered with another error (e.g. ``rate_limited``).
+            ConnectionClosed: ``close()`` was called meanwhile.
         """
+        if self.connection.state is CLOSED:
+            raise ConnectionClosed("client closed while connecting")
         try:
             frame = decode(data)
         except ProtocolError as exc:
@@ -213,8 +334,10 @@ class ClientCore(Incoming, Sending, Waiting):
 
     def _authenticated(self, frame: AuthOkFrame, now: float) -> None:
         settings = self.settings
-        self.features = frame.features
-        self.p2p = None if self.server_presence else PeerToPeer()
+        connection = self.connection
+        connection.apply("authenticated")
+        connection.features = frame.features
+        self.p2p = None if connection.server_presence else PeerToPeer()
         self._dispatch(self.store.authenticated(frame, settings.name))
         self.settle(now, force=True)
         me = self.store.me
@@ -225,19 +348,20 @@ class ClientCore(Incoming, Sending, Waiting):
             settings,
             anonymous=anonymous,
             upstream=self.p2p is not None,
-            auth_at=self._auth_at,
+            auth_at=connection.auth_at,
             now=now,
         )
-        self.out.start(self._new_session(), me.peer_id, frame.peer_id, pacer)
-        self.state = CONNECTED
-        self.attempt = 0
-        self.floor = 0.0
+        self.out.start(
+            self._new_session(),
+            me.peer_id,
+            frame.peer_id,
+            pacer,
+            server_presence=connection.server_presence,
+        )
         self.liveness.start(now)
-        self.arm(self.liveness.deadline())
-        for waiter in self.waiters.connect:
-            self.effects.append(Resolve(waiter))
-        self.waiters.connect.clear()
-        self.effects.append(Emit("connected", (me,)))
+        self.outbox.wake_at(self.liveness.deadline())
+        self.waiters.connected()
+        self.outbox.emit("connected", me)
         if self.p2p is not None:
             # Entered while we did not know yet: sidecars cannot work here.
             for doc_id, _ in self.docs.items():
@@ -245,24 +369,24 @@ class ClientCore(Incoming, Sending, Waiting):
                     self._refuse(doc_id, self._unsupported(doc_id))
         for doc_id, _ in self.docs.items():  # restore presence after a reconnect
             self._join(doc_id, now)
-        if self.server_presence:
+        if connection.server_presence:
             self._heartbeat_at = now + settings.heartbeat_interval
-            self.arm(self._heartbeat_at)
+            self.outbox.wake_at(self._heartbeat_at)
 
-    def connection_lost(self, reason: ConnectionClosed, now: float) -> None:
-        """The socket closed (or died) while connected. A ``reason`` caused by
-        a :class:`ProtocolError` (an oversized frame) is also an ``error`` event;
-        a connection the core declared dead is lost for the core's reason."""
-        if self.state is not CONNECTED:
-            return
+    def connection_lost(self, reason: ConnectionClosed, now: float) -> ConnectionClosed:
+        """The socket closed (or died) while connected. Returns the reason the
+        connection is lost for: a connection the core declared dead is lost
+        for the core's reason. A reason caused by a :class:`ProtocolError` (an
+        oversized frame) is also an ``error`` event. A socket that closes once
+        the client is closed is ``close()``'s doing: nothing more happens."""
+        if self.connection.state is CLOSED:
+            return reason
+        self.connection.apply("lost")
         reason = self.liveness.verdict or reason
         self.liveness.stop()
         if isinstance(reason.__cause__, ProtocolError):
             self.report(reason.__cause__)
-        for entry in self.out.stop():
-            if entry.waiter is not None and entry.waiter in self.waiters.paced:
-                self.waiters.paced.discard(entry.waiter)
-                self.effects.append(Fail(entry.waiter, reason))
+        self.out.stop(reason)
         self.docs.connection_lost()
         self.sharing.connection_lost()
         self._clear_peer_states()
@@ -270,79 +394,336 @@ class ClientCore(Incoming, Sending, Waiting):
             self.p2p.clear()
         self._dispatch(self.store.reset())
         self.settle(now, force=True)
-        self._heartbeat_at = math.inf
-        self.effects.append(Emit("disconnected", (reason,)))
-        self.state = RECONNECTING
-        self.attempt = 0
-        self.floor = 0.0
+        self._heartbeat_at = float("inf")
+        self.outbox.emit("disconnected", reason)
         if not self.settings.reconnect:
             # Not CONNECTED any more, so the teardown does not announce the
             # disconnection a second time: it was announced above, with its cause.
             self.shutdown(ConnectionClosed("client stopped reconnecting"), now)
+        return reason
 
     def next_attempt(self, now: float) -> float | None:
         """Seconds to wait before the next reconnect attempt; None when there is
-        none (the client gave up: it is torn down)."""
-        if self.state is not RECONNECTING:
+        none (the client is not reconnecting, or gave up: it is torn down)."""
+        connection = self.connection
+        if connection.state is not RECONNECTING:
             return None
-        backoff = self.settings.backoff
-        if backoff.gives_up(self.attempt):
-            self.report(ConnectionClosed(f"gave up reconnecting after {self.attempt} attempts"))
+        delay = connection.next_delay(self.settings.backoff, self._rand)
+        if delay is None:
+            self.report(
+                ConnectionClosed(f"gave up reconnecting after {connection.attempt} attempts")
+            )
             self.shutdown(ConnectionClosed("client stopped reconnecting"), now)
             return None
-        delay = max(backoff.delay(self.attempt, self._rand), self.floor)
-        self.attempt += 1
-        self.effects.append(Emit("reconnecting", (self.attempt, delay)))
+        self.outbox.emit("reconnecting", connection.attempt, delay)
         return delay
 
     def attempt_failed(self, error: RatatoskrError, now: float) -> None:
-        """A reconnect attempt failed with ``error`` (already translated)."""
-        if isinstance(error, AuthError):
-            self.report(error)  # never retried: the credentials will not get better
+        """A reconnect attempt failed with ``error`` (already translated).
+        Refused credentials are never retried: they will not get better."""
+        if self.connection.state is CLOSED:
+            return  # closed meanwhile: that is why it failed
+        if not self.connection.attempt_failed(error):
+            self.report(error)
             self.shutdown(ConnectionClosed("client stopped reconnecting"), now)
-        elif isinstance(error, RateLimited):
-            self.floor = error.retry_after
-        else:
-            self.floor = 0.0
 
     def close(self, now: float) -> None:
         """``close()``: leave every document politely, then tear down."""
-        if self.state is CLOSED:
+        if self.connection.state is CLOSED:
             return
-        if self.state is CONNECTED:
+        if self.connection.state is CONNECTED:
+            out = self.out
             for doc_id, record in self.docs.items():
-                if doc_id in self.sharing.live and self.out.take(now) == 0:
-                    self._send_state(doc_id, "goodbye", now)
-                if self.server_presence and record.state is not LEAVING:
-                    self._presence("leave", doc_id)
+                if doc_id in self.sharing.live and out.take(now) == 0:
+                    out.send_state(doc_id, "goodbye", now)
+                if self.server_presence and record.state is not _LEAVING:
+                    out.presence("leave", doc_id)
         self.shutdown(ConnectionClosed("client closed"), now)
 
     def shutdown(self, reason: ConnectionClosed, now: float) -> None:
         """The one teardown, for ``close()``, a reconnect that gave up, refused
         credentials and a fatal error: every waiter fails with ``reason``, every
         watch ends, presence and state empty, nothing is entered any more."""
-        if self.state is CLOSED:
+        connection = self.connection
+        if connection.state is CLOSED:
             return
-        was_connected = self.state is CONNECTED
-        self.state = CLOSED
-        self.out.stop()
+        was_connected = connection.state is CONNECTED
+        connection.apply("close")
+        self.out.stop(reason)
         self._dispatch(self.store.reset())  # watchers see the empty presence, then end
         self.settle(now, force=True)
-        self._announced.clear()
+        self.batches.clear()
         self.liveness.stop()
         for doc_id in list(self.store.tracked()):
             self.store.forget(doc_id)
-        self.effects += self.waiters.release_all(reason)
+        self.waiters.release_all(reason)
         self._clear_peer_states()
         self.sharing.reset()
         self.states.clear()
         self.docs.clear()
         if self.p2p is not None:
             self.p2p.clear()
-        self._heartbeat_at = math.inf
-        self._wake = math.inf  # the driver's timer goes with the teardown
+        self._heartbeat_at = float("inf")
+        self.outbox.timer_fired()  # the driver's timer goes with the teardown
         if was_connected:
-            self.effects.append(Emit("disconnected", (reason,)))
+            self.outbox.emit("disconnected", reason)
+
+    def report(self, error: RatatoskrError) -> None:
+        """An ``error`` event."""
+        self.outbox.emit("error", error)
+
+    # ================================================================== frames
+
+    def receive(self, data: bytes, now: float) -> None:
+        """One binary frame from the server, while connected (whole: the
+        connection is alive, :mod:`.liveness`)."""
+        self.liveness.heard_at = now
+        try:
+            frame = decode(data)
+        except ProtocolError as exc:
+            self.report(exc)
+            return
+        store = self.store
+        if type(frame) is EphemeralFrame:  # the hot path: one per message received
+            if store.departed:
+                store.departed.clear()
+            self._ephemeral(frame, now)
+            if store.incoming:  # (it introduced the sender: document scope)
+                store.settle_incoming()
+            if store.changed:  # (peers' own messages, without server presence)
+                self.outbox.wake_at(store.touched(now))
+            return
+        kind = type(frame)
+        if kind is PeerIdentityFrame:
+            # Scoped identities travel just before the frame that needs them.
+            self._dispatch(store.apply(frame))
+            if store.changed:
+                self.outbox.wake_at(store.touched(now))
+            return
+        if store.departed and kind is not PeerDisconnectedFrame:
+            store.departed.clear()  # kept for the frame right after their leave only
+        if kind is ErrorFrame:
+            self._error_frame(frame, now)  # type: ignore[arg-type]
+        elif kind is SyncFrame or kind is DocUnavailableFrame:
+            # automerge-repo's answer to our `request` (peer-to-peer mode only;
+            # with server-side presence we send none, and it means nothing).
+            doc_id = frame.document_id  # type: ignore[attr-defined]
+            record = self.docs.get(doc_id)
+            if self.p2p is not None and record is not None and record.join_sent:
+                # Subscribed now. Present: us, plus whoever already sent us state.
+                me = self.store.me
+                ids = (me.peer_id,) if me is not None else ()
+                self._confirmed(doc_id, ids + self.states.peers(doc_id), now)
+        elif kind is DocPresenceStateFrame:
+            doc_id = frame.document_id  # type: ignore[attr-defined]
+            self._confirmed(doc_id, frame.peers, now)  # type: ignore[attr-defined]
+        else:
+            self._dispatch(store.apply(frame))
+        if store.incoming:
+            store.settle_incoming()  # introduced for that frame only
+        if store.changed:
+            self.outbox.wake_at(store.touched(now))
+
+    def receive_text(self, now: float) -> None:
+        """A text frame arrived: the protocol is binary CBOR only (the frame is
+        whole, so the connection is alive; it is an ``error`` event)."""
+        self.liveness.heard_at = now
+        self.report(ProtocolError("server sent a text frame; expected binary CBOR"))
+
+    def heard(self, now: float) -> None:
+        """A whole WebSocket frame other than a message (a ping, a pong) arrived."""
+        self.liveness.heard_at = now
+
+    def _ephemeral(self, frame: EphemeralFrame, now: float) -> None:
+        if frame.session_id == self.out.session_id:
+            return  # our own message, echoed back by a gossiping peer
+        doc_id = frame.document_id
+        p2p = self.p2p
+        if p2p is not None:
+            if doc_id not in self.docs:
+                return  # not entered: not ours to see (upstream sends them after a leave)
+            verdict = p2p.admit(frame.sender_id, frame.session_id, frame.count)
+            if verdict is _REPLAY or verdict is _COPY:
+                return
+            if verdict is _REASSIGNED:
+                self._reassigned(frame.session_id, frame.sender_id)
+        try:
+            payload = decode_payload(frame.data)
+        except ProtocolError as exc:
+            self.report(exc)
+            return
+        if type(payload) is dict and PRESENCE_MARKER in payload:
+            self._state_message(frame, payload, now)
+            return
+        # Outbox.emit, without its call and argument packing: once per message.
+        self._effects.append(
+            ("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
+        )
+
+    def _state_message(self, frame: EphemeralFrame, payload: dict[str, Any], now: float) -> None:
+        """An automerge-repo Presence message: per-peer state, never an
+        ``ephemeral-message``."""
+        try:
+            message = parse_state_payload(payload)
+        except ProtocolError as exc:
+            self.report(exc)
+            return
+        sender = frame.sender_id
+        if message is None or not sender:
+            return
+        doc_id = frame.document_id
+        states = self.states
+        outcome = states.receive(doc_id, sender, message, now, session=frame.session_id)
+        if outcome.unknown_sender and self.sharing.heard_unknown(doc_id, now):
+            self.outbox.wake_at(self.sharing.deadline())
+        if outcome.appeared:
+            self.outbox.wake_at(states.deadline())
+        if not outcome.changed:
+            return
+        view = states.peer_state(doc_id, sender)  # what is shown for the sender now
+        chosen = chosen_name_of(view)
+        p2p = self.p2p
+        if p2p is not None:
+            known = self.store.identities.get(sender)
+            if outcome.appeared or outcome.removed or known is None or known.chosen_name != chosen:
+                confirmed = self.docs.is_present(doc_id)
+                self._dispatch(p2p.sync(doc_id, self.store, states, confirmed=confirmed))
+        elif view is not None:
+            self._dispatch(self.store.chosen_name(sender, chosen))
+        self._emit_state(doc_id, sender, view if view is not None else EMPTY)
+
+    def _reassigned(self, session_id: str, owner: str) -> None:
+        """The gossip filter moved a session to its real sender: its state, and
+        the presence that came with it, follow."""
+        assert self.p2p is not None
+        states = self.states
+        for doc_id, previous in states.reassign(session_id, owner):
+            confirmed = self.docs.is_present(doc_id)
+            self._dispatch(self.p2p.sync(doc_id, self.store, states, confirmed=confirmed))
+            for peer_id in (previous, owner):
+                view = states.peer_state(doc_id, peer_id)
+                self._emit_state(doc_id, peer_id, view if view is not None else EMPTY)
+
+    def _error_frame(self, frame: ErrorFrame, now: float) -> None:
+        exc = error_from_frame(
+            frame.error, frame.message, document_id=frame.document_id, retry_after=frame.retry_after
+        )
+        doc_id = frame.document_id
+        if isinstance(exc, RateLimited):
+            if doc_id is None:
+                self.out.pause(now, exc.retry_after)
+            else:
+                record = self.docs.get(doc_id)
+                if record is not None and record.join_sent:
+                    # The relay's per-document bound on joins: try again when allowed.
+                    self._rejoin_later(doc_id, now + exc.retry_after)
+        if doc_id is not None and isinstance(exc, _MEMBERSHIP_REFUSALS) and doc_id in self.docs:
+            self._refuse(doc_id, exc)
+            return
+        self.report(exc)
+
+    def _confirmed(self, document_id: str, peer_ids: tuple[str, ...], now: float) -> None:
+        """The server confirmed our presence in a document (or answered a join
+        that was already confirmed)."""
+        changes = self.store.present(document_id, peer_ids)
+        self._dispatch(changes)
+        if changes and type(changes[0]) is Refused:
+            return  # refused whole (too many peers): it confirms nothing either
+        if not self.docs.confirmed(document_id):
+            return
+        self.batches.unthrottle(document_id)  # enter_document returns after it
+        me = self.store.me
+        if me is None:
+            return
+        share = self.p2p is not None
+        if self.sharing.confirmed(document_id, me.chosen_name or me.name, share=share):
+            self.out.submit(Paced("snapshot", document_id), now)
+        if self.p2p is not None:
+            self._dispatch(self.p2p.sync(document_id, self.store, self.states, confirmed=True))
+        self.waiters.resolve_enter(document_id, self.store.presence(document_id))
+
+    def _dispatch(self, changes: list[Change]) -> None:
+        """Membership changes become events (once or twice per presence frame,
+        N of them per client in a reconnect storm: plain type tests, no cast()
+        calls, and no effect for an event nobody listens to)."""
+        if not changes:
+            return
+        self.store.changed = True
+        unheard = self._unheard
+        emit = self.outbox.emit
+        for change in changes:
+            kind = type(change)
+            if kind is StoreChanged:
+                # Announced by settle(), once per document per batch.
+                self.batches.mark(change.document_id)  # type: ignore[union-attr]
+            elif kind is PeerJoined:
+                if "peer-joined" not in unheard:
+                    emit("peer-joined", change.document_id, change.peer)  # type: ignore[union-attr]
+            elif kind is IdentityAdded:
+                if "peer-identity" not in unheard:
+                    emit("peer-identity", change.peer)  # type: ignore[union-attr]
+            elif kind is PeerLeft:
+                doc_id, peer = change.document_id, change.peer  # type: ignore[union-attr]
+                if self.p2p is None and self.states.forget_peer(doc_id, peer.peer_id):
+                    self._emit_state(doc_id, peer.peer_id, EMPTY)
+                if "peer-left" not in unheard:
+                    emit("peer-left", doc_id, peer)
+            elif kind is IdentityRemoved:
+                if "peer-disconnected" not in unheard:
+                    emit("peer-disconnected", change.peer)  # type: ignore[union-attr]
+            elif kind is SelfRemoved:
+                doc_id = change.document_id  # type: ignore[union-attr]
+                # The server expired our presence (a stall): join again, at once.
+                if self.connection.state is CONNECTED and self.docs.expired(doc_id):
+                    self._rejoin_later(doc_id, 0.0)
+            elif kind is Refused:  # a frame beyond a bound: nothing of it was applied
+                self.report(change.error)  # type: ignore[union-attr]
+
+    # ================================================================== announcing presence
+
+    def settle(self, now: float, *, force: bool = False) -> None:
+        """Announce the presence of every document that changed and is not
+        held back (:mod:`.batches`; ``force``: none is, for the ends of a
+        connection and leaving): ``presence-changed``, then the document's
+        watches (``watch_presence``, ``wait_for_presence``)."""
+        if not self.unsettled:
+            return
+        store = self.store
+        documents, later = self.batches.due(now, store.size, force=force)
+        announce = "presence-changed" not in self._unheard
+        waiters = self.waiters
+        for document_id in documents:
+            watched = waiters.watched(document_id)
+            if not announce and not watched:
+                continue
+            peers = store.presence(document_id)
+            if announce:
+                self.outbox.emit("presence-changed", document_id, peers)
+            if watched:
+                waiters.presence_changed(document_id, peers)
+        if later != float("inf"):
+            self.outbox.wake_at(later)
+
+    def _emit_state(self, document_id: str, peer_id: str, state: Mapping[str, Any]) -> None:
+        # A snapshot: a callback that keeps it must not see it change later.
+        snapshot = ReadOnlyMap(dict(state)) if state else EMPTY
+        self.outbox.emit("state-changed", document_id, self.store.peer(peer_id), snapshot)
+
+    def _clear_peer_states(self) -> None:
+        """Every peer's state is gone (the connection is): say so, per peer."""
+        states = self.states
+        cleared = [(d, p) for d in states.documents() for p in states.peers(d)]
+        states.clear_peers()
+        for doc_id, peer_id in cleared:
+            self._emit_state(doc_id, peer_id, EMPTY)
+
+    def _prune(self, now: float) -> None:
+        """Forget peers whose state went silent for the TTL (without server-side
+        presence, that is also how a peer that vanished leaves)."""
+        for doc_id, peer_id in self.states.prune(now):
+            self._emit_state(doc_id, peer_id, EMPTY)
+            if self.p2p is not None:
+                self._dispatch(self.p2p.gone(doc_id, peer_id, self.store, self.states))
 
     # ================================================================== documents
 
@@ -356,46 +737,44 @@ class ClientCore(Incoming, Sending, Waiting):
             PresenceUnsupported: an ``eph:`` channel on a server without presence.
         """
         check_document_id(document_id)
-        self.usable()
+        self.connection.usable()
         if self.p2p is not None and document_id.startswith(EPHEMERAL_PREFIX):
             raise self._unsupported(document_id)
-        record = self.docs.get(document_id)
-        if record is not None and record.state is PRESENT and self.state is CONNECTED:
+        if self.docs.is_present(document_id) and self.connection.state is CONNECTED:
             return self.store.presence(document_id)
-        if record is None:
-            self.store.track(document_id)
+        if document_id in self.docs:
+            self.out.unqueue(document_id)  # re-entered while its goodbye waited
         else:
-            self._unqueue(document_id)  # re-entered while its goodbye waited
+            self.store.track(document_id)
         record = self.docs.enter(document_id)
-        waiter = self.waiters.new()
-        self.waiters.enter.setdefault(document_id, []).append(waiter)
-        if self.state is CONNECTED and not record.join_sent:
+        waiter = self.waiters.wait_enter(document_id)
+        if self.connection.state is CONNECTED and not record.join_sent:
             self._join(document_id, now)
         return waiter
+
+    def enter_timeout(self, timeout: float | None) -> float:
+        """How long an ``enter_document`` waits for the server: its own
+        ``timeout``, else the ``request_timeout`` option."""
+        return self.settings.request_timeout if timeout is None else timeout
 
     def enter_abandoned(self, document_id: str, waiter: int, now: float) -> None:
         """An ``enter_document`` gave up (timeout or cancelled): unless another
         call still waits, do not stay in a document the caller cannot know it entered."""
         self.waiters.cancel(waiter)
-        record = self.docs.get(document_id)
-        if (
-            document_id not in self.waiters.enter
-            and record is not None
-            and record.state is ENTERING
-        ):
+        if document_id not in self.waiters.enter and self.docs.is_entering(document_id):
             self.leave(document_id, now)
 
     def leave(self, document_id: str, now: float) -> None:
         """``leave_document``: the server and the peers are told; presence and
         state of the document are forgotten at once."""
         record = self.docs.get(document_id)
-        if record is None or record.state is LEAVING:
+        if record is None or record.state is _LEAVING:
             return
-        self.effects += self.waiters.fail_enter(
+        self.waiters.fail_enter(
             document_id, RatatoskrError(f"left {document_id!r} before the server confirmed")
         )
         self._dispatch(self.store.forget(document_id, now))
-        self.arm(self.store.linger_until)  # (document scope: see MembershipStore.forget)
+        self.outbox.wake_at(self.store.linger_until)  # (document scope: MembershipStore.forget)
         self.settle(now, force=True)
         had_state = self.states.peers(document_id)
         for peer_id in had_state:
@@ -406,40 +785,37 @@ class ClientCore(Incoming, Sending, Waiting):
                 if not self.states.has_peer(peer_id):
                     self._dispatch(self.store.disconnected(peer_id))
         owes_goodbye = self.sharing.left(document_id)
-        if self.state is not CONNECTED:
+        if self.connection.state is not CONNECTED:
             self.docs.drop(document_id)
         elif owes_goodbye:
-            record.state = LEAVING  # until the goodbye (paced) is out, then the leave
-            self._submit(Paced("goodbye", document_id), now)
-            self._submit(Paced("leave", document_id), now)
+            self.docs.leaving(document_id)  # until the goodbye (paced) is out, then the leave
+            self.out.submit(Paced("goodbye", document_id), now)
+            self.out.submit(Paced("leave", document_id), now)
         else:
             self.docs.drop(document_id)
             if self.server_presence:
-                self._presence("leave", document_id)
+                self.out.presence("leave", document_id)
 
     def _join(self, document_id: str, now: float) -> None:
-        record = self.docs.get(document_id)
-        if record is None or record.state is LEAVING:
-            return
-        record.join_sent = True
-        record.rejoin_at = None
+        if not self.docs.joining(document_id):
+            return  # being left
         if self.server_presence:
-            self._presence("join", document_id)
+            self.out.presence("join", document_id)
         else:  # subscribe the connection like automerge-repo does (paced: upstream counts it)
-            self._submit(Paced("request", document_id), now)
+            self.out.submit(Paced("request", document_id), now)
+
+    def _rejoin_later(self, document_id: str, at: float) -> None:
+        if self.docs.rejoin_at(document_id, at):
+            self.outbox.wake_at(at)
 
     def _refuse(self, document_id: str, error: RatatoskrError) -> None:
         """The server (or the server's kind) refuses our membership: the record
-        ends REFUSED and is dropped; whoever waits gets ``error``, else it is an
-        ``error`` event."""
+        is dropped; whoever waits gets ``error``, else it is an ``error`` event."""
         self.docs.drop(document_id)
         self._dispatch(self.store.forget(document_id))
         self.sharing.left(document_id)
         self.states.forget(document_id)
-        failed = self.waiters.fail_enter(document_id, error)
-        if failed:
-            self.effects += failed
-        else:
+        if not self.waiters.fail_enter(document_id, error):
             self.report(error)
 
     def _unsupported(self, document_id: str) -> PresenceUnsupported:
@@ -449,65 +825,166 @@ class ClientCore(Incoming, Sending, Waiting):
             f"announced: {announced}) and cannot relay sidecar channels such as {document_id!r}"
         )
 
-    # ================================================================== timers
+    # ================================================================== sending
 
-    def arm(self, when: float) -> None:
-        """Ask to be called back at ``when`` (if earlier than already asked)."""
-        if when < self._wake:
-            self._wake = when
-            self.effects.append(WakeAt(when))
+    def send_ephemeral(
+        self, document_id: str, payload: Any, now: float, *, socket_closed: bool = False
+    ) -> int | None:
+        """``send_ephemeral``: None if the frame went out (a Send effect), else
+        the id of a waiter resolved when it does (paced). ``socket_closed``:
+        the driver's socket has closed and the receive loop has not said so yet.
+
+        Raises:
+            ValueError: a bad document id.
+            PayloadError: not encodable, too large, or a reserved shape.
+            ConnectionClosed: not connected (nothing is queued).
+        """
+        check_document_id(document_id)
+        # Any mapping goes on the wire as a CBOR map (the type test first: an
+        # isinstance() against an ABC is slow on this hot path).
+        if type(payload) is dict or isinstance(payload, Mapping):
+            if payload.get("type") == PRESENCE_TYPE:
+                raise PayloadError('payloads with "type": "presence" are reserved for presence')
+            if PRESENCE_MARKER in payload:
+                raise PayloadError(
+                    f"payloads with a {PRESENCE_MARKER!r} key are automerge-repo Presence "
+                    "messages: share state with set_state()"
+                )
+        data = encode_payload(payload)
+        if len(data) + ENVELOPE_OVERHEAD > self.settings.max_frame_size:
+            raise PayloadError(
+                f"payload of {len(data)} bytes is too large for a "
+                f"{self.settings.max_frame_size}-byte frame"
+            )
+        if socket_closed or self.connection.state is not CONNECTED:
+            self.connection.sendable(socket_closed=socket_closed)  # raises
+        out = self.out
+        if out.take(now) == 0:
+            # Outbox.send, without its call: once per message sent.
+            self._effects.append(Send(out.ephemeral(document_id, data)))
+            return None
+        waiter = self.waiters.new()
+        out.queue_message(document_id, data, waiter, now)
+        return waiter
+
+    def set_state(self, document_id: str, channel: str, value: Any, now: float) -> None:
+        """``set_state``: merge one channel into our state in a document and share it.
+
+        Raises:
+            ValueError: a bad document id or channel.
+            PayloadError: the value cannot be sent.
+        """
+        check_document_id(document_id)
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"channel must be a non-empty string, got {channel!r}")
+        size = len(encode_payload(update_payload(channel, value)))
+        if size + ENVELOPE_OVERHEAD > self.settings.max_frame_size:
+            raise PayloadError(
+                f"state value of {size} bytes is too large for a "
+                f"{self.settings.max_frame_size}-byte frame"
+            )
+        confirmed = self.connection.state is CONNECTED and self.docs.is_present(document_id)
+        changed, go_live = self.sharing.set_local(
+            document_id, channel, value, now, confirmed=confirmed
+        )
+        me = self.store.me
+        if changed and me is not None:
+            local = self.states.local_snapshot(document_id)
+            self.outbox.emit("state-changed", document_id, me, local)
+        if go_live:
+            self.out.submit(Paced("snapshot", document_id), now)
+        self.outbox.wake_at(self.sharing.deadline())
+
+    # ================================================================== waiting
+
+    def wait_presence(self, document_id: str) -> int:
+        """``wait_for_presence`` (whose predicate did not hold at once): a
+        watch of ``document_id`` that gets every new presence (take them with
+        :meth:`next_presence`); it ends with ``ConnectionClosed`` at teardown.
+
+        Raises:
+            ConnectionClosed: never connected, or closed.
+        """
+        self.connection.usable()
+        return self.waiters.watch(document_id, counted=True)
+
+    def watch(self, document_id: str) -> int:
+        """``watch_presence``: a watch of ``document_id`` that gets every new
+        presence, once per settle (a closed client's watch ends at once)."""
+        if self.connection.state is CLOSED:
+            return self.waiters.ended_watch(document_id, ConnectionClosed("client is closed"))
+        return self.waiters.watch(document_id, counted=False)
+
+    def next_presence(self, watcher: int) -> tuple[Peer, ...] | ConnectionClosed | None:
+        """The next value of a presence watch: a presence; None when there is
+        none yet (wait for a :class:`~.outbox.Push`); or, once every value is
+        taken, why the watch is over. A consumer more than
+        :data:`~.waiters.WATCH_BACKLOG` values behind loses the oldest."""
+        return self.waiters.take(watcher)
+
+    def wait_connected(self, *, socket_closed: bool) -> int | None:
+        """``wait_connected``: None if connected now (``socket_closed``: the
+        driver's socket has closed), else a waiter id resolved on the next
+        connection.
+
+        Raises:
+            ConnectionClosed: never connected, or closed.
+        """
+        self.connection.usable()
+        if self.connection_state(socket_closed=socket_closed) is CONNECTED:
+            return None
+        return self.waiters.wait_connect()
+
+    def cancel(self, waiter: int) -> None:
+        """The caller of ``waiter`` (an await or a watch) went away."""
+        self.waiters.cancel(waiter)
+        self.out.cancel(waiter)
+
+    # ================================================================== the timer
 
     def on_timer(self, now: float) -> None:
         """The time asked for has come: do everything that is due, then ask for
         the next time."""
-        self._wake = math.inf
-        if self.state is not CONNECTED:
+        outbox = self.outbox
+        outbox.timer_fired()
+        if self.connection.state is not CONNECTED:
             return
-        alive = self.liveness.check(now)  # a Ping, a Drop, or None
-        if alive is not None:
-            self.effects.append(alive)
-            if type(alive) is Drop:
-                return  # the driver reports the connection lost (connection_lost)
+        alive = self.liveness.check(now)
+        if alive == "ping":
+            outbox.ping()
+        elif alive == "dead":
+            assert self.liveness.verdict is not None
+            outbox.drop(self.liveness.verdict)
+            return  # the driver reports the connection lost (connection_lost)
         settings = self.settings
-        for doc_id, record in self.docs.items():
-            if record.rejoin_at is not None and record.rejoin_at <= now:
-                self._join(doc_id, now)
+        for doc_id in self.docs.due(now):
+            self._join(doc_id, now)
         if now >= self._heartbeat_at:
             self._heartbeat_at = now + settings.heartbeat_interval
             # Joins still unanswered get a heartbeat too: the server treats it as
             # a join, so a lost join heals itself.
             for doc_id, record in self.docs.items():
-                if record.state is not LEAVING:
-                    self._presence("heartbeat", doc_id)
+                if record.state is not _LEAVING:
+                    self.out.presence("heartbeat", doc_id)
         for doc_id, kind in self.sharing.due(now):
-            self._submit(Paced(kind, doc_id), now)
-        if now >= self.store.share_at:
-            self.store.share()
-        self.store.stop_lingering(now)
-        self.prune(now)
-        self._release(now)
-        if self.store.changed:  # (expired peers: changes that came with no frame)
-            self.store.touched(now)
+            self.out.submit(Paced(kind, doc_id), now)
+        store = self.store
+        if now >= store.share_at:
+            store.share()
+        store.stop_lingering(now)
+        self._prune(now)
+        self.out.release(now)
+        if store.changed:  # (expired peers: changes that came with no frame)
+            store.touched(now)
         self.settle(now)
-        self.arm(max(self._next_deadline(), now + MIN_TIMER_STEP))
+        outbox.wake_at(max(self._next_deadline(), now + MIN_TIMER_STEP))
 
     def _next_deadline(self) -> float:
-        store = self.store
-        at = min(self._heartbeat_at, self.sharing.deadline(), self.states.deadline())
-        at = min(at, store.due(), self.liveness.deadline())
-        for _, record in self.docs.items():
-            if record.rejoin_at is not None:
-                at = min(at, record.rejoin_at)
-        return at
-
-    # ================================================================== errors
-
-    def report(self, error: RatatoskrError) -> None:
-        """An ``error`` event."""
-        self.effects.append(Emit("error", (error,)))
-
-    def _rejoin_later(self, document_id: str, at: float) -> None:
-        record = self.docs.get(document_id)
-        if record is not None and record.state is ENTERING:
-            record.rejoin_at = at
-            self.arm(at)
+        return min(
+            self._heartbeat_at,
+            self.sharing.deadline(),
+            self.states.deadline(),
+            self.store.due(),
+            self.liveness.deadline(),
+            self.docs.deadline(),
+        )

@@ -12,8 +12,10 @@ time after ``auth_ok`` kept a client "connected" forever (70 s seen with
 ``ping_interval=4``). Here the core learns of a frame only once the frame is
 complete: the receive loop passes ``now`` with every message (a binary one
 through :meth:`~ratatoskr_client.core.client.ClientCore.receive`, which stores it in
-:attr:`Liveness.heard_at`, nothing more: that is the hot path), and pings and
-pongs through :meth:`~ratatoskr_client.core.client.ClientCore.heard`.
+:attr:`Liveness.heard_at`, nothing more: that is the hot path), and pings,
+pongs and text frames through
+:meth:`~ratatoskr_client.core.client.ClientCore.heard` and
+:meth:`~ratatoskr_client.core.client.ClientCore.receive_text`.
 
 Before declaring a connection dead the rule looks once more, at the core's
 next timer step (1 ms), after the receive loop had its turn: when the event
@@ -25,10 +27,9 @@ must count.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, Literal
 
 from ..errors import ConnectionClosed
-from .effects import Drop, Ping
 
 __all__ = ["PONG_GRACE", "Liveness"]
 
@@ -74,9 +75,9 @@ class Liveness:
             return self.heard_at + interval
         return self.heard_at + PONG_GRACE * interval
 
-    def check(self, now: float) -> Ping | Drop | None:
-        """What to do now: send a :class:`Ping`, :class:`Drop` the connection
-        (it is dead: :attr:`verdict` says why), or nothing."""
+    def check(self, now: float) -> Literal["ping", "dead"] | None:
+        """What to do now: send a ping, drop the connection (``"dead"``:
+        :attr:`verdict` says why), or nothing."""
         interval = self.interval
         if interval is None or self.verdict is not None or self.heard_at == -math.inf:
             return None
@@ -90,9 +91,9 @@ class Liveness:
                 f" connection is dead (ping_interval {interval:g} s; dead after"
                 f" {PONG_GRACE:g} × that)"
             )
-            return Drop(self.verdict)
+            return "dead"
         self._suspect = False
         if silent >= interval and self._pinged_at <= self.heard_at:
             self._pinged_at = now
-            return Ping()
+            return "ping"
         return None

@@ -156,12 +156,6 @@ class MembershipStore(ScopedIdentities):
         for members in self._docs.values():
             members.share()
 
-    def unshared(self) -> bool:
-        """True if some non-empty table is this client's own."""
-        return (bool(self._identities) and not self._identities.shared) or any(
-            m and not m.shared for m in self._docs.values()
-        )
-
     def peer(self, peer_id: str) -> Peer:
         """The identity announced for ``peer_id``, or a placeholder if none was
         (:meth:`Peer.unknown`). Cheaper than ``identities.get`` on a hot path."""
@@ -201,10 +195,6 @@ class MembershipStore(ScopedIdentities):
         """How many peers are present in ``document_id`` (without building a tuple)."""
         members = self._docs.get(document_id)
         return len(members) if members else 0
-
-    def is_tracked(self, document_id: str) -> bool:
-        """True while presence is kept for ``document_id`` (it was entered)."""
-        return document_id in self._docs
 
     def tracked(self) -> Iterable[str]:
         """Tracked document ids, in the order they were first tracked."""

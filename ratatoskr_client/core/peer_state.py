@@ -386,9 +386,10 @@ class PeerStates:
 class Coalescer:
     """Latest value per channel, sent at most once per ``interval`` per document.
 
-    ``offer()`` records a value and says when a flush is due; ``take()`` hands
-    out the pending values. A cursor moved 200 times a second thus costs at most
-    ``1 / interval`` messages a second, and the last value is always sent.
+    ``offer()`` records a value and says when a flush is due; ``take_one()``
+    hands out the pending values, one per message. A cursor moved 200 times a
+    second thus costs at most ``1 / interval`` messages a second, and the last
+    value is always sent.
     """
 
     __slots__ = ("_last_sent", "_pending", "_scheduled", "interval")
@@ -414,14 +415,6 @@ class Coalescer:
         self._scheduled.add(document_id)
         last = self._last_sent.get(document_id)
         return 0.0 if last is None else max(0.0, last + self.interval - now)
-
-    def take(self, document_id: str, now: float) -> list[tuple[str, Any]]:
-        """The pending (channel, value) pairs to send now; the flush is done."""
-        self._scheduled.discard(document_id)
-        pending = self._pending.pop(document_id, {})
-        if pending:
-            self._last_sent[document_id] = now
-        return list(pending.items())
 
     def take_one(self, document_id: str, now: float) -> tuple[str, Any] | None:
         """The oldest pending (channel, value) pair, to send now (one message at

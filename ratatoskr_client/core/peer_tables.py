@@ -177,8 +177,3 @@ class PeerTable(Mapping[str, PeerT]):
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self._peers.values())
         return f"<PeerTable [{names}]{' shared' if self._frozen else ''}>"
-
-
-def frozen_tables() -> int:
-    """How many frozen tables are alive in the process (for tests)."""
-    return len(_FROZEN)

@@ -1,14 +1,19 @@
-"""Every option a client takes, checked once: :class:`Settings`. No I/O.
+"""Every option a client takes, declared once: :class:`ClientOptions`, :class:`Settings`. No I/O.
 
-:class:`~ratatoskr_client.RatatoskrClient` builds one from its keyword
-arguments (its docstring documents each); the core and the driver read it.
+:class:`ClientOptions` is what the application passes, as keyword arguments,
+to :class:`~ratatoskr_client.RatatoskrClient`, to the blocking
+:class:`ratatoskr_client.sync.RatatoskrClient` and through
+``RatatoskrUser.client_options``: each key with its type, its meaning and its
+default. :class:`Settings` holds the defaults (the one place they are) and
+checks the values once; the core and the driver read it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from ..backoff import DEFAULT_BACKOFF, Backoff
@@ -28,6 +33,8 @@ __all__ = [
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_REQUEST_TIMEOUT",
     "ENVELOPE_OVERHEAD",
+    "OPTION_NAMES",
+    "ClientOptions",
     "Settings",
     "socket_url",
 ]
@@ -60,9 +67,107 @@ def _seconds(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
 
 
+class ClientOptions(TypedDict, total=False):
+    """The options of a client, passed as keyword arguments: every one may be
+    left out, and then has the default given here.
+
+    The same for the asyncio :class:`~ratatoskr_client.RatatoskrClient`, the
+    blocking :class:`ratatoskr_client.sync.RatatoskrClient` and a Locust
+    ``RatatoskrUser``'s ``client_options``. Under ``mypy --strict`` an
+    unknown option or a value of the wrong type is an error; at run time an
+    unknown option raises ``TypeError`` and a value out of range
+    ``ValueError``. To pass options around, annotate the dict::
+
+        options: ClientOptions = {"heartbeat_interval": 10, "reconnect": False}
+        client = RatatoskrClient(url, **options)
+    """
+
+    token: str | None
+    """The user's token; None connects anonymously. Default: ``None``."""
+
+    heartbeat_interval: float
+    """Seconds between presence heartbeats for each entered document (the
+    relay's presence TTL is 90 s by default). Default: ``30.0``."""
+
+    reconnect: bool
+    """Reconnect after a lost connection (never after ``close()`` or refused
+    credentials). Default: ``True``."""
+
+    backoff: Backoff
+    """The reconnect schedule: full jitter over windows of 0.25 s doubling to
+    5 s, retrying forever. Default: ``Backoff()``."""
+
+    rate_limit: int | None
+    """Ephemeral messages per minute this client allows itself (keep it at or
+    below the server's limit); ``send_ephemeral`` waits for a token. None
+    disables this pacing (an anonymous client on a server without
+    ``features`` still paces to that server's fixed window: ``docs/guide.md``,
+    "Pacing"). Default: ``600``."""
+
+    rate_burst: int | None
+    """How many messages may go out at once; None: a tenth of a minute's
+    worth, ``rate_limit // 6`` and at least 1 (100 by default), kept below the
+    server's burst so that network jitter can never trip its limit.
+    Default: ``None``."""
+
+    request_timeout: float
+    """Seconds ``enter_document`` waits for the server's confirmation unless
+    given a ``timeout``. Default: ``10.0``."""
+
+    connect_timeout: float
+    """Seconds for opening the socket, and again for authenticating.
+    Default: ``10.0``."""
+
+    ping_interval: float | None
+    """Seconds without a whole frame from the server after which a WebSocket
+    ping is sent; after 1.5 × that without one (a pong is one) the connection
+    is declared dead and reconnected. Bytes that do not complete a frame do
+    not count, so a server trickling a frame cannot keep a connection alive.
+    None disables it (a dead server is then only noticed by TCP).
+    Default: ``20.0``."""
+
+    max_frame_size: int
+    """The largest frame this client sends, in bytes (the relay's default
+    limit, 64 KiB); a larger payload raises ``PayloadError``.
+    Default: ``65536``."""
+
+    max_incoming_frame_size: int
+    """The largest frame this client reads, in bytes (1 MiB, the relay's own
+    hard limit). A larger one is refused from its header, never buffered: an
+    ``error`` event (``ProtocolError``), then ``disconnected`` (code 1009) and
+    the reconnect policy. Default: ``1048576``."""
+
+    name: str | None
+    """The name this client chooses for itself: the ``"name"`` in the state it
+    shares (what automerge-repo ``Presence`` apps show), ``me.chosen_name``,
+    and, on a server that gives no names (upstream), ``me.name`` too. The
+    server's name for us (an account's name, an "Adjective Animal") stays
+    ``me.name`` where there is one. Default: ``None``."""
+
+    state_interval: float
+    """At most one state update per document is sent per this many seconds;
+    faster ``set_state`` calls are coalesced (the latest value wins).
+    Default: ``0.05``."""
+
+    state_heartbeat: float
+    """Seconds of quiet after which a state heartbeat is sent for each
+    document this client shares state in (automerge-repo's 15 s).
+    Default: ``15.0``."""
+
+    state_ttl: float
+    """A peer whose state messages stop for this many seconds is forgotten
+    (automerge-repo's 45 s); in peer-to-peer mode it also leaves presence.
+    Default: ``45.0``."""
+
+
+#: The names of the options (the keys of :class:`ClientOptions`).
+OPTION_NAMES: Final = frozenset(ClientOptions.__optional_keys__)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The client's options (see :class:`~ratatoskr_client.RatatoskrClient`).
+    """The client's options, checked, with their defaults (the meaning of each
+    is in :class:`ClientOptions`).
 
     Raises:
         ValueError: an option is out of range (checked when built).
@@ -118,6 +223,21 @@ class Settings:
         if self.max_presence_peers < 1 or self.max_identities < 1:
             raise ValueError("max_presence_peers and max_identities must be >= 1")
         socket_url(self.url)  # raises ValueError for a bad URL
+
+    @classmethod
+    def from_options(cls, url: str, options: Mapping[str, object]) -> Settings:
+        """The settings for a client of ``url`` given ``options`` (the keyword
+        arguments of :class:`ClientOptions`).
+
+        Raises:
+            TypeError: an option that does not exist.
+            ValueError: an option out of range, or not a server URL.
+        """
+        unknown = sorted(set(options) - OPTION_NAMES)
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise TypeError(f"unexpected client option{'s' * (len(unknown) > 1)} {names}")
+        return cls(url, **options)  # type: ignore[arg-type]
 
     @property
     def burst(self) -> int:

@@ -1,178 +1,202 @@
-"""Who is waiting for what: the application's pending awaits, by id. No I/O.
+"""Who is waiting for what: the application's pending awaits and presence watches. No I/O.
 
 The core hands out an integer id for every await that cannot be answered at
-once (``enter_document``, ``wait_for_presence``, ``wait_connected``, a paced
-``send_ephemeral``) and for every ``watch_presence`` iterator; the driver keeps
-the matching future or queue. :class:`Waiters` is what the core knows about
-them: what each one waits for, so that the right ones are resolved when it
-happens, and so that teardown can fail every one of them. :class:`Waiting` is
-the core's side of ``wait_for_presence``, ``watch_presence`` and
-``wait_connected`` (a mixin of ClientCore).
+once (``enter_document``, ``wait_connected``, a paced ``send_ephemeral``: the
+send queue keeps those, :mod:`.outgoing`) and for every presence watch
+(``watch_presence``, ``wait_for_presence``); the driver keeps the matching
+future, or wakes the matching consumer. :class:`Waiters` knows what each one
+waits for, so that the right ones are answered when it happens (through the
+core's :class:`~.outbox.Outbox`), and so that the one teardown can end every
+one of them.
+
+A presence watch keeps its values here, not in the driver: every settled
+presence of its document is appended to its backlog, and its consumer takes
+them (:meth:`Waiters.take`) when the outbox says there is something
+(:class:`~.outbox.Push`). A consumer more than :data:`WATCH_BACKLOG` values
+behind loses the oldest. ``wait_for_presence`` is a watch too: its predicate
+is the application's code, so it runs in the waiting call, on the values
+taken, never in the core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeAlias
+from collections import deque
+from typing import Final
 
-from ..errors import RatatoskrError
-from ..status import ConnectionState
-from .effects import Effect, Fail, Push, Resolve
+from ..errors import ConnectionClosed, RatatoskrError
 from .membership import Peer
+from .outbox import Outbox
 
-if TYPE_CHECKING:
-    from .membership import MembershipStore
+__all__ = ["WATCH_BACKLOG", "Waiters", "Watch"]
 
-__all__ = ["PresencePredicate", "Waiters", "Waiting"]
+#: Presence values a watch keeps for a consumer that does not take them: a
+#: consumer further behind loses its oldest ones.
+WATCH_BACKLOG: Final = 1000
 
-PresencePredicate: TypeAlias = Callable[[tuple[Peer, ...]], bool]
+
+class Watch:
+    """One presence watch: ``watch_presence``'s iterator, or a ``wait_for_presence``.
+
+    Attributes:
+        document_id: the document watched.
+        counted: a ``wait_for_presence`` (counted among the client's waiters),
+            not a ``watch_presence`` iterator.
+        values: presence values not taken yet, oldest first.
+        end: why the watch is over, once it is (its values are taken first).
+    """
+
+    __slots__ = ("counted", "document_id", "end", "values")
+
+    def __init__(self, document_id: str, *, counted: bool) -> None:
+        self.document_id = document_id
+        self.counted = counted
+        self.values: deque[tuple[Peer, ...]] = deque(maxlen=WATCH_BACKLOG)
+        self.end: ConnectionClosed | None = None
 
 
 class Waiters:
-    """Pending awaits by kind. Ids are unique for the life of the client."""
+    """Pending awaits by kind, and presence watches. Ids are unique for the
+    life of the client (shared with the send queue's paced sends)."""
 
-    __slots__ = ("_next", "connect", "enter", "paced", "presence", "watchers")
+    __slots__ = ("_ended", "_next", "_outbox", "connect", "enter", "watches")
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
         self._next = 0
         #: document -> enter_document() calls waiting for its confirmation
         self.enter: dict[str, list[int]] = {}
-        #: document -> wait_for_presence() calls and their predicates
-        self.presence: dict[str, dict[int, PresencePredicate]] = {}
         #: wait_connected() calls
         self.connect: list[int] = []
-        #: document -> watch_presence() iterators
-        self.watchers: dict[str, list[int]] = {}
-        #: send_ephemeral() calls waiting for a pacing token
-        self.paced: set[int] = set()
+        #: document -> its presence watches, by id
+        self.watches: dict[str, dict[int, Watch]] = {}
+        # Watches that are over, until their consumer has taken what they hold.
+        self._ended: dict[int, Watch] = {}
 
     def new(self) -> int:
         """A fresh id."""
         self._next += 1
         return self._next
 
+    # ------------------------------------------------------------------ queries
+
     def count(self) -> int:
-        """Awaits pending (enter, presence, connect; not paced sends or watchers)."""
-        return (
-            sum(map(len, self.enter.values()))
-            + sum(map(len, self.presence.values()))
-            + len(self.connect)
-        )
+        """Awaits pending: enter_document, wait_for_presence and wait_connected."""
+        watches = sum(w.counted for ws in self.watches.values() for w in ws.values())
+        return sum(map(len, self.enter.values())) + len(self.connect) + watches
 
     def watcher_count(self) -> int:
         """``watch_presence`` iterators registered."""
-        return sum(map(len, self.watchers.values()))
+        return sum(not w.counted for ws in self.watches.values() for w in ws.values())
+
+    def watched(self, document_id: str) -> bool:
+        """True if a watch wants ``document_id``'s presence values."""
+        return document_id in self.watches
+
+    # ------------------------------------------------------------------ registering
+
+    def wait_enter(self, document_id: str) -> int:
+        """An ``enter_document`` waits for ``document_id``'s confirmation."""
+        waiter = self.new()
+        self.enter.setdefault(document_id, []).append(waiter)
+        return waiter
+
+    def wait_connect(self) -> int:
+        """A ``wait_connected`` waits for the next connection."""
+        waiter = self.new()
+        self.connect.append(waiter)
+        return waiter
+
+    def watch(self, document_id: str, *, counted: bool) -> int:
+        """A new presence watch of ``document_id`` (see :class:`Watch`)."""
+        watcher = self.new()
+        self.watches.setdefault(document_id, {})[watcher] = Watch(document_id, counted=counted)
+        return watcher
+
+    def ended_watch(self, document_id: str, reason: ConnectionClosed) -> int:
+        """A watch that is over before it starts (the client is closed)."""
+        watcher = self.new()
+        watch = self._ended[watcher] = Watch(document_id, counted=False)
+        watch.end = reason
+        self._outbox.push(watcher)
+        return watcher
 
     def cancel(self, waiter: int) -> None:
-        """Forget ``waiter`` (its caller timed out or was cancelled)."""
+        """Forget ``waiter`` (its caller went away)."""
         for doc_id, ids in list(self.enter.items()):
             if waiter in ids:
                 ids.remove(waiter)
                 if not ids:
                     del self.enter[doc_id]
-        for doc_id, predicates in list(self.presence.items()):
-            if predicates.pop(waiter, None) is not None and not predicates:
-                del self.presence[doc_id]
-        for doc_id, ids in list(self.watchers.items()):
-            if waiter in ids:
-                ids.remove(waiter)
-                if not ids:
-                    del self.watchers[doc_id]
+        for doc_id, watches in list(self.watches.items()):
+            if watches.pop(waiter, None) is not None and not watches:
+                del self.watches[doc_id]
+        self._ended.pop(waiter, None)
         if waiter in self.connect:
             self.connect.remove(waiter)
-        self.paced.discard(waiter)
 
-    def resolve_enter(self, document_id: str, value: tuple[Peer, ...]) -> list[Effect]:
+    # ------------------------------------------------------------------ answers
+
+    def take(self, watcher: int) -> tuple[Peer, ...] | ConnectionClosed | None:
+        """The next value of a presence watch: a presence; None when there is
+        none yet (the consumer waits for a :class:`~.outbox.Push`); or, once
+        every value is taken, why the watch is over (it is then forgotten)."""
+        watch = self._ended.get(watcher)
+        if watch is None:
+            for watches in self.watches.values():
+                watch = watches.get(watcher)
+                if watch is not None:
+                    break
+            else:
+                return ConnectionClosed("client is closed")  # over and taken, or unknown
+        if watch.values:
+            return watch.values.popleft()
+        if watch.end is not None:
+            del self._ended[watcher]
+            return watch.end
+        return None
+
+    def connected(self) -> None:
+        """Every ``wait_connected`` returns."""
+        for waiter in self.connect:
+            self._outbox.resolve(waiter)
+        self.connect.clear()
+
+    def resolve_enter(self, document_id: str, value: tuple[Peer, ...]) -> None:
         """Every ``enter_document`` of ``document_id`` returns ``value``."""
-        return [Resolve(w, value) for w in self.enter.pop(document_id, ())]
+        for waiter in self.enter.pop(document_id, ()):
+            self._outbox.resolve(waiter, value)
 
-    def fail_enter(self, document_id: str, error: RatatoskrError) -> list[Effect]:
-        """Every ``enter_document`` of ``document_id`` raises ``error``."""
-        return [Fail(w, error) for w in self.enter.pop(document_id, ())]
+    def fail_enter(self, document_id: str, error: RatatoskrError) -> bool:
+        """Every ``enter_document`` of ``document_id`` raises ``error``; False
+        if none was waiting."""
+        waiting = self.enter.pop(document_id, None)
+        for waiter in waiting or ():
+            self._outbox.fail(waiter, error)
+        return bool(waiting)
 
-    def presence_changed(self, document_id: str, peers: tuple[Peer, ...]) -> list[Effect]:
-        """Resolve the ``wait_for_presence`` calls whose predicate now holds (or
-        fail those whose predicate raised), and feed the watchers."""
-        out: list[Effect] = []
-        predicates = self.presence.get(document_id)
-        if predicates:
-            for waiter, predicate in list(predicates.items()):
-                try:
-                    done = predicate(peers)
-                except Exception as exc:  # the application's predicate: its error is its answer
-                    del predicates[waiter]
-                    out.append(Fail(waiter, exc))
-                    continue
-                if done:
-                    del predicates[waiter]
-                    out.append(Resolve(waiter, peers))
-            if not predicates:
-                del self.presence[document_id]
-        for watcher in self.watchers.get(document_id, ()):
-            out.append(Push(watcher, peers))
-        return out
+    def presence_changed(self, document_id: str, peers: tuple[Peer, ...]) -> None:
+        """Every watch of ``document_id`` gets ``peers``."""
+        outbox = self._outbox
+        for watcher, watch in self.watches.get(document_id, {}).items():
+            if not watch.values:  # otherwise its consumer has been told already
+                outbox.push(watcher)
+            watch.values.append(peers)
 
-    def release_all(self, error: RatatoskrError) -> list[Effect]:
-        """Teardown: every await fails with ``error``, every watch ends."""
-        out: list[Effect] = [Fail(w, error) for w in self.connect]
+    def release_all(self, reason: ConnectionClosed) -> None:
+        """Teardown: every await fails with ``reason``, every watch ends (after
+        the values it holds)."""
+        outbox = self._outbox
+        for waiter in self.connect:
+            outbox.fail(waiter, reason)
         for ids in self.enter.values():
-            out += [Fail(w, error) for w in ids]
-        for predicates in self.presence.values():
-            out += [Fail(w, error) for w in predicates]
-        out += [Fail(w, error) for w in sorted(self.paced)]
-        for ids in self.watchers.values():
-            out += [Push(w, None) for w in ids]
+            for waiter in ids:
+                outbox.fail(waiter, reason)
+        for watches in self.watches.values():
+            for watcher, watch in watches.items():
+                if not watch.values:
+                    outbox.push(watcher)
+                watch.end = reason
+                self._ended[watcher] = watch
         self.connect.clear()
         self.enter.clear()
-        self.presence.clear()
-        self.paced.clear()
-        self.watchers.clear()
-        return out
-
-
-class Waiting:
-    """Waiting for presence and for a connection (a mixin of ClientCore)."""
-
-    __slots__ = ()
-
-    if TYPE_CHECKING:
-        effects: list[Effect]
-        state: ConnectionState
-        store: MembershipStore
-        waiters: Waiters
-
-        def usable(self) -> None: ...
-
-    def wait_presence(
-        self, document_id: str, predicate: PresencePredicate
-    ) -> int | tuple[Peer, ...]:
-        """``wait_for_presence``: the presence at once if the predicate holds,
-        else a waiter id resolved when it does (checked when the core settles:
-        :meth:`~ratatoskr_client.core.incoming.Incoming.settle`)."""
-        current = self.store.presence(document_id)
-        if predicate(current):
-            return current
-        self.usable()
-        waiter = self.waiters.new()
-        self.waiters.presence.setdefault(document_id, {})[waiter] = predicate
-        return waiter
-
-    def watch(self, document_id: str) -> int:
-        """``watch_presence``: a watcher id that gets every new presence, once
-        per settle (a closed client's watch ends at once)."""
-        watcher = self.waiters.new()
-        if self.state is ConnectionState.CLOSED:
-            self.effects.append(Push(watcher, None))
-        else:
-            self.waiters.watchers.setdefault(document_id, []).append(watcher)
-        return watcher
-
-    def wait_connected(self, *, connected: bool) -> int | None:
-        """``wait_connected``: None if ``connected`` (the driver knows the
-        socket is open), else a waiter id resolved on the next connection."""
-        self.usable()
-        if connected:
-            return None
-        waiter = self.waiters.new()
-        self.waiters.connect.append(waiter)
-        return waiter
+        self.watches.clear()

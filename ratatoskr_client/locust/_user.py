@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
@@ -14,6 +14,7 @@ from locust.env import Environment
 from locust.exception import LocustError
 
 from ..core.membership import Peer
+from ..core.settings import ClientOptions
 from ..errors import ConnectionClosed, PayloadError, RatatoskrError
 from ..sync import RatatoskrClient
 from ._hub import HubInbox
@@ -130,8 +131,9 @@ class RatatoskrUser(User):
 
     Attributes:
         token: the token every user of the class connects with (None: anonymous).
-        client_options: other :class:`ratatoskr_client.sync.RatatoskrClient`
-            keyword arguments (``heartbeat_interval``, ``backoff``...).
+        client_options: the other options of each user's client
+            (:class:`~ratatoskr_client.ClientOptions`: ``heartbeat_interval``,
+            ``backoff``...); a ``"token"`` here wins over :attr:`token`.
         connect_retry_delay: seconds between attempts while the first connect
             fails (each failure is reported).
     """
@@ -139,7 +141,7 @@ class RatatoskrUser(User):
     abstract = True
     request_type: ClassVar[str] = "ratatoskr"
     token: ClassVar[str | None] = None
-    client_options: ClassVar[Mapping[str, Any]] = {}
+    client_options: ClassVar[ClientOptions] = {}
     connect_retry_delay: ClassVar[float] = 1.0
 
     def __init__(self, environment: Environment) -> None:
@@ -168,7 +170,8 @@ class RatatoskrUser(User):
         """Create the client and connect, retrying every ``connect_retry_delay``
         seconds until it succeeds (or the user is stopped)."""
         assert self.host is not None
-        client = self._client = RatatoskrClient(self.host, token=self.token, **self.client_options)
+        options: ClientOptions = {"token": self.token, **self.client_options}
+        client = self._client = RatatoskrClient(self.host, **options)
         client.on("ephemeral-message", self._on_message)
         client.on("peer-joined", self._on_peer_joined)
         client.on("peer-left", self._on_peer_left)

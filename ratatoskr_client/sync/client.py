@@ -26,58 +26,23 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, overload
+from typing import Any, Unpack
 
-from ..asyncio.client import (
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_MAX_INCOMING_FRAME_SIZE,
-    DEFAULT_PING_INTERVAL,
-    DEFAULT_RATE_LIMIT,
-    DEFAULT_REQUEST_TIMEOUT,
-    ConnectionState,
-    EventName,
-    sidecar_id,
-)
 from ..asyncio.client import RatatoskrClient as AsyncClient
-from ..backoff import DEFAULT_BACKOFF, Backoff
+from ..asyncio.client import sidecar_id
 from ..core.membership import Peer
+from ..core.settings import ClientOptions
 from ..errors import ConnectionClosed
-from ..protocol.constants import STATE_HEARTBEAT as DEFAULT_STATE_HEARTBEAT
-from ..protocol.constants import STATE_INTERVAL as DEFAULT_STATE_INTERVAL
-from ..protocol.constants import STATE_TTL as DEFAULT_STATE_TTL
-from ..status import ClientStats
+from ..events import EventSource
+from ..status import ClientStats, ConnectionState
 from . import _native
-from ._callbacks import (
-    ErrorCallback,
-    ErrorCallbackT,
-    ErrorEvent,
-    MembershipCallback,
-    MembershipCallbackT,
-    MembershipEvent,
-    MessageCallback,
-    MessageCallbackT,
-    MessageEvent,
-    PeerCallback,
-    PeerCallbackT,
-    PeerEvent,
-    PresenceCallback,
-    PresenceCallbackT,
-    PresenceEvent,
-    ReconnectingCallback,
-    ReconnectingCallbackT,
-    ReconnectingEvent,
-    StateCallback,
-    StateCallbackT,
-    StateEvent,
-)
 from ._portal import LoopThread, portal
 from ._watch import PresenceWatch
 
 __all__ = ["RatatoskrClient"]
 
 
-class RatatoskrClient:
+class RatatoskrClient(EventSource):
     """A blocking connection to a Ratatoskr server, usable from any thread.
 
     The same names, arguments, return values, exceptions and events as the
@@ -87,55 +52,24 @@ class RatatoskrClient:
         with RatatoskrClient("http://localhost:4151") as client:
             peers = client.enter_document("doc-123")  # blocks until confirmed
 
-    The arguments are the asyncio client's, except ``session`` (an aiohttp
-    session belongs to one event loop). Two differences follow from running on
-    a shared background loop: callbacks run on that loop's thread (see the
-    module docstring), and a closed blocking client cannot connect again —
-    make a new one, as with ``httpx.Client``.
+    The options are the asyncio client's (:class:`~ratatoskr_client.ClientOptions`),
+    without ``session`` (an aiohttp session belongs to one event loop). Two
+    differences follow from running on a shared background loop: callbacks
+    run on that loop's thread (see the module docstring), and a closed
+    blocking client cannot connect again — make a new one, as with
+    ``httpx.Client``.
 
     One client may be used from several threads at once; calls from different
     threads run concurrently on the loop. A client that is garbage-collected
     while open is closed in the background (with a ``ResourceWarning``); one
     still open at interpreter exit is closed then.
+
+    Raises:
+        TypeError: an option that does not exist.
+        ValueError: an option is out of range, or the URL is not a server URL.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None = None,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        reconnect: bool = True,
-        backoff: Backoff = DEFAULT_BACKOFF,
-        rate_limit: int | None = DEFAULT_RATE_LIMIT,
-        rate_burst: int | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        ping_interval: float | None = DEFAULT_PING_INTERVAL,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_incoming_frame_size: int = DEFAULT_MAX_INCOMING_FRAME_SIZE,
-        name: str | None = None,
-        state_interval: float = DEFAULT_STATE_INTERVAL,
-        state_heartbeat: float = DEFAULT_STATE_HEARTBEAT,
-        state_ttl: float = DEFAULT_STATE_TTL,
-    ) -> None:
-        options: dict[str, Any] = {
-            "token": token,
-            "heartbeat_interval": heartbeat_interval,
-            "reconnect": reconnect,
-            "backoff": backoff,
-            "rate_limit": rate_limit,
-            "rate_burst": rate_burst,
-            "request_timeout": request_timeout,
-            "connect_timeout": connect_timeout,
-            "ping_interval": ping_interval,
-            "max_frame_size": max_frame_size,
-            "max_incoming_frame_size": max_incoming_frame_size,
-            "name": name,
-            "state_interval": state_interval,
-            "state_heartbeat": state_heartbeat,
-            "state_ttl": state_ttl,
-        }
+    def __init__(self, url: str, **options: Unpack[ClientOptions]) -> None:
         self.url = url
         self._released = False
         self._release_lock = _native.allocate_lock()
@@ -147,6 +81,9 @@ class RatatoskrClient:
             portal.detach(loop, None)
             raise
         self._client = client
+        #: ``on``/``once``/``off`` (:class:`~ratatoskr_client.events.EventSource`)
+        #: go to the asyncio client's, on the loop thread
+        self._emitter = _OnLoop(loop, client)
         portal.adopt(loop, client)
         self._finalizer = weakref.finalize(self, _close_abandoned, loop, client)
         self._finalizer.atexit = False  # the portal closes open clients at exit
@@ -165,10 +102,13 @@ class RatatoskrClient:
 
     @property
     def me(self) -> Peer:
-        """This connection's identity from ``auth_ok``.
+        """This connection's identity from ``auth_ok`` (after a disconnect, or
+        once closed, the last one).
 
         Raises:
-            ConnectionClosed: the client has never connected.
+            RuntimeError: read before the first :meth:`connect` succeeded (a
+                usage error, as in the asyncio client: there is no identity
+                to show yet).
         """
         return self._loop.call(lambda: self._client.me)
 
@@ -356,115 +296,42 @@ class RatatoskrClient:
         self._check_open()
         self._loop.run(self._client.set_state, document_id, channel, value)
 
-    # ================================================================== events
+    def __repr__(self) -> str:
+        return self._loop.call(lambda: f"<blocking {self._client!r}>")
 
-    @overload
-    def on(self, event: PeerEvent, callback: PeerCallback) -> PeerCallback: ...
-    @overload
-    def on(self, event: PeerEvent) -> Callable[[PeerCallbackT], PeerCallbackT]: ...
-    @overload
-    def on(self, event: ErrorEvent, callback: ErrorCallback) -> ErrorCallback: ...
-    @overload
-    def on(self, event: ErrorEvent) -> Callable[[ErrorCallbackT], ErrorCallbackT]: ...
-    @overload
-    def on(
-        self, event: ReconnectingEvent, callback: ReconnectingCallback
-    ) -> ReconnectingCallback: ...
-    @overload
-    def on(
-        self, event: ReconnectingEvent
-    ) -> Callable[[ReconnectingCallbackT], ReconnectingCallbackT]: ...
-    @overload
-    def on(self, event: MembershipEvent, callback: MembershipCallback) -> MembershipCallback: ...
-    @overload
-    def on(
-        self, event: MembershipEvent
-    ) -> Callable[[MembershipCallbackT], MembershipCallbackT]: ...
-    @overload
-    def on(self, event: PresenceEvent, callback: PresenceCallback) -> PresenceCallback: ...
-    @overload
-    def on(self, event: PresenceEvent) -> Callable[[PresenceCallbackT], PresenceCallbackT]: ...
-    @overload
-    def on(self, event: MessageEvent, callback: MessageCallback) -> MessageCallback: ...
-    @overload
-    def on(self, event: MessageEvent) -> Callable[[MessageCallbackT], MessageCallbackT]: ...
-    @overload
-    def on(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
-    @overload
-    def on(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
 
-    def on(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
-        """Call ``callback`` every time ``event`` fires; usable as a decorator.
+class _OnLoop:
+    """The emitter interface :class:`~ratatoskr_client.events.EventSource`
+    uses (pyee's ``on``, ``once``, ``remove_listener``), carried out by the
+    asyncio client on the loop thread, where the callbacks will run."""
 
-        The callback runs on the background loop thread.
+    __slots__ = ("_client", "_loop")
 
-        Raises:
-            ValueError: ``event`` is not one of the documented event names.
-        """
-        return self._listen(self._client.on, event, callback)
+    def __init__(self, loop: LoopThread, client: AsyncClient) -> None:
+        self._loop = loop
+        self._client = client
 
-    @overload
-    def once(self, event: PeerEvent, callback: PeerCallback) -> PeerCallback: ...
-    @overload
-    def once(self, event: PeerEvent) -> Callable[[PeerCallbackT], PeerCallbackT]: ...
-    @overload
-    def once(self, event: ErrorEvent, callback: ErrorCallback) -> ErrorCallback: ...
-    @overload
-    def once(self, event: ErrorEvent) -> Callable[[ErrorCallbackT], ErrorCallbackT]: ...
-    @overload
-    def once(
-        self, event: ReconnectingEvent, callback: ReconnectingCallback
-    ) -> ReconnectingCallback: ...
-    @overload
-    def once(
-        self, event: ReconnectingEvent
-    ) -> Callable[[ReconnectingCallbackT], ReconnectingCallbackT]: ...
-    @overload
-    def once(self, event: MembershipEvent, callback: MembershipCallback) -> MembershipCallback: ...
-    @overload
-    def once(
-        self, event: MembershipEvent
-    ) -> Callable[[MembershipCallbackT], MembershipCallbackT]: ...
-    @overload
-    def once(self, event: PresenceEvent, callback: PresenceCallback) -> PresenceCallback: ...
-    @overload
-    def once(self, event: PresenceEvent) -> Callable[[PresenceCallbackT], PresenceCallbackT]: ...
-    @overload
-    def once(self, event: MessageEvent, callback: MessageCallback) -> MessageCallback: ...
-    @overload
-    def once(self, event: MessageEvent) -> Callable[[MessageCallbackT], MessageCallbackT]: ...
-    @overload
-    def once(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
-    @overload
-    def once(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
+    def on(self, event: str, callback: Callable[..., object] | None = None) -> Any:
+        return self._add(self._client.on, event, callback)
 
-    def once(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
-        """Like :meth:`on`, but the callback runs at most once."""
-        return self._listen(self._client.once, event, callback)
+    def once(self, event: str, callback: Callable[..., object] | None = None) -> Any:
+        return self._add(self._client.once, event, callback)
 
-    def off(self, event: EventName, callback: Callable[..., object]) -> None:
-        """Remove a callback added with :meth:`on` or :meth:`once` (no-op if absent)."""
+    def remove_listener(self, event: str, callback: Callable[..., object]) -> None:
         self._loop.call(self._client.off, event, callback)
 
-    remove_listener = off
-
-    def _listen(
-        self, add: Callable[..., Any], event: EventName, callback: Callable[..., object] | None
+    def _add(
+        self, add: Callable[..., Any], event: str, callback: Callable[..., object] | None
     ) -> Any:
         if callback is not None:
             self._loop.call(add, event, callback)
             return callback
-        # The asyncio client's decorator: checks the name now, registers later.
-        register = self._loop.call(add, event)
 
         def decorator(function: Callable[..., object]) -> Callable[..., object]:
-            self._loop.call(register, function)
+            self._loop.call(add, event, function)
             return function
 
         return decorator
-
-    def __repr__(self) -> str:
-        return self._loop.call(lambda: f"<blocking {self._client!r}>")
 
 
 def _close_abandoned(loop: LoopThread, client: AsyncClient) -> None:

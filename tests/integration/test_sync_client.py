@@ -313,3 +313,19 @@ def test_under_a_threaded_wsgi_server(relay_thread: RelayThread) -> None:
         assert all(answer["present"] == 2 for answer in answers)
         headlines = {inbox.get(timeout=WAIT)["headline"] for _ in range(12)}
         assert headlines == {f"story-{i}" for i in range(12)}
+
+
+def test_me_and_bad_options_raise_what_the_asyncio_client_raises(
+    relay_thread: RelayThread,
+) -> None:
+    client = RatatoskrClient(relay_thread.url)
+    try:
+        with pytest.raises(RuntimeError, match="only known once connected"):
+            _ = client.me  # never connected: a usage error, as documented
+        client.connect()
+        me = client.me
+    finally:
+        client.close()
+    assert client.me == me  # closed: the last identity
+    with pytest.raises(TypeError, match="'heartbeat'"):
+        RatatoskrClient(relay_thread.url, heartbeat=3)  # type: ignore[call-arg]

@@ -12,7 +12,7 @@ import queue
 from collections.abc import Mapping
 from typing import Any, assert_type
 
-from ratatoskr_client import ConnectionState, Peer, RatatoskrError
+from ratatoskr_client import Backoff, ClientOptions, ConnectionState, Peer, RatatoskrError
 from ratatoskr_client.sync import PresenceWatch, RatatoskrClient
 
 
@@ -63,3 +63,15 @@ def bot(url: str) -> None:
         client.enter_document(123)  # type: ignore[arg-type]
         client.watch_presence("doc-123", timeout="soon")  # type: ignore[arg-type]
         RatatoskrClient(url, session=None)  # type: ignore[call-arg]
+        RatatoskrClient(url, heartbeat=10)  # type: ignore[call-arg]
+        RatatoskrClient(url, rate_limit="many")  # type: ignore[arg-type]
+        often: ClientOptions = {"ping_interval": "often"}  # type: ignore[typeddict-item]
+        print(often)
+
+
+def with_options(url: str) -> None:
+    options: ClientOptions = {"backoff": Backoff(max_attempts=2), "state_ttl": 30.0}
+    with RatatoskrClient(url, token="secret", name="bot", rate_limit=None) as plain:
+        print(plain.me.chosen_name)
+    with RatatoskrClient(url, **options) as tuned:
+        print(tuned.features)

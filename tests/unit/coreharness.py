@@ -1,9 +1,10 @@
 """Driving a ClientCore by hand: a fake clock, a fake server, effects as lists.
 
 No socket, no event loop: :class:`Harness` calls the core the way the driver
-does and keeps the effects for the test to read. :meth:`Harness.advance` moves
-the clock and runs the core's timer every time it asked to be woken, so
-minutes of heartbeats, TTLs, coalescing and pacing run in milliseconds.
+does and takes the effects from its outbox for the test to read.
+:meth:`Harness.advance` moves the clock and runs the core's timer every time it
+asked to be woken, so minutes of heartbeats, TTLs, coalescing and pacing run in
+milliseconds. Every event is listened to (the core records them all).
 """
 
 from __future__ import annotations
@@ -15,53 +16,93 @@ import cbor2
 
 from ratatoskr_client.backoff import Backoff
 from ratatoskr_client.core.client import ClientCore
-from ratatoskr_client.core.effects import (
+from ratatoskr_client.core.membership import MembershipStore, Peer
+from ratatoskr_client.core.outbox import (
     Effect,
-    Emit,
     Fail,
+    Outbox,
     Ping,
-    PresenceChanged,
     Push,
     Resolve,
     Send,
     WakeAt,
 )
 from ratatoskr_client.core.settings import Settings
+from ratatoskr_client.errors import ConnectionClosed
 
 FULL = ["identity", "presence", "ephemeral"]
+
+
+def unshared(store: MembershipStore) -> bool:
+    """True if some non-empty table of ``store`` is its own, not shared with
+    the other clients of the process (white box: nothing public shows it)."""
+    tables = [store._identities, *store._docs.values()]
+    return any(table and not table.shared for table in tables)
+
+
+class Pushed:
+    """A presence watch's values, taken when its Push was (a ConnectionClosed:
+    its end, and why)."""
+
+    __slots__ = ("values", "watcher")
+
+    def __init__(self, watcher: int, values: list[tuple[Peer, ...] | ConnectionClosed]) -> None:
+        self.watcher = watcher
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"<Pushed {self.watcher} {self.values!r}>"
 
 
 class Harness:
     def __init__(self, **options: Any) -> None:
         self.sessions = iter(f"session-{n}" for n in range(1, 1000))
+        self.outbox = Outbox()
         self.core = ClientCore(
             Settings("http://relay.test", **options),
+            self.outbox,
             rand=lambda: 0.5,
             new_session=lambda: next(self.sessions),
         )
         self.now = 1000.0
         self.wake = math.inf
         #: every effect so far, in order
-        self.log: list[Effect] = []
+        self.log: list[Effect | Pushed] = []
         self.connections = 0
         #: the fake server answers every ping at once (False: it stays silent)
         self.pongs = True
 
     # ------------------------------------------------------------------ effects
 
-    def take(self) -> list[Effect]:
-        """The effects since the last take (and remember when to wake the core)."""
-        effects = list(self.core.effects)
-        self.core.effects.clear()
-        for effect in effects:
+    def take(self) -> list[Effect | Pushed]:
+        """The effects since the last take (and remember when to wake the
+        core); a Push comes with the values its watch held then."""
+        effects: list[Effect | Pushed] = []
+        for effect in self.outbox.take():
             if type(effect) is WakeAt and effect.when < self.wake:
                 self.wake = effect.when
             elif type(effect) is Ping and self.pongs:
                 self.core.heard(self.now)  # a live server's pong
+            if type(effect) is Push:
+                effects.append(Pushed(effect.watcher, self.drain(effect.watcher)))
+            else:
+                effects.append(effect)
         self.log += effects
         return effects
 
-    def advance(self, seconds: float) -> list[Effect]:
+    def drain(self, watcher: int) -> list[tuple[Peer, ...] | ConnectionClosed]:
+        """Every value a presence watch holds now, as its consumer takes them
+        (a ConnectionClosed: its end)."""
+        values: list[tuple[Peer, ...] | ConnectionClosed] = []
+        while True:
+            item = self.core.next_presence(watcher)
+            if item is None:
+                return values
+            values.append(item)
+            if isinstance(item, ConnectionClosed):
+                return values
+
+    def advance(self, seconds: float) -> list[Effect | Pushed]:
         """Move the clock, waking the core whenever it asked; the effects."""
         end = self.now + seconds
         out = self.take()
@@ -76,7 +117,7 @@ class Harness:
     # ------------------------------------------------------------------ views
 
     @staticmethod
-    def sent(effects: list[Effect]) -> list[dict[str, Any]]:
+    def sent(effects: list[Effect | Pushed]) -> list[dict[str, Any]]:
         """The frames among ``effects``, decoded, with ``payload`` for ephemerals."""
         frames = []
         for effect in effects:
@@ -88,34 +129,35 @@ class Harness:
         return frames
 
     @staticmethod
-    def events(effects: list[Effect], name: str | None = None) -> list[tuple[Any, ...]]:
-        """(event, *args) of every Emit (and presence-changed) among ``effects``."""
+    def events(effects: list[Effect | Pushed], name: str | None = None) -> list[tuple[Any, ...]]:
+        """(event, *args) of every Emit (a tuple) among ``effects``;
+        ``presence-changed`` as (event, document_id) (its peers are the core's
+        presence then)."""
         out: list[tuple[Any, ...]] = []
         for effect in effects:
-            if type(effect) is Emit and (name is None or effect.event == name):
-                out.append((effect.event, *effect.args))
-            elif type(effect) is PresenceChanged and name in (None, "presence-changed"):
-                out.append(("presence-changed", effect.document_id))
+            if type(effect) is tuple and (name is None or effect[0] == name):
+                out.append(effect[:2] if effect[0] == "presence-changed" else effect)
         return out
 
     @staticmethod
-    def finished(effects: list[Effect]) -> dict[int, Any]:
-        """Waiter id -> value (Resolve) or exception (Fail); watcher -> pushes."""
+    def finished(effects: list[Effect | Pushed]) -> dict[int, Any]:
+        """Waiter id -> value (Resolve) or exception (Fail); presence watch ->
+        the values it was given (a ConnectionClosed last: its end)."""
         out: dict[int, Any] = {}
         for effect in effects:
             if type(effect) is Resolve:
                 out[effect.waiter] = effect.value
             elif type(effect) is Fail:
                 out[effect.waiter] = effect.error
-            elif type(effect) is Push:
-                out.setdefault(effect.watcher, []).append(effect.peers)
+            elif type(effect) is Pushed:
+                out.setdefault(effect.watcher, []).extend(effect.values)
         return out
 
     # ------------------------------------------------------------------ the server
 
     def connect(
         self, *, features: list[str] | None = FULL, user: dict[str, Any] | None = None
-    ) -> list[Effect]:
+    ) -> list[Effect | Pushed]:
         """A connection and its handshake; returns the effects."""
         core = self.core
         if core.state.value in ("idle", "closed"):
@@ -133,12 +175,12 @@ class Harness:
         assert core.handshake(cbor2.dumps(auth_ok), self.now)
         return self.take()
 
-    def server(self, frame: dict[str, Any]) -> list[Effect]:
+    def server(self, frame: dict[str, Any]) -> list[Effect | Pushed]:
         """The server sends ``frame`` (a batch of one, as the driver sees a frame
         that arrives alone); the effects."""
         return self.batch(frame)
 
-    def batch(self, *frames: dict[str, Any]) -> list[Effect]:
+    def batch(self, *frames: dict[str, Any]) -> list[Effect | Pushed]:
         """The server sends ``frames``, read at once: the driver handles them
         all, then settles presence; the effects."""
         for frame in frames:
@@ -148,7 +190,7 @@ class Harness:
 
     def ephemeral(
         self, sender: str, session: str, count: int, doc: str, payload: Any
-    ) -> list[Effect]:
+    ) -> list[Effect | Pushed]:
         """An ephemeral message from ``sender`` (as the server stamped it)."""
         return self.server(
             {
@@ -184,4 +226,4 @@ class Harness:
         return {k: dict(v) for k, v in self.core.state_of(doc).items() if k != mine}
 
 
-__all__ = ["FULL", "Backoff", "Harness"]
+__all__ = ["FULL", "Backoff", "Harness", "Pushed", "unshared"]

@@ -10,13 +10,20 @@ from typing import Any
 import cbor2
 import pytest
 
-from ratatoskr_client import AuthError, ConnectionClosed, PermissionDenied, RateLimited
+from ratatoskr_client import (
+    AuthError,
+    ConnectionClosed,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+)
 from ratatoskr_client.core.membership import SHARE_AFTER
+from ratatoskr_client.core.outbox import Ping
 from ratatoskr_client.core.pacing import TokenBucket
 from ratatoskr_client.errors import OperationTimeout
 from ratatoskr_client.status import ConnectionState
 
-from .coreharness import Backoff, Harness
+from .coreharness import Backoff, Harness, unshared
 
 
 def presence_payloads(frames: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -90,14 +97,14 @@ def test_reconnect_in_simulated_time():
     assert [e[1:] for e in h.events(h.take(), "reconnecting")] == [(1, 0.5), (2, 3.0), (3, 2.0)]
     effects = h.connect()  # attempt 3 worked: the document is joined again
     assert presence_payloads(h.sent(effects)) == [("join", "doc")]
-    assert h.core.attempt == 0
+    assert h.core.connection.attempt == 0
 
 
 def test_reconnect_gives_up_and_tears_down_once():
     h = Harness(backoff=Backoff(base_delay=0.1, max_attempts=2))
     h.connect()
     h.enter("doc")
-    waiter = h.core.wait_presence("doc", lambda peers: len(peers) == 5)
+    waiter = h.core.wait_presence("doc")
     h.core.connection_lost(ConnectionClosed("gone"), h.now)
     assert h.core.next_attempt(h.now) is not None
     assert h.core.next_attempt(h.now) is not None
@@ -106,7 +113,7 @@ def test_reconnect_gives_up_and_tears_down_once():
     assert h.core.state is ConnectionState.CLOSED
     errors = [e[1] for e in h.events(effects, "error")]
     assert len(errors) == 1 and "gave up" in str(errors[0])
-    assert isinstance(h.finished(effects)[waiter], ConnectionClosed)
+    assert isinstance(h.finished(effects)[waiter][-1], ConnectionClosed)  # the wait ends
     assert h.core.docs.entered() == ()
 
 
@@ -114,19 +121,19 @@ def test_without_reconnect_a_lost_connection_is_announced_once_with_its_cause():
     h = Harness(reconnect=False)
     h.connect()
     h.enter("doc")
-    waiter = h.core.wait_presence("doc", lambda peers: len(peers) == 5)
+    waiter = h.core.wait_presence("doc")
     h.core.connection_lost(ConnectionClosed("gone"), h.now)
     effects = h.take()
     assert [str(e[1]) for e in h.events(effects, "disconnected")] == ["gone"]
     assert h.core.state is ConnectionState.CLOSED
-    assert isinstance(h.finished(effects)[waiter], ConnectionClosed)
+    assert isinstance(h.finished(effects)[waiter][-1], ConnectionClosed)  # the wait ends
 
 
 def test_auth_refused_on_reconnect_is_fatal():
     h = Harness()
     h.connect()
     h.core.connection_lost(ConnectionClosed("gone"), h.now)
-    connect_waiter = h.core.wait_connected(connected=False)
+    connect_waiter = h.core.wait_connected(socket_closed=True)
     h.core.next_attempt(h.now)
     h.core.attempt_failed(AuthError("invalid_token"), h.now)
     effects = h.take()
@@ -422,16 +429,18 @@ def test_one_teardown_releases_every_waiter():
     h = Harness(rate_limit=60, rate_burst=1)
     h.connect()
     enter = h.core.enter("slow", h.now)
-    presence = h.core.wait_presence("slow", lambda peers: len(peers) == 3)
+    presence = h.core.wait_presence("slow")
     watcher = h.core.watch("slow")
     h.core.send_ephemeral("doc", 1, h.now)
     paced = h.core.send_ephemeral("doc", 2, h.now)
     h.take()
     h.core.shutdown(ConnectionClosed("client stopped reconnecting"), h.now)
     done = h.finished(h.take())
-    for waiter in (enter, presence, paced):
+    for waiter in (enter, paced):
         assert isinstance(done[waiter], ConnectionClosed), waiter
-    assert done[watcher] == [None]
+    # The presence wait and the watch end (with the teardown's reason).
+    assert [str(v) for v in done[presence]] == ["client stopped reconnecting"]
+    assert [str(v) for v in done[watcher]] == ["client stopped reconnecting"]
     assert h.core.state is ConnectionState.CLOSED
     assert h.core.waiters.count() == 0
     assert not h.core.out.queue
@@ -488,11 +497,11 @@ def test_tables_changed_by_a_chosen_name_are_shared_again_once_quiet():
     )
     h.enter("doc", ["me-1", "p"])
     h.advance(SHARE_AFTER + 0.1)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
     h.ephemeral("p", "sp", 1, "doc", snapshot({"name": "beta"}))  # a copy of its own now
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     h.advance(SHARE_AFTER + 0.1)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
 
 
 def test_a_forwarder_credited_with_a_quiet_session_shows_its_own_state():
@@ -547,17 +556,58 @@ def test_membership_tables_are_shared_once_quiet_for_a_moment():
             "user": {"id": None, "name": "X", "isAnonymous": True},
         }
     )
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     h.advance(0.3)
     h.server({"type": "peer_joined_doc", "documentId": "doc", "peerId": "peer-y"})
     h.advance(0.3)  # 0.6 s since the first change, but only 0.3 s of quiet
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     h.advance(0.3)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
     assert [p.peer_id for p in h.core.presence("doc")] == ["me-1", "peer-x", "peer-y"]
     # A change makes them this client's own again, until the next quiet moment.
     h.server({"type": "peer_left_doc", "documentId": "doc", "peerId": "peer-y"})
-    assert h.core.store.unshared()
+    assert unshared(h.core.store)
     assert [p.peer_id for p in h.core.presence("doc")] == ["me-1", "peer-x"]
     h.advance(1)
-    assert not h.core.store.unshared()
+    assert not unshared(h.core.store)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_events_nobody_listens_to_make_no_effect_and_messages_are_recorded_not_delivered():
+    h = Harness()
+    h.connect()
+    h.enter("doc")
+    for event in ("peer-joined", "peer-identity", "presence-changed"):
+        h.core.listening(event, False)
+    h.core.listening("ephemeral-message", False)  # (always recorded: it is the application's)
+    quiet = h.batch(
+        {
+            "type": "peer_identity",
+            "peerId": "p",
+            "user": {"id": None, "name": "P", "isAnonymous": True},
+        },
+        {"type": "peer_joined_doc", "documentId": "doc", "peerId": "p"},
+    )
+    assert h.events(quiet) == []
+    assert h.presence_ids("doc") == ["me-1", "p"]  # the change itself is made
+    h.core.listening("peer-joined", True)
+    h.core.listening("presence-changed", True)
+    heard = h.server({"type": "peer_joined_doc", "documentId": "doc", "peerId": "q"})
+    assert [e[0] for e in h.events(heard)] == ["peer-joined", "presence-changed"]
+    # A message is an effect in the outbox, in order: the core calls nothing.
+    got = h.ephemeral("p", "sp", 1, "doc", {"text": "hi"})
+    assert [(e[0], e[1], e[2].peer_id, e[3]) for e in h.events(got)] == [
+        ("ephemeral-message", "doc", "p", {"text": "hi"})
+    ]
+
+
+def test_a_text_frame_is_a_protocol_error_and_proves_the_connection_alive():
+    h = Harness(ping_interval=10)
+    h.connect()
+    h.advance(9)
+    h.core.receive_text(h.now)
+    (error,) = [e[1] for e in h.events(h.take(), "error")]
+    assert isinstance(error, ProtocolError) and "text frame" in str(error)
+    assert not any(type(e) is Ping for e in h.advance(9.5))  # heard 9.5 s ago: no ping yet

@@ -194,3 +194,52 @@ def test_base_exceptions_are_not_swallowed(exc):
     emitter.on("tick", handler)
     with pytest.raises(exc):
         emitter.emit("tick")
+
+
+def test_the_emitter_says_when_an_event_gains_its_first_callback_and_loses_its_last():
+    said: list[tuple[str, bool]] = []
+    emitter = SafeEmitter(listening=lambda event, on: said.append((event, on)))
+
+    def first(x: int) -> None:
+        pass
+
+    def second(x: int) -> None:
+        pass
+
+    emitter.on("tick", first)
+    emitter.on("tick", second)  # not the first: nothing to say
+    assert said == [("tick", True)]
+    emitter.remove_listener("tick", first)
+    assert said == [("tick", True)]
+    emitter.remove_listener("tick", second)
+    assert said == [("tick", True), ("tick", False)]
+    # A once callback removes itself when it runs: that is said too.
+    emitter.once("tock", first)
+    emitter.emit("tock", 1)
+    assert said[-2:] == [("tock", True), ("tock", False)]
+    emitter.on("tick")(first)  # the decorator form
+    emitter.on("tock", second)
+    emitter.remove_all_listeners()
+    assert said[-4:] == [("tick", True), ("tock", True), ("tick", False), ("tock", False)]
+
+
+def test_the_client_tells_its_core_which_membership_events_have_callbacks():
+    # White box: the core records no effect for an event nobody listens to.
+    from ratatoskr_client import RatatoskrClient
+
+    client = RatatoskrClient("http://relay.test")
+    unheard = client._core._unheard
+    assert unheard == {
+        "peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed"
+    }  # fmt: skip
+
+    def joined(doc: str, peer: object) -> None:
+        pass
+
+    client.on("peer-joined", joined)
+    client.once("presence-changed", lambda doc, peers: None)
+    assert "peer-joined" not in unheard and "presence-changed" not in unheard
+    client.off("peer-joined", joined)
+    assert "peer-joined" in unheard
+    client._emitter.emit("presence-changed", "doc", ())  # the once callback runs, and goes
+    assert "presence-changed" in unheard

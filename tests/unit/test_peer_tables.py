@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 
 from ratatoskr_client.core.membership import MembershipStore, Peer, intern_peer
-from ratatoskr_client.core.peer_tables import PeerTable, frozen_tables
+from ratatoskr_client.core.peer_tables import _FROZEN, PeerTable
 from ratatoskr_client.protocol import (
     AuthOkFrame,
     DocPresenceStateFrame,
@@ -14,6 +14,8 @@ from ratatoskr_client.protocol import (
     PeerLeftDocFrame,
     UserInfo,
 )
+
+from .coreharness import unshared
 
 
 def peer(i: int) -> Peer:
@@ -74,16 +76,16 @@ def test_order_matters_for_ordered_tables_only() -> None:
 
 def test_frozen_tables_live_as_long_as_a_table_uses_them() -> None:
     gc.collect()
-    before = frozen_tables()
+    before = len(_FROZEN)
     tables: list[PeerTable[Peer]] = [PeerTable() for _ in range(3)]
     for table in tables:
         table.put(peer(7))
         table.share()
-    assert frozen_tables() == before + 1
+    assert len(_FROZEN) == before + 1
     tables[0].put(peer(8))  # copies away
     del tables[1:], table
     gc.collect()
-    assert frozen_tables() == before
+    assert len(_FROZEN) == before
 
 
 def test_clients_that_learnt_the_same_peers_in_another_order_share_their_tables() -> None:
@@ -103,9 +105,9 @@ def test_clients_that_learnt_the_same_peers_in_another_order_share_their_tables(
     stores = [store_for(me, [i for i in (3, 2, 1, 0) if i != me]) for me in range(4)]
     views = [(dict(s.identities), s.presence("doc")) for s in stores]
     for store in stores:
-        assert store.unshared()
+        assert unshared(store)
         store.share()
-        assert not store.unshared()
+        assert not unshared(store)
     assert len({id(s.presence("doc")) for s in stores}) == 1
     # Nothing seen changed.
     assert [(dict(s.identities), s.presence("doc")) for s in stores] == views

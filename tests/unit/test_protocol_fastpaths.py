@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ratatoskr_client.asyncio.emitter import SafeEmitter
 from ratatoskr_client.errors import ProtocolError
 from ratatoskr_client.protocol import (
     MAX_COUNT,
@@ -129,19 +128,6 @@ def test_relay_spliced_ephemeral_frames_decode_like_encoded_ones() -> None:
     )
     assert cbor2.dumps(cbor2.loads(spliced)) == spliced
     assert decode(spliced) == EphemeralFrame("peer-a", "peer-b", "doc", 7, "s", b"\xa1ax\x01")
-
-
-def test_safe_emitter_has_listeners() -> None:
-    emitter = SafeEmitter()
-    assert not emitter.has_listeners("tick")
-
-    def callback() -> None:
-        pass
-
-    emitter.on("tick", callback)
-    assert emitter.has_listeners("tick")
-    emitter.remove_listener("tick", callback)
-    assert not emitter.has_listeners("tick")
 
 
 # ----------------------------------------------------------------- ephemeral fast path

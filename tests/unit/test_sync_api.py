@@ -6,6 +6,7 @@ No I/O here: these compare signatures, and run mypy over user code.
 from __future__ import annotations
 
 import inspect
+import re
 import types
 from pathlib import Path
 from typing import get_args, get_overloads, get_type_hints
@@ -82,3 +83,32 @@ def test_user_code_calling_it_passes_mypy_strict():
     api = pytest.importorskip("mypy.api")
     out, err, status = api.run(["--strict", "--warn-unused-ignores", str(USAGE)])
     assert status == 0, out + err
+
+
+def raised(doc: str | None) -> set[str]:
+    """The exception names a docstring's ``Raises:`` section lists."""
+    section = (doc or "").split("Raises:", 1)
+    if len(section) == 1:
+        return set()
+    names: set[str] = set()
+    for line in section[1].splitlines()[1:]:
+        match = re.match(r"\s{4,}([A-Z][A-Za-z, ]+):", line)
+        if match:
+            names |= {n.strip() for n in match[1].split(",")}
+        elif line.strip() and not line.startswith(" "):
+            break
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(set(public(AsyncClient)) - ASYNC_ONLY))
+def test_the_blocking_client_documents_only_exceptions_the_asyncio_one_raises(name):
+    # Same names, same exceptions: a blocking docstring may say less, never else.
+    blocking = raised(inspect.getattr_static(RatatoskrClient, name).__doc__)
+    asynchronous = raised(inspect.getattr_static(AsyncClient, name).__doc__)
+    assert blocking <= asynchronous, name
+
+
+def test_both_clients_document_the_same_construction_errors():
+    assert raised(RatatoskrClient.__doc__) == raised(AsyncClient.__doc__) == {
+        "TypeError", "ValueError"
+    }  # fmt: skip

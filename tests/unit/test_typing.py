@@ -2,7 +2,9 @@
 
 A temporary directory stands for a user project that imports the installed
 package: the README's own snippet must pass, and callbacks with the wrong
-arguments, or for an event that does not exist, must be type errors.
+arguments, or for an event that does not exist, must be type errors; so must
+an option that does not exist or a value of the wrong type for one (in a call,
+in a ``ClientOptions`` dict, in a Locust user's ``client_options``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ GOOD = """
 from collections.abc import Mapping
 from typing import Any
 
-from ratatoskr_client import ClientStats, Peer, RatatoskrClient, RatatoskrError
+from ratatoskr_client import (
+    Backoff, ClientOptions, ClientStats, Peer, RatatoskrClient, RatatoskrError
+)
+from ratatoskr_client.locust import RatatoskrUser
 
 
 async def main(client: RatatoskrClient) -> None:
@@ -42,6 +47,18 @@ async def main(client: RatatoskrClient) -> None:
     show("doc", (client.me,))  # the decorator keeps the function's own type
     stats: ClientStats = client.stats()
     print(stats.paced_sends + stats.waiters, client.me.chosen_name)
+
+
+async def options(url: str) -> None:
+    tuned = RatatoskrClient(url, token=None, heartbeat_interval=10, rate_limit=None, name="bot")
+    options: ClientOptions = {"backoff": Backoff(max_attempts=3), "ping_interval": None}
+    async with RatatoskrClient(url, session=None, **options) as client:
+        await client.wait_connected(timeout=1)
+    await tuned.close()
+
+
+class Participant(RatatoskrUser):
+    client_options = {"heartbeat_interval": 15.0, "reconnect": False}
 """
 
 BAD = {
@@ -51,6 +68,12 @@ BAD = {
     "unknown-event": 'client.on("presence_changed", lambda doc, peers: None)',
     "unknown-event-off": 'client.off("message", print)',
     "me-is-not-optional-but-typed": "x: int = client.me",
+    "option-of-the-wrong-type": 'RatatoskrClient("http://x", heartbeat_interval="soon")',
+    "option-that-does-not-exist": 'RatatoskrClient("http://x", heartbeat=3)',
+    "options-dict-of-the-wrong-type": 'o: ClientOptions = {"rate_limit": "many"}',
+    "locust-options-of-the-wrong-type": (
+        'class User(RatatoskrUser):\n    client_options = {"state_ttl": "long"}'
+    ),
 }
 
 
@@ -89,7 +112,8 @@ def test_the_readme_and_typed_callbacks_pass_mypy_strict_and_mistakes_do_not(
     (tmp_path / "readme_snippet.py").write_text(readme_snippet())
     (tmp_path / "good.py").write_text(GOOD)
     header = (
-        "from ratatoskr_client import RatatoskrClient\n\n\n"
+        "from ratatoskr_client import ClientOptions, RatatoskrClient\n"
+        "from ratatoskr_client.locust import RatatoskrUser\n\n\n"
         "def f(client: RatatoskrClient) -> None:\n"
     )
     for name, body in BAD.items():
