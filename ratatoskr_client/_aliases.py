@@ -67,6 +67,9 @@ FORMER_PATHS: Final[dict[str, str]] = {
     "ratatoskr_client.server.visibility": "ratatoskr_client.server.core.visibility",
     "ratatoskr_client.server.acl": "ratatoskr_client.server.config.acl",
     "ratatoskr_client.server.addresses": "ratatoskr_client.server.config.addresses",
+    # The frame readers; the encoders it also held are in protocol.writers
+    # (and, as ever, in ratatoskr_client.protocol).
+    "ratatoskr_client.protocol.decoding": "ratatoskr_client.protocol.readers",
 }
 
 
