@@ -5,7 +5,7 @@ rule, the auth deadline, the presence budget, rate limits, tombstones) reads
 the clock its :class:`~.relay.RelayCore` was given, and so does every timer of
 its aiohttp layer: ``RelayServer(config, clock=...)`` and
 ``create_app(config, clock=...)`` pass it on. By default it is
-:func:`time.monotonic`.
+``time.monotonic``.
 
 :class:`ManualClock` is time for tests: it moves only when told
 (:meth:`ManualClock.advance`), and a relay running on it is woken at once when
