@@ -280,9 +280,12 @@ class Hub:
 
     def check(self, docs: list[str]) -> None:
         """Every peer's view equals the truth, cluster-wide (once the held
-        presence changes are out)."""
+        presence changes are out). Fails if there is nobody to check, or no
+        peer in any of ``docs``: a check of nothing proves nothing."""
         self.settle()
         everyone = {p: n for n in self.live() for p in n.peers}
+        assert everyone, "no peer to check"
+        checked: list[tuple[str, str]] = []
         for node in self.live():
             for peer_id, session in node.peers.items():
                 outbox = session.outbox
@@ -303,6 +306,8 @@ class Hub:
                         truth = {p for n in self.live() for p in n.core.presence(doc)}
                         seen = outbox.presence(doc)
                         assert sorted(seen) == sorted(truth), (doc, peer_id)
+                        checked.append((doc, peer_id))
+        assert checked, f"no peer present in {docs}"
 
 
 @pytest.fixture
@@ -589,6 +594,10 @@ def test_frames_from_the_view_are_valid_protocol_frames(hub: Hub) -> None:
     b.ephemeral(pb, "doc", {"x": 1})
     b.close(pb)
     hub.pump()
+    kinds = [frame["type"] for frame in pa.outbox.frames]
+    # Every kind of frame the view makes a relay send about a remote peer.
+    assert {"peer_identity", "peer_joined_doc", "ephemeral", "peer_left_doc"} <= set(kinds)
+    assert "peer_disconnected" in kinds
     for frame in pa.outbox.frames:
         decode(cbor2.dumps(frame))  # raises on anything malformed
 

@@ -143,11 +143,6 @@ class ClusterView:
         return self.remote.connected
 
     @property
-    def publishing(self) -> bool:
-        """Local changes are queued for Redis (the link is up)."""
-        return self.publisher.publishing
-
-    @property
     def unpublished(self) -> int:
         """Ephemeral messages not sent to the other relays (link down, queue full)."""
         return self.publisher.unpublished

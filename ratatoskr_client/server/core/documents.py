@@ -3,9 +3,9 @@
 Presence (join, leave, heartbeat, expiry), the read check, the per-document
 bound on presence messages, the gossip and replay filter, the rate limit, and
 relaying an ephemeral message to everyone present; automerge-repo
-``request``/``sync`` frames count as a join. :meth:`Documents.fan_out` is the
-one loop that writes a message to a document's local members, for the relay's
-own peers' messages and for those other relays of a cluster deliver here
+``request``/``sync`` frames count as a join. :func:`fan_out` is the one loop
+that writes a message to a document's local members, for the relay's own
+peers' messages and for those other relays of a cluster deliver here
 (:meth:`Documents.deliver_remote`).
 """
 
@@ -44,7 +44,7 @@ from .limits import (
 from .replies import Replies
 from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
 
-__all__ = ["Documents", "ephemeral_prefix"]
+__all__ = ["Documents", "ephemeral_prefix", "fan_out"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -337,21 +337,13 @@ class Documents:
         members = self.members.get(doc_id)
         if not members:
             return
-        visibility.introduce(conn, doc_id in conn.docs, members.values())
-        self.fan_out(
+        if doc_id not in conn.docs:  # (present: the members know who is speaking)
+            visibility.introduce(conn, False, members.values())
+        fan_out(
             members,
             ephemeral_prefix(conn.target_suffix, doc_id, frame.count, frame.session_id, frame.data),
             conn,
         )
-
-    @staticmethod
-    def fan_out(members: dict[str, Connection], prefix: bytes, sender: object = None) -> None:
-        """Write the relayed frame ``prefix`` (see :func:`ephemeral_prefix`) to
-        every one of a document's ``members`` but its ``sender``, each with its
-        own ``targetId``: the one fan-out loop of the relay."""
-        for other in members.values():
-            if other is not sender:
-                other.outbox.send_ephemeral(prefix, other.target_suffix)
 
     def deliver_remote(
         self,
@@ -379,7 +371,7 @@ class Documents:
         if members:
             if speaker is not None:
                 self.visibility.introduce(speaker, present, members.values())
-            self.fan_out(
+            fan_out(
                 members,
                 ephemeral_prefix(target_suffix(sender[1]), document_id, count, session_id, data),
             )
@@ -405,3 +397,13 @@ class Documents:
             # the empty document's own sync message is the truthful answer.
             reply = SyncFrame(server_peer_id, conn.peer_id, doc_id, frame.data)
         conn.outbox.send(encode(reply))
+
+
+def fan_out(members: dict[str, Connection], prefix: bytes, sender: object = None) -> None:
+    """Write the relayed frame ``prefix`` (see :func:`ephemeral_prefix`) to every
+    one of a document's ``members`` but its ``sender``, each with its own
+    ``targetId``: the one fan-out loop of the relay, for the messages of its
+    own peers and for those other relays deliver."""
+    for other in members.values():
+        if other is not sender:
+            other.outbox.send_ephemeral(prefix, other.target_suffix)
