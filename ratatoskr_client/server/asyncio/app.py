@@ -231,6 +231,8 @@ class _Timer:
             due = now + SWEEP_MAX_INTERVAL
         if self._trimming.due(core.closed_total, self._loop.time()):
             trim()
+        # (The core's sweeps make it at most a second anyway; the cap keeps the
+        # trimming policy looked at even if a core said "never".)
         self._schedule(min(due, now + SWEEP_MAX_INTERVAL))
 
     def _advanced(self) -> None:
