@@ -868,3 +868,13 @@ def test_the_upstream_auth_ok_has_no_features_and_the_user_id_only(user_id: str 
     assert ours == encode(
         AuthOkFrame("server-1", "peer-1", UserInfo(user_id, "Ann", user_id is None), ("x",))
     )
+
+
+def test_the_former_decoding_module_is_the_readers() -> None:
+    import importlib
+
+    from ratatoskr_client.protocol import readers
+
+    former = importlib.import_module("ratatoskr_client.protocol.decoding")
+    assert former is readers
+    assert former.decode_plain(encode(PeerDisconnectedFrame("p"))) == PeerDisconnectedFrame("p")
