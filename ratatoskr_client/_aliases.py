@@ -73,6 +73,9 @@ FORMER_PATHS: Final[dict[str, str]] = {
     "ratatoskr_client.core.sending": "ratatoskr_client.core.outgoing",
     "ratatoskr_client.asyncio.views": "ratatoskr_client.asyncio.client",
     "ratatoskr_client.sync._callbacks": "ratatoskr_client.events",
+    # The frame readers; the encoders it also held are in protocol.writers
+    # (and, as ever, in ratatoskr_client.protocol).
+    "ratatoskr_client.protocol.decoding": "ratatoskr_client.protocol.readers",
 }
 
 

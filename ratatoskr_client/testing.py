@@ -19,6 +19,11 @@ Installed with the package (entry point ``pytest11``), it provides:
             documents=[{"id": "doc-1", "owner": "alice", "acl": [{"principal": "public"}]}],
             presence_ttl=1.0,
         )
+``ratatoskr_relay_clock``
+    The relay's clock: real time, or with ``manual_clock=True`` in the marker
+    a :class:`ManualClock` that the test moves by hand
+    (``ratatoskr_relay_clock.advance(95)``): presence expiry, the liveness
+    rule, auth deadlines and held presence changes happen at once, in fake time.
 
 The fixtures are asyncio fixtures (pytest-asyncio). An ``async def`` test that
 uses them (directly or through another fixture) is marked
@@ -30,20 +35,21 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from .asyncio.client import RatatoskrClient
 from .backoff import Backoff
-from .server import AclEntry, DocumentSpec, RelayConfig, RelayServer, UserSpec
+from .server import AclEntry, DocumentSpec, ManualClock, RelayConfig, RelayServer, UserSpec
 
 # pytest-asyncio is a test extra, not a runtime dependency; this module is loaded
 # by every pytest run in an environment that has the package installed.
 _HAVE_PYTEST_ASYNCIO = importlib.util.find_spec("pytest_asyncio") is not None
 
-__all__ = ["ClientFactory", "relay_config"]
+__all__ = ["ClientFactory", "ManualClock", "relay_config"]
 
 #: Reconnect quickly in tests: a restarted relay is found within half a second.
 TEST_BACKOFF = Backoff(base_delay=0.05, multiplier=2.0, max_delay=0.5)
@@ -119,7 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "ratatoskr_relay(**options): configure the ratatoskr_relay fixture "
-        "(users=, documents=, and any RelayConfig field)",
+        "(users=, documents=, any RelayConfig field, and manual_clock=True)",
     )
 
 
@@ -165,21 +171,39 @@ def pytest_pycollect_makeitem(
     return collected
 
 
+#: Marker options that are not :class:`RelayConfig` fields.
+_MARKER_OPTIONS = frozenset({"manual_clock"})
+
+
 @pytest.fixture
 def ratatoskr_relay_config(request: pytest.FixtureRequest) -> RelayConfig:
     """The relay's configuration: open mode unless the ``ratatoskr_relay`` marker
     (or an override of this fixture) says otherwise."""
     marker = request.node.get_closest_marker("ratatoskr_relay")
-    return relay_config(**(marker.kwargs if marker else {}))
+    options = marker.kwargs if marker else {}
+    return relay_config(**{k: v for k, v in options.items() if k not in _MARKER_OPTIONS})
+
+
+@pytest.fixture
+def ratatoskr_relay_clock(request: pytest.FixtureRequest) -> Callable[[], float]:
+    """The relay's clock: ``time.monotonic``, or a fresh
+    :class:`ManualClock` (at 0.0) when the ``ratatoskr_relay`` marker says
+    ``manual_clock=True``. Override it to give the relay a clock of your own."""
+    marker = request.node.get_closest_marker("ratatoskr_relay")
+    if marker is not None and marker.kwargs.get("manual_clock"):
+        return ManualClock()
+    return time.monotonic
 
 
 if _HAVE_PYTEST_ASYNCIO:
     import pytest_asyncio
 
     @pytest_asyncio.fixture
-    async def ratatoskr_relay(ratatoskr_relay_config: RelayConfig) -> AsyncIterator[RelayServer]:
+    async def ratatoskr_relay(
+        ratatoskr_relay_config: RelayConfig, ratatoskr_relay_clock: Callable[[], float]
+    ) -> AsyncIterator[RelayServer]:
         """A relay running on a free loopback port for the duration of the test."""
-        async with RelayServer(ratatoskr_relay_config) as relay:
+        async with RelayServer(ratatoskr_relay_config, clock=ratatoskr_relay_clock) as relay:
             yield relay
 
     @pytest_asyncio.fixture

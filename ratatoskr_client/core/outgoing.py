@@ -25,26 +25,17 @@ from ..protocol import (
     PresenceMessage,
     PresenceStatus,
     RequestFrame,
-    cbor_bytes,
-    cbor_text,
-    cbor_uint,
     encode,
     encode_payload,
     fits_utf8,
 )
 from ..protocol.constants import (
     EMPTY_DOC_SYNC,
-    EPHEMERAL_HEAD,
-    KEY_COUNT,
-    KEY_DATA,
-    KEY_DOCUMENT_ID,
-    KEY_SENDER_ID,
-    KEY_SESSION_ID,
-    KEY_TARGET_ID,
     MAX_DOCUMENT_ID_BYTES,
     UPSTREAM_ANONYMOUS_LIMIT,
     UPSTREAM_ANONYMOUS_WINDOW,
 )
+from ..protocol.writers import ephemeral_frame, ephemeral_head, ephemeral_tail
 from .documents import Documents
 from .outbox import MIN_TIMER_STEP, Outbox
 from .pacing import FixedWindow, Pacer, TokenBucket
@@ -159,19 +150,10 @@ class Outgoing:
         self.server_presence = server_presence
         self.pacer = pacer
         self.queue.clear()
-        # Pre-encoded, in automerge-repo's key order (type, senderId, targetId,
-        # documentId, count, sessionId, data): our frames look exactly like a JS peer's.
-        self._head = b"".join(
-            (
-                EPHEMERAL_HEAD,
-                KEY_SENDER_ID,
-                cbor_text(peer_id),
-                KEY_TARGET_ID,
-                cbor_text(server_id),
-                KEY_DOCUMENT_ID,
-            )
-        )
-        self._tail = KEY_SESSION_ID + cbor_text(session_id) + KEY_DATA
+        # Pre-encoded, in automerge-repo's key order (the protocol's writer):
+        # our frames look exactly like a JS peer's.
+        self._head = ephemeral_head(peer_id, server_id)
+        self._tail = ephemeral_tail(session_id)
 
     def stop(self, reason: ConnectionClosed) -> None:
         """The connection is gone: the queue is emptied, and the
@@ -198,16 +180,7 @@ class Outgoing:
         one per frame sent, it would take a million frames a second for 285
         years to reach it."""
         self.count += 1
-        return b"".join(
-            (
-                self._head,
-                cbor_text(document_id),
-                KEY_COUNT,
-                cbor_uint(self.count),
-                self._tail,
-                cbor_bytes(data),
-            )
-        )
+        return ephemeral_frame(self._head, document_id, self.count, self._tail, data)
 
     def request(self, document_id: str) -> bytes:
         """automerge-repo's empty-document request, which subscribes us to the

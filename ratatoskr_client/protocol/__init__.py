@@ -7,9 +7,12 @@ the way h11 splits its own:
 * :mod:`.constants` — wire constants (prefixes, feature names, limits, timings);
 * :mod:`.frames` — one frozen dataclass per frame type;
 * :mod:`.fields` — validation of one decoded field each;
-* :mod:`.decoding` — the plain decoder (:func:`decode_plain`) and the encoders;
+* :mod:`.readers` — the plain decoder (:func:`decode_plain`) and the payload's;
 * :mod:`.fastpaths` — :func:`decode`, the plain decoder with shortcuts for hot frames;
-* :mod:`.codec` — strict CBOR and the relay's hand-rolled encoders;
+* :mod:`.writers` — every frame either side sends: :func:`encode`, the
+  ephemeral frame spliced from pre-encoded parts (a peer's layout and the
+  relay's), ``auth_ok`` in our shape and upstream's;
+* :mod:`.codec` — strict CBOR, and the CBOR heads the writers splice;
 * :mod:`.gossip` — the gossip and replay rule (:class:`SessionOwners`).
 """
 
@@ -34,7 +37,6 @@ from .constants import (
     PRESENCE_MARKER,
     PRESENCE_TYPE,
 )
-from .decoding import decode_payload, decode_plain, encode, encode_payload
 from .fastpaths import decode
 from .fields import fits_utf8
 from .frames import (
@@ -58,6 +60,8 @@ from .frames import (
     UserInfo,
 )
 from .gossip import Admission, SessionOwners
+from .readers import decode_payload, decode_plain
+from .writers import encode, encode_payload
 
 __all__ = [
     "ALLOWED_TAGS",

@@ -6,9 +6,10 @@ Two jobs live here:
   nothing after it, under rules that keep the cost of any input linear in its
   size (see "Decoding rules" below), and turns *every* failure into
   :class:`~ratatoskr_client.errors.ProtocolError`;
-* hand-rolled encoders for the few byte patterns the relay splices together on
-  its hot path (a text string, a map header), so it can rewrite ``targetId``
-  once per recipient without re-encoding the whole frame.
+* hand-rolled encoders for the few CBOR heads and values the writers
+  (:mod:`.writers`) splice together on the hot paths (a text string, an
+  unsigned integer, a byte string, a map header), so the relay can rewrite
+  ``targetId`` once per recipient without re-encoding the whole frame.
 
 Decoding rules (the same for frames and for application payloads, on the relay
 and in the client, because a payload is relayed to clients as it came in):

@@ -107,9 +107,10 @@ EMPTY_DOC_SYNC: Final = bytes.fromhex("42000001000000020102")
 # --------------------------------------------------------------------------- ephemeral frames
 
 #: How every ephemeral frame the relay and the client write begins: a CBOR map
-#: of the seven fields, ``type`` first. Both write the rest from the encoded
-#: keys below, and both read frames laid out that way by position
-#: (:mod:`ratatoskr_client.protocol.fastpaths`), so the three must agree byte
+#: of the seven fields, ``type`` first. The writer of both sides
+#: (:mod:`ratatoskr_client.protocol.writers`) writes the rest from the encoded
+#: keys below, and the reader reads frames laid out that way by position
+#: (:mod:`ratatoskr_client.protocol.fastpaths`), so the two must agree byte
 #: for byte: they are defined here once.
 EPHEMERAL_HEAD: Final = cbor_map_header(7) + cbor_text("type") + cbor_text("ephemeral")
 #: The ``senderId`` key of an ephemeral frame, CBOR-encoded.

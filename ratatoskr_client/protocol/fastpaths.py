@@ -1,4 +1,4 @@
-"""The decoder in use: :func:`~.decoding.decode_plain` with shortcuts for hot frames. No I/O.
+"""The decoder in use: :func:`~.readers.decode_plain` with shortcuts for hot frames. No I/O.
 
 Three shortcuts, all invisible in the result (``tests/unit/test_protocol_fastpaths.py``
 decodes every frame type, well formed and not, with both decoders and requires
@@ -46,7 +46,6 @@ from .constants import (
     MAX_PEER_ID_BYTES,
     MAX_SESSION_ID_BYTES,
 )
-from .decoding import PARSERS, decode_map
 from .frames import (
     EphemeralFrame,
     Frame,
@@ -57,6 +56,7 @@ from .frames import (
     UnknownFrame,
     UserInfo,
 )
+from .readers import PARSERS, decode_map
 
 __all__ = ["decode"]
 

@@ -3,7 +3,7 @@
 Each helper takes the decoded CBOR map, the key and the frame's name, and
 returns the value or raises :class:`~ratatoskr_client.errors.ProtocolError`
 saying which field of which frame is wrong and what it should be. The frame
-parsers (:mod:`.decoding`) are written entirely with these; the fast paths
+parsers (:mod:`.readers`) are written entirely with these; the fast paths
 (:mod:`.fastpaths`) check the common well-formed shapes inline and fall back to
 the parsers, so every error message comes from here.
 """

@@ -5,8 +5,8 @@ a well-formed map whose ``type`` this version does not know), plus the two
 small value types inside frames: :class:`UserInfo` and the presence control
 payload :class:`PresenceMessage`. Attribute names are Python style
 (``peer_id``); the wire uses automerge-repo's camelCase (``peerId``);
-``to_wire()`` gives the wire map of a frame. Decoding is in :mod:`.decoding`
-and :mod:`.fastpaths`.
+``to_wire()`` gives the wire map of a frame. Reading is in :mod:`.readers`
+and :mod:`.fastpaths`, writing in :mod:`.writers`.
 """
 
 from __future__ import annotations

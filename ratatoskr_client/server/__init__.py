@@ -37,6 +37,7 @@ from .config import (
     UserSpec,
     load_config,
 )
+from .core.clock import ManualClock
 from .core.relay import RelayCore, RelayStats
 
 if _TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "Access",
     "AclEntry",
     "DocumentSpec",
+    "ManualClock",
     "RelayConfig",
     "RelayCore",
     "RelayServer",

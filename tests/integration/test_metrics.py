@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import aiohttp
+import cbor2
 import pytest
 
 from ratatoskr_client.server import RelayServer, metrics
@@ -76,6 +77,34 @@ async def test_metrics_count_what_the_relay_did(
     assert after["ratatoskr_peers"] == 0 and after["ratatoskr_connections"] == 0
     assert "process_resident_memory_bytes" in after
     assert "ratatoskr_redis_up" not in after  # not in a cluster
+    assert grew("ratatoskr_internal_errors_total", after) == 0
+
+
+async def test_a_frame_the_relay_fails_on_is_answered_counted_and_costs_nothing_else(
+    ratatoskr_relay: RelayServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(metrics, "MAX_AGE", 0.0)
+    core = ratatoskr_relay.core
+    async with RawPeers(ratatoskr_relay.ws_url) as peers:
+        a, b = await peers(), await peers()
+        await a.join("doc")
+        await b.join("doc")
+        working = core._on_ephemeral
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug in the relay")
+
+        monkeypatch.setattr(core, "_on_ephemeral", broken)
+        await a.ephemeral("doc", "lost")
+        err = await a.recv_type("error", error="internal_error")
+        assert err["message"] == "the relay failed on this frame"
+        monkeypatch.setattr(core, "_on_ephemeral", working)
+        await a.ephemeral("doc", "delivered")  # the connection, and the relay, go on
+        message = await b.recv_type("ephemeral", senderId=a.peer_id)
+        assert cbor2.loads(message["data"]) == "delivered"
+        counted = await scrape(ratatoskr_relay)
+    assert counted["ratatoskr_internal_errors_total"] == 1
+    assert [r.levelname for r in caplog.records if "internal error" in r.getMessage()] == ["ERROR"]
 
 
 async def test_metrics_without_prometheus_client_say_what_to_install(

@@ -39,6 +39,13 @@ def test_documented_user_test_passes_in_strict_mode_without_warnings(pytester: p
     assert "Warning" not in result.stderr.str()
 
 
+def test_documented_fake_time_test_passes(pytester: pytest.Pytester):
+    pytester.makepyprojecttoml(block_from_docs("user-ini", "toml"))
+    pytester.makepyfile(test_clock=block_from_docs("user-test-clock", "python"))
+    result = pytester.runpytest_subprocess(*STRICT)
+    result.assert_outcomes(passed=1, warnings=0)
+
+
 def test_async_tests_using_the_fixtures_need_no_marker_in_strict_mode(pytester: pytest.Pytester):
     pytester.makepyprojecttoml(block_from_docs("user-ini", "toml"))
     pytester.makepyfile(

@@ -458,6 +458,7 @@ async def test_presence_togglers_cost_another_document_nothing() -> None:
     assert got == [list(range(sent[1])), list(range(sent[0]))]
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert len(report) == TOGGLERS  # (each loop below checks every one of them)
     frames = sum(t["sent"] for t in report)
     told = [len(t["limited"]) for t in report]
     closed_after = [t["ended_at"] for t in report]

@@ -27,7 +27,7 @@ from ratatoskr_client.server.cluster.wire import (
     decode_peer,
 )
 from ratatoskr_client.server.config import IdentityScope
-from ratatoskr_client.server.core.relay import PRESENCE_WINDOW, Session
+from ratatoskr_client.server.core.relay import PRESENCE_WINDOW, Connection
 
 NAMES = Names("ratatoskr:0")
 #: Every node of a cluster runs the same configuration, this URL included: it
@@ -148,18 +148,18 @@ class Node:
         self.core = RelayCore(config, server_peer_id=f"relay-{node_id}", clock=hub.clock)
         self.view = ClusterView(self.core, node_id, NAMES)
         self.up = False
-        self.peers: dict[str, Session] = {}
+        self.peers: dict[str, Connection] = {}
         self.counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ peers
 
-    def connect(self, address: str = "") -> Session:
+    def connect(self, address: str = "") -> Connection:
         session = self.core.open(Outbox(), address)
         self.core.receive(session, cbor2.dumps({"type": "auth", "anonymous": True}))
         self.peers[session.peer_id] = session
         return session
 
-    def ephemeral(self, session: Session, doc: str, payload: Any, **extra: Any) -> None:
+    def ephemeral(self, session: Connection, doc: str, payload: Any, **extra: Any) -> None:
         count = self.counts[session.peer_id] = self.counts.get(session.peer_id, 0) + 1
         frame = {
             "type": "ephemeral",
@@ -171,13 +171,13 @@ class Node:
         }
         self.core.receive(session, cbor2.dumps(frame))
 
-    def presence(self, session: Session, doc: str, status: str) -> None:
+    def presence(self, session: Connection, doc: str, status: str) -> None:
         if status == "leave" and doc in session.docs:
             assert isinstance(session.outbox, Outbox)
             session.outbox.left(doc)
         self.ephemeral(session, doc, {"type": "presence", "status": status, "documentId": doc})
 
-    def close(self, session: Session) -> None:
+    def close(self, session: Connection) -> None:
         self.core.close(session)
         del self.peers[session.peer_id]
 
@@ -280,9 +280,12 @@ class Hub:
 
     def check(self, docs: list[str]) -> None:
         """Every peer's view equals the truth, cluster-wide (once the held
-        presence changes are out)."""
+        presence changes are out). Fails if there is nobody to check, or no
+        peer in any of ``docs``: a check of nothing proves nothing."""
         self.settle()
         everyone = {p: n for n in self.live() for p in n.peers}
+        assert everyone, "no peer to check"
+        checked: list[tuple[str, str]] = []
         for node in self.live():
             for peer_id, session in node.peers.items():
                 outbox = session.outbox
@@ -303,6 +306,8 @@ class Hub:
                         truth = {p for n in self.live() for p in n.core.presence(doc)}
                         seen = outbox.presence(doc)
                         assert sorted(seen) == sorted(truth), (doc, peer_id)
+                        checked.append((doc, peer_id))
+        assert checked, f"no peer present in {docs}"
 
 
 @pytest.fixture
@@ -589,6 +594,10 @@ def test_frames_from_the_view_are_valid_protocol_frames(hub: Hub) -> None:
     b.ephemeral(pb, "doc", {"x": 1})
     b.close(pb)
     hub.pump()
+    kinds = [frame["type"] for frame in pa.outbox.frames]
+    # Every kind of frame the view makes a relay send about a remote peer.
+    assert {"peer_identity", "peer_joined_doc", "ephemeral", "peer_left_doc"} <= set(kinds)
+    assert "peer_disconnected" in kinds
     for frame in pa.outbox.frames:
         decode(cbor2.dumps(frame))  # raises on anything malformed
 

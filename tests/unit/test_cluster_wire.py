@@ -3,6 +3,8 @@ tables, with time as an argument."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import cbor2
 import pytest
 
@@ -13,8 +15,10 @@ from ratatoskr_client.server.cluster.registry import (
     ROUND_TRIP_BUCKETS,
     LinkWatch,
     NodeRegistry,
+    PingWatch,
     RoundTrips,
     Timing,
+    own_deadline_passed,
 )
 from ratatoskr_client.server.cluster.wire import (
     Bye,
@@ -25,6 +29,7 @@ from ratatoskr_client.server.cluster.wire import (
     PeerGone,
     PeerUp,
     Relayed,
+    belongs_on,
     decode_members,
     decode_message,
     decode_peer,
@@ -236,6 +241,44 @@ def test_the_link_watch_fires_once_after_the_grace() -> None:
     assert not watch.is_down
     watch.down(30.0)
     assert watch.due(32.5)
+
+
+def test_the_subscription_connection_stalls_after_two_unanswered_beats() -> None:
+    pings = PingWatch(Timing(10.0).beat)  # a beat every 2 s: 4 s of patience
+    pings.sent("1", 100.0)
+    assert not pings.stalled(104.0)
+    pings.sent("2", 102.0)
+    pings.answered("1")
+    assert not pings.stalled(105.0)
+    assert pings.stalled(106.1)  # "2" unanswered for more than two beats
+    pings.clear()  # a new connection
+    assert not pings.stalled(1000.0)
+
+
+def test_a_node_whose_own_deadline_passed_announces_itself_again() -> None:
+    assert not own_deadline_passed(previous_ms=5600, now_ms=5000)
+    assert not own_deadline_passed(previous_ms=5000, now_ms=5000)
+    assert own_deadline_passed(previous_ms=4999, now_ms=5000)
+    assert own_deadline_passed(previous_ms=-1, now_ms=5000)  # no entry in the table
+
+
+@pytest.mark.parametrize(
+    ("message", "on_document"),
+    [
+        (Joined("p"), True),
+        (Left("p", gone=True), True),
+        (Relayed("p", 1, "s", b"\x01"), True),
+        (Hello(), False),
+        (Bye(), False),
+        (PeerUp("p", UserInfo(None, "N", True)), False),
+        (PeerGone("p"), False),
+    ],
+)
+def test_each_kind_of_message_belongs_on_one_kind_of_channel(
+    message: Any, on_document: bool
+) -> None:
+    assert belongs_on(message, "doc" if on_document else None)
+    assert not belongs_on(message, None if on_document else "doc")
 
 
 def test_round_trips_histogram() -> None:

@@ -744,3 +744,137 @@ def test_the_encoders_shortcut_never_lets_a_refused_payload_through(
     except PayloadError:
         return
     loads_strict(data, "payload")  # raises if the shortcut was wrong
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+ids = st.text(min_size=1, max_size=20)
+
+
+@FAST
+@given(
+    sender=ids,
+    target=ids,
+    document=ids,
+    count=st.integers(0, MAX_COUNT),
+    session=ids,
+    data=st.binary(max_size=300),
+)
+def test_both_ephemeral_layouts_are_the_plain_encoding(
+    sender: str, target: str, document: str, count: int, session: str, data: bytes
+) -> None:
+    from ratatoskr_client.protocol import decode_plain, writers
+
+    frame = EphemeralFrame(sender, target, document, count, session, data)
+    # A peer's layout (automerge-repo's key order) is byte for byte the plain encoder's.
+    peer = writers.ephemeral(sender, target, document, count, session, data)
+    assert peer == encode(frame)
+    # The relay's: targetId last, spliced on per recipient; the same map.
+    relayed = writers.ephemeral_prefix(
+        writers.target_suffix(sender), document, count, session, data
+    ) + writers.target_suffix(target)
+    wire = frame.to_wire()
+    assert relayed == cbor2.dumps(
+        {**{k: v for k, v in wire.items() if k != "targetId"}, "targetId": target}
+    )
+    for raw in (peer, relayed):
+        assert decode_plain(raw) == decode(raw) == frame
+
+
+def test_the_client_and_the_relay_write_ephemeral_frames_with_the_protocols_writer() -> None:
+    from ratatoskr_client.core.outgoing import Outgoing
+    from ratatoskr_client.protocol import writers
+    from ratatoskr_client.server import RelayConfig, RelayCore
+
+    data = encode_payload({"cursor": [1, 2]})
+    # The client's: its session's first frame.
+    out = Outgoing()
+    out.start("session-1", "peer-a", "relay-x", None)
+    sent = out.ephemeral("doc", data)
+    assert sent == writers.ephemeral("peer-a", "relay-x", "doc", 1, "session-1", data)
+    assert sent == encode(EphemeralFrame("peer-a", "relay-x", "doc", 1, "session-1", data))
+
+    # The relay's: what a member receives when another member sends it.
+    class Recorder:
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def send(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+        def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
+            self.frames.append(prefix + suffix)
+
+        def close(self, code: int, reason: str) -> None:
+            raise AssertionError("closed")
+
+        def ping(self) -> None:
+            pass
+
+    core = RelayCore(RelayConfig(open=True))
+    a, b = Recorder(), Recorder()
+    conns = [core.open(box) for box in (a, b)]
+    for conn in conns:
+        core.receive(conn, cbor2.dumps({"type": "auth", "anonymous": True}))
+        presence = encode_payload({"type": "presence", "status": "join", "documentId": "doc"})
+        core.receive(conn, writers.ephemeral("", "", "doc", 1, f"s-{id(conn)}", presence))
+    a_id, b_id = conns[0].peer_id, conns[1].peer_id
+    b.frames.clear()
+    core.receive(conns[0], writers.ephemeral(a_id, "", "doc", 2, f"s-{id(conns[0])}", data))
+    (relayed,) = b.frames
+    assert relayed == writers.ephemeral_prefix(
+        writers.target_suffix(a_id), "doc", 2, f"s-{id(conns[0])}", data
+    ) + writers.target_suffix(b_id)
+    assert decode(relayed) == EphemeralFrame(a_id, b_id, "doc", 2, f"s-{id(conns[0])}", data)
+
+
+def test_the_ephemeral_frame_is_spelled_out_in_the_writer_and_the_reader_only() -> None:
+    """Its keys and head appear in no other module of the package: whoever
+    writes one, client or relay, uses :mod:`ratatoskr_client.protocol.writers`."""
+    import ast
+    from pathlib import Path
+
+    package = Path(protocol.__file__).resolve().parent.parent
+    spelled = {"EPHEMERAL_HEAD", "KEY_SENDER_ID", "KEY_TARGET_ID", "KEY_DOCUMENT_ID"}
+    spelled |= {"KEY_COUNT", "KEY_SESSION_ID", "KEY_DATA"}
+    users: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        found = names & spelled
+        if found:
+            users[str(path.relative_to(package))] = found
+    assert set(users) == {"protocol/constants.py", "protocol/writers.py", "protocol/fastpaths.py"}
+
+
+@pytest.mark.parametrize("user_id", [None, "alice"])
+def test_the_upstream_auth_ok_has_no_features_and_the_user_id_only(user_id: str | None) -> None:
+    from ratatoskr_client.protocol import decode_plain, writers
+
+    raw = writers.upstream_auth_ok("server-1", "peer-1", user_id)
+    assert raw == cbor2.dumps(
+        {
+            "type": "auth_ok",
+            "peerId": "server-1",
+            "clientPeerId": "peer-1",
+            "user": None if user_id is None else {"id": user_id},
+        }
+    )
+    user = None if user_id is None else UserInfo(user_id, None, False)
+    assert decode_plain(raw) == AuthOkFrame("server-1", "peer-1", user, None)
+    ours = writers.auth_ok("server-1", "peer-1", UserInfo(user_id, "Ann", user_id is None), ("x",))
+    assert ours == encode(
+        AuthOkFrame("server-1", "peer-1", UserInfo(user_id, "Ann", user_id is None), ("x",))
+    )
+
+
+def test_the_former_decoding_module_is_the_readers() -> None:
+    import importlib
+
+    from ratatoskr_client.protocol import readers
+
+    former = importlib.import_module("ratatoskr_client.protocol.decoding")
+    assert former is readers
+    assert former.decode_plain(encode(PeerDisconnectedFrame("p"))) == PeerDisconnectedFrame("p")

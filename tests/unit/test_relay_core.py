@@ -52,7 +52,8 @@ from ratatoskr_client.server.core.relay import (
     PRESENCE_BURST,
     PRESENCE_RATE,
     SESSION_TOMBSTONE_TTL,
-    Session,
+    SWEEP_MAX_INTERVAL,
+    Connection,
 )
 
 ZERO = RelayStats(0, 0, 0, 0, 0, 0, 0, 0)
@@ -83,10 +84,14 @@ class FakeOutbox:
         self.raw: list[bytes] = []
         self.ephemeral_parts: list[tuple[bytes, bytes]] = []
         self.closed: tuple[int, str] | None = None
+        self.pings = 0
 
     def send(self, frame: bytes) -> None:
         assert self.closed is None, "frame sent after close"
         self.raw.append(frame)
+
+    def ping(self) -> None:
+        self.pings += 1
 
     def send_ephemeral(self, prefix: bytes, suffix: bytes) -> None:
         assert self.closed is None, "frame sent after close"
@@ -116,7 +121,7 @@ class Peer:
     def __init__(self, relay: Relay, address: str = "198.51.100.7") -> None:
         self.relay = relay
         self.outbox = FakeOutbox()
-        self.session: Session = relay.core.open(self.outbox, address)
+        self.session: Connection = relay.core.open(self.outbox, address)
         self.session_id = f"sess-{next(self._ids)}"
         self.count = 0
         self.peer_id = ""
@@ -1350,3 +1355,133 @@ def test_the_failure_table_forgets_healed_addresses() -> None:
     relay.clock.advance(11)
     relay.core.expire()
     assert relay.stats().auth_failure_addresses == 0
+
+
+# --------------------------------------------------------------------------- the auth deadline
+
+
+def auth_timeouts(peer: Peer) -> list[Frame]:
+    return [f for f in peer.take() if isinstance(f, ErrorFrame) and f.error == "auth_timeout"]
+
+
+def test_a_connection_without_auth_is_refused_at_its_deadline(acl_relay: Relay) -> None:
+    timeout = acl_relay.core.config.auth_timeout
+    silent = acl_relay.peer(auth=False)
+    chatty = acl_relay.peer(auth=False)
+    acl_relay.clock.advance(timeout / 2)
+    chatty.send({"type": "hello"})  # not auth: it does not extend the deadline
+    assert error(chatty.take_one()).error == "not_authenticated"
+    late = acl_relay.peer(auth=False)
+    authed = acl_relay.peer("alice-secret")
+    authed.take()
+    acl_relay.clock.advance(timeout / 2 - 0.001)
+    acl_relay.core.on_timer()
+    assert (silent.outbox.closed, chatty.outbox.closed) == (None, None)
+    acl_relay.clock.advance(0.001)
+    acl_relay.core.on_timer()
+    for peer in (silent, chatty):
+        (frame,) = auth_timeouts(peer)
+        assert frame == ErrorFrame("auth_timeout", f"no auth within {timeout:g} s")
+        assert peer.outbox.closed == (1008, "auth_timeout")
+    # Its own deadline is half a timeout later; an authenticated peer has none.
+    assert late.outbox.closed is None and authed.outbox.closed is None
+    acl_relay.clock.advance(timeout)
+    acl_relay.core.on_timer()
+    assert len(auth_timeouts(late)) == 1 and late.outbox.closed == (1008, "auth_timeout")
+    assert authed.take() == [] and authed.outbox.closed is None
+    # Counted as refused authentications (ratatoskr_refused_total{reason="auth"}):
+    # the two timeouts, the late one, and chatty's not_authenticated.
+    assert acl_relay.core.counters.refused == {"auth": 4}
+
+
+def test_an_answered_auth_has_no_deadline_any_more(acl_relay: Relay) -> None:
+    refused = acl_relay.peer(auth=False)
+    refused.send(AuthFrame(token="wrong"))
+    assert isinstance(refused.take_one(), AuthErrorFrame)
+    acl_relay.clock.advance(acl_relay.core.config.auth_timeout + 1)
+    acl_relay.core.on_timer()
+    assert refused.take() == []  # closed once, with auth_error only
+    assert acl_relay.core.counters.refused == {"auth": 1}
+
+
+def test_the_core_asks_to_be_woken_for_a_deadline_before_its_sweeps() -> None:
+    relay = Relay(global_config(open=True, auth_timeout=0.3))
+    wakes: list[float] = []
+    relay.core.wake_at = wakes.append
+    due = relay.core.on_timer()
+    assert due == relay.clock.now + SWEEP_MAX_INTERVAL
+    peer = relay.peer(auth=False)
+    assert wakes == [relay.clock.now + 0.3]
+    relay.peer(auth=False)  # a later deadline than the one asked for: no new wake
+    assert wakes == [relay.clock.now + 0.3]
+    relay.clock.advance(0.3)
+    assert relay.core.on_timer() == relay.clock.now + 0.7  # the sweeps' next turn
+    assert peer.outbox.closed == (1008, "auth_timeout")
+
+
+def test_the_sweeps_run_when_due_and_say_when_next() -> None:
+    relay = Relay(global_config(open=True, presence_ttl=5, ping_interval=4))
+    peer = relay.peer()
+    peer.join("doc")
+    peer.take()
+    start = relay.clock.now
+    # Expiry every TTL/10 = 0.5 s, liveness every interval/10 = 0.4 s.
+    assert relay.core.on_timer() == start + 0.4
+    relay.clock.advance(0.4)
+    assert relay.core.on_timer() == start + 0.5
+    relay.clock.advance(5.1)  # past the TTL: the next expiry sweep removes it
+    relay.core.on_timer()
+    assert relay.core.presence("doc") == ()
+    assert PeerLeftDocFrame("doc", peer.peer_id) in peer.take()
+    # Pinged once silent for ping_interval, closed once silent for 1.5 x that
+    # (counted from the first sweep after its last frame).
+    assert peer.outbox.pings == 1  # (silent since the sweep at start + 0.4)
+    peer.send({"type": "hello"})  # (any frame counts)
+    peer.outbox.pings = 0
+    relay.clock.advance(0.4)
+    relay.core.on_timer()
+    heard = relay.clock.now
+    relay.clock.now = heard + 4.0
+    relay.core.on_timer()
+    assert (peer.outbox.pings, peer.outbox.closed) == (1, None)
+    relay.clock.now = heard + 6.0
+    relay.core.on_timer()
+    assert peer.outbox.closed == (1008, "ping_timeout")
+
+
+# --------------------------------------------------------------------------- internal errors
+
+
+def test_a_frame_the_relay_fails_on_costs_that_frame_only(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = relay.peers(2)
+    for p in (a, b):
+        p.join("doc")
+    a.take(), b.take()
+
+    def broken(conn: Connection, frame: EphemeralFrame) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(relay.core, "_on_ephemeral", broken)
+    a.ephemeral("doc", {"n": 1})  # raises inside the core: never out of receive()
+    assert a.take() == [ErrorFrame("internal_error", "the relay failed on this frame")]
+    assert a.outbox.closed is None
+    assert relay.core.counters.internal_errors == 1
+    assert relay.core.counters.refused == {}  # a failure of ours, not a refusal
+    assert [r.levelname for r in caplog.records if "internal error" in r.getMessage()] == ["ERROR"]
+    monkeypatch.undo()
+    a.ephemeral("doc", {"n": 2})
+    assert [f for f in b.take() if isinstance(f, EphemeralFrame)] != []
+
+
+def test_session_is_a_deprecated_name_of_connection() -> None:
+    import ratatoskr_client.server.core as core_package
+    import ratatoskr_client.server.core.connection as connection_module
+    import ratatoskr_client.server.core.relay as relay_module
+
+    for module in (core_package, relay_module, connection_module):
+        with pytest.warns(DeprecationWarning, match="use Connection"):
+            assert module.Session is Connection
+    with pytest.raises(AttributeError):
+        _ = relay_module.NoSuchName

@@ -1,10 +1,16 @@
-"""The relay's aiohttp layer: WebSocket at ``/sync``, ``GET /health``, housekeeping.
+"""The relay's aiohttp layer: WebSocket at ``/sync``, ``GET /health``, the core's timer.
 
-This module only moves bytes: every rule lives in :class:`~.core.RelayCore`.
-Use :class:`~.runner.RelayServer` to run a relay inside your own program or
-tests, or :func:`create_app` to mount it in an aiohttp application you already
-run (then the handshake deadline of :mod:`.guard`, which needs the listening
-socket, is yours to provide, for example by a reverse proxy).
+This module only moves bytes and time: every rule lives in
+:class:`~ratatoskr_client.server.core.RelayCore`. Each connection's messages
+go to the core as they arrive, the core's frames go out through a
+:class:`~.outbox.SocketOutbox`, and one timer runs
+:meth:`~ratatoskr_client.server.core.RelayCore.on_timer` when the core says
+(presence expiry, the liveness rule, auth deadlines, held presence changes),
+on the core's clock. Use :class:`~.runner.RelayServer` to run a relay inside
+your own program or tests, or :func:`create_app` to mount it in an aiohttp
+application you already run (then the handshake deadline of :mod:`.guard`,
+which needs the listening socket, is yours to provide, for example by a
+reverse proxy).
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ from typing import Final
 
 from aiohttp import WSMsgType, web
 
-from ...protocol import ErrorFrame, encode
 from ..cluster import Cluster
 from ..config import RelayConfig
+from ..core.clock import AdvancingClock
 from ..core.limits import TURN_BYTES, TURN_FRAMES
-from ..core.relay import Connection, RelayCore
+from ..core.relay import SWEEP_MAX_INTERVAL, RelayCore
 from .guard import HandshakeGuard
 from .memory import TrimPolicy, trim
 from .metrics import MetricsPage, metrics_registry
@@ -99,9 +105,11 @@ async def _sync(request: web.Request) -> web.StreamResponse:
         # beyond that aiohttp closes the socket (1009) without buffering them.
         # (+1: aiohttp refuses a message whose size is >= max_msg_size.)
         max_msg_size=cfg.max_frame_size * 16 + 1,
-        compress=False,  # SocketOutbox writes raw frames; compression would break them
+        # SocketOutbox writes its frames to the transport itself, uncompressed;
+        # permessage-deflate would compress nothing but aiohttp's own replies.
+        compress=False,
         # Pings and the liveness deadline are the core's rule (check_liveness):
-        # aiohttp's heartbeat restarts with every byte received, so a peer
+        # aiohttp's heartbeat restarts whenever bytes arrive, so a peer
         # trickling an endless frame would never be pinged nor closed. Pings
         # and pongs are therefore handled below, where they count as frames.
         heartbeat=None,
@@ -127,9 +135,10 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     sockets = request.app[_SOCKETS_KEY].all
     sockets.add(ws)
     outbox = SocketOutbox(ws, transport, request.app[_BATCHER_KEY], core.counters)
+    # (The core starts the connection's auth deadline; when it closes the
+    # connection, for that or anything else, the socket's transport is closed
+    # and ws.receive() below returns.)
     conn = core.open(outbox, request.remote or "")
-    loop = asyncio.get_running_loop()
-    auth_deadline = loop.time() + cfg.auth_timeout
     # This connection's share of one turn of the event loop (limits.TURN_*):
     # ws.receive() returns messages already buffered without yielding, so a
     # flooding peer would otherwise be served its whole buffer in one go.
@@ -137,21 +146,11 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     bytes_left = TURN_BYTES
     try:
         while not outbox.dropped:
-            if conn.authenticated:
-                msg = await ws.receive()
-            else:
-                try:
-                    msg = await ws.receive(timeout=max(0.001, auth_deadline - loop.time()))
-                except TimeoutError:
-                    outbox.send(
-                        encode(ErrorFrame("auth_timeout", f"no auth within {cfg.auth_timeout:g} s"))
-                    )
-                    outbox.close(1008, "auth_timeout")
-                    break
+            msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.BINARY:
                 data = msg.data
-                _apply(core, conn, data)
+                core.receive(conn, data)  # (never raises: a bug costs the frame only)
                 bytes_left -= len(data)
             elif kind is WSMsgType.PING:
                 outbox.pong(msg.data)
@@ -178,83 +177,96 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _apply(core: RelayCore, conn: Connection, data: bytes) -> None:
-    try:
-        core.receive(conn, data)
-    except Exception:
-        # A bug must cost one frame, never the connection or the process.
-        log.exception("internal error while handling a frame from %r", conn)
-        conn.outbox.send(encode(ErrorFrame("internal_error", "the relay failed on this frame")))
+class _Timer:
+    """The relay's one timer: runs :meth:`RelayCore.on_timer` when the core
+    says (what it returned last, or an earlier time through its
+    ``wake_at``), and gives freed memory back to the system when that is due.
 
-
-async def _housekeeping(core: RelayCore) -> None:
-    # Sweep often enough that a stale peer is gone within TTL + 1 s (or TTL × 1.1),
-    # and a dead or trickling socket within 1.5 x ping_interval + 2 sweeps.
-    expire_every = min(1.0, core.config.presence_ttl / 10)
-    tick = min(expire_every, core.config.ping_interval / 10)
-    trimming = TrimPolicy()
-    loop = asyncio.get_running_loop()
-    expire_at = loop.time() + expire_every
-    while True:
-        await asyncio.sleep(tick)
-        try:
-            now = loop.time()
-            core.check_liveness()
-            if now >= expire_at:
-                expire_at = now + expire_every
-                core.expire()
-            if trimming.due(core.closed_total, now):
-                trim()
-        except Exception:
-            log.exception("relay housekeeping failed")
-
-
-class _FlushTimer:
-    """One timer that runs :meth:`RelayCore.flush_held` when held presence
-    changes are due (the core's ``wake_at``)."""
+    Times are the core's clock; the delay of the loop's timer is the
+    difference. When that clock is an :class:`~ratatoskr_client.server.core.clock.AdvancingClock`
+    (a test's :class:`~ratatoskr_client.server.core.clock.ManualClock`),
+    every advance runs the timer at once, so time a test moves is time the
+    relay's rules see, without waiting for it.
+    """
 
     def __init__(self, core: RelayCore, loop: asyncio.AbstractEventLoop) -> None:
         self._core = core
         self._loop = loop
         self._handle: asyncio.TimerHandle | None = None
         self._at = math.inf
+        self._stopped = False
+        self._trimming = TrimPolicy()
+        clock = core.clock
+        self._unsubscribe = (
+            clock.on_advance(self._advanced) if isinstance(clock, AdvancingClock) else None
+        )
 
     def __call__(self, when: float) -> None:
-        if self._handle is not None and self._at <= when:
+        """Run the core's timer rules at ``when`` at the latest (its ``wake_at``)."""
+        if self._stopped or (self._handle is not None and self._at <= when):
             return
-        self.cancel()
+        self._schedule(when)
+
+    def _schedule(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
         self._at = when
         delay = max(0.0, when - self._core.clock())
-        self._handle = self._loop.call_later(delay, self._run)
+        self._handle = self._loop.call_later(delay, self.run)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run every timer rule that is due now, and wait for the next."""
+        if self._stopped:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
         self._handle = None
         self._at = math.inf
+        core = self._core
+        now = core.clock()
         try:
-            due = self._core.flush_held()
+            due = core.on_timer(now)
         except Exception:
-            log.exception("relay presence flush failed")
-            return
-        if due < math.inf:
-            self(due)
+            log.exception("relay housekeeping failed")
+            due = now + SWEEP_MAX_INTERVAL
+        if self._trimming.due(core.closed_total, self._loop.time()):
+            trim()
+        # (The core's sweeps make it at most a second anyway; the cap keeps the
+        # trimming policy looked at even if a core said "never".)
+        self._schedule(min(due, now + SWEEP_MAX_INTERVAL))
+
+    def _advanced(self) -> None:
+        # The clock jumped: run now, in the relay's loop (at once when the
+        # advance happens in it, as in a test on the same loop).
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self.run()
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing to wake
+                self._loop.call_soon_threadsafe(self.run)
 
     def cancel(self) -> None:
+        """Stop (the application is shutting down)."""
+        self._stopped = True
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self._at = math.inf
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE_KEY]
-    flush = _FlushTimer(core, asyncio.get_running_loop())
-    core.wake_at = flush
-    task = asyncio.create_task(_housekeeping(core))
+    timer = _Timer(core, asyncio.get_running_loop())
+    core.wake_at = timer
+    timer.run()  # (and then when the core says)
     yield
-    flush.cancel()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    timer.cancel()
     app[GUARD_KEY].cancel_all()
 
 
@@ -292,7 +304,10 @@ def create_metrics_app(relay_app: web.Application) -> web.Application:
 
 
 def create_app(
-    config: RelayConfig | None = None, *, core: RelayCore | None = None
+    config: RelayConfig | None = None,
+    *,
+    core: RelayCore | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> web.Application:
     """An aiohttp application serving the relay (``/sync``, ``/health`` and,
     unless ``config.metrics_listen`` puts it on an address of its own,
@@ -300,14 +315,22 @@ def create_app(
     ``config.redis_url`` it joins that Redis server's relay cluster while it
     runs (see ``docs/cluster.md``).
 
-    Pass ``core`` to share state with code that inspects it (tests do).
+    Pass ``core`` to share state with code that inspects it (tests do), or
+    ``clock`` for the relay's time (default ``time.monotonic``; a test's
+    :class:`~ratatoskr_client.server.core.clock.ManualClock`): the core's rules
+    and the application's timer run on it.
 
     Raises:
         ConfigError: ``redis_url`` is set but the ``redis`` package is missing.
+        ValueError: both ``core`` and a ``clock`` other than the core's are given.
     """
     config = config or RelayConfig(open=True)
+    if core is None:
+        core = RelayCore(config) if clock is None else RelayCore(config, clock=clock)
+    elif clock is not None and clock is not core.clock:
+        raise ValueError("create_app: the core runs on its own clock; give the clock to the core")
     app = web.Application(middlewares=[_request_complete])
-    app[CORE_KEY] = core = core or RelayCore(config)
+    app[CORE_KEY] = core
     cluster = None
     if config.redis_url is not None:
         cluster = app[CLUSTER_KEY] = Cluster(core, config)

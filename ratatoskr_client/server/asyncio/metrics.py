@@ -93,7 +93,7 @@ class RelayCollector:
         yield relayed
         refused = CounterMetricFamily(
             "ratatoskr_refused",
-            "Frames refused with an error frame, by reason.",
+            "Frames (and connections) refused with an error frame, by reason.",
             labels=["reason"],
         )
         for reason in REFUSAL_REASONS:
@@ -126,6 +126,12 @@ class RelayCollector:
             "1.5 x ping_interval.",
             value=counters.unresponsive_disconnects,
         )
+        yield CounterMetricFamily(
+            "ratatoskr_internal_errors",
+            "Frames the relay failed on (a bug of its own): each answered with "
+            "internal_error and dropped, the connection kept.",
+            value=counters.internal_errors,
+        )
         if self.cluster is not None:
             yield from self._cluster(GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily)
 
@@ -134,7 +140,9 @@ class RelayCollector:
         assert cluster is not None
         link, view = cluster.link, cluster.view
         stats = view.stats()
-        yield gauge("ratatoskr_redis_up", "1 while the Redis link is up.", value=int(link.up))
+        yield gauge(
+            "ratatoskr_redis_up", "1 while the Redis link is up.", value=int(cluster.redis_up)
+        )
         yield counter(
             "ratatoskr_redis_reconnects",
             "Times the Redis link came back after being lost.",

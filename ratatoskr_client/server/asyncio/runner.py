@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -73,15 +75,30 @@ class RelayServer:
     server can be started again; it then listens on the same port (its state
     starts empty, like a restarted process).
 
+    ``clock`` is the relay's time (default ``time.monotonic``): its rules
+    and its timers run on it. A test passes a
+    :class:`~ratatoskr_client.server.core.clock.ManualClock` and moves it by
+    hand (``relay.clock.advance(95)``): presence expiry, the liveness rule,
+    auth deadlines and held presence changes then happen at once, in fake
+    time (see ``docs/testing.md``).
+
     Besides the relay's rules it guards the listening socket: connections that
     do not complete their HTTP request within ``handshake_timeout`` are closed,
     and accept failures at the open-file limit are logged once per 10 s instead
     of once per attempt (see :mod:`ratatoskr_client.server.asyncio.guard`).
     """
 
-    def __init__(self, config: RelayConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: RelayConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        **overrides: Any,
+    ) -> None:
         base = config or RelayConfig(open=True)
         self.config = base.with_(**overrides) if overrides else base
+        #: the relay's time (see the class docstring)
+        self.clock = clock
         self._runner: web.AppRunner | None = None
         self._core: RelayCore | None = None
         self._guard: HandshakeGuard | None = None
@@ -101,7 +118,7 @@ class RelayServer:
         """
         if self._runner is not None:
             raise RuntimeError("relay already running")
-        self._core = RelayCore(self.config)
+        self._core = RelayCore(self.config, clock=self.clock)
         app = create_app(self.config, core=self._core)
         self._guard = app[GUARD_KEY]
         self._cluster = app.get(CLUSTER_KEY)

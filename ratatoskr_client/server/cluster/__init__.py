@@ -5,8 +5,10 @@ client may connect to any of them. See ``docs/cluster.md``. The pieces:
 
 * :mod:`.wire` — channel and key names, and the message format (pure);
 * :mod:`.registry` — node liveness and link timers (pure, time as an argument);
-* :mod:`.view` — the core's bus: remote peers, remote presence, what to
-  publish (pure);
+* :mod:`.view` — the core's bus (pure), in two parts: :mod:`.remote`, the
+  peers on the other relays and their presence in our documents, and
+  :mod:`.publisher`, what this relay tells the others (its outbound queue);
+  :mod:`.tables` holds their plain records;
 * :mod:`.redis_link` — the Redis I/O (``redis.asyncio``), with reconnection;
   :mod:`.reads` — the commands that read the others' state.
 
@@ -101,7 +103,7 @@ class Cluster:
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` adds for a relay in a cluster."""
         return {
-            "redis": "up" if self.link.up else "down",
+            "redis": "up" if self.redis_up else "down",
             "node": self.node_id,
             "nodes": len(self.view.nodes()) + 1,
         }

@@ -1,7 +1,9 @@
 """One relay's link to the others through Redis (``redis.asyncio``).
 
 :class:`RedisLink` moves bytes between Redis and the :class:`~.view.ClusterView`;
-every rule about what they mean lives in the view. One link session:
+every rule about what they mean lives in the pure modules: the view, the
+wire (:func:`~.wire.belongs_on`), the registry (node deadlines, the link's
+and the subscription's liveness). One link session:
 
 1. connect, check the server (Redis >= 7 or Valkey: sharded pub/sub);
 2. subscribe to the cluster channel;
@@ -47,9 +49,9 @@ from ...backoff import Backoff
 from ...errors import ProtocolError
 from ..config import redact_url
 from .reads import read_nodes, read_presence, read_table
-from .registry import LinkWatch, NodeRegistry, RoundTrips, Timing
+from .registry import LinkWatch, NodeRegistry, PingWatch, RoundTrips, Timing, own_deadline_passed
 from .view import ClusterView
-from .wire import Bye, Hello, Joined, Left, Relayed, decode_message, encode_message, header, text
+from .wire import Bye, Hello, belongs_on, decode_message, encode_message, header, text
 
 __all__ = ["MIN_REDIS_VERSION", "RedisLink"]
 
@@ -128,8 +130,8 @@ class RedisLink:
         self._subscribed: dict[str, int] = {}
         self._markers = itertools.count(1)
         self._full_marker = 0
-        #: heartbeat pings not answered yet: marker -> time sent
-        self._pings: dict[str, float] = {}
+        #: heartbeat pings down the subscription connection, not answered yet
+        self._pings = PingWatch(timing.beat)
         self._backoff = Backoff(base_delay=0.05, multiplier=2.0, max_delay=timing.max_backoff)
         view.on_outgoing = self._wake.set
         view.on_documents = self._docs_changed.set
@@ -369,8 +371,8 @@ class RedisLink:
         self.received += len(messages)
         document_id = self.names.document_of(channel)
         for body in messages:
-            if isinstance(body, Joined | Left | Relayed) != (document_id is not None):
-                self.malformed += 1  # a message on the wrong kind of channel
+            if not belongs_on(body, document_id):
+                self.malformed += 1
             elif type(body) is Hello:
                 if self.view.connected:
                     await self._read_node(client, node)
@@ -383,7 +385,7 @@ class RedisLink:
         reply = text(data) if isinstance(data, bytes | str) else str(data)
         kind, _, number = reply.partition(":")
         if kind == "beat":
-            self._pings.pop(number, None)
+            self._pings.answered(number)
             return
         if kind != "docs" or not number.isdigit():
             return
@@ -478,22 +480,18 @@ class RedisLink:
             started = self.clock()
             now_ms, previous, table = await self._heartbeat_call(client)
             self.round_trips.observe(self.clock() - started)
-            if int(float(previous)) < int(now_ms):
+            if own_deadline_passed(int(float(previous)), int(now_ms)):
                 raise _Rejoin
             pairs = iter(table)
             live = {text(n): int(float(score)) for n, score in zip(pairs, pairs, strict=True)}
             for node in self.registry.sweep(int(now_ms), live):
                 log.warning("relay node %s stopped heartbeating: removing its peers", node)
                 self.view.drop_node(node)
-            # Prove the subscription connection alive: a ping there must come
-            # back before the next-but-one beat.
-            overdue = [
-                m for m, sent in self._pings.items() if started - sent > 2 * self.timing.beat
-            ]
-            if overdue:
+            # Prove the subscription connection alive (see PingWatch).
+            if self._pings.stalled(started):
                 raise _Stalled("the subscription connection stopped answering pings")
             marker = str(next(beats))
-            self._pings[marker] = self.clock()
+            self._pings.sent(marker, self.clock())
             await pubsub.ping(f"beat:{marker}")
             await asyncio.sleep(self.timing.beat)
 

@@ -24,7 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ROUND_TRIP_BUCKETS", "LinkWatch", "NodeRegistry", "RoundTrips", "Timing"]
+__all__ = [
+    "ROUND_TRIP_BUCKETS",
+    "LinkWatch",
+    "NodeRegistry",
+    "PingWatch",
+    "RoundTrips",
+    "Timing",
+    "own_deadline_passed",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,44 @@ class NodeRegistry:
         for node in dead:
             del deadlines[node]
         return dead
+
+
+def own_deadline_passed(previous_ms: int, now_ms: int) -> bool:
+    """At a heartbeat at Redis time ``now_ms``: True if this node's previous
+    deadline (``previous_ms``; -1 when the node table had no entry for it) has
+    passed. The other nodes have then dropped this node's peers (a long pause,
+    or Redis lost its table): it must announce itself again."""
+    return previous_ms < now_ms
+
+
+class PingWatch:
+    """Whether the subscription connection still answers: a ping sent down it
+    at every heartbeat must come back before the next-but-one. Pure: time is
+    an argument (the link's clock, seconds)."""
+
+    __slots__ = ("_sent", "patience")
+
+    def __init__(self, beat: float) -> None:
+        #: seconds a ping may stay unanswered: two heartbeats
+        self.patience = 2 * beat
+        #: marker -> when it was sent
+        self._sent: dict[str, float] = {}
+
+    def sent(self, marker: str, now: float) -> None:
+        """A ping carrying ``marker`` went down the connection at ``now``."""
+        self._sent[marker] = now
+
+    def answered(self, marker: str) -> None:
+        """The ping carrying ``marker`` came back."""
+        self._sent.pop(marker, None)
+
+    def stalled(self, now: float) -> bool:
+        """True if a ping has gone unanswered for longer than :attr:`patience`."""
+        return any(now - sent > self.patience for sent in self._sent.values())
+
+    def clear(self) -> None:
+        """A new connection: nothing is outstanding."""
+        self._sent.clear()
 
 
 class LinkWatch:

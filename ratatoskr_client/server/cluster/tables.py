@@ -1,5 +1,5 @@
 """The plain records of a relay's cluster view: remote peers, node snapshots,
-what to write to Redis, table sizes. No I/O."""
+table sizes (what to write to Redis is :class:`.publisher.Outgoing`). No I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ...protocol import UserInfo
 
-__all__ = ["ClusterStats", "NodeSnapshot", "Outgoing", "RemotePeer"]
+__all__ = ["ClusterStats", "NodeSnapshot", "RemotePeer"]
 
 
 @dataclass(slots=True, eq=False)
@@ -40,21 +40,6 @@ class NodeSnapshot:
     peers: Mapping[str, UserInfo]
     docs: Mapping[str, Sequence[str]]
     identities: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """What the driver must write to Redis: the hashes first, then the messages
-    in order (the order matters: a peer's identity before its joins)."""
-
-    peers_set: dict[str, bytes]
-    peers_del: list[str]
-    docs_set: dict[str, bytes]
-    docs_del: list[str]
-    #: (channel, sharded, bytes of one Redis message), in the order to publish
-    messages: list[tuple[str, bool, bytes]]
-    #: how many messages those Redis messages carry
-    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

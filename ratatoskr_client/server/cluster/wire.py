@@ -58,6 +58,7 @@ __all__ = [
     "PeerUp",
     "Relayed",
     "batch_messages",
+    "belongs_on",
     "decode_members",
     "decode_message",
     "decode_peer",
@@ -210,6 +211,14 @@ class Relayed:
 
 
 BusMessage: TypeAlias = Hello | Bye | PeerUp | PeerGone | Joined | Left | Relayed
+
+
+def belongs_on(message: BusMessage, document_id: str | None) -> bool:
+    """True if ``message`` may come on the channel it came on: :class:`Joined`,
+    :class:`Left` and :class:`Relayed` on a document channel (``document_id``
+    is its document), every other kind on the cluster channel (None). A
+    message on the wrong kind of channel is malformed, and ignored."""
+    return isinstance(message, Joined | Left | Relayed) == (document_id is not None)
 
 
 def encode_user(user: UserInfo, identity: str | None = None) -> bytes:

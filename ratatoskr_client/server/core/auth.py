@@ -1,46 +1,51 @@
-"""The relay's authentication rules, part of :class:`~.core.RelayCore`. No I/O.
+"""The relay's authentication rules, part of :class:`~.relay.RelayCore`. No I/O.
 
 The first frame of a connection must be ``auth``: a configured token, or
-anonymous (a server-chosen "Adjective Animal" name). Failed attempts spend a
-per-address allowance (``auth_failure_limit`` a minute, as a burst); while it is
-empty every attempt from that address is refused with ``rate_limited``.
-Anonymous connections spend another (``anonymous_connection_limit``), except
-from the exempt networks (loopback by default).
+anonymous (a server-chosen "Adjective Animal" name), within ``auth_timeout``
+seconds of the connection's opening; a connection still unauthenticated then
+gets ``auth_timeout`` and is closed (counted as an ``auth`` refusal). Failed
+attempts spend a per-address allowance (``auth_failure_limit`` a minute, as a
+burst); while it is empty every attempt from that address is refused with
+``rate_limited``. Anonymous connections spend another
+(``anonymous_connection_limit``), except from the exempt networks (loopback
+by default).
 
 In document scope (``identity_scope``) nothing follows ``auth_ok``; in global
-scope the newcomer gets everyone's identity and everyone gets its own.
+scope the newcomer gets everyone's identity and everyone gets its own
+(:meth:`~.visibility.Visibility.greet`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
-
-import cbor2
 
 from ...protocol import (
     FEATURE_SCOPED_IDENTITY,
     FEATURES,
     AuthErrorFrame,
     AuthFrame,
-    AuthOkFrame,
     Frame,
+    PeerDisconnectedFrame,
     PeerIdentityFrame,
     UserInfo,
-    cbor_text,
     encode,
 )
 from ...protocol.rates import TokenBucket
+from ...protocol.writers import auth_ok, target_suffix, upstream_auth_ok
 from ..config import RelayConfig
 from .bus import Bus
-from .connection import Connection, LimitBucket
+from .connection import Connection, LimitBucket, forget_full
 from .counters import RelayCounters, refusal_reason
-from .identity import identity_of
+from .identity import identity_key, identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
+from .replies import Replies
+from .visibility import Visibility
 
-__all__ = ["AuthRules"]
+__all__ = ["Authentication"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -48,79 +53,176 @@ log = logging.getLogger("ratatoskr_client.server")
 _SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY)
 
 
-class AuthRules:
-    """``auth`` frames: who a connection is, and the failed-attempt allowance."""
+class Authentication:
+    """``auth`` frames: who a connection is, the auth deadline, and the
+    per-address allowances.
 
-    __slots__ = ()
+    It owns ``peers`` (the authenticated connections by peer id, in connection
+    order; the core creates it and the other parts read it), the anonymous
+    names in use, the connections waiting for their ``auth`` and the two
+    per-address budgets.
+    """
 
-    # What these rules use of the RelayCore they are part of.
-    config: RelayConfig
-    clock: Callable[[], float]
-    server_peer_id: str
-    counters: RelayCounters
-    bus: Bus | None
-    _names: NameAllocator
-    _peers: dict[str, Connection]
-    _auth_failures: dict[str, TokenBucket]
-    _connection_budget: dict[str, TokenBucket]
-    _identity_key: bytes
-    _server_presence: bool
-    _scoped: bool
+    __slots__ = (
+        "_budget",
+        "_failures",
+        "_identity_key",
+        "_pending",
+        "_presence",
+        "_replies",
+        "bus",
+        "clock",
+        "config",
+        "counters",
+        "names",
+        "peers",
+        "server_peer_id",
+        "visibility",
+    )
 
-    def _error(
+    def __init__(
         self,
-        conn: Connection,
-        code: str,
-        message: str,
+        config: RelayConfig,
+        clock: Callable[[], float],
+        counters: RelayCounters,
+        replies: Replies,
+        visibility: Visibility,
+        peers: dict[str, Connection],
         *,
-        document_id: str | None = None,
-        retry_after: float | None = None,
-        reason: str | None = None,
+        names: NameAllocator | None,
+        server_peer_id: str,
     ) -> None:
-        raise NotImplementedError
+        self.config = config
+        self.clock = clock
+        self.counters = counters
+        self.visibility = visibility
+        self.server_peer_id = server_peer_id
+        #: authenticated connections by peer id, in connection order
+        self.peers = peers
+        #: the anonymous names in use
+        self.names = names or NameAllocator()
+        #: the cluster link (None for a relay on its own)
+        self.bus: Bus | None = None
+        self._replies = replies
+        #: what anonymous identities are hashed with (the same on every relay of a cluster)
+        self._identity_key = identity_key(config.redis_url)
+        #: connections waiting for their auth -> their deadline, in opening order
+        #: (so in deadline order: the timeout is the same for all)
+        self._pending: dict[Connection, float] = {}
+        #: source address -> bucket of failed auth attempts (see _allowed)
+        self._failures: dict[str, TokenBucket] = {}
+        #: source address -> bucket of anonymous connections (see _anonymous_allowed)
+        self._budget: dict[str, TokenBucket] = {}
+        self._presence = config.server_presence
 
-    def _receive_unauthenticated(self, conn: Connection, frame: Frame) -> None:
-        if not isinstance(frame, AuthFrame):
-            self._error(conn, "not_authenticated", "the first frame must be an auth frame")
+    # ------------------------------------------------------------------ sizes
+
+    def failure_addresses(self) -> int:
+        """Source addresses whose failed-auth allowance is refilling."""
+        return len(self._failures)
+
+    def connection_addresses(self) -> int:
+        """Source addresses whose anonymous-connection allowance is refilling."""
+        return len(self._budget)
+
+    # ------------------------------------------------------------------ the deadline
+
+    def opened(self, conn: Connection, now: float) -> float:
+        """A connection opened at ``now``: it has until the returned time to
+        authenticate."""
+        deadline = now + self.config.auth_timeout
+        self._pending[conn] = deadline
+        return deadline
+
+    def next_deadline(self) -> float:
+        """The earliest auth deadline of a connection still waiting (``inf``: none)."""
+        for deadline in self._pending.values():
+            return deadline
+        return math.inf
+
+    def check_deadlines(self, now: float) -> int:
+        """Refuse every connection whose auth deadline has passed at ``now``:
+        ``auth_timeout``, closed (1008). Frames other than a valid ``auth``
+        never extend it. Returns how many were refused."""
+        pending = self._pending
+        late: list[Connection] = []
+        for conn, deadline in pending.items():
+            if deadline > now:
+                break  # in deadline order: the rest are later
+            late.append(conn)
+        for conn in late:
+            del pending[conn]
+            log.debug("closing %r: no auth within %g s", conn, self.config.auth_timeout)
+            self._replies.refuse_and_close(
+                conn, "auth_timeout", f"no auth within {self.config.auth_timeout:g} s"
+            )
+        return len(late)
+
+    def closed(self, conn: Connection) -> None:
+        """``conn``'s connection is gone (after its leaves): it is no longer
+        a peer; in global scope everyone is told (``peer_disconnected``)."""
+        self._pending.pop(conn, None)
+        if not conn.authenticated:
             return
-        if not self._auth_allowed(conn):
+        del self.peers[conn.peer_id]
+        if conn.is_anonymous:
+            self.names.release(conn.name)
+        if self.bus is not None:
+            self.bus.peer_closed(conn)
+        self.visibility.broadcast(encode(PeerDisconnectedFrame(conn.peer_id)))
+        log.debug("peer %s (%s) disconnected", conn.peer_id, conn.name)
+
+    def forget_idle(self, now: float) -> None:
+        """Forget the per-address buckets that are full again."""
+        if self._failures:
+            forget_full(self._failures, now)
+        if self._budget:
+            forget_full(self._budget, now)
+
+    # ------------------------------------------------------------------ auth frames
+
+    def receive(self, conn: Connection, frame: Frame) -> None:
+        """A frame from ``conn`` before it authenticated: only ``auth`` is accepted."""
+        if not isinstance(frame, AuthFrame):
+            self._replies.error(conn, "not_authenticated", "the first frame must be an auth frame")
+            return
+        if not self._allowed(conn):
             return
         if frame.token is not None:
             user = self.config.user_for_token(frame.token)
             if user is None:
-                self._auth_error(conn, "invalid_token", "Invalid or expired token")
+                self._refuse(conn, "invalid_token", "Invalid or expired token")
                 return
             self._authenticate(conn, user.id, user.name, anonymous=False)
         elif frame.anonymous:
-            if not self._connection_allowed(conn):
+            if not self._anonymous_allowed(conn):
                 return
-            self._authenticate(conn, None, self._names.allocate(), anonymous=True)
+            self._authenticate(conn, None, self.names.allocate(), anonymous=True)
         else:
-            self._auth_error(conn, "missing_credentials", "send a token, or anonymous: true")
+            self._refuse(conn, "missing_credentials", "send a token, or anonymous: true")
 
-    def _auth_allowed(self, conn: Connection) -> bool:
+    def _allowed(self, conn: Connection) -> bool:
         """Refuse every auth attempt from an address whose failed attempts used
         up their allowance (``auth_failure_limit`` per minute, as a burst): a
         token cannot be guessed faster than that, and a flood of bad auths from
         one address is answered with one short frame each."""
-        bucket = self._auth_failures.get(conn.address)
+        bucket = self._failures.get(conn.address)
         if bucket is None:
             return True
-        now = self.clock()
-        tokens = bucket.tokens(now)
+        tokens = bucket.tokens(self.clock())
         if tokens >= 1.0:
             return True
         log.debug("auth from %s refused: too many failed attempts", conn.address or "?")
-        self._error(
+        self._pending.pop(conn, None)  # answered: no auth_timeout after this
+        self._replies.refuse_and_close(
             conn,
             "rate_limited",
             "too many failed auth attempts from this address",
             retry_after=(1.0 - tokens) / bucket.rate,
         )
-        conn.outbox.close(1008, "rate_limited")
         return False
 
-    def _connection_allowed(self, conn: Connection) -> bool:
+    def _anonymous_allowed(self, conn: Connection) -> bool:
         """Spend one of the address's anonymous connections
         (``anonymous_connection_limit`` per minute, as a burst); refuse with
         ``rate_limited`` and close when there is none. Exempt networks
@@ -129,7 +231,7 @@ class AuthRules:
         if not self.config.connection_limited(address):
             return True
         now = self.clock()
-        budget = self._connection_budget
+        budget = self._budget
         bucket = budget.get(address)
         if bucket is None:
             if len(budget) >= MAX_CONNECTION_ADDRESSES:
@@ -140,20 +242,22 @@ class AuthRules:
         if wait <= 0:
             return True
         log.debug("anonymous connection from %s refused: over its limit", address)
-        self._error(
+        self._pending.pop(conn, None)  # answered: no auth_timeout after this
+        self._replies.refuse_and_close(
             conn,
             "rate_limited",
             f"more than {self.config.anonymous_connection_limit} anonymous connections "
             "per minute from this address",
             retry_after=wait,
         )
-        conn.outbox.close(1008, "rate_limited")
         return False
 
-    def _auth_error(self, conn: Connection, code: str, message: str) -> None:
+    def _refuse(self, conn: Connection, code: str, message: str) -> None:
+        """Credentials refused: spend the address's allowance, answer
+        ``auth_error`` and close."""
         log.debug("auth failed for %r: %s", conn, code)
         now = self.clock()
-        failures = self._auth_failures
+        failures = self._failures
         bucket = failures.get(conn.address)
         if bucket is None:
             if len(failures) >= MAX_AUTH_FAILURE_ADDRESSES:
@@ -161,6 +265,7 @@ class AuthRules:
             limit = self.config.auth_failure_limit
             bucket = failures[conn.address] = TokenBucket.per_minute(limit, now)
         bucket.take(now)
+        self._pending.pop(conn, None)  # answered: no auth_timeout after this
         self.counters.refusal(refusal_reason(code))
         conn.outbox.send(encode(AuthErrorFrame(code, message)))
         conn.outbox.close(1008, code)
@@ -170,6 +275,7 @@ class AuthRules:
     ) -> None:
         peer_id = f"peer-{secrets.token_hex(8)}"
         user = UserInfo(user_id, name, anonymous)
+        self._pending.pop(conn, None)
         conn.authenticated = True
         conn.peer_id = peer_id
         conn.user_id = user_id
@@ -177,42 +283,18 @@ class AuthRules:
         conn.is_anonymous = anonymous
         conn.identity = identity_of(user_id, conn.address, self._identity_key)
         conn.bucket = LimitBucket.per_minute(self.config.rate_limit, self.clock())
-        conn.target_suffix = cbor_text(peer_id)
+        conn.target_suffix = target_suffix(peer_id)
         conn.identity_frame = encode(PeerIdentityFrame(peer_id, user))
 
         out = conn.outbox
-        if not self._server_presence:
+        if not self._presence:
             # What today's upstream server sends: no features, no name.
-            wire_user = None if anonymous else {"id": user_id}
-            out.send(
-                cbor2.dumps(
-                    {
-                        "type": "auth_ok",
-                        "peerId": self.server_peer_id,
-                        "clientPeerId": peer_id,
-                        "user": wire_user,
-                    }
-                )
-            )
-            self._peers[peer_id] = conn
-            if self.bus is not None:
-                self.bus.peer_authenticated(conn)
-            return
-        if self._scoped:
-            # Identities travel with the documents: nothing more to send now,
-            # whoever is connected (a connect costs the same with 0 or 10,000 peers).
-            out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, _SCOPED_FEATURES)))
-            self._peers[peer_id] = conn
-            if self.bus is not None:
-                self.bus.peer_authenticated(conn)
-            log.debug("peer %s authenticated as %r (user %s)", peer_id, name, user_id)
-            return
-        out.send(encode(AuthOkFrame(self.server_peer_id, peer_id, user, FEATURES)))
-        for other in self._peers.values():  # initial sync, in connection order
-            out.send(other.identity_frame)
-            other.outbox.send(conn.identity_frame)
-        self._peers[peer_id] = conn
-        if self.bus is not None:  # then the peers on the other relays
-            for frame in self.bus.peer_authenticated(conn):
-                out.send(frame)
+            out.send(upstream_auth_ok(self.server_peer_id, peer_id, user_id))
+        else:
+            features = _SCOPED_FEATURES if self.visibility.scoped else FEATURES
+            out.send(auth_ok(self.server_peer_id, peer_id, user, features))
+            self.visibility.greet(conn)  # global scope: everyone's identity, its own to all
+        self.peers[peer_id] = conn
+        if self.bus is not None:
+            self.bus.peer_authenticated(conn)
         log.debug("peer %s authenticated as %r (user %s)", peer_id, name, user_id)

@@ -1,6 +1,6 @@
 """The seam between a relay's rules and the other relays of its cluster. No I/O.
 
-:class:`~.core.RelayCore` calls a :class:`Bus` synchronously with what its
+:class:`~.relay.RelayCore` calls a :class:`Bus` synchronously with what its
 local peers did that the other relays must know, and asks it who is present on
 them; the cluster (:mod:`ratatoskr_client.server.cluster`) implements it. A
 relay without a cluster has no bus, and none of this runs.
@@ -39,10 +39,8 @@ class Bus(Protocol):
     memberships that passed the read check, messages that passed every check.
     """
 
-    def peer_authenticated(self, conn: Connection) -> Iterable[bytes]:
-        """A local connection authenticated. Returns the ``peer_identity``
-        frames of the peers on other relays, for its initial sync (none in
-        document scope)."""
+    def peer_authenticated(self, conn: Connection) -> None:
+        """A local connection authenticated."""
 
     def peer_closed(self, conn: Connection) -> None:
         """An authenticated local connection closed (after its leaves)."""
@@ -62,6 +60,10 @@ class Bus(Protocol):
         other relays are to be told (at the pace of the presence budget, so
         their peers hear no more than ours). ``gone``: it left because its
         connection closed."""
+
+    def remote_peers(self) -> Iterable[Member]:
+        """The peers connected to the other relays (global scope: a newcomer
+        is told every one of them)."""
 
     def others_present(self, document_id: str) -> bool:
         """True unless the document is known to have no peer on another relay

@@ -7,12 +7,15 @@ stream of ephemeral messages: one connection may use several). No I/O.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from ...protocol.rates import TokenBucket
 
-__all__ = ["Connection", "LimitBucket", "Outbox", "RelayStats", "Session"]
+__all__ = ["Connection", "LimitBucket", "Outbox", "RelayStats", "forget_full"]
+
+_Bucket = TypeVar("_Bucket", bound=TokenBucket)
 
 
 class Outbox(Protocol):
@@ -43,6 +46,12 @@ class LimitBucket(TokenBucket):
         super().__init__(rate, capacity, now)
         #: clock time until which the connection was told to wait (0: never told)
         self.told_until = 0.0
+
+
+def forget_full(buckets: dict[str, _Bucket], now: float) -> None:
+    """Forget the buckets that are full again at ``now``: a new one would be the same."""
+    for key in [k for k, b in buckets.items() if b.tokens(now) >= b.capacity]:
+        del buckets[key]
 
 
 class Connection:
@@ -111,10 +120,6 @@ class Connection:
         return f"<Connection {who} {self.name!r} docs={len(self.docs)}>"
 
 
-#: The former name of :class:`Connection`, kept so existing imports work.
-Session = Connection
-
-
 @dataclass(frozen=True, slots=True)
 class RelayStats:
     """Sizes of every table the relay keeps; all return to zero when everyone leaves."""
@@ -130,3 +135,18 @@ class RelayStats:
     auth_failure_addresses: int = 0
     #: source addresses whose anonymous-connection allowance is refilling
     connection_addresses: int = 0
+
+
+def __getattr__(name: str) -> Any:
+    # ``Session``: the name of :class:`Connection` before the relay's rules were
+    # split by concern. Deprecated: it was renamed because it is not the wire's
+    # ``sessionId`` (one connection may use several). Kept, with a warning, for
+    # code that imports it from here, ``.relay`` or the package.
+    if name == "Session":
+        warnings.warn(
+            "ratatoskr_client.server.core.Session is deprecated: use Connection",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Connection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,7 @@ class RelayCounters:
         "flood_disconnects",
         "frames_in",
         "frames_out",
+        "internal_errors",
         "refused",
         "relayed_local",
         "relayed_remote",
@@ -87,6 +88,8 @@ class RelayCounters:
         self.flood_disconnects = 0
         #: connections closed because no complete frame (nor pong) arrived in time
         self.unresponsive_disconnects = 0
+        #: frames the relay failed on (a bug: answered with ``internal_error``)
+        self.internal_errors = 0
 
     def frame_in(self, kind: str) -> None:
         """One frame of type ``kind`` was received."""

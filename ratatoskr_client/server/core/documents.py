@@ -1,9 +1,12 @@
-"""The relay's document rules, part of :class:`~.core.RelayCore`. No I/O.
+"""The relay's document rules, part of :class:`~.relay.RelayCore`. No I/O.
 
-Presence (join, leave, heartbeat), the read check, the per-document bound on
-presence messages, the gossip and replay filter, the rate limit, and relaying
-an ephemeral message to everyone present; automerge-repo ``request``/``sync``
-frames count as a join.
+Presence (join, leave, heartbeat, expiry), the read check, the per-document
+bound on presence messages, the gossip and replay filter, the rate limit, and
+relaying an ephemeral message to everyone present; automerge-repo
+``request``/``sync`` frames count as a join. :func:`fan_out` is the one loop
+that writes a message to a document's local members, for the relay's own
+peers' messages and for those other relays of a cluster deliver here
+(:meth:`Documents.deliver_remote`).
 """
 
 from __future__ import annotations
@@ -23,88 +26,114 @@ from ...protocol import (
     RequestFrame,
     SessionOwners,
     SyncFrame,
-    cbor_bytes,
-    cbor_text,
-    cbor_uint,
     decode_payload,
     encode,
 )
-from ...protocol.constants import (
-    EPHEMERAL_HEAD,
-    KEY_COUNT,
-    KEY_DATA,
-    KEY_DOCUMENT_ID,
-    KEY_SENDER_ID,
-    KEY_SESSION_ID,
-    KEY_TARGET_ID,
-)
+from ...protocol.writers import ephemeral_prefix, target_suffix
 from ..config import Access, RelayConfig
-from .bus import Bus, RemoteSender
-from .connection import Connection, LimitBucket
+from .bus import Bus, Member, RemoteSender
+from .connection import Connection, LimitBucket, forget_full
 from .counters import RelayCounters
-from .limits import MAX_SESSIONS_PER_CONNECTION, PRESENCE_BURST, PRESENCE_RATE
+from .limits import (
+    MAX_SESSION_TOMBSTONES,
+    MAX_SESSIONS_PER_CONNECTION,
+    PRESENCE_BURST,
+    PRESENCE_RATE,
+    SESSION_TOMBSTONE_TTL,
+)
+from .replies import Replies
 from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
 
-__all__ = ["DocumentRules", "ephemeral_prefix"]
+__all__ = ["Documents", "ephemeral_prefix", "fan_out"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
 
-class DocumentRules(Visibility):
-    """Presence in documents and the ephemeral messages relayed in them."""
+class Documents:
+    """Presence in documents and the ephemeral messages relayed in them.
 
-    __slots__ = ()
+    It owns the member tables (``members``: document id -> present connections
+    by peer id, in join order; the core creates it and :class:`~.visibility.Visibility`
+    reads it) and the gossip table; it reads ``peers`` (authentication's table
+    of authenticated connections) for the expiry sweep.
+    """
 
-    # What these rules use of the RelayCore they are part of.
-    config: RelayConfig
-    clock: Callable[[], float]
-    server_peer_id: str
-    counters: RelayCounters
-    bus: Bus | None
-    _docs: dict[str, dict[str, Connection]]
-    _sessions: SessionOwners[Connection | RemoteSender]
-    _server_presence: bool
+    __slots__ = (
+        "_check",
+        "_peers",
+        "_presence",
+        "_replies",
+        "bus",
+        "clock",
+        "config",
+        "counters",
+        "members",
+        "server_peer_id",
+        "sessions",
+        "visibility",
+    )
 
-    def _error(
+    def __init__(
         self,
-        conn: Connection,
-        code: str,
-        message: str,
-        *,
-        document_id: str | None = None,
-        retry_after: float | None = None,
-        reason: str | None = None,
+        config: RelayConfig,
+        clock: Callable[[], float],
+        counters: RelayCounters,
+        replies: Replies,
+        visibility: Visibility,
+        members: dict[str, dict[str, Connection]],
+        peers: dict[str, Connection],
+        server_peer_id: str,
     ) -> None:
-        raise NotImplementedError
+        self.config = config
+        self.server_peer_id = server_peer_id
+        self.clock = clock
+        self.counters = counters
+        self.visibility = visibility
+        #: document id -> present connections by peer id, in join order
+        self.members = members
+        #: ephemeral sessionId -> the connection that owns it, and its identity (the
+        #: gossip rule); senders on other relays are keyed by (node id, peer id)
+        self.sessions: SessionOwners[Connection | RemoteSender] = SessionOwners(
+            max_per_sender=MAX_SESSIONS_PER_CONNECTION,
+            tombstone_ttl=SESSION_TOMBSTONE_TTL,
+            max_tombstones=MAX_SESSION_TOMBSTONES,
+        )
+        #: the cluster link (None for a relay on its own)
+        self.bus: Bus | None = None
+        self._replies = replies
+        self._check = config.access
+        self._peers = peers
+        self._presence = config.server_presence
 
-    def _rate_limited(
-        self, conn: Connection, bucket: LimitBucket, wait: float, document_id: str | None = None
-    ) -> None:
-        raise NotImplementedError
+    # ------------------------------------------------------------------ membership
 
     def _check_access(self, conn: Connection, doc_id: str) -> bool:
-        access = self.config.access(conn.user_id, doc_id)
+        access = self._check(conn.user_id, doc_id)
         if access is Access.ALLOWED:
             return True
         if access is Access.NOT_FOUND:
-            self._error(
+            self._replies.error(
                 conn, "document_not_found", f"unknown document {doc_id!r}", document_id=doc_id
             )
         else:
-            self._error(conn, "permission_denied", "Read access required", document_id=doc_id)
+            self._replies.error(
+                conn, "permission_denied", "Read access required", document_id=doc_id
+            )
         return False
 
-    def _join(self, conn: Connection, doc_id: str, *, send_state: bool = True) -> None:
+    def join(self, conn: Connection, doc_id: str, *, send_state: bool = True) -> None:
+        """``conn`` joins ``doc_id`` (or refreshes its presence there)."""
         now = self.clock()
-        members = self._docs.get(doc_id)
+        members = self.members.get(doc_id)
         rejoin = members is not None and conn.peer_id in members
+        visibility = self.visibility
         if rejoin:
             conn.docs[doc_id] = now
         else:
             if not self._check_access(conn, doc_id):
                 return
             if len(conn.docs) >= self.config.max_documents_per_peer:
-                self._error(
+                self._replies.error(
                     conn,
                     "too_many_documents",
                     f"a connection may be present in at most "
@@ -113,8 +142,8 @@ class DocumentRules(Visibility):
                 )
                 return
             if members is None:
-                members = self._docs[doc_id] = {}
-            decision = self._decide(doc_id, conn, now) if self._server_presence else SILENT
+                members = self.members[doc_id] = {}
+            decision = visibility.decide(doc_id, conn, now) if self._presence else SILENT
             members[conn.peer_id] = conn
             conn.docs[doc_id] = now
             if self.bus is not None:
@@ -122,28 +151,29 @@ class DocumentRules(Visibility):
                 if decision == SILENT:
                     self.bus.announce(doc_id, conn, True)  # (no presence frames to pace)
             if decision == ANNOUNCE:
-                self._announce_join(doc_id, conn)
+                visibility.announce_join(doc_id, conn)
             elif decision == CANCELLED:
-                self._settle_held(doc_id)
-        if send_state and self._server_presence:
+                visibility.settle(doc_id)
+        if send_state and self._presence:
             remote = self.bus.presence_state(doc_id, conn) if self.bus is not None else ()
             if remote is None:
                 return  # the bus calls send_presence_state once it knows who is elsewhere
-            self.send_presence_state(conn, doc_id, remote, rejoin=rejoin)
+            visibility.send_presence_state(conn, doc_id, remote, rejoin=rejoin)
 
-    def _leave(self, conn: Connection, doc_id: str, *, tell_self: bool, gone: bool = False) -> None:
+    def leave(self, conn: Connection, doc_id: str, *, tell_self: bool, gone: bool = False) -> None:
         """``conn`` is no longer present in ``doc_id``: it left, expired
         (``tell_self``: it is told too) or its connection is ``gone`` (its
         leave is announced at once, never held)."""
         if conn.docs.pop(doc_id, None) is None:
             return
-        members = self._docs[doc_id]
-        presence = self._server_presence
-        decision = self._decide(doc_id, conn, self.clock(), force=gone) if presence else SILENT
+        members = self.members[doc_id]
+        presence = self._presence
+        visibility = self.visibility
+        decision = visibility.decide(doc_id, conn, self.clock(), force=gone) if presence else SILENT
         del members[conn.peer_id]
         if not members:
-            del self._docs[doc_id]
-            self._drop_held(doc_id)  # nobody left to tell
+            del self.members[doc_id]
+            visibility.drop_held(doc_id)  # nobody left to tell
         if self.bus is not None:
             self.bus.left(doc_id, conn)
             if not presence:
@@ -151,17 +181,54 @@ class DocumentRules(Visibility):
         if not presence:
             return
         if decision == ANNOUNCE:
-            self._announce_leave(doc_id, conn, gone=gone)
+            visibility.announce_leave(doc_id, conn, gone=gone)
         elif decision == CANCELLED:
-            self._settle_held(doc_id)
+            visibility.settle(doc_id)
         if tell_self:
             # Expiry: the peer may still be alive (a stalled loop), so tell it too;
             # a client that sees itself leave re-joins with a heartbeat.
             conn.outbox.send(encode(PeerLeftDocFrame(doc_id, conn.peer_id)))
 
+    def expire(self, now: float) -> int:
+        """Remove every membership whose last join/heartbeat is older than the
+        presence TTL at ``now``, as if the peer had left (and told it).
+        Returns how many were removed."""
+        if not self._presence:
+            return 0  # like upstream: a subscription lasts as long as the connection
+        deadline = now - self.config.presence_ttl
+        removed = 0
+        for conn in list(self._peers.values()):
+            stale = [doc for doc, seen in conn.docs.items() if seen < deadline]
+            for doc_id in stale:
+                log.debug("presence of %s in %r expired", conn.peer_id, doc_id)
+                self.leave(conn, doc_id, tell_self=True)
+                removed += 1
+        return removed
+
+    def closed(self, conn: Connection) -> None:
+        """``conn``'s connection is gone: it leaves every document
+        (``peer_left_doc`` each, at once, and its held leaves too), and its
+        sessionIds become tombstones."""
+        for doc_id in list(conn.docs):
+            self.leave(conn, doc_id, tell_self=False, gone=True)
+        self.visibility.closed(conn)
+        self.sessions.release(conn, self.clock())
+        conn.control.clear()
+        conn.bucket = None
+
+    def forget_idle(self, now: float) -> None:
+        """Drop bookkeeping that has served its purpose: tombstones past their
+        TTL and presence-control buckets that are full again."""
+        self.sessions.expire(now)
+        for conn in self._peers.values():
+            if conn.control:
+                forget_full(conn.control, now)
+
     # ------------------------------------------------------------------ ephemeral
 
-    def _on_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
+    def on_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
+        """An ephemeral frame from the authenticated ``conn``: a presence
+        control message (join, leave, heartbeat) or a message to relay."""
         # The order of the checks is the contract's (docs/protocol.md,
         # "Ephemeral messages"), and it matters:
         # 1. what the frame itself says: bad input is refused before anything;
@@ -177,9 +244,9 @@ class DocumentRules(Visibility):
             payload = decode_payload(frame.data)
             presence = PresenceMessage.from_payload(payload)
         except ProtocolError as exc:
-            self._error(conn, "invalid_message", str(exc), document_id=doc_id)
+            self._replies.error(conn, "invalid_message", str(exc), document_id=doc_id)
             return
-        if not self._server_presence:
+        if not self._presence:
             if doc_id.startswith(EPHEMERAL_PREFIX):
                 return  # upstream's automerge-repo rejects eph: ids: nothing relayed, no error
             presence = None  # upstream relays presence-shaped payloads like any other
@@ -187,7 +254,7 @@ class DocumentRules(Visibility):
             if not self._check_access(conn, doc_id):
                 return
         elif presence.document_id != doc_id:
-            self._error(
+            self._replies.error(
                 conn,
                 "invalid_message",
                 "presence documentId does not match the envelope's documentId",
@@ -210,10 +277,10 @@ class DocumentRules(Visibility):
             if not refresh and not self._control_allowed(conn, doc_id):
                 return
             if presence.status == "leave":
-                self._leave(conn, doc_id, tell_self=False)
+                self.leave(conn, doc_id, tell_self=False)
             else:
                 # A heartbeat for a document the peer is not in counts as a join.
-                self._join(
+                self.join(
                     conn,
                     doc_id,
                     send_state=presence.status == "join" or doc_id not in conn.docs,
@@ -223,11 +290,11 @@ class DocumentRules(Visibility):
         assert bucket is not None
         wait = bucket.take(self.clock())
         if wait > 0:
-            self._rate_limited(conn, bucket, wait)
+            self._replies.rate_limited(conn, bucket, wait)
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
-        self._relay_ephemeral(conn, frame)
+        self._relay(conn, frame)
 
     def _control_allowed(self, conn: Connection, doc_id: str) -> bool:
         now = self.clock()
@@ -237,7 +304,7 @@ class DocumentRules(Visibility):
         wait = bucket.take(now)
         if wait <= 0:
             return True
-        self._rate_limited(conn, bucket, wait, doc_id)
+        self._replies.rate_limited(conn, bucket, wait, doc_id)
         return False
 
     def _admit(self, conn: Connection, frame: EphemeralFrame) -> bool:
@@ -245,11 +312,11 @@ class DocumentRules(Visibility):
         ``conn``. A sessionId changes hands only between connections of one
         identity (the same user; for anonymous peers, the same address): a
         stock peer reconnecting carries on its session, nobody else can."""
-        verdict = self._sessions.admit(conn, frame.session_id, frame.count, conn.identity)
+        verdict = self.sessions.admit(conn, frame.session_id, frame.count, conn.identity)
         if verdict.admitted:
             return True
         if verdict is Admission.TOO_MANY_SESSIONS:
-            self._error(
+            self._replies.error(
                 conn,
                 "too_many_sessions",
                 f"a connection may use at most {MAX_SESSIONS_PER_CONNECTION} sessionIds",
@@ -258,67 +325,85 @@ class DocumentRules(Visibility):
         # copy we already relayed: dropped without a word (docs/protocol.md).
         return False
 
-    def _relay_ephemeral(self, conn: Connection, frame: EphemeralFrame) -> None:
+    def _relay(self, conn: Connection, frame: EphemeralFrame) -> None:
         self.counters.relayed_local += 1
         doc_id = frame.document_id
-        if self._held and doc_id in self._held:
-            self._unhold_join(doc_id, conn)  # its join goes before its message, everywhere
+        visibility = self.visibility
+        held = conn.held
+        if held is not None and doc_id in held:
+            visibility.unhold_join(doc_id, conn)  # its join goes before its message, everywhere
         if self.bus is not None:
             self.bus.relayed(doc_id, conn, frame.count, frame.session_id, frame.data)
-        members = self._docs.get(doc_id)
+        members = self.members.get(doc_id)
         if not members:
             return
-        if self._scoped and doc_id not in conn.docs:
-            # Not present here: the members may not know who is speaking.
-            self._introduce(conn, members.values())
-        prefix = ephemeral_prefix(
-            conn.target_suffix, doc_id, frame.count, frame.session_id, frame.data
+        if doc_id not in conn.docs:  # (present: the members know who is speaking)
+            visibility.introduce(conn, False, members.values())
+        fan_out(
+            members,
+            ephemeral_prefix(conn.target_suffix, doc_id, frame.count, frame.session_id, frame.data),
+            conn,
         )
-        for other in members.values():
-            if other is not conn:
-                other.outbox.send_ephemeral(prefix, other.target_suffix)
+
+    def deliver_remote(
+        self,
+        sender: RemoteSender,
+        document_id: str,
+        count: int,
+        session_id: str,
+        data: bytes,
+        identity: str | None = None,
+        speaker: Member | None = None,
+        present: bool = True,
+    ) -> bool:
+        """A message another relay accepted from ``sender`` (whose identity key,
+        as announced by its relay, is ``identity``; None if its relay announced
+        none: then it is its own): apply the gossip rule to it here too (so a
+        sessionId stays its owner's across the cluster), then deliver it to the
+        local peers present. Its read check and rate limit were applied where
+        it entered. ``speaker``: the sender as the members may be told it, and
+        whether it is ``present`` in the document (see
+        :meth:`~.visibility.Visibility.introduce`). True if it was admitted."""
+        if not self.sessions.admit(sender, session_id, count, identity).admitted:
+            return False
+        self.counters.relayed_remote += 1
+        members = self.members.get(document_id)
+        if members:
+            if speaker is not None:
+                self.visibility.introduce(speaker, present, members.values())
+            fan_out(
+                members,
+                ephemeral_prefix(target_suffix(sender[1]), document_id, count, session_id, data),
+            )
+        return True
 
     # ------------------------------------------------------------------ automerge sync
 
-    def _on_sync(self, conn: Connection, frame: RequestFrame | SyncFrame) -> None:
+    def on_sync(self, conn: Connection, frame: RequestFrame | SyncFrame) -> None:
         """A stock automerge-repo peer subscribing to a document: it never sends a
         presence join, so a request/sync counts as one. The relay stores no
         documents, so a request is answered with doc-unavailable."""
         doc_id = frame.document_id
-        if not self._server_presence and doc_id.startswith(EPHEMERAL_PREFIX):
+        if not self._presence and doc_id.startswith(EPHEMERAL_PREFIX):
             return  # upstream: "Invalid AutomergeUrl", no answer
-        self._join(conn, doc_id, send_state=doc_id not in conn.docs)
+        self.join(conn, doc_id, send_state=doc_id not in conn.docs)
         if not isinstance(frame, RequestFrame) or doc_id not in conn.docs:
             return
-        if self._server_presence:
-            reply: Frame = DocUnavailableFrame(self.server_peer_id, conn.peer_id, doc_id)
+        server_peer_id = self.server_peer_id
+        if self._presence:
+            reply: Frame = DocUnavailableFrame(server_peer_id, conn.peer_id, doc_id)
         else:
             # Upstream answers a request with a sync message; with nothing stored,
             # the empty document's own sync message is the truthful answer.
-            reply = SyncFrame(self.server_peer_id, conn.peer_id, doc_id, frame.data)
+            reply = SyncFrame(server_peer_id, conn.peer_id, doc_id, frame.data)
         conn.outbox.send(encode(reply))
 
 
-def ephemeral_prefix(
-    sender: bytes, document_id: str, count: int, session_id: str, data: bytes
-) -> bytes:
-    """A relayed ephemeral frame up to its ``targetId`` value (``sender`` is the
-    CBOR text of the sender's peer id). Encoded once per message, with targetId
-    last, so each recipient's id is spliced onto the end: no per-recipient
-    re-encoding of the payload."""
-    return b"".join(
-        (
-            EPHEMERAL_HEAD,
-            KEY_SENDER_ID,
-            sender,
-            KEY_DOCUMENT_ID,
-            cbor_text(document_id),
-            KEY_COUNT,
-            cbor_uint(count),
-            KEY_SESSION_ID,
-            cbor_text(session_id),
-            KEY_DATA,
-            cbor_bytes(data),
-            KEY_TARGET_ID,
-        )
-    )
+def fan_out(members: dict[str, Connection], prefix: bytes, sender: object = None) -> None:
+    """Write the relayed frame ``prefix`` (see :func:`ephemeral_prefix`) to every
+    one of a document's ``members`` but its ``sender``, each with its own
+    ``targetId``: the one fan-out loop of the relay, for the messages of its
+    own peers and for those other relays deliver."""
+    for other in members.values():
+        if other is not sender:
+            other.outbox.send_ephemeral(prefix, other.target_suffix)

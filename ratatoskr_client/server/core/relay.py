@@ -1,18 +1,27 @@
-"""The relay's rules as a state machine: bytes in, frames out through an outbox. No I/O.
+"""The relay's rules as a state machine: bytes and time in, frames out through an outbox. No I/O.
 
-:class:`RelayCore` holds every connection's identity, every document's presence,
-the rate-limit buckets and the gossip bookkeeping, and applies the rules of
-``docs/protocol.md`` to each incoming message. It never touches a socket: each
-connection hands it an :class:`Outbox`, and the core calls the outbox
-synchronously with ready-to-send CBOR frames. The aiohttp layer
-(:mod:`ratatoskr_client.server.asyncio.app`) turns those calls into WebSocket frames; the
-unit tests use a list.
+:class:`RelayCore` applies the rules of ``docs/protocol.md`` to every
+connection of one relay. It never touches a socket nor a timer: each
+connection hands it an :class:`Outbox`, which the core calls synchronously
+with ready-to-send CBOR frames (or to close the connection, or to ping it);
+time comes from the injected ``clock``, and the core says when it must be
+called again (:meth:`RelayCore.on_timer`, :attr:`RelayCore.wake_at`). The
+aiohttp layer (:mod:`ratatoskr_client.server.asyncio.app`) turns the outbox
+calls into WebSocket frames and keeps one timer; the unit tests use lists and a
+fake clock.
 
-The clock is injected (``clock``), so TTL expiry and rate limits are testable
-without sleeping. The rules are in three parts: :class:`~.auth.AuthRules`
-(authentication), :class:`~.documents.DocumentRules` (presence and relaying)
-and, here, the connections' life, the dispatch of incoming frames and the
-cluster seam.
+The core is the composition of parts that each own their state:
+
+* :class:`~.auth.Authentication` (``core.auth``): the ``auth`` frame, the auth
+  deadline, the per-address allowances, and the table of authenticated peers;
+* :class:`~.documents.Documents` (``core.documents``): presence in documents,
+  its expiry, the gossip table, relaying and the one fan-out loop;
+* :class:`~.visibility.Visibility` (``core.visibility``): who is told about
+  whom, and when (identity scope, the presence budget);
+* :class:`~.replies.Replies` (``core.replies``): the error answers and their counts.
+
+What is left here is the connections' life (open, close, the liveness rule),
+the dispatch of incoming frames, the timer rules and the cluster seam.
 
 A relay in a cluster (``docs/cluster.md``) also has a :class:`Bus`: the core
 tells it, synchronously, about every local identity, membership and relayed
@@ -28,34 +37,25 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Final, TypeVar
+from typing import Any, Final
 
 from ...errors import ProtocolError
 from ...protocol import (
     AuthFrame,
     DocUnavailableFrame,
     EphemeralFrame,
-    ErrorFrame,
-    PeerDisconnectedFrame,
     RequestFrame,
-    SessionOwners,
     SyncFrame,
     UnknownFrame,
-    cbor_text,
     decode,
-    encode,
 )
-from ...protocol.rates import TokenBucket
 from ..config import RelayConfig
-from .auth import AuthRules
-from .bus import Bus, RemoteSender
-from .connection import Connection, LimitBucket, Outbox, RelayStats, Session
-from .counters import RelayCounters, refusal_reason
-from .documents import DocumentRules, ephemeral_prefix
-from .identity import identity_key
+from .auth import Authentication
+from .bus import Bus, Member, RemoteSender
+from .connection import Connection, Outbox, RelayStats
+from .counters import RelayCounters
+from .documents import Documents
 from .limits import (
-    FLOOD_ALLOWANCE,
-    FLOOD_REFILL,
     LIVENESS_FACTOR,
     MAX_AUTH_FAILURE_ADDRESSES,
     MAX_CONNECTION_ADDRESSES,
@@ -70,7 +70,8 @@ from .limits import (
     SESSION_TOMBSTONE_TTL,
 )
 from .names import NameAllocator
-from .visibility import HeldChanges
+from .replies import Replies
+from .visibility import Visibility
 
 __all__ = [
     "MAX_AUTH_FAILURE_ADDRESSES",
@@ -84,18 +85,20 @@ __all__ = [
     "PRESENCE_RATE",
     "PRESENCE_WINDOW",
     "SESSION_TOMBSTONE_TTL",
+    "SWEEP_MAX_INTERVAL",
     "Bus",
     "Connection",
     "Outbox",
     "RelayCore",
     "RelayStats",
     "RemoteSender",
-    "Session",
 ]
 
 log = logging.getLogger("ratatoskr_client.server")
 
-_Bucket = TypeVar("_Bucket", bound=TokenBucket)
+#: The longest time between two runs of a periodic sweep (presence expiry, the
+#: liveness rule); each runs every tenth of its own period when that is shorter.
+SWEEP_MAX_INTERVAL: Final = 1.0
 
 # Frames only the server may send; a client sending one gets invalid_message.
 _SERVER_ONLY: Final = frozenset(
@@ -112,8 +115,13 @@ _SERVER_ONLY: Final = frozenset(
 )
 
 
-class RelayCore(AuthRules, DocumentRules):
-    """Applies the wire contract to every connection of one relay."""
+class RelayCore:
+    """Applies the wire contract to every connection of one relay.
+
+    ``clock`` is the relay's time (seconds, monotonic): every rule that
+    involves time reads it, so a test can pass a
+    :class:`~ratatoskr_client.server.core.clock.ManualClock` and move time by hand.
+    """
 
     def __init__(
         self,
@@ -126,52 +134,79 @@ class RelayCore(AuthRules, DocumentRules):
         self.config = config
         self.clock = clock
         self.server_peer_id = server_peer_id or f"relay-{secrets.token_hex(6)}"
-        self._names = names or NameAllocator()
-        self._connections: set[Connection] = set()
-        #: authenticated connections by peer id, in connection order
-        self._peers: dict[str, Connection] = {}
-        #: document id -> present connections by peer id, in join order
-        self._docs: dict[str, dict[str, Connection]] = {}
-        #: ephemeral sessionId -> the connection that owns it, and its identity (the
-        #: gossip rule); senders on other relays are keyed by (node id, peer id)
-        self._sessions: SessionOwners[Connection | RemoteSender] = SessionOwners(
-            max_per_sender=MAX_SESSIONS_PER_CONNECTION,
-            tombstone_ttl=SESSION_TOMBSTONE_TTL,
-            max_tombstones=MAX_SESSION_TOMBSTONES,
-        )
-        #: what anonymous identities are hashed with (the same on every relay of a cluster)
-        self._identity_key = identity_key(config.redis_url)
-        #: source address -> bucket of failed auth attempts (see _auth_allowed)
-        self._auth_failures: dict[str, TokenBucket] = {}
-        #: source address -> bucket of anonymous connections (see _connection_allowed)
-        self._connection_budget: dict[str, TokenBucket] = {}
-        self._server_presence = config.server_presence
-        #: identities go only to peers sharing a document (see .visibility)
-        self._scoped = config.server_presence and config.identity_scope == "document"
-        #: documents with presence changes held for the next flush (see .visibility)
-        self._held: dict[str, HeldChanges] = {}
-        #: document id -> its presence budget (see .visibility)
-        self._doc_budget: dict[str, TokenBucket] = {}
-        #: document id -> peer id -> when its last two changes there were
-        #: announced (kept for PRESENCE_WINDOW; see .visibility)
-        self._recent: dict[str, dict[str, tuple[float, float]]] = {}
-        #: set by the I/O layer: called with the time at which :meth:`flush_held`
-        #: must run (held presence changes are due); the core has no timers
-        self.wake_at: Callable[[float], None] = _no_wake
-        #: connections closed since the core started (for memory housekeeping)
-        self.closed_total = 0
         #: traffic counts, for monitoring
         self.counters = RelayCounters()
+        #: connections closed since the core started (for memory housekeeping)
+        self.closed_total = 0
         #: the cluster link (see :meth:`attach_bus`); None for a single relay
         self.bus: Bus | None = None
+        #: set by the I/O layer: called with a time at which :meth:`on_timer`
+        #: must run: held presence changes are due then, or an auth deadline
+        #: earlier than the time :meth:`on_timer` last returned. The core has
+        #: no timers.
+        self.wake_at: Callable[[float], None] = _no_wake
+        self._connections: set[Connection] = set()
+        # The tables the parts share, each written by one of them only:
+        # authenticated connections by peer id, in connection order (auth's), and
+        # document id -> present connections by peer id, in join order (documents').
+        peers: dict[str, Connection] = {}
+        members: dict[str, dict[str, Connection]] = {}
+        self.replies = Replies(config, clock, self.counters)
+        self.visibility = Visibility(config, clock, members, peers, self._wake)
+        self.documents = Documents(
+            config,
+            clock,
+            self.counters,
+            self.replies,
+            self.visibility,
+            members,
+            peers,
+            self.server_peer_id,
+        )
+        self.auth = Authentication(
+            config,
+            clock,
+            self.counters,
+            self.replies,
+            self.visibility,
+            peers,
+            names=names,
+            server_peer_id=self.server_peer_id,
+        )
+        self._peers = peers
+        self._members = members
+        # The hot path's dispatch, bound once.
+        self._on_ephemeral = self.documents.on_ephemeral
+        self._max_frame_size = config.max_frame_size
+        # The periodic sweeps: often enough that a stale peer is gone within
+        # TTL + 1 s (or TTL x 1.1), and a dead or trickling socket within
+        # 1.5 x ping_interval + 2 sweeps.
+        now = clock()
+        self._expiry_every = min(SWEEP_MAX_INTERVAL, config.presence_ttl / 10)
+        self._liveness_every = min(SWEEP_MAX_INTERVAL, config.ping_interval / 10)
+        self._expiry_due = now + self._expiry_every
+        self._liveness_due = now + self._liveness_every
+        #: the earliest time the I/O layer was asked to call on_timer at
+        self._next_due = min(self._expiry_due, self._liveness_due)
+
+    def _wake(self, when: float) -> None:
+        if when < self._next_due:
+            self._next_due = when
+        self.wake_at(when)
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self, outbox: Outbox, address: str = "") -> Connection:
         """Register a new, unauthenticated connection from ``address`` (the
-        peer's IP address; per-address limits apply to it)."""
-        conn = Connection(outbox, address, self.clock())
+        peer's IP address; per-address limits apply to it). Its auth deadline
+        starts now."""
+        now = self.clock()
+        conn = Connection(outbox, address, now)
         self._connections.add(conn)
+        deadline = self.auth.opened(conn, now)
+        if deadline < self._next_due:  # (an auth_timeout shorter than the sweeps')
+            self._next_due = deadline
+            self.wake_at(deadline)
         return conn
 
     def close(self, conn: Connection) -> None:
@@ -183,55 +218,50 @@ class RelayCore(AuthRules, DocumentRules):
             return
         self._connections.discard(conn)
         self.closed_total += 1
-        for doc_id in list(conn.docs):
-            self._leave(conn, doc_id, tell_self=False, gone=True)
-        if conn.held is not None:
-            # Leaves that were held: it is still shown there. Announce them now.
-            for doc_id in list(conn.held):
-                held = self._held.get(doc_id)
-                if held is not None and held.pending.pop(conn.peer_id, None) is not None:
-                    self._announce_leave(doc_id, conn, gone=True)
-                    self._settle_held(doc_id)
-            conn.held = None
-        self._sessions.release(conn, self.clock())
-        conn.control.clear()
-        conn.bucket = None
-        if conn.authenticated:
-            del self._peers[conn.peer_id]
-            if conn.is_anonymous:
-                self._names.release(conn.name)
-            if self.bus is not None:
-                self.bus.peer_closed(conn)
-            if self._server_presence and not self._scoped:
-                frame = encode(PeerDisconnectedFrame(conn.peer_id))
-                for other in self._peers.values():
-                    other.outbox.send(frame)
-            log.debug("peer %s (%s) disconnected", conn.peer_id, conn.name)
+        self.documents.closed(conn)
+        self.auth.closed(conn)
+
+    # ------------------------------------------------------------------ time
+
+    def on_timer(self, now: float | None = None) -> float:
+        """Run every timer rule that is due at ``now`` (default: the clock):
+        the liveness rule and presence expiry (each every tenth of its period,
+        at most every :data:`SWEEP_MAX_INTERVAL` seconds), the auth deadlines
+        and the held presence changes (each exactly when due). Returns when to
+        call again; :attr:`wake_at` says when that moves earlier."""
+        now = self.clock() if now is None else now
+        if now >= self._liveness_due:
+            self._liveness_due = now + self._liveness_every
+            self.check_liveness(now)
+        if now >= self._expiry_due:
+            self._expiry_due = now + self._expiry_every
+            self.expire(now)
+        auth = self.auth
+        if auth.next_deadline() <= now:
+            auth.check_deadlines(now)
+        visibility = self.visibility
+        flush = visibility.flush_held(now) if visibility.held_documents() else math.inf
+        due = min(self._liveness_due, self._expiry_due, auth.next_deadline(), flush)
+        self._next_due = due
+        return due
 
     def expire(self, now: float | None = None) -> int:
         """Remove every membership whose last join/heartbeat is older than the
-        presence TTL, as if the peer had left. Returns how many were removed."""
+        presence TTL, as if the peer had left; drop the bookkeeping that has
+        served its purpose. Returns how many memberships were removed."""
         now = self.clock() if now is None else now
-        self._forget_idle(now)
-        if not self._server_presence:
-            return 0  # like upstream: a subscription lasts as long as the connection
-        deadline = now - self.config.presence_ttl
-        removed = 0
-        for conn in list(self._peers.values()):
-            stale = [doc for doc, seen in conn.docs.items() if seen < deadline]
-            for doc_id in stale:
-                log.debug("presence of %s in %r expired", conn.peer_id, doc_id)
-                self._leave(conn, doc_id, tell_self=True)
-                removed += 1
-        return removed
+        self.documents.forget_idle(now)
+        self.auth.forget_idle(now)
+        self.visibility.forget_idle(now)
+        return self.documents.expire(now)
 
     def check_liveness(self, now: float | None = None) -> int:
         """The liveness rule: a connection from which no complete frame (a pong
         included) has arrived for ``ping_interval`` is pinged; one silent for
         ``LIVENESS_FACTOR`` (1.5) x ``ping_interval`` is closed, whatever bytes
-        of an unfinished frame trickle in. Call it at least every
-        ``ping_interval / 10`` (the app's housekeeping does); a frame's arrival
-        is noted by the next call, so the deadline counts from at most one call
+        of an unfinished frame trickle in. :meth:`on_timer` runs it every
+        ``ping_interval / 10`` (at most every second); a frame's arrival is
+        noted by the next run, so the deadline counts from at most one run
         after it. Returns how many connections were closed."""
         now = self.clock() if now is None else now
         interval = self.config.ping_interval
@@ -259,54 +289,51 @@ class RelayCore(AuthRules, DocumentRules):
         or a pong): it counts for the liveness rule."""
         conn.heard = True
 
-    def _forget_idle(self, now: float) -> None:
-        """Drop bookkeeping that has served its purpose: tombstones past their TTL
-        and presence-control buckets that are full again."""
-        self._sessions.expire(now)
-        for conn in self._peers.values():
-            if conn.control:
-                _drop_full(conn.control, now)
-        if self._auth_failures:
-            _drop_full(self._auth_failures, now)
-        if self._connection_budget:
-            _drop_full(self._connection_budget, now)
-        if self._recent:
-            for doc_id in list(self._recent):
-                recent = self._recent[doc_id]
-                for pid in [p for p, t in recent.items() if now - t[1] >= PRESENCE_WINDOW]:
-                    del recent[pid]
-                if not recent:
-                    del self._recent[doc_id]
-        if self._doc_budget:
-            held = self._held
-            budgets = self._doc_budget
-            for doc_id in [d for d, b in budgets.items() if d not in held]:
-                if budgets[doc_id].tokens(now) >= budgets[doc_id].capacity:
-                    del budgets[doc_id]
+    # ------------------------------------------------------------------ queries
 
     def stats(self) -> RelayStats:
         """Current table sizes (for monitoring and leak tests)."""
+        sessions = self.documents.sessions
         return RelayStats(
             connections=len(self._connections),
             peers=len(self._peers),
-            documents=len(self._docs),
-            memberships=sum(len(m) for m in self._docs.values()),
-            gossip_sessions=len(self._sessions),
-            session_tombstones=self._sessions.tombstones,
+            documents=len(self._members),
+            memberships=sum(len(m) for m in self._members.values()),
+            gossip_sessions=len(sessions),
+            session_tombstones=sessions.tombstones,
             rate_buckets=sum(1 for s in self._connections if s.bucket is not None),
-            anonymous_names=len(self._names),
-            auth_failure_addresses=len(self._auth_failures),
-            connection_addresses=len(self._connection_budget),
+            anonymous_names=len(self.auth.names),
+            auth_failure_addresses=self.auth.failure_addresses(),
+            connection_addresses=self.auth.connection_addresses(),
         )
 
     def presence(self, document_id: str) -> tuple[str, ...]:
         """Peer ids present in a document, in join order (who receives its
         messages; see :meth:`presence_shown` for what its members were told)."""
-        return tuple(self._docs.get(document_id, ()))
+        return tuple(self._members.get(document_id, ()))
+
+    def presence_shown(self, document_id: str) -> tuple[str, ...]:
+        """Local peer ids present in a document as its members were told, in
+        join order (differs from :meth:`presence` only while changes are held)."""
+        return self.visibility.presence_shown(document_id)
+
+    def held_documents(self) -> int:
+        """Documents with presence changes held for the next flush."""
+        return self.visibility.held_documents()
+
+    def flush_held(self, now: float | None = None) -> float:
+        """Announce the held presence changes that are due (:meth:`on_timer`
+        does it when they are). Returns when to call again (``inf``: nothing
+        is held)."""
+        return self.visibility.flush_held(now)
 
     def peers(self) -> Iterable[Connection]:
         """Authenticated connections, in connection order."""
         return self._peers.values()
+
+    def members(self, document_id: str) -> Iterable[Connection]:
+        """The local connections present in a document, in join order."""
+        return self._members.get(document_id, {}).values()
 
     # ------------------------------------------------------------------ input
 
@@ -314,47 +341,57 @@ class RelayCore(AuthRules, DocumentRules):
         """A text WebSocket message arrived: always bad input."""
         conn.heard = True
         self.counters.frame_in("text")
-        self._error(conn, "invalid_message", "text frames are not supported; send binary CBOR")
+        self.replies.error(
+            conn, "invalid_message", "text frames are not supported; send binary CBOR"
+        )
 
     def receive(self, conn: Connection, data: bytes) -> None:
-        """Apply one binary WebSocket message from ``conn``."""
+        """Apply one binary WebSocket message from ``conn``.
+
+        Never raises: a frame the relay fails on (a bug of its own) costs that
+        frame only; it is answered with ``internal_error``, logged and
+        counted (:meth:`~ratatoskr_client.server.core.replies.Replies.internal_error`)."""
         conn.heard = True
         counters = self.counters
-        if len(data) > self.config.max_frame_size:
-            counters.frame_in("oversized")
-            self._error(
-                conn,
-                "invalid_message",
-                f"frame of {len(data)} bytes exceeds the {self.config.max_frame_size}-byte limit",
-                reason="oversized",
-            )
-            return
         try:
-            frame = decode(data)
-        except ProtocolError as exc:
-            counters.frame_in("invalid")
-            log.debug("invalid frame from %r: %s", conn, exc)
-            self._error(conn, "invalid_message", str(exc))
-            return
-        counters.frame_in(frame.TYPE or "unknown")
-        if not conn.authenticated:
-            self._receive_unauthenticated(conn, frame)
-            return
-        if type(frame) is EphemeralFrame:
-            self._on_ephemeral(conn, frame)
-        elif isinstance(frame, RequestFrame | SyncFrame):
-            self._on_sync(conn, frame)
-        elif isinstance(frame, AuthFrame):
-            self._error(conn, "already_authenticated", "this connection is already authenticated")
-        elif isinstance(frame, DocUnavailableFrame):
-            pass  # a peer telling us it lacks a document we never asked for: nothing to do
-        else:
-            kind = frame.type if isinstance(frame, UnknownFrame) else frame.TYPE
-            if kind in _SERVER_ONLY:
-                msg = f"{kind!r} frames are sent only by the server"
+            if len(data) > self._max_frame_size:
+                counters.frame_in("oversized")
+                self.replies.error(
+                    conn,
+                    "invalid_message",
+                    f"frame of {len(data)} bytes exceeds the {self._max_frame_size}-byte limit",
+                    reason="oversized",
+                )
+                return
+            try:
+                frame = decode(data)
+            except ProtocolError as exc:
+                counters.frame_in("invalid")
+                log.debug("invalid frame from %r: %s", conn, exc)
+                self.replies.error(conn, "invalid_message", str(exc))
+                return
+            counters.frame_in(frame.TYPE or "unknown")
+            if not conn.authenticated:
+                self.auth.receive(conn, frame)
+            elif type(frame) is EphemeralFrame:
+                self._on_ephemeral(conn, frame)
+            elif isinstance(frame, RequestFrame | SyncFrame):
+                self.documents.on_sync(conn, frame)
+            elif isinstance(frame, AuthFrame):
+                self.replies.error(
+                    conn, "already_authenticated", "this connection is already authenticated"
+                )
+            elif isinstance(frame, DocUnavailableFrame):
+                pass  # a peer telling us it lacks a document we never asked for: nothing to do
             else:
-                msg = f"unsupported frame type {kind!r}"
-            self._error(conn, "invalid_message", msg)
+                kind = frame.type if isinstance(frame, UnknownFrame) else frame.TYPE
+                if kind in _SERVER_ONLY:
+                    msg = f"{kind!r} frames are sent only by the server"
+                else:
+                    msg = f"unsupported frame type {kind!r}"
+                self.replies.error(conn, "invalid_message", msg)
+        except Exception:
+            self.replies.internal_error(conn)
 
     # ------------------------------------------------------------------ cluster seam
 
@@ -362,11 +399,7 @@ class RelayCore(AuthRules, DocumentRules):
         """Link this core to the other relays of a cluster (before any connection)."""
         if self._connections:
             raise RuntimeError("attach the bus before the relay accepts connections")
-        self.bus = bus
-
-    def members(self, document_id: str) -> Iterable[Connection]:
-        """The local connections present in a document, in join order."""
-        return self._docs.get(document_id, {}).values()
+        self.bus = self.auth.bus = self.documents.bus = self.visibility.bus = bus
 
     def deliver_remote(
         self,
@@ -376,99 +409,29 @@ class RelayCore(AuthRules, DocumentRules):
         session_id: str,
         data: bytes,
         identity: str | None = None,
-        introduce: bytes | None = None,
+        speaker: Member | None = None,
+        present: bool = True,
     ) -> bool:
-        """A message another relay accepted from ``sender`` (whose identity key,
-        as announced by its relay, is ``identity``; None if its relay announced
-        none: then it is its own): apply the gossip rule to it here too (so a
-        sessionId stays its owner's across the cluster), then deliver it to the
-        local peers present. Its read check and rate limit were applied where
-        it entered. ``introduce``: the sender's identity frame, when it is not
-        present in the document here (document scope): each member that does
-        not know it gets it first. True if it was admitted."""
-        if not self._sessions.admit(sender, session_id, count, identity).admitted:
-            return False
-        self.counters.relayed_remote += 1
-        members = self._docs.get(document_id)
-        if members:
-            bus = self.bus
-            if introduce is not None and bus is not None:
-                for other in members.values():
-                    if not bus.knows(other, sender[1], None):
-                        other.outbox.send(introduce)
-            prefix = ephemeral_prefix(cbor_text(sender[1]), document_id, count, session_id, data)
-            for other in members.values():
-                other.outbox.send_ephemeral(prefix, other.target_suffix)
-        return True
+        """A message another relay accepted from ``sender``; True if it was
+        admitted (see
+        :meth:`~ratatoskr_client.server.core.documents.Documents.deliver_remote`)."""
+        return self.documents.deliver_remote(
+            sender, document_id, count, session_id, data, identity, speaker, present
+        )
 
     def release_remote(self, sender: RemoteSender) -> None:
         """A peer on another relay is gone: its sessionIds become tombstones."""
-        self._sessions.release(sender, self.clock())
-
-    # ------------------------------------------------------------------ errors
-
-    def _error(
-        self,
-        conn: Connection,
-        code: str,
-        message: str,
-        *,
-        document_id: str | None = None,
-        retry_after: float | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """Send an error frame and count the refusal. ``retry_after`` (seconds)
-        goes out rounded up to the millisecond: a client that waits that long
-        finds its token."""
-        if retry_after is not None:
-            retry_after = math.ceil(retry_after * 1000) / 1000
-        self.counters.refusal(reason or refusal_reason(code))
-        conn.outbox.send(encode(ErrorFrame(code, message, document_id, retry_after)))
-
-    def _rate_limited(
-        self, conn: Connection, bucket: LimitBucket, wait: float, document_id: str | None = None
-    ) -> None:
-        """A frame refused by ``bucket`` (the message rate, or one document's
-        presence bound), whose next token comes in ``wait`` seconds.
-
-        The first refusal is answered with ``rate_limited`` and ``retryAfter``;
-        until that time has passed, further refusals by the same bucket are
-        dropped unanswered (a counter increment, no encoding, no frame). A
-        peer that obeys ``retryAfter`` only sends what was already in flight;
-        one that sends more than FLOOD_ALLOWANCE such frames (refilled at
-        FLOOD_REFILL per second) is told why and closed."""
-        now = self.clock()
-        if now >= bucket.told_until:
-            bucket.told_until = now + wait
-            if document_id is None:
-                message = f"more than {self.config.rate_limit} ephemeral messages per minute"
-            else:
-                message = f"more than {PRESENCE_BURST} presence messages in a row for this document"
-            self._error(conn, "rate_limited", message, document_id=document_id, retry_after=wait)
-            return
-        self.counters.unanswered += 1
-        flood = conn.flood
-        if flood is None:
-            flood = conn.flood = TokenBucket(FLOOD_REFILL, FLOOD_ALLOWANCE, now)
-        if flood.take(now) > 0:
-            log.debug("closing %r: it kept sending after rate_limited", conn)
-            self.counters.flood_disconnects += 1
-            self._error(
-                conn,
-                "rate_limited",
-                "kept sending after rate_limited: connection closed",
-                document_id=document_id,
-                retry_after=wait,
-            )
-            conn.outbox.close(1008, "rate_limited")
+        self.documents.sessions.release(sender, self.clock())
 
 
 def _no_wake(when: float) -> None:
-    """The default :attr:`RelayCore.wake_at`: nobody flushes on time (tests
-    call :meth:`RelayCore.flush_held` themselves)."""
+    """The default :attr:`RelayCore.wake_at`: nobody is woken (tests call
+    :meth:`RelayCore.on_timer` or :meth:`RelayCore.flush_held` themselves)."""
 
 
-def _drop_full(buckets: dict[str, _Bucket], now: float) -> None:
-    """Forget the buckets that are full again: a new one would be the same."""
-    for key in [k for k, b in buckets.items() if b.tokens(now) >= b.capacity]:
-        del buckets[key]
+def __getattr__(name: str) -> Any:
+    if name == "Session":  # deprecated: see connection.py
+        from . import connection
+
+        return connection.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,10 @@
 """Who is told about whom, and when: identity scope and the presence budget. No I/O.
 
-Part of :class:`~.core.RelayCore`. Two rules decide which identity and
-membership frames a connection receives:
+Part of :class:`~.relay.RelayCore` (:class:`Visibility`), and the one place
+where identity and membership frames are written to the local peers: for the
+relay's own peers and, through the same methods, for the peers of the other
+relays of a cluster (:mod:`ratatoskr_client.server.cluster`). Two rules decide
+which of those frames a connection receives:
 
 * **Identity scope** (``identity_scope``). In ``"global"`` scope every
   identity goes to every connection when it authenticates (the plan's
@@ -57,6 +60,7 @@ from ...protocol import (
     encode,
 )
 from ...protocol.rates import TokenBucket
+from ..config import RelayConfig
 from .connection import Connection
 from .limits import PRESENCE_DOC_BURST, PRESENCE_DOC_RATE, PRESENCE_HOLD, PRESENCE_WINDOW
 
@@ -65,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ANNOUNCE", "CANCELLED", "HELD", "SILENT", "HeldChanges", "Visibility"]
 
-#: What became of a membership change (see :meth:`Visibility._decide`).
+#: What became of a membership change (see :meth:`Visibility.decide`).
 SILENT: Final = 0  # nothing to tell anyone (no server-side presence)
 ANNOUNCE: Final = 1  # tell the members now
 HELD: Final = 2  # held for the next flush
@@ -90,34 +94,62 @@ class HeldChanges:
 
 
 class Visibility:
-    """Identity scope and the presence budget (a mixin of RelayCore)."""
+    """Identity scope and the presence budget: who is told about whom, and when.
 
-    __slots__ = ()
+    It owns the held changes, the documents' presence budgets and the recent
+    announcements; it reads the tables of the other parts: ``members``
+    (document id -> present connections by peer id, in join order: the
+    documents' table) and ``peers`` (authenticated connections by peer id:
+    authentication's table).
+    """
 
-    # What these rules use of the RelayCore they are part of.
-    clock: Callable[[], float]
-    bus: Bus | None
-    _docs: dict[str, dict[str, Connection]]
-    _server_presence: bool
-    #: identities are scoped to documents
-    _scoped: bool
-    #: documents with held changes
-    _held: dict[str, HeldChanges]
-    #: document id -> its presence budget (created on demand, dropped when full)
-    _doc_budget: dict[str, TokenBucket]
-    #: document id -> peer id -> when its last two changes there were announced
-    _recent: dict[str, dict[str, tuple[float, float]]]
-    #: called with a time when held changes must be flushed then (or earlier)
-    wake_at: Callable[[float], None]
+    __slots__ = (
+        "_doc_budget",
+        "_held",
+        "_members",
+        "_peers",
+        "_presence",
+        "_recent",
+        "bus",
+        "clock",
+        "scoped",
+        "wake_at",
+    )
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        clock: Callable[[], float],
+        members: dict[str, dict[str, Connection]],
+        peers: dict[str, Connection],
+        wake_at: Callable[[float], None],
+    ) -> None:
+        self.clock = clock
+        #: called with a time when held changes must be flushed then (or earlier)
+        self.wake_at = wake_at
+        #: the cluster link (None for a relay on its own)
+        self.bus: Bus | None = None
+        self._members = members
+        self._peers = peers
+        self._presence = config.server_presence
+        #: identities are scoped to documents (``identity_scope = "document"``,
+        #: with server-side presence)
+        self.scoped = config.server_presence and config.identity_scope == "document"
+        #: documents with held changes
+        self._held: dict[str, HeldChanges] = {}
+        #: document id -> its presence budget (created on demand, dropped when full)
+        self._doc_budget: dict[str, TokenBucket] = {}
+        #: document id -> peer id -> when its last two changes there were announced
+        self._recent: dict[str, dict[str, tuple[float, float]]] = {}
 
     # ------------------------------------------------------------------ queries
 
-    def _shown(self, doc_id: str) -> Mapping[str, Connection]:
+    def shown(self, doc_id: str) -> Mapping[str, Connection]:
         """The local members of ``doc_id`` as its members were told them."""
         held = self._held.get(doc_id)
         if held is not None:
             return held.shown
-        return self._docs.get(doc_id) or _NOBODY
+        return self._members.get(doc_id) or _NOBODY
 
     def _knows(self, a: Connection, b: Connection, skip: str | None) -> bool:
         """True if ``a`` was told ``b``'s identity through a document other
@@ -125,31 +157,45 @@ class Visibility:
         pid = b.peer_id
         a_docs = a.docs
         b_held = b.held
+        shown = self.shown
         # Walk the shorter list: b's documents are the ones it is present in
         # and the ones where it has a held change (a held leave still shows it).
         if len(a_docs) <= len(b.docs) + (len(b_held) if b_held else 0):
-            return any(d != skip and pid in self._shown(d) for d in a_docs)
+            return any(d != skip and pid in shown(d) for d in a_docs)
         for d in b.docs:
-            if d != skip and d in a_docs and pid in self._shown(d):
+            if d != skip and d in a_docs and pid in shown(d):
                 return True
         if b_held:
             for d in b_held:
-                if d != skip and d in a_docs and pid in self._shown(d):
+                if d != skip and d in a_docs and pid in shown(d):
                     return True
         return False
 
+    def knows(self, conn: Connection, member: Member, skip: str | None) -> bool:
+        """Document scope: True if the local ``conn`` was told the identity of
+        ``member`` (a local connection, or a peer on another relay) through a
+        document other than ``skip`` that they still share."""
+        if type(member) is Connection:
+            return self._knows(conn, member, skip)
+        bus = self.bus
+        return bus is not None and bus.knows(conn, member.peer_id, skip)
+
     def presence_shown(self, document_id: str) -> tuple[str, ...]:
         """Local peer ids present in a document as its members were told, in
-        join order (differs from :meth:`presence` only while changes are held)."""
-        return tuple(self._shown(document_id))
+        join order (differs from the real table only while changes are held)."""
+        return tuple(self.shown(document_id))
 
     def held_documents(self) -> int:
         """Documents with presence changes held for the next flush."""
         return len(self._held)
 
+    def next_flush(self) -> float:
+        """When held changes are due next (``inf``: nothing is held)."""
+        return min((h.due for h in self._held.values()), default=math.inf)
+
     # ------------------------------------------------------------------ the budget
 
-    def _decide(self, doc_id: str, conn: Connection, now: float, *, force: bool = False) -> int:
+    def decide(self, doc_id: str, conn: Connection, now: float, *, force: bool = False) -> int:
         """What to do with a change of ``conn``'s membership in ``doc_id``;
         call it *before* changing the real member table."""
         held = self._held.get(doc_id)
@@ -157,7 +203,7 @@ class Visibility:
         if held is not None and held.pending.pop(pid, None) is not None:
             _unmark(conn, doc_id)
             return CANCELLED
-        members = self._docs.get(doc_id)
+        members = self._members.get(doc_id)
         if (
             held is None
             and (not members or (len(members) == 1 and pid in members))
@@ -200,7 +246,7 @@ class Visibility:
         seen = recent.get(peer_id)
         recent[peer_id] = (seen[1] if seen else -math.inf, self.clock())
 
-    def _settle_held(self, doc_id: str) -> None:
+    def settle(self, doc_id: str) -> None:
         """A held change was cancelled: if none is left, what the members were
         told is the real table again."""
         held = self._held.get(doc_id)
@@ -209,7 +255,7 @@ class Visibility:
 
     def _release(self, doc_id: str, held: HeldChanges) -> None:
         del self._held[doc_id]
-        members = self._docs.get(doc_id)
+        members = self._members.get(doc_id)
         if members and list(members) != list(held.shown) and members.keys() == held.shown.keys():
             # A peer that left and came back within the window was never seen
             # to leave: it keeps its place in the join order.
@@ -217,7 +263,7 @@ class Visibility:
             members.clear()
             members.update(ordered)
 
-    def _drop_held(self, doc_id: str) -> None:
+    def drop_held(self, doc_id: str) -> None:
         """Nobody is left in the document here to tell: the held changes (all
         of them leaves, then) go to the other relays now, if any."""
         held = self._held.pop(doc_id, None)
@@ -239,62 +285,77 @@ class Visibility:
                     PRESENCE_DOC_RATE, PRESENCE_DOC_BURST, now
                 )
             pending = held.pending
-            members = self._docs.get(doc_id) or _NOBODY
+            members = self._members.get(doc_id) or _NOBODY
             for pid in [p for p in pending if self._may_announce(doc_id, p, now)]:
                 if bucket.take(now) > 0:
                     break  # the document's budget: the rest waits
                 conn = pending.pop(pid)
                 _unmark(conn, doc_id)
                 if pid in members:
-                    self._announce_join(doc_id, conn)
+                    self.announce_join(doc_id, conn)
                 else:
-                    self._announce_leave(doc_id, conn, gone=False)
+                    self.announce_leave(doc_id, conn, gone=False)
             if pending:
                 held.due = now + PRESENCE_HOLD
             else:
                 self._release(doc_id, held)
-        return min((h.due for h in self._held.values()), default=math.inf)
+        return self.next_flush()
 
-    def _unhold_join(self, doc_id: str, conn: Connection) -> None:
+    def unhold_join(self, doc_id: str, conn: Connection) -> None:
         """``conn`` speaks in ``doc_id``: if its join there is held, announce
         it now, so its message does not arrive before it."""
         held = self._held.get(doc_id)
         if held is not None and held.pending.pop(conn.peer_id, None) is not None:
             _unmark(conn, doc_id)
-            self._announce_join(doc_id, conn)
-            self._settle_held(doc_id)
+            self.announce_join(doc_id, conn)
+            self.settle(doc_id)
+
+    def closed(self, conn: Connection) -> None:
+        """``conn``'s connection closed (after its leaves): the leaves of it
+        that were held are announced now, so no closed connection stays shown."""
+        if conn.held is None:
+            return
+        for doc_id in list(conn.held):
+            held = self._held.get(doc_id)
+            if held is not None and held.pending.pop(conn.peer_id, None) is not None:
+                self.announce_leave(doc_id, conn, gone=True)
+                self.settle(doc_id)
+        conn.held = None
+
+    def forget_idle(self, now: float) -> None:
+        """Drop the recent announcements older than the window, and the
+        documents' budgets that are full again (and hold nothing)."""
+        if self._recent:
+            for doc_id in list(self._recent):
+                recent = self._recent[doc_id]
+                for pid in [p for p, t in recent.items() if now - t[1] >= PRESENCE_WINDOW]:
+                    del recent[pid]
+                if not recent:
+                    del self._recent[doc_id]
+        if self._doc_budget:
+            held = self._held
+            budgets = self._doc_budget
+            for doc_id in [d for d, b in budgets.items() if d not in held]:
+                if budgets[doc_id].tokens(now) >= budgets[doc_id].capacity:
+                    del budgets[doc_id]
 
     # ------------------------------------------------------------------ announcing
 
-    def _announce_join(self, doc_id: str, conn: Connection) -> None:
-        """Tell the members of ``doc_id`` that ``conn`` is present (its
-        identity first, to those who do not know it)."""
+    def announce_join(self, doc_id: str, conn: Connection) -> None:
+        """Announce that the local ``conn`` is present in ``doc_id``: to the
+        other relays, and to the members here (:meth:`tell_joined`)."""
         held = self._held.get(doc_id)
         if held is not None:
             held.shown[conn.peer_id] = conn
         self._announced(doc_id, conn.peer_id)
         if self.bus is not None:
             self.bus.announce(doc_id, conn, True)
-        members = self._docs.get(doc_id)
-        if not members:
-            return
-        joined = encode(PeerJoinedDocFrame(doc_id, conn.peer_id))
-        if self._scoped:
-            identity = conn.identity_frame
-            for other in members.values():
-                if other is not conn:
-                    if not self._knows(other, conn, doc_id):
-                        other.outbox.send(identity)
-                    other.outbox.send(joined)
-        else:
-            for other in members.values():
-                if other is not conn:
-                    other.outbox.send(joined)
+        self.tell_joined(doc_id, conn)
 
-    def _announce_leave(self, doc_id: str, conn: Connection, *, gone: bool) -> None:
-        """Tell the members of ``doc_id`` that ``conn`` left; if its connection
-        is ``gone`` (document scope), each member that no longer knows it
-        through another document also gets its ``peer_disconnected``."""
+    def announce_leave(self, doc_id: str, conn: Connection, *, gone: bool) -> None:
+        """Announce that the local ``conn`` left ``doc_id`` (``gone``: its
+        connection closed): to the other relays, and to the members here
+        (:meth:`tell_left`)."""
         held = self._held.get(doc_id)
         if held is not None:
             held.shown.pop(conn.peer_id, None)
@@ -302,27 +363,85 @@ class Visibility:
             self._announced(doc_id, conn.peer_id)
         if self.bus is not None:
             self.bus.announce(doc_id, conn, False, gone)
-        members = self._docs.get(doc_id)
-        if not members:
+        self.tell_left(doc_id, conn, gone=gone)
+
+    # ------------------------------------------------------------------ telling the local peers
+
+    def tell_joined(self, doc_id: str, member: Member) -> None:
+        """Tell the local members of ``doc_id`` that ``member`` (a local
+        connection, or a peer on another relay) is present there; in document
+        scope its identity first, to each one that does not know it."""
+        members = self._members.get(doc_id)
+        if not members or not self._presence:
             return
-        left = encode(PeerLeftDocFrame(doc_id, conn.peer_id))
-        if gone and self._scoped:
-            bye = encode(PeerDisconnectedFrame(conn.peer_id))
+        joined = encode(PeerJoinedDocFrame(doc_id, member.peer_id))
+        if self.scoped:
+            identity = member.identity_frame
+            for other in members.values():
+                if other is not member:
+                    if not self.knows(other, member, doc_id):
+                        other.outbox.send(identity)
+                    other.outbox.send(joined)
+        else:
+            for other in members.values():
+                if other is not member:
+                    other.outbox.send(joined)
+
+    def tell_left(self, doc_id: str, member: Member, *, gone: bool) -> None:
+        """Tell the local members of ``doc_id`` that ``member`` is no longer
+        present there (call it once it is out of the document's table); if its
+        connection is ``gone`` (document scope), each member that no longer
+        knows it through another document also gets its ``peer_disconnected``."""
+        members = self._members.get(doc_id)
+        if not members or not self._presence:
+            return
+        left = encode(PeerLeftDocFrame(doc_id, member.peer_id))
+        if gone and self.scoped:
+            bye = encode(PeerDisconnectedFrame(member.peer_id))
             for other in members.values():
                 other.outbox.send(left)
-                if not self._knows(other, conn, None):
+                if not self.knows(other, member, None):
                     other.outbox.send(bye)
         else:
             for other in members.values():
                 other.outbox.send(left)
 
-    def _introduce(self, conn: Connection, members: Iterable[Connection]) -> None:
-        """``conn`` sends into a document it is not shown in (document scope):
-        its identity goes first to each member that does not know it."""
-        identity = conn.identity_frame
+    def introduce(self, speaker: Member, present: bool, members: Iterable[Connection]) -> None:
+        """``speaker`` (a local connection, or a peer on another relay) sends
+        a message to ``members``, the members of a document where it is
+        ``present`` or not. In document scope, if it is not, they may not know
+        who is speaking: its identity goes first to each that does not."""
+        if present or not self.scoped:
+            return
+        identity = speaker.identity_frame
         for other in members:
-            if other is not conn and not self._knows(other, conn, None):
+            if other is not speaker and not self.knows(other, speaker, None):
                 other.outbox.send(identity)
+
+    def greet(self, conn: Connection) -> None:
+        """Global scope: ``conn`` just authenticated (and is not in ``peers``
+        yet): it and every connected peer exchange identities, in connection
+        order, then it gets those of the peers on the other relays. Nothing in
+        document scope: identities travel with the documents, so a connect
+        costs the same with 0 or 10,000 peers."""
+        if not self._presence or self.scoped:
+            return
+        out = conn.outbox
+        identity = conn.identity_frame
+        for other in self._peers.values():
+            out.send(other.identity_frame)
+            other.outbox.send(identity)
+        if self.bus is not None:
+            for peer in self.bus.remote_peers():
+                out.send(peer.identity_frame)
+
+    def broadcast(self, frame: bytes) -> None:
+        """Global scope: ``frame`` (an identity, a ``peer_disconnected``) goes
+        to every authenticated local peer. Nothing in document scope: there
+        identities and disconnections go with the documents."""
+        if self._presence and not self.scoped:
+            for other in self._peers.values():
+                other.outbox.send(frame)
 
     def send_presence_state(
         self,
@@ -336,8 +455,8 @@ class Visibility:
         (``remote``), then ours as the members were told them, so a joiner is
         listed last. In document scope the identities it does not know go
         first. ``rejoin``: ``conn`` was already present there (it knows them)."""
-        shown = self._shown(doc_id)
-        if self._scoped and not rejoin:
+        shown = self.shown(doc_id)
+        if self.scoped and not rejoin:
             skip = doc_id
             bus = self.bus
             for peer in remote:

@@ -1,6 +1,7 @@
-"""Decoding and encoding frames, the plain way: every field through :mod:`.fields`. No I/O.
+"""Reading frames, the plain way: every field through :mod:`.fields`. No I/O.
 
-:func:`decode_plain` is the reference decoder: strict CBOR (:func:`.codec.loads_strict`),
+The wire's readers; its writers are :mod:`.writers`. :func:`decode_plain` is
+the reference decoder: strict CBOR (:func:`.codec.loads_strict`),
 then one parser per frame type, each written with the field helpers only. The
 decoder the client and the relay actually use, :func:`.fastpaths.decode`, takes
 shortcuts for the frames that arrive by the thousand and must agree with this
@@ -15,10 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-import cbor2
-
 from ..errors import ProtocolError
-from .codec import dumps, loads_strict
+from .codec import loads_strict
 from .constants import MAX_DOCUMENT_ID_BYTES, MAX_PEER_ID_BYTES, MAX_SESSION_ID_BYTES
 from .fields import (
     MISSING,
@@ -57,24 +56,7 @@ __all__ = [
     "decode_map",
     "decode_payload",
     "decode_plain",
-    "encode",
-    "encode_payload",
 ]
-
-
-def encode(frame: Frame) -> bytes:
-    """Encode one frame as the bytes of a binary WebSocket message."""
-    return cbor2.dumps(frame.to_wire())
-
-
-def encode_payload(payload: Any) -> bytes:
-    """CBOR-encode an application payload for an ephemeral frame's ``data``.
-
-    Raises:
-        PayloadError: the payload is not CBOR-encodable, or encodes to something
-            receivers would refuse.
-    """
-    return dumps(payload)
 
 
 def decode_payload(data: bytes) -> Any:
