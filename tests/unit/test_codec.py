@@ -783,14 +783,19 @@ def test_both_ephemeral_layouts_are_the_plain_encoding(
 
 
 def test_the_client_and_the_relay_write_ephemeral_frames_with_the_protocols_writer() -> None:
+    from ratatoskr_client.core.documents import Documents
+    from ratatoskr_client.core.outbox import Outbox
     from ratatoskr_client.core.outgoing import Outgoing
+    from ratatoskr_client.core.peer_state import PeerStates
+    from ratatoskr_client.core.sharing import StateSharing
     from ratatoskr_client.protocol import writers
     from ratatoskr_client.server import RelayConfig, RelayCore
 
     data = encode_payload({"cursor": [1, 2]})
     # The client's: its session's first frame.
-    out = Outgoing()
-    out.start("session-1", "peer-a", "relay-x", None)
+    sharing = StateSharing(PeerStates(), interval=0.1, heartbeat=15.0)
+    out = Outgoing(Outbox(), Documents(), sharing)
+    out.start("session-1", "peer-a", "relay-x", None, server_presence=True)
     sent = out.ephemeral("doc", data)
     assert sent == writers.ephemeral("peer-a", "relay-x", "doc", 1, "session-1", data)
     assert sent == encode(EphemeralFrame("peer-a", "relay-x", "doc", 1, "session-1", data))
