@@ -17,7 +17,6 @@ import csv
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from ratatoskr_client.testing import relay_config
+from tests.ports import free_port
 from tests.relay_thread import RelayThread
 
 # Never import locust here: it would monkey-patch the whole test session.
@@ -57,12 +57,6 @@ SCENARIO = ["--cursor-rate", "1", "--reactions-per-minute", "30", "--stay", "2"]
 def relay_thread() -> Iterator[RelayThread]:
     with RelayThread() as relay:
         yield relay
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def locust(*args: str) -> subprocess.Popen[str]:
