@@ -29,9 +29,12 @@ from tests.ports import free_port
 from tests.relay_thread import RelayThread
 
 # Never import locust here: it would monkey-patch the whole test session.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("locust") is None, reason="the 'locust' extra is not installed"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("locust") is None, reason="the 'locust' extra is not installed"
+    ),
+    pytest.mark.cpu_heavy,  # hundreds of users in child processes
+]
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "examples" / "locustfile.py"
 #: Loaded beside the example: ends a run once its statistics show what a test waits for.
