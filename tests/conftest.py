@@ -3,14 +3,48 @@
 The ``ratatoskr_relay`` / ``ratatoskr_client`` fixtures come from the package's
 own pytest plugin (``ratatoskr_client.testing``), loaded through its entry point
 exactly as in a user's project.
+
+Under pytest-xdist, tests marked ``timed`` never run beside tests marked
+``cpu_heavy`` (tests/runlock.py).
 """
 
 import logging
+from collections.abc import Iterator
 
 import pytest
+
+from .runlock import CPU_HEAVY, TIMED, RunLock, for_this_run, held_for
 
 
 @pytest.fixture(autouse=True)
 def _no_errors_logged_by_default(caplog: pytest.LogCaptureFixture) -> None:
     # Capture at DEBUG so a failing test shows the protocol conversation.
     caplog.set_level(logging.DEBUG, logger="ratatoskr_client")
+
+
+# --------------------------------------------------------------------------- xdist
+
+_RUN_LOCK = pytest.StashKey[RunLock | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{TIMED}: asserts a wall-clock bound; never runs beside a {CPU_HEAVY} test"
+    )
+    config.addinivalue_line(
+        "markers", f"{CPU_HEAVY}: loads the machine (many clients, child processes, floods)"
+    )
+    config.stash[_RUN_LOCK] = for_this_run(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    lock = config.stash.get(_RUN_LOCK, None)
+    if lock is not None:
+        lock.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    # Held from setup to teardown (a relay or a swarm starting loads the machine too).
+    with held_for(item, item.config.stash.get(_RUN_LOCK, None)):
+        yield

@@ -36,6 +36,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ..ports import free_port
+
 LISTENING = re.compile(r"^ratatoskr relay listening on ws://127\.0\.0\.1:(\d+)/sync\n$")
 #: A cold interpreter on a busy 2-core machine.
 STARTUP_TIMEOUT = 30.0
@@ -59,12 +61,6 @@ def require_cluster_tools() -> None:
         if REQUIRED:
             pytest.fail(message + " (RATATOSKR_REQUIRE_CLUSTER=1)")
         pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- Redis

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -206,14 +205,7 @@ async def test_each_worker_serves_its_own_metrics_behind_the_token(tmp_path: Pat
     token = "workers-metrics-token"
     token_file = tmp_path / "token"
     token_file.write_text(token)
-    base = free_port()
-    while True:  # two consecutive free ports
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", base + 1))
-            break
-        except OSError:
-            base = free_port()
+    base = free_port(count=2)  # worker i listens on base + i
     proc = await asyncio.create_subprocess_exec(
         *relay_command(
             "--port",

@@ -85,12 +85,14 @@ async def test_auth_refused_on_reconnect_closes_the_client():
 
 
 async def test_an_unreachable_server_raises_connect_error():
+    # Bound but not listening while the client connects: refused, and no other
+    # test's server can take the port meanwhile.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = RatatoskrClient(f"http://127.0.0.1:{port}")
-    with pytest.raises(ConnectError):
-        await client.connect()
+        client = RatatoskrClient(f"http://127.0.0.1:{port}")
+        with pytest.raises(ConnectError):
+            await client.connect()
     assert ratatoskr_tasks() == []
     await client.close()
 

@@ -23,6 +23,7 @@ import pytest
 from ratatoskr_client.errors import ConfigError
 from ratatoskr_client.server import RelayConfig, RelayServer, load_config, metrics
 
+from ..ports import free_port
 from .test_relay_cli import STARTUP_TIMEOUT, kill, relay_command, relay_process
 
 pytest.importorskip("prometheus_client", reason="the metrics tests need prometheus-client")
@@ -134,12 +135,6 @@ def test_metrics_settings_are_validated(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the CLI
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_cli_metrics_token_file_and_listen(tmp_path: Path) -> None:

@@ -4,6 +4,11 @@ Locust runs as it would for a user (``python -m locust``, headless), in child
 processes; the relay runs in this process on its own thread, so the test can
 restart it mid-run. Counts come from Locust's own final statistics
 (``--json-file``) and failures from its CSV (``--csv``).
+
+A run ends once Locust's statistics show what the test asserts on (``until.py``,
+loaded beside the example: every name reported, every user connected, ...),
+with ``--run-time`` as the cap, so it lasts as long as its assertions need on
+this machine, not a fixed time chosen to be long enough on a slow one.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import csv
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,14 +25,22 @@ from pathlib import Path
 import pytest
 
 from ratatoskr_client.testing import relay_config
+from tests.ports import free_port
 from tests.relay_thread import RelayThread
 
 # Never import locust here: it would monkey-patch the whole test session.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("locust") is None, reason="the 'locust' extra is not installed"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("locust") is None, reason="the 'locust' extra is not installed"
+    ),
+    pytest.mark.cpu_heavy,  # hundreds of users in child processes
+]
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "examples" / "locustfile.py"
+#: Loaded beside the example: ends a run once its statistics show what a test waits for.
+UNTIL = Path(__file__).resolve().with_name("until.py")
+#: The longest a run may last if what it waits for never happens (then it fails).
+CAP = "40s"
 #: Every name a run of the example must report (the issue's list, and set_state).
 NAMES = {
     "connect",
@@ -50,15 +62,18 @@ def relay_thread() -> Iterator[RelayThread]:
         yield relay
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def locust(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING", *args],
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            f"{LOCUSTFILE},{UNTIL}",
+            "--loglevel",
+            "WARNING",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -66,7 +81,7 @@ def locust(*args: str) -> subprocess.Popen[str]:
 
 
 def finish(
-    process: subprocess.Popen[str], timeout: float = 60.0, *, known: tuple[str, ...] = ()
+    process: subprocess.Popen[str], timeout: float = 90.0, *, known: tuple[str, ...] = ()
 ) -> str:
     """Wait for a Locust process; return its stderr (its log), which must hold no
     traceback except in log records that contain one of the ``known`` texts."""
@@ -82,7 +97,7 @@ def finish(
     return err
 
 
-def headless(url: str, out: Path, users: int, run_time: str, *extra: str) -> list[str]:
+def headless(url: str, out: Path, users: int, *extra: str) -> list[str]:
     return [
         "--headless",
         "--host",
@@ -92,7 +107,7 @@ def headless(url: str, out: Path, users: int, run_time: str, *extra: str) -> lis
         "--spawn-rate",
         str(users),
         "--run-time",
-        run_time,
+        CAP,
         "--json-file",
         str(out),
         "--csv",
@@ -100,6 +115,12 @@ def headless(url: str, out: Path, users: int, run_time: str, *extra: str) -> lis
         *SCENARIO,
         *extra,
     ]
+
+
+def until_every_name(users: int) -> list[str]:
+    """Run until every name was reported and every user connected and moved."""
+    wanted = [f"{name}=1" for name in sorted(NAMES)] + [f"connect={users}", f"set_state={users}"]
+    return [arg for condition in wanted for arg in ("--until", condition)]
 
 
 def counts(out: Path) -> dict[str, tuple[int, int]]:
@@ -127,7 +148,9 @@ def assert_every_name_and_no_failure(out: Path) -> dict[str, tuple[int, int]]:
 
 def test_headless_run_of_a_few_hundred_users(relay_thread: RelayThread, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = locust(*headless(relay_thread.url, out, 300, "6s", "--documents", "20"))
+    process = locust(
+        *headless(relay_thread.url, out, 300, "--documents", "20"), *until_every_name(300)
+    )
     finish(process)
     assert process.returncode == 0  # Locust's exit code: no failure
     stats = assert_every_name_and_no_failure(out)
@@ -147,7 +170,8 @@ def test_distributed_run_with_a_master_and_two_workers(
         port,
         "--expect-workers",
         "2",
-        *headless(relay_thread.url, out, 200, "6s", "--documents", "10"),
+        *headless(relay_thread.url, out, 200, "--documents", "10"),
+        *until_every_name(200),
     )
     workers = [
         locust("--worker", "--master-host", "127.0.0.1", "--master-port", port) for _ in range(2)
@@ -167,7 +191,11 @@ def test_relay_restart_mid_run_counts_failures_and_users_reconnect(
 ) -> None:
     users = 60
     out = tmp_path / "run"
-    process = locust(*headless(relay_thread.url, out, users, "10s", "--documents", "6"))
+    seen = tmp_path / "seen"  # created once the relay saw every user back in a document
+    process = locust(
+        *headless(relay_thread.url, out, users, "--documents", "6"),
+        *("--until", f"reconnect={users}", "--until-file", str(seen)),
+    )
     try:
         # Every user connected and in a document (a user still authenticating
         # when the relay stops fails its connect, and is never "disconnected").
@@ -177,6 +205,7 @@ def test_relay_restart_mid_run_counts_failures_and_users_reconnect(
         relay_thread.wait_until(lambda stats: stats.connections == users, 20)
         # Re-entered on their own: every user is present in a document again.
         relay_thread.wait_until(lambda stats: stats.memberships >= users, 20)
+        seen.touch()
     finally:
         finish(process)
     assert process.returncode == 1  # Locust's exit code: there were failures
@@ -205,8 +234,15 @@ def test_refusals_are_failures_named_after_the_error(tmp_path: Path) -> None:
     )
     out = tmp_path / "run"
     with RelayThread(config) as relay:
-        args = headless(relay.url, out, 20, "5s", "--documents", "2", "--stay", "0")
-        process = locust(*args, "--cursor-rate", "10")
+        args = headless(relay.url, out, 20, "--documents", "2", "--stay", "0")
+        process = locust(
+            *args,
+            "--cursor-rate",
+            "10",
+            *("--until", "connect=20"),
+            *("--until-failure", "enter_document=PermissionDenied("),
+            *("--until-failure", "error=RateLimited("),
+        )
         # A known bug of the asyncio client: closing it while a state update
         # waits out a rate_limited pause logs the flush task's ConnectionClosed.
         finish(process, known=("internal task ratatoskr-state-flush failed",))

@@ -47,9 +47,9 @@ DOCS = [f"doc-{i}" for i in range(5)]
 VAULT = "vault"
 ROUNDS = 8
 RESTARTS = 2
-TTL = 2.0
+TTL = 1.0
 SWEEP = min(1.0, TTL / 10)
-HEARTBEAT = 0.5
+HEARTBEAT = TTL / 4
 #: The quiet period must converge within this (zombies need TTL + sweep; a killed
 #: client needs a reconnect, at most TEST_BACKOFF.max_delay away) plus slack for a
 #: loaded 2-core machine running 50 clients and the relay in one process.

@@ -176,6 +176,7 @@ async def open_idle(http: aiohttp.ClientSession, url: str, count: int) -> list[R
 # --------------------------------------------------------------------------- connections
 
 
+@pytest.mark.timed
 async def test_connection_churn_costs_idle_peers_nothing(
     ratatoskr_relay: RelayServer, http: aiohttp.ClientSession
 ) -> None:
@@ -254,6 +255,7 @@ async def test_the_connection_budget_bounds_churn_in_global_scope(
 # --------------------------------------------------------------------------- presence
 
 
+@pytest.mark.timed
 async def test_join_leave_toggling_is_bounded_per_document(
     ratatoskr_relay: RelayServer, http: aiohttp.ClientSession
 ) -> None:

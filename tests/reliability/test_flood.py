@@ -72,6 +72,7 @@ async def sdk_barrier(client: RatatoskrClient) -> None:
     await client.leave_document(channel)
 
 
+@pytest.mark.timed
 @pytest.mark.ratatoskr_relay(users=USERS, documents=DOCUMENTS, rate_limit=RATE)
 async def test_a_message_flood_is_limited_and_costs_the_others_nothing(
     ratatoskr_relay: RelayServer,
@@ -371,7 +372,13 @@ async def test_a_reader_stalled_beyond_8_mib_of_control_frames_is_disconnected(
 
 TOGGLERS_SCRIPT = Path(__file__).with_name("togglers.py")
 TOGGLERS = 50
-TOGGLE_SECONDS = 1.5
+#: How long the victims talk while the togglers toggle.
+TALK_SECONDS = 1.5
+#: How long a toggler would go on if the relay never closed it: twice the talk,
+#: so that "closed by the relay, long before it stopped on its own" still tells
+#: the two apart on a machine loaded enough to slow the relay and the togglers
+#: ten times (they are closed after about 0.2 s on an idle one).
+TOGGLE_SECONDS = 2 * TALK_SECONDS
 VICTIM_EVERY = 0.05  # each victim sends 20 messages a second
 #: Measured on a loaded 2-core machine: p99 under 100 ms with 200 togglers (see
 #: docs/reliability.md); the old relay made the victims wait 7-12 s. The bound
@@ -379,6 +386,7 @@ VICTIM_EVERY = 0.05  # each victim sends 20 messages a second
 VICTIM_LATENCY_BOUND = 1.0
 
 
+@pytest.mark.timed
 async def test_presence_togglers_cost_another_document_nothing() -> None:
     """Finding 3 of the security review: raw peers toggling join/leave on one
     document as fast as they can, and a pair of clients talking in another.
@@ -425,7 +433,7 @@ async def test_presence_togglers_cost_another_document_nothing() -> None:
 
             async def talk(victim: RatatoskrClient) -> int:
                 sent = 0
-                end = loop.time() + TOGGLE_SECONDS
+                end = loop.time() + TALK_SECONDS
                 while loop.time() < end:
                     await victim.send_ephemeral("calm-room", {"n": sent, "t": loop.time()})
                     sent += 1

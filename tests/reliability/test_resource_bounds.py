@@ -408,6 +408,7 @@ async def _failed_auth(port: int, token: str = "wrong") -> list[Any]:
     return decoded_frames(frames)
 
 
+@pytest.mark.timed
 async def test_a_failed_auth_is_closed_at_once_and_leaves_nothing(
     ratatoskr_relay: RelayServer,
 ) -> None:
@@ -442,6 +443,7 @@ ATTEMPTS = 20_000
 CONCURRENCY = 50
 
 
+@pytest.mark.cpu_heavy
 @linux_only
 @pytest.mark.slow
 async def test_tens_of_thousands_of_failed_auths_leave_rss_in_its_band() -> None:
@@ -506,6 +508,7 @@ async def test_a_dropped_reader_is_closed_at_the_tcp_level(ratatoskr_relay: Rela
 # --------------------------------------------------------------------------- 6: handshake
 
 
+@pytest.mark.timed
 @linux_only
 @pytest.mark.ratatoskr_relay(handshake_timeout=1.0)
 async def test_sockets_that_never_finish_the_handshake_are_closed(
@@ -620,6 +623,7 @@ async def test_at_the_file_descriptor_limit_the_relay_logs_one_line_and_recovers
 RSS_KEPT_AFTER_2000 = 40.0
 
 
+@pytest.mark.cpu_heavy
 @linux_only
 @pytest.mark.slow
 async def test_memory_after_many_connections_is_reused_not_grown() -> None:
