@@ -2,6 +2,7 @@
 """What one connection cycle costs the relay, with N idle peers connected.
 
     python benchmarks/churn.py [--idle 0,500,1500] [--cycles 300] [--scope both]
+    python benchmarks/churn.py --idle 500 --duration 30 --scope document
 
 Run from the repository root; needs the ``metrics`` extra. What it measures
 and how: ``benchmarks/scenarios/churn.py``; the figures: docs/reliability.md

@@ -61,103 +61,13 @@ from typing import Any
 import aiohttp
 import cbor2
 
-from benchmarks.harness import Relay, cpu_seconds, pct
-from ratatoskr_client import RatatoskrClient
+from benchmarks.harness import Relay, Victims, cpu_seconds, pct
 
 HERE = Path(__file__).resolve()
 #: the attackers' script, shared with the reliability suite
 TOGGLERS = HERE.parent.parent / "tests" / "reliability" / "togglers.py"
-VICTIM_DOC = "victim-room"
-#: messages per second each victim sends (below the client's default pacing)
-VICTIM_RATE = 10.0
 #: concurrent scrapers sharing the asked scrape rate
 SCRAPERS = 4
-
-
-# --------------------------------------------------------------------------- victims
-
-
-class Victims:
-    """Two SDK clients in their own document, each sending to the other."""
-
-    def __init__(self, http_url: str) -> None:
-        self.url = http_url
-        self.clients: list[RatatoskrClient] = []
-        self.latencies: list[float] = []
-        #: (send time, latency) of every message received
-        self.samples: list[tuple[float, float]] = []
-        self.started = 0.0
-        self.sent = 0
-        self.received = 0
-        self.changed = asyncio.Event()
-        self.errors: list[Any] = []
-
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _ in range(2):
-            client = RatatoskrClient(self.url, connect_timeout=30)
-
-            def on_message(doc: str, sender: Any, payload: Any) -> None:
-                if doc == VICTIM_DOC and isinstance(payload, dict) and "t" in payload:
-                    self.latencies.append(loop.time() - payload["t"])
-                    self.samples.append((payload["t"], loop.time() - payload["t"]))
-                    self.received += 1
-                    self.changed.set()
-
-            client.on("ephemeral-message", on_message)
-            client.on("error", self.errors.append)
-            await client.connect()
-            await client.enter_document(VICTIM_DOC, timeout=60)
-            self.clients.append(client)
-        for client in self.clients:
-            await client.wait_for_presence(VICTIM_DOC, lambda p: len(p) == 2, timeout=60)
-
-    async def talk(self, duration: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.started = loop.time()
-
-        async def one(client: RatatoskrClient) -> None:
-            end = loop.time() + duration
-            while loop.time() < end:
-                await client.send_ephemeral(VICTIM_DOC, {"t": loop.time()})
-                self.sent += 1
-                await asyncio.sleep(1 / VICTIM_RATE)
-
-        await asyncio.gather(*(one(c) for c in self.clients))
-
-    async def settle(self, timeout: float = 10.0) -> None:
-        """Wait until every message sent has arrived (or ``timeout``)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while self.received < self.sent and loop.time() < end:
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), end - loop.time())
-
-    def report(self) -> dict[str, Any]:
-        lat = self.latencies
-        return {
-            "victim_sent": self.sent,
-            "victim_received": self.received,
-            "victim_p50_ms": round(pct(lat, 50) * 1000, 1),
-            "victim_p99_ms": round(pct(lat, 99) * 1000, 1),
-            "victim_max_ms": round(max(lat, default=float("nan")) * 1000, 1),
-            "victim_late_100ms": sum(1 for x in lat if x > 0.1),
-            # the worst latency in each second of the run (ms)
-            "victim_max_ms_by_second": [
-                round(
-                    max((x for t, x in self.samples if s <= t - self.started < s + 1), default=0)
-                    * 1000
-                )
-                for s in range(
-                    int(max((t for t, _ in self.samples), default=self.started) - self.started) + 1
-                )
-            ],
-        }
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
 
 
 # --------------------------------------------------------------------------- togglers
@@ -208,7 +118,13 @@ async def scenario_togglers(args: argparse.Namespace) -> dict[str, Any]:
         cpu = cpu_seconds(relay.pid) - cpu0
         metrics = await relay_metrics(relay)
         told = sorted(len(t["limited"]) for t in report)
-        ended = sorted(t["ended_at"] for t in report if t["close_code"] == 1008)
+        # Closed by the relay: 1008 with its close frame, or 1006 when the TCP
+        # reset (the relay closed a socket with frames it had not read) overtook
+        # that frame. A toggler that stops on its own closes with 1000.
+        ended = sorted(t["ended_at"] for t in report if t["close_code"] in (1008, 1006))
+        codes: dict[str, int] = {}
+        for t in report:
+            codes[str(t["close_code"])] = codes.get(str(t["close_code"]), 0) + 1
         return {
             "togglers": args.togglers,
             "mode": args.mode,
@@ -219,6 +135,8 @@ async def scenario_togglers(args: argparse.Namespace) -> dict[str, Any]:
             "rate_limited_per_toggler_median": told[len(told) // 2],
             "rate_limited_per_toggler_max": told[-1],
             "togglers_closed_by_relay": len(ended),
+            "toggler_close_codes": codes,
+            "relay_flooders_disconnected": metrics.get("ratatoskr_flooders_disconnected_total"),
             "closed_after_s_median": round(ended[len(ended) // 2], 2) if ended else None,
             "closed_after_s_max": round(ended[-1], 2) if ended else None,
             "relay_refused_answered": metrics.get('ratatoskr_refused_total{reason="rate_limit"}'),

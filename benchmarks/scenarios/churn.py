@@ -12,6 +12,15 @@ identity scope, what a cycle costs:
 * the frames each idle peer received, on average;
 * cycles per second (sequential cycles, one at a time).
 
+With ``--duration SECONDS`` it measures the attack as issue #19 states its
+acceptance instead: one attacker, in a process of its own, cycles as fast as
+it can for that long, while the idle peers count what they receive and a
+victim pair (two ``RatatoskrClient`` in a document of their own, 10
+messages a second each, :class:`~benchmarks.harness.Victims`) measures its
+one-way latency. Printed per scope: the attacker's cycles, the frames each
+idle peer received per second on average, the relay's CPU time, and the
+pair's deliveries and latency.
+
 The relay runs as its own process (``python -m ratatoskr_client relay``, its
 default rate limit), so its CPU time is its own; needs the ``metrics`` extra
 (``prometheus-client``). The anonymous-connection limit does not apply: every
@@ -23,19 +32,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import resource
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import cbor2
 
-from benchmarks.harness import Relay, cpu_seconds, log, new_session
+from benchmarks.harness import ROOT, Relay, Victims, cpu_seconds, log, new_session
 from ratatoskr_client.server.asyncio.metrics import MAX_AGE
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "measure_attack"]
 
 SENT = re.compile(r'^ratatoskr_frames_sent_total\{type="[^"]*"\} ([0-9.e+]+)$', re.M)
 #: the documents the idle peers are in (the attacker's is another)
@@ -108,22 +121,10 @@ async def measure(scope: str, idle_count: int, cycles: int) -> dict[str, float]:
     await relay.start()
     try:
         async with new_session() as http:
-            idle = [Idle() for _ in range(idle_count)]
-            for i in range(0, idle_count, 50):
-                await asyncio.gather(
-                    *(
-                        p.start(http, relay.url, f"idle-{n % IDLE_DOCUMENTS}")
-                        for n, p in enumerate(idle[i : i + 50])
-                    )
-                )
+            idle = await _start_idle(http, relay.url, idle_count)
             for _ in range(20):  # warm-up
                 await cycle(http, relay.url)
-            # Quiet first: the idle peers' own joins may still be going out
-            # (the presence budget paces a document's announcements).
-            last = -1
-            while (total := sum(p.received for p in idle)) != last:
-                last = total
-                await asyncio.sleep(1.0)
+            await _quiet(idle)
             got_before = sum(p.received for p in idle)
             sent_before = await frames_sent(relay, http)
             cpu_before = cpu_seconds(relay.pid)
@@ -143,6 +144,85 @@ async def measure(scope: str, idle_count: int, cycles: int) -> dict[str, float]:
         "frames_per_cycle": sent / cycles,
         "frames_per_idle_peer_per_cycle": got / cycles / idle_count if idle_count else 0.0,
         "cycles_per_s": cycles / wall,
+    }
+
+
+async def _start_idle(http: aiohttp.ClientSession, url: str, idle_count: int) -> list[Idle]:
+    idle = [Idle() for _ in range(idle_count)]
+    for i in range(0, idle_count, 50):
+        await asyncio.gather(
+            *(
+                p.start(http, url, f"idle-{n % IDLE_DOCUMENTS}")
+                for n, p in enumerate(idle[i : i + 50], start=i)
+            )
+        )
+    return idle
+
+
+async def _quiet(idle: Sequence[Idle]) -> None:
+    """Until the idle peers stop receiving (their own joins may still be going
+    out: the presence budget paces a document's announcements)."""
+    last = -1
+    while (total := sum(p.received for p in idle)) != last:
+        last = total
+        await asyncio.sleep(1.0)
+
+
+async def attack(url: str, seconds: float) -> tuple[int, float]:
+    """Cycles, one after the other, for ``seconds``; returns how many, and
+    how long they took."""
+    done = 0
+    async with new_session() as http:
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            await cycle(http, url)
+            done += 1
+        return done, time.perf_counter() - started
+
+
+async def measure_attack(scope: str, idle_count: int, seconds: float) -> dict[str, Any]:
+    """One relay in ``scope``, ``idle_count`` idle peers and a victim pair, and
+    one attacker in a process of its own cycling for ``seconds``."""
+    relay = Relay("ours", use_uvloop=False, extra=["--identity-scope", scope], rate_limit=None)
+    await relay.start()
+    victims = Victims(relay.http_url)
+    try:
+        async with new_session() as http:
+            idle = await _start_idle(http, relay.url, idle_count)
+            await victims.open()
+            await _quiet(idle)
+            attacker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(ROOT / "benchmarks" / "churn.py"),
+                "--attack",
+                relay.url,
+                "--duration",
+                str(seconds),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            got_before = sum(p.received for p in idle)
+            cpu_before = cpu_seconds(relay.pid)
+            await victims.talk(seconds)
+            out, _ = await attacker.communicate()
+            await victims.settle()
+            await asyncio.sleep(MAX_AGE)  # the last closes handled
+            cpu = cpu_seconds(relay.pid) - cpu_before
+            got = sum(p.received for p in idle) - got_before
+            cycles, attacked = json.loads(out) if out.strip() else (0, seconds)
+            await asyncio.gather(*(p.close() for p in idle))
+    finally:
+        await victims.close()
+        relay.close()
+    return {
+        "scope": scope,
+        "idle_peers": idle_count,
+        "duration_s": seconds,
+        "attacker_cycles": cycles,
+        "attacker_cycles_per_s": round(cycles / attacked, 1),
+        "frames_per_idle_peer_per_s": round(got / idle_count / attacked, 3) if idle_count else 0.0,
+        "relay_cpu_s": round(cpu, 2),
+        **victims.report(),
     }
 
 
@@ -170,6 +250,18 @@ async def _run(scopes: Sequence[str], idle_counts: Sequence[int], cycles: int) -
             )
 
 
+async def _run_attack(
+    scopes: Sequence[str], idle_counts: Sequence[int], seconds: float
+) -> list[dict[str, Any]]:
+    results = []
+    for scope in scopes:
+        for n in idle_counts:
+            log(f"{scope} scope, {n} idle peers, a victim pair: one attacker for {seconds:g} s")
+            results.append(await measure_attack(scope, n, seconds))
+            print(json.dumps(results[-1], indent=2), flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="What one connection cycle costs the relay, with N idle peers connected."
@@ -179,11 +271,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cycles", type=int, default=300, help="cycles per measurement (300)")
     parser.add_argument("--scope", choices=["document", "global", "both"], default="both")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="instead of --cycles: one attacker in its own process cycles for SECONDS "
+        "while a victim pair talks; prints the frames per idle peer per second and "
+        "the pair's latency",
+    )
+    parser.add_argument("--json", metavar="PATH", help="with --duration: also write the results")
+    parser.add_argument("--attack", metavar="URL", help=argparse.SUPPRESS)  # the attacker's process
     args = parser.parse_args(argv)
     if args.cycles <= 0:
         parser.error(f"--cycles must be positive, got {args.cycles}")
+    if args.duration is not None and args.duration <= 0:
+        parser.error(f"--duration must be positive, got {args.duration:g}")
+    if args.attack is not None:
+        print(json.dumps(asyncio.run(attack(args.attack, args.duration or 10.0))), flush=True)
+        return 0
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,500 idle peers need the fds
     scopes = ["global", "document"] if args.scope == "both" else [args.scope]
-    asyncio.run(_run(scopes, args.idle, args.cycles))
+    if args.duration is not None:
+        results = asyncio.run(_run_attack(scopes, args.idle, args.duration))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    else:
+        asyncio.run(_run(scopes, args.idle, args.cycles))
     return 0

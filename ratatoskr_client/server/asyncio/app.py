@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -27,8 +28,8 @@ from aiohttp import WSMsgType, web
 from ..cluster import Cluster
 from ..config import RelayConfig
 from ..core.clock import AdvancingClock
-from ..core.limits import TURN_BYTES, TURN_FRAMES
 from ..core.relay import SWEEP_MAX_INTERVAL, RelayCore
+from ..core.turns import GO_ON, OVER, Turns
 from .guard import HandshakeGuard
 from .memory import TrimPolicy, trim
 from .metrics import MetricsPage, metrics_registry
@@ -43,6 +44,11 @@ CORE_KEY: Final = web.AppKey("ratatoskr_core", RelayCore)
 GUARD_KEY: Final = web.AppKey("ratatoskr_guard", HandshakeGuard)
 #: The relay's cluster membership (only when ``redis_url`` is configured).
 CLUSTER_KEY: Final = web.AppKey("ratatoskr_cluster", Cluster)
+#: How the work done on a connection's frames is measured (see core.turns.Turns):
+#: the relay thread's CPU time, so that time the machine gives other processes
+#: is nobody's work (a wall clock would cut turns short on a busy machine,
+#: costing a wake-up per turn for nothing).
+_WORK_CLOCK: Final = getattr(time, "thread_time", time.perf_counter)
 #: Seconds a closing WebSocket waits for the peer's close frame (graceful
 #: shutdown only: connections the relay drops are closed without waiting).
 CLOSE_TIMEOUT: Final = 2.0
@@ -55,8 +61,48 @@ class _OpenSockets:
         self.all: set[web.WebSocketResponse] = set()
 
 
+class _Line(Turns["asyncio.Future[None]"]):
+    """The fairness rule (:class:`~ratatoskr_client.server.core.turns.Turns`)
+    on the event loop: a connection whose turn is over awaits a future, which
+    a callback run once per turn of the loop (after the work already
+    scheduled) resolves when its next turn comes."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait_turn(self, frames: int, seconds: float, verdict: int) -> int:
+        """Wait for the next turn (``verdict`` ``OVER``) or the rest of this
+        one (``PAUSED``, see :mod:`ratatoskr_client.server.core.turns`);
+        returns the round that gives it."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # (Found once: asking asyncio costs a system call on Python 3.11.
+            # Waiters of a loop that has closed will never run again.)
+            loop = self._loop = asyncio.get_running_loop()
+            self.clear()
+        turn = loop.create_future()
+        if self.wait(turn, frames, seconds, paused=verdict != OVER):
+            loop.call_soon(self._round)
+        await turn
+        return self.round
+
+    def _round(self) -> None:
+        for turn in self.next_round():
+            if not turn.done():  # (cancelled: its connection is gone)
+                turn.set_result(None)
+        if len(self):
+            # Scheduled now, it runs after the turns just given (and the work
+            # already scheduled), then the loop reads its sockets.
+            assert self._loop is not None
+            self._loop.call_soon(self._round)
+
+
 _SOCKETS_KEY: Final = web.AppKey("ratatoskr_sockets", _OpenSockets)
 _BATCHER_KEY: Final = web.AppKey("ratatoskr_batcher", Batcher)
+_TURNS_KEY: Final = web.AppKey("ratatoskr_turns", _Line)
 _METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", MetricsPage)
 
 
@@ -139,19 +185,23 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     # connection, for that or anything else, the socket's transport is closed
     # and ws.receive() below returns.)
     conn = core.open(outbox, request.remote or "")
-    # This connection's share of one turn of the event loop (limits.TURN_*):
-    # ws.receive() returns messages already buffered without yielding, so a
-    # flooding peer would otherwise be served its whole buffer in one go.
-    frames_left = TURN_FRAMES
-    bytes_left = TURN_BYTES
+    # This connection's turns (core.turns.Turns): ws.receive() returns messages
+    # already buffered without yielding, so a flooding peer would otherwise be
+    # served its whole buffer in one go.
+    turns = request.app[_TURNS_KEY]
+    clock = _WORK_CLOCK
+    frames = size = 0
+    spent = 0.0
+    given = -1  # the round in which its turn was given (-1: it has not waited)
     try:
         while not outbox.dropped:
             msg = await ws.receive()
             kind = msg.type
+            started = clock()
             if kind is WSMsgType.BINARY:
                 data = msg.data
                 core.receive(conn, data)  # (never raises: a bug costs the frame only)
-                bytes_left -= len(data)
+                size += len(data)
             elif kind is WSMsgType.PING:
                 outbox.pong(msg.data)
                 core.alive(conn)
@@ -161,11 +211,15 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                 core.receive_text(conn)
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
-            frames_left -= 1
-            if frames_left <= 0 or bytes_left <= 0:
-                frames_left = TURN_FRAMES
-                bytes_left = TURN_BYTES
-                await asyncio.sleep(0)  # every other ready connection's turn
+            frames += 1
+            took = clock() - started
+            spent += took
+            verdict = turns.over(frames, size, spent, took, given)
+            if verdict != GO_ON:
+                given = await turns.wait_turn(frames, spent, verdict)  # the others' turns
+                if verdict == OVER:
+                    frames = size = 0
+                    spent = 0.0
     finally:
         core.close(conn)
         sockets.discard(ws)
@@ -337,6 +391,7 @@ def create_app(
     app[GUARD_KEY] = HandshakeGuard(config.handshake_timeout)
     app[_SOCKETS_KEY] = _OpenSockets()
     app[_BATCHER_KEY] = Batcher()
+    app[_TURNS_KEY] = _Line()
     app[_METRICS_KEY] = MetricsPage(metrics_registry(core, cluster), config.metrics_token)
     app.router.add_get("/sync", _sync)
     app.router.add_get("/health", _health)

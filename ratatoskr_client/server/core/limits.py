@@ -18,6 +18,7 @@ __all__ = [
     "PRESENCE_HOLD",
     "PRESENCE_RATE",
     "PRESENCE_WINDOW",
+    "ROUND_SECONDS",
     "SESSION_TOMBSTONE_TTL",
     "TURN_BYTES",
     "TURN_FRAMES",
@@ -65,14 +66,19 @@ PRESENCE_HOLD: Final = 0.25
 # ---------------------------------------------------------------------- fairness
 # (docs/reliability.md, "Rate limits and fairness", has the measurements behind these.)
 
-#: Frames from one connection the relay handles in one turn of the event loop
-#: before it lets every other connection have its turn. aiohttp hands out the
-#: messages already buffered without yielding, so without this a flooding
-#: connection's whole read buffer (thousands of frames) is processed before
-#: anyone else's next frame.
+#: Frames from one connection the relay handles in one turn (see
+#: :class:`~.turns.Turns`) before it lets the other connections have theirs. aiohttp
+#: hands out the messages already buffered without yielding, so without this
+#: a flooding connection's whole read buffer (thousands of frames) is
+#: processed before anyone else's next frame.
 TURN_FRAMES: Final = 32
 #: The same bound in bytes of payload (large frames cost more to decode).
 TURN_BYTES: Final = 64 * 1024
+#: Seconds of work (decoding, the rules, the frames written: the relay
+#: thread's CPU time) that one turn may take, and that one round of turns
+#: takes while connections wait for theirs (see :class:`~.turns.Turns`): so what a
+#: frame arriving on a quiet connection waits for, however many flood.
+ROUND_SECONDS: Final = 0.005
 #: Frames a connection may still send, after being told ``rate_limited``, that
 #: its limit refuses before the ``retryAfter`` it was given has passed (they are
 #: dropped unanswered), as a burst refilled at :data:`FLOOD_REFILL` per second.
@@ -85,6 +91,7 @@ TURN_BYTES: Final = 64 * 1024
 #: is cheap; a flood is cut off within a fraction of a second.
 FLOOD_ALLOWANCE: Final = 100
 FLOOD_REFILL: Final = 50.0
+
 #: A connection from which no complete WebSocket frame (a pong included) has
 #: arrived for this many ``ping_interval``s is closed, whatever bytes trickle in.
 #: It is pinged after one ``ping_interval`` of silence, so a live peer has half
