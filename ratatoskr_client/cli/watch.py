@@ -63,9 +63,8 @@ def _url_problem(url: str) -> str | None:
     so a typo is a usage error (exit 2), not an unreachable server (exit 1)."""
     try:
         socket_url(url)  # the client's own rule: http(s):// or ws(s):// and a host
-    except ValueError as exc:
-        hint = f" (did you mean 'http://{url}'?)" if "://" not in url and url else ""
-        return f"invalid URL: {exc}{hint}"
+    except ValueError as exc:  # (its message carries the "did you mean" hint)
+        return f"invalid URL: {exc}"
     try:
         urlsplit(url).port  # noqa: B018 (the property parses and range-checks the port)
     except ValueError:
