@@ -108,7 +108,10 @@ async def _bot(
     try:
         await client.connect()
         name = client.me.name
-        docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT]
+        # Only named bots may read the private document; anonymous ones know it
+        # and stay out (its row shows who may), so the demo opens with presence,
+        # not with a refusal.
+        docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT] if token else [*DEMO_DOCUMENTS]
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.2))
             entered = [d for d in client.entered_documents if not d.startswith(EPHEMERAL_PREFIX)]

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .._version import __version__
+from .._version import __version__, install_hint
 from ..errors import ConfigError
 
 __all__ = ["main"]
@@ -135,13 +135,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--uvloop",
         action="store_true",
         help="run on uvloop, a faster event loop (needs the 'speed' extra: "
-        "pip install 'ratatoskr-client[speed]')",
+        f"{install_hint('speed')})",
     )
     relay.add_argument(
         "--redis",
         metavar="URL",
         help="join the relay cluster on this Redis server (redis://HOST:PORT/DB; needs "
-        "the 'cluster' extra: pip install 'ratatoskr-client[cluster]')",
+        f"the 'cluster' extra: {install_hint('cluster')})",
     )
     relay.add_argument(
         "--node-ttl",
@@ -236,6 +236,7 @@ def _run_until_signal(
 def _cmd_relay(args: argparse.Namespace) -> int:
     from ..server import RelayConfig, RelayServer, load_config
     from ..server.asyncio.guard import raise_open_file_limit
+    from ..server.asyncio.runner import OPEN_MODE
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
     if args.presence_ttl is not None:
@@ -293,7 +294,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             uvloop = importlib.import_module("uvloop")
         except ImportError:
             print(
-                "ratatoskr relay: --uvloop needs uvloop: pip install 'ratatoskr-client[speed]'",
+                f"ratatoskr relay: --uvloop needs uvloop: {install_hint('speed')}",
                 file=sys.stderr,
             )
             return 2
@@ -318,6 +319,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        if config.open:  # (an in-process RelayServer only logs this at INFO)
+            logging.getLogger("ratatoskr_client.server").warning(OPEN_MODE)
         try:
             print(f"ratatoskr relay listening on {relay.ws_url}", flush=True)
             await stop.wait()

@@ -77,7 +77,7 @@ def test_redis_without_the_cluster_extra_says_what_to_install(tmp_path: Path) ->
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
-    assert 'pip install "ratatoskr-client[cluster]"' in done.stderr
+    assert '.venv/bin/pip install -e ".[cluster]"' in done.stderr
 
 
 async def test_a_relay_starts_without_redis_and_joins_when_it_appears() -> None:

@@ -51,6 +51,7 @@ async def test_demo_shows_presence_changing_and_exits_zero():
     assert code == 0, err
     lines = out.splitlines()
     assert "relay listening on ws://127.0.0.1:" in lines[0]
+    assert " was refused: " not in out  # the demo opens with presence, not a refusal
     joins = [line for line in lines if " joined (" in line]
     assert len(joins) >= 3  # presence changed, several times
     assert any(doc in line for line in joins for doc in DEMO_DOCUMENTS)
