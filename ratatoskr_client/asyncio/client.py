@@ -19,7 +19,7 @@ events and their callbacks' signatures are in :mod:`ratatoskr_client.events`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Final, Unpack, get_args
 
 import aiohttp
@@ -367,7 +367,7 @@ class RatatoskrClient(EventSource):
 
     # ================================================================== watching
 
-    async def watch_presence(self, document_id: str) -> AsyncIterator[tuple[Peer, ...]]:
+    async def watch_presence(self, document_id: str) -> AsyncGenerator[tuple[Peer, ...], None]:
         """Yield ``presence(document_id)`` now, then every new value, in order.
 
         New values come when ``presence-changed`` does (see

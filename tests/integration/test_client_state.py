@@ -208,6 +208,8 @@ async def test_the_name_a_peer_chose_and_the_name_the_server_gave(ratatoskr_clie
     # The relay names anonymous peers; the name a client chose is its own.
     assert (a.me.chosen_name, b.me.chosen_name) == ("alpha", None)
     assert a.me.name != "alpha"
+    # The one name to show: the chosen one, else the server's.
+    assert (a.me.display_name, b.me.display_name) == ("alpha", b.me.name)
     await a.enter_document("doc")
     await b.enter_document("doc")
     await a.set_state("doc", "cursor", [1, 1])
@@ -216,6 +218,8 @@ async def test_the_name_a_peer_chose_and_the_name_the_server_gave(ratatoskr_clie
     # ...and the Peer shows both: the server's name and the chosen one.
     seen = b.peers[a.me.peer_id]
     assert (seen.name, seen.chosen_name) == (a.me.name, "alpha")
+    assert seen.display_name == "alpha"
+    assert b.peers[b.me.peer_id].display_name == b.me.name  # chose none: the server's
     assert seen == a.me  # the same identity, whatever it calls itself
     assert next(p for p in b.presence("doc") if p == a.me).chosen_name == "alpha"
     # state() is plain and read-only, and prints like a dict.

@@ -236,3 +236,11 @@ def test_peer_fields():
     ]
     # The name a peer chose for itself is not part of its identity.
     assert Peer("p", None, "Neon Narwhal", True, "alpha") == Peer("p", None, "Neon Narwhal", True)
+
+
+def test_display_name_is_the_chosen_name_else_the_servers():
+    from ratatoskr_client import Peer
+
+    assert Peer("p1", "alice", "Alice", False).display_name == "Alice"
+    assert Peer("p2", None, "Gentle Jackal", True, "alpha").display_name == "alpha"
+    assert Peer("p3", None, "Gentle Jackal", True, "").display_name == "Gentle Jackal"
