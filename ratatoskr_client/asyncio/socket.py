@@ -63,8 +63,11 @@ async def open_socket(
         OperationTimeout: no answer within ``connect_timeout``.
     """
     try:
-        return await asyncio.wait_for(
-            http.ws_connect(
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation
+        # that arrives as the socket opens (CPython gh-86296), leaving the
+        # cancelled caller running with an open socket.
+        async with asyncio.timeout(settings.connect_timeout):
+            return await http.ws_connect(
                 url,
                 heartbeat=None,
                 # aiohttp refuses a message whose size is >= max_msg_size; its
@@ -73,9 +76,7 @@ async def open_socket(
                 autoping=False,
                 # close() waits this long for the server's close reply, not 10 s.
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
-            ),
-            settings.connect_timeout,
-        )
+            )
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         raise connect_error(exc, url, settings.connect_timeout) from exc
 
