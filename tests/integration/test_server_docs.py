@@ -68,3 +68,12 @@ async def test_an_in_process_relay_in_open_mode_stays_quiet(caplog: pytest.LogCa
     opened = [r for r in caplog.records if r.getMessage().startswith("open mode:")]
     assert [r.levelname for r in opened] == ["INFO"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_example_configuration_is_the_file_in_examples():
+    # The page's commands start the relay with examples/configs/relay.toml: the
+    # file the reader sees printed is the file the command reads.
+    printed = re.search(r"```toml\n(# Settings.*?)```", TEXT, re.S)
+    assert printed, "server.md lost its example configuration"
+    shipped = DOC.parents[1] / "examples" / "configs" / "relay.toml"
+    assert shipped.read_text(encoding="utf-8") == printed.group(1)
