@@ -92,7 +92,7 @@ def loads_strict(data: bytes | bytearray | memoryview, what: str = "frame") -> A
     Raises:
         ProtocolError: ``data`` is empty, truncated, not CBOR, has trailing
             bytes, or breaks a decoding rule (a refused tag, nesting deeper than
-            :data:`MAX_NESTING`, a map key that is not a string, a repeated key).
+            :data:`MAX_NESTING` (32), a map key that is not a string, a repeated key).
     """
     if not data:
         raise ProtocolError(f"{what} is empty")
@@ -157,7 +157,7 @@ def dumps(value: Any, what: str = "payload") -> bytes:
         PayloadError: the value (or something inside it) cannot be encoded, or
             encodes to something receivers refuse (a type cbor2 writes as a
             refused tag, such as ``set``, ``Decimal`` or ``UUID``; nesting
-            deeper than :data:`MAX_NESTING`; a map key that is not a string).
+            deeper than :data:`MAX_NESTING` (32); a map key that is not a string).
     """
     try:
         data = _dumps(value)
