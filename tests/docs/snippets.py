@@ -444,7 +444,27 @@ def drive(page_path: Path, port: int) -> dict[str, Any]:
             runner.run()
         finally:
             runner.stop_relay()
-        return {"failures": runner.failures, "ran": runner.ran}
+        return {
+            "failures": runner.failures,
+            "ran": runner.ran,
+            "left_behind": left_behind(Path(tmp), page),
+        }
+
+
+def left_behind(scratch: Path, page: Page) -> list[str]:
+    """Files the page's commands wrote into the current directory, which in a
+    reader's terminal is their checkout (``out.json``, ``results_stats.csv``):
+    not the scratch checkout's links, the scripts it wrote, the files a block
+    was saved as, nor dot-files (the scratch directory is also HOME)."""
+    saved = {b.markers["save-as"] for b in page.blocks if "save-as" in b.markers}
+    return sorted(
+        entry.name
+        for entry in scratch.iterdir()
+        if not entry.is_symlink()
+        and not entry.name.startswith((".", "_snippet_"))
+        and entry.name not in saved
+        and entry.name != "__pycache__"
+    )
 
 
 def namespace_command() -> list[str] | None:
