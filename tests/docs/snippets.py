@@ -422,7 +422,7 @@ class Runner:
         return True
 
 
-def _bring_up_loopback() -> None:
+def bring_up_loopback() -> None:
     """``ip link set lo up``, without iproute2: a new namespace's lo is down."""
     import fcntl
 
@@ -483,6 +483,6 @@ if __name__ == "__main__":
     # python snippets.py PAGE [--namespace] [--port N]
     target = Path(sys.argv[1]).resolve()
     if "--namespace" in sys.argv:
-        _bring_up_loopback()
+        bring_up_loopback()
     chosen = int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv else PORT
     print(json.dumps(drive(target, chosen)))
