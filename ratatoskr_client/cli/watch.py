@@ -43,6 +43,7 @@ def peer_json(peer: Peer) -> dict[str, Any]:
     return {
         "peer_id": peer.peer_id,
         "name": peer.name,
+        "display_name": peer.display_name,
         "user_id": peer.user_id,
         "is_anonymous": peer.is_anonymous,
     }
@@ -117,7 +118,7 @@ async def _watch(
         elif view is not None:
             view.update(peers, client)
         else:
-            names = ", ".join(p.name for p in peers) or "(nobody)"
+            names = ", ".join(p.display_name for p in peers) or "(nobody)"
             print_line(f"{time.strftime('%H:%M:%S')} {document}: {names}")
 
     def on_presence(doc_id: str, peers: tuple[Peer, ...]) -> None:
@@ -194,6 +195,6 @@ class _LiveView:
         table.add_column("user")
         table.add_column("peer id", style="dim")
         for peer in peers:
-            name = f"{peer.name} (you)" if peer.peer_id == me else peer.name
+            name = f"{peer.display_name} (you)" if peer.peer_id == me else peer.display_name
             table.add_row(name, peer.user_id or "anonymous", peer.peer_id)
         self._live.update(table, refresh=True)

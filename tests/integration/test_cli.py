@@ -94,7 +94,8 @@ async def test_watch_json_prints_a_line_per_presence_change(ratatoskr_relay, rat
         first = await read_json_line(proc)
         assert first["document"] == "doc-123"
         (watcher,) = first["peers"]
-        assert set(watcher) == {"peer_id", "name", "user_id", "is_anonymous"}
+        assert set(watcher) == {"peer_id", "name", "display_name", "user_id", "is_anonymous"}
+        assert watcher["display_name"] == watcher["name"]  # it chose no name
         assert watcher["is_anonymous"] is True
         assert watcher["user_id"] is None
 
@@ -105,6 +106,7 @@ async def test_watch_json_prints_a_line_per_presence_change(ratatoskr_relay, rat
         assert line["peers"][1] == {
             "peer_id": alice.me.peer_id,
             "name": "Alice",
+            "display_name": "Alice",
             "user_id": "alice",
             "is_anonymous": False,
         }
