@@ -303,3 +303,14 @@ async def test_peer_to_peer_refuses_sidecars_and_survives_a_relay_restart(
         await c.wait_for_presence(
             "amdoc", lambda p, both=both: {x.peer_id for x in p} == both, timeout=TIMEOUT
         )
+
+
+async def test_a_state_value_that_cannot_be_sent_is_named_in_the_callers_terms(
+    ratatoskr_client,
+):
+    a = await ratatoskr_client()
+    with pytest.raises(PayloadError) as info:
+        await a.set_state("doc", "tags", {"x": {1, 2}})
+    assert str(info.value) == (
+        "state 'tags' cannot be sent: state 'tags'['x'] is a set: send a list instead"
+    )  # not the envelope's "payload['__presence']['value']", not "semantic tag 258"
