@@ -5,7 +5,7 @@ The public API::
     from ratatoskr_client import RatatoskrClient, Peer
 
     async with RatatoskrClient("http://localhost:4151") as client:
-        client.on("presence-changed", lambda doc, peers: print(doc, [p.name for p in peers]))
+        client.on("presence-changed", lambda doc, ps: print(doc, [p.display_name for p in ps]))
         await client.enter_document("doc-123")
         await client.send_ephemeral("doc-123", {"cursor": [3, 4]})
 

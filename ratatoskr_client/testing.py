@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from ._version import install_hint
 from .asyncio.client import RatatoskrClient
 from .backoff import Backoff
 from .server import AclEntry, DocumentSpec, ManualClock, RelayConfig, RelayServer, UserSpec
@@ -221,13 +222,11 @@ else:  # pragma: no cover
     @pytest.fixture
     def ratatoskr_relay() -> None:
         raise pytest.UsageError(
-            "the ratatoskr_relay fixture needs pytest-asyncio: "
-            "pip install 'ratatoskr-client[testing]'"
+            f"the ratatoskr_relay fixture needs pytest-asyncio: {install_hint('testing')}"
         )
 
     @pytest.fixture
     def ratatoskr_client() -> None:
         raise pytest.UsageError(
-            "the ratatoskr_client fixture needs pytest-asyncio: "
-            "pip install 'ratatoskr-client[testing]'"
+            f"the ratatoskr_client fixture needs pytest-asyncio: {install_hint('testing')}"
         )

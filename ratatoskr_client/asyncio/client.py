@@ -19,7 +19,7 @@ events and their callbacks' signatures are in :mod:`ratatoskr_client.events`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Final, Unpack, get_args
 
 import aiohttp
@@ -287,7 +287,11 @@ class RatatoskrClient(EventSource):
             return
         fut = driver.future(waiter)
         try:
-            await asyncio.wait_for(fut, timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation
+            # that arrives as the future completes (CPython gh-86296), and a task
+            # cancelled then keeps running (the demo's bots did, hanging Ctrl-C).
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             raise OperationTimeout(f"not connected within {timeout} s") from None
         finally:
@@ -339,7 +343,8 @@ class RatatoskrClient(EventSource):
         driver.apply()
         wait = core.enter_timeout(timeout)
         try:
-            value: tuple[Peer, ...] = await asyncio.wait_for(fut, wait)
+            async with asyncio.timeout(wait):  # (not wait_for: see wait_connected)
+                value: tuple[Peer, ...] = await fut
         except TimeoutError:
             self._abandon(document_id, result)
             raise OperationTimeout(
@@ -367,7 +372,7 @@ class RatatoskrClient(EventSource):
 
     # ================================================================== watching
 
-    async def watch_presence(self, document_id: str) -> AsyncIterator[tuple[Peer, ...]]:
+    async def watch_presence(self, document_id: str) -> AsyncGenerator[tuple[Peer, ...], None]:
         """Yield ``presence(document_id)`` now, then every new value, in order.
 
         New values come when ``presence-changed`` does (see

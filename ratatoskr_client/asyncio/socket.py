@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import socket
 from collections import deque
 from collections.abc import Callable, Sized
 from typing import Any, Final
@@ -61,8 +63,11 @@ async def open_socket(
         OperationTimeout: no answer within ``connect_timeout``.
     """
     try:
-        return await asyncio.wait_for(
-            http.ws_connect(
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation
+        # that arrives as the socket opens (CPython gh-86296), leaving the
+        # cancelled caller running with an open socket.
+        async with asyncio.timeout(settings.connect_timeout):
+            return await http.ws_connect(
                 url,
                 heartbeat=None,
                 # aiohttp refuses a message whose size is >= max_msg_size; its
@@ -71,9 +76,7 @@ async def open_socket(
                 autoping=False,
                 # close() waits this long for the server's close reply, not 10 s.
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
-            ),
-            settings.connect_timeout,
-        )
+            )
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         raise connect_error(exc, url, settings.connect_timeout) from exc
 
@@ -90,7 +93,28 @@ def connect_error(exc: BaseException, url: str, timeout: float) -> RatatoskrErro
             f" ({exc.message}) to the upgrade request",
             status=exc.status,
         )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = f"the server's TLS certificate was refused: {exc.certificate_error}"
+        return ConnectError(f"cannot connect to {url}: {reason}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # aiohttp's own text ("Cannot connect to host h:p ssl:default [...]") shows
+        # its connector's internals; the operating system's reason is what helps.
+        return ConnectError(f"cannot connect to {url}: {os_reason(exc.os_error)}")
     return ConnectError(f"cannot connect to {url}: {exc}")
+
+
+def os_reason(error: OSError) -> str:
+    """An ``OSError`` in words: "connection refused", "name or service not
+    known"..., without asyncio's "Connect call failed ('127.0.0.1', 1)"."""
+    if isinstance(error, socket.gaierror):
+        reason = error.strerror or str(error)
+        return f"cannot resolve the host name ({reason[:1].lower()}{reason[1:]})"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error.errno, int) and error.errno > 0:
+        reason = os.strerror(error.errno)
+        return reason[:1].lower() + reason[1:]
+    return error.strerror or str(error) or type(error).__name__
 
 
 def receive_failed(exc: object, code: int | None, settings: Settings) -> ConnectionClosed:

@@ -107,8 +107,11 @@ async def _bot(
     client = RatatoskrClient(url, token=token, backoff=Backoff(0.1, 2.0, 1.0))
     try:
         await client.connect()
-        name = client.me.name
-        docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT]
+        name = client.me.display_name
+        # Only named bots may read the private document; anonymous ones know it
+        # and stay out (its row shows who may), so the demo opens with presence,
+        # not with a refusal.
+        docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT] if token else [*DEMO_DOCUMENTS]
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.2))
             entered = [d for d in client.entered_documents if not d.startswith(EPHEMERAL_PREFIX)]
@@ -188,7 +191,7 @@ class _LiveOutput:
         table.add_column("present")
         for doc in (*DEMO_DOCUMENTS, PRIVATE_DOCUMENT):
             peers = board.presence.get(doc, ())
-            names = ", ".join(p.name for p in peers if p.user_id != "viewer")
+            names = ", ".join(p.display_name for p in peers if p.user_id != "viewer")
             table.add_row(doc, names or "[dim]nobody[/dim]")
         messages = "\n".join(board.messages) or "[dim]waiting...[/dim]"
         elapsed = time.monotonic() - board.started
@@ -244,16 +247,16 @@ async def run_demo(
             here = sum(1 for p in peers if p.user_id != "viewer")
             for peer in set(peers) - set(before):
                 if peer.user_id != "viewer":
-                    note(f"{doc}: {peer.name} joined ({here} here)")
+                    note(f"{doc}: {peer.display_name} joined ({here} here)")
             for peer in set(before) - set(peers):
                 if peer.user_id != "viewer":
-                    note(f"{doc}: {peer.name} left ({here} here)")
+                    note(f"{doc}: {peer.display_name} left ({here} here)")
 
         def on_message(doc: str, sender: Peer, payload: Any) -> None:
             where = (
                 doc if not doc.startswith(EPHEMERAL_PREFIX) else f"#{doc[len(EPHEMERAL_PREFIX) :]}"
             )
-            note(f"{where}: {sender.name} {_describe(payload)}")
+            note(f"{where}: {sender.display_name} {_describe(payload)}")
 
         def on_error(error: RatatoskrError) -> None:
             log.debug("viewer error: %s", error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import importlib
 import logging
 import os
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .._version import __version__
+from .._version import __version__, install_hint
 from ..errors import ConfigError
 
 __all__ = ["main"]
@@ -70,8 +71,9 @@ def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
     options.add_argument(
         "--log-level",
         default="WARNING" if defaults else argparse.SUPPRESS,
+        type=str.upper,  # --log-level debug works too
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level on stderr (default: WARNING)",
+        help="log level on stderr, in any case (default: WARNING)",
     )
     return options
 
@@ -133,13 +135,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--uvloop",
         action="store_true",
         help="run on uvloop, a faster event loop (needs the 'speed' extra: "
-        "pip install 'ratatoskr-client[speed]')",
+        f"{install_hint('speed')})",
     )
     relay.add_argument(
         "--redis",
         metavar="URL",
         help="join the relay cluster on this Redis server (redis://HOST:PORT/DB; needs "
-        "the 'cluster' extra: pip install 'ratatoskr-client[cluster]')",
+        f"the 'cluster' extra: {install_hint('cluster')})",
     )
     relay.add_argument(
         "--node-ttl",
@@ -167,7 +169,7 @@ def _build_parser() -> argparse.ArgumentParser:
         f"file's content (or set {METRICS_TOKEN_ENV}; never pass a secret on the command line)",
     )
     relay.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    relay.set_defaults(func=_cmd_relay)
+    relay.set_defaults(func=_cmd_relay, command_parser=relay)
 
     demo = sub.add_parser(
         "demo",
@@ -183,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="exit 0 after this long (default: run until Ctrl-C)",
     )
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_demo, command_parser=demo)
 
     watch = sub.add_parser(
         "watch",
@@ -202,7 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON object per presence change instead of the live view",
     )
-    watch.set_defaults(func=_cmd_watch)
+    watch.set_defaults(func=_cmd_watch, command_parser=watch)
     return parser
 
 
@@ -234,6 +236,7 @@ def _run_until_signal(
 def _cmd_relay(args: argparse.Namespace) -> int:
     from ..server import RelayConfig, RelayServer, load_config
     from ..server.asyncio.guard import raise_open_file_limit
+    from ..server.asyncio.runner import OPEN_MODE
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
     if args.presence_ttl is not None:
@@ -291,7 +294,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             uvloop = importlib.import_module("uvloop")
         except ImportError:
             print(
-                "ratatoskr relay: --uvloop needs uvloop: pip install 'ratatoskr-client[speed]'",
+                f"ratatoskr relay: --uvloop needs uvloop: {install_hint('speed')}",
                 file=sys.stderr,
             )
             return 2
@@ -316,6 +319,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        if config.open:  # (an in-process RelayServer only logs this at INFO)
+            logging.getLogger("ratatoskr_client.server").warning(OPEN_MODE)
         try:
             print(f"ratatoskr relay listening on {relay.ws_url}", flush=True)
             await stop.wait()
@@ -431,6 +436,29 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     )
 
 
+def _unrecognized(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments" message, with the nearest option of
+    ``parser`` for each unknown one (``--prot`` → ``--port``). Python 3.14's
+    ``suggest_on_error`` does this for choices only, and only there."""
+    known = [
+        option
+        for action in parser._actions  # (argparse has no public list of options)
+        if action.help is not argparse.SUPPRESS
+        for option in action.option_strings
+    ]
+    guesses: list[str] = []
+    for word in unknown:
+        if not word.startswith("-"):
+            continue
+        close = difflib.get_close_matches(word.partition("=")[0], known, n=1, cutoff=0.6)
+        if close and close[0] not in guesses:
+            guesses.append(close[0])
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if guesses:
+        message += f" (did you mean {' or '.join(guesses)}?)"
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ratatoskr`` command. Returns the exit status.
 
@@ -439,7 +467,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            # argparse would blame the top-level parser and print its usage; the
+            # mistake is in the command's options, so show those, and the option
+            # that was probably meant.
+            command_parser = getattr(args, "command_parser", parser)
+            command_parser.error(_unrecognized(unknown, command_parser))
     except SystemExit as exc:  # argparse exits on --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(

@@ -43,6 +43,7 @@ def peer_json(peer: Peer) -> dict[str, Any]:
     return {
         "peer_id": peer.peer_id,
         "name": peer.name,
+        "display_name": peer.display_name,
         "user_id": peer.user_id,
         "is_anonymous": peer.is_anonymous,
     }
@@ -63,9 +64,8 @@ def _url_problem(url: str) -> str | None:
     so a typo is a usage error (exit 2), not an unreachable server (exit 1)."""
     try:
         socket_url(url)  # the client's own rule: http(s):// or ws(s):// and a host
-    except ValueError as exc:
-        hint = f" (did you mean 'http://{url}'?)" if "://" not in url and url else ""
-        return f"invalid URL: {exc}{hint}"
+    except ValueError as exc:  # (its message carries the "did you mean" hint)
+        return f"invalid URL: {exc}"
     try:
         urlsplit(url).port  # noqa: B018 (the property parses and range-checks the port)
     except ValueError:
@@ -118,7 +118,7 @@ async def _watch(
         elif view is not None:
             view.update(peers, client)
         else:
-            names = ", ".join(p.name for p in peers) or "(nobody)"
+            names = ", ".join(p.display_name for p in peers) or "(nobody)"
             print_line(f"{time.strftime('%H:%M:%S')} {document}: {names}")
 
     def on_presence(doc_id: str, peers: tuple[Peer, ...]) -> None:
@@ -195,6 +195,6 @@ class _LiveView:
         table.add_column("user")
         table.add_column("peer id", style="dim")
         for peer in peers:
-            name = f"{peer.name} (you)" if peer.peer_id == me else peer.name
+            name = f"{peer.display_name} (you)" if peer.peer_id == me else peer.display_name
             table.add_row(name, peer.user_id or "anonymous", peer.peer_id)
         self._live.update(table, refresh=True)

@@ -877,7 +877,13 @@ class ClientCore:
         check_document_id(document_id)
         if not isinstance(channel, str) or not channel:
             raise ValueError(f"channel must be a non-empty string, got {channel!r}")
-        size = len(encode_payload(update_payload(channel, value)))
+        try:
+            size = len(encode_payload(update_payload(channel, value)))
+        except PayloadError:
+            # Say it in the caller's terms ("state 'tags' is a set"), not the
+            # envelope's; the value alone is only encoded when sending failed.
+            encode_payload(value, f"state {channel!r}")
+            raise
         if size + ENVELOPE_OVERHEAD > self.settings.max_frame_size:
             raise PayloadError(
                 f"state value of {size} bytes is too large for a "

@@ -17,7 +17,8 @@ class Peer:
     """One connection's identity, as the server verified it, and the name it
     chose for itself.
 
-    Which name is which:
+    **The name to show is** :attr:`display_name`: the name the peer chose for
+    itself if it shared one, else the server's. The two fields behind it:
 
     * ``name`` is the name the **server** gives the connection: the account's
       name for a token user, an "Adjective Animal" for an anonymous one. A
@@ -38,6 +39,7 @@ class Peer:
         name: the server-given display name (see above).
         is_anonymous: True when the peer authenticated without a token.
         chosen_name: the name the peer shares for itself, or None.
+        display_name: the name to show (a property: ``chosen_name or name``).
     """
 
     peer_id: str
@@ -45,6 +47,19 @@ class Peer:
     name: str
     is_anonymous: bool
     chosen_name: str | None = field(default=None, compare=False)
+
+    @property
+    def display_name(self) -> str:
+        """The name an application shows for this peer: ``chosen_name`` when the
+        peer shared one (``RatatoskrClient(name="alpha")`` → "alpha"), else
+        ``name`` (the server's: the account's name, or "Adjective Animal").
+
+        A peer's chosen name arrives with its first state message, just after
+        its identity: until then this is the server's name, and it changes once
+        (redraw on ``peer-state-changed``). For ``client.me`` it is the
+        ``name=`` option from the start.
+        """
+        return self.chosen_name or self.name
 
     @staticmethod
     def from_user(peer_id: str, user: UserInfo | None, chosen_name: str | None = None) -> Peer:

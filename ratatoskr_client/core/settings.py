@@ -55,7 +55,9 @@ def socket_url(url: str) -> str:
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
     if scheme is None or not parts.netloc:
-        raise ValueError(f"expected an http(s):// or ws(s):// URL, got {url!r}")
+        # The usual slip is a bare host:port; say what would have worked.
+        hint = f" (did you mean 'http://{url}'?)" if url and "://" not in url else ""
+        raise ValueError(f"expected an http(s):// or ws(s):// URL, got {url!r}{hint}")
     path = parts.path.rstrip("/")
     if not path.endswith("/sync"):
         path += "/sync"

@@ -1,6 +1,6 @@
 """Load tests on Locust: ``RatatoskrUser``, a simulated participant.
 
-Install with ``pip install "ratatoskr-client[locust]"``. Locust monkey-patches
+Install with ``.venv/bin/pip install -e ".[locust]"`` in the checkout. Locust monkey-patches
 the process for gevent when it is imported; the SDK runs anyway: every client
 lives on the blocking client's background event loop, a real OS thread with a
 real selector (the originals gevent saved), and a user greenlet waiting for it

@@ -92,7 +92,7 @@ def loads_strict(data: bytes | bytearray | memoryview, what: str = "frame") -> A
     Raises:
         ProtocolError: ``data`` is empty, truncated, not CBOR, has trailing
             bytes, or breaks a decoding rule (a refused tag, nesting deeper than
-            :data:`MAX_NESTING`, a map key that is not a string, a repeated key).
+            :data:`MAX_NESTING` (32), a map key that is not a string, a repeated key).
     """
     if not data:
         raise ProtocolError(f"{what} is empty")
@@ -157,20 +157,80 @@ def dumps(value: Any, what: str = "payload") -> bytes:
         PayloadError: the value (or something inside it) cannot be encoded, or
             encodes to something receivers refuse (a type cbor2 writes as a
             refused tag, such as ``set``, ``Decimal`` or ``UUID``; nesting
-            deeper than :data:`MAX_NESTING`; a map key that is not a string).
+            deeper than :data:`MAX_NESTING` (32); a map key that is not a string).
     """
     try:
         data = _dumps(value)
     except Exception as exc:  # CBOREncodeError, RecursionError on cycles, ...
-        raise PayloadError(f"{what} cannot be encoded as CBOR: {exc}") from exc
+        culprit = _unsendable(value, what)
+        reason = culprit if culprit is not None else f"cannot be encoded as CBOR: {exc}"
+        raise PayloadError(f"{what} cannot be sent: {reason}") from exc
     if _plain(value, 0, [_PLAIN_BUDGET]):
         return data  # nothing in it can break a decoding rule: no need to check
     try:
         loads_strict(data, what)
     except ProtocolError as exc:
-        # Say it here, at the sender, rather than let every receiver refuse it.
-        raise PayloadError(f"{what} would be refused by receivers: {exc}") from exc
+        # Say it here, at the sender, rather than let every receiver refuse it;
+        # and in the sender's terms (a Python type), not the decoder's (a tag).
+        culprit = _unsendable(value, what)
+        reason = culprit if culprit is not None else f"receivers would refuse it ({exc})"
+        raise PayloadError(f"{what} cannot be sent: {reason}") from exc
     return data
+
+
+#: What to send instead of a Python type that has no plain CBOR form.
+_INSTEAD: Final = {
+    "set": "a list",
+    "frozenset": "a list",
+    "Decimal": "a float or a str",
+    "UUID": "str(uuid)",
+    "date": "date.isoformat()",
+    "Fraction": "a float or a str",
+    "complex": "two floats",
+}
+_ACCEPTED: Final = (
+    "payloads are made of str, bytes, int, float, bool, None, "
+    "timezone-aware datetime, lists and dicts with str keys"
+)
+
+
+def _unsendable(value: Any, where: str) -> str | None:
+    """The first part of ``value`` that no receiver accepts, in the sender's
+    words ("payload['tags'] is a set: send a list instead"), or None when
+    nothing but its size or shape is wrong (the caller then quotes the codec).
+    Walked only once encoding has failed, so its cost is never on the hot path."""
+    import datetime
+
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        kind = type(item)
+        if kind in _UNTAGGED:
+            continue
+        if isinstance(item, datetime.datetime):
+            if item.tzinfo is None:
+                return f"{path} is a naive datetime: give it a timezone (tzinfo=datetime.UTC)"
+            continue
+        if depth >= MAX_NESTING and isinstance(item, dict | list | tuple):
+            return f"{where} is nested more than {MAX_NESTING} lists or dicts deep"
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str | bytes):
+                    return (
+                        f"{path} has the map key {key!r} ({type(key).__name__}): "
+                        "dict keys must be str"
+                    )
+            stack.extend((inner, f"{path}[{key!r}]", depth + 1) for key, inner in item.items())
+            continue
+        if isinstance(item, list | tuple):
+            stack.extend((inner, f"{path}[{i}]", depth + 1) for i, inner in enumerate(item))
+            continue
+        name = kind.__name__
+        instead = _INSTEAD.get(name)
+        advice = f": send {instead} instead" if instead else f" ({_ACCEPTED})"
+        article = "an" if name[:1] in "aeiouAEIO" else "a"  # (a UUID)
+        return f"{path} is {article} {name}{advice}"
+    return None
 
 
 def _head(major: int, length: int) -> bytes:

@@ -66,14 +66,14 @@ def encode(frame: Frame) -> bytes:
     return _dumps(frame.to_wire())
 
 
-def encode_payload(payload: Any) -> bytes:
+def encode_payload(payload: Any, what: str = "payload") -> bytes:
     """CBOR-encode an application payload for an ephemeral frame's ``data``.
 
     Raises:
         PayloadError: the payload is not CBOR-encodable, or encodes to something
-            receivers would refuse.
+            receivers would refuse; the message calls it ``what``.
     """
-    return dumps(payload)
+    return dumps(payload, what)
 
 
 # --------------------------------------------------------------------------- ephemeral: a peer's

@@ -53,7 +53,17 @@ def test_a_redis_url_whose_database_is_not_a_number_is_refused() -> None:
     done = run_relay("--redis", "redis://127.0.0.1:6379/abc")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
-    assert "is not a valid URL" in done.stderr
+    assert "the database (/DB or ?db=) is not a number" in done.stderr
+    assert "int()" not in done.stderr
+
+
+def test_a_redis_url_without_a_scheme_says_what_a_redis_url_looks_like() -> None:
+    done = run_relay("--redis", "notaurl")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "ratatoskr relay: invalid configuration: redis_url must start with redis://, "
+        "rediss:// or unix:// (like redis://HOST:PORT/DB), got 'notaurl'\n"
+    )
 
 
 def test_redis_without_the_cluster_extra_says_what_to_install(tmp_path: Path) -> None:
@@ -67,7 +77,7 @@ def test_redis_without_the_cluster_extra_says_what_to_install(tmp_path: Path) ->
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
-    assert 'pip install "ratatoskr-client[cluster]"' in done.stderr
+    assert '.venv/bin/pip install -e ".[cluster]"' in done.stderr
 
 
 async def test_a_relay_starts_without_redis_and_joins_when_it_appears() -> None:

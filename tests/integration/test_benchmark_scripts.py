@@ -137,3 +137,33 @@ def test_failed_phases_are_reported_and_the_run_goes_on(
     # The relay was restarted for the fan-out phase, whose keys are all there.
     assert seen["fanout_on"] not in (None, seen["killed"])
     assert set(results) == report.expected_keys(["fanout"], cluster=False)
+
+
+def test_a_timeout_in_the_2000_client_phase_is_a_failed_phase_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """What a busy machine once did to a full run: OperationTimeout while the
+    2,000 clients connect. The phase is reported as failed, the others keep
+    their figures, and the run ends with exit status 1, without a traceback."""
+
+    async def memory(results: dict[str, float], n: int, use_uvloop: bool, **kw: Any) -> None:
+        suffix = kw.get("suffix", "")
+        if n == 2000:
+            raise OperationTimeout("no answer from ws://127.0.0.1:1/sync within 60 s")
+        results.update(dict.fromkeys(report.PHASE_KEYS["memory"], 1.0))
+        assert suffix == ""
+
+    async def raw(results: dict[str, float], n: int, use_uvloop: bool) -> None:
+        results.update(dict.fromkeys(report.PHASE_KEYS["memory_raw"], 1.0))
+
+    monkeypatch.setattr(bench_run, "sdk_memory_and_storm", memory)
+    monkeypatch.setattr(bench_run, "raw_memory", raw)
+
+    status = bench_run.main(["--only", "memory"])
+
+    assert status == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert "memory_2000: FAILED" in captured.err
+    assert "OperationTimeout: no answer from" in captured.err
+    assert "benchmark incomplete: 1 failure(s) (memory_2000); exit status 1" in captured.err

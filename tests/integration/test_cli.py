@@ -51,6 +51,7 @@ async def test_demo_shows_presence_changing_and_exits_zero():
     assert code == 0, err
     lines = out.splitlines()
     assert "relay listening on ws://127.0.0.1:" in lines[0]
+    assert " was refused: " not in out  # the demo opens with presence, not a refusal
     joins = [line for line in lines if " joined (" in line]
     assert len(joins) >= 3  # presence changed, several times
     assert any(doc in line for line in joins for doc in DEMO_DOCUMENTS)
@@ -93,7 +94,8 @@ async def test_watch_json_prints_a_line_per_presence_change(ratatoskr_relay, rat
         first = await read_json_line(proc)
         assert first["document"] == "doc-123"
         (watcher,) = first["peers"]
-        assert set(watcher) == {"peer_id", "name", "user_id", "is_anonymous"}
+        assert set(watcher) == {"peer_id", "name", "display_name", "user_id", "is_anonymous"}
+        assert watcher["display_name"] == watcher["name"]  # it chose no name
         assert watcher["is_anonymous"] is True
         assert watcher["user_id"] is None
 
@@ -104,6 +106,7 @@ async def test_watch_json_prints_a_line_per_presence_change(ratatoskr_relay, rat
         assert line["peers"][1] == {
             "peer_id": alice.me.peer_id,
             "name": "Alice",
+            "display_name": "Alice",
             "user_id": "alice",
             "is_anonymous": False,
         }
@@ -176,6 +179,11 @@ USAGE_ERRORS = [
     (["--log-level", "LOUD", "relay"], "invalid choice: 'LOUD'"),
     (["relay", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
     (["teleport"], "invalid choice: 'teleport'"),
+    # A misspelt option: the command's own usage, and the option meant.
+    (["relay", "--prot", "4161"], "ratatoskr relay: error: unrecognized arguments: --prot 4161"),
+    (["relay", "--prot", "4161"], "(did you mean --port?)"),
+    (["watch", "http://h", "d", "--tokn=x"], "(did you mean --token?)"),
+    (["demo", "--duraton", "1"], "ratatoskr demo: error: unrecognized arguments"),
     ([], "the following arguments are required: COMMAND"),
 ]
 
@@ -211,6 +219,31 @@ async def test_usage_errors_exit_2_from_the_command(argv, says):
 )
 def test_global_options_work_before_and_after_the_command(argv, capsys):
     assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_a_misspelt_option_shows_the_commands_usage_not_the_top_level_one(capsys):
+    assert main(["relay", "--prot", "4161"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ratatoskr relay ")
+    assert "--port PORT" in err
+    assert err.splitlines()[-1] == (
+        "ratatoskr relay: error: unrecognized arguments: --prot 4161 (did you mean --port?)"
+    )
+
+
+def test_an_option_far_from_every_known_one_gets_no_guess(capsys):
+    assert main(["relay", "--zzzzzz"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "ratatoskr relay: error: unrecognized arguments: --zzzzzz"
+    )
+
+
+@pytest.mark.parametrize(("level", "flag_at"), [("debug", "before"), ("Info", "after")])
+def test_log_level_is_case_insensitive(level, flag_at, capsys):
+    flag = ["--log-level", level]
+    argv = ["demo", "--bots", "1", "--duration", "0.2"]
+    assert main(flag + argv if flag_at == "before" else argv + flag) == 0
+    assert "invalid choice" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag_at", ["before", "after"])

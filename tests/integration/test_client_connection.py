@@ -91,10 +91,25 @@ async def test_an_unreachable_server_raises_connect_error():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         client = RatatoskrClient(f"http://127.0.0.1:{port}")
-        with pytest.raises(ConnectError):
+        with pytest.raises(ConnectError) as info:
             await client.connect()
     assert ratatoskr_tasks() == []
     await client.close()
+    # The operating system's reason, not aiohttp's connector internals
+    # ("Cannot connect to host 127.0.0.1:N ssl:default [Connect call failed ...]").
+    assert str(info.value) == f"cannot connect to ws://127.0.0.1:{port}/sync: connection refused"
+
+
+async def test_an_unknown_host_says_its_name_cannot_be_resolved():
+    client = RatatoskrClient("http://no-such-host.invalid:4151", connect_timeout=5)
+    with pytest.raises(ConnectError) as info:
+        await client.connect()
+    await client.close()
+    message = str(info.value)
+    assert message.startswith(
+        "cannot connect to ws://no-such-host.invalid:4151/sync: cannot resolve the host name"
+    ), message
+    assert "ssl:" not in message
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "/sync", "/sync/"])

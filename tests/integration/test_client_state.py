@@ -208,6 +208,8 @@ async def test_the_name_a_peer_chose_and_the_name_the_server_gave(ratatoskr_clie
     # The relay names anonymous peers; the name a client chose is its own.
     assert (a.me.chosen_name, b.me.chosen_name) == ("alpha", None)
     assert a.me.name != "alpha"
+    # The one name to show: the chosen one, else the server's.
+    assert (a.me.display_name, b.me.display_name) == ("alpha", b.me.name)
     await a.enter_document("doc")
     await b.enter_document("doc")
     await a.set_state("doc", "cursor", [1, 1])
@@ -216,6 +218,8 @@ async def test_the_name_a_peer_chose_and_the_name_the_server_gave(ratatoskr_clie
     # ...and the Peer shows both: the server's name and the chosen one.
     seen = b.peers[a.me.peer_id]
     assert (seen.name, seen.chosen_name) == (a.me.name, "alpha")
+    assert seen.display_name == "alpha"
+    assert b.peers[b.me.peer_id].display_name == b.me.name  # chose none: the server's
     assert seen == a.me  # the same identity, whatever it calls itself
     assert next(p for p in b.presence("doc") if p == a.me).chosen_name == "alpha"
     # state() is plain and read-only, and prints like a dict.
@@ -299,3 +303,14 @@ async def test_peer_to_peer_refuses_sidecars_and_survives_a_relay_restart(
         await c.wait_for_presence(
             "amdoc", lambda p, both=both: {x.peer_id for x in p} == both, timeout=TIMEOUT
         )
+
+
+async def test_a_state_value_that_cannot_be_sent_is_named_in_the_callers_terms(
+    ratatoskr_client,
+):
+    a = await ratatoskr_client()
+    with pytest.raises(PayloadError) as info:
+        await a.set_state("doc", "tags", {"x": {1, 2}})
+    assert str(info.value) == (
+        "state 'tags' cannot be sent: state 'tags'['x'] is a set: send a list instead"
+    )  # not the envelope's "payload['__presence']['value']", not "semantic tag 258"

@@ -201,3 +201,31 @@ async def test_an_internal_error_releases_every_waiter_within_100_ms(monkeypatch
         assert client.connection_state is ConnectionState.CLOSED
         assert client.stats().tasks == ()
         await client.close()
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_a_cancellation_that_arrives_as_the_answer_does_is_not_lost(
+    ratatoskr_client, monkeypatch: pytest.MonkeyPatch
+):
+    """The server's confirmation and the caller's cancel in the same loop step:
+    the call raises CancelledError (asyncio.wait_for on 3.11 returned the value
+    and dropped the cancel, so a cancelled bot kept running: the demo hung on
+    Ctrl-C). White box: the cancel rides on the waiter future's completion."""
+    from ratatoskr_client.asyncio.driver import Driver
+
+    client = await ratatoskr_client()
+    make_future = Driver.future
+    task: asyncio.Task[Any] | None = None
+
+    def future(self: Driver, waiter: int) -> asyncio.Future[Any]:
+        fut = make_future(self, waiter)
+        fut.add_done_callback(lambda _: task.cancel() if task is not None else None)
+        return fut
+
+    monkeypatch.setattr(Driver, "future", future)
+    task = asyncio.ensure_future(client.enter_document("doc"))
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), 5)
+    assert task.cancelled()

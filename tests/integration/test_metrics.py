@@ -114,6 +114,6 @@ async def test_metrics_without_prometheus_client_say_what_to_install(
     async with RelayServer(port=0) as relay, aiohttp.ClientSession() as http:
         async with http.get(f"{relay.url}/metrics") as resp:
             assert resp.status == 501
-            assert 'pip install "ratatoskr-client[metrics]"' in await resp.text()
+            assert '.venv/bin/pip install -e ".[metrics]"' in await resp.text()
         async with http.get(f"{relay.url}/health") as resp:
             assert await resp.json() == {"status": "ok"}

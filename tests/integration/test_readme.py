@@ -11,21 +11,30 @@ if it is not.
 
 When run as a script (``python test_readme.py SCRIPT [--bring-up-loopback]``)
 this file is the driver: start the relay, run SCRIPT, report both as JSON.
+
+The README's other blocks (the quick start, the blocking client, activating
+the venv) run with every page's in tests/docs/test_snippets.py, whose runner
+(tests/docs/snippets.py) this test shares the namespace helpers with; this
+one checks what the taste script prints.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+if str(ROOT) not in sys.path:  # run as a script: the driver needs tests.docs
+    sys.path.insert(0, str(ROOT))
+
+from tests.docs.snippets import bring_up_loopback, namespace_command  # noqa: E402
+
 PORT = 4151
 #: Seconds for the relay to start and for the script to finish (it takes ~0.5 s).
 START_TIMEOUT = 20.0
@@ -40,22 +49,6 @@ def readme_script() -> str:
 
 
 # --------------------------------------------------------------------------- driver
-
-
-def _bring_up_loopback() -> None:
-    """``ip link set lo up``, without needing iproute2: a new namespace's lo is down."""
-    import fcntl
-
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct_ifreq(0)
-        flags = int.from_bytes(fcntl.ioctl(sock, siocgifflags, request)[16:18], sys.byteorder)
-        fcntl.ioctl(sock, siocsifflags, struct_ifreq(flags | iff_up))
-
-
-def struct_ifreq(flags: int) -> bytes:
-    """A ``struct ifreq`` for ``lo`` (16-byte name, then the flags, padded to 40 bytes)."""
-    return b"lo".ljust(16, b"\0") + flags.to_bytes(2, sys.byteorder) + bytes(22)
 
 
 def drive(script: Path) -> dict[str, Any]:
@@ -92,7 +85,7 @@ def drive(script: Path) -> dict[str, Any]:
 
 if __name__ == "__main__":
     if "--bring-up-loopback" in sys.argv:
-        _bring_up_loopback()
+        bring_up_loopback()
     print(json.dumps(drive(Path(sys.argv[1]))))
     sys.exit(0)
 
@@ -100,18 +93,6 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- test
 
 import pytest  # noqa: E402 (the driver above runs without pytest)
-
-
-def namespace_command() -> list[str] | None:
-    """The ``unshare`` prefix that gives a private network namespace here, or None."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    options = ["--net"] if os.geteuid() == 0 else ["--net", "--map-root-user"]
-    probe = subprocess.run(
-        [unshare, *options, "true"], capture_output=True, timeout=10, check=False
-    )
-    return [unshare, *options] if probe.returncode == 0 else None
 
 
 def port_is_free(port: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import sys
 from pathlib import Path
@@ -55,3 +56,24 @@ def test_every_relay_config_field_is_listed():
 def test_every_relay_stats_field_is_described():
     described = names_in("`relay.stats()` returns", "- `relay.core`")
     assert public_fields(RelayStats) <= described, public_fields(RelayStats) - described
+
+
+async def test_an_in_process_relay_in_open_mode_stays_quiet(caplog: pytest.LogCaptureFixture):
+    # server.md: the CLI warns about open mode; RelayServer, where open mode is
+    # the application's own choice, logs it at INFO only (no stderr noise).
+    from ratatoskr_client.server import RelayServer
+
+    async with RelayServer(port=0) as relay:
+        assert relay.config.open
+    opened = [r for r in caplog.records if r.getMessage().startswith("open mode:")]
+    assert [r.levelname for r in opened] == ["INFO"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_example_configuration_is_the_file_in_examples():
+    # The page's commands start the relay with examples/configs/relay.toml: the
+    # file the reader sees printed is the file the command reads.
+    printed = re.search(r"```toml\n(# Settings.*?)```", TEXT, re.S)
+    assert printed, "server.md lost its example configuration"
+    shipped = DOC.parents[1] / "examples" / "configs" / "relay.toml"
+    assert shipped.read_text(encoding="utf-8") == printed.group(1)

@@ -164,6 +164,26 @@ def test_bad_urls_are_rejected(url):
 
 
 @pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("localhost:4151", "got 'localhost:4151' (did you mean 'http://localhost:4151'?)"),
+        ("relay.example.com/base", "(did you mean 'http://relay.example.com/base'?)"),
+    ],
+)
+def test_a_url_without_a_scheme_gets_the_hint_the_cli_gives(url, says):
+    with pytest.raises(ValueError, match="URL") as info:
+        RatatoskrClient(url)
+    assert says in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_url_with_another_scheme_gets_no_http_hint():
+    with pytest.raises(ValueError, match="URL") as info:
+        RatatoskrClient("ftp://h")
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     "kwargs",
     [
         {"heartbeat_interval": 0},
@@ -216,3 +236,11 @@ def test_peer_fields():
     ]
     # The name a peer chose for itself is not part of its identity.
     assert Peer("p", None, "Neon Narwhal", True, "alpha") == Peer("p", None, "Neon Narwhal", True)
+
+
+def test_display_name_is_the_chosen_name_else_the_servers():
+    from ratatoskr_client import Peer
+
+    assert Peer("p1", "alice", "Alice", False).display_name == "Alice"
+    assert Peer("p2", None, "Gentle Jackal", True, "alpha").display_name == "alpha"
+    assert Peer("p3", None, "Gentle Jackal", True, "").display_name == "Gentle Jackal"

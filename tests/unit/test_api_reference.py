@@ -126,6 +126,20 @@ def test_docs_build_in_strict_mode(tmp_path: Path):
     page = (tmp_path / "site" / "reference" / "index.html").read_text(encoding="utf-8")
     assert 'id="ratatoskr_client.RatatoskrClient.enter_document"' in page
     assert ":meth:" not in page and ":class:" not in page
+    # The events and their callbacks are on the page, under public names only.
+    for event in ("presence-changed", "ephemeral-message", "state-changed", "peer-joined"):
+        assert f"<code>{event}</code>" in page, event
+    assert 'id="ratatoskr_client.events.PresenceCallback"' in page
+    assert not re.findall(r"\b_[A-Z]\w+", re.sub(r"<[^>]+>", "", page)), "a private name shows"
+    # Defaults are values, not the names of constants.
+    assert not re.findall(r"=\s*(?:<[^>]+>)*DEFAULT_", page)
+    # Offline: highlighted at build time, every script and stylesheet served by the site.
+    site = tmp_path / "site"
+    for html in site.rglob("*.html"):
+        text = html.read_text(encoding="utf-8")
+        external = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="(https?:)?//[^"]*"', text)
+        assert not external, f"{html.relative_to(site)} loads {external} from the network"
+    assert 'class="highlight"' in (site / "guide" / "index.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

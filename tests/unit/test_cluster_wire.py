@@ -303,7 +303,7 @@ def test_without_the_redis_package_the_cluster_says_what_to_install(
 
     monkeypatch.setitem(__import__("sys").modules, "redis.asyncio", None)
     config = RelayConfig(open=True, redis_url="redis://127.0.0.1:6379/0")
-    with pytest.raises(ConfigError, match=r'pip install "ratatoskr-client\[cluster\]"'):
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[cluster\]"'):
         Cluster(RelayCore(config), config)
 
 

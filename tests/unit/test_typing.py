@@ -1,7 +1,9 @@
 """The public API type-checks in a user's project under ``mypy --strict``.
 
 A temporary directory stands for a user project that imports the installed
-package: the README's own snippet must pass, and callbacks with the wrong
+package: the README's own snippets, and every Python block of the pages that
+teach the API (docs/guide.md, docs/index.md) that is meant to run, must pass
+(a bot written from the docs alone passes ``mypy --strict``), and callbacks with the wrong
 arguments, or for an event that does not exist, must be type errors; so must
 an option that does not exist or a value of the wrong type for one (in a call,
 in a ``ClientOptions`` dict, in a Locust user's ``client_options``).
@@ -77,6 +79,23 @@ BAD = {
 }
 
 
+#: The pages whose Python blocks are a user's code, checked as written.
+TYPED_PAGES = ("README.md", "docs/guide.md", "docs/index.md")
+
+
+def documented_scripts() -> dict[str, str]:
+    """{file name: code} for each Python block of :data:`TYPED_PAGES` meant to run."""
+    from tests.docs.snippets import parse
+
+    scripts: dict[str, str] = {}
+    for page in TYPED_PAGES:
+        for block in parse(ROOT / page).blocks:
+            if block.kind == "python" and "not-run" not in block.markers:
+                stem = re.sub(r"\W", "_", page.removesuffix(".md"))
+                scripts[f"doc_{stem}_{block.line}.py"] = block.code
+    return scripts
+
+
 def readme_snippet() -> str:
     text = (ROOT / "README.md").read_text()
     section = text.split("## A taste of the API", 1)[1]
@@ -110,6 +129,10 @@ def test_the_readme_and_typed_callbacks_pass_mypy_strict_and_mistakes_do_not(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "readme_snippet.py").write_text(readme_snippet())
+    documented = documented_scripts()
+    assert len(documented) >= 14, sorted(documented)  # the guide's dozen, README, index
+    for name, code in documented.items():
+        (tmp_path / name).write_text(code)
     (tmp_path / "good.py").write_text(GOOD)
     header = (
         "from ratatoskr_client import ClientOptions, RatatoskrClient\n"
@@ -119,13 +142,20 @@ def test_the_readme_and_typed_callbacks_pass_mypy_strict_and_mistakes_do_not(
     for name, body in BAD.items():
         path = tmp_path / f"bad_{name.replace('-', '_')}.py"
         path.write_text(header + textwrap.indent(body, "    ") + "\n")
-    files = ["readme_snippet.py", "good.py", *(f"bad_{n.replace('-', '_')}.py" for n in BAD)]
+    files = [
+        "readme_snippet.py",
+        *documented,
+        "good.py",
+        *(f"bad_{n.replace('-', '_')}.py" for n in BAD),
+    ]
     output = run_mypy(tmp_path, *files)
     errors = [line for line in output.splitlines() if ": error:" in line]
     by_file: dict[str, list[str]] = {}
     for line in errors:
         by_file.setdefault(line.split(":", 1)[0], []).append(line)
     assert "readme_snippet.py" not in by_file, output
+    typed_wrong = sorted(set(documented) & by_file.keys())
+    assert not typed_wrong, "\n".join(line for name in typed_wrong for line in by_file[name])
     assert "good.py" not in by_file, output
     for name in BAD:
         assert f"bad_{name.replace('-', '_')}.py" in by_file, f"{name}: no type error\n{output}"

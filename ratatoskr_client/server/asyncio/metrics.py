@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from ..._version import install_hint
 from ..core.counters import REFUSAL_REASONS
 from ..core.relay import RelayCore
 
@@ -41,7 +42,7 @@ __all__ = ["MAX_AGE", "MISSING_METRICS", "MetricsPage", "RelayCollector", "metri
 MAX_AGE = 1.0
 #: The answer of ``/metrics`` without prometheus-client.
 MISSING_METRICS: Final = (
-    '/metrics needs the prometheus-client package: pip install "ratatoskr-client[metrics]"\n'
+    f"/metrics needs the prometheus-client package: {install_hint('metrics')}\n"
 )
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -22,7 +22,7 @@ from ..core.relay import RelayCore, RelayStats
 from .app import CLUSTER_KEY, GUARD_KEY, create_app, create_metrics_app
 from .guard import AcceptErrorFilter, HandshakeGuard
 
-__all__ = ["RelayServer"]
+__all__ = ["OPEN_MODE", "RelayServer"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -64,6 +64,13 @@ class _GuardedSite(web.TCPSite):
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
+
+
+#: What open mode means, logged when a relay starts in it.
+OPEN_MODE: Final = (
+    "open mode: every document not listed in the configuration exists and "
+    "is readable by every peer, anonymous ones included"
+)
 
 
 class RelayServer:
@@ -143,10 +150,11 @@ class RelayServer:
         self._accept_filter = AcceptErrorFilter.install(asyncio.get_running_loop())
         log.info("relay listening on %s", self.ws_url)
         if self.config.open:
-            log.warning(
-                "open mode: every document not listed in the configuration exists and "
-                "is readable by every peer, anonymous ones included"
-            )
+            # INFO, not WARNING: in-process the application chose open mode in its
+            # own code (tests, the pytest plugin, a script), and a WARNING would
+            # reach stderr through logging's last-resort handler on every start.
+            # `ratatoskr relay` warns, for an operator who may not know.
+            log.info(OPEN_MODE)
         if not self.config.server_presence:
             log.warning("server_presence is off: behaving like the upstream server (no presence)")
         return self

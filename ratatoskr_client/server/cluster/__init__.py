@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final
 
+from ..._version import install_hint
 from ...errors import ConfigError
 from ..config import RelayConfig
 from ..core.relay import RelayCore
@@ -45,9 +46,7 @@ __all__ = [
 JOIN_TIMEOUT: Final = 2.0
 
 #: What to do when the ``redis`` package is missing.
-MISSING_EXTRA: Final = (
-    'the relay cluster needs the redis package: pip install "ratatoskr-client[cluster]"'
-)
+MISSING_EXTRA: Final = f"the relay cluster needs the redis package: {install_hint('cluster')}"
 
 
 def require_redis() -> None:

@@ -118,15 +118,28 @@ def validate_redis_url(url: object, source: str | None) -> None:
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-        database_of(url)  # (and this for a database that is not one)
     except ValueError as exc:
         raise ConfigError(f"redis_url {shown!r} is not a valid URL: {exc}", path=source) from exc
     if parts.scheme not in _REDIS_SCHEMES:
         raise ConfigError(
-            f"redis_url must start with redis://, rediss:// or unix://, got {shown!r}",
+            "redis_url must start with redis://, rediss:// or unix:// "
+            f"(like redis://HOST:PORT/DB), got {shown!r}",
             path=source,
         )
+    # What follows names the part that is wrong, not Python's "invalid literal
+    # for int() with base 10".
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ConfigError(
+            f"redis_url {shown!r}: the port is not a number from 0 to 65535", path=source
+        ) from None
+    try:
+        database_of(url)
+    except ValueError:
+        raise ConfigError(
+            f"redis_url {shown!r}: the database (/DB or ?db=) is not a number", path=source
+        ) from None
     if parts.scheme == "unix" and not parts.path:
         raise ConfigError(f"redis_url {shown!r} names no socket path", path=source)
     if parts.scheme != "unix" and not parts.hostname:

@@ -226,7 +226,7 @@ class RelayCore:
     def on_timer(self, now: float | None = None) -> float:
         """Run every timer rule that is due at ``now`` (default: the clock):
         the liveness rule and presence expiry (each every tenth of its period,
-        at most every :data:`SWEEP_MAX_INTERVAL` seconds), the auth deadlines
+        at most every :data:`SWEEP_MAX_INTERVAL` (1) seconds), the auth deadlines
         and the held presence changes (each exactly when due). Returns when to
         call again; :attr:`wake_at` says when that moves earlier."""
         now = self.clock() if now is None else now
