@@ -141,6 +141,7 @@ class ClientCore:
         "_heartbeat_at",
         "_new_session",
         "_rand",
+        "_resume",
         "_unheard",
         "batches",
         "connection",
@@ -193,6 +194,8 @@ class ClientCore:
         self._rand = rand
         self._new_session = new_session
         self._heartbeat_at = float("inf")
+        #: (peer id, secret) that resumes our peer after a drop (feature "resume")
+        self._resume: tuple[str, str] | None = None
 
     # ================================================================== queries
 
@@ -303,7 +306,13 @@ class ClientCore:
         """The first frame of a connection (sent at ``now``)."""
         self.connection.auth_at = now
         token = self.settings.token
-        return encode(AuthFrame(token=token) if token is not None else AuthFrame(anonymous=True))
+        anonymous = token is None
+        if not (self.settings.resume and self.settings.reconnect):
+            # (A client that never reconnects cannot resume: the relay need not wait for it.)
+            return encode(AuthFrame(token=token, anonymous=anonymous))
+        # Asking costs nothing where resuming is unknown (upstream ignores the key).
+        peer, secret = self._resume if self._resume is not None else (None, None)
+        return encode(AuthFrame(token, anonymous, True, peer, secret))
 
     def handshake(self, data: bytes, now: float) -> bool:
         """A frame before ``auth_ok``. True once authenticated.
@@ -337,6 +346,8 @@ class ClientCore:
         connection = self.connection
         connection.apply("authenticated")
         connection.features = frame.features
+        secret = frame.resume_secret
+        self._resume = (frame.client_peer_id, secret) if secret is not None else None
         self.p2p = None if connection.server_presence else PeerToPeer()
         self._dispatch(self.store.authenticated(frame, settings.name))
         self.settle(now, force=True)
@@ -449,6 +460,7 @@ class ClientCore:
             return
         was_connected = connection.state is CONNECTED
         connection.apply("close")
+        self._resume = None  # (a closed client is gone for good)
         self.out.stop(reason)
         self._dispatch(self.store.reset())  # watchers see the empty presence, then end
         self.settle(now, force=True)
@@ -574,7 +586,13 @@ class ClientCore:
         doc_id = frame.document_id
         states = self.states
         outcome = states.receive(doc_id, sender, message, now, session=frame.session_id)
-        if outcome.unknown_sender and self.sharing.heard_unknown(doc_id, now):
+        # A relay that replays states to joiners ("state-replay") spares every
+        # peer re-sending its snapshot whenever someone arrives.
+        if (
+            outcome.unknown_sender
+            and not self.connection.state_replay
+            and self.sharing.heard_unknown(doc_id, now)
+        ):
             self.outbox.wake_at(self.sharing.deadline())
         if outcome.appeared:
             self.outbox.wake_at(states.deadline())

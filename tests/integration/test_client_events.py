@@ -31,7 +31,8 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
     a = await ratatoskr_client(connect=False)
     rec = Recorder(a)
     await a.connect()
-    b = await ratatoskr_client("alice-secret")
+    # (resume=False: b's drop below must be seen as a leave and a join, #22)
+    b = await ratatoskr_client("alice-secret", resume=False)
 
     # connected(me)
     assert rec.of("connected") == [(a.me,)]
@@ -248,7 +249,7 @@ async def test_a_callback_may_close_the_client(ratatoskr_client):
 
 
 async def test_abrupt_loss_emits_disconnected_then_reconnects(ratatoskr_client):
-    a = await ratatoskr_client()
+    a = await ratatoskr_client(resume=False)  # (a new peer after the drop: #22 made it opt-out)
     rec = Recorder(a)
     await a.enter_document("doc")
     old = a.me
