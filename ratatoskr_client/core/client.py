@@ -102,6 +102,7 @@ from .peer_state import (
 from .peer_to_peer import PeerToPeer
 from .settings import ENVELOPE_OVERHEAD, Settings
 from .sharing import StateSharing
+from .users import User, UserTracker, group_users
 from .waiters import Waiters
 
 __all__ = ["ClientCore"]
@@ -121,8 +122,17 @@ _MEMBERSHIP_REFUSALS: Final = (PermissionDenied, DocumentNotFound, LimitExceeded
 # to every client. The others are always recorded (the emitter drops an event
 # nobody listens to; an unheard ``error`` is logged).
 _MEMBERSHIP_EVENTS: Final = frozenset(
-    ("peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed")
+    (
+        "peer-joined",
+        "peer-left",
+        "peer-identity",
+        "peer-disconnected",
+        "presence-changed",
+        "user-joined",
+        "user-left",
+    )
 )
+_USER_EVENTS: Final = ("user-joined", "user-left")
 
 
 class ClientCore:
@@ -155,6 +165,7 @@ class ClientCore:
         "states",
         "store",
         "unsettled",
+        "users",
         "waiters",
     )
 
@@ -184,13 +195,16 @@ class ClientCore:
             self.states, interval=settings.state_interval, heartbeat=settings.state_heartbeat
         )
         self.docs = Documents()
+        #: the users last announced per document (``user-joined``/``user-left``)
+        self.users = UserTracker()
         self.waiters = Waiters(outbox)
         self.out = Outgoing(outbox, self.docs, self.sharing)
         #: the peer-to-peer fallback, while connected to a server without presence
         self.p2p: PeerToPeer | None = None
         # Events the application has no callback for (see listening()): none
-        # known until the driver says, so every event is recorded.
-        self._unheard: set[str] = set()
+        # known until the driver says, so every event is recorded, but for the
+        # user events, which cost a grouping per presence change: on once listened.
+        self._unheard: set[str] = set(_USER_EVENTS)
         self._rand = rand
         self._new_session = new_session
         self._heartbeat_at = float("inf")
@@ -270,9 +284,22 @@ class ClientCore:
         driver says so whenever that changes). Membership events and
         ``presence-changed`` nobody listens to make no effect."""
         if listened:
+            if event in _USER_EVENTS and not self._users_heard():
+                # The users were not tracked while nobody listened: start from
+                # who is here now, without announcing them.
+                for doc_id in self.store.tracked():
+                    self.users.update(doc_id, self.store.presence(doc_id))
             self._unheard.discard(event)
         elif event in _MEMBERSHIP_EVENTS:
             self._unheard.add(event)
+
+    def _users_heard(self) -> bool:
+        unheard = self._unheard
+        return "user-joined" not in unheard or "user-left" not in unheard
+
+    def users_of(self, document_id: str) -> tuple[User, ...]:
+        """A document's peers grouped by user, in order of each one's first peer."""
+        return group_users(self.store.presence(document_id))
 
     # ================================================================== the connection
 
@@ -469,6 +496,7 @@ class ClientCore:
         for doc_id in list(self.store.tracked()):
             self.store.forget(doc_id)
         self.waiters.release_all(reason)
+        self.users.clear()
         self._clear_peer_states()
         self.sharing.reset()
         self.states.clear()
@@ -709,16 +737,25 @@ class ClientCore:
         store = self.store
         documents, later = self.batches.due(now, store.size, force=force)
         announce = "presence-changed" not in self._unheard
+        users = self._users_heard()
         waiters = self.waiters
+        emit = self.outbox.emit
         for document_id in documents:
             watched = waiters.watched(document_id)
-            if not announce and not watched:
+            if not announce and not watched and not users:
                 continue
             peers = store.presence(document_id)
             if announce:
-                self.outbox.emit("presence-changed", document_id, peers)
+                emit("presence-changed", document_id, peers)
             if watched:
                 waiters.presence_changed(document_id, peers)
+            if users:
+                # After presence-changed: a user leaves with its last peer.
+                arrived, left = self.users.update(document_id, peers)
+                for user in left:
+                    emit("user-left", document_id, user)
+                for user in arrived:
+                    emit("user-joined", document_id, user)
         if later != float("inf"):
             self.outbox.wake_at(later)
 

@@ -146,3 +146,59 @@ async def test_a_drop_past_the_grace_is_a_leave_then_a_join(
     await asyncio.wait_for(left.wait(), TIMEOUT)
     newcomer = await asyncio.wait_for(joined, TIMEOUT)
     assert newcomer.peer_id != old and newcomer.peer_id == bot.me.peer_id
+
+
+# --------------------------------------------------------------------------- people
+
+
+USERS = [{"token": "alice-secret", "id": "alice", "name": "Alice"}]
+
+
+@pytest.mark.ratatoskr_relay(users=USERS, open=True)
+async def test_two_clients_of_one_user_are_one_user(ratatoskr_client):
+    watcher = await ratatoskr_client()
+    await watcher.enter_document("doc")
+    events = Recorder(watcher, ("user-joined", "user-left", "peer-left"))
+    tab1 = await ratatoskr_client("alice-secret")
+    tab2 = await ratatoskr_client("alice-secret")
+    await tab1.enter_document("doc")
+    await tab2.enter_document("doc")
+    await watcher.wait_for_presence("doc", lambda p: len(p) == 3, timeout=TIMEOUT)
+
+    users = watcher.users("doc")
+    assert [u.key for u in users] == [watcher.me.peer_id, "alice"]
+    alice = users[1]
+    assert (alice.user_id, alice.name, alice.is_anonymous) == ("alice", "Alice", False)
+    assert alice.peers == (tab1.me, tab2.me)
+    assert watcher.users("doc")[0].peers == (watcher.me,)  # anonymous: its own user
+    assert [(d, u.key) for d, u in events.of("user-joined")] == [("doc", "alice")]
+
+    await tab1.close()
+    await events.until(lambda: len(events.of("peer-left")) == 1)
+    assert events.of("user-left") == []  # alice is still here, in her other tab
+    assert [u.peers for u in watcher.users("doc")][1] == (tab2.me,)
+
+    await tab2.close()
+    await events.until(lambda: len(events.of("user-left")) == 1)
+    ((doc, gone),) = events.of("user-left")
+    assert (doc, gone.key, gone.peers) == ("doc", "alice", (tab2.me,))
+    assert [u.key for u in watcher.users("doc")] == [watcher.me.peer_id]
+    assert len(events.of("user-joined")) == 1
+
+
+@pytest.mark.ratatoskr_relay(users=USERS, open=True)
+async def test_user_events_start_from_who_is_there_when_first_listened(ratatoskr_client):
+    watcher = await ratatoskr_client()
+    tab1 = await ratatoskr_client("alice-secret")
+    await watcher.enter_document("doc")
+    await tab1.enter_document("doc")
+    await watcher.wait_for_presence("doc", lambda p: len(p) == 2, timeout=TIMEOUT)
+    events = Recorder(watcher, ("user-joined", "user-left"))  # alice is already here
+    tab2 = await ratatoskr_client("alice-secret")
+    await tab2.enter_document("doc")
+    await watcher.wait_for_presence("doc", lambda p: len(p) == 3, timeout=TIMEOUT)
+    assert events.events == []  # a second tab is no new user
+    await tab1.close()
+    await tab2.close()
+    await events.until(lambda: len(events.of("user-left")) == 1)
+    assert events.of("user-joined") == []
