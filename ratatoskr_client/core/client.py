@@ -550,6 +550,7 @@ class ClientCore:
             doc_id = frame.document_id  # type: ignore[attr-defined]
             record = self.docs.get(doc_id)
             if self.p2p is not None and record is not None and record.join_sent:
+                self.p2p.subscribed(doc_id, now)
                 # Subscribed now. Present: us, plus whoever already sent us state.
                 me = self.store.me
                 ids = (me.peer_id,) if me is not None else ()
@@ -593,14 +594,17 @@ class ClientCore:
             self.report(exc)
             return
         if type(payload) is dict and PRESENCE_MARKER in payload:
-            self._state_message(frame, payload, now)
+            hidden = p2p is not None and not p2p.trusted(doc_id, now)
+            self._state_message(frame, payload, now, hidden=hidden)
             return
         # Outbox.emit, without its call and argument packing: once per message.
         self._effects.append(
             ("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
         )
 
-    def _state_message(self, frame: EphemeralFrame, payload: dict[str, Any], now: float) -> None:
+    def _state_message(
+        self, frame: EphemeralFrame, payload: dict[str, Any], now: float, *, hidden: bool = False
+    ) -> None:
         """An automerge-repo Presence message: per-peer state, never an
         ``ephemeral-message``."""
         try:
@@ -613,7 +617,9 @@ class ClientCore:
             return
         doc_id = frame.document_id
         states = self.states
-        outcome = states.receive(doc_id, sender, message, now, session=frame.session_id)
+        outcome = states.receive(
+            doc_id, sender, message, now, session=frame.session_id, hidden=hidden
+        )
         # A relay that replays states to joiners ("state-replay") spares every
         # peer re-sending its snapshot whenever someone arrives.
         if (
@@ -836,6 +842,7 @@ class ClientCore:
             self._emit_state(document_id, peer_id, EMPTY)
         self.states.forget(document_id)
         if self.p2p is not None:  # peers known only from this document are gone
+            self.p2p.left(document_id)
             for peer_id in had_state:
                 if not self.states.has_peer(peer_id):
                     self._dispatch(self.store.disconnected(peer_id))

@@ -59,7 +59,14 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
     # peer-left(doc, peer)
     await b.leave_document("doc-1")
     assert await rec.wait("peer-left") == ("doc-1", b.me)
-    assert rec.events[-1] == ("presence-changed", ("doc-1", (a.me,)))
+    # user-left(doc, user): b was alice's only peer there, so alice left, after
+    # the presence-changed that shows it (#22; user-joined is checked below).
+    ((doc, alice),) = rec.of("user-left")
+    assert rec.events[-2] == ("presence-changed", ("doc-1", (a.me,)))
+    assert rec.events[-1][0] == "user-left"
+    assert (doc, alice.key, alice.user_id, alice.peers) == ("doc-1", "alice", "alice", (b.me,))
+    joined = [(d, u.key) for d, u in rec.of("user-joined")]
+    assert joined == [("doc-1", a.me.peer_id), ("doc-1", "alice")]
 
     # error(error): a server error answering no awaited call
     await a.send_ephemeral("secret", {"x": 1})
@@ -105,6 +112,8 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
         "peer-joined",
         "peer-left",
         "presence-changed",
+        "user-joined",
+        "user-left",
         "ephemeral-message",
         "error",
     }
