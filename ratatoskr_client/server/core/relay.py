@@ -353,6 +353,26 @@ class RelayCore:
         messages; see :meth:`presence_shown` for what its members were told)."""
         return tuple(self._members.get(document_id, ()))
 
+    def users(self, document_id: str) -> dict[str, tuple[str, ...]]:
+        """The local peers present in a document grouped by user: user id (for
+        an anonymous peer, its peer id) -> its peer ids, in join order. A
+        resumed peer is the same peer throughout: it never leaves nor joins."""
+        users: dict[str, list[str]] = {}
+        for peer_id, conn in self._members.get(document_id, {}).items():
+            key = conn.user_id if conn.user_id is not None else peer_id
+            users.setdefault(key, []).append(peer_id)
+        return {key: tuple(ids) for key, ids in users.items()}
+
+    def peer_states(self, document_id: str) -> dict[str, dict[str, Any]]:
+        """Peer id -> the latest per-peer state (automerge-repo ``Presence``)
+        the relay holds for it in a document (a copy; what joiners are replayed)."""
+        return self.visibility.states.state(document_id)
+
+    def away(self) -> tuple[str, ...]:
+        """Peer ids held after an unclean drop, waiting to be resumed (still
+        present in their documents for everyone: see :mod:`.resume`)."""
+        return tuple(self.resumption.held)
+
     def presence_shown(self, document_id: str) -> tuple[str, ...]:
         """Local peer ids present in a document as its members were told, in
         join order (differs from :meth:`presence` only while changes are held)."""
