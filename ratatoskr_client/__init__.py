@@ -24,6 +24,7 @@ from ._version import __version__
 from .backoff import Backoff
 from .core.membership import Peer
 from .core.settings import ClientOptions
+from .core.users import User
 from .errors import (
     AuthError,
     CallbackError,
@@ -72,6 +73,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "TransportError",
+    "User",
     "__version__",
     "sidecar_id",
 ]

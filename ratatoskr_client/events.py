@@ -42,6 +42,14 @@ they return is ignored. The events, with the callback's arguments:
   ``state-changed`` events of the same batch may come first. A document of
   1,000 peers or more that keeps changing is announced at most once per
   microsecond per peer (40 ms at 40,000), its latest value last;
+* ``user-joined`` ``(document_id: str, user: User)`` — a user's first peer
+  arrived in a document (``users(document_id)`` has a new user); a user is
+  everyone with the same user id, an anonymous peer is its own user. Right
+  after the ``presence-changed`` that shows it;
+* ``user-left`` ``(document_id: str, user: User)`` — a user's last peer left
+  it (``user.peers``: the peers it had when last seen), right after the
+  ``presence-changed`` that shows it. Like presence, when this client leaves
+  the document or loses its connection every user there leaves;
 * ``ephemeral-message`` ``(document_id: str, sender: Peer, payload: Any)`` —
   an application message arrived (never a presence or state control message);
 * ``state-changed`` ``(document_id: str, peer: Peer, state: Mapping[str, Any])``
@@ -58,6 +66,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias, TypeVar, get_args, overload
 
 from .core.membership import Peer
+from .core.users import User
 from .errors import RatatoskrError
 
 __all__ = [
@@ -93,6 +102,11 @@ __all__ = [
     "StateCallbackT",
     "StateChangedCallback",
     "StateEvent",
+    "UserCallback",
+    "UserCallbackT",
+    "UserEvent",
+    "UserJoinedCallback",
+    "UserLeftCallback",
 ]
 
 EventName: TypeAlias = Literal[
@@ -104,6 +118,8 @@ EventName: TypeAlias = Literal[
     "peer-joined",
     "peer-left",
     "presence-changed",
+    "user-joined",
+    "user-left",
     "ephemeral-message",
     "state-changed",
     "error",
@@ -128,6 +144,8 @@ MessageEvent: TypeAlias = Literal["ephemeral-message"]
 """``(document_id: str, sender: Peer, payload: Any)`` (:data:`MessageCallback`)."""
 StateEvent: TypeAlias = Literal["state-changed"]
 """``(document_id: str, peer: Peer, state: Mapping[str, Any])`` (:data:`StateCallback`)."""
+UserEvent: TypeAlias = Literal["user-joined", "user-left"]
+"""``(document_id: str, user: User)`` (:data:`UserCallback`)."""
 
 PeerCallback: TypeAlias = Callable[[Peer], object]
 """A callback of a :data:`PeerEvent`: ``(peer: Peer)``."""
@@ -143,6 +161,8 @@ MessageCallback: TypeAlias = Callable[[str, Peer, Any], object]
 """An ``ephemeral-message`` callback: ``(document_id: str, sender: Peer, payload: Any)``."""
 StateCallback: TypeAlias = Callable[[str, Peer, Mapping[str, Any]], object]
 """A ``state-changed`` callback: ``(document_id: str, peer: Peer, state: Mapping[str, Any])``."""
+UserCallback: TypeAlias = Callable[[str, User], object]
+"""A callback of a :data:`UserEvent`: ``(document_id: str, user: User)``."""
 
 # The decorator form: a decorated function keeps its own type.
 PeerCallbackT = TypeVar("PeerCallbackT", bound=PeerCallback)
@@ -159,6 +179,8 @@ MessageCallbackT = TypeVar("MessageCallbackT", bound=MessageCallback)
 """A function usable as a :data:`MessageCallback` (its own type is kept)."""
 StateCallbackT = TypeVar("StateCallbackT", bound=StateCallback)
 """A function usable as a :data:`StateCallback` (its own type is kept)."""
+UserCallbackT = TypeVar("UserCallbackT", bound=UserCallback)
+"""A function usable as a :data:`UserCallback` (its own type is kept)."""
 
 # --------------------------------------------------------------------------- per event
 
@@ -180,6 +202,10 @@ PresenceChangedCallback: TypeAlias = PresenceCallback
 EphemeralMessageCallback: TypeAlias = MessageCallback
 #: A ``state-changed`` callback: ``(document_id: str, peer: Peer, state: Mapping[str, Any])``.
 StateChangedCallback: TypeAlias = StateCallback
+#: A ``user-joined`` callback: ``(document_id: str, user: User)``.
+UserJoinedCallback: TypeAlias = UserCallback
+#: A ``user-left`` callback: ``(document_id: str, user: User)``.
+UserLeftCallback: TypeAlias = UserCallback
 
 
 class EventSource:
@@ -226,6 +252,10 @@ class EventSource:
     def on(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
     @overload
     def on(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
+    @overload
+    def on(self, event: UserEvent) -> Callable[[UserCallbackT], UserCallbackT]: ...
+    @overload
+    def on(self, event: UserEvent, callback: UserCallback) -> UserCallback: ...
     def on(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
         """Call ``callback`` every time ``event`` fires; without ``callback``,
         a decorator that registers the function it decorates (and returns it).
@@ -275,6 +305,10 @@ class EventSource:
     def once(self, event: StateEvent) -> Callable[[StateCallbackT], StateCallbackT]: ...
     @overload
     def once(self, event: StateEvent, callback: StateCallback) -> StateCallback: ...
+    @overload
+    def once(self, event: UserEvent) -> Callable[[UserCallbackT], UserCallbackT]: ...
+    @overload
+    def once(self, event: UserEvent, callback: UserCallback) -> UserCallback: ...
     def once(self, event: EventName, callback: Callable[..., object] | None = None) -> Any:
         """Like :meth:`on`, but the callback runs at most once.
 
@@ -300,6 +334,8 @@ class EventSource:
     def off(self, event: MessageEvent, callback: MessageCallback) -> None: ...
     @overload
     def off(self, event: StateEvent, callback: StateCallback) -> None: ...
+    @overload
+    def off(self, event: UserEvent, callback: UserCallback) -> None: ...
     def off(self, event: EventName, callback: Callable[..., object]) -> None:
         """Remove a callback added with :meth:`on` or :meth:`once` (no-op if absent).
 

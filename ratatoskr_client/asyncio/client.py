@@ -27,6 +27,7 @@ import aiohttp
 from ..core.client import ClientCore
 from ..core.membership import Peer
 from ..core.settings import DEFAULT_PING_INTERVAL, DEFAULT_REQUEST_TIMEOUT, ClientOptions, Settings
+from ..core.users import User
 from ..errors import ConnectionClosed, OperationTimeout
 from ..events import EventName, EventSource
 from ..protocol.constants import EPHEMERAL_PREFIX, PRESENCE_HEARTBEAT_INTERVAL, RATE_LIMIT
@@ -198,6 +199,16 @@ class RatatoskrClient(EventSource):
         Empty for documents not entered, and while disconnected.
         """
         return self._core.presence(document_id)
+
+    def users(self, document_id: str) -> tuple[User, ...]:
+        """The users present in ``document_id``: its :meth:`presence` grouped
+        by user id (every peer of one account together; an anonymous peer is
+        its own user), in the order of each user's first peer, this client's
+        included. ``user-joined`` and ``user-left`` say when it changes.
+
+        Empty for documents not entered, and while disconnected.
+        """
+        return self._core.users_of(document_id)
 
     def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
         """Each peer's state in ``document_id``: peer id → its latest state.

@@ -102,6 +102,7 @@ from .peer_state import (
 from .peer_to_peer import PeerToPeer
 from .settings import ENVELOPE_OVERHEAD, Settings
 from .sharing import StateSharing
+from .users import User, UserTracker, group_users
 from .waiters import Waiters
 
 __all__ = ["ClientCore"]
@@ -121,8 +122,17 @@ _MEMBERSHIP_REFUSALS: Final = (PermissionDenied, DocumentNotFound, LimitExceeded
 # to every client. The others are always recorded (the emitter drops an event
 # nobody listens to; an unheard ``error`` is logged).
 _MEMBERSHIP_EVENTS: Final = frozenset(
-    ("peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed")
+    (
+        "peer-joined",
+        "peer-left",
+        "peer-identity",
+        "peer-disconnected",
+        "presence-changed",
+        "user-joined",
+        "user-left",
+    )
 )
+_USER_EVENTS: Final = ("user-joined", "user-left")
 
 
 class ClientCore:
@@ -141,6 +151,7 @@ class ClientCore:
         "_heartbeat_at",
         "_new_session",
         "_rand",
+        "_resume",
         "_unheard",
         "batches",
         "connection",
@@ -154,6 +165,7 @@ class ClientCore:
         "states",
         "store",
         "unsettled",
+        "users",
         "waiters",
     )
 
@@ -183,16 +195,21 @@ class ClientCore:
             self.states, interval=settings.state_interval, heartbeat=settings.state_heartbeat
         )
         self.docs = Documents()
+        #: the users last announced per document (``user-joined``/``user-left``)
+        self.users = UserTracker()
         self.waiters = Waiters(outbox)
         self.out = Outgoing(outbox, self.docs, self.sharing)
         #: the peer-to-peer fallback, while connected to a server without presence
         self.p2p: PeerToPeer | None = None
         # Events the application has no callback for (see listening()): none
-        # known until the driver says, so every event is recorded.
-        self._unheard: set[str] = set()
+        # known until the driver says, so every event is recorded, but for the
+        # user events, which cost a grouping per presence change: on once listened.
+        self._unheard: set[str] = set(_USER_EVENTS)
         self._rand = rand
         self._new_session = new_session
         self._heartbeat_at = float("inf")
+        #: (peer id, secret) that resumes our peer after a drop (feature "resume")
+        self._resume: tuple[str, str] | None = None
 
     # ================================================================== queries
 
@@ -267,9 +284,22 @@ class ClientCore:
         driver says so whenever that changes). Membership events and
         ``presence-changed`` nobody listens to make no effect."""
         if listened:
+            if event in _USER_EVENTS and not self._users_heard():
+                # The users were not tracked while nobody listened: start from
+                # who is here now, without announcing them.
+                for doc_id in self.store.tracked():
+                    self.users.update(doc_id, self.store.presence(doc_id))
             self._unheard.discard(event)
         elif event in _MEMBERSHIP_EVENTS:
             self._unheard.add(event)
+
+    def _users_heard(self) -> bool:
+        unheard = self._unheard
+        return "user-joined" not in unheard or "user-left" not in unheard
+
+    def users_of(self, document_id: str) -> tuple[User, ...]:
+        """A document's peers grouped by user, in order of each one's first peer."""
+        return group_users(self.store.presence(document_id))
 
     # ================================================================== the connection
 
@@ -303,7 +333,13 @@ class ClientCore:
         """The first frame of a connection (sent at ``now``)."""
         self.connection.auth_at = now
         token = self.settings.token
-        return encode(AuthFrame(token=token) if token is not None else AuthFrame(anonymous=True))
+        anonymous = token is None
+        if not (self.settings.resume and self.settings.reconnect):
+            # (A client that never reconnects cannot resume: the relay need not wait for it.)
+            return encode(AuthFrame(token=token, anonymous=anonymous))
+        # Asking costs nothing where resuming is unknown (upstream ignores the key).
+        peer, secret = self._resume if self._resume is not None else (None, None)
+        return encode(AuthFrame(token, anonymous, True, peer, secret))
 
     def handshake(self, data: bytes, now: float) -> bool:
         """A frame before ``auth_ok``. True once authenticated.
@@ -337,6 +373,8 @@ class ClientCore:
         connection = self.connection
         connection.apply("authenticated")
         connection.features = frame.features
+        secret = frame.resume_secret
+        self._resume = (frame.client_peer_id, secret) if secret is not None else None
         self.p2p = None if connection.server_presence else PeerToPeer()
         self._dispatch(self.store.authenticated(frame, settings.name))
         self.settle(now, force=True)
@@ -449,6 +487,7 @@ class ClientCore:
             return
         was_connected = connection.state is CONNECTED
         connection.apply("close")
+        self._resume = None  # (a closed client is gone for good)
         self.out.stop(reason)
         self._dispatch(self.store.reset())  # watchers see the empty presence, then end
         self.settle(now, force=True)
@@ -457,6 +496,7 @@ class ClientCore:
         for doc_id in list(self.store.tracked()):
             self.store.forget(doc_id)
         self.waiters.release_all(reason)
+        self.users.clear()
         self._clear_peer_states()
         self.sharing.reset()
         self.states.clear()
@@ -510,6 +550,7 @@ class ClientCore:
             doc_id = frame.document_id  # type: ignore[attr-defined]
             record = self.docs.get(doc_id)
             if self.p2p is not None and record is not None and record.join_sent:
+                self.p2p.subscribed(doc_id, now)
                 # Subscribed now. Present: us, plus whoever already sent us state.
                 me = self.store.me
                 ids = (me.peer_id,) if me is not None else ()
@@ -553,14 +594,17 @@ class ClientCore:
             self.report(exc)
             return
         if type(payload) is dict and PRESENCE_MARKER in payload:
-            self._state_message(frame, payload, now)
+            hidden = p2p is not None and not p2p.trusted(doc_id, now)
+            self._state_message(frame, payload, now, hidden=hidden)
             return
         # Outbox.emit, without its call and argument packing: once per message.
         self._effects.append(
             ("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
         )
 
-    def _state_message(self, frame: EphemeralFrame, payload: dict[str, Any], now: float) -> None:
+    def _state_message(
+        self, frame: EphemeralFrame, payload: dict[str, Any], now: float, *, hidden: bool = False
+    ) -> None:
         """An automerge-repo Presence message: per-peer state, never an
         ``ephemeral-message``."""
         try:
@@ -573,8 +617,16 @@ class ClientCore:
             return
         doc_id = frame.document_id
         states = self.states
-        outcome = states.receive(doc_id, sender, message, now, session=frame.session_id)
-        if outcome.unknown_sender and self.sharing.heard_unknown(doc_id, now):
+        outcome = states.receive(
+            doc_id, sender, message, now, session=frame.session_id, hidden=hidden
+        )
+        # A relay that replays states to joiners ("state-replay") spares every
+        # peer re-sending its snapshot whenever someone arrives.
+        if (
+            outcome.unknown_sender
+            and not self.connection.state_replay
+            and self.sharing.heard_unknown(doc_id, now)
+        ):
             self.outbox.wake_at(self.sharing.deadline())
         if outcome.appeared:
             self.outbox.wake_at(states.deadline())
@@ -691,16 +743,25 @@ class ClientCore:
         store = self.store
         documents, later = self.batches.due(now, store.size, force=force)
         announce = "presence-changed" not in self._unheard
+        users = self._users_heard()
         waiters = self.waiters
+        emit = self.outbox.emit
         for document_id in documents:
             watched = waiters.watched(document_id)
-            if not announce and not watched:
+            if not announce and not watched and not users:
                 continue
             peers = store.presence(document_id)
             if announce:
-                self.outbox.emit("presence-changed", document_id, peers)
+                emit("presence-changed", document_id, peers)
             if watched:
                 waiters.presence_changed(document_id, peers)
+            if users:
+                # After presence-changed: a user leaves with its last peer.
+                arrived, left = self.users.update(document_id, peers)
+                for user in left:
+                    emit("user-left", document_id, user)
+                for user in arrived:
+                    emit("user-joined", document_id, user)
         if later != float("inf"):
             self.outbox.wake_at(later)
 
@@ -781,6 +842,7 @@ class ClientCore:
             self._emit_state(document_id, peer_id, EMPTY)
         self.states.forget(document_id)
         if self.p2p is not None:  # peers known only from this document are gone
+            self.p2p.left(document_id)
             for peer_id in had_state:
                 if not self.states.has_peer(peer_id):
                     self._dispatch(self.store.disconnected(peer_id))

@@ -30,7 +30,7 @@ from typing import Final, Literal, TypeAlias
 
 from ..backoff import Backoff
 from ..errors import AuthError, ConnectionClosed, RatatoskrError, RateLimited
-from ..protocol.constants import FEATURE_PRESENCE
+from ..protocol.constants import FEATURE_PRESENCE, FEATURE_STATE_REPLAY
 from ..status import ConnectionState
 
 __all__ = ["TRANSITIONS", "Connection", "ConnectionEvent", "InvalidTransition"]
@@ -118,6 +118,11 @@ class Connection:
     def server_presence(self) -> bool:
         """True when the server announced server-side presence."""
         return self.features is not None and FEATURE_PRESENCE in self.features
+
+    @property
+    def state_replay(self) -> bool:
+        """True when the server replays each peer's state to a joiner."""
+        return self.features is not None and FEATURE_STATE_REPLAY in self.features
 
     def visible_state(self, *, socket_closed: bool) -> ConnectionState:
         """The state as the application sees it: a socket that died before the

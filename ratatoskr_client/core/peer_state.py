@@ -169,13 +169,15 @@ _UNKNOWN: Final = StateOutcome(unknown_sender=True)
 class _Entry:
     """One session's state in one document."""
 
-    __slots__ = ("last_seen", "owner", "state", "view")
+    __slots__ = ("hidden", "last_seen", "owner", "state", "view")
 
-    def __init__(self, owner: str, state: dict[str, Any], now: float) -> None:
+    def __init__(self, owner: str, state: dict[str, Any], now: float, hidden: bool) -> None:
         self.owner = owner
         self.state = state
         self.view = ReadOnlyMap(state)
         self.last_seen = now
+        #: whose session it is is not known for sure yet: kept, not shown
+        self.hidden = hidden
 
 
 class PeerStates:
@@ -190,6 +192,12 @@ class PeerStates:
     sender, without taking anything the forwarder said itself (its own
     session). Without an explicit ``session``, a message's session is its
     sender (one session per peer).
+
+    A message received with ``hidden=True`` (its sender is not certain yet:
+    see :mod:`.peer_to_peer`, "the first moments") builds its session's state
+    without showing it: a hidden session is in none of the queries and makes
+    no change, until a message received without ``hidden`` on the same
+    session reveals it, under the owner it has then.
     """
 
     __slots__ = ("_local", "_peers", "ttl")
@@ -236,9 +244,12 @@ class PeerStates:
         message: StateMessage,
         now: float,
         session: str | None = None,
+        *,
+        hidden: bool = False,
     ) -> StateOutcome:
         """Apply a Presence message from ``sender`` (on ``session``), with
-        automerge-repo's rules."""
+        automerge-repo's rules. ``hidden``: the sender is not certain (see
+        the class docstring)."""
         key = sender if session is None else session
         entries = self._peers.get(document_id)
         if entries is None:
@@ -247,30 +258,39 @@ class PeerStates:
         kind = message.type
         if entry is not None and entry.owner != sender:
             entry.owner = sender  # the server says who sends on this session now
+        revealed = entry is not None and entry.hidden and not hidden
+        if revealed:
+            assert entry is not None
+            entry.hidden = False  # a message we can trust: the session is its sender's
         if kind == "heartbeat":
             if entry is None:
                 # Heartbeats from unknown peers are ignored: they will send a snapshot.
                 return _UNKNOWN
             entry.last_seen = now
-            return _NOTHING
+            return StateOutcome(changed=True, appeared=True) if revealed else _NOTHING
         if kind == "goodbye":
             if entry is None:
                 return _UNKNOWN
             del entries[key]
-            return StateOutcome(removed=True, changed=True)
+            shown = not entry.hidden or revealed
+            return StateOutcome(removed=True, changed=shown)
         if kind == "snapshot":
             incoming: Mapping[str, Any] = message.state or {}
         else:
             assert message.channel is not None
             incoming = {message.channel: message.value}
         if entry is None:
-            entries[key] = _Entry(sender, dict(incoming), now)
-            return StateOutcome(changed=True, appeared=True, unknown_sender=True)
+            entries[key] = _Entry(sender, dict(incoming), now, hidden)
+            return StateOutcome(changed=not hidden, appeared=True, unknown_sender=True)
         entry.last_seen = now
         # Like automerge-repo, a snapshot merges: keys it lacks are kept.
         state = entry.state
         changed = any(k not in state or state[k] != v for k, v in incoming.items())
         state.update(incoming)
+        if revealed:
+            return StateOutcome(changed=True, appeared=True)
+        if entry.hidden:
+            return _NOTHING
         return StateOutcome(changed=changed) if changed else _NOTHING
 
     def reassign(self, session: str, owner: str) -> list[tuple[str, str]]:
@@ -280,7 +300,8 @@ class PeerStates:
         for doc_id, entries in self._peers.items():
             entry = entries.get(session)
             if entry is not None and entry.owner != owner:
-                changed.append((doc_id, entry.owner))
+                if not entry.hidden:
+                    changed.append((doc_id, entry.owner))
                 entry.owner = owner
         return changed
 
@@ -300,6 +321,8 @@ class PeerStates:
         # goes quiet, while the forwarder's own keeps talking.
         shown: dict[str, _Entry] = {}
         for entry in entries.values():
+            if entry.hidden:
+                continue
             current = shown.get(entry.owner)
             if current is None or entry.last_seen >= current.last_seen:
                 shown[entry.owner] = entry
@@ -309,6 +332,8 @@ class PeerStates:
         """``peer_id``'s state in a document (its most recently active session's), or None."""
         shown: _Entry | None = None
         for entry in self._peers.get(document_id, {}).values():  # _shown's rule, for one peer
+            if entry.hidden:
+                continue
             if entry.owner == peer_id and (shown is None or entry.last_seen >= shown.last_seen):
                 shown = entry
         return shown.view if shown is not None else None
@@ -321,15 +346,27 @@ class PeerStates:
 
     def documents(self) -> tuple[str, ...]:
         """Documents in which some peer has state."""
-        return tuple(doc for doc, entries in self._peers.items() if entries)
+        return tuple(
+            doc
+            for doc, entries in self._peers.items()
+            if any(not e.hidden for e in entries.values())
+        )
 
     def peers(self, document_id: str) -> tuple[str, ...]:
         """Peer ids with state in a document, in order of first message."""
-        return tuple(dict.fromkeys(e.owner for e in self._peers.get(document_id, {}).values()))
+        return tuple(
+            dict.fromkeys(
+                e.owner for e in self._peers.get(document_id, {}).values() if not e.hidden
+            )
+        )
 
     def has_peer(self, peer_id: str) -> bool:
         """True if ``peer_id`` has state in any document."""
-        return any(e.owner == peer_id for entries in self._peers.values() for e in entries.values())
+        return any(
+            e.owner == peer_id and not e.hidden
+            for entries in self._peers.values()
+            for e in entries.values()
+        )
 
     def deadline(self) -> float:
         """The earliest time a peer may have gone silent for the TTL (inf:
@@ -351,9 +388,10 @@ class PeerStates:
         if not entries:
             return False
         gone = [key for key, e in entries.items() if e.owner == peer_id]
+        shown = any(not entries[key].hidden for key in gone)
         for key in gone:
             del entries[key]
-        return bool(gone)
+        return shown
 
     def prune(self, now: float) -> list[tuple[str, str]]:
         """Forget sessions silent for longer than the TTL; returns (document,
@@ -363,8 +401,11 @@ class PeerStates:
         for doc_id, entries in self._peers.items():
             stale = [key for key, e in entries.items() if e.last_seen <= threshold]
             for key in stale:
-                owner = entries.pop(key).owner
-                if all(e.owner != owner for e in entries.values()):
+                entry = entries.pop(key)
+                owner = entry.owner
+                if entry.hidden:
+                    continue  # never shown: nothing to say
+                if all(e.owner != owner or e.hidden for e in entries.values()):
                     pruned.append((doc_id, owner))
         return pruned
 

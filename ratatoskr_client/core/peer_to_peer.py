@@ -15,17 +15,39 @@ state TTL. Two rules make that work behind upstream:
   document (:meth:`PeerToPeer.sync`), so moving a session's state to its real
   owner also moves the presence, and a forwarder is present only for what it
   sent itself.
+* **the first moments.** The gossip rule's trust in "the first arrival of a
+  new count is the real sender's" holds for messages sent after we
+  subscribed; a copy of one sent *before* can reach us first, relabelled as
+  the forwarder's, in the moments after we subscribe. So what arrives in a
+  document before :data:`TRUST_AFTER` seconds have passed since the server
+  answered our subscription is **kept, not shown** (no ``state-changed``, not
+  in ``state()`` or ``presence()``): the session's state is shown once a
+  message on it arrives after that, under that message's sender, which the
+  rule can trust. What this costs: a peer's first state shows no earlier than
+  ``TRUST_AFTER`` after we subscribed, and, if its messages all came before,
+  at its next message: for automerge-repo peers, their re-announce ~0.5 s
+  after they hear our snapshot (every client shares one on entering here),
+  or at once for a peer moving a cursor. A forwarder slower than
+  ``TRUST_AFTER`` to send its copy back can still fool us, until the real
+  sender's next message.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 from ..protocol import Admission, SessionOwners, UserInfo
 from .membership import Change, MembershipStore
 from .peer_state import PeerStates, chosen_name_of
 
-__all__ = ["MAX_GOSSIP_SESSIONS", "PeerToPeer"]
+__all__ = ["MAX_GOSSIP_SESSIONS", "TRUST_AFTER", "PeerToPeer"]
+
+#: Seconds after the server answered our subscription to a document before a
+#: message's sender is trusted (see "the first moments" above): shorter than
+#: automerge-repo's re-announce delay (0.5 s after it hears us), so the
+#: re-announces our arrival causes are trusted at once.
+TRUST_AFTER: Final = 0.45
 
 #: sessionIds remembered at once (oldest forgotten first): one per peer heard,
 #: so a crowd or a hostile peer cannot grow the table without bound.
@@ -37,12 +59,27 @@ _UNVERIFIED: Final = UserInfo(None, None, True)
 class PeerToPeer:
     """The gossip filter and derived membership of one connection."""
 
-    __slots__ = ("gossip",)
+    __slots__ = ("_trusted_from", "gossip")
 
     def __init__(self) -> None:
         self.gossip: SessionOwners[str] = SessionOwners(
             max_sessions=MAX_GOSSIP_SESSIONS, reassign=True
         )
+        #: document -> from when a message's sender is trusted there
+        self._trusted_from: dict[str, float] = {}
+
+    def subscribed(self, document_id: str, now: float) -> None:
+        """The server answered our subscription to ``document_id`` at ``now``."""
+        self._trusted_from.setdefault(document_id, now + TRUST_AFTER)
+
+    def trusted(self, document_id: str, now: float) -> bool:
+        """True if a message arriving in ``document_id`` at ``now`` comes from
+        the sender the gossip rule says (see "the first moments")."""
+        return now >= self._trusted_from.get(document_id, math.inf)
+
+    def left(self, document_id: str) -> None:
+        """We left ``document_id``: a new subscription starts a new window."""
+        self._trusted_from.pop(document_id, None)
 
     def admit(self, sender_id: str, session_id: str, count: int) -> Admission:
         """The gossip rule for one received message (see the module docstring)."""
@@ -88,6 +125,7 @@ class PeerToPeer:
     def clear(self) -> None:
         """The connection is gone: forget every session."""
         self.gossip.clear()
+        self._trusted_from.clear()
 
     def __len__(self) -> int:
         """sessionIds tracked."""

@@ -161,6 +161,13 @@ class ClientOptions(TypedDict, total=False):
     (automerge-repo's 45 s); in peer-to-peer mode it also leaves presence.
     Default: ``45.0``."""
 
+    resume: bool
+    """After a connection lost without ``close()``, reconnect as the same peer
+    (same peer id, name, documents and state; the others see no leave and no
+    join) when the server offers it (feature ``"resume"``: our relay, within
+    its ``resume_grace``). Elsewhere (upstream) a reconnection is a new peer,
+    as without it. Default: ``True``."""
+
 
 #: The names of the options (the keys of :class:`ClientOptions`).
 OPTION_NAMES: Final = frozenset(ClientOptions.__optional_keys__)
@@ -191,6 +198,7 @@ class Settings:
     state_interval: float = STATE_INTERVAL
     state_heartbeat: float = STATE_HEARTBEAT
     state_ttl: float = STATE_TTL
+    resume: bool = True
     # Not options of RatatoskrClient: the protocol's bounds (protocol/constants.py),
     # here so that the core's unit tests can make them small.
     max_presence_peers: int = MAX_PRESENCE_PEERS

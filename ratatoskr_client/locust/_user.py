@@ -130,7 +130,9 @@ class RatatoskrUser(User):
     machines in a distributed run must be NTP-synchronised.
 
     Attributes:
-        token: the token every user of the class connects with (None: anonymous).
+        token: the token every user of the class connects with (None:
+            anonymous). A user of its own: set ``self.token`` in ``on_start``
+            before ``super().on_start()`` (per-user tokens, e.g. on upstream).
         client_options: the other options of each user's client
             (:class:`~ratatoskr_client.ClientOptions`: ``heartbeat_interval``,
             ``backoff``...); a ``"token"`` here wins over :attr:`token`.
@@ -140,7 +142,7 @@ class RatatoskrUser(User):
 
     abstract = True
     request_type: ClassVar[str] = "ratatoskr"
-    token: ClassVar[str | None] = None
+    token: str | None = None
     client_options: ClassVar[ClientOptions] = {}
     connect_retry_delay: ClassVar[float] = 1.0
 

@@ -18,7 +18,9 @@ __all__ = [
     "EPHEMERAL_PREFIX",
     "FEATURES",
     "FEATURE_PRESENCE",
+    "FEATURE_RESUME",
     "FEATURE_SCOPED_IDENTITY",
+    "FEATURE_STATE_REPLAY",
     "KEY_COUNT",
     "KEY_DATA",
     "KEY_DOCUMENT_ID",
@@ -60,6 +62,13 @@ FEATURE_PRESENCE: Final = "presence"
 #: the presence frame or message that needs it), and ``peer_disconnected``
 #: only for peers it knew. Without it, every identity goes to everyone.
 FEATURE_SCOPED_IDENTITY: Final = "scoped-identity"
+#: The feature that means "the relay replays each present peer's latest
+#: per-peer state to a joiner" (right after its ``doc_presence_state``): a
+#: client need not re-announce its state when it hears a peer it did not know.
+FEATURE_STATE_REPLAY: Final = "state-replay"
+#: The feature that means "a connection lost without a close frame may be
+#: resumed within a grace period" (``auth_ok`` then carries ``resume``).
+FEATURE_RESUME: Final = "resume"
 #: Longest document id (``documentId``, sidecar ids included) accepted, in UTF-8 bytes.
 MAX_DOCUMENT_ID_BYTES: Final = 256
 #: Longest peer id (``peerId``, ``senderId``, ``targetId``, ``clientPeerId``, and

@@ -103,6 +103,12 @@ class AuthFrame(Frame):
     TYPE: ClassVar[str] = "auth"
     token: str | None = None
     anonymous: bool = False
+    #: our extension (feature ``"resume"``): the client can resume
+    #: (``resume: true``), or resumes ``resume_peer`` with ``resume_secret``
+    #: (``resume: {peerId, secret}``)
+    resume: bool = False
+    resume_peer: str | None = None
+    resume_secret: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The frame as the map that goes on the wire."""
@@ -111,6 +117,10 @@ class AuthFrame(Frame):
             wire["token"] = self.token
         if self.anonymous:
             wire["anonymous"] = True
+        if self.resume_peer is not None and self.resume_secret is not None:
+            wire["resume"] = {"peerId": self.resume_peer, "secret": self.resume_secret}
+        elif self.resume:
+            wire["resume"] = True
         return wire
 
 
@@ -124,6 +134,10 @@ class AuthOkFrame(Frame):
     client_peer_id: str
     user: UserInfo | None
     features: tuple[str, ...] | None = None
+    #: our extension (feature ``"resume"``): the secret that resumes this peer
+    #: after an unclean drop, and whether this connection resumed one
+    resume_secret: str | None = None
+    resumed: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """The frame as the map that goes on the wire."""
@@ -135,6 +149,10 @@ class AuthOkFrame(Frame):
         }
         if self.features is not None:
             wire["features"] = list(self.features)
+        if self.resume_secret is not None:
+            wire["resumeSecret"] = self.resume_secret
+        if self.resumed:
+            wire["resumed"] = True
         return wire
 
 

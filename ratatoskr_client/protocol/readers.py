@@ -76,7 +76,18 @@ def _auth(m: dict[str, Any]) -> AuthFrame:
     anonymous = m.get("anonymous", False)
     if type(anonymous) is not bool:
         raise fail("auth", "anonymous", "a boolean", anonymous)
-    return AuthFrame(token, anonymous)
+    resume = m.get("resume", False)
+    if type(resume) is bool:
+        return AuthFrame(token, anonymous, resume)
+    if type(resume) is not dict:
+        raise fail("auth", "resume", "a boolean or a map {peerId, secret}", resume)
+    return AuthFrame(
+        token,
+        anonymous,
+        True,
+        ident(resume, "peerId", "auth", MAX_PEER_ID_BYTES),
+        ident(resume, "secret", "auth", MAX_PEER_ID_BYTES),
+    )
 
 
 def _auth_ok(m: dict[str, Any]) -> AuthOkFrame:
@@ -88,11 +99,17 @@ def _auth_ok(m: dict[str, Any]) -> AuthOkFrame:
         if type(features_raw) is not list or any(type(f) is not str for f in features_raw):
             raise fail("auth_ok", "features", "a list of strings", features_raw)
         features = tuple(features_raw)
+    secret = opt_text(m, "resumeSecret", "auth_ok")
+    resumed = m.get("resumed", False)
+    if type(resumed) is not bool:
+        raise fail("auth_ok", "resumed", "a boolean", resumed)
     return AuthOkFrame(
         ident(m, "peerId", "auth_ok", MAX_PEER_ID_BYTES),
         ident(m, "clientPeerId", "auth_ok", MAX_PEER_ID_BYTES),
         user,
         features,
+        secret,
+        resumed,
     )
 
 

@@ -160,11 +160,20 @@ def ephemeral_prefix(
 
 
 def auth_ok(
-    server_peer_id: str, client_peer_id: str, user: UserInfo, features: tuple[str, ...]
+    server_peer_id: str,
+    client_peer_id: str,
+    user: UserInfo,
+    features: tuple[str, ...],
+    resume_secret: str | None = None,
+    *,
+    resumed: bool = False,
 ) -> bytes:
-    """Our relay's ``auth_ok``: the user as verified, and the ``features`` it
-    offers (docs/protocol.md, "Authentication")."""
-    return encode(AuthOkFrame(server_peer_id, client_peer_id, user, features))
+    """Our relay's ``auth_ok``: the user as verified, the ``features`` it
+    offers, and the secret that resumes this peer (docs/protocol.md,
+    "Authentication", "Resuming")."""
+    return encode(
+        AuthOkFrame(server_peer_id, client_peer_id, user, features, resume_secret, resumed)
+    )
 
 
 def upstream_auth_ok(server_peer_id: str, client_peer_id: str, user_id: str | None) -> bytes:

@@ -32,6 +32,7 @@ from ..asyncio.client import RatatoskrClient as AsyncClient
 from ..asyncio.client import sidecar_id
 from ..core.membership import Peer
 from ..core.settings import ClientOptions
+from ..core.users import User
 from ..errors import ConnectionClosed
 from ..events import EventSource
 from ..status import ClientStats, ConnectionState
@@ -138,6 +139,12 @@ class RatatoskrClient(EventSource):
         """Peers present in ``document_id``, this client included, in join order
         (empty for documents not entered, and while disconnected)."""
         return self._loop.call(self._client.presence, document_id)
+
+    def users(self, document_id: str) -> tuple[User, ...]:
+        """The users present in ``document_id`` (its presence grouped by user
+        id; an anonymous peer is its own user), in order of each one's first
+        peer (empty for documents not entered, and while disconnected)."""
+        return self._loop.call(self._client.users, document_id)
 
     def state(self, document_id: str) -> Mapping[str, Mapping[str, Any]]:
         """Each peer's state in ``document_id`` (peer id → state): a read-only

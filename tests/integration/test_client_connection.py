@@ -292,7 +292,8 @@ async def test_an_abruptly_killed_client_disappears_from_presence(
 
 
 async def test_a_killed_client_that_reconnects_leaves_no_ghost(ratatoskr_client, ratatoskr_relay):
-    a, b = await ratatoskr_client(), await ratatoskr_client()
+    # Without resuming (#22: with it, b comes back as the same peer, unseen).
+    a, b = await ratatoskr_client(), await ratatoskr_client(resume=False)
     await a.enter_document("doc")
     await b.enter_document("doc")
     old = b.me
@@ -473,9 +474,9 @@ async def test_frames_are_exactly_as_the_protocol_says():
         await client.close()
 
     first, second = server.conns
-    assert first.frames[0] == {"type": "auth", "token": "tok"}
-    assert list(first.frames[0]) == ["type", "token"]
-    assert second.frames[0] == {"type": "auth", "token": "tok"}
+    assert first.frames[0] == {"type": "auth", "token": "tok", "resume": True}  # (#22)
+    assert list(first.frames[0]) == ["type", "token", "resume"]
+    assert second.frames[0] == {"type": "auth", "token": "tok", "resume": True}
 
     def check(conn, expected_payloads):
         frames = conn.frames[1:]
@@ -524,7 +525,7 @@ async def test_anonymous_auth_frame():
     async with FakeServer() as server, RatatoskrClient(server.url) as client:
         assert client.me == Peer("client-1", None, "client-1", True)
         first = await server.wait_for(lambda r: True)
-    assert first.frame == {"type": "auth", "anonymous": True}
+    assert first.frame == {"type": "auth", "anonymous": True, "resume": True}  # (#22)
 
 
 async def test_frames_carrying_our_own_session_are_dropped():

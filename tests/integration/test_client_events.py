@@ -31,7 +31,8 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
     a = await ratatoskr_client(connect=False)
     rec = Recorder(a)
     await a.connect()
-    b = await ratatoskr_client("alice-secret")
+    # (resume=False: b's drop below must be seen as a leave and a join, #22)
+    b = await ratatoskr_client("alice-secret", resume=False)
 
     # connected(me)
     assert rec.of("connected") == [(a.me,)]
@@ -58,7 +59,14 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
     # peer-left(doc, peer)
     await b.leave_document("doc-1")
     assert await rec.wait("peer-left") == ("doc-1", b.me)
-    assert rec.events[-1] == ("presence-changed", ("doc-1", (a.me,)))
+    # user-left(doc, user): b was alice's only peer there, so alice left, after
+    # the presence-changed that shows it (#22; user-joined is checked below).
+    ((doc, alice),) = rec.of("user-left")
+    assert rec.events[-2] == ("presence-changed", ("doc-1", (a.me,)))
+    assert rec.events[-1][0] == "user-left"
+    assert (doc, alice.key, alice.user_id, alice.peers) == ("doc-1", "alice", "alice", (b.me,))
+    joined = [(d, u.key) for d, u in rec.of("user-joined")]
+    assert joined == [("doc-1", a.me.peer_id), ("doc-1", "alice")]
 
     # error(error): a server error answering no awaited call
     await a.send_ephemeral("secret", {"x": 1})
@@ -104,6 +112,8 @@ async def test_every_event_with_its_documented_arguments(ratatoskr_client, ratat
         "peer-joined",
         "peer-left",
         "presence-changed",
+        "user-joined",
+        "user-left",
         "ephemeral-message",
         "error",
     }
@@ -248,7 +258,7 @@ async def test_a_callback_may_close_the_client(ratatoskr_client):
 
 
 async def test_abrupt_loss_emits_disconnected_then_reconnects(ratatoskr_client):
-    a = await ratatoskr_client()
+    a = await ratatoskr_client(resume=False)  # (a new peer after the drop: #22 made it opt-out)
     rec = Recorder(a)
     await a.enter_document("doc")
     old = a.me

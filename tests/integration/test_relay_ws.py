@@ -96,7 +96,14 @@ async def test_auth_ok_for_token_and_anonymous(peers: RawPeers) -> None:
     ok = await alice.auth("alice-secret")
     assert set(ok) == {"type", "peerId", "clientPeerId", "user", "features"}
     assert ok["user"] == {"id": "alice", "name": "Alice", "isAnonymous": False}
-    assert ok["features"] == ["identity", "presence", "ephemeral", "scoped-identity"]
+    assert ok["features"] == [
+        "identity",
+        "presence",
+        "ephemeral",
+        "scoped-identity",
+        "state-replay",
+        "resume",
+    ]  # (#22 added the last two)
 
     anon = await peers.connect()
     ok2 = await anon.auth()

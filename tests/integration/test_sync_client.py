@@ -329,3 +329,19 @@ def test_me_and_bad_options_raise_what_the_asyncio_client_raises(
     assert client.me == me  # closed: the last identity
     with pytest.raises(TypeError, match="'heartbeat'"):
         RatatoskrClient(relay_thread.url, heartbeat=3)  # type: ignore[call-arg]
+
+
+def test_users_and_user_events(relay_thread: RelayThread) -> None:
+    with RatatoskrClient(relay_thread.url) as a:
+        events: queue.Queue[tuple[str, str]] = queue.Queue()
+        a.on("user-joined", lambda doc, user: events.put(("joined", user.key)))
+        a.on("user-left", lambda doc, user: events.put(("left", user.key)))
+        a.enter_document("doc")
+        assert events.get(timeout=WAIT) == ("joined", a.me.peer_id)
+        with RatatoskrClient(relay_thread.url) as b:
+            b.enter_document("doc")
+            assert events.get(timeout=WAIT) == ("joined", b.me.peer_id)
+            assert [u.peers for u in a.users("doc")] == [(a.me,), (b.me,)]
+            gone = b.me.peer_id
+        assert events.get(timeout=WAIT) == ("left", gone)
+        assert [u.key for u in a.users("doc")] == [a.me.peer_id]

@@ -337,11 +337,13 @@ class GossipPeer:
         )
 
     def animate(self, document_id: str, channel: str, every: float) -> None:
-        """Update ``channel`` with a growing counter every ``every`` seconds."""
+        """Update ``channel`` with a growing counter every ``every`` seconds,
+        tagged with this peer's name (``"js-alice:12"``), so that a value shown
+        under the wrong peer is seen for what it is."""
 
         async def run() -> None:
             for n in itertools.count():
-                await self.update(document_id, channel, n)
+                await self.update(document_id, channel, f"{self.name}:{n}")
                 await asyncio.sleep(every)
 
         self._tasks.append(asyncio.create_task(run(), name=f"animate-{self.name}"))

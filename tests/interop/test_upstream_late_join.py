@@ -5,9 +5,10 @@ The server is the stand-in of ``tests/integration/upstream.py``; the JS peers
 are automerge-repo's own ``Repo`` and ``Presence`` (``node/peer.js``), updating
 their state every 20 ms. Each late joiner (a RatatoskrClient, which finds no
 ``features`` and so runs peer-to-peer presence) must end up seeing both, each
-under its own name, and never one with the other's state once it has heard
-from both. Before the fix, about one late join in eight stayed wrong until the
-client reconnected.
+under its own name, and never one with the other's state or cursor, at any
+event (#22). Before the first fix, about one late join in eight stayed wrong
+until the client reconnected; before the second, 6-11 in 40 showed a wrong
+cursor for a few milliseconds.
 """
 
 from __future__ import annotations
@@ -37,10 +38,21 @@ async def test_late_joins_between_two_stock_js_presence_peers(interop_node_proje
             await alice.presence_start({"name": "js-alice", "cursor": 0})
             await bob.presence_start({"name": "js-bob", "cursor": 0})
             await alice.wait_peer_states(lambda s: bob.peer_id in s)
-            for js in (alice, bob):
-                await js.call("presence-animate", channel="cursor", everyMs=20)
             expected = {alice.peer_id: "js-alice", bob.peer_id: "js-bob"}
+            for js in (alice, bob):
+                tag = expected[js.peer_id]  # cursor values "js-alice:12": whose they are shows
+                await js.call("presence-animate", channel="cursor", everyMs=20, tag=tag)
             owner = {name: pid for pid, name in expected.items()}
+
+            def whose(state: Any) -> set[str]:
+                values = dict(state)
+                found = set()
+                if values.get("name") in owner:
+                    found.add(owner[values["name"]])
+                cursor = values.get("cursor")
+                if isinstance(cursor, str) and cursor.split(":")[0] in owner:
+                    found.add(owner[cursor.split(":")[0]])
+                return found
 
             def seen(client: RatatoskrClient) -> dict[str, Any]:
                 return {
@@ -60,14 +72,13 @@ async def test_late_joins_between_two_stock_js_presence_peers(interop_node_proje
                         await rec.until(lambda: seen(client) == expected, timeout=WAIT_TIMEOUT)
                     except TimeoutError:
                         return f"join {n}: never saw both, saw {seen(client)}"
-                    settled = rec.mark()
                     await asyncio.sleep(0.3)
                     present = {p.peer_id for p in client.presence(doc)}
                     if not present >= set(expected):
                         return f"join {n}: present {present}"
-                    for _, peer, state in rec.of("state-changed", settled):
-                        name = dict(state).get("name")
-                        if name in owner and owner[name] != peer.peer_id:
+                    # At every event, from the first (#22), not only once settled.
+                    for _, peer, state in rec.of("state-changed"):
+                        if whose(state) - {peer.peer_id}:
                             return f"join {n}: {peer.peer_id} shown as {dict(state)}"
                     if seen(client) != expected:
                         return f"join {n}: ended with {seen(client)}"

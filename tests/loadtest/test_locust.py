@@ -14,13 +14,16 @@ this machine, not a fixed time chosen to be long enough on a slow one.
 from __future__ import annotations
 
 import csv
+import http.server
 import importlib.util
 import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -256,3 +259,86 @@ def test_refusals_are_failures_named_after_the_error(tmp_path: Path) -> None:
         refused
     )
     assert counts(out)["connect"] == (20, 0)
+
+
+class _DocumentsApi(http.server.BaseHTTPRequestHandler):
+    """What upstream's ``POST /api/v1/documents`` answers, for the example's
+    ``--create-documents``; it records who asked, with which body."""
+
+    seen: ClassVar[list[tuple[str, str | None, dict[str, Any]]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.path, self.headers.get("Authorization"), body))
+        doc_id = f"made-{len(self.seen)}"
+        answer = json.dumps({"id": doc_id}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_per_user_tokens_and_documents_made_through_the_rest_api(tmp_path: Path) -> None:
+    # What a run against upstream needs (#22): real document ids, made through
+    # its REST API, and a token per user. Here the documents are made by a
+    # stand-in of that API and exist on a relay that knows only them and users
+    # that have tokens; an anonymous user, or another document, would fail.
+    users = [
+        {"token": f"user-{n}-secret", "id": f"user-{n}", "name": f"User {n}"} for n in range(4)
+    ]
+    documents = [
+        {
+            "id": f"made-{n}",
+            "owner": "user-0",
+            "acl": [{"principal": "public", "permission": "read"}],
+        }
+        for n in (1, 2)
+    ]
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("".join(f"{u['token']}\n" for u in users))
+    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DocumentsApi)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    _DocumentsApi.seen.clear()
+    config = relay_config(users=users, documents=documents, open=False)
+    config = config.with_(anonymous_connection_limit=1, connection_limit_exempt=())
+    try:
+        with RelayThread(config) as relay:
+            out = tmp_path / "run"
+            process = locust(
+                *headless(
+                    relay.url,
+                    out,
+                    8,
+                    "--create-documents",
+                    "2",
+                    "--api-token",
+                    "owner-token",
+                    "--api-url",
+                    f"http://127.0.0.1:{api.server_address[1]}",
+                    "--tokens-file",
+                    str(tokens),
+                ),
+                *("--until", "connect=8", "--until", "set_state=8", "--until", "enter_document=8"),
+            )
+            finish(process)
+    finally:
+        api.shutdown()
+    assert process.returncode == 0, failures(out)
+    stats = counts(out)
+    assert stats["connect"] == (8, 0)
+    assert stats["enter_document"][1] == 0
+    assert (
+        _DocumentsApi.seen
+        == [
+            (
+                "/api/v1/documents",
+                "Bearer owner-token",
+                {"acl": [{"principal": "public", "permission": "read"}]},
+            )
+        ]
+        * 2
+    )

@@ -306,6 +306,7 @@ async def test_client_notices_a_dead_network_path_and_reconnects_through_it(
         client = RatatoskrClient(
             proxy.url,
             token="alice-secret",
+            resume=False,  # (the relay must drop the old peer, not hold it: #22)
             ping_interval=PING,
             connect_timeout=CONNECT_TIMEOUT,
             backoff=TEST_BACKOFF,

@@ -12,7 +12,7 @@ import queue
 from collections.abc import Mapping
 from typing import Any, assert_type
 
-from ratatoskr_client import Backoff, ClientOptions, ConnectionState, Peer, RatatoskrError
+from ratatoskr_client import Backoff, ClientOptions, ConnectionState, Peer, RatatoskrError, User
 from ratatoskr_client.sync import PresenceWatch, RatatoskrClient
 
 
@@ -45,6 +45,13 @@ def bot(url: str) -> None:
         def on_error(error: RatatoskrError) -> None: ...
 
         client.on("state-changed", on_state)
+
+        @client.on("user-left")
+        def gone(doc_id: str, user: User) -> None:
+            print(doc_id, user.key, len(user.peers))
+
+        assert_type(client.users("doc-123"), tuple[User, ...])
+        client.on("user-joined", lambda doc, user: doc + 1)  # type: ignore[call-overload]
         client.once("error", on_error)
         client.off("error", on_error)
         assert_type(client.state("doc-123"), Mapping[str, Mapping[str, Any]])

@@ -20,6 +20,7 @@ from ratatoskr_client import (
 from ratatoskr_client.core.membership import SHARE_AFTER
 from ratatoskr_client.core.outbox import Ping
 from ratatoskr_client.core.pacing import TokenBucket
+from ratatoskr_client.core.peer_to_peer import TRUST_AFTER
 from ratatoskr_client.errors import OperationTimeout
 from ratatoskr_client.status import ConnectionState
 
@@ -187,6 +188,7 @@ def test_state_ttl_expiry_in_peer_to_peer_mode():
             "data": b"x",
         }
     )
+    h.advance(TRUST_AFTER)  # (before it, a sender is not trusted: see the tests below)
     h.ephemeral(
         "js-a", "sa", 1, "doc", {"__presence": {"type": "snapshot", "state": {"name": "A"}}}
     )
@@ -355,16 +357,25 @@ def joined_late() -> Harness:
     return h
 
 
-def test_a_relabelled_copy_seen_first_is_corrected_by_the_senders_next_message():
+def test_a_relabelled_copy_seen_first_is_never_shown():
+    # (#22: it used to be shown as B's until A's next message corrected it.)
     h = joined_late()
-    assert h.presence_ids("doc") == ["me-1", "js-b"]  # fooled, for now
+    effects = h.take()
+    assert h.presence_ids("doc") == ["me-1"]  # kept, not shown: the sender is not certain
+    assert h.states("doc") == {}
+    assert h.events(effects, "state-changed") == []
+    h.advance(TRUST_AFTER)
+    assert h.states("doc") == {}  # time alone shows nothing
     # A's next message (an update here; a heartbeat works too): A is the sender.
     effects = h.ephemeral("js-a", "sa", 8, "doc", update("cursor", [8, 8]))
     h.ephemeral("js-b", "sa", 8, "doc", update("cursor", [8, 8]))  # B's copy of it
     assert h.presence_ids("doc") == ["me-1", "js-a"]
     assert h.states("doc")["js-a"] == {"cursor": [8, 8]}
     assert "js-b" not in h.states("doc")
-    assert [e[2].peer_id for e in h.events(effects, "peer-left")] == ["js-b"]
+    assert [(e[2].peer_id, dict(e[3])) for e in h.events(effects, "state-changed")] == [
+        ("js-a", {"cursor": [8, 8]})
+    ]
+    assert h.events(effects, "peer-left") == []
     # From then on B's copies change nothing, and B shows only what B says.
     h.ephemeral("js-b", "sa", 9, "doc", update("cursor", [9, 9]))  # a copy ahead of A?
     h.ephemeral("js-a", "sa", 10, "doc", update("cursor", [10, 10]))
@@ -373,8 +384,9 @@ def test_a_relabelled_copy_seen_first_is_corrected_by_the_senders_next_message()
     assert h.presence_ids("doc") == ["me-1", "js-a", "js-b"]
 
 
-def test_a_heartbeat_is_enough_to_correct_the_sender():
+def test_a_heartbeat_is_enough_to_show_the_sender():
     h = joined_late()
+    h.advance(TRUST_AFTER)
     h.ephemeral("js-a", "sa", 8, "doc", {"__presence": {"type": "heartbeat"}})
     assert h.presence_ids("doc") == ["me-1", "js-a"]
     assert h.states("doc") == {"js-a": {"cursor": [7, 7]}}
@@ -505,7 +517,8 @@ def test_tables_changed_by_a_chosen_name_are_shared_again_once_quiet():
 
 
 def test_a_forwarder_credited_with_a_quiet_session_shows_its_own_state():
-    h = joined_late()  # B was credited with A's session "sa"
+    h = joined_late()  # B was credited with A's session "sa" (not shown)
+    h.advance(TRUST_AFTER)
     h.ephemeral("js-b", "sb", 1, "doc", snapshot({"name": "js-bob"}))  # B's own, newer
     assert h.states("doc") == {"js-b": {"name": "js-bob"}}
     # A has not spoken since: B shows its own state, A is not shown yet.
@@ -534,6 +547,7 @@ def test_leaving_forgets_the_peers_known_only_from_that_document():
         h.server(
             {"type": "sync", "senderId": "s", "targetId": "me-1", "documentId": doc, "data": b"x"}
         )
+    h.advance(TRUST_AFTER)
     h.ephemeral("p", "sp", 1, "a", snapshot({"name": "only-in-a"}))
     h.ephemeral("q", "sq", 1, "a", snapshot({"name": "Q"}))
     h.ephemeral("q", "sq", 2, "b", snapshot({"name": "Q"}))

@@ -230,7 +230,8 @@ def test_the_client_tells_its_core_which_membership_events_have_callbacks():
     client = RatatoskrClient("http://relay.test")
     unheard = client._core._unheard
     assert unheard == {
-        "peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed"
+        "peer-joined", "peer-left", "peer-identity", "peer-disconnected", "presence-changed",
+        "user-joined", "user-left",  # (#22)
     }  # fmt: skip
 
     def joined(doc: str, peer: object) -> None:

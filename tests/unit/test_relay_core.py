@@ -253,8 +253,12 @@ def test_token_auth(acl_relay: Relay) -> None:
     peer.send(AuthFrame(token="alice-secret"))
     ok = peer.take_one()
     assert isinstance(ok, AuthOkFrame)
+    # (#22 added the relay's own extensions after the three contract features.)
     assert ok == AuthOkFrame(
-        SERVER_ID, ok.client_peer_id, UserInfo("alice", "Alice", False), FEATURES
+        SERVER_ID,
+        ok.client_peer_id,
+        UserInfo("alice", "Alice", False),
+        (*FEATURES, "state-replay", "resume"),
     )
     assert ok.client_peer_id.startswith("peer-")
     assert FEATURES == ("identity", "presence", "ephemeral")

@@ -193,6 +193,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
     frames = size = 0
     spent = 0.0
     given = -1  # the round in which its turn was given (-1: it has not waited)
+    clean = False  # closed with a close frame from the peer
     try:
         while not outbox.dropped:
             msg = await ws.receive()
@@ -201,6 +202,8 @@ async def _sync(request: web.Request) -> web.StreamResponse:
             if kind is WSMsgType.BINARY:
                 data = msg.data
                 core.receive(conn, data)  # (never raises: a bug costs the frame only)
+                if conn.successor is not None:
+                    conn = conn.successor  # it resumed a peer: this socket carries that one
                 size += len(data)
             elif kind is WSMsgType.PING:
                 outbox.pong(msg.data)
@@ -210,6 +213,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
             elif kind is WSMsgType.TEXT:
                 core.receive_text(conn)
             else:  # CLOSE, CLOSING, CLOSED, ERROR
+                clean = kind is WSMsgType.CLOSE  # (the peer said goodbye: no resume)
                 break
             frames += 1
             took = clock() - started
@@ -221,7 +225,7 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                     frames = size = 0
                     spent = 0.0
     finally:
-        core.close(conn)
+        core.close(conn, clean=clean, outbox=outbox)
         sockets.discard(ws)
         outbox.flush()  # answers to the peer's last frames go before the close frame
         # Answers the peer's close frame (or sends ours) and releases aiohttp's

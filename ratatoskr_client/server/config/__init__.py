@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_PRESENCE_TTL",
     "DEFAULT_RATE_LIMIT",
+    "DEFAULT_RESUME_GRACE",
     "EPHEMERAL_PREFIX",
     "IDENTITY_SCOPES",
     "PUBLIC",
@@ -76,6 +77,9 @@ IdentityScope = Literal["document", "global"]
 
 DEFAULT_PORT: Final = 4151
 DEFAULT_PRESENCE_TTL: Final = PRESENCE_TTL
+#: Seconds a peer whose connection dropped without a close frame stays
+#: present, waiting to be resumed (0: no resume).
+DEFAULT_RESUME_GRACE: Final = 15.0
 DEFAULT_RATE_LIMIT: Final = RATE_LIMIT
 DEFAULT_AUTH_TIMEOUT: Final = AUTH_TIMEOUT
 DEFAULT_MAX_FRAME_SIZE: Final = MAX_FRAME_SIZE
@@ -111,6 +115,10 @@ class RelayConfig:
             readable by every peer. The CLI turns it on when no config file is given.
         presence_ttl: seconds without join/heartbeat after which a peer is removed
             from a document.
+        resume_grace: seconds a peer whose connection was lost without a close
+            frame stays present, with its peer id, name, documents and state,
+            for the client to resume it (``auth`` with ``resume``); past it the
+            peer leaves as usual. 0 turns resuming off.
         rate_limit: relayed ephemeral messages per minute per connection (the burst
             allowance is the same number).
         handshake_timeout: seconds a TCP connection may take to complete its
@@ -169,6 +177,7 @@ class RelayConfig:
     documents: tuple[DocumentSpec, ...] = ()
     open: bool = False
     presence_ttl: float = DEFAULT_PRESENCE_TTL
+    resume_grace: float = DEFAULT_RESUME_GRACE
     rate_limit: int = DEFAULT_RATE_LIMIT
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -258,6 +267,14 @@ def _validate(cfg: RelayConfig) -> None:
     positive("max_frame_size", cfg.max_frame_size, integer=True)
     positive("max_documents_per_peer", cfg.max_documents_per_peer, integer=True)
     positive("ping_interval", cfg.ping_interval)
+    grace = cfg.resume_grace
+    if (
+        not isinstance(grace, (int, float))
+        or isinstance(grace, bool)
+        or not math.isfinite(grace)
+        or grace < 0
+    ):
+        raise ConfigError(f"resume_grace must be a number >= 0, got {grace!r}", path=cfg.source)
     positive("node_ttl", cfg.node_ttl)
     positive("anonymous_connection_limit", cfg.anonymous_connection_limit, integer=True)
     if cfg.identity_scope not in IDENTITY_SCOPES:
@@ -317,6 +334,7 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "anonymous_connection_limit": int,
     "connection_limit_exempt": list,
     "presence_ttl": (int, float),
+    "resume_grace": (int, float),
     "rate_limit": int,
     "auth_timeout": (int, float),
     "handshake_timeout": (int, float),

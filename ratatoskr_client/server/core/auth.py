@@ -33,6 +33,7 @@ from ...protocol import (
     UserInfo,
     encode,
 )
+from ...protocol.constants import FEATURE_RESUME, FEATURE_STATE_REPLAY
 from ...protocol.rates import TokenBucket
 from ...protocol.writers import auth_ok, target_suffix, upstream_auth_ok
 from ..config import RelayConfig
@@ -43,6 +44,7 @@ from .identity import identity_key, identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
 from .replies import Replies
+from .resume import DETACHED, Resumption
 from .visibility import Visibility
 
 __all__ = ["Authentication"]
@@ -51,6 +53,10 @@ log = logging.getLogger("ratatoskr_client.server")
 
 #: ``features`` in document scope.
 _SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY)
+
+
+def _no_resumed(new: Connection, held: Connection) -> None:
+    pass
 
 
 class Authentication:
@@ -74,8 +80,11 @@ class Authentication:
         "clock",
         "config",
         "counters",
+        "features",
         "names",
+        "on_resumed",
         "peers",
+        "resumption",
         "server_peer_id",
         "visibility",
     )
@@ -91,6 +100,7 @@ class Authentication:
         *,
         names: NameAllocator | None,
         server_peer_id: str,
+        resumption: Resumption | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -114,6 +124,15 @@ class Authentication:
         #: source address -> bucket of anonymous connections (see _anonymous_allowed)
         self._budget: dict[str, TokenBucket] = {}
         self._presence = config.server_presence
+        #: the resume secrets and the held peers (:mod:`.resume`)
+        self.resumption = resumption if resumption is not None else Resumption(0.0)
+        #: called when a connection resumed a peer: (the new connection, the
+        #: peer's, which carries the new socket from now on)
+        self.on_resumed: Callable[[Connection, Connection], None] = _no_resumed
+        base = _SCOPED_FEATURES if visibility.scoped else FEATURES
+        extra = (FEATURE_STATE_REPLAY,) + ((FEATURE_RESUME,) if self.resumption.enabled else ())
+        #: what ``auth_ok`` announces (with server-side presence)
+        self.features: tuple[str, ...] = (*base, *extra)
 
     # ------------------------------------------------------------------ sizes
 
@@ -188,16 +207,20 @@ class Authentication:
             return
         if not self._allowed(conn):
             return
+        resumable = frame.resume and self.resumption.enabled
+        if resumable and frame.resume_peer is not None and self._resume(conn, frame):
+            return
         if frame.token is not None:
             user = self.config.user_for_token(frame.token)
             if user is None:
                 self._refuse(conn, "invalid_token", "Invalid or expired token")
                 return
-            self._authenticate(conn, user.id, user.name, anonymous=False)
+            self._authenticate(conn, user.id, user.name, anonymous=False, resumable=resumable)
         elif frame.anonymous:
             if not self._anonymous_allowed(conn):
                 return
-            self._authenticate(conn, None, self.names.allocate(), anonymous=True)
+            name = self.names.allocate()
+            self._authenticate(conn, None, name, anonymous=True, resumable=resumable)
         else:
             self._refuse(conn, "missing_credentials", "send a token, or anonymous: true")
 
@@ -270,8 +293,69 @@ class Authentication:
         conn.outbox.send(encode(AuthErrorFrame(code, message)))
         conn.outbox.close(1008, code)
 
+    def _resume(self, conn: Connection, frame: AuthFrame) -> bool:
+        """``conn`` asks to resume a peer (:mod:`.resume`): True if it did.
+        Otherwise (unknown peer, wrong secret, other credentials) it goes on
+        as a new peer: a resume is never refused, it just does not happen."""
+        assert frame.resume_peer is not None
+        assert frame.resume_secret is not None
+        user_id: str | None = None
+        if frame.token is not None:
+            user = self.config.user_for_token(frame.token)
+            if user is None:
+                return False  # refused as usual by the caller
+            user_id = user.id
+        elif not frame.anonymous:
+            return False
+        peer_id = frame.resume_peer
+        held = self.resumption.held.get(peer_id)
+        candidate = held[0] if held is not None else self.peers.get(peer_id)
+        if candidate is None or candidate is conn:
+            return False
+        # A peer belongs to its identity: the same user, or an anonymous peer.
+        if candidate.user_id != user_id or candidate.is_anonymous != (frame.token is None):
+            return False
+        peer = self.resumption.claim(peer_id, frame.resume_secret, candidate)
+        if peer is None:
+            return False
+        self._pending.pop(conn, None)
+        now = self.clock()
+        old = peer.outbox
+        peer.outbox = conn.outbox
+        peer.address = conn.address
+        peer.heard = True
+        peer.heard_at = now
+        peer.pinged = False
+        for doc_id in peer.docs:
+            peer.docs[doc_id] = now  # present since now: the grace is not held against it
+        # Its client joins its documents again: told who is there, as a joiner is.
+        peer.reintroduce = set(peer.docs)
+        # A new socket starts with the allowances of one (its joins come at once).
+        peer.control.clear()
+        peer.flood = None
+        conn.successor = peer
+        info = UserInfo(peer.user_id, peer.name, peer.is_anonymous)
+        secret = self.resumption.issue(peer)
+        peer.outbox.send(
+            auth_ok(self.server_peer_id, peer_id, info, self.features, secret, resumed=True)
+        )
+        self.visibility.reintroduce(peer)
+        if old is not DETACHED:
+            # Its old socket is still open here (the relay has not noticed it
+            # died): it carries nothing of the peer any more.
+            old.close(1000, "resumed")
+        self.on_resumed(conn, peer)
+        log.debug("peer %s (%s) resumed", peer_id, peer.name)
+        return True
+
     def _authenticate(
-        self, conn: Connection, user_id: str | None, name: str, *, anonymous: bool
+        self,
+        conn: Connection,
+        user_id: str | None,
+        name: str,
+        *,
+        anonymous: bool,
+        resumable: bool = False,
     ) -> None:
         peer_id = f"peer-{secrets.token_hex(8)}"
         user = UserInfo(user_id, name, anonymous)
@@ -291,8 +375,8 @@ class Authentication:
             # What today's upstream server sends: no features, no name.
             out.send(upstream_auth_ok(self.server_peer_id, peer_id, user_id))
         else:
-            features = _SCOPED_FEATURES if self.visibility.scoped else FEATURES
-            out.send(auth_ok(self.server_peer_id, peer_id, user, features))
+            secret = self.resumption.issue(conn) if resumable else None
+            out.send(auth_ok(self.server_peer_id, peer_id, user, self.features, secret))
             self.visibility.greet(conn)  # global scope: everyone's identity, its own to all
         self.peers[peer_id] = conn
         if self.bus is not None:

@@ -78,6 +78,8 @@ class Connection:
         "outbox",
         "peer_id",
         "pinged",
+        "reintroduce",
+        "successor",
         "target_suffix",
         "user_id",
     )
@@ -114,6 +116,12 @@ class Connection:
         self.pinged = False
         self.identity_frame = b""
         self.target_suffix = b""
+        #: the peer this connection resumed (:mod:`.resume`): its socket
+        #: carries that connection from then on; None otherwise
+        self.successor: Connection | None = None
+        #: documents whose members it must be told again when it joins them
+        #: (it resumed its peer on a new socket); None: none
+        self.reintroduce: set[str] | None = None
 
     def __repr__(self) -> str:
         who = self.peer_id or "unauthenticated"

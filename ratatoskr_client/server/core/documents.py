@@ -17,6 +17,7 @@ from collections.abc import Callable
 from ...errors import ProtocolError
 from ...protocol import (
     EPHEMERAL_PREFIX,
+    PRESENCE_MARKER,
     Admission,
     DocUnavailableFrame,
     EphemeralFrame,
@@ -47,6 +48,10 @@ from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
 __all__ = ["Documents", "ephemeral_prefix", "fan_out"]
 
 log = logging.getLogger("ratatoskr_client.server")
+
+#: What every automerge-repo Presence payload contains (a remote message is
+#: decoded only when it does).
+_MARKER_BYTES = PRESENCE_MARKER.encode()
 
 
 class Documents:
@@ -171,6 +176,7 @@ class Documents:
         visibility = self.visibility
         decision = visibility.decide(doc_id, conn, self.clock(), force=gone) if presence else SILENT
         del members[conn.peer_id]
+        visibility.states.forget(doc_id, conn.peer_id)
         if not members:
             del self.members[doc_id]
             visibility.drop_held(doc_id)  # nobody left to tell
@@ -294,6 +300,10 @@ class Documents:
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
+            if self._presence and type(payload) is dict and PRESENCE_MARKER in payload:
+                self.visibility.states.observe(
+                    doc_id, conn.peer_id, frame.session_id, frame.count, payload, len(frame.data)
+                )
         self._relay(conn, frame)
 
     def _control_allowed(self, conn: Connection, doc_id: str) -> bool:
@@ -367,6 +377,14 @@ class Documents:
         if not self.sessions.admit(sender, session_id, count, identity).admitted:
             return False
         self.counters.relayed_remote += 1
+        if self._presence and present and _MARKER_BYTES in data:
+            try:
+                payload = decode_payload(data)
+            except ProtocolError:
+                payload = None  # (its relay checked it; nothing to keep then)
+            self.visibility.states.observe(
+                document_id, sender[1], session_id, count, payload, len(data)
+            )
         members = self.members.get(document_id)
         if members:
             if speaker is not None:

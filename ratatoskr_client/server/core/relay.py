@@ -71,6 +71,7 @@ from .limits import (
 )
 from .names import NameAllocator
 from .replies import Replies
+from .resume import Resumption
 from .visibility import Visibility
 
 __all__ = [
@@ -163,6 +164,8 @@ class RelayCore:
             peers,
             self.server_peer_id,
         )
+        #: the resume secrets and the held peers (docs/protocol.md, "Resuming")
+        self.resumption = Resumption(config.resume_grace if config.server_presence else 0.0)
         self.auth = Authentication(
             config,
             clock,
@@ -172,7 +175,9 @@ class RelayCore:
             peers,
             names=names,
             server_peer_id=self.server_peer_id,
+            resumption=self.resumption,
         )
+        self.auth.on_resumed = self._resumed
         self._peers = peers
         self._members = members
         # The hot path's dispatch, bound once.
@@ -209,17 +214,42 @@ class RelayCore:
             self.wake_at(deadline)
         return conn
 
-    def close(self, conn: Connection) -> None:
+    def close(self, conn: Connection, *, clean: bool = True, outbox: Outbox | None = None) -> None:
         """The connection is gone: remove it from every document (``peer_left_doc``
         each, at once), then announce ``peer_disconnected`` (in document
         scope: to each peer that knew it, right after its last
-        ``peer_left_doc``). Safe to call twice."""
+        ``peer_left_doc``). Safe to call twice.
+
+        ``clean``: the peer closed it with a close frame. A resumable peer
+        whose connection is lost otherwise is held for ``resume_grace``
+        instead (:mod:`.resume`): nobody is told anything unless the grace
+        runs out. ``outbox``: the socket that closed; if the connection has
+        moved to another socket meanwhile (it was resumed), nothing happens."""
+        if outbox is not None and conn.outbox is not outbox:
+            return
         if conn not in self._connections:
             return
         self._connections.discard(conn)
+        if not clean and conn.authenticated and self.resumption.hold(conn, self.clock()):
+            log.debug("holding %r for %g s", conn, self.resumption.grace)
+            self._wake(self.resumption.next_deadline())
+            return
+        self._finish(conn)
+
+    def _finish(self, conn: Connection) -> None:
+        """The peer is gone for good."""
         self.closed_total += 1
+        self.resumption.forget(conn)
         self.documents.closed(conn)
         self.auth.closed(conn)
+
+    def _resumed(self, new: Connection, peer: Connection) -> None:
+        """``new`` resumed ``peer``: its socket carries ``peer`` from now on.
+        Its client starts a new sessionId there, as on any connection: the
+        old ones become tombstones (their late copies stay dropped)."""
+        self._connections.discard(new)
+        self._connections.add(peer)
+        self.documents.sessions.release(peer, self.clock())
 
     # ------------------------------------------------------------------ time
 
@@ -241,7 +271,18 @@ class RelayCore:
             auth.check_deadlines(now)
         visibility = self.visibility
         flush = visibility.flush_held(now) if visibility.held_documents() else math.inf
-        due = min(self._liveness_due, self._expiry_due, auth.next_deadline(), flush)
+        resumption = self.resumption
+        if resumption.next_deadline() <= now:
+            for conn in resumption.due(now):
+                log.debug("%r was not resumed within %g s", conn, resumption.grace)
+                self._finish(conn)
+        due = min(
+            self._liveness_due,
+            self._expiry_due,
+            auth.next_deadline(),
+            flush,
+            resumption.next_deadline(),
+        )
         self._next_due = due
         return due
 
@@ -311,6 +352,26 @@ class RelayCore:
         """Peer ids present in a document, in join order (who receives its
         messages; see :meth:`presence_shown` for what its members were told)."""
         return tuple(self._members.get(document_id, ()))
+
+    def users(self, document_id: str) -> dict[str, tuple[str, ...]]:
+        """The local peers present in a document grouped by user: user id (for
+        an anonymous peer, its peer id) -> its peer ids, in join order. A
+        resumed peer is the same peer throughout: it never leaves nor joins."""
+        users: dict[str, list[str]] = {}
+        for peer_id, conn in self._members.get(document_id, {}).items():
+            key = conn.user_id if conn.user_id is not None else peer_id
+            users.setdefault(key, []).append(peer_id)
+        return {key: tuple(ids) for key, ids in users.items()}
+
+    def peer_states(self, document_id: str) -> dict[str, dict[str, Any]]:
+        """Peer id -> the latest per-peer state (automerge-repo ``Presence``)
+        the relay holds for it in a document (a copy; what joiners are replayed)."""
+        return self.visibility.states.state(document_id)
+
+    def away(self) -> tuple[str, ...]:
+        """Peer ids held after an unclean drop, waiting to be resumed (still
+        present in their documents for everyone: see :mod:`.resume`)."""
+        return tuple(self.resumption.held)
 
     def presence_shown(self, document_id: str) -> tuple[str, ...]:
         """Local peer ids present in a document as its members were told, in

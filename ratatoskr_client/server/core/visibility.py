@@ -60,9 +60,11 @@ from ...protocol import (
     encode,
 )
 from ...protocol.rates import TokenBucket
+from ...protocol.writers import ephemeral_prefix, target_suffix
 from ..config import RelayConfig
 from .connection import Connection
 from .limits import PRESENCE_DOC_BURST, PRESENCE_DOC_RATE, PRESENCE_HOLD, PRESENCE_WINDOW
+from .states import PeerStateCache
 
 if TYPE_CHECKING:
     from .bus import Bus, Member
@@ -113,6 +115,7 @@ class Visibility:
         "bus",
         "clock",
         "scoped",
+        "states",
         "wake_at",
     )
 
@@ -123,8 +126,12 @@ class Visibility:
         members: dict[str, dict[str, Connection]],
         peers: dict[str, Connection],
         wake_at: Callable[[float], None],
+        states: PeerStateCache | None = None,
     ) -> None:
         self.clock = clock
+        #: each present peer's latest per-peer state, replayed to joiners
+        #: (documents writes it; :meth:`send_presence_state` reads it)
+        self.states = states if states is not None else PeerStateCache()
         #: called with a time when held changes must be flushed then (or earlier)
         self.wake_at = wake_at
         #: the cluster link (None for a relay on its own)
@@ -435,6 +442,22 @@ class Visibility:
             for peer in self.bus.remote_peers():
                 out.send(peer.identity_frame)
 
+    def reintroduce(self, conn: Connection) -> None:
+        """``conn`` resumed its peer (:mod:`.resume`) on a new socket, whose
+        client forgot who is where when its old one dropped: in global scope
+        it is told every identity again now; in document scope, those of each
+        document's members with the ``doc_presence_state`` that answers its
+        join there. Nobody else hears of it."""
+        if not self._presence or self.scoped:
+            return  # (in document scope, with each doc_presence_state: send_presence_state)
+        out = conn.outbox
+        for other in self._peers.values():
+            if other is not conn:
+                out.send(other.identity_frame)
+        if self.bus is not None:
+            for peer in self.bus.remote_peers():
+                out.send(peer.identity_frame)
+
     def broadcast(self, frame: bytes) -> None:
         """Global scope: ``frame`` (an identity, a ``peer_disconnected``) goes
         to every authenticated local peer. Nothing in document scope: there
@@ -456,7 +479,19 @@ class Visibility:
         listed last. In document scope the identities it does not know go
         first. ``rejoin``: ``conn`` was already present there (it knows them)."""
         shown = self.shown(doc_id)
-        if self.scoped and not rejoin:
+        again = conn.reintroduce
+        if again is not None and doc_id in again:
+            again.discard(doc_id)
+            if not again:
+                conn.reintroduce = None
+            if self.scoped:
+                # Resumed: its client forgot everyone when its socket dropped.
+                for peer in remote:
+                    conn.outbox.send(peer.identity_frame)
+                for other in shown.values():
+                    if other is not conn:
+                        conn.outbox.send(other.identity_frame)
+        elif self.scoped and not rejoin:
             skip = doc_id
             bus = self.bus
             for peer in remote:
@@ -469,6 +504,23 @@ class Visibility:
         if conn.peer_id not in shown:
             peers += (conn.peer_id,)  # its own join is held: it still sees itself
         conn.outbox.send(encode(DocPresenceStateFrame(doc_id, peers)))
+        # (A rejoin is an explicit join for a document it is in: a client
+        # that lost track, or resumed; it is told the states again too.)
+        self.replay_states(conn, doc_id, peers)
+
+    def replay_states(self, conn: Connection, doc_id: str, present: Iterable[str]) -> None:
+        """Send ``conn`` the latest per-peer state of everyone in ``present``
+        that has some in ``doc_id`` (:mod:`.states`): one snapshot frame per
+        peer, as if that peer had just sent it, right after the presence
+        frame that introduced them."""
+        target = conn.target_suffix
+        for peer_id, entry, data in self.states.replay(doc_id, present, conn.peer_id):
+            conn.outbox.send_ephemeral(
+                ephemeral_prefix(
+                    target_suffix(peer_id), doc_id, entry.count, entry.session_id, data
+                ),
+                target,
+            )
 
 
 def _unmark(conn: Connection, doc_id: str) -> None:

@@ -39,8 +39,9 @@
 //   {"cmd":"presence-start", "documentId"?, "state", "heartbeatMs"?, "peerTtlMs"?}
 //                                              new Presence({handle}).start(...)
 //   {"cmd":"presence-broadcast", "documentId"?, "channel", "value"}
-//   {"cmd":"presence-animate", "documentId"?, "channel", "everyMs"}
+//   {"cmd":"presence-animate", "documentId"?, "channel", "everyMs", "tag"?}
 //                                              presence.broadcast(channel, n) with n = 0, 1, 2...
+//                                              (with tag: the string `${tag}:${n}`)
 //                                              every everyMs milliseconds (until presence-stop)
 //   {"cmd":"presence-stop", "documentId"?}     sends goodbye
 //   {"cmd":"reconnect", "abandon"?: bool}      a new socket for the same Repo (which
@@ -229,7 +230,11 @@ const commands = {
     let n = 0
     clearInterval(doc.animation)
     doc.animation = setInterval(() => {
-      if (presence.running) presence.broadcast(cmd.channel, n++)
+      if (presence.running) {
+        const value = cmd.tag === undefined ? n : `${cmd.tag}:${n}`
+        n++
+        presence.broadcast(cmd.channel, value)
+      }
     }, cmd.everyMs)
     return {}
   },
