@@ -121,7 +121,9 @@ class ServerError(RatatoskrError):
 
 class AuthError(ServerError):
     """The server refused to authenticate this connection (``invalid_token``,
-    ``missing_credentials``, ``auth_timeout``). The client never retries these."""
+    ``missing_credentials``, ``auth_timeout``). ``connect()`` raises it; while
+    reconnecting, the client stops for good on the first two and retries after
+    ``auth_timeout`` (an overloaded server, not wrong credentials)."""
 
 
 class PermissionDenied(ServerError):

@@ -36,11 +36,12 @@ import aiohttp
 
 from ..core.client import ClientCore
 from ..core.outbox import Drop, Fail, Ping, Push, Resolve, Send, WakeAt
+from ..core.refusals import REFUSALS
 from ..core.settings import Settings, socket_url
-from ..errors import ConnectionClosed, OperationTimeout, RatatoskrError
+from ..errors import ConnectError, ConnectionClosed, OperationTimeout, RatatoskrError
 from .emitter import SafeEmitter
 from .memory import trim_soon
-from .socket import SocketWriter, abort, backlog, open_socket, receive_failed
+from .socket import SocketWriter, abort, backlog, open_socket, receive_failed, was_refused
 
 __all__ = ["CALLBACK_GRACE", "Driver"]
 
@@ -243,6 +244,7 @@ class Driver:
         finally:
             self._opening = None
         self.writer = SocketWriter(ws)
+        REFUSALS.connected(self.socket_url)
         log.debug("connected to %s as %s", self.socket_url, self.core.me)
         self.apply()
 
@@ -363,11 +365,29 @@ class Driver:
             await asyncio.sleep(delay)
             if self._closing:
                 return False
+            # Another client of this process was just refused by this address:
+            # count the attempt as refused without making it (core/refusals.py).
+            # Never when attempts are limited: each of those is made for real.
+            url = self.socket_url
+            if self.settings.backoff.max_attempts is None:
+                age = REFUSALS.skip(url, self.now(), id(self))
+                if age is not None:
+                    core.attempt_failed(
+                        ConnectError(
+                            f"cannot connect to {url}: it refused another client of this "
+                            f"process {age * 1000:.0f} ms ago (attempt not made)"
+                        ),
+                        self.now(),
+                    )
+                    self.apply()
+                    continue
             try:
                 await self.open()
                 return True
             except RatatoskrError as exc:
                 log.debug("reconnect attempt %d failed: %s", core.connection.attempt, exc)
+                if was_refused(exc):
+                    REFUSALS.refused(url, self.now(), id(self))
                 core.attempt_failed(exc, self.now())
                 self.apply()
 

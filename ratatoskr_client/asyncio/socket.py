@@ -41,6 +41,7 @@ __all__ = [
     "connect_error",
     "open_socket",
     "receive_failed",
+    "was_refused",
 ]
 
 _BINARY: Final = aiohttp.WSMsgType.BINARY
@@ -79,6 +80,15 @@ async def open_socket(
             )
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         raise connect_error(exc, url, settings.connect_timeout) from exc
+
+
+def was_refused(error: BaseException) -> bool:
+    """True if ``error`` (from :func:`open_socket`) is the server's address
+    refusing the TCP connection: nothing listens there (yet)."""
+    cause = error.__cause__
+    return isinstance(cause, aiohttp.ClientConnectorError) and isinstance(
+        cause.os_error, ConnectionRefusedError
+    )
 
 
 def connect_error(exc: BaseException, url: str, timeout: float) -> RatatoskrError:

@@ -165,8 +165,13 @@ class Connection:
 
     def attempt_failed(self, error: RatatoskrError) -> bool:
         """A reconnect attempt failed with ``error``; False when no attempt may
-        follow (the credentials were refused: they will not get better)."""
-        if isinstance(error, AuthError):
+        follow (the credentials were refused: they will not get better).
+
+        ``auth_timeout`` is retried: this client sends ``auth`` as soon as the
+        socket is open, so the server not reading it in time means the server
+        was overloaded (thousands of clients reconnecting to a restarted relay),
+        not that the credentials are wrong."""
+        if isinstance(error, AuthError) and error.code != "auth_timeout":
             return False
         self.floor = error.retry_after if isinstance(error, RateLimited) else 0.0
         return True

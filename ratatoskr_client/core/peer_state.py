@@ -136,6 +136,10 @@ class ReadOnlyMap(Mapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         return key in self._data
 
+    def copy_dict(self) -> dict[str, Any]:
+        """A shallow copy of the wrapped dict (a new snapshot's content)."""
+        return self._data.copy()
+
     def __repr__(self) -> str:
         return repr(self._data)
 

@@ -1051,3 +1051,34 @@ async def test_stats_follow_a_document_through_its_membership_states():
         stats = client.stats()
         assert stats.documents == {"entering": (), "present": (), "leaving": ()}
         assert (stats.paced_sends, stats.tasks, stats.timers, stats.waiters) == (0, (), 0, 0)
+
+
+async def test_clients_of_a_process_share_a_refusal_and_all_come_back(
+    ratatoskr_client, ratatoskr_relay, monkeypatch
+):
+    # While the relay is down, a client does not make an attempt that another
+    # client of the process saw refused moments ago (core/refusals.py): with
+    # many clients, refused attempts were most of the process's CPU.
+    from ratatoskr_client.asyncio import driver
+
+    backoff = Backoff(base_delay=0.02, max_delay=0.04)
+    clients = [await ratatoskr_client(backoff=backoff) for _ in range(12)]
+    recs = [Recorder(c) for c in clients]
+    opened = [0]
+    real_open = driver.open_socket
+
+    async def counting(*args, **kwargs):
+        opened[0] += 1
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "open_socket", counting)
+    await ratatoskr_relay.stop()
+    await asyncio.gather(
+        *(rec.until(lambda rec=rec: len(rec.of("reconnecting")) >= 10) for rec in recs)
+    )
+    attempts = sum(len(rec.of("reconnecting")) for rec in recs) - len(clients)  # made or skipped
+    assert opened[0] <= attempts / 2, (opened[0], attempts)
+
+    await ratatoskr_relay.start()
+    await asyncio.gather(*(c.wait_connected(timeout=5) for c in clients))
+    assert all(c.is_connected for c in clients)

@@ -144,6 +144,23 @@ def test_auth_refused_on_reconnect_is_fatal():
     assert h.core.next_attempt(h.now) is None
 
 
+def test_auth_timeout_on_reconnect_is_retried():
+    # The client sent auth at once: a server that did not read it within its
+    # timeout was overloaded (a reconnect storm), the credentials are fine.
+    h = Harness(backoff=Backoff(base_delay=1.0, multiplier=2.0, max_delay=4.0))
+    h.connect()
+    h.enter("doc")
+    h.core.connection_lost(ConnectionClosed("gone"), h.now)
+    assert h.core.next_attempt(h.now) == 0.5
+    h.core.attempt_failed(AuthError("auth_timeout", "no auth within 10 s"), h.now)
+    effects = h.take()
+    assert h.core.state is ConnectionState.RECONNECTING
+    assert h.events(effects, "error") == []
+    assert h.core.next_attempt(h.now) == 1.0  # the next window, as after any failure
+    effects = h.connect()
+    assert presence_payloads(h.sent(effects)) == [("join", "doc")]
+
+
 # --------------------------------------------------------------------------- timers
 
 

@@ -27,6 +27,14 @@ __all__ = ["OPEN_MODE", "RelayServer"]
 log = logging.getLogger("ratatoskr_client.server")
 
 
+#: Connections the kernel may hold waiting for ``accept`` (it caps this at
+#: ``net.core.somaxconn``, 4096 on current Linux). aiohttp's default of 128
+#: overflows when thousands of clients reconnect at once after a restart: the
+#: kernel then drops their SYNs and each retries only after 1, 3, 7 s, which
+#: made a 4,000-client reconnect storm wait on the clock, not on the CPU.
+LISTEN_BACKLOG = 4096
+
+
 class _GuardedSite(web.TCPSite):
     """A TCP site whose every accepted connection starts a handshake deadline."""
 
@@ -39,7 +47,14 @@ class _GuardedSite(web.TCPSite):
         *,
         reuse_port: bool = False,
     ) -> None:
-        super().__init__(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
+        super().__init__(
+            runner,
+            host,
+            port,
+            backlog=LISTEN_BACKLOG,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
         self._guard = guard
 
     async def start(self) -> None:
