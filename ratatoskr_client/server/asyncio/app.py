@@ -30,6 +30,7 @@ from ..config import RelayConfig
 from ..core.clock import AdvancingClock
 from ..core.relay import SWEEP_MAX_INTERVAL, RelayCore
 from ..core.turns import GO_ON, OVER, Turns
+from .admin import add_admin_routes, add_disabled_admin_routes
 from .guard import HandshakeGuard
 from .memory import TrimPolicy, trim
 from .metrics import MetricsPage, metrics_registry
@@ -397,6 +398,10 @@ def create_app(
     app.router.add_get("/health", _health)
     if config.metrics_listen is None:  # else on its own address: create_metrics_app
         app.router.add_get("/metrics", _metrics)
+    if config.admin_token is not None:
+        add_admin_routes(app, core, cluster)
+    else:
+        add_disabled_admin_routes(app)
     app.on_response_prepare.append(_one_request_per_connection)
     app.cleanup_ctx.append(_background)
     if cluster is not None:
