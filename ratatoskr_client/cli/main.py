@@ -1,4 +1,4 @@
-"""The ``ratatoskr`` command: ``relay``, ``demo`` and ``watch``.
+"""The ``ratatoskr`` command: ``relay``, ``demo``, ``watch`` and ``webhook-echo``.
 
 Every subcommand returns an exit status: 0 on success, 1 on a runtime failure
 (unreachable server, refused auth, ...), 2 on bad usage or configuration.
@@ -241,6 +241,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help="print one JSON object per presence change instead of the live view",
     )
     watch.set_defaults(func=_cmd_watch)
+
+    echo = sub.add_parser(
+        "webhook-echo",
+        parents=[common],
+        help="receive the relay's webhooks and print each verified event",
+        description="Listen for the relay's webhook POSTs, check their signatures and "
+        "timestamps, print one JSON line per event (stdout); refused requests are "
+        f"reported on stderr. The secret comes from --secret-file or {WEBHOOK_SECRET_ENV}.",
+    )
+    echo.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    echo.add_argument("--port", type=_port, default=8787, help="port; 0 picks a free one (8787)")
+    echo.add_argument("--secret-file", metavar="FILE", help="the webhooks' signing secret")
+    echo.set_defaults(func=_cmd_webhook_echo)
     return parser
 
 
@@ -505,6 +518,27 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             args.url, args.document, token=args.token, as_json=args.json, stop=stop
         )
     )
+
+
+def _cmd_webhook_echo(args: argparse.Namespace) -> int:
+    from .webhook_echo import run_webhook_echo
+
+    try:
+        secret = _secret(args.secret_file, WEBHOOK_SECRET_ENV)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"ratatoskr webhook-echo: cannot read --secret-file {args.secret_file}: {reason}",
+            file=sys.stderr,
+        )
+        return 2
+    if not secret:
+        print(
+            f"ratatoskr webhook-echo: needs the secret: --secret-file FILE or {WEBHOOK_SECRET_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    return _run_until_signal(lambda stop: run_webhook_echo(args.host, args.port, secret, stop))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
