@@ -386,7 +386,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         try:
             print(f"ratatoskr relay listening on {relay.ws_url}", flush=True)
             if config.admin_token is not None:
-                print(f"ratatoskr relay dashboard at {relay.url}/admin/", flush=True)
+                # (stderr: stdout's one line is the contract scripts rely on)
+                print(f"ratatoskr relay dashboard at {relay.url}/admin/", file=sys.stderr)
             await stop.wait()
         finally:
             await relay.stop()

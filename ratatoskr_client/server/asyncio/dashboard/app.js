@@ -120,9 +120,9 @@ function again() {
 }
 
 function hue(id) {
-  let h = 0;
-  for (const c of id) h = (h * 31 + c.charCodeAt(0)) % 360;
-  return h;
+  let h = 0x811c9dc5; // FNV-1a: neighbouring ids get far-apart colours
+  for (const c of id) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+  return h % 360;
 }
 const color = (id) => `hsl(${hue(id)} 70% 45%)`;
 
@@ -293,9 +293,13 @@ function draw() {
       ctx.fill();
       const text = c.name;
       const tw = ctx.measureText(text).width + 8 * ratio;
-      ctx.fillRect(x + 10 * ratio, y + 12 * ratio, tw, 17 * ratio);
+      // The label goes right of and below the arrow, or left / above it
+      // where the board ends.
+      const lx = x + 10 * ratio + tw <= w ? x + 10 * ratio : x - tw - 2 * ratio;
+      const ly = y + 29 * ratio <= h ? y + 12 * ratio : y - 19 * ratio;
+      ctx.fillRect(lx, ly, tw, 17 * ratio);
       ctx.fillStyle = "#fff";
-      ctx.fillText(text, x + 14 * ratio, y + 25 * ratio);
+      ctx.fillText(text, lx + 4 * ratio, ly + 13 * ratio);
     }
   }
   requestAnimationFrame(draw);
