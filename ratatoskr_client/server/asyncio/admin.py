@@ -191,9 +191,9 @@ class LiveView:
                 log.exception("dashboard snapshot failed")
                 data = b""
             self.snapshots += 1
-            if data and data != self._last:
-                self._last = data
-                frame = b"data: " + data + b"\n\n"
+            frame = b"data: " + data + b"\n\n"
+            if data and frame != self._last:
+                self._last = frame  # (what a tab that opens now gets first)
                 for queue in self._tabs:
                     _replace(queue, frame)
             await asyncio.sleep(1 / STREAM_HZ)
