@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 if not __package__:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a script: Python put benchmarks/ first on sys.path. Put the
+    # repository root there instead (see run.py).
+    _here = Path(__file__).resolve().parent
+    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
+        del sys.path[0]
+    sys.path.insert(0, str(_here.parent))
 
 import aiohttp
 
