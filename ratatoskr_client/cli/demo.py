@@ -118,9 +118,11 @@ async def _bot(
     token: str | None,
     rng: random.Random,
     note: Callable[[str], None],
+    glide: bool = False,
 ) -> None:
     client = RatatoskrClient(url, token=token, backoff=Backoff(0.1, 2.0, 1.0))
     evicted: list[DisconnectedByAdmin] = []
+    glider = asyncio.create_task(_glide(client, rng)) if glide else None
 
     def on_disconnected(reason: RatatoskrError) -> None:
         if isinstance(reason, DisconnectedByAdmin):
@@ -167,7 +169,36 @@ async def _bot(
             except (ConnectionClosed, PayloadError) as exc:
                 log.debug("bot %d: %s", index, exc)
     finally:
+        if glider is not None:
+            glider.cancel()
         await client.close()
+
+
+#: Seconds between two steps of a gliding cursor, and the longest step.
+_GLIDE_EVERY: Final = 0.25
+_GLIDE_STEP: Final = 8.0
+
+
+async def _glide(client: RatatoskrClient, rng: random.Random) -> None:
+    """Move the bot's cursor smoothly towards random points of the 80 x 40
+    board, in the document it entered last (for the dashboard: four state
+    updates a second, well within the relay's rate limit)."""
+    x, y = rng.uniform(0, 80), rng.uniform(0, 40)
+    tx, ty = rng.uniform(0, 80), rng.uniform(0, 40)
+    while True:
+        await asyncio.sleep(_GLIDE_EVERY)
+        entered = [d for d in client.entered_documents if not d.startswith(EPHEMERAL_PREFIX)]
+        if not entered or not client.is_connected:
+            continue
+        dx, dy = tx - x, ty - y
+        distance = (dx * dx + dy * dy) ** 0.5
+        if distance <= _GLIDE_STEP:
+            x, y = tx, ty
+            tx, ty = rng.uniform(0, 80), rng.uniform(0, 40)
+        else:
+            x, y = x + dx / distance * _GLIDE_STEP, y + dy / distance * _GLIDE_STEP
+        with contextlib.suppress(RatatoskrError, ValueError):
+            await client.set_state(entered[-1], "cursor", [round(x, 1), round(y, 1)])
 
 
 # --------------------------------------------------------------------------- output
@@ -277,7 +308,7 @@ async def run_demo(
 
         tasks = [
             asyncio.create_task(
-                _bot(i, relay.url, f"demo-{i // 2}" if i % 2 == 0 else None, rng, note),
+                _bot(i, relay.url, f"demo-{i // 2}" if i % 2 == 0 else None, rng, note, web),
                 name=f"demo-bot-{i}",
             )
             for i in range(bots)

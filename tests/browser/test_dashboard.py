@@ -100,10 +100,12 @@ def test_demo_bots_cursors_and_disconnect(chromium_driver: Any, demo: str, tmp_p
     first = wait_for(driver, lambda d: cursors(d) or False, "a cursor drawn")
     wait_for(
         driver,
-        lambda d: any(xy != first.get(p) for p, xy in cursors(d).items()),
+        lambda d: any(p in first and xy != first[p] for p, xy in cursors(d).items()),
         "a cursor that moves",
     )
-    assert time.monotonic() - started < 8  # (2 s on an idle machine: see docs/server.md)
+    took = time.monotonic() - started
+    print(f"6 peers and a moving cursor {took:.2f} s after the page opened")
+    assert took < 6  # (about 1 s on an idle machine: see docs/server.md)
     driver.save_screenshot(str(tmp_path / "dashboard.png"))
 
     # Another client watches the documents; disconnecting a bot that is present
