@@ -132,3 +132,51 @@ async def test_each_event_once_across_two_relays(
         assert len(set(receiver.deliveries)) == len(receiver.deliveries)
         order = [e["type"] for e in receiver.events if e["documentId"] == doc]
         assert order.index("document.occupied") < order.index("document.vacated")
+
+
+async def test_a_dead_relays_share_is_swept_once(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob's relay dies: the surviving relay sends his user.left (and nothing
+    twice); the document stays occupied by Alice until she leaves."""
+    monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
+    with make_cluster(2, "--webhook-url", receiver.url) as cluster:
+        await cluster.ready()
+        doc = f"swept-{uuid.uuid4().hex[:8]}"
+        alice = RatatoskrClient(cluster.a.url, token="alice-secret")
+        bob = RatatoskrClient(cluster.b.url, token="bob-secret", reconnect=False)
+        try:
+            await alice.connect()
+            await bob.connect()
+            await alice.enter_document(doc)
+            await bob.enter_document(doc)
+            await receiver.wait_for(
+                lambda: (
+                    ("user.joined", "bob") in summary(receiver.events, doc)
+                    and ("user.joined", "alice") in summary(receiver.events, doc)
+                )
+            )
+            cluster.b.kill()  # SIGKILL: b says goodbye to nobody
+            await receiver.wait_for(lambda: ("user.left", "bob") in summary(receiver.events, doc))
+            (gone,) = [
+                e for e in receiver.events if e.get("user") == "bob" and e["type"] == "user.left"
+            ]
+            assert gone["reason"] == "node_gone"
+            await alice.leave_document(doc)
+            await receiver.wait_for(
+                lambda: ("document.vacated", None) in summary(receiver.events, doc)
+            )
+        finally:
+            await alice.close()
+            await bob.close()
+        assert summary(receiver.events, doc) == Counter(
+            {
+                ("document.occupied", None): 1,
+                ("user.joined", "alice"): 1,
+                ("user.joined", "bob"): 1,
+                ("user.left", "bob"): 1,
+                ("user.left", "alice"): 1,
+                ("document.vacated", None): 1,
+            }
+        )
+        assert receiver.bad == 0
