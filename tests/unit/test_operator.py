@@ -36,7 +36,19 @@ USERS = (UserSpec("alice-secret", "alice", "Alice"), UserSpec("bob-secret", "bob
 
 @pytest.fixture
 def relay() -> Relay:
-    return Relay(RelayConfig(open=True, users=USERS))
+    return Relay(RelayConfig(open=True, users=USERS, admin_token="admin-token"))
+
+
+def test_without_admin_or_webhooks_the_roster_keeps_nothing() -> None:
+    plain = Relay(RelayConfig(open=True))
+    seen = events(plain)
+    a = plain.peer()
+    a.join("doc")
+    a.ephemeral("doc", state("doc", type="update", channel="cursor", value=[1, 2]))
+    assert seen == [] and plain.core.roster.documents() == 0
+    assert plain.core.peer_states("doc") == {} and plain.core.roster.since("doc") == {}
+    hooked = Relay(RelayConfig(open=True, webhook_url="http://h/", webhook_secret="s"))
+    assert hooked.core.roster.active
 
 
 def events(relay: Relay) -> list[MembershipEvent]:

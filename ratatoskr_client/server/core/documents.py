@@ -302,7 +302,7 @@ class Documents:
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
-            if type(payload) is dict and PRESENCE_MARKER in payload:
+            if type(payload) is dict and PRESENCE_MARKER in payload and self.roster.active:
                 # automerge-repo Presence state, kept for the operator's view
                 self.roster.state_message(doc_id, conn.peer_id, payload, len(frame.data))
         self._relay(conn, frame)

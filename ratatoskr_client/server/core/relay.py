@@ -160,8 +160,11 @@ class RelayCore:
         peers: dict[str, Connection] = {}
         members: dict[str, dict[str, Connection]] = {}
         self.replies = Replies(config, clock, self.counters)
-        #: who is where, since when, as which user, sharing what (roster.py)
-        self.roster = Roster(clock)
+        #: who is where, since when, as which user, sharing what (roster.py):
+        #: kept when the admin API or webhooks are configured (else empty)
+        self.roster = Roster(
+            clock, active=config.admin_token is not None or config.webhook_url is not None
+        )
         self.visibility = Visibility(config, clock, members, peers, self._wake)
         self.documents = Documents(
             config,

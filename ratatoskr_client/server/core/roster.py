@@ -112,10 +112,13 @@ class Roster:
     it happens (synchronously: it must only record it).
     """
 
-    __slots__ = ("_clock", "_since", "_states", "_users", "on_event")
+    __slots__ = ("_clock", "_since", "_states", "_users", "active", "on_event")
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], *, active: bool = True) -> None:
         self._clock = clock
+        #: False: it keeps nothing (a relay without the admin API and webhooks
+        #: pays no memory for them); every query answers empty
+        self.active = active
         #: document -> peer id -> when it joined (the core's clock)
         self._since: dict[str, dict[str, float]] = {}
         #: document -> user key -> its connections present
@@ -128,6 +131,8 @@ class Roster:
 
     def joined(self, document_id: str, conn: Connection) -> None:
         """``conn`` became present in ``document_id`` (not a refresh)."""
+        if not self.active:
+            return
         now = self._clock()
         peers = self._since.get(document_id)
         if peers is None:
@@ -143,6 +148,8 @@ class Roster:
 
     def left(self, document_id: str, conn: Connection) -> None:
         """``conn`` is no longer present in ``document_id``."""
+        if not self.active:
+            return
         peers = self._since.get(document_id)
         if peers is None or peers.pop(conn.peer_id, None) is None:
             return
