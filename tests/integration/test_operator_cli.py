@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,19 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ratatoskr_client.cli.main import main
 from ratatoskr_client.server.core.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 from ..ports import free_port
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ratatoskr_client", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
 
 
 @pytest.mark.parametrize(
@@ -45,13 +35,17 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         ),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_")}
-    done = run(*args, env=env)
-    assert done.returncode == 2, done.stderr
-    assert says in done.stderr
+def test_bad_arguments_exit_2_with_one_line(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("RATATOSKR_"):
+            monkeypatch.delenv(name)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err
     if args[0] == "webhook-echo" and "--port" not in args:
-        assert len(done.stderr.strip().splitlines()) == 1
+        assert len(err.strip().splitlines()) == 1
 
 
 async def test_webhook_echo_prints_verified_events_and_refuses_others(tmp_path: Path) -> None:
