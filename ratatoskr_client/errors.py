@@ -13,6 +13,7 @@ The tree::
     ├── TransportError          the network connection itself
     │   ├── ConnectError        could not open the WebSocket (DNS, refused, TLS, HTTP)
     │   └── ConnectionClosed    the connection is gone, or the client was closed
+    │       └── DisconnectedByAdmin   the relay's operator closed it (``.reason``, ``.reconnect``)
     ├── ServerError             the server answered with an error frame (``.code``)
     │   ├── AuthError           credentials refused, or no auth in time; never retried
     │   ├── PermissionDenied    no read permission on ``.document_id``
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionClosed",
+    "DisconnectedByAdmin",
     "DocumentNotFound",
     "LimitExceeded",
     "OperationTimeout",
@@ -98,6 +100,33 @@ class ConnectionClosed(TransportError):
     def __init__(self, message: str = "connection closed", *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class DisconnectedByAdmin(ConnectionClosed):
+    """The relay's operator closed this connection (the server's error
+    ``disconnected_by_admin``, then the close). It is the reason the
+    ``disconnected`` event carries, and what pending calls fail with.
+
+    Attributes:
+        reason: what the operator said (the error frame's message).
+        retry_after: seconds after which the client may reconnect, or None.
+        reconnect: False when the operator said not to reconnect (no
+            ``retryAfter``): the client then stops for good, like ``close()``,
+            whatever its ``reconnect`` option; True: it reconnects as after
+            any lost connection, waiting at least ``retry_after``.
+    """
+
+    code_name = "disconnected_by_admin"
+
+    def __init__(self, reason: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(f"disconnected by the relay's operator: {reason or 'no reason given'}")
+        self.reason = reason
+        self.retry_after = retry_after
+
+    @property
+    def reconnect(self) -> bool:
+        """True when the operator allowed a reconnect (after :attr:`retry_after`)."""
+        return self.retry_after is not None
 
 
 class ServerError(RatatoskrError):

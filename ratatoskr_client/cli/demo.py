@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import sys
 import time
 from collections import deque
@@ -27,9 +28,16 @@ from typing import Any, Final
 from ..asyncio.client import RatatoskrClient
 from ..backoff import Backoff
 from ..core.membership import Peer
-from ..errors import ConnectionClosed, PayloadError, RatatoskrError, ServerError
+from ..errors import (
+    ConnectionClosed,
+    DisconnectedByAdmin,
+    PayloadError,
+    RatatoskrError,
+    ServerError,
+)
 from ..protocol.constants import EPHEMERAL_PREFIX
 from ..server import AclEntry, DocumentSpec, RelayConfig, RelayServer, UserSpec
+from ..status import ConnectionState
 from .console import print_line
 
 __all__ = ["DEMO_DOCUMENTS", "demo_config", "run_demo"]
@@ -54,15 +62,22 @@ _CHAT: Final = (
 _VIEWER_TOKEN: Final = "demo-viewer"
 
 
-def demo_config(named_bots: int) -> RelayConfig:
-    """The embedded relay's config: one user per named bot, plus the viewer."""
+def demo_config(named_bots: int, admin_token: str | None = None) -> RelayConfig:
+    """The embedded relay's config: one user per named bot, plus the viewer
+    (and with ``admin_token``, the dashboard at ``/admin/``)."""
     users = [UserSpec(f"demo-{i}", f"user-{i}", _bot_name(i)) for i in range(named_bots)]
     users.append(UserSpec(_VIEWER_TOKEN, "viewer", "Viewer"))
     everyone = (AclEntry("public", "read"),)
     named = tuple(AclEntry(u.id, "read") for u in users)
     docs = [DocumentSpec(doc, "viewer", everyone) for doc in DEMO_DOCUMENTS]
     docs.append(DocumentSpec(PRIVATE_DOCUMENT, "viewer", named))
-    return RelayConfig(host="127.0.0.1", port=0, users=tuple(users), documents=tuple(docs))
+    return RelayConfig(
+        host="127.0.0.1",
+        port=0,
+        users=tuple(users),
+        documents=tuple(docs),
+        admin_token=admin_token,
+    )
 
 
 def _bot_name(i: int) -> str:
@@ -103,8 +118,17 @@ async def _bot(
     token: str | None,
     rng: random.Random,
     note: Callable[[str], None],
+    glide: bool = False,
 ) -> None:
     client = RatatoskrClient(url, token=token, backoff=Backoff(0.1, 2.0, 1.0))
+    evicted: list[DisconnectedByAdmin] = []
+    glider = asyncio.create_task(_glide(client, rng)) if glide else None
+
+    def on_disconnected(reason: RatatoskrError) -> None:
+        if isinstance(reason, DisconnectedByAdmin):
+            evicted.append(reason)
+
+    client.on("disconnected", on_disconnected)
     try:
         await client.connect()
         name = client.me.display_name
@@ -114,6 +138,10 @@ async def _bot(
         docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT] if token else [*DEMO_DOCUMENTS]
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.2))
+            if client.connection_state is ConnectionState.CLOSED:
+                why = evicted[0].reason if evicted else "closed"
+                note(f"{name} was disconnected by the operator: {why}")
+                return
             entered = [d for d in client.entered_documents if not d.startswith(EPHEMERAL_PREFIX)]
             roll = rng.random()
             try:
@@ -128,6 +156,9 @@ async def _bot(
                 elif roll < 0.75:
                     doc = rng.choice(entered)
                     cursor = [rng.randint(0, 80), rng.randint(0, 40)]
+                    # Shared state (what the dashboard draws) and a message
+                    # (what the terminal view prints).
+                    await client.set_state(doc, "cursor", cursor)
                     await client.send_ephemeral(doc, {"cursor": cursor})
                 elif roll < 0.87:
                     doc = rng.choice(entered)
@@ -141,7 +172,36 @@ async def _bot(
             except (ConnectionClosed, PayloadError) as exc:
                 log.debug("bot %d: %s", index, exc)
     finally:
+        if glider is not None:
+            glider.cancel()
         await client.close()
+
+
+#: Seconds between two steps of a gliding cursor, and the longest step.
+_GLIDE_EVERY: Final = 0.25
+_GLIDE_STEP: Final = 8.0
+
+
+async def _glide(client: RatatoskrClient, rng: random.Random) -> None:
+    """Move the bot's cursor smoothly towards random points of the 80 x 40
+    board, in the document it entered last (for the dashboard: four state
+    updates a second, well within the relay's rate limit)."""
+    x, y = rng.uniform(0, 80), rng.uniform(0, 40)
+    tx, ty = rng.uniform(0, 80), rng.uniform(0, 40)
+    while True:
+        await asyncio.sleep(_GLIDE_EVERY)
+        entered = [d for d in client.entered_documents if not d.startswith(EPHEMERAL_PREFIX)]
+        if not entered or not client.is_connected:
+            continue
+        dx, dy = tx - x, ty - y
+        distance = (dx * dx + dy * dy) ** 0.5
+        if distance <= _GLIDE_STEP:
+            x, y = tx, ty
+            tx, ty = rng.uniform(0, 80), rng.uniform(0, 40)
+        else:
+            x, y = x + dx / distance * _GLIDE_STEP, y + dy / distance * _GLIDE_STEP
+        with contextlib.suppress(RatatoskrError, ValueError):
+            await client.set_state(entered[-1], "cursor", [round(x, 1), round(y, 1)])
 
 
 # --------------------------------------------------------------------------- output
@@ -219,58 +279,39 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     seed: int | None = None,
     tty: bool | None = None,
+    web: bool = False,
 ) -> int:
-    """Run the demo until ``duration`` elapses or ``stop`` is set. Returns 0."""
+    """Run the demo until ``duration`` elapses or ``stop`` is set. Returns 0.
+
+    ``web``: serve the relay's dashboard with a token made for this run, and
+    print its address (``http://127.0.0.1:PORT/admin/#token=...``: the token
+    is in the fragment, which a browser never sends to a server; the page
+    moves it to the tab's session storage) instead of the terminal view."""
     stop = stop or asyncio.Event()
     rng = random.Random(seed)
     named = (bots + 1) // 2  # half the bots, rounded up, log in with a token
     board = _Board()
-    live = sys.stdout.isatty() if tty is None else tty
+    live = (sys.stdout.isatty() if tty is None else tty) and not web
     output: _PlainOutput | _LiveOutput = _LiveOutput(board, bots) if live else _PlainOutput(board)
+    admin_token = secrets.token_urlsafe(18) if web else None
 
     def note(text: str) -> None:
         if not board.closed:
             board.events += 1
             output.line(text)
 
-    async with RelayServer(demo_config(named)) as relay:
+    async with RelayServer(demo_config(named, admin_token)) as relay:
+        if web:
+            print_line(f"dashboard: {relay.url}/admin/#token={admin_token}")
         if not live:
             output.line(f"relay listening on {relay.ws_url}; starting {bots} bots")
-        viewer = RatatoskrClient(relay.url, token=_VIEWER_TOKEN)
-        await viewer.connect()
-
-        def on_presence(doc: str, peers: tuple[Peer, ...]) -> None:
-            if doc.startswith(EPHEMERAL_PREFIX):
-                return
-            before = board.presence.get(doc, ())
-            board.presence[doc] = peers
-            here = sum(1 for p in peers if p.user_id != "viewer")
-            for peer in set(peers) - set(before):
-                if peer.user_id != "viewer":
-                    note(f"{doc}: {peer.display_name} joined ({here} here)")
-            for peer in set(before) - set(peers):
-                if peer.user_id != "viewer":
-                    note(f"{doc}: {peer.display_name} left ({here} here)")
-
-        def on_message(doc: str, sender: Peer, payload: Any) -> None:
-            where = (
-                doc if not doc.startswith(EPHEMERAL_PREFIX) else f"#{doc[len(EPHEMERAL_PREFIX) :]}"
-            )
-            note(f"{where}: {sender.display_name} {_describe(payload)}")
-
-        def on_error(error: RatatoskrError) -> None:
-            log.debug("viewer error: %s", error)
-
-        viewer.on("presence-changed", on_presence)
-        viewer.on("ephemeral-message", on_message)
-        viewer.on("error", on_error)
-        for doc in (*DEMO_DOCUMENTS, PRIVATE_DOCUMENT):
-            await viewer.enter_document(doc)
-            await viewer.enter_document(viewer.sidecar(doc, "chat"))
+        # The terminal's view comes from an observer client; the dashboard
+        # shows the relay's own view (an observer would be one more peer there).
+        viewer = None if web else await _viewer(relay.url, board, note)
 
         tasks = [
             asyncio.create_task(
-                _bot(i, relay.url, f"demo-{i // 2}" if i % 2 == 0 else None, rng, note),
+                _bot(i, relay.url, f"demo-{i // 2}" if i % 2 == 0 else None, rng, note, web),
                 name=f"demo-bot-{i}",
             )
             for i in range(bots)
@@ -286,8 +327,44 @@ async def run_demo(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(refresher, *tasks, return_exceptions=True)
-            await viewer.close()
+            if viewer is not None:
+                await viewer.close()
     return 0
+
+
+async def _viewer(url: str, board: _Board, note: Callable[[str], None]) -> RatatoskrClient:
+    """The observer client whose events drive the terminal view."""
+    viewer = RatatoskrClient(url, token=_VIEWER_TOKEN)
+    await viewer.connect()
+
+    def on_presence(doc: str, peers: tuple[Peer, ...]) -> None:
+        if doc.startswith(EPHEMERAL_PREFIX):
+            return
+        before = board.presence.get(doc, ())
+        board.presence[doc] = peers
+        here = sum(1 for p in peers if p.user_id != "viewer")
+        for peer in set(peers) - set(before):
+            if peer.user_id != "viewer":
+                note(f"{doc}: {peer.display_name} joined ({here} here)")
+        for peer in set(before) - set(peers):
+            if peer.user_id != "viewer":
+                note(f"{doc}: {peer.display_name} left ({here} here)")
+
+    def on_message(doc: str, sender: Peer, payload: Any) -> None:
+        where = doc if not doc.startswith(EPHEMERAL_PREFIX) else f"#{doc[len(EPHEMERAL_PREFIX) :]}"
+        note(f"{where}: {sender.display_name} {_describe(payload)}")
+
+    def on_error(error: RatatoskrError) -> None:
+        log.debug("viewer error: %s", error)
+
+    viewer.on("presence-changed", on_presence)
+    viewer.on("ephemeral-message", on_message)
+    viewer.on("error", on_error)
+    for doc in (*DEMO_DOCUMENTS, PRIVATE_DOCUMENT):
+        await viewer.enter_document(doc)
+        await viewer.enter_document(viewer.sidecar(doc, "chat"))
+
+    return viewer
 
 
 async def _refresh_loop(output: _PlainOutput | _LiveOutput) -> None:

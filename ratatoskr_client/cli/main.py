@@ -1,4 +1,4 @@
-"""The ``ratatoskr`` command: ``relay``, ``demo`` and ``watch``.
+"""The ``ratatoskr`` command: ``relay``, ``demo``, ``watch`` and ``webhook-echo``.
 
 Every subcommand returns an exit status: 0 on success, 1 on a runtime failure
 (unreachable server, refused auth, ...), 2 on bad usage or configuration.
@@ -28,6 +28,13 @@ log = logging.getLogger("ratatoskr_client.cli.main")
 #: The environment variable ``ratatoskr relay`` reads the metrics token from
 #: (``--metrics-token-file`` wins over it, and it over the config file's).
 METRICS_TOKEN_ENV = "RATATOSKR_METRICS_TOKEN"
+#: The environment variable ``ratatoskr relay`` reads the admin token from
+#: (``--admin-token`` and ``--admin-token-file`` win over it, and it over the
+#: config file's).
+ADMIN_TOKEN_ENV = "RATATOSKR_ADMIN_TOKEN"
+#: The environment variable holding the webhook signing secret
+#: (``--webhook-secret-file`` wins over it, and it over the config file's).
+WEBHOOK_SECRET_ENV = "RATATOSKR_WEBHOOK_SECRET"
 
 
 def _number(
@@ -168,6 +175,31 @@ def _build_parser() -> argparse.ArgumentParser:
         help="GET /metrics needs 'Authorization: Bearer <token>', the token being this "
         f"file's content (or set {METRICS_TOKEN_ENV}; never pass a secret on the command line)",
     )
+    admin = relay.add_mutually_exclusive_group()
+    admin.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="serve the admin API and the dashboard at /admin/, for this token "
+        "(visible to local users in the process list: on a shared machine prefer "
+        f"--admin-token-file or {ADMIN_TOKEN_ENV})",
+    )
+    admin.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="the same, the token being this file's content",
+    )
+    relay.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="POST signed batches of presence events (document occupied/vacated, user "
+        "joined/left) to this URL; needs --webhook-secret-file or "
+        f"{WEBHOOK_SECRET_ENV}",
+    )
+    relay.add_argument(
+        "--webhook-secret-file",
+        metavar="FILE",
+        help="the webhooks' HMAC-SHA256 signing secret is this file's content",
+    )
     relay.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     relay.set_defaults(func=_cmd_relay, command_parser=relay)
 
@@ -184,6 +216,12 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help="exit 0 after this long (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--web",
+        action="store_true",
+        help="serve the relay's live dashboard and print its address (with a token "
+        "made for this run) instead of the terminal view",
     )
     demo.set_defaults(func=_cmd_demo, command_parser=demo)
 
@@ -205,6 +243,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help="print one JSON object per presence change instead of the live view",
     )
     watch.set_defaults(func=_cmd_watch, command_parser=watch)
+
+    echo = sub.add_parser(
+        "webhook-echo",
+        parents=[common],
+        help="receive the relay's webhooks and print each verified event",
+        description="Listen for the relay's webhook POSTs, check their signatures and "
+        "timestamps, print one JSON line per event (stdout); refused requests are "
+        f"reported on stderr. The secret comes from --secret-file or {WEBHOOK_SECRET_ENV}.",
+    )
+    echo.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    echo.add_argument("--port", type=_port, default=8787, help="port; 0 picks a free one (8787)")
+    echo.add_argument("--secret-file", metavar="FILE", help="the webhooks' signing secret")
+    echo.set_defaults(func=_cmd_webhook_echo, command_parser=echo)
     return parser
 
 
@@ -269,6 +320,22 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         return 2
     if token is not None:
         overrides["metrics_token"] = token
+    for flag, path, env, key in (
+        ("--admin-token-file", args.admin_token_file, ADMIN_TOKEN_ENV, "admin_token"),
+        ("--webhook-secret-file", args.webhook_secret_file, WEBHOOK_SECRET_ENV, "webhook_secret"),
+    ):
+        try:
+            secret = _secret(path, env)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"ratatoskr relay: cannot read {flag} {path}: {reason}", file=sys.stderr)
+            return 2
+        if secret is not None:
+            overrides[key] = secret
+    if args.admin_token is not None:
+        overrides["admin_token"] = args.admin_token
+    if args.webhook_url is not None:
+        overrides["webhook_url"] = args.webhook_url
     try:
         if args.config:
             config = load_config(args.config, **overrides)
@@ -323,12 +390,29 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             logging.getLogger("ratatoskr_client.server").warning(OPEN_MODE)
         try:
             print(f"ratatoskr relay listening on {relay.ws_url}", flush=True)
+            if config.admin_token is not None:
+                # (stderr: stdout's one line is the contract scripts rely on)
+                print(f"ratatoskr relay dashboard at {relay.url}/admin/", file=sys.stderr)
             await stop.wait()
         finally:
             await relay.stop()
         return 0
 
     return _run_until_signal(serve, loop_factory)
+
+
+def _secret(path: str | None, env: str) -> str | None:
+    """A secret: the file's content (surrounding whitespace removed), else
+    the environment variable's, else None (the config file's applies).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    value = os.environ.get(env)
+    return value.strip() if value else None
 
 
 def _metrics_token(path: str | None) -> str | None:
@@ -388,6 +472,9 @@ def _relay_workers(args: argparse.Namespace, config: Any) -> int:
         ("--redis", args.redis),
         ("--node-ttl", args.node_ttl),
         ("--metrics-token-file", args.metrics_token_file),
+        ("--admin-token-file", args.admin_token_file),
+        ("--webhook-url", args.webhook_url),
+        ("--webhook-secret-file", args.webhook_secret_file),
     ):
         if value is not None:
             forwarded += [flag, str(value)]
@@ -397,6 +484,9 @@ def _relay_workers(args: argparse.Namespace, config: Any) -> int:
         if on
     ]
     command = [sys.executable, "-m", "ratatoskr_client", "--log-level", args.log_level, "relay"]
+    if args.admin_token is not None:
+        # To the workers through their environment, never their argv.
+        os.environ[ADMIN_TOKEN_ENV] = args.admin_token
 
     def worker_argv(i: int) -> list[str]:
         if metrics is None:
@@ -422,7 +512,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return _run_until_signal(
-        lambda stop: run_demo(bots=args.bots, duration=args.duration, stop=stop)
+        lambda stop: run_demo(bots=args.bots, duration=args.duration, stop=stop, web=args.web)
     )
 
 
@@ -457,6 +547,27 @@ def _unrecognized(unknown: Sequence[str], parser: argparse.ArgumentParser) -> st
     if guesses:
         message += f" (did you mean {' or '.join(guesses)}?)"
     return message
+
+
+def _cmd_webhook_echo(args: argparse.Namespace) -> int:
+    from .webhook_echo import run_webhook_echo
+
+    try:
+        secret = _secret(args.secret_file, WEBHOOK_SECRET_ENV)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"ratatoskr webhook-echo: cannot read --secret-file {args.secret_file}: {reason}",
+            file=sys.stderr,
+        )
+        return 2
+    if not secret:
+        print(
+            f"ratatoskr webhook-echo: needs the secret: --secret-file FILE or {WEBHOOK_SECRET_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    return _run_until_signal(lambda stop: run_webhook_echo(args.host, args.port, secret, stop))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ from typing import Any, Final
 from ..errors import (
     AuthError,
     ConnectionClosed,
+    DisconnectedByAdmin,
     DocumentNotFound,
     LimitExceeded,
     PayloadError,
@@ -91,6 +92,7 @@ from .membership import (
 from .membership import PresenceChanged as StoreChanged
 from .outbox import MIN_TIMER_STEP, Outbox, Send
 from .outgoing import Outgoing, Paced, check_document_id, make_pacer
+from .peer import server_peer
 from .peer_state import (
     EMPTY,
     PeerStates,
@@ -148,6 +150,7 @@ class ClientCore:
 
     __slots__ = (
         "_effects",
+        "_evicted",
         "_heartbeat_at",
         "_new_session",
         "_rand",
@@ -210,6 +213,8 @@ class ClientCore:
         self._heartbeat_at = float("inf")
         #: (peer id, secret) that resumes our peer after a drop (feature "resume")
         self._resume: tuple[str, str] | None = None
+        #: the operator closed this connection (disconnected_by_admin): why
+        self._evicted: DisconnectedByAdmin | None = None
 
     # ================================================================== queries
 
@@ -421,6 +426,13 @@ class ClientCore:
             return reason
         self.connection.apply("lost")
         reason = self.liveness.verdict or reason
+        evicted, self._evicted = self._evicted, None
+        if evicted is not None:
+            evicted.code = reason.code
+            evicted.__cause__ = reason
+            reason = evicted
+            if evicted.retry_after is not None:
+                self.connection.floor = evicted.retry_after
         self.liveness.stop()
         if isinstance(reason.__cause__, ProtocolError):
             self.report(reason.__cause__)
@@ -434,7 +446,11 @@ class ClientCore:
         self.settle(now, force=True)
         self._heartbeat_at = float("inf")
         self.outbox.emit("disconnected", reason)
-        if not self.settings.reconnect:
+        if evicted is not None and not evicted.reconnect:
+            # The operator said not to come back: stop as close() would (the
+            # disconnection was announced above, with its cause).
+            self.shutdown(evicted, now)
+        elif not self.settings.reconnect:
             # Not CONNECTED any more, so the teardown does not announce the
             # disconnection a second time: it was announced above, with its cause.
             self.shutdown(ConnectionClosed("client stopped reconnecting"), now)
@@ -598,8 +614,14 @@ class ClientCore:
             self._state_message(frame, payload, now, hidden=hidden)
             return
         # Outbox.emit, without its call and argument packing: once per message.
+        sender = frame.sender_id
         self._effects.append(
-            ("ephemeral-message", doc_id, self.store.peer(frame.sender_id), payload)
+            (
+                "ephemeral-message",
+                doc_id,
+                self.store.peer(sender) if sender != self.out.server_id else server_peer(sender),
+                payload,
+            )
         )
 
     def _state_message(
@@ -657,6 +679,10 @@ class ClientCore:
                 self._emit_state(doc_id, peer_id, view if view is not None else EMPTY)
 
     def _error_frame(self, frame: ErrorFrame, now: float) -> None:
+        if frame.error == DisconnectedByAdmin.code_name:
+            # The close follows: the reason it is lost for (connection_lost).
+            self._evicted = DisconnectedByAdmin(frame.message, retry_after=frame.retry_after)
+            return
         exc = error_from_frame(
             frame.error, frame.message, document_id=frame.document_id, retry_after=frame.retry_after
         )

@@ -9,7 +9,7 @@ from typing import Final
 
 from ..protocol import UserInfo
 
-__all__ = ["Peer", "intern_peer"]
+__all__ = ["Peer", "intern_peer", "server_peer"]
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -40,6 +40,9 @@ class Peer:
         is_anonymous: True when the peer authenticated without a token.
         chosen_name: the name the peer shares for itself, or None.
         display_name: the name to show (a property: ``chosen_name or name``).
+        is_server: True for the server itself: the sender of a message the
+            relay's operator published into a document (its ``peer_id`` is
+            the server's, from ``auth_ok``; ``name`` is ``"server"``).
     """
 
     peer_id: str
@@ -47,6 +50,7 @@ class Peer:
     name: str
     is_anonymous: bool
     chosen_name: str | None = field(default=None, compare=False)
+    is_server: bool = False
 
     @property
     def display_name(self) -> str:
@@ -100,3 +104,15 @@ def intern_peer(
         peer = Peer(peer_id, user_id, name, is_anonymous, chosen_name)
         _INTERNED[peer_id] = peer
     return peer
+
+
+def server_peer(peer_id: str) -> Peer:
+    """The :class:`Peer` standing for the server ``peer_id`` (``is_server``),
+    the sender of what the relay's operator publishes."""
+    peer = _SERVERS.get(peer_id)
+    if peer is None:
+        peer = _SERVERS[peer_id] = Peer(peer_id, None, "server", False, is_server=True)
+    return peer
+
+
+_SERVERS: Final[weakref.WeakValueDictionary[str, Peer]] = weakref.WeakValueDictionary()

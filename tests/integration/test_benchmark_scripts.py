@@ -44,6 +44,8 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         ["-m", "benchmarks.churn"],
         ["benchmarks/floods.py"],
         ["-m", "benchmarks.floods"],
+        ["benchmarks/operator_view.py"],
+        ["-m", "benchmarks.operator_view"],
     ],
     ids=[
         "run script",
@@ -54,6 +56,8 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         "churn -m",
         "floods script",
         "floods -m",
+        "operator_view script",
+        "operator_view -m",
     ],
 )
 def test_each_module_is_loaded_once_under_its_package_name(command: list[str]):

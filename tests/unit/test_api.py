@@ -233,6 +233,7 @@ def test_peer_fields():
         "name",
         "is_anonymous",
         "chosen_name",
+        "is_server",
     ]
     # The name a peer chose for itself is not part of its identity.
     assert Peer("p", None, "Neon Narwhal", True, "alpha") == Peer("p", None, "Neon Narwhal", True)

@@ -76,3 +76,16 @@ def test_sdist_ships_the_license_and_the_docs(built: tuple[Path, Path]):
     docs = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")}
     assert docs
     assert {"LICENSE", "README.md", *docs} <= names
+
+
+def test_wheel_ships_the_dashboard(built: tuple[Path, Path]):
+    # The relay serves /admin/ from package data: a wheel without these files
+    # would answer the dashboard with an error.
+    wheel, _ = built
+    shipped = ROOT / "ratatoskr_client" / "server" / "asyncio" / "dashboard"
+    files = {p.name for p in shipped.iterdir()}
+    assert {"index.html", "app.js", "app.css", "favicon.svg"} <= files
+    with zipfile.ZipFile(wheel) as archive:
+        for name in files:
+            path = f"ratatoskr_client/server/asyncio/dashboard/{name}"
+            assert archive.read(path) == (shipped / name).read_bytes(), path

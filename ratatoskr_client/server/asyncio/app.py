@@ -30,12 +30,21 @@ from ..config import RelayConfig
 from ..core.clock import AdvancingClock
 from ..core.relay import SWEEP_MAX_INTERVAL, RelayCore
 from ..core.turns import GO_ON, OVER, Turns
+from .admin import add_admin_routes, add_disabled_admin_routes
 from .guard import HandshakeGuard
 from .memory import TrimPolicy, trim
 from .metrics import MetricsPage, metrics_registry
 from .outbox import Batcher, SocketOutbox
+from .webhooks import WebhookSender
 
-__all__ = ["CLUSTER_KEY", "CORE_KEY", "GUARD_KEY", "create_app", "create_metrics_app"]
+__all__ = [
+    "CLUSTER_KEY",
+    "CORE_KEY",
+    "GUARD_KEY",
+    "WEBHOOKS_KEY",
+    "create_app",
+    "create_metrics_app",
+]
 
 log = logging.getLogger("ratatoskr_client.server")
 
@@ -104,6 +113,8 @@ _SOCKETS_KEY: Final = web.AppKey("ratatoskr_sockets", _OpenSockets)
 _BATCHER_KEY: Final = web.AppKey("ratatoskr_batcher", Batcher)
 _TURNS_KEY: Final = web.AppKey("ratatoskr_turns", _Line)
 _METRICS_KEY: Final = web.AppKey("ratatoskr_metrics", MetricsPage)
+#: The webhook sender (only when ``webhook_url`` is configured).
+WEBHOOKS_KEY: Final = web.AppKey("ratatoskr_webhooks", WebhookSender)
 
 
 _HEALTHY: Final = b'{"status": "ok"}'
@@ -335,6 +346,13 @@ async def _cluster_link(app: web.Application) -> AsyncIterator[None]:
     await cluster.stop()
 
 
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    sender = app[WEBHOOKS_KEY]
+    sender.start()
+    yield
+    await sender.stop()
+
+
 async def _close_sockets(app: web.Application) -> None:
     async def close(ws: web.WebSocketResponse) -> None:
         with contextlib.suppress(Exception):
@@ -396,14 +414,27 @@ def create_app(
     app[_SOCKETS_KEY] = _OpenSockets()
     app[_BATCHER_KEY] = Batcher()
     app[_TURNS_KEY] = _Line()
-    app[_METRICS_KEY] = MetricsPage(metrics_registry(core, cluster), config.metrics_token)
+    webhooks = None
+    if config.webhook_url is not None:
+        webhooks = app[WEBHOOKS_KEY] = WebhookSender(core, config, cluster)
+    app[_METRICS_KEY] = MetricsPage(
+        metrics_registry(core, cluster, webhooks.stats if webhooks is not None else None),
+        config.metrics_token,
+    )
     app.router.add_get("/sync", _sync)
     app.router.add_get("/health", _health)
     if config.metrics_listen is None:  # else on its own address: create_metrics_app
         app.router.add_get("/metrics", _metrics)
+    if config.admin_token is not None:
+        add_admin_routes(app, core, cluster)
+    else:
+        add_disabled_admin_routes(app)
     app.on_response_prepare.append(_one_request_per_connection)
     app.cleanup_ctx.append(_background)
     if cluster is not None:
         app.cleanup_ctx.append(_cluster_link)
+    if webhooks is not None:
+        # (after the cluster link: stopped before it, while Redis is still there)
+        app.cleanup_ctx.append(_webhooks)
     app.on_shutdown.append(_close_sockets)
     return app

@@ -30,6 +30,7 @@ from aiohttp import web
 from ..._version import install_hint
 from ..core.counters import REFUSAL_REASONS
 from ..core.relay import RelayCore
+from ..core.webhooks import WebhookStats
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -49,9 +50,15 @@ MISSING_METRICS: Final = (
 class RelayCollector:
     """Reads one relay's numbers at scrape time (a prometheus-client collector)."""
 
-    def __init__(self, core: RelayCore, cluster: Cluster | None = None) -> None:
+    def __init__(
+        self,
+        core: RelayCore,
+        cluster: Cluster | None = None,
+        webhooks: WebhookStats | None = None,
+    ) -> None:
         self.core = core
         self.cluster = cluster
+        self.webhooks = webhooks
 
     def collect(self) -> Iterator[Any]:
         """Yield every metric family (called by prometheus-client on a scrape)."""
@@ -135,6 +142,38 @@ class RelayCollector:
         )
         if self.cluster is not None:
             yield from self._cluster(GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily)
+        if self.webhooks is not None:
+            yield from self._webhooks(GaugeMetricFamily, CounterMetricFamily)
+
+    def _webhooks(self, gauge: Any, counter: Any) -> Iterator[Any]:
+        hooks = self.webhooks
+        assert hooks is not None
+        yield gauge(
+            "ratatoskr_webhook_queued_events",
+            "Webhook events waiting to be sent (bounded: beyond it they are dropped).",
+            value=hooks.queued,
+        )
+        dropped = counter(
+            "ratatoskr_webhook_events_dropped",
+            "Webhook events dropped: the queue was full, or their batch failed every attempt.",
+            labels=["reason"],
+        )
+        for reason, value in hooks.dropped.items():
+            dropped.add_metric([reason], value)
+        yield dropped
+        posts = counter(
+            "ratatoskr_webhook_deliveries",
+            "Webhook POSTs by outcome (ok: a 2xx answer; error: anything else, retried).",
+            labels=["outcome"],
+        )
+        for outcome, value in hooks.deliveries.items():
+            posts.add_metric([outcome], value)
+        yield posts
+        yield counter(
+            "ratatoskr_webhook_events_delivered",
+            "Webhook events a receiver acknowledged.",
+            value=hooks.delivered,
+        )
 
     def _cluster(self, gauge: Any, counter: Any, histogram: Any) -> Iterator[Any]:
         cluster = self.cluster
@@ -187,7 +226,9 @@ class RelayCollector:
         yield bus
 
 
-def metrics_registry(core: RelayCore, cluster: Cluster | None = None) -> CollectorRegistry | None:
+def metrics_registry(
+    core: RelayCore, cluster: Cluster | None = None, webhooks: WebhookStats | None = None
+) -> CollectorRegistry | None:
     """A fresh registry with the relay's collector and the process's own
     metrics (memory, CPU, file descriptors), or None without prometheus-client."""
     try:
@@ -195,7 +236,7 @@ def metrics_registry(core: RelayCore, cluster: Cluster | None = None) -> Collect
     except ImportError:
         return None
     registry: CollectorRegistry = prometheus.CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(core, cluster))
+    registry.register(RelayCollector(core, cluster, webhooks))
     prometheus.ProcessCollector(registry=registry)
     return registry
 

@@ -38,6 +38,9 @@ class ClusterView:
         self.names = names
         self.remote = RemotePresence(core, node_id)
         self.publisher = Publisher(core, node_id, names, max_queued=max_queued)
+        #: called with a node found gone, after its peers were removed (the
+        #: webhooks sweep its share of the cluster's occupancy)
+        self.on_node_dropped: Callable[[str], None] = _ignore
         core.attach_bus(self)
 
     # ------------------------------------------------------------------ the core's bus
@@ -130,6 +133,7 @@ class ClusterView:
     def drop_node(self, node: str) -> None:
         """``node`` is gone: every peer of it leaves and disconnects."""
         self.remote.drop_node(node)
+        self.on_node_dropped(node)
 
     def drop_all(self) -> None:
         """Forget every other node (cut off from Redis for too long)."""
@@ -185,3 +189,7 @@ class ClusterView:
         """Document -> generation, for every document whose remote presence
         must be read from Redis; pass the generation back to :meth:`doc_fetched`."""
         return self.remote.docs_to_fetch()
+
+
+def _ignore(node: str) -> None:
+    """The default :attr:`ClusterView.on_node_dropped`."""

@@ -69,6 +69,7 @@ __all__ = [
     "database_of",
     "load_config",
     "parse_listen_address",
+    "read_secret_file",
     "redact_url",
 ]
 
@@ -165,6 +166,19 @@ class RelayConfig:
         metrics_token: when set, ``GET /metrics`` needs the header
             ``Authorization: Bearer <token>`` (401 otherwise). Printable ASCII
             without spaces. Never shown in the config's ``repr``.
+        admin_token: when set, the admin API (``/admin/api/...``) and the
+            dashboard (``/admin/``) are served, and every API call needs the
+            header ``Authorization: Bearer <token>`` (401 otherwise); None
+            (the default): they do not exist (404). Printable ASCII without
+            spaces. Never shown in the config's ``repr`` nor logged. In a TOML
+            file, ``admin_token_file`` (a path, relative to the file) reads it
+            from a file instead.
+        webhook_url: when set, the relay POSTs signed batches of events
+            (document occupied/vacated, user joined/left) to this ``http(s)``
+            URL (see ``docs/server.md``, "Webhooks"); needs ``webhook_secret``.
+        webhook_secret: the shared secret of the webhook signatures
+            (HMAC-SHA256). Never shown in ``repr``. In a TOML file,
+            ``webhook_secret_file`` reads it from a file.
         metrics_listen: ``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6; port 0
             picks a free one): serve ``/metrics`` and ``/health`` on this second
             address, and not ``/metrics`` on the main one. None: ``/metrics``
@@ -194,6 +208,9 @@ class RelayConfig:
     reuse_port: bool = False
     metrics_token: str | None = field(default=None, repr=False)
     metrics_listen: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
@@ -305,16 +322,29 @@ def _validate(cfg: RelayConfig) -> None:
     validate_acl(cfg.users, cfg.documents, cfg.source)
 
 
-def _validate_metrics(cfg: RelayConfig) -> None:
-    token = cfg.metrics_token
+def _validate_secret(cfg: RelayConfig, key: str) -> None:
+    token = getattr(cfg, key)
     if token is not None and (
         not isinstance(token, str) or not token or not all("!" <= c <= "~" for c in token)
     ):
         # (the value itself is never shown: it is a secret)
         raise ConfigError(
-            "metrics_token must be a non-empty string of printable ASCII without spaces",
+            f"{key} must be a non-empty string of printable ASCII without spaces",
             path=cfg.source,
         )
+
+
+def _validate_metrics(cfg: RelayConfig) -> None:
+    for key in ("metrics_token", "admin_token", "webhook_secret"):
+        _validate_secret(cfg, key)
+    url = cfg.webhook_url
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"webhook_url must be an http:// or https:// URL, got {url!r}", path=cfg.source
+            )
+        if cfg.webhook_secret is None:
+            raise ConfigError("webhook_url needs webhook_secret (the signing key)", path=cfg.source)
     listen = cfg.metrics_listen
     if listen is not None:
         if not isinstance(listen, str):
@@ -346,7 +376,14 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "node_ttl": (int, float),
     "metrics_token": str,
     "metrics_listen": str,
+    "admin_token": str,
+    "webhook_url": str,
+    "webhook_secret": str,
 }
+
+#: Keys naming a file whose content (surrounding whitespace removed) is the
+#: value of another key: secrets belong in files, not in a shared config.
+_SECRET_FILES: Final = {"admin_token_file": "admin_token", "webhook_secret_file": "webhook_secret"}
 
 
 def _table_list(raw: Mapping[str, Any], key: str, path: str) -> list[dict[str, Any]]:
@@ -377,6 +414,23 @@ def _field(table: Mapping[str, Any], key: str, path: str, entry: str, *, require
             f"{key!r} must be a string, got {type(value).__name__}", path=path, entry=entry
         )
     return value
+
+
+def read_secret_file(value: object, base: Path, key: str, where: str | None = None) -> str:
+    """The secret in the file ``value`` (relative to ``base``), whitespace
+    around it removed.
+
+    Raises:
+        ConfigError: ``value`` is not a string, or the file cannot be read.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key!r} must be a file path", path=where)
+    file = base / value
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"{key}: cannot read {str(file)!r}: {reason}", path=where) from exc
 
 
 def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
@@ -411,8 +465,16 @@ def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=where) from exc
 
-    _check_keys(raw, ["users", "documents", *_TOP_LEVEL_SETTINGS], where, "top level")
+    _check_keys(
+        raw, ["users", "documents", *_TOP_LEVEL_SETTINGS, *_SECRET_FILES], where, "top level"
+    )
     settings: dict[str, Any] = {}
+    for file_key, key in _SECRET_FILES.items():
+        if file_key not in raw:
+            continue
+        if key in raw:
+            raise ConfigError(f"give {key!r} or {file_key!r}, not both", path=where)
+        settings[key] = read_secret_file(raw[file_key], Path(where).parent, file_key, where)
     for key, kind in _TOP_LEVEL_SETTINGS.items():
         if key in raw:
             value = raw[key]

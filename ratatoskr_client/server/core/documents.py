@@ -43,6 +43,7 @@ from .limits import (
     SESSION_TOMBSTONE_TTL,
 )
 from .replies import Replies
+from .roster import Roster
 from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
 
 __all__ = ["Documents", "ephemeral_prefix", "fan_out"]
@@ -73,6 +74,7 @@ class Documents:
         "config",
         "counters",
         "members",
+        "roster",
         "server_peer_id",
         "sessions",
         "visibility",
@@ -88,8 +90,11 @@ class Documents:
         members: dict[str, dict[str, Connection]],
         peers: dict[str, Connection],
         server_peer_id: str,
+        roster: Roster,
     ) -> None:
         self.config = config
+        #: told every membership change (the operator's view, the webhooks)
+        self.roster = roster
         self.server_peer_id = server_peer_id
         self.clock = clock
         self.counters = counters
@@ -151,6 +156,7 @@ class Documents:
             decision = visibility.decide(doc_id, conn, now) if self._presence else SILENT
             members[conn.peer_id] = conn
             conn.docs[doc_id] = now
+            self.roster.joined(doc_id, conn)
             if self.bus is not None:
                 self.bus.joined(doc_id, conn)
                 if decision == SILENT:
@@ -177,6 +183,7 @@ class Documents:
         decision = visibility.decide(doc_id, conn, self.clock(), force=gone) if presence else SILENT
         del members[conn.peer_id]
         visibility.states.forget(doc_id, conn.peer_id)
+        self.roster.left(doc_id, conn)
         if not members:
             del self.members[doc_id]
             visibility.drop_held(doc_id)  # nobody left to tell
@@ -300,10 +307,19 @@ class Documents:
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
-            if self._presence and type(payload) is dict and PRESENCE_MARKER in payload:
-                self.visibility.states.observe(
-                    doc_id, conn.peer_id, frame.session_id, frame.count, payload, len(frame.data)
-                )
+            if type(payload) is dict and PRESENCE_MARKER in payload:
+                if self._presence:
+                    self.visibility.states.observe(
+                        doc_id,
+                        conn.peer_id,
+                        frame.session_id,
+                        frame.count,
+                        payload,
+                        len(frame.data),
+                    )
+                if self.roster.active:
+                    # automerge-repo Presence state, kept for the operator's view
+                    self.roster.state_message(doc_id, conn.peer_id, payload, len(frame.data))
         self._relay(conn, frame)
 
     def _control_allowed(self, conn: Connection, doc_id: str) -> bool:

@@ -44,17 +44,20 @@ from ...protocol import (
     AuthFrame,
     DocUnavailableFrame,
     EphemeralFrame,
+    ErrorFrame,
     RequestFrame,
     SyncFrame,
     UnknownFrame,
     decode,
+    encode,
 )
+from ...protocol.writers import ephemeral_prefix, target_suffix
 from ..config import RelayConfig
 from .auth import Authentication
 from .bus import Bus, Member, RemoteSender
 from .connection import Connection, Outbox, RelayStats
 from .counters import RelayCounters
-from .documents import Documents
+from .documents import Documents, fan_out
 from .limits import (
     LIVENESS_FACTOR,
     MAX_AUTH_FAILURE_ADDRESSES,
@@ -72,9 +75,11 @@ from .limits import (
 from .names import NameAllocator
 from .replies import Replies
 from .resume import Resumption
+from .roster import Roster
 from .visibility import Visibility
 
 __all__ = [
+    "DISCONNECTED_BY_ADMIN",
     "MAX_AUTH_FAILURE_ADDRESSES",
     "MAX_CONNECTION_ADDRESSES",
     "MAX_SESSIONS_PER_CONNECTION",
@@ -100,6 +105,9 @@ log = logging.getLogger("ratatoskr_client.server")
 #: The longest time between two runs of a periodic sweep (presence expiry, the
 #: liveness rule); each runs every tenth of its own period when that is shorter.
 SWEEP_MAX_INTERVAL: Final = 1.0
+
+#: The error code of a connection the operator closed (:meth:`RelayCore.disconnect`).
+DISCONNECTED_BY_ADMIN: Final = "disconnected_by_admin"
 
 # Frames only the server may send; a client sending one gets invalid_message.
 _SERVER_ONLY: Final = frozenset(
@@ -153,6 +161,11 @@ class RelayCore:
         peers: dict[str, Connection] = {}
         members: dict[str, dict[str, Connection]] = {}
         self.replies = Replies(config, clock, self.counters)
+        #: who is where, since when, as which user, sharing what (roster.py):
+        #: kept when the admin API or webhooks are configured (else empty)
+        self.roster = Roster(
+            clock, active=config.admin_token is not None or config.webhook_url is not None
+        )
         self.visibility = Visibility(config, clock, members, peers, self._wake)
         self.documents = Documents(
             config,
@@ -163,6 +176,7 @@ class RelayCore:
             members,
             peers,
             self.server_peer_id,
+            self.roster,
         )
         #: the resume secrets and the held peers (docs/protocol.md, "Resuming")
         self.resumption = Resumption(config.resume_grace if config.server_presence else 0.0)
@@ -193,6 +207,11 @@ class RelayCore:
         self._liveness_due = now + self._liveness_every
         #: the earliest time the I/O layer was asked to call on_timer at
         self._next_due = min(self._expiry_due, self._liveness_due)
+        # What the operator publishes (publish): the relay's own sender id and
+        # session, and the count of its messages.
+        self._server_suffix = target_suffix(self.server_peer_id)
+        self._server_session = f"server-{secrets.token_hex(8)}"
+        self._published = 0
 
     def _wake(self, when: float) -> None:
         if when < self._next_due:
@@ -395,6 +414,61 @@ class RelayCore:
     def members(self, document_id: str) -> Iterable[Connection]:
         """The local connections present in a document, in join order."""
         return self._members.get(document_id, {}).values()
+
+    def peer(self, peer_id: str) -> Connection | None:
+        """The authenticated local connection ``peer_id``, if any."""
+        return self._peers.get(peer_id)
+
+    # ------------------------------------------------------------------ the operator
+
+    def disconnect(self, peer_id: str, reason: str, retry_after: float | None = None) -> bool:
+        """The operator closes the local connection ``peer_id``: it is sent
+        the error ``disconnected_by_admin`` with ``reason`` as its message and
+        then closed (1008, ``disconnected_by_admin``). ``retry_after``: the
+        client may reconnect after that many seconds; None: it must not
+        reconnect (``docs/protocol.md``). Its leaves are announced when its
+        socket closes, as for any closed connection. False if there is no
+        such connection."""
+        conn = self._peers.get(peer_id)
+        if conn is None:
+            return False
+        conn.outbox.send(encode(ErrorFrame(DISCONNECTED_BY_ADMIN, reason, None, retry_after)))
+        conn.outbox.close(1008, DISCONNECTED_BY_ADMIN)
+        return True
+
+    def disconnect_user(
+        self, user_id: str, reason: str, retry_after: float | None = None
+    ) -> tuple[str, ...]:
+        """:meth:`disconnect` every local connection of the user ``user_id``
+        (anonymous peers have no user: disconnect them one by one). Returns
+        their peer ids."""
+        peers = tuple(
+            c.peer_id for c in self._peers.values() if c.user_id == user_id and not c.is_anonymous
+        )
+        for peer_id in peers:
+            self.disconnect(peer_id, reason, retry_after)
+        return peers
+
+    def publish(self, document_id: str, data: bytes) -> int:
+        """The operator publishes the encoded payload ``data`` into
+        ``document_id``: every local peer present receives it as an ephemeral
+        message whose ``senderId`` is this relay's peer id (what ``auth_ok``
+        named the server; clients tell the server's messages by it), in a
+        session of the relay's own. Not rate-limited, not subject to the
+        gossip rule (it comes from no connection). Returns how many peers it
+        was written to."""
+        self._published += 1
+        members = self._members.get(document_id)
+        if not members:
+            return 0
+        self.counters.relayed_local += 1
+        fan_out(
+            members,
+            ephemeral_prefix(
+                self._server_suffix, document_id, self._published, self._server_session, data
+            ),
+        )
+        return len(members)
 
     # ------------------------------------------------------------------ input
 

@@ -1,0 +1,331 @@
+"""The admin API's rules: who may call it, what each call answers and does.
+No I/O: the aiohttp layer (:mod:`ratatoskr_client.server.asyncio.admin`)
+routes requests here and writes the answers as JSON.
+
+Every answer is a JSON-able ``dict``; every refusal is an :class:`AdminError`
+with an HTTP status and a machine-readable ``code`` (``docs/server.md``,
+"Admin API"). Times are given as seconds on the relay's clock converted by
+the caller (``wall``): the core's clock is monotonic.
+
+In a cluster the answers include what this relay knows of the others
+(:class:`RemoteView`, the cluster's view of remote peers): the nodes, every
+remote peer and the documents they are present in *as far as this relay
+tracks them* (a relay follows the remote presence of the documents it has
+local peers in).
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Final, Protocol
+
+from ...errors import PayloadError
+from ...protocol import UserInfo
+from ...protocol.writers import encode_payload
+from .connection import Connection
+from .relay import RelayCore
+from .roster import user_key
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "MAX_REASON",
+    "AdminError",
+    "RemotePeerView",
+    "RemoteView",
+    "authorized",
+    "connections",
+    "disconnect",
+    "document_presence",
+    "documents",
+    "nodes",
+    "publish",
+]
+
+#: Connections per page of ``GET /admin/api/connections`` unless ``limit`` says.
+DEFAULT_PAGE: Final = 100
+#: The largest ``limit``.
+MAX_PAGE: Final = 1000
+#: The longest disconnect reason (characters): it goes into an error frame.
+MAX_REASON: Final = 200
+
+
+class AdminError(Exception):
+    """A refused admin call: ``status`` (HTTP), ``code`` and a message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        """The error's JSON body."""
+        return {"error": self.code, "message": self.message}
+
+
+class RemotePeerView(Protocol):
+    """A peer connected to another relay of the cluster."""
+
+    @property
+    def node(self) -> str:
+        """The node it is connected to."""
+
+    @property
+    def peer_id(self) -> str:
+        """Its peer id."""
+
+    @property
+    def user(self) -> UserInfo:
+        """Who it is."""
+
+    @property
+    def docs(self) -> Collection[str]:
+        """The documents it is present in, as far as this relay tracks them."""
+
+
+class RemoteView(Protocol):
+    """What this relay knows of the other relays of its cluster."""
+
+    node_id: str
+
+    def nodes(self) -> tuple[str, ...]:
+        """The other nodes."""
+
+    def remote_peers(self) -> Iterable[RemotePeerView]:
+        """Every peer connected to another node."""
+
+
+def authorized(expected: str | None, header: str | None) -> bool:
+    """True if the ``Authorization`` header carries the admin token, compared
+    in constant time (the time taken does not tell how much of a guess was
+    right). ``expected`` None: there is no admin API at all (the caller
+    answers 404 before asking)."""
+    if expected is None or header is None:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+def _user(conn: Connection) -> dict[str, Any]:
+    return {
+        "peerId": conn.peer_id,
+        "userId": None if conn.is_anonymous else conn.user_id,
+        "user": user_key(conn),
+        "name": conn.name,
+        "anonymous": conn.is_anonymous,
+    }
+
+
+def _remote_user(peer: RemotePeerView) -> dict[str, Any]:
+    user = peer.user
+    anonymous = user.is_anonymous or user.id is None
+    return {
+        "peerId": peer.peer_id,
+        "userId": None if anonymous else user.id,
+        "user": f"anon:{peer.peer_id}" if anonymous else user.id,
+        "name": user.name or peer.peer_id,
+        "anonymous": anonymous,
+    }
+
+
+def nodes(core: RelayCore, remote: RemoteView | None) -> dict[str, Any]:
+    """``GET /admin/api/nodes``: this relay and the others it knows."""
+    stats = core.stats()
+    here: dict[str, Any] = {
+        "node": remote.node_id if remote is not None else core.server_peer_id,
+        "self": True,
+        "peers": stats.peers,
+        "documents": stats.documents,
+        "memberships": stats.memberships,
+        "relayed": core.counters.relayed_local + core.counters.relayed_remote,
+    }
+    answer: list[dict[str, Any]] = [here]
+    if remote is not None:
+        counts: dict[str, int] = dict.fromkeys(remote.nodes(), 0)
+        for peer in remote.remote_peers():
+            counts[peer.node] = counts.get(peer.node, 0) + 1
+        answer += [{"node": n, "self": False, "peers": c} for n, c in counts.items()]
+    return {"nodes": answer}
+
+
+def documents(core: RelayCore, remote: RemoteView | None) -> dict[str, Any]:
+    """``GET /admin/api/documents``: every document with someone present, with
+    its counts (``local`` peers here, ``remote`` ones elsewhere as tracked)."""
+    table: dict[str, dict[str, Any]] = {}
+    users: dict[str, set[str]] = {}
+    for conn in core.peers():
+        for doc in conn.docs:
+            row = table.setdefault(doc, {"id": doc, "peers": 0, "local": 0, "remote": 0})
+            row["peers"] += 1
+            row["local"] += 1
+            users.setdefault(doc, set()).add(user_key(conn))
+    if remote is not None:
+        for peer in remote.remote_peers():
+            key = _remote_user(peer)["user"]
+            for doc in peer.docs:
+                row = table.setdefault(doc, {"id": doc, "peers": 0, "local": 0, "remote": 0})
+                row["peers"] += 1
+                row["remote"] += 1
+                users.setdefault(doc, set()).add(key)
+    for doc, row in table.items():
+        row["users"] = len(users.get(doc, ()))
+    return {"documents": sorted(table.values(), key=lambda r: (-r["peers"], r["id"]))}
+
+
+def document_presence(
+    core: RelayCore,
+    remote: RemoteView | None,
+    document_id: str,
+    wall: Callable[[float], float],
+) -> dict[str, Any]:
+    """``GET /admin/api/documents/{id}``: who is present (peers, with when
+    they joined: ``since``, epoch seconds by ``wall``), as which users, and
+    the state each shared (``state``: peer id -> its latest Presence state).
+    A document nobody is in has empty lists (presence is not a resource that
+    can be missing)."""
+    since = core.roster.since(document_id)
+    peers: list[dict[str, Any]] = []
+    for conn in core.members(document_id):
+        row = _user(conn)
+        row["node"] = remote.node_id if remote is not None else core.server_peer_id
+        joined = since.get(conn.peer_id)
+        row["since"] = None if joined is None else round(wall(joined), 3)
+        peers.append(row)
+    if remote is not None:
+        for peer in remote.remote_peers():
+            if document_id in peer.docs:
+                row = _remote_user(peer)
+                row["node"] = peer.node
+                row["since"] = None
+                peers.append(row)
+    users: dict[str, dict[str, Any]] = {}
+    for row in peers:
+        entry = users.setdefault(
+            row["user"], {"user": row["user"], "name": row["name"], "connections": 0}
+        )
+        entry["connections"] += 1
+    return {
+        "id": document_id,
+        "peers": peers,
+        "users": list(users.values()),
+        "state": core.peer_states(document_id),
+    }
+
+
+def _page(query: Mapping[str, str]) -> tuple[int, int]:
+    def number(key: str, default: int, low: int, high: int) -> int:
+        text = query.get(key)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise AdminError(400, "invalid_request", f"{key} must be an integer") from None
+        if not low <= value <= high:
+            raise AdminError(400, "invalid_request", f"{key} must be from {low} to {high}")
+        return value
+
+    return number("offset", 0, 0, 2**31), number("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+
+
+def connections(
+    core: RelayCore, remote: RemoteView | None, query: Mapping[str, str]
+) -> dict[str, Any]:
+    """``GET /admin/api/connections?offset=&limit=&node=``: the authenticated
+    connections, this relay's first (in connection order), then the other
+    relays' as far as known, a page at a time. ``node``: only that node's
+    (``local`` for this relay's). ``next`` is the offset of the next page,
+    None after the last."""
+    offset, limit = _page(query)
+    only = query.get("node")
+    here = remote.node_id if remote is not None else core.server_peer_id
+    rows: list[dict[str, Any]] = []
+    if only in (None, "local", here):
+        for conn in core.peers():
+            row = _user(conn)
+            row.update(node=here, documents=sorted(conn.docs), address=conn.address)
+            rows.append(row)
+    if remote is not None and only != "local":
+        for peer in remote.remote_peers():
+            if only is None or only == peer.node:
+                row = _remote_user(peer)
+                row.update(node=peer.node, documents=sorted(peer.docs), address=None)
+                rows.append(row)
+    page = rows[offset : offset + limit]
+    after = offset + len(page)
+    return {
+        "connections": page,
+        "total": len(rows),
+        "offset": offset,
+        "next": after if after < len(rows) else None,
+    }
+
+
+def _reason_and_retry(body: Mapping[str, Any]) -> tuple[str, float | None]:
+    reason = body.get("reason", "disconnected by the operator")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise AdminError(
+            400, "invalid_request", f"reason must be a string of at most {MAX_REASON} characters"
+        )
+    reconnect = body.get("reconnect", False)
+    if not isinstance(reconnect, bool):
+        raise AdminError(400, "invalid_request", "reconnect must be true or false")
+    retry_after = body.get("retryAfter", 1.0 if reconnect else None)
+    if reconnect:
+        if (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, int | float)
+            or not math.isfinite(retry_after)
+            or not 0 <= retry_after <= 3600
+        ):
+            raise AdminError(400, "invalid_request", "retryAfter must be seconds from 0 to 3600")
+        return reason, float(retry_after)
+    return reason, None
+
+
+def disconnect(core: RelayCore, body: object) -> dict[str, Any]:
+    """``POST /admin/api/disconnect`` with ``{"peerId": ...}`` or
+    ``{"userId": ...}``, an optional ``reason`` (the client's error message)
+    and ``reconnect`` (default false: the client is told not to reconnect;
+    true: after ``retryAfter`` seconds, default 1). Answers the peer ids
+    disconnected on this relay; 404 ``not_found`` when none was."""
+    if not isinstance(body, dict):
+        raise AdminError(400, "invalid_request", "the body must be a JSON object")
+    reason, retry_after = _reason_and_retry(body)
+    peer_id, user_id = body.get("peerId"), body.get("userId")
+    if (peer_id is None) == (user_id is None):
+        raise AdminError(400, "invalid_request", "give exactly one of peerId and userId")
+    if peer_id is not None:
+        if not isinstance(peer_id, str) or not core.disconnect(peer_id, reason, retry_after):
+            raise AdminError(404, "not_found", f"no connection {peer_id!r} on this relay")
+        return {"disconnected": [peer_id]}
+    if not isinstance(user_id, str):
+        raise AdminError(400, "invalid_request", "userId must be a string")
+    peers = core.disconnect_user(user_id, reason, retry_after)
+    if not peers:
+        raise AdminError(404, "not_found", f"no connection of user {user_id!r} on this relay")
+    return {"disconnected": list(peers)}
+
+
+def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
+    """``POST /admin/api/documents/{id}/publish`` with ``{"payload": ...}``:
+    the payload (any JSON value) goes to every local peer present as an
+    ephemeral message from the server. Answers how many peers got it."""
+    if not isinstance(body, dict) or "payload" not in body:
+        raise AdminError(400, "invalid_request", 'the body must be {"payload": <any JSON>}')
+    try:
+        data = encode_payload(body["payload"])
+    except PayloadError as exc:
+        raise AdminError(400, "invalid_request", f"payload: {exc}") from None
+    if len(data) > core.config.max_frame_size:
+        raise AdminError(
+            413,
+            "payload_too_large",
+            f"payload of {len(data)} bytes exceeds max_frame_size ({core.config.max_frame_size})",
+        )
+    return {"documentId": document_id, "delivered": core.publish(document_id, data)}

@@ -1,0 +1,182 @@
+"""Webhooks from a two-relay cluster (a real Redis, two relay processes): a
+receiver gets each membership event once, from whichever relay made the
+change, with a valid signature."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from ratatoskr_client import RatatoskrClient
+from ratatoskr_client.server.core.webhooks import DELIVERY_HEADER, verify
+
+from .conftest import make_cluster
+from .support import eventually
+
+SECRET = "webhook-test-secret"
+
+
+class Receiver:
+    """A webhook receiver on a free loopback port that checks every signature."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.deliveries: list[str] = []
+        self.bad = 0
+        self.changed = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify(SECRET, request.headers, body, time.time()):
+            self.bad += 1
+            return web.Response(status=401)
+        self.deliveries.append(request.headers[DELIVERY_HEADER])
+        self.events += json.loads(body)["events"]
+        self.changed.set()
+        return web.json_response({"ok": True})
+
+    async def wait_for(self, predicate: Any, timeout: float = 15.0) -> None:
+        async def check() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(check(), timeout)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    hooks = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", hooks.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hooks.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
+    yield hooks
+    await runner.cleanup()
+
+
+def summary(events: list[dict[str, Any]], doc: str) -> Counter[tuple[str, str | None]]:
+    return Counter((e["type"], e.get("user")) for e in events if e["documentId"] == doc)
+
+
+async def test_each_event_once_across_two_relays(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
+    with make_cluster(2, "--webhook-url", receiver.url) as cluster:
+        await cluster.ready()
+        doc = f"hooked-{uuid.uuid4().hex[:8]}"
+        # Alice on both relays, Bob on the second: one occupied, one joined
+        # each, whichever relay their first connection is on.
+        alice_a = RatatoskrClient(cluster.a.url, token="alice-secret")
+        alice_b = RatatoskrClient(cluster.b.url, token="alice-secret")
+        bob_b = RatatoskrClient(cluster.b.url, token="bob-secret")
+        clients = (alice_a, alice_b, bob_b)
+        try:
+            await asyncio.gather(*(c.connect() for c in clients))
+            await asyncio.gather(*(c.enter_document(doc) for c in clients))
+            await receiver.wait_for(
+                lambda: (
+                    summary(receiver.events, doc)
+                    == Counter(
+                        {
+                            ("document.occupied", None): 1,
+                            ("user.joined", "alice"): 1,
+                            ("user.joined", "bob"): 1,
+                        }
+                    )
+                )
+            )
+            await alice_a.leave_document(doc)  # Alice is still there on b: no event
+            await bob_b.close()
+            await alice_b.close()
+            await receiver.wait_for(
+                lambda: ("document.vacated", None) in summary(receiver.events, doc)
+            )
+        finally:
+            for client in clients:
+                await client.close()
+
+        # Nothing more is on its way: both relays' queues are empty and what
+        # they delivered is what arrived (a duplicate would be counted there).
+        async def settled() -> bool:
+            pages = [await node.metrics() for node in cluster.relays]
+            queued = sum(p.get("ratatoskr_webhook_queued_events", 0) for p in pages)
+            sent = sum(p.get("ratatoskr_webhook_events_delivered_total", 0) for p in pages)
+            return queued == 0 and sent == len(receiver.events)
+
+        await eventually(settled, 10.0, lambda: f"events received: {receiver.events}")
+        assert summary(receiver.events, doc) == Counter(
+            {
+                ("document.occupied", None): 1,
+                ("user.joined", "alice"): 1,
+                ("user.joined", "bob"): 1,
+                ("user.left", "alice"): 1,
+                ("user.left", "bob"): 1,
+                ("document.vacated", None): 1,
+            }
+        )
+        assert receiver.bad == 0
+        assert len(set(receiver.deliveries)) == len(receiver.deliveries)
+        order = [e["type"] for e in receiver.events if e["documentId"] == doc]
+        assert order.index("document.occupied") < order.index("document.vacated")
+
+
+async def test_a_dead_relays_share_is_swept_once(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob's relay dies: the surviving relay sends his user.left (and nothing
+    twice); the document stays occupied by Alice until she leaves."""
+    monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
+    with make_cluster(2, "--webhook-url", receiver.url) as cluster:
+        await cluster.ready()
+        doc = f"swept-{uuid.uuid4().hex[:8]}"
+        alice = RatatoskrClient(cluster.a.url, token="alice-secret")
+        bob = RatatoskrClient(cluster.b.url, token="bob-secret", reconnect=False)
+        try:
+            await alice.connect()
+            await bob.connect()
+            await alice.enter_document(doc)
+            await bob.enter_document(doc)
+            await receiver.wait_for(
+                lambda: (
+                    ("user.joined", "bob") in summary(receiver.events, doc)
+                    and ("user.joined", "alice") in summary(receiver.events, doc)
+                )
+            )
+            cluster.b.kill()  # SIGKILL: b says goodbye to nobody
+            await receiver.wait_for(lambda: ("user.left", "bob") in summary(receiver.events, doc))
+            (gone,) = [
+                e for e in receiver.events if e.get("user") == "bob" and e["type"] == "user.left"
+            ]
+            assert gone["reason"] == "node_gone"
+            await alice.leave_document(doc)
+            await receiver.wait_for(
+                lambda: ("document.vacated", None) in summary(receiver.events, doc)
+            )
+        finally:
+            await alice.close()
+            await bob.close()
+        assert summary(receiver.events, doc) == Counter(
+            {
+                ("document.occupied", None): 1,
+                ("user.joined", "alice"): 1,
+                ("user.joined", "bob"): 1,
+                ("user.left", "bob"): 1,
+                ("user.left", "alice"): 1,
+                ("document.vacated", None): 1,
+            }
+        )
+        assert receiver.bad == 0
