@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable
 
 from ...protocol import (
+    FEATURE_REAUTH,
     FEATURE_SCOPED_IDENTITY,
     FEATURES,
     AuthErrorFrame,
@@ -39,6 +41,7 @@ from ..config import RelayConfig
 from .bus import Bus
 from .connection import Connection, LimitBucket, forget_full
 from .counters import RelayCounters, refusal_reason
+from .identities import Identities, Identity, Lookup, Refused, Unavailable
 from .identity import identity_key, identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
@@ -49,8 +52,9 @@ __all__ = ["Authentication"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
-#: ``features`` in document scope.
-_SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY)
+#: ``features`` in global scope, and in document scope.
+_FEATURES = (*FEATURES, FEATURE_REAUTH)
+_SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY, FEATURE_REAUTH)
 
 
 class Authentication:
@@ -74,10 +78,13 @@ class Authentication:
         "clock",
         "config",
         "counters",
+        "identities",
         "names",
         "peers",
         "server_peer_id",
         "visibility",
+        "wait",
+        "wall",
     )
 
     def __init__(
@@ -114,6 +121,13 @@ class Authentication:
         #: source address -> bucket of anonymous connections (see _anonymous_allowed)
         self._budget: dict[str, TokenBucket] = {}
         self._presence = config.server_presence
+        #: Unix time (token ``exp`` claims are in it)
+        self.wall: Callable[[], float] = time.time
+        #: the identity providers
+        self.identities = Identities(config)
+        #: park a connection's frames until a look-up is answered (the core's
+        #: RelayCore.wait); False: that look-up was just answered for it
+        self.wait: Callable[[Connection, Lookup], bool] = lambda conn, lookup: False
 
     # ------------------------------------------------------------------ sizes
 
@@ -189,17 +203,127 @@ class Authentication:
         if not self._allowed(conn):
             return
         if frame.token is not None:
-            user = self.config.user_for_token(frame.token)
-            if user is None:
-                self._refuse(conn, "invalid_token", "Invalid or expired token")
-                return
-            self._authenticate(conn, user.id, user.name, anonymous=False)
+            verdict = self._verify(conn, frame.token)
+            if verdict is None:
+                return  # waits for a look-up
+            if isinstance(verdict, Refused):
+                self._refuse(conn, verdict.code, verdict.message)
+            elif isinstance(verdict, Unavailable):
+                log.warning("auth for %r failed closed: %s", conn, verdict.message)
+                self._pending.pop(conn, None)
+                self.counters.refusal(refusal_reason("auth_unavailable"))
+                conn.outbox.send(
+                    encode(
+                        AuthErrorFrame("auth_unavailable", "the identity provider is unavailable")
+                    )
+                )
+                conn.outbox.close(1008, "auth_unavailable")
+            else:
+                self._authenticate(conn, verdict.user_id, verdict.name, anonymous=False)
+                self._set_expiry(conn, verdict)
         elif frame.anonymous:
             if not self._anonymous_allowed(conn):
                 return
             self._authenticate(conn, None, self.names.allocate(), anonymous=True)
         else:
             self._refuse(conn, "missing_credentials", "send a token, or anonymous: true")
+
+    def _verify(self, conn: Connection, token: str) -> Identity | Refused | Unavailable | None:
+        """``token``'s verdict, or None when ``conn`` now waits for a look-up
+        (its frames are parked; the frame is replayed once it is answered).
+        A look-up that goes to a remote costs one of the address's failed-auth
+        allowance up front: a flood of unknown tokens makes no more remote
+        calls than that allowance (and the cache) permit."""
+        now = self.clock()
+        wall = self.wall()
+        verdict = self.identities.verify(token, now, wall)
+        if isinstance(verdict, Lookup):
+            if self.wait(conn, verdict):
+                if verdict.kind == "userinfo":
+                    self._spend(conn)
+                return None
+            verdict = self.identities.settled(verdict, token, now, wall)
+            assert not isinstance(verdict, Lookup)
+        return verdict
+
+    def _set_expiry(self, conn: Connection, identity: Identity) -> None:
+        """The connection's token expires when ``identity`` says (plus the skew)."""
+        conn.expiry_told = False
+        if identity.expires is None:
+            conn.expires = math.inf
+            return
+        conn.expires = self.clock() + (identity.expires - self.wall())
+
+    def check_expiry(self, conn: Connection, now: float) -> None:
+        """``conn``'s token expired (``conn.expires <= now``): the first time,
+        it is told (``token_expired``, ``retryAfter`` = the grace) and has
+        ``reauth_grace`` seconds to send a new ``auth``; then it is closed."""
+        if not conn.expiry_told:
+            grace = self.config.reauth_grace
+            conn.expiry_told = True
+            conn.expires = now + grace
+            log.debug("token of %r expired: %g s to re-authenticate", conn, grace)
+            self._replies.error(
+                conn,
+                "token_expired",
+                f"the token expired: send a new auth within {grace:g} s",
+                retry_after=grace,
+            )
+            return
+        conn.expires = math.inf  # closed once
+        self._replies.refuse_and_close(conn, "token_expired", "the token expired")
+
+    def reauth(self, conn: Connection, frame: AuthFrame) -> None:
+        """An ``auth`` frame on an authenticated connection: a new token for the
+        same user. Accepted: ``auth_ok`` again (same peer id; documents and
+        state are kept, nobody sees anything) and the new expiry. Refused
+        (``invalid_token``, ``user_mismatch``, ``auth_unavailable``): an
+        ``error`` frame; the connection keeps its old token until it expires."""
+        if frame.token is None:
+            self._replies.error(conn, "invalid_message", "a re-auth needs a token")
+            return
+        bucket = self._failures.get(conn.address)
+        if bucket is not None and bucket.tokens(self.clock()) < 1.0:
+            self._replies.error(
+                conn,
+                "rate_limited",
+                "too many failed auth attempts from this address",
+                retry_after=(1.0 - bucket.tokens(self.clock())) / bucket.rate,
+            )
+            return
+        verdict = self._verify(conn, frame.token)
+        if verdict is None:
+            return
+        if isinstance(verdict, Unavailable):
+            self._replies.error(
+                conn, "auth_unavailable", "the identity provider is unavailable", retry_after=1.0
+            )
+        elif isinstance(verdict, Refused):
+            self._spend(conn)
+            self._replies.error(conn, verdict.code, verdict.message)
+        elif conn.is_anonymous or verdict.user_id != conn.user_id:
+            self._spend(conn)
+            self._replies.error(
+                conn, "user_mismatch", "a re-auth must be for the connection's own user"
+            )
+        else:
+            self._set_expiry(conn, verdict)
+            user = UserInfo(conn.user_id, conn.name, False)
+            features = _SCOPED_FEATURES if self.visibility.scoped else _FEATURES
+            conn.outbox.send(auth_ok(self.server_peer_id, conn.peer_id, user, features))
+            log.debug("peer %s re-authenticated", conn.peer_id)
+
+    def _spend(self, conn: Connection) -> None:
+        """Spend one of the address's failed-auth allowance."""
+        now = self.clock()
+        failures = self._failures
+        bucket = failures.get(conn.address)
+        if bucket is None:
+            if len(failures) >= MAX_AUTH_FAILURE_ADDRESSES:
+                del failures[next(iter(failures))]
+            limit = self.config.auth_failure_limit
+            bucket = failures[conn.address] = TokenBucket.per_minute(limit, now)
+        bucket.take(now)
 
     def _allowed(self, conn: Connection) -> bool:
         """Refuse every auth attempt from an address whose failed attempts used
@@ -256,15 +380,8 @@ class Authentication:
         """Credentials refused: spend the address's allowance, answer
         ``auth_error`` and close."""
         log.debug("auth failed for %r: %s", conn, code)
-        now = self.clock()
-        failures = self._failures
-        bucket = failures.get(conn.address)
-        if bucket is None:
-            if len(failures) >= MAX_AUTH_FAILURE_ADDRESSES:
-                del failures[next(iter(failures))]
-            limit = self.config.auth_failure_limit
-            bucket = failures[conn.address] = TokenBucket.per_minute(limit, now)
-        bucket.take(now)
+        if conn.answered is None or conn.answered.kind != "userinfo":
+            self._spend(conn)  # (a userinfo look-up was paid for when it was asked)
         self._pending.pop(conn, None)  # answered: no auth_timeout after this
         self.counters.refusal(refusal_reason(code))
         conn.outbox.send(encode(AuthErrorFrame(code, message)))
@@ -291,7 +408,7 @@ class Authentication:
             # What today's upstream server sends: no features, no name.
             out.send(upstream_auth_ok(self.server_peer_id, peer_id, user_id))
         else:
-            features = _SCOPED_FEATURES if self.visibility.scoped else FEATURES
+            features = _SCOPED_FEATURES if self.visibility.scoped else _FEATURES
             out.send(auth_ok(self.server_peer_id, peer_id, user, features))
             self.visibility.greet(conn)  # global scope: everyone's identity, its own to all
         self.peers[peer_id] = conn

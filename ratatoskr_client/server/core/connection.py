@@ -7,6 +7,7 @@ stream of ephemeral messages: one connection may use several). No I/O.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -63,10 +64,13 @@ class Connection:
 
     __slots__ = (
         "address",
+        "answered",
         "authenticated",
         "bucket",
         "control",
         "docs",
+        "expires",
+        "expiry_told",
         "flood",
         "heard",
         "heard_at",
@@ -76,10 +80,12 @@ class Connection:
         "is_anonymous",
         "name",
         "outbox",
+        "parked",
         "peer_id",
         "pinged",
         "target_suffix",
         "user_id",
+        "waiting",
     )
 
     def __init__(self, outbox: Outbox, address: str = "", now: float = 0.0) -> None:
@@ -114,6 +120,16 @@ class Connection:
         self.pinged = False
         self.identity_frame = b""
         self.target_suffix = b""
+        #: relay-clock time the token expires at (inf: it does not); after the
+        #: ``token_expired`` frame (``expiry_told``), the end of the grace
+        self.expires = math.inf
+        self.expiry_told = False
+        #: the look-up this connection's frames wait for (see relay.py,
+        #: "parked frames"), and those frames, in arrival order
+        self.waiting: Any = None
+        self.parked: list[bytes] | None = None
+        #: the look-up just answered, while its frame is replayed
+        self.answered: Any = None
 
     def __repr__(self) -> str:
         who = self.peer_id or "unauthenticated"
