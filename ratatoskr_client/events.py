@@ -48,7 +48,16 @@ they return is ignored. The events, with the callback's arguments:
   — a peer's state (``set_state`` / automerge-repo ``Presence``) has a new
   value; empty when it is forgotten;
 * ``error`` ``(error: RatatoskrError)`` — an error frame answering no awaited
-  call, a bad frame, a failing callback.
+  call, a bad frame, a failing callback;
+* ``token-refresh-failed`` ``(error: RatatoskrError)`` — the ``token``
+  callable raised (its exception is ``__cause__``: a
+  :class:`~ratatoskr_client.errors.TokenRefreshError`), or the server refused
+  the fresh token (an :class:`~ratatoskr_client.errors.AuthError`); the
+  client tries again with backoff until the token expires;
+* ``document-refused`` ``(error: RatatoskrError)`` — the server revoked this
+  client's permission on an entered document
+  (:class:`~ratatoskr_client.errors.PermissionRevoked`, its ``document_id``
+  says which): the document is ``DocumentState.REFUSED``.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from .errors import RatatoskrError
 __all__ = [
     "ConnectedCallback",
     "DisconnectedCallback",
+    "DocumentRefusedCallback",
     "EphemeralMessageCallback",
     "ErrorCallback",
     "ErrorCallbackT",
@@ -93,6 +103,7 @@ __all__ = [
     "StateCallbackT",
     "StateChangedCallback",
     "StateEvent",
+    "TokenRefreshFailedCallback",
 ]
 
 EventName: TypeAlias = Literal[
@@ -107,6 +118,8 @@ EventName: TypeAlias = Literal[
     "ephemeral-message",
     "state-changed",
     "error",
+    "token-refresh-failed",
+    "document-refused",
 ]
 """Every event's name."""
 _EVENTS: Final = frozenset(get_args(EventName))
@@ -115,7 +128,7 @@ _EVENTS: Final = frozenset(get_args(EventName))
 
 PeerEvent: TypeAlias = Literal["connected", "peer-identity", "peer-disconnected"]
 """Events whose callbacks get one peer: ``(peer: Peer)`` (:data:`PeerCallback`)."""
-ErrorEvent: TypeAlias = Literal["disconnected", "error"]
+ErrorEvent: TypeAlias = Literal["disconnected", "error", "token-refresh-failed", "document-refused"]
 """Events whose callbacks get an error: ``(error: RatatoskrError)``, for
 ``disconnected`` the reason (:data:`ErrorCallback`)."""
 ReconnectingEvent: TypeAlias = Literal["reconnecting"]
@@ -166,6 +179,10 @@ StateCallbackT = TypeVar("StateCallbackT", bound=StateCallback)
 ConnectedCallback: TypeAlias = PeerCallback
 #: A ``disconnected`` callback: ``(reason: RatatoskrError)``.
 DisconnectedCallback: TypeAlias = ErrorCallback
+#: A ``token-refresh-failed`` callback: ``(error: RatatoskrError)``.
+TokenRefreshFailedCallback: TypeAlias = ErrorCallback
+#: A ``document-refused`` callback: ``(error: RatatoskrError)`` (a ``PermissionRevoked``).
+DocumentRefusedCallback: TypeAlias = ErrorCallback
 #: A ``peer-identity`` callback: ``(peer: Peer)``.
 PeerIdentityCallback: TypeAlias = PeerCallback
 #: A ``peer-disconnected`` callback: ``(peer: Peer)``.

@@ -158,10 +158,12 @@ class Connection:
         self.attempt += 1
         return delay
 
-    def attempt_failed(self, error: RatatoskrError) -> bool:
+    def attempt_failed(self, error: RatatoskrError, *, renewable: bool = False) -> bool:
         """A reconnect attempt failed with ``error``; False when no attempt may
-        follow (the credentials were refused: they will not get better)."""
-        if isinstance(error, AuthError):
+        follow (the credentials were refused: they will not get better —
+        unless they come from a ``token`` callable (``renewable``), whose
+        next token may be good: then an ``invalid_token`` is retried)."""
+        if isinstance(error, AuthError) and not (renewable and error.code == "invalid_token"):
             return False
         self.floor = error.retry_after if isinstance(error, RateLimited) else 0.0
         return True
