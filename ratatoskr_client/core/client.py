@@ -701,8 +701,10 @@ class ClientCore:
                 tokens.refresh_at = now
                 self.outbox.wake_at(now)
             return
-        if tokens.reauth_pending and doc_id is None and (
-            isinstance(exc, AuthError) or frame.error in ("auth_unavailable", "rate_limited")
+        if (
+            tokens.reauth_pending
+            and doc_id is None
+            and (isinstance(exc, AuthError) or frame.error in ("auth_unavailable", "rate_limited"))
         ):
             self.token_failed(exc, now)  # the fresh token was refused: try again later
             return

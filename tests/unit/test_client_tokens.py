@@ -11,10 +11,10 @@ import cbor2
 import pytest
 
 from ratatoskr_client import PermissionRevoked, TokenRefreshError
-from ratatoskr_client.status import DocumentState
 from ratatoskr_client.core.outbox import RefreshToken
 from ratatoskr_client.core.settings import Settings
 from ratatoskr_client.protocol.tokens import mint_session_token, read_lifetime
+from ratatoskr_client.status import DocumentState
 
 from .coreharness import FULL, Harness
 
