@@ -329,3 +329,31 @@ def test_me_and_bad_options_raise_what_the_asyncio_client_raises(
     assert client.me == me  # closed: the last identity
     with pytest.raises(TypeError, match="'heartbeat'"):
         RatatoskrClient(relay_thread.url, heartbeat=3)  # type: ignore[call-arg]
+
+
+def test_a_token_callable_is_called_off_the_loop_thread_and_renewed() -> None:
+    """The blocking client takes a token callable too: a blocking one runs in
+    a worker thread (never on the client's loop thread), at connect and
+    ahead of expiry, and the connection survives its tokens' lifetimes."""
+    import jwt
+
+    from ratatoskr_client.server import RelayConfig
+    from ratatoskr_client.server.config import JwtTokens
+
+    secret = "jwt-secret-of-at-least-32-bytes-long!"
+    threads: list[str] = []
+
+    def mint() -> str:
+        threads.append(threading.current_thread().name)
+        now = int(time.time())
+        return jwt.encode({"sub": "bot", "iat": now, "exp": now + 2}, secret, "HS256")
+
+    config = RelayConfig(open=True, identity=(JwtTokens(secret=secret, clock_skew=0),))
+    with RelayThread(config) as relay, RatatoskrClient(relay.url, token=mint) as client:
+        peer_id = client.me.peer_id
+        deadline = time.monotonic() + 10
+        while len(threads) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(threads) >= 3
+        assert client.is_connected and client.me.peer_id == peer_id
+    assert not any(name.startswith("ratatoskr") for name in threads), threads

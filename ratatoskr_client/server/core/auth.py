@@ -249,7 +249,9 @@ class Authentication:
     def _set_expiry(self, conn: Connection, identity: Identity) -> None:
         """The connection's token expires when ``identity`` says (plus the skew)."""
         conn.expiry_told = False
-        if identity.expires is None:
+        if identity.expires is None or not self._presence:
+            # (Upstream-compatible mode: like upstream, a token is checked
+            # only when the connection authenticates.)
             conn.expires = math.inf
             return
         conn.expires = self.clock() + (identity.expires - self.wall())
