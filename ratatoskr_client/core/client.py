@@ -711,6 +711,12 @@ class ClientCore:
         if isinstance(exc, PermissionRevoked) and doc_id is not None and doc_id in self.docs:
             self._revoked(doc_id, exc)
             return
+        if frame.error == "permission_unavailable" and doc_id is not None:
+            # The server's permission provider is down (it fails closed): join
+            # again once it may answer; whoever waits keeps waiting (its timeout).
+            record = self.docs.get(doc_id)
+            if record is not None and record.join_sent:
+                self._rejoin_later(doc_id, now + min(frame.retry_after or 1.0, 60.0))
         if isinstance(exc, RateLimited):
             if doc_id is None:
                 self.out.pause(now, exc.retry_after)

@@ -19,10 +19,11 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ratatoskr_client import RatatoskrClient
+from ratatoskr_client import DocumentNotFound, PermissionDenied, RatatoskrClient, ServerError
 from ratatoskr_client.protocol.tokens import mint_session_token
 from ratatoskr_client.server import RelayConfig, RelayServer, UserSpec
 from ratatoskr_client.server.config import (
+    HttpPermissions,
     JwtTokens,
     UpstreamApiTokens,
     UpstreamDatabase,
@@ -214,5 +215,58 @@ async def test_a_jwks_key_rotation_is_picked_up_without_a_restart() -> None:
             second = new_key("k2")
             async with RatatoskrClient(relay.url, token=token(second, "k2", "u2")) as two:
                 assert two.me is not None and two.me.user_id == "u2"
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_http_permission_callback_decides_and_an_outage_fails_closed() -> None:
+    asked: list[dict[str, Any]] = []
+    up = True
+
+    async def permission(request: web.Request) -> web.Response:
+        body = await request.json()
+        asked.append(body)
+        if not up:
+            return web.json_response({}, status=503)
+        if body["documentId"] == "missing":
+            return web.json_response({}, status=404)
+        return web.json_response({"read": body["userId"] == "alice", "write": False})
+
+    app = web.Application()
+    app.router.add_post("/permission", permission)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = RelayConfig(
+        users=(UserSpec("alice-secret", "alice", "Alice"), UserSpec("bob-secret", "bob", "Bob")),
+        permissions=HttpPermissions(f"http://127.0.0.1:{port}/permission", ttl=60),
+    )
+    try:
+        async with RelayServer(config, port=0) as relay:
+            alice = RatatoskrClient(relay.url, token="alice-secret")
+            bob = RatatoskrClient(relay.url, token="bob-secret")
+            async with alice, bob:
+                await alice.enter_document("doc")
+                with pytest.raises(PermissionDenied):
+                    await bob.enter_document("doc")
+                with pytest.raises(DocumentNotFound):
+                    await alice.enter_document("missing")
+                assert asked[0] == {"userId": "alice", "documentId": "doc"}
+                # The callback down: refused (fail closed), an error event, and
+                # the client joins again once the callback answers.
+                up = False
+                errors: list[Exception] = []
+                told = asyncio.Event()
+                alice.on("error", lambda e: (errors.append(e), told.set()))
+                entering = asyncio.ensure_future(alice.enter_document("other", timeout=5))
+                await asyncio.wait_for(told.wait(), 5)
+                assert isinstance(errors[0], ServerError)
+                assert errors[0].code == "permission_unavailable"
+                assert not entering.done()
+                up = True
+                await entering
+                assert [p.user_id for p in alice.presence("other")] == ["alice"]
     finally:
         await runner.cleanup()

@@ -194,7 +194,7 @@ async def test_connection_churn_costs_idle_peers_nothing(
             while loop.time() < end and cycles < MAX_CYCLES:
                 first = await attack_cycle(http, url)
                 assert first["type"] == "auth_ok", first  # loopback: not limited
-                assert first["features"][-1] == "scoped-identity"
+                assert "scoped-identity" in first["features"]
                 attackers.add(first["clientPeerId"])
                 cycles += 1
         # Every cycle handled (each one's close too): only the idle and the pair are left.
