@@ -16,13 +16,17 @@ The tree::
     │       └── DisconnectedByAdmin   the relay's operator closed it (``.reason``, ``.reconnect``)
     ├── ServerError             the server answered with an error frame (``.code``)
     │   ├── AuthError           credentials refused, or no auth in time; never retried
+    │   │                       (but an ``invalid_token`` from a ``token`` callable is)
     │   ├── PermissionDenied    no read permission on ``.document_id``
+    │   │   └── PermissionRevoked   the permission was revoked after entering
+    │   ├── TokenExpired        the token expired; renew within ``.retry_after`` seconds
     │   ├── DocumentNotFound    the server does not know ``.document_id``
     │   ├── RateLimited         too many messages; retry after ``.retry_after`` seconds
     │   └── LimitExceeded       a per-connection bound (documents, sessions) was hit
     ├── OperationTimeout        (also TimeoutError) the server did not answer in time
     ├── PresenceUnsupported     the server has no server-side presence (``enter_document``)
     ├── CallbackError           an application callback raised (``.event``)
+    ├── TokenRefreshError       the ``token`` callable raised or returned no token
     └── ConfigError             the relay configuration is invalid (file, entry, problem)
 
 :func:`error_from_frame` maps a server error frame's ``error`` code to its class;
@@ -44,11 +48,14 @@ __all__ = [
     "OperationTimeout",
     "PayloadError",
     "PermissionDenied",
+    "PermissionRevoked",
     "PresenceUnsupported",
     "ProtocolError",
     "RatatoskrError",
     "RateLimited",
     "ServerError",
+    "TokenExpired",
+    "TokenRefreshError",
     "TransportError",
     "error_from_frame",
 ]
@@ -159,6 +166,36 @@ class PermissionDenied(ServerError):
     """This connection may not read ``document_id``."""
 
 
+class PermissionRevoked(PermissionDenied):
+    """The server revoked this connection's permission on ``document_id``
+    after it had entered it (``permission_revoked``): the document is
+    ``DocumentState.REFUSED`` until it is left or
+    entered again."""
+
+
+class TokenExpired(ServerError):
+    """The server says this connection's token expired (``token_expired``):
+    it closes the connection after ``retry_after`` seconds unless a fresh
+    token for the same user arrives (the client sends one when its ``token``
+    is a callable)."""
+
+    def __init__(
+        self,
+        code: str = "token_expired",
+        message: str = "",
+        *,
+        retry_after: float = 0.0,
+        document_id: str | None = None,
+    ) -> None:
+        super().__init__(code, message, document_id=document_id)
+        self.retry_after = retry_after
+
+
+class TokenRefreshError(RatatoskrError):
+    """The ``token`` callable raised (the exception is ``__cause__``) or
+    returned something that is not a non-empty string."""
+
+
 class DocumentNotFound(ServerError):
     """The server does not know ``document_id`` (and it is not an ``eph:`` channel)."""
 
@@ -233,6 +270,8 @@ _ERROR_CLASSES: dict[str, type[ServerError]] = {
     "missing_credentials": AuthError,
     "auth_timeout": AuthError,
     "permission_denied": PermissionDenied,
+    "permission_revoked": PermissionRevoked,
+    "user_mismatch": AuthError,
     "document_not_found": DocumentNotFound,
     "too_many_documents": LimitExceeded,
     "too_many_sessions": LimitExceeded,
@@ -250,5 +289,7 @@ def error_from_frame(
     if code == "rate_limited":
         retry_after = min(retry_after or 0.0, _MAX_RETRY_AFTER)
         return RateLimited(code, message, retry_after=retry_after, document_id=document_id)
+    if code == "token_expired":
+        return TokenExpired(code, message, retry_after=retry_after or 0.0, document_id=document_id)
     cls = _ERROR_CLASSES.get(code, ServerError)
     return cls(code, message, document_id=document_id)

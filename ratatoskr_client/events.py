@@ -56,7 +56,16 @@ they return is ignored. The events, with the callback's arguments:
   — a peer's state (``set_state`` / automerge-repo ``Presence``) has a new
   value; empty when it is forgotten;
 * ``error`` ``(error: RatatoskrError)`` — an error frame answering no awaited
-  call, a bad frame, a failing callback.
+  call, a bad frame, a failing callback;
+* ``token-refresh-failed`` ``(error: RatatoskrError)`` — the ``token``
+  callable raised (its exception is ``__cause__``: a
+  :class:`~ratatoskr_client.errors.TokenRefreshError`), or the server refused
+  the fresh token (an :class:`~ratatoskr_client.errors.AuthError`); the
+  client tries again with backoff until the token expires;
+* ``document-refused`` ``(error: RatatoskrError)`` — the server revoked this
+  client's permission on an entered document
+  (:class:`~ratatoskr_client.errors.PermissionRevoked`, its ``document_id``
+  says which): the document is ``DocumentState.REFUSED``.
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ from .errors import RatatoskrError
 __all__ = [
     "ConnectedCallback",
     "DisconnectedCallback",
+    "DocumentRefusedCallback",
     "EphemeralMessageCallback",
     "ErrorCallback",
     "ErrorCallbackT",
@@ -107,6 +117,7 @@ __all__ = [
     "UserEvent",
     "UserJoinedCallback",
     "UserLeftCallback",
+    "TokenRefreshFailedCallback",
 ]
 
 EventName: TypeAlias = Literal[
@@ -123,6 +134,8 @@ EventName: TypeAlias = Literal[
     "ephemeral-message",
     "state-changed",
     "error",
+    "token-refresh-failed",
+    "document-refused",
 ]
 """Every event's name."""
 _EVENTS: Final = frozenset(get_args(EventName))
@@ -131,7 +144,7 @@ _EVENTS: Final = frozenset(get_args(EventName))
 
 PeerEvent: TypeAlias = Literal["connected", "peer-identity", "peer-disconnected"]
 """Events whose callbacks get one peer: ``(peer: Peer)`` (:data:`PeerCallback`)."""
-ErrorEvent: TypeAlias = Literal["disconnected", "error"]
+ErrorEvent: TypeAlias = Literal["disconnected", "error", "token-refresh-failed", "document-refused"]
 """Events whose callbacks get an error: ``(error: RatatoskrError)``, for
 ``disconnected`` the reason (:data:`ErrorCallback`)."""
 ReconnectingEvent: TypeAlias = Literal["reconnecting"]
@@ -188,6 +201,10 @@ UserCallbackT = TypeVar("UserCallbackT", bound=UserCallback)
 ConnectedCallback: TypeAlias = PeerCallback
 #: A ``disconnected`` callback: ``(reason: RatatoskrError)``.
 DisconnectedCallback: TypeAlias = ErrorCallback
+#: A ``token-refresh-failed`` callback: ``(error: RatatoskrError)``.
+TokenRefreshFailedCallback: TypeAlias = ErrorCallback
+#: A ``document-refused`` callback: ``(error: RatatoskrError)`` (a ``PermissionRevoked``).
+DocumentRefusedCallback: TypeAlias = ErrorCallback
 #: A ``peer-identity`` callback: ``(peer: Peer)``.
 PeerIdentityCallback: TypeAlias = PeerCallback
 #: A ``peer-disconnected`` callback: ``(peer: Peer)``.

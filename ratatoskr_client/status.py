@@ -35,12 +35,17 @@ class DocumentState(Enum):
     membership the server refuses (``permission_denied``,
     ``document_not_found``, ``too_many_documents``) has no state: its record
     is dropped at once, and whoever waits for it gets the error (else it is an
-    ``error`` event).
+    ``error`` event). A membership whose permission the server *revokes*
+    later (``permission_revoked``) is ``REFUSED``: the record stays, so the
+    application sees it (``stats().documents``, a ``document-refused``
+    event), and it is not joined again, on this connection or the next,
+    until the application leaves it or enters it again.
     """
 
     ENTERING = "entering"  #: entered; the server has not confirmed it on this connection
     PRESENT = "present"  #: confirmed on this connection
     LEAVING = "leaving"  #: left; a goodbye is still waiting for its pacing token
+    REFUSED = "refused"  #: the server revoked our permission; not joined again until re-entered
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 from typing import Any, Final
@@ -35,10 +36,16 @@ from typing import Any, Final
 import aiohttp
 
 from ..core.client import ClientCore
-from ..core.outbox import Drop, Fail, Ping, Push, Resolve, Send, WakeAt
+from ..core.outbox import Drop, Fail, Ping, Push, RefreshToken, Resolve, Send, WakeAt
 from ..core.refusals import REFUSALS
 from ..core.settings import Settings, socket_url
-from ..errors import ConnectError, ConnectionClosed, OperationTimeout, RatatoskrError
+from ..errors import (
+    ConnectError,
+    ConnectionClosed,
+    OperationTimeout,
+    RatatoskrError,
+    TokenRefreshError,
+)
 from .emitter import SafeEmitter
 from .memory import trim_soon
 from .socket import SocketWriter, abort, backlog, open_socket, receive_failed, was_refused
@@ -66,6 +73,7 @@ class Driver:
         "_loop",
         "_opening",
         "_owns_http",
+        "_refreshing",
         "_task",
         "_timer",
         "_timer_at",
@@ -102,6 +110,8 @@ class Driver:
         #: presence watcher id -> the future its consumer awaits until a Push
         self._wakers: dict[int, asyncio.Future[None]] = {}
         self._closing = False
+        #: the task calling the token callable ahead of expiry (None: none)
+        self._refreshing: asyncio.Task[None] | None = None
 
     # ================================================================== effects
 
@@ -142,6 +152,8 @@ class Driver:
                     self._arm(effect.when)  # type: ignore[union-attr]
                 elif kind is Ping or kind is Drop:
                     self._keepalive(effect)  # type: ignore[arg-type]
+                elif kind is RefreshToken:
+                    self._refresh()
         finally:
             del effects[:i]
 
@@ -189,6 +201,56 @@ class Driver:
             loop = self._loop = asyncio.get_running_loop()
         return loop.time()
 
+    # ================================================================== tokens
+
+    async def fetch_token(self) -> str:
+        """Call the ``token`` callable: a coroutine function is awaited; any
+        other callable runs in a worker thread (it may block: an HTTP call to
+        an identity provider), and an awaitable it returns is awaited. At
+        most ``connect_timeout`` seconds.
+
+        Raises:
+            TokenRefreshError: it raised (the cause), timed out or returned no string.
+        """
+        source = self.settings.token
+        assert callable(source)
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                if inspect.iscoroutinefunction(source):
+                    result: object = await source()
+                else:
+                    result = await asyncio.to_thread(source)
+                    if inspect.isawaitable(result):
+                        result = await result
+        except TimeoutError:
+            raise TokenRefreshError(
+                f"the token callable did not return within {self.settings.connect_timeout} s"
+            ) from None
+        except Exception as exc:
+            raise TokenRefreshError(f"the token callable raised {exc!r}") from exc
+        if not isinstance(result, str) or not result:
+            raise TokenRefreshError(
+                f"the token callable returned {type(result).__name__}, not a token"
+            )
+        return result
+
+    def _refresh(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            return  # one call at a time
+        self._refreshing = asyncio.get_running_loop().create_task(
+            self._renew(), name="ratatoskr-token"
+        )
+
+    async def _renew(self) -> None:
+        try:
+            token = await self.fetch_token()
+        except TokenRefreshError as exc:
+            log.warning("token refresh failed: %s", exc)
+            self.core.token_failed(exc, self.now())
+        else:
+            self.core.token_fetched(token, self.now())
+        self.apply()
+
     # ================================================================== the timer
 
     def _arm(self, when: float) -> None:
@@ -233,6 +295,16 @@ class Driver:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
             self._owns_http = True
+        core = self.core
+        if core.renewable:
+            # A fresh token for every connection (a reconnect after its expiry included).
+            try:
+                token = await self.fetch_token()
+            except TokenRefreshError as exc:
+                core.token_failed(exc, self.now())
+                self.apply()
+                raise
+            core.token_fetched(token, self.now())
         ws = await open_socket(self._http, self.socket_url, settings)
         self._opening = ws
         try:
@@ -424,8 +496,8 @@ class Driver:
             self._timer = None
             self._timer_at = math.inf
         writer, self.writer = self.writer, None
-        tasks = [self._task]
-        self._task = None
+        tasks = [self._task, self._refreshing]
+        self._task = self._refreshing = None
         if writer is not None:
             tasks.append(writer.stop())
         current = asyncio.current_task()

@@ -1,4 +1,4 @@
-"""The ``ratatoskr`` command: ``relay``, ``demo``, ``watch`` and ``webhook-echo``.
+"""The ``ratatoskr`` command: ``relay``, ``demo``, ``watch``, ``webhook-echo`` and ``token``.
 
 Every subcommand returns an exit status: 0 on success, 1 on a runtime failure
 (unreachable server, refused auth, ...), 2 on bad usage or configuration.
@@ -256,6 +256,33 @@ def _build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--port", type=_port, default=8787, help="port; 0 picks a free one (8787)")
     echo.add_argument("--secret-file", metavar="FILE", help="the webhooks' signing secret")
     echo.set_defaults(func=_cmd_webhook_echo, command_parser=echo)
+
+    token = sub.add_parser(
+        "token",
+        parents=[common],
+        help="mint a session token or a JWT for a user (development and tests)",
+        description="Print a token for USER_ID signed with the secret in --secret-file "
+        "(or the environment variable --secret-env): by default an upstream Ratatoskr "
+        "session token (what upstream's createSessionToken makes, for its JWT_SECRET); "
+        "with --jwt an HS256 JWT. For development and tests: a real deployment's "
+        "identity provider issues its tokens.",
+    )
+    token.add_argument("user", type=_non_empty, metavar="USER_ID", help="the token's user (sub)")
+    secret = token.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--secret-file", metavar="FILE", help="file holding the secret")
+    secret.add_argument("--secret-env", metavar="VAR", help="environment variable holding it")
+    token.add_argument(
+        "--lifetime",
+        type=_positive_float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds until the token expires (default: 3600, upstream's)",
+    )
+    token.add_argument("--jwt", action="store_true", help="mint an HS256 JWT instead")
+    token.add_argument("--name", type=_non_empty, help="JWT only: the 'name' claim")
+    token.add_argument("--issuer", type=_non_empty, help="JWT only: the 'iss' claim")
+    token.add_argument("--audience", type=_non_empty, help="JWT only: the 'aud' claim")
+    token.set_defaults(func=_cmd_token, command_parser=token)
     return parser
 
 
@@ -568,6 +595,40 @@ def _cmd_webhook_echo(args: argparse.Namespace) -> int:
         )
         return 2
     return _run_until_signal(lambda stop: run_webhook_echo(args.host, args.port, secret, stop))
+def _cmd_token(args: argparse.Namespace) -> int:
+    import time
+
+    from ..protocol.tokens import mint_session_token
+    from ..server.config.identity import read_secret
+
+    try:
+        secret = read_secret(
+            args.secret_file, args.secret_env, what="secret", source=None, entry="token"
+        )
+    except ConfigError as exc:
+        print(f"ratatoskr token: {exc.problem}", file=sys.stderr)
+        return 2
+    now = time.time()
+    if not args.jwt:
+        if args.name or args.issuer or args.audience:
+            print("ratatoskr token: --name, --issuer and --audience need --jwt", file=sys.stderr)
+            return 2
+        print(mint_session_token(args.user, secret, lifetime=args.lifetime, now=now))
+        return 0
+    try:
+        import jwt
+    except ImportError:
+        print(
+            "ratatoskr token: --jwt needs PyJWT: pip install 'ratatoskr-client[jwt]'",
+            file=sys.stderr,
+        )
+        return 2
+    claims: dict[str, Any] = {"sub": args.user, "iat": int(now), "exp": int(now + args.lifetime)}
+    for claim, value in (("name", args.name), ("iss", args.issuer), ("aud", args.audience)):
+        if value is not None:
+            claims[claim] = value
+    print(jwt.encode(claims, secret, algorithm="HS256"))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

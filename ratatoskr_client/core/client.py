@@ -36,8 +36,10 @@ every client.
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -49,10 +51,14 @@ from ..errors import (
     LimitExceeded,
     PayloadError,
     PermissionDenied,
+    PermissionRevoked,
     PresenceUnsupported,
     ProtocolError,
     RatatoskrError,
     RateLimited,
+    ServerError,
+    TokenExpired,
+    TokenRefreshError,
     error_from_frame,
 )
 from ..protocol import (
@@ -72,7 +78,12 @@ from ..protocol import (
     encode,
     encode_payload,
 )
-from ..protocol.constants import EPHEMERAL_PREFIX, PRESENCE_MARKER, PRESENCE_TYPE
+from ..protocol.constants import (
+    EPHEMERAL_PREFIX,
+    FEATURE_REAUTH,
+    PRESENCE_MARKER,
+    PRESENCE_TYPE,
+)
 from ..status import ClientStats, ConnectionState, DocumentState
 from .batches import PresenceBatches
 from .connection import Connection
@@ -105,6 +116,7 @@ from .peer_to_peer import PeerToPeer
 from .settings import ENVELOPE_OVERHEAD, Settings
 from .sharing import StateSharing
 from .users import User, UserTracker, group_users
+from .tokens import Tokens
 from .waiters import Waiters
 
 __all__ = ["ClientCore"]
@@ -115,6 +127,7 @@ CONNECTED: Final = ConnectionState.CONNECTED
 RECONNECTING: Final = ConnectionState.RECONNECTING
 CLOSED: Final = ConnectionState.CLOSED
 _LEAVING: Final = DocumentState.LEAVING
+_REFUSED: Final = DocumentState.REFUSED
 _REPLAY: Final = Admission.REPLAY
 _COPY: Final = Admission.COPY
 _REASSIGNED: Final = Admission.REASSIGNED
@@ -167,6 +180,7 @@ class ClientCore:
         "sharing",
         "states",
         "store",
+        "tokens",
         "unsettled",
         "users",
         "waiters",
@@ -179,8 +193,10 @@ class ClientCore:
         *,
         rand: Callable[[], float] = random.random,
         new_session: Callable[[], str] = lambda: secrets.token_hex(8),
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.tokens = Tokens(settings.token, wall, rand)
         #: what the core asks for, in order (the driver carries it out)
         self.outbox = outbox = Outbox() if outbox is None else outbox
         self._effects = outbox.effects  # (the hot path appends to it directly)
@@ -335,9 +351,11 @@ class ClientCore:
         return None
 
     def auth_frame(self, now: float) -> bytes:
-        """The first frame of a connection (sent at ``now``)."""
+        """The first frame of a connection (sent at ``now``): the current
+        token (with a ``token`` callable, the one the driver fetched just
+        before: :meth:`token_fetched`)."""
         self.connection.auth_at = now
-        token = self.settings.token
+        token = self.tokens.current
         anonymous = token is None
         if not (self.settings.resume and self.settings.reconnect):
             # (A client that never reconnects cannot resume: the relay need not wait for it.)
@@ -345,6 +363,53 @@ class ClientCore:
         # Asking costs nothing where resuming is unknown (upstream ignores the key).
         peer, secret = self._resume if self._resume is not None else (None, None)
         return encode(AuthFrame(token, anonymous, True, peer, secret))
+
+    # ================================================================== tokens
+
+    @property
+    def renewable(self) -> bool:
+        """True when ``token`` is a callable: the driver calls it before each
+        connect, and when the core asks (a ``RefreshToken`` effect)."""
+        return self.tokens.renewable
+
+    def token_fetched(self, token: object, now: float) -> None:
+        """The ``token`` callable returned ``token``. Before a connect, it is
+        the one the connection authenticates with; on a connection whose
+        server accepts re-authentication (``"reauth"`` in ``features``) it is
+        sent at once (``auth``), and the server's ``auth_ok`` confirms it."""
+        if not isinstance(token, str) or not token:
+            kind = type(token).__name__
+            self.token_failed(
+                TokenRefreshError(f"the token callable returned {kind}, not a token"), now
+            )
+            return
+        tokens = self.tokens
+        tokens.fetched(token)
+        if self.connection.state is not CONNECTED:
+            return
+        if FEATURE_REAUTH in (self.features or ()):
+            tokens.reauth_pending = True
+            self.outbox.send(encode(AuthFrame(token=token)))
+        # Else (upstream today) the server checks a token only when a
+        # connection opens: the fresh token is used at the next connect.
+
+    def token_failed(self, error: RatatoskrError, now: float) -> None:
+        """Fetching (or renewing) the token failed: a ``token-refresh-failed``
+        event, and another try with backoff while connected (until the
+        current token expires; the server then closes, and the reconnect
+        fetches again)."""
+        self.outbox.emit("token-refresh-failed", error)
+        tokens = self.tokens
+        tokens.reauth_pending = False
+        if self.connection.state is CONNECTED and tokens.renewable:
+            at = now + tokens.retry_delay()
+            tokens.refresh_at = at
+            self.outbox.wake_at(at)
+
+    def _schedule_refresh(self, now: float) -> None:
+        at = self.tokens.schedule(now, reauth=FEATURE_REAUTH in (self.features or ()))
+        if at < math.inf:
+            self.outbox.wake_at(at)
 
     def handshake(self, data: bytes, now: float) -> bool:
         """A frame before ``auth_ok``. True once authenticated.
@@ -365,6 +430,8 @@ class ClientCore:
             self._authenticated(frame, now)
             return True
         if type(frame) is AuthErrorFrame:
+            if frame.error == "auth_unavailable":  # the server's provider is down: retry
+                raise ServerError(frame.error, frame.message)
             raise AuthError(frame.error, frame.message)
         if type(frame) is ErrorFrame:
             raise error_from_frame(
@@ -415,6 +482,7 @@ class ClientCore:
         if connection.server_presence:
             self._heartbeat_at = now + settings.heartbeat_interval
             self.outbox.wake_at(self._heartbeat_at)
+        self._schedule_refresh(now)
 
     def connection_lost(self, reason: ConnectionClosed, now: float) -> ConnectionClosed:
         """The socket closed (or died) while connected. Returns the reason the
@@ -445,6 +513,7 @@ class ClientCore:
         self._dispatch(self.store.reset())
         self.settle(now, force=True)
         self._heartbeat_at = float("inf")
+        self.tokens.stop()
         self.outbox.emit("disconnected", reason)
         if evicted is not None and not evicted.reconnect:
             # The operator said not to come back: stop as close() would (the
@@ -477,7 +546,11 @@ class ClientCore:
         Refused credentials are never retried: they will not get better."""
         if self.connection.state is CLOSED:
             return  # closed meanwhile: that is why it failed
-        if not self.connection.attempt_failed(error):
+        if self.tokens.renewable and isinstance(error, AuthError):
+            # The callable's token was refused: a fresh one may do (a bot
+            # must not stop for good on a token it will renew).
+            self.outbox.emit("token-refresh-failed", error)
+        if not self.connection.attempt_failed(error, renewable=self.tokens.renewable):
             self.report(error)
             self.shutdown(ConnectionClosed("client stopped reconnecting"), now)
 
@@ -520,6 +593,7 @@ class ClientCore:
         if self.p2p is not None:
             self.p2p.clear()
         self._heartbeat_at = float("inf")
+        self.tokens.stop()
         self.outbox.timer_fired()  # the driver's timer goes with the teardown
         if was_connected:
             self.outbox.emit("disconnected", reason)
@@ -574,6 +648,8 @@ class ClientCore:
         elif kind is DocPresenceStateFrame:
             doc_id = frame.document_id  # type: ignore[attr-defined]
             self._confirmed(doc_id, frame.peers, now)  # type: ignore[attr-defined]
+        elif kind is AuthOkFrame:
+            self._reauthenticated(now)
         else:
             self._dispatch(store.apply(frame))
         if store.incoming:
@@ -678,6 +754,15 @@ class ClientCore:
                 view = states.peer_state(doc_id, peer_id)
                 self._emit_state(doc_id, peer_id, view if view is not None else EMPTY)
 
+    def _reauthenticated(self, now: float) -> None:
+        """``auth_ok`` on a connection: the server accepted the fresh token
+        (same peer, documents and state). The next refresh is scheduled."""
+        tokens = self.tokens
+        if not tokens.reauth_pending:
+            return  # not asked for: nothing changes
+        tokens.confirmed()
+        self._schedule_refresh(now)
+
     def _error_frame(self, frame: ErrorFrame, now: float) -> None:
         if frame.error == DisconnectedByAdmin.code_name:
             # The close follows: the reason it is lost for (connection_lost).
@@ -687,6 +772,29 @@ class ClientCore:
             frame.error, frame.message, document_id=frame.document_id, retry_after=frame.retry_after
         )
         doc_id = frame.document_id
+        tokens = self.tokens
+        if isinstance(exc, TokenExpired) and tokens.renewable:
+            # Renew now: the server closes after retryAfter seconds otherwise.
+            if not tokens.reauth_pending and tokens.refresh_at > now:
+                tokens.refresh_at = now
+                self.outbox.wake_at(now)
+            return
+        if (
+            tokens.reauth_pending
+            and doc_id is None
+            and (isinstance(exc, AuthError) or frame.error in ("auth_unavailable", "rate_limited"))
+        ):
+            self.token_failed(exc, now)  # the fresh token was refused: try again later
+            return
+        if isinstance(exc, PermissionRevoked) and doc_id is not None and doc_id in self.docs:
+            self._revoked(doc_id, exc)
+            return
+        if frame.error == "permission_unavailable" and doc_id is not None:
+            # The server's permission provider is down (it fails closed): join
+            # again once it may answer; whoever waits keeps waiting (its timeout).
+            record = self.docs.get(doc_id)
+            if record is not None and record.join_sent:
+                self._rejoin_later(doc_id, now + min(frame.retry_after or 1.0, 60.0))
         if isinstance(exc, RateLimited):
             if doc_id is None:
                 self.out.pause(now, exc.retry_after)
@@ -836,7 +944,7 @@ class ClientCore:
             raise self._unsupported(document_id)
         if self.docs.is_present(document_id) and self.connection.state is CONNECTED:
             return self.store.presence(document_id)
-        if document_id in self.docs:
+        if document_id in self.docs and not self.docs.is_refused(document_id):
             self.out.unqueue(document_id)  # re-entered while its goodbye waited
         else:
             self.store.track(document_id)
@@ -912,6 +1020,19 @@ class ClientCore:
         self.states.forget(document_id)
         if not self.waiters.fail_enter(document_id, error):
             self.report(error)
+
+    def _revoked(self, document_id: str, error: PermissionRevoked) -> None:
+        """The server revoked our permission on an entered document: it is
+        REFUSED (kept, not joined again, until the application leaves it or
+        enters it again); its presence and state are forgotten (watchers see
+        it empty), whoever waits for it gets ``error``, and a
+        ``document-refused`` event fires."""
+        self.docs.refused(document_id)
+        self._dispatch(self.store.forget(document_id))
+        self.sharing.left(document_id)
+        self.states.forget(document_id)
+        self.waiters.fail_enter(document_id, error)
+        self.outbox.emit("document-refused", error)
 
     def _unsupported(self, document_id: str) -> PresenceUnsupported:
         announced = "none" if self.features is None else list(self.features)
@@ -1065,10 +1186,14 @@ class ClientCore:
             # Joins still unanswered get a heartbeat too: the server treats it as
             # a join, so a lost join heals itself.
             for doc_id, record in self.docs.items():
-                if record.state is not _LEAVING:
+                if record.state is not _LEAVING and record.state is not _REFUSED:
                     self.out.presence("heartbeat", doc_id)
         for doc_id, kind in self.sharing.due(now):
             self.out.submit(Paced(kind, doc_id), now)
+        tokens = self.tokens
+        if now >= tokens.refresh_at:
+            tokens.refresh_at = math.inf
+            outbox.refresh_token()  # the driver calls the token callable
         store = self.store
         if now >= store.share_at:
             store.share()
@@ -1088,4 +1213,5 @@ class ClientCore:
             self.store.due(),
             self.liveness.deadline(),
             self.docs.deadline(),
+            self.tokens.refresh_at,
         )

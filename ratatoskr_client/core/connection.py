@@ -163,15 +163,21 @@ class Connection:
         self.attempt += 1
         return delay
 
-    def attempt_failed(self, error: RatatoskrError) -> bool:
+    def attempt_failed(self, error: RatatoskrError, *, renewable: bool = False) -> bool:
         """A reconnect attempt failed with ``error``; False when no attempt may
-        follow (the credentials were refused: they will not get better).
+        follow (the credentials were refused: they will not get better —
+        unless they come from a ``token`` callable (``renewable``), whose
+        next token may be good: then an ``invalid_token`` is retried).
 
         ``auth_timeout`` is retried: this client sends ``auth`` as soon as the
         socket is open, so the server not reading it in time means the server
         was overloaded (thousands of clients reconnecting to a restarted relay),
         not that the credentials are wrong."""
-        if isinstance(error, AuthError) and error.code != "auth_timeout":
+        if (
+            isinstance(error, AuthError)
+            and error.code != "auth_timeout"
+            and not (renewable and error.code == "invalid_token")
+        ):
             return False
         self.floor = error.retry_after if isinstance(error, RateLimited) else 0.0
         return True

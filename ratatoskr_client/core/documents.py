@@ -10,6 +10,8 @@ happened:
 * the server confirms our presence: ENTERING → PRESENT;
 * the server expires our presence (a stall), or the connection is lost:
   PRESENT → ENTERING (it is joined again);
+* the server revokes our permission (``permission_revoked``): → REFUSED,
+  kept (not joined again) until the application leaves or enters it again;
 * ``leave_document`` while a state goodbye must go out first: → LEAVING, and
   the record goes once the goodbye (and the leave after it) went out; a
   record with nothing to say goodbye for goes at once, and so do the records
@@ -32,6 +34,7 @@ __all__ = ["DocumentRecord", "Documents"]
 ENTERING: Final = DocumentState.ENTERING
 PRESENT: Final = DocumentState.PRESENT
 LEAVING: Final = DocumentState.LEAVING
+REFUSED: Final = DocumentState.REFUSED
 
 
 class DocumentRecord:
@@ -86,9 +89,16 @@ class Documents:
         record = self._records.get(document_id)
         return record is not None and record.state is LEAVING
 
+    def is_refused(self, document_id: str) -> bool:
+        """True if the server revoked our permission on ``document_id``."""
+        record = self._records.get(document_id)
+        return record is not None and record.state is REFUSED
+
     def entered(self) -> tuple[str, ...]:
         """Documents entered and not left (ENTERING or PRESENT), in order."""
-        return tuple(d for d, r in self._records.items() if r.state is not LEAVING)
+        return tuple(
+            d for d, r in self._records.items() if r.state is not LEAVING and r.state is not REFUSED
+        )
 
     def items(self) -> Iterator[tuple[str, DocumentRecord]]:
         """(document id, record) for every record, in order (a snapshot: the
@@ -125,7 +135,7 @@ class Documents:
         record = self._records.get(document_id)
         if record is None:
             record = self._records[document_id] = DocumentRecord()
-        elif record.state is LEAVING:
+        elif record.state is LEAVING or record.state is REFUSED:
             record.state = ENTERING
             record.join_sent = False
         return record
@@ -135,7 +145,7 @@ class Documents:
         False (and nothing changes) if the document has no record or is being
         left."""
         record = self._records.get(document_id)
-        if record is None or record.state is LEAVING:
+        if record is None or record.state is LEAVING or record.state is REFUSED:
             return False
         record.join_sent = True
         record.rejoin_at = None
@@ -157,7 +167,7 @@ class Documents:
         is ENTERING again. True if a join must go out (none is in flight);
         False for a document not entered or being left."""
         record = self._records.get(document_id)
-        if record is None or record.state is LEAVING:
+        if record is None or record.state is LEAVING or record.state is REFUSED:
             return False
         record.state = ENTERING
         return not record.join_sent
@@ -178,6 +188,14 @@ class Documents:
             record.state = LEAVING
             record.rejoin_at = None  # (a rejoin scheduled while entering is moot)
 
+    def refused(self, document_id: str) -> None:
+        """The server revoked our permission: REFUSED, nothing in flight."""
+        record = self._records.get(document_id)
+        if record is not None:
+            record.state = REFUSED
+            record.join_sent = False
+            record.rejoin_at = None
+
     def drop(self, document_id: str) -> DocumentRecord | None:
         """Forget ``document_id``'s record (left, or refused); returns it."""
         return self._records.pop(document_id, None)
@@ -188,7 +206,8 @@ class Documents:
         for doc_id in [d for d, r in self._records.items() if r.state is LEAVING]:
             del self._records[doc_id]
         for record in self._records.values():
-            record.state = ENTERING
+            if record.state is not REFUSED:
+                record.state = ENTERING
             record.join_sent = False
             record.rejoin_at = None
 

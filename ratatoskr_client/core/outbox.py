@@ -26,6 +26,8 @@ core's unit tests read them as a list:
 * :class:`WakeAt` — call :meth:`~ratatoskr_client.core.client.ClientCore.on_timer`
   at this time;
 * :class:`Ping` — send a WebSocket ping on the current connection;
+* :class:`RefreshToken` — call the ``token`` callable, and give the core
+  what it returns (``token_fetched``) or why it failed (``token_failed``);
 * :class:`Drop` — the current connection is dead (:mod:`.liveness`): close it
   at once, without a closing handshake; the driver then reports it lost as it
   does any other.
@@ -53,6 +55,7 @@ __all__ = [
     "Outbox",
     "Ping",
     "Push",
+    "RefreshToken",
     "Resolve",
     "Send",
     "WakeAt",
@@ -114,10 +117,16 @@ class Drop:
     reason: ConnectionClosed
 
 
+@dataclass(slots=True)
+class RefreshToken:
+    """Call the ``token`` callable; answer with ``ClientCore.token_fetched``
+    or ``ClientCore.token_failed``."""
+
+
 Emit: TypeAlias = tuple[str, *tuple[Any, ...]]
 """Emit ``effect[0]`` (the event's name) with ``effect[1:]`` (its arguments)."""
 
-Effect: TypeAlias = Send | Emit | Resolve | Fail | Push | WakeAt | Ping | Drop
+Effect: TypeAlias = Send | Emit | Resolve | Fail | Push | WakeAt | Ping | Drop | RefreshToken
 
 
 class Outbox:
@@ -172,6 +181,10 @@ class Outbox:
     def ping(self) -> None:
         """Send a WebSocket ping on the current connection."""
         self.effects.append(Ping())
+
+    def refresh_token(self) -> None:
+        """Call the ``token`` callable (the driver answers the core)."""
+        self.effects.append(RefreshToken())
 
     def drop(self, reason: ConnectionClosed) -> None:
         """Close the current connection at once: it is dead (``reason``)."""

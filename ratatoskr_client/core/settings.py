@@ -11,9 +11,9 @@ checks the values once; the core and the driver read it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypedDict
+from typing import Final, TypeAlias, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from ..backoff import DEFAULT_BACKOFF, Backoff
@@ -36,6 +36,7 @@ __all__ = [
     "OPTION_NAMES",
     "ClientOptions",
     "Settings",
+    "TokenSource",
     "socket_url",
 ]
 
@@ -69,6 +70,11 @@ def _seconds(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
 
 
+TokenSource: TypeAlias = str | Callable[[], str] | Callable[[], Awaitable[str]] | None
+"""What ``token=`` takes: a token, a callable (plain or ``async``) returning
+one, or None (anonymous)."""
+
+
 class ClientOptions(TypedDict, total=False):
     """The options of a client, passed as keyword arguments: every one may be
     left out, and then has the default given here.
@@ -84,8 +90,12 @@ class ClientOptions(TypedDict, total=False):
         client = RatatoskrClient(url, **options)
     """
 
-    token: str | None
-    """The user's token; None connects anonymously. Default: ``None``."""
+    token: TokenSource
+    """The user's token; None connects anonymously. Or a callable returning
+    one, plain or ``async`` (a blocking one runs in a worker thread): called
+    before every connect, and ahead of the token's expiry when the client can
+    read it (upstream session tokens, JWTs) and the server renews tokens in
+    the connection (``docs/guide.md``, "Tokens that expire"). Default: ``None``."""
 
     heartbeat_interval: float
     """Seconds between presence heartbeats for each entered document (the
@@ -183,7 +193,7 @@ class Settings:
     """
 
     url: str
-    token: str | None = None
+    token: TokenSource = None
     heartbeat_interval: float = PRESENCE_HEARTBEAT_INTERVAL
     reconnect: bool = True
     backoff: Backoff = DEFAULT_BACKOFF
@@ -233,6 +243,10 @@ class Settings:
         if self.max_presence_peers < 1 or self.max_identities < 1:
             raise ValueError("max_presence_peers and max_identities must be >= 1")
         socket_url(self.url)  # raises ValueError for a bad URL
+        if self.token is not None and not isinstance(self.token, str) and not callable(self.token):
+            raise ValueError(
+                f"token must be a string, a callable returning one, or None; got {self.token!r}"
+            )
 
     @classmethod
     def from_options(cls, url: str, options: Mapping[str, object]) -> Settings:

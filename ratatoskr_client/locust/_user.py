@@ -14,7 +14,7 @@ from locust.env import Environment
 from locust.exception import LocustError
 
 from ..core.membership import Peer
-from ..core.settings import ClientOptions
+from ..core.settings import ClientOptions, TokenSource
 from ..errors import ConnectionClosed, PayloadError, RatatoskrError
 from ..sync import RatatoskrClient
 from ._hub import HubInbox
@@ -132,7 +132,9 @@ class RatatoskrUser(User):
     Attributes:
         token: the token every user of the class connects with (None:
             anonymous). A user of its own: set ``self.token`` in ``on_start``
-            before ``super().on_start()`` (per-user tokens, e.g. on upstream).
+            before ``super().on_start()`` (per-user tokens, e.g. on upstream),
+            or, for a token per user or one that expires, override
+            :meth:`user_token` instead.
         client_options: the other options of each user's client
             (:class:`~ratatoskr_client.ClientOptions`: ``heartbeat_interval``,
             ``backoff``...); a ``"token"`` here wins over :attr:`token`.
@@ -168,11 +170,18 @@ class RatatoskrUser(User):
 
     # ================================================================== lifecycle
 
+    def user_token(self) -> TokenSource:
+        """This user's ``token`` option: :attr:`token` unless overridden. A
+        subclass returns a token of its own per user, or a callable (plain
+        or ``async``) that makes a fresh one, called at every connect and
+        ahead of expiry (``docs/load-testing.md``, "Tokens")."""
+        return self.token
+
     def on_start(self) -> None:
         """Create the client and connect, retrying every ``connect_retry_delay``
         seconds until it succeeds (or the user is stopped)."""
         assert self.host is not None
-        options: ClientOptions = {"token": self.token, **self.client_options}
+        options: ClientOptions = {"token": self.user_token(), **self.client_options}
         client = self._client = RatatoskrClient(self.host, **options)
         client.on("ephemeral-message", self._on_message)
         client.on("peer-joined", self._on_peer_joined)
@@ -180,6 +189,7 @@ class RatatoskrUser(User):
         client.on("disconnected", self._on_disconnected)
         client.on("connected", self._on_connected)
         client.on("error", self._on_error)
+        client.on("token-refresh-failed", self._on_error)
         while not self.connect():
             gevent.sleep(self.connect_retry_delay)
 

@@ -28,6 +28,7 @@ from .codec import (
 from .constants import (
     EMPTY_DOC_SYNC,
     EPHEMERAL_PREFIX,
+    FEATURE_REAUTH,
     FEATURE_SCOPED_IDENTITY,
     FEATURES,
     MAX_COUNT,
@@ -68,6 +69,7 @@ __all__ = [
     "EMPTY_DOC_SYNC",
     "EPHEMERAL_PREFIX",
     "FEATURES",
+    "FEATURE_REAUTH",
     "FEATURE_SCOPED_IDENTITY",
     "MAX_COUNT",
     "MAX_DOCUMENT_ID_BYTES",

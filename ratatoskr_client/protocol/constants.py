@@ -19,6 +19,7 @@ __all__ = [
     "FEATURES",
     "FEATURE_PRESENCE",
     "FEATURE_RESUME",
+    "FEATURE_REAUTH",
     "FEATURE_SCOPED_IDENTITY",
     "FEATURE_STATE_REPLAY",
     "KEY_COUNT",
@@ -56,6 +57,10 @@ EPHEMERAL_PREFIX: Final = "eph:"
 #: "global"``; in document scope it adds :data:`FEATURE_SCOPED_IDENTITY`).
 FEATURES: Final = ("identity", "presence", "ephemeral")
 #: The feature that means "this server keeps presence" (membership from the server).
+#: In ``features``: the server accepts a new ``auth`` frame on an authenticated
+#: connection (a fresh token for the same user) and tells a peer whose token
+#: expired (``token_expired``) before it closes it (docs/protocol.md, "Re-authentication").
+FEATURE_REAUTH: Final = "reauth"
 FEATURE_PRESENCE: Final = "presence"
 #: The feature that means "identities are scoped to documents": a peer learns
 #: the identity of another only while they share a document (sent just before

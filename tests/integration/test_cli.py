@@ -273,3 +273,59 @@ async def test_log_level_defaults_to_warning_and_the_last_one_wins():
 def test_version_before_and_after_the_command(argv, capsys):
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == f"ratatoskr {__version__}"
+
+
+# --------------------------------------------------------------------------- token
+
+
+def test_token_mints_an_upstream_session_token_the_relay_accepts(tmp_path, capsys):
+    from ratatoskr_client.cli.main import main
+    from ratatoskr_client.protocol.tokens import read_lifetime
+    from ratatoskr_client.server.core.identities import Identity, verify_upstream_session
+
+    secret = tmp_path / "secret"
+    secret.write_text("upstream-test-secret-0123456789abcdef\n")
+    assert main(["token", "alice", "--secret-file", str(secret), "--lifetime", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    lifetime = read_lifetime(token)
+    assert lifetime is not None and lifetime.expires_at - (lifetime.issued_at or 0) == 60
+    verdict = verify_upstream_session(
+        token, "upstream-test-secret-0123456789abcdef", lifetime.expires_at - 30, 0
+    )
+    assert isinstance(verdict, Identity) and verdict.user_id == "alice"
+
+
+def test_token_mints_a_jwt_with_its_claims(tmp_path, capsys, monkeypatch):
+    import jwt
+
+    from ratatoskr_client.cli.main import main
+
+    monkeypatch.setenv("MY_JWT_SECRET", "jwt-secret-of-at-least-32-bytes-long!")
+    args = ["token", "bob", "--secret-env", "MY_JWT_SECRET", "--jwt", "--name", "Bob"]
+    assert main([*args, "--audience", "relay"]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(
+        token, "jwt-secret-of-at-least-32-bytes-long!", algorithms=["HS256"], audience="relay"
+    )
+    assert (claims["sub"], claims["name"], claims["exp"] - claims["iat"]) == ("bob", "Bob", 3600)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--secret-file", "/nonexistent/secret"], "cannot read"),
+        (["--secret-env", "NOT_SET_ANYWHERE_42"], "NOT_SET_ANYWHERE_42"),
+        (["--secret-file", "SECRET", "--name", "x"], "need --jwt"),
+        (["--secret-file", "SECRET", "--lifetime", "0"], "--lifetime"),
+        ([], "required"),
+    ],
+)
+def test_token_refuses_bad_input_with_one_line_and_status_two(tmp_path, capsys, args, message):
+    from ratatoskr_client.cli.main import main
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    args = [str(secret) if a == "SECRET" else a for a in args]
+    assert main(["token", "alice", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]

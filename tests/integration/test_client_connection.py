@@ -1029,7 +1029,12 @@ async def test_stats_follow_a_document_through_its_membership_states():
         entering = asyncio.create_task(client.enter_document("doc", timeout=5))
         await server.wait_for(lambda r: r.frame.get("type") == "ephemeral")
         stats = client.stats()
-        assert stats.documents == {"entering": ("doc",), "present": (), "leaving": ()}
+        assert stats.documents == {
+            "entering": ("doc",),
+            "present": (),
+            "leaving": (),
+            "refused": (),
+        }
         assert (stats.waiters, stats.tasks, stats.timers) == (1, ("receive",), 1)
         await server.send(
             conn, {"type": "doc_presence_state", "documentId": "doc", "peers": [conn.peer_id]}
@@ -1044,12 +1049,17 @@ async def test_stats_follow_a_document_through_its_membership_states():
         await rec.wait("error")
         await client.leave_document("doc")
         stats = client.stats()
-        assert stats.documents == {"entering": (), "present": (), "leaving": ("doc",)}
+        assert stats.documents == {
+            "entering": (),
+            "present": (),
+            "leaving": ("doc",),
+            "refused": (),
+        }
         assert stats.paced_sends == 2  # the goodbye, then the leave behind it
         assert client.entered_documents == ()
         await client.close()
         stats = client.stats()
-        assert stats.documents == {"entering": (), "present": (), "leaving": ()}
+        assert stats.documents == {"entering": (), "present": (), "leaving": (), "refused": ()}
         assert (stats.paced_sends, stats.tasks, stats.timers, stats.waiters) == (0, (), 0, 0)
 
 

@@ -101,9 +101,10 @@ async def test_auth_ok_for_token_and_anonymous(peers: RawPeers) -> None:
         "presence",
         "ephemeral",
         "scoped-identity",
+        "reauth",
         "state-replay",
         "resume",
-    ]  # (#22 added the last two)
+    ]  # (#21 added reauth, #22 the last two)
 
     anon = await peers.connect()
     ok2 = await anon.auth()
@@ -195,11 +196,17 @@ async def test_already_authenticated(peers: RawPeers) -> None:
     await watcher.join("lobby")
     await alice.join("lobby")
     await watcher.recv_type("peer_identity", peerId=alice.peer_id)
+    # A second auth is a re-authentication (docs/protocol.md): for another
+    # user, or without a token, it is refused and changes nothing.
     await alice.send({"type": "auth", "token": "bob-secret"})
     err = await alice.recv_type("error")
-    assert err["error"] == "already_authenticated"
+    assert err["error"] == "user_mismatch"
     await alice.send({"type": "auth", "anonymous": True})
-    assert (await alice.recv_type("error"))["error"] == "already_authenticated"
+    assert (await alice.recv_type("error"))["error"] == "invalid_message"
+    # The same user's token again is accepted: same peer id, nobody told.
+    await alice.send({"type": "auth", "token": "alice-secret"})
+    again = await alice.recv_type("auth_ok")
+    assert again["clientPeerId"] == alice.peer_id
     await settle(alice, watcher)
     # Nothing changed: no second identity announced, alice still reads her document.
     assert len(watcher.received(is_frame("peer_identity"))) == 1

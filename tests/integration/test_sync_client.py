@@ -345,3 +345,29 @@ def test_users_and_user_events(relay_thread: RelayThread) -> None:
             gone = b.me.peer_id
         assert events.get(timeout=WAIT) == ("left", gone)
         assert [u.key for u in a.users("doc")] == [a.me.peer_id]
+def test_a_token_callable_is_called_off_the_loop_thread_and_renewed() -> None:
+    """The blocking client takes a token callable too: a blocking one runs in
+    a worker thread (never on the client's loop thread), at connect and
+    ahead of expiry, and the connection survives its tokens' lifetimes."""
+    import jwt
+
+    from ratatoskr_client.server import RelayConfig
+    from ratatoskr_client.server.config import JwtTokens
+
+    secret = "jwt-secret-of-at-least-32-bytes-long!"
+    threads: list[str] = []
+
+    def mint() -> str:
+        threads.append(threading.current_thread().name)
+        now = int(time.time())
+        return jwt.encode({"sub": "bot", "iat": now, "exp": now + 2}, secret, "HS256")
+
+    config = RelayConfig(open=True, identity=(JwtTokens(secret=secret, clock_skew=0),))
+    with RelayThread(config) as relay, RatatoskrClient(relay.url, token=mint) as client:
+        peer_id = client.me.peer_id
+        deadline = time.monotonic() + 10
+        while len(threads) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(threads) >= 3
+        assert client.is_connected and client.me.peer_id == peer_id
+    assert not any(name.startswith("ratatoskr") for name in threads), threads

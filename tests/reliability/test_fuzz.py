@@ -164,7 +164,14 @@ class RelayOracle:
         if isinstance(frame, UnknownFrame) or frame.TYPE in SERVER_ONLY:
             return invalid, _nothing
         if isinstance(frame, AuthFrame):
-            return {("error:already_authenticated",)}, _nothing
+            if not self.config.server_presence:
+                return {("error:already_authenticated",)}, _nothing
+            # A re-authentication (docs/protocol.md): the fuzzer is anonymous,
+            # so no token can be for its user.
+            if frame.token is None:
+                return invalid, _nothing
+            refused = {("error:invalid_token",), ("error:user_mismatch",), ("error:rate_limited",)}
+            return refused, _nothing
         if isinstance(frame, DocUnavailableFrame):
             return {()}, _nothing
         if isinstance(frame, RequestFrame | SyncFrame):

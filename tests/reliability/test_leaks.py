@@ -43,7 +43,7 @@ PARALLEL = 8
 #: What a closed client holds: nothing.
 CLOSED_STATS = ClientStats(
     connection_state=ConnectionState.CLOSED,
-    documents={"entering": (), "present": (), "leaving": ()},
+    documents={"entering": (), "present": (), "leaving": (), "refused": ()},
     tasks=(),
     callbacks=0,
     timers=0,

@@ -255,7 +255,7 @@ def test_a_refused_membership_is_dropped_not_kept_in_a_state():
         "documentId": "secret",
     }
     h.server(refusal)
-    assert h.core.docs.by_state() == {"entering": (), "present": (), "leaving": ()}
+    assert h.core.docs.by_state() == {"entering": (), "present": (), "leaving": (), "refused": ()}
 
 
 def test_the_tasks_documented_are_the_tasks_the_driver_reports():

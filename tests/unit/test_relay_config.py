@@ -485,7 +485,9 @@ def test_config_built_in_code_is_validated() -> None:
 def test_the_example_in_docs_server_md_is_valid(tmp_path: Path) -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "server.md"
     blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) == 1, "docs/server.md should hold one TOML example"
+    # The first is the example of every setting; the others are the
+    # deployments of "Identities and permissions" (checked below).
+    assert blocks and "[[users]]" in blocks[0]
     cfg = load_config(write(tmp_path, blocks[0]))
     # The settings it shows are documented as the defaults.
     assert cfg == RelayConfig(users=cfg.users, documents=cfg.documents)
@@ -493,6 +495,33 @@ def test_the_example_in_docs_server_md_is_valid(tmp_path: Path) -> None:
     assert cfg.access(None, "doc-123") is Access.ALLOWED
     assert cfg.access("bob", "design-notes") is Access.ALLOWED
     assert cfg.access(None, "design-notes") is Access.DENIED
+
+
+def test_the_deployments_in_docs_server_md_are_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+    blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)[1:]
+    assert len(blocks) == 3  # beside upstream, HS256, JWKS + callback
+    secret = tmp_path / "jwt_secret"
+    secret.write_text("a-secret-of-at-least-32-bytes-long!!\n")
+    monkeypatch.setenv("RELAY_JWT_SECRET", "a-secret-of-at-least-32-bytes-long!!")
+    kinds = []
+    for block in blocks:
+        text = block.replace("/etc/ratatoskr/jwt_secret", str(secret))
+        cfg = load_config(write(tmp_path, text))
+        kinds.append(
+            (
+                [type(p).__name__ for p in cfg.identity],
+                type(cfg.permissions).__name__ if cfg.permissions else None,
+            )
+        )
+        assert "a-secret" not in repr(cfg)
+    assert kinds == [
+        (["UpstreamSessionTokens", "UpstreamApiTokens"], "UpstreamDatabase"),
+        (["JwtTokens"], None),
+        (["JwtTokens"], "HttpPermissions"),
+    ]
 
 
 def test_identity_scope_and_connection_limit_settings(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ def test_token_auth(acl_relay: Relay) -> None:
         SERVER_ID,
         ok.client_peer_id,
         UserInfo("alice", "Alice", False),
-        (*FEATURES, "state-replay", "resume"),
+        (*FEATURES, "reauth", "state-replay", "resume"),
     )
     assert ok.client_peer_id.startswith("peer-")
     assert FEATURES == ("identity", "presence", "ephemeral")
@@ -348,9 +348,16 @@ def test_already_authenticated(acl_relay: Relay) -> None:
     watcher.take()
     peer = acl_relay.peer("alice-secret")
     watcher.take()
-    for second in (AuthFrame(token="bob-secret"), AuthFrame(anonymous=True), AuthFrame()):
+    # A second auth is a re-auth (docs/protocol.md, "Re-authentication"):
+    # refused unless it is a valid token for the same user.
+    for second, code in (
+        (AuthFrame(token="bob-secret"), "user_mismatch"),
+        (AuthFrame(token="nobody"), "invalid_token"),
+        (AuthFrame(anonymous=True), "invalid_message"),
+        (AuthFrame(), "invalid_message"),
+    ):
         peer.send(second)
-        assert error(peer.take_one()).error == "already_authenticated"
+        assert error(peer.take_one()).error == code
     assert peer.outbox.closed is None
     assert peer.session.user_id == "alice"
     assert watcher.take() == []

@@ -104,7 +104,7 @@ def test_a_connect_sends_auth_ok_with_the_feature_and_nothing_else(relay: Scoped
     newcomer = relay.peer("alice-secret")
     (ok,) = [*newcomer.auth_frames]
     assert isinstance(ok, AuthOkFrame)
-    assert ok.features == (*FEATURES, "scoped-identity", "state-replay", "resume")
+    assert ok.features == (*FEATURES, "scoped-identity", "reauth", "state-replay", "resume")
     assert ok.user == UserInfo("alice", "Alice", False)
     newcomer.close()
     # Nobody heard it come or go.
@@ -215,7 +215,7 @@ def test_global_scope_keeps_the_broadcast(relay: Scoped) -> None:
     b = glob.peer()
     ok = b.auth_frames[0]
     assert isinstance(ok, AuthOkFrame)
-    assert ok.features == (*FEATURES, "state-replay", "resume")
+    assert ok.features == (*FEATURES, "reauth", "state-replay", "resume")
     assert kinds(a.take()) == [("peer_identity", b.peer_id)]
     b.close()
     assert kinds(a.take()) == [("peer_disconnected", b.peer_id)]

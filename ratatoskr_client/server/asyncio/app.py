@@ -32,6 +32,7 @@ from ..core.relay import SWEEP_MAX_INTERVAL, RelayCore
 from ..core.turns import GO_ON, OVER, Turns
 from .admin import add_admin_routes, add_disabled_admin_routes
 from .guard import HandshakeGuard
+from .lookups import LookupRunner
 from .memory import TrimPolicy, trim
 from .metrics import MetricsPage, metrics_registry
 from .outbox import Batcher, SocketOutbox
@@ -333,9 +334,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE_KEY]
     timer = _Timer(core, asyncio.get_running_loop())
     core.wake_at = timer
+    lookups = LookupRunner(core)
+    core.request = lookups
     timer.run()  # (and then when the core says)
     yield
     timer.cancel()
+    await lookups.close()
     app[GUARD_KEY].cancel_all()
 
 

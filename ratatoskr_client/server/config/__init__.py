@@ -41,6 +41,19 @@ from .addresses import (
     redact_url,
     validate_redis_url,
 )
+from .identity import (
+    DEFAULT_REAUTH_GRACE,
+    HttpPermissions,
+    IdentityProvider,
+    JwtTokens,
+    PermissionProvider,
+    UpstreamApiTokens,
+    UpstreamDatabase,
+    UpstreamSessionTokens,
+    load_identity,
+    load_permissions,
+    require_pyjwt,
+)
 
 __all__ = [
     "DEFAULT_ANONYMOUS_CONNECTION_LIMIT",
@@ -63,8 +76,15 @@ __all__ = [
     "Access",
     "AclEntry",
     "DocumentSpec",
+    "HttpPermissions",
+    "IdentityProvider",
     "IdentityScope",
+    "JwtTokens",
+    "PermissionProvider",
     "RelayConfig",
+    "UpstreamApiTokens",
+    "UpstreamDatabase",
+    "UpstreamSessionTokens",
     "UserSpec",
     "database_of",
     "load_config",
@@ -179,6 +199,13 @@ class RelayConfig:
         webhook_secret: the shared secret of the webhook signatures
             (HMAC-SHA256). Never shown in ``repr``. In a TOML file,
             ``webhook_secret_file`` reads it from a file.
+        identity: identity providers tried in order after ``users``' tokens
+            (:mod:`.identity`; ``[[identity]]`` tables in the TOML file).
+        permissions: who may read which document, instead of ``documents``'
+            ACLs: :class:`HttpPermissions` or :class:`UpstreamDatabase`
+            (``[permissions]`` in the TOML file). None: ``documents``.
+        reauth_grace: seconds a peer whose token expired (``token_expired``)
+            has to send a new ``auth`` for the same user before it is closed.
         metrics_listen: ``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6; port 0
             picks a free one): serve ``/metrics`` and ``/health`` on this second
             address, and not ``/metrics`` on the main one. None: ``/metrics``
@@ -211,6 +238,9 @@ class RelayConfig:
     admin_token: str | None = field(default=None, repr=False)
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    identity: tuple[IdentityProvider, ...] = ()
+    permissions: PermissionProvider | None = None
+    reauth_grace: float = DEFAULT_REAUTH_GRACE
     source: str | None = field(default=None, compare=False)
     _tokens: dict[str, UserSpec] = field(init=False, repr=False, compare=False)
     _readers: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
@@ -222,6 +252,8 @@ class RelayConfig:
         object.__setattr__(self, "documents", tuple(self.documents))
         if isinstance(self.connection_limit_exempt, list | tuple):
             object.__setattr__(self, "connection_limit_exempt", tuple(self.connection_limit_exempt))
+        if isinstance(self.identity, list | tuple):
+            object.__setattr__(self, "identity", tuple(self.identity))
         _validate(self)  # (the networks are parsed there: _exempt)
         tokens = {u.token: u for u in self.users}
         readers: dict[str, frozenset[str]] = {}
@@ -294,6 +326,8 @@ def _validate(cfg: RelayConfig) -> None:
         raise ConfigError(f"resume_grace must be a number >= 0, got {grace!r}", path=cfg.source)
     positive("node_ttl", cfg.node_ttl)
     positive("anonymous_connection_limit", cfg.anonymous_connection_limit, integer=True)
+    positive("reauth_grace", cfg.reauth_grace)
+    _validate_providers(cfg)
     if cfg.identity_scope not in IDENTITY_SCOPES:
         raise ConfigError(
             f"identity_scope must be 'document' or 'global', got {cfg.identity_scope!r}",
@@ -320,6 +354,23 @@ def _validate(cfg: RelayConfig) -> None:
         raise ConfigError(f"port must be an integer from 0 to 65535, got {cfg.port!r}")
 
     validate_acl(cfg.users, cfg.documents, cfg.source)
+
+
+def _validate_providers(cfg: RelayConfig) -> None:
+    kinds = (UpstreamSessionTokens, UpstreamApiTokens, JwtTokens)
+    if not all(isinstance(p, kinds) for p in cfg.identity):
+        raise ConfigError(
+            "identity must be a sequence of UpstreamSessionTokens, UpstreamApiTokens or JwtTokens",
+            path=cfg.source,
+        )
+    if any(isinstance(p, JwtTokens) for p in cfg.identity):
+        require_pyjwt(cfg.source)
+    if cfg.permissions is not None and not isinstance(
+        cfg.permissions, HttpPermissions | UpstreamDatabase
+    ):
+        raise ConfigError(
+            "permissions must be None, HttpPermissions or UpstreamDatabase", path=cfg.source
+        )
 
 
 def _validate_secret(cfg: RelayConfig, key: str) -> None:
@@ -379,6 +430,7 @@ _TOP_LEVEL_SETTINGS: Final[dict[str, type | tuple[type, ...]]] = {
     "admin_token": str,
     "webhook_url": str,
     "webhook_secret": str,
+    "reauth_grace": (int, float),
 }
 
 #: Keys naming a file whose content (surrounding whitespace removed) is the
@@ -466,7 +518,10 @@ def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
         raise ConfigError(f"not valid TOML: {exc}", path=where) from exc
 
     _check_keys(
-        raw, ["users", "documents", *_TOP_LEVEL_SETTINGS, *_SECRET_FILES], where, "top level"
+        raw,
+        ["users", "documents", "identity", "permissions", *_TOP_LEVEL_SETTINGS, *_SECRET_FILES],
+        where,
+        "top level",
     )
     settings: dict[str, Any] = {}
     for file_key, key in _SECRET_FILES.items():
@@ -524,5 +579,14 @@ def load_config(path: str | Path, **overrides: Any) -> RelayConfig:
             acl.append(AclEntry(principal, cast(Permission, permission)))
         documents.append(DocumentSpec(id=doc_id, owner=owner, acl=tuple(acl)))
 
+    settings["identity"] = tuple(
+        load_identity(table, where, f"identity[{i}]")
+        for i, table in enumerate(_table_list(raw, "identity", where))
+    )
+    if "permissions" in raw:
+        table = raw["permissions"]
+        if not isinstance(table, dict):
+            raise ConfigError("'permissions' must be a table ([permissions])", path=where)
+        settings["permissions"] = load_permissions(table, where)
     settings.update(overrides)
     return RelayConfig(users=tuple(users), documents=tuple(documents), source=where, **settings)

@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable
 
 from ...protocol import (
+    FEATURE_REAUTH,
     FEATURE_SCOPED_IDENTITY,
     FEATURES,
     AuthErrorFrame,
@@ -40,6 +42,7 @@ from ..config import RelayConfig
 from .bus import Bus
 from .connection import Connection, LimitBucket, forget_full
 from .counters import RelayCounters, refusal_reason
+from .identities import Identities, Identity, Lookup, Refused, Unavailable
 from .identity import identity_key, identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
@@ -51,8 +54,9 @@ __all__ = ["Authentication"]
 
 log = logging.getLogger("ratatoskr_client.server")
 
-#: ``features`` in document scope.
-_SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY)
+#: ``features`` in global scope, and in document scope.
+_FEATURES = (*FEATURES, FEATURE_REAUTH)
+_SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY, FEATURE_REAUTH)
 
 
 def _no_resumed(new: Connection, held: Connection) -> None:
@@ -81,12 +85,15 @@ class Authentication:
         "config",
         "counters",
         "features",
+        "identities",
         "names",
         "on_resumed",
         "peers",
         "resumption",
         "server_peer_id",
         "visibility",
+        "wait",
+        "wall",
     )
 
     def __init__(
@@ -129,10 +136,17 @@ class Authentication:
         #: called when a connection resumed a peer: (the new connection, the
         #: peer's, which carries the new socket from now on)
         self.on_resumed: Callable[[Connection, Connection], None] = _no_resumed
-        base = _SCOPED_FEATURES if visibility.scoped else FEATURES
+        base = _SCOPED_FEATURES if visibility.scoped else _FEATURES
         extra = (FEATURE_STATE_REPLAY,) + ((FEATURE_RESUME,) if self.resumption.enabled else ())
         #: what ``auth_ok`` announces (with server-side presence)
         self.features: tuple[str, ...] = (*base, *extra)
+        #: Unix time (token ``exp`` claims are in it)
+        self.wall: Callable[[], float] = time.time
+        #: the identity providers
+        self.identities = Identities(config)
+        #: park a connection's frames until a look-up is answered (the core's
+        #: RelayCore.wait); False: that look-up was just answered for it
+        self.wait: Callable[[Connection, Lookup], bool] = lambda conn, lookup: False
 
     # ------------------------------------------------------------------ sizes
 
@@ -208,21 +222,137 @@ class Authentication:
         if not self._allowed(conn):
             return
         resumable = frame.resume and self.resumption.enabled
-        if resumable and frame.resume_peer is not None and self._resume(conn, frame):
-            return
+        resuming = resumable and frame.resume_peer is not None
         if frame.token is not None:
-            user = self.config.user_for_token(frame.token)
-            if user is None:
-                self._refuse(conn, "invalid_token", "Invalid or expired token")
-                return
-            self._authenticate(conn, user.id, user.name, anonymous=False, resumable=resumable)
+            verdict = self._verify(conn, frame.token)
+            if verdict is None:
+                return  # waits for a look-up
+            if isinstance(verdict, Refused):
+                self._refuse(conn, verdict.code, verdict.message)
+            elif isinstance(verdict, Unavailable):
+                log.warning("auth for %r failed closed: %s", conn, verdict.message)
+                self._pending.pop(conn, None)
+                self.counters.refusal(refusal_reason("auth_unavailable"))
+                conn.outbox.send(
+                    encode(
+                        AuthErrorFrame("auth_unavailable", "the identity provider is unavailable")
+                    )
+                )
+                conn.outbox.close(1008, "auth_unavailable")
+            elif resuming and self._resume(conn, frame, verdict):
+                self._set_expiry(conn.successor or conn, verdict)
+            else:
+                self._authenticate(
+                    conn, verdict.user_id, verdict.name, anonymous=False, resumable=resumable
+                )
+                self._set_expiry(conn, verdict)
         elif frame.anonymous:
             if not self._anonymous_allowed(conn):
+                return
+            if resuming and self._resume(conn, frame, None):
                 return
             name = self.names.allocate()
             self._authenticate(conn, None, name, anonymous=True, resumable=resumable)
         else:
             self._refuse(conn, "missing_credentials", "send a token, or anonymous: true")
+
+    def _verify(self, conn: Connection, token: str) -> Identity | Refused | Unavailable | None:
+        """``token``'s verdict, or None when ``conn`` now waits for a look-up
+        (its frames are parked; the frame is replayed once it is answered).
+        A look-up that goes to a remote costs one of the address's failed-auth
+        allowance up front: a flood of unknown tokens makes no more remote
+        calls than that allowance (and the cache) permit."""
+        now = self.clock()
+        wall = self.wall()
+        verdict = self.identities.verify(token, now, wall)
+        if isinstance(verdict, Lookup):
+            if self.wait(conn, verdict):
+                if verdict.kind == "userinfo":
+                    self._spend(conn)
+                return None
+            verdict = self.identities.settled(verdict, token, now, wall)
+            assert not isinstance(verdict, Lookup)
+        return verdict
+
+    def _set_expiry(self, conn: Connection, identity: Identity) -> None:
+        """The connection's token expires when ``identity`` says (plus the skew)."""
+        conn.expiry_told = False
+        if identity.expires is None or not self._presence:
+            # (Upstream-compatible mode: like upstream, a token is checked
+            # only when the connection authenticates.)
+            conn.expires = math.inf
+            return
+        conn.expires = self.clock() + (identity.expires - self.wall())
+
+    def check_expiry(self, conn: Connection, now: float) -> None:
+        """``conn``'s token expired (``conn.expires <= now``): the first time,
+        it is told (``token_expired``, ``retryAfter`` = the grace) and has
+        ``reauth_grace`` seconds to send a new ``auth``; then it is closed."""
+        if not conn.expiry_told:
+            grace = self.config.reauth_grace
+            conn.expiry_told = True
+            conn.expires = now + grace
+            log.debug("token of %r expired: %g s to re-authenticate", conn, grace)
+            self._replies.error(
+                conn,
+                "token_expired",
+                f"the token expired: send a new auth within {grace:g} s",
+                retry_after=grace,
+            )
+            return
+        conn.expires = math.inf  # closed once
+        self._replies.refuse_and_close(conn, "token_expired", "the token expired")
+
+    def reauth(self, conn: Connection, frame: AuthFrame) -> None:
+        """An ``auth`` frame on an authenticated connection: a new token for the
+        same user. Accepted: ``auth_ok`` again (same peer id; documents and
+        state are kept, nobody sees anything) and the new expiry. Refused
+        (``invalid_token``, ``user_mismatch``, ``auth_unavailable``): an
+        ``error`` frame; the connection keeps its old token until it expires."""
+        if frame.token is None:
+            self._replies.error(conn, "invalid_message", "a re-auth needs a token")
+            return
+        bucket = self._failures.get(conn.address)
+        if bucket is not None and bucket.tokens(self.clock()) < 1.0:
+            self._replies.error(
+                conn,
+                "rate_limited",
+                "too many failed auth attempts from this address",
+                retry_after=(1.0 - bucket.tokens(self.clock())) / bucket.rate,
+            )
+            return
+        verdict = self._verify(conn, frame.token)
+        if verdict is None:
+            return
+        if isinstance(verdict, Unavailable):
+            self._replies.error(
+                conn, "auth_unavailable", "the identity provider is unavailable", retry_after=1.0
+            )
+        elif isinstance(verdict, Refused):
+            self._spend(conn)
+            self._replies.error(conn, verdict.code, verdict.message)
+        elif conn.is_anonymous or verdict.user_id != conn.user_id:
+            self._spend(conn)
+            self._replies.error(
+                conn, "user_mismatch", "a re-auth must be for the connection's own user"
+            )
+        else:
+            self._set_expiry(conn, verdict)
+            user = UserInfo(conn.user_id, conn.name, False)
+            conn.outbox.send(auth_ok(self.server_peer_id, conn.peer_id, user, self.features))
+            log.debug("peer %s re-authenticated", conn.peer_id)
+
+    def _spend(self, conn: Connection) -> None:
+        """Spend one of the address's failed-auth allowance."""
+        now = self.clock()
+        failures = self._failures
+        bucket = failures.get(conn.address)
+        if bucket is None:
+            if len(failures) >= MAX_AUTH_FAILURE_ADDRESSES:
+                del failures[next(iter(failures))]
+            limit = self.config.auth_failure_limit
+            bucket = failures[conn.address] = TokenBucket.per_minute(limit, now)
+        bucket.take(now)
 
     def _allowed(self, conn: Connection) -> bool:
         """Refuse every auth attempt from an address whose failed attempts used
@@ -279,34 +409,21 @@ class Authentication:
         """Credentials refused: spend the address's allowance, answer
         ``auth_error`` and close."""
         log.debug("auth failed for %r: %s", conn, code)
-        now = self.clock()
-        failures = self._failures
-        bucket = failures.get(conn.address)
-        if bucket is None:
-            if len(failures) >= MAX_AUTH_FAILURE_ADDRESSES:
-                del failures[next(iter(failures))]
-            limit = self.config.auth_failure_limit
-            bucket = failures[conn.address] = TokenBucket.per_minute(limit, now)
-        bucket.take(now)
+        if conn.answered is None or conn.answered.kind != "userinfo":
+            self._spend(conn)  # (a userinfo look-up was paid for when it was asked)
         self._pending.pop(conn, None)  # answered: no auth_timeout after this
         self.counters.refusal(refusal_reason(code))
         conn.outbox.send(encode(AuthErrorFrame(code, message)))
         conn.outbox.close(1008, code)
 
-    def _resume(self, conn: Connection, frame: AuthFrame) -> bool:
-        """``conn`` asks to resume a peer (:mod:`.resume`): True if it did.
-        Otherwise (unknown peer, wrong secret, other credentials) it goes on
-        as a new peer: a resume is never refused, it just does not happen."""
+    def _resume(self, conn: Connection, frame: AuthFrame, verdict: Identity | None) -> bool:
+        """``conn`` asks to resume a peer (:mod:`.resume`), its token verified
+        as ``verdict`` (None: anonymous): True if it did. Otherwise (unknown
+        peer, wrong secret, other credentials) it goes on as a new peer: a
+        resume is never refused, it just does not happen."""
         assert frame.resume_peer is not None
         assert frame.resume_secret is not None
-        user_id: str | None = None
-        if frame.token is not None:
-            user = self.config.user_for_token(frame.token)
-            if user is None:
-                return False  # refused as usual by the caller
-            user_id = user.id
-        elif not frame.anonymous:
-            return False
+        user_id = verdict.user_id if verdict is not None else None
         peer_id = frame.resume_peer
         held = self.resumption.held.get(peer_id)
         candidate = held[0] if held is not None else self.peers.get(peer_id)

@@ -7,6 +7,7 @@ stream of ephemeral messages: one connection may use several). No I/O.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -63,10 +64,13 @@ class Connection:
 
     __slots__ = (
         "address",
+        "answered",
         "authenticated",
         "bucket",
         "control",
         "docs",
+        "expires",
+        "expiry_told",
         "flood",
         "heard",
         "heard_at",
@@ -76,12 +80,14 @@ class Connection:
         "is_anonymous",
         "name",
         "outbox",
+        "parked",
         "peer_id",
         "pinged",
         "reintroduce",
         "successor",
         "target_suffix",
         "user_id",
+        "waiting",
     )
 
     def __init__(self, outbox: Outbox, address: str = "", now: float = 0.0) -> None:
@@ -122,6 +128,16 @@ class Connection:
         #: documents whose members it must be told again when it joins them
         #: (it resumed its peer on a new socket); None: none
         self.reintroduce: set[str] | None = None
+        #: relay-clock time the token expires at (inf: it does not); after the
+        #: ``token_expired`` frame (``expiry_told``), the end of the grace
+        self.expires = math.inf
+        self.expiry_told = False
+        #: the look-up this connection's frames wait for (see relay.py,
+        #: "parked frames"), and those frames, in arrival order
+        self.waiting: Any = None
+        self.parked: list[bytes] | None = None
+        #: the look-up just answered, while its frame is replayed
+        self.answered: Any = None
 
     def __repr__(self) -> str:
         who = self.peer_id or "unauthenticated"

@@ -26,6 +26,11 @@ _REASON_OF_CODE: Final = {
     "invalid_token": "auth",
     "missing_credentials": "auth",
     "auth_timeout": "auth",
+    "auth_unavailable": "auth",
+    "user_mismatch": "auth",
+    "token_expired": "auth",
+    "permission_revoked": "permission",
+    "permission_unavailable": "permission",
 }
 #: Every ``reason`` label value (``oversized`` is counted where a frame is too large).
 REFUSAL_REASONS: Final = (

@@ -35,6 +35,7 @@ from ..config import Access, RelayConfig
 from .bus import Bus, Member, RemoteSender
 from .connection import Connection, LimitBucket, forget_full
 from .counters import RelayCounters
+from .identities import Lookup, Permissions, Unavailable
 from .limits import (
     MAX_SESSION_TOMBSTONES,
     MAX_SESSIONS_PER_CONNECTION,
@@ -75,9 +76,11 @@ class Documents:
         "counters",
         "members",
         "roster",
+        "permissions",
         "server_peer_id",
         "sessions",
         "visibility",
+        "wait",
     )
 
     def __init__(
@@ -112,13 +115,36 @@ class Documents:
         self.bus: Bus | None = None
         self._replies = replies
         self._check = config.access
+        #: the permission provider when it looks up (set by the core), else None
+        self.permissions: Permissions | None = None
+        #: park a connection's frames until a look-up is answered (RelayCore.wait)
+        self.wait: Callable[[Connection, Lookup], bool] = lambda conn, lookup: False
         self._peers = peers
         self._presence = config.server_presence
 
     # ------------------------------------------------------------------ membership
 
     def _check_access(self, conn: Connection, doc_id: str) -> bool:
-        access = self._check(conn.user_id, doc_id)
+        permissions = self.permissions
+        if permissions is None:
+            access = self._check(conn.user_id, doc_id)
+        else:
+            found = permissions.access(conn.user_id, doc_id, self.clock())
+            if isinstance(found, Lookup):
+                if self.wait(conn, found):
+                    return False  # the frame waits for the answer
+                found = Unavailable("the answer was lost")
+            if isinstance(found, Unavailable):
+                # Fail closed: the permission provider did not answer.
+                self._replies.error(
+                    conn,
+                    "permission_unavailable",
+                    "the permission provider is unavailable",
+                    document_id=doc_id,
+                    retry_after=1.0,
+                )
+                return False
+            access = found
         if access is Access.ALLOWED:
             return True
         if access is Access.NOT_FOUND:
@@ -202,6 +228,23 @@ class Documents:
             # a client that sees itself leave re-joins with a heartbeat.
             conn.outbox.send(encode(PeerLeftDocFrame(doc_id, conn.peer_id)))
 
+    def revoke(self, user_id: str | None, doc_id: str) -> None:
+        """``user_id`` may no longer read ``doc_id``: each of its connections
+        present there is told (``permission_revoked``) and removed, and
+        everyone else sees it leave."""
+        members = self.members.get(doc_id)
+        if not members:
+            return
+        for conn in [c for c in members.values() if c.user_id == user_id]:
+            log.info("permission of %s on %r revoked", conn.peer_id, doc_id)
+            self._replies.error(
+                conn,
+                "permission_revoked",
+                "read access to the document was revoked",
+                document_id=doc_id,
+            )
+            self.leave(conn, doc_id, tell_self=False)
+
     def expire(self, now: float) -> int:
         """Remove every membership whose last join/heartbeat is older than the
         presence TTL at ``now``, as if the peer had left (and told it).
@@ -264,7 +307,12 @@ class Documents:
                 return  # upstream's automerge-repo rejects eph: ids: nothing relayed, no error
             presence = None  # upstream relays presence-shaped payloads like any other
         if presence is None:
-            if not self._check_access(conn, doc_id):
+            # A member of the document passed the read check when it joined;
+            # with a provider that looks up, a revocation removes it (the
+            # core revalidates memberships), so its messages need no check.
+            if (doc_id not in conn.docs or self.permissions is None) and not self._check_access(
+                conn, doc_id
+            ):
                 return
         elif presence.document_id != doc_id:
             self._replies.error(

@@ -51,13 +51,15 @@ from ...protocol import (
     decode,
     encode,
 )
+from ...protocol.constants import EPHEMERAL_PREFIX
 from ...protocol.writers import ephemeral_prefix, target_suffix
-from ..config import RelayConfig
+from ..config import Access, RelayConfig
 from .auth import Authentication
 from .bus import Bus, Member, RemoteSender
 from .connection import Connection, Outbox, RelayStats
 from .counters import RelayCounters
 from .documents import Documents, fan_out
+from .identities import Lookup, Permissions
 from .limits import (
     LIVENESS_FACTOR,
     MAX_AUTH_FAILURE_ADDRESSES,
@@ -102,6 +104,10 @@ __all__ = [
 
 log = logging.getLogger("ratatoskr_client.server")
 
+#: Frames a connection may send while the relay waits for a look-up about it
+#: (its auth token, a document's permission); beyond, each is refused.
+MAX_PARKED_FRAMES: Final = 100
+
 #: The longest time between two runs of a periodic sweep (presence expiry, the
 #: liveness rule); each runs every tenth of its own period when that is shorter.
 SWEEP_MAX_INTERVAL: Final = 1.0
@@ -139,9 +145,17 @@ class RelayCore:
         clock: Callable[[], float] = time.monotonic,
         names: NameAllocator | None = None,
         server_peer_id: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.clock = clock
+        #: Unix time, which token ``exp`` claims are in
+        self.wall_clock = wall_clock
+        #: set by the I/O layer: called with a look-up the core needs answered
+        #: (:meth:`answer` brings the answer back); see :mod:`.identities`
+        self.request: Callable[[Lookup], None] = _no_request
+        #: look-up -> the connections whose frames wait for it
+        self._inflight: dict[Lookup, list[Connection]] = {}
         self.server_peer_id = server_peer_id or f"relay-{secrets.token_hex(6)}"
         #: traffic counts, for monitoring
         self.counters = RelayCounters()
@@ -194,6 +208,11 @@ class RelayCore:
         self.auth.on_resumed = self._resumed
         self._peers = peers
         self._members = members
+        self.permissions = Permissions(config)
+        self.identities = self.auth.identities
+        self.auth.wall = wall_clock
+        self.auth.wait = self.documents.wait = self.wait
+        self.documents.permissions = self.permissions if self.permissions.remote else None
         # The hot path's dispatch, bound once.
         self._on_ephemeral = self.documents.on_ephemeral
         self._max_frame_size = config.max_frame_size
@@ -312,6 +331,8 @@ class RelayCore:
         now = self.clock() if now is None else now
         self.documents.forget_idle(now)
         self.auth.forget_idle(now)
+        if self.permissions.remote:
+            self._revalidate(now)
         self.visibility.forget_idle(now)
         return self.documents.expire(now)
 
@@ -328,7 +349,10 @@ class RelayCore:
         deadline = now - interval * LIVENESS_FACTOR
         ping_before = now - interval
         closed = 0
+        auth = self.auth
         for conn in self._connections:
+            if conn.expires <= now:
+                auth.check_expiry(conn, now)
             if conn.heard:
                 conn.heard = False
                 conn.heard_at = now
@@ -488,6 +512,19 @@ class RelayCore:
         counted (:meth:`~ratatoskr_client.server.core.replies.Replies.internal_error`)."""
         conn.heard = True
         counters = self.counters
+        parked = conn.parked
+        if parked is not None:
+            # Waiting for a look-up: kept, in order, and replayed once answered.
+            if len(parked) < MAX_PARKED_FRAMES:
+                parked.append(data)
+            else:
+                self.replies.error(
+                    conn,
+                    "rate_limited",
+                    f"more than {MAX_PARKED_FRAMES} frames while the relay checks credentials",
+                    retry_after=1.0,
+                )
+            return
         try:
             if len(data) > self._max_frame_size:
                 counters.frame_in("oversized")
@@ -513,9 +550,12 @@ class RelayCore:
             elif isinstance(frame, RequestFrame | SyncFrame):
                 self.documents.on_sync(conn, frame)
             elif isinstance(frame, AuthFrame):
-                self.replies.error(
-                    conn, "already_authenticated", "this connection is already authenticated"
-                )
+                if self.config.server_presence:
+                    self.auth.reauth(conn, frame)
+                else:  # upstream's answer
+                    self.replies.error(
+                        conn, "already_authenticated", "this connection is already authenticated"
+                    )
             elif isinstance(frame, DocUnavailableFrame):
                 pass  # a peer telling us it lacks a document we never asked for: nothing to do
             else:
@@ -527,6 +567,84 @@ class RelayCore:
                 self.replies.error(conn, "invalid_message", msg)
         except Exception:
             self.replies.internal_error(conn)
+        if conn.waiting is not None and conn.parked is None:
+            conn.parked = [data]  # this frame waits for the look-up it asked for
+
+    # ------------------------------------------------------------------ look-ups
+
+    def wait(self, conn: Connection, lookup: Lookup) -> bool:
+        """``conn``'s current frame needs ``lookup`` answered: it is parked
+        with every later frame of the connection, and the I/O layer is asked
+        (once per look-up, however many connections wait for it). False when
+        that look-up was just answered for this frame (its answer is already
+        used: the caller decides without it)."""
+        if conn.answered == lookup:
+            return False
+        conn.waiting = lookup
+        waiters = self._inflight.get(lookup)
+        if waiters is None:
+            self._inflight[lookup] = [conn]
+            self.request(lookup)
+        else:
+            waiters.append(conn)
+        return True
+
+    def _ask(self, lookup: Lookup) -> None:
+        """Ask ``lookup`` with nobody waiting (a permission revalidated)."""
+        if lookup not in self._inflight:
+            self._inflight[lookup] = []
+            self.request(lookup)
+
+    def lookups_in_flight(self) -> int:
+        """Look-ups asked for and not answered yet."""
+        return len(self._inflight)
+
+    def answer(self, lookup: Lookup, result: Any) -> None:
+        """The I/O layer's answer to ``lookup`` (see
+        ``identities.Lookup``): cached, then the frames of every
+        connection that waited for it are replayed in order. A permission
+        that is no longer granted removes the user's peers from the document
+        (``permission_revoked``; everyone else sees them leave)."""
+        now = self.clock()
+        if lookup.kind in ("userinfo", "jwks"):
+            self.identities.answer(lookup, result, now)
+        else:
+            self.permissions.answer(lookup, result, now)
+            if result is Access.DENIED or result is Access.NOT_FOUND:
+                user, doc_id = lookup.key
+                self.documents.revoke(user or None, doc_id)
+        for conn in self._inflight.pop(lookup, ()):
+            if conn.waiting == lookup and conn in self._connections:
+                self._replay(conn, lookup)
+
+    def _replay(self, conn: Connection, lookup: Lookup) -> None:
+        frames = conn.parked or []
+        conn.parked = None
+        conn.waiting = None
+        for i, data in enumerate(frames):
+            conn.answered = lookup if i == 0 else None
+            try:
+                self.receive(conn, data)
+            finally:
+                conn.answered = None
+            parked: list[bytes] | None = conn.parked  # (receive() may have set it)
+            if parked is not None:  # waits again: the rest stays behind it
+                parked.extend(frames[i + 1 :])
+                return
+
+    def _revalidate(self, now: float) -> None:
+        """Ask again, once its answer is stale, whether each user present in a
+        document may still read it (only with a permission provider that
+        looks up: its answers may change). A revoked permission thus takes
+        effect within the provider's ``ttl`` plus a sweep."""
+        permissions = self.permissions
+        for doc_id, members in self._members.items():
+            if doc_id.startswith(EPHEMERAL_PREFIX):
+                continue
+            users = {conn.user_id for conn in members.values()}
+            for user in users:
+                if not permissions.fresh(user, doc_id, now):
+                    self._ask(permissions.lookup(user, doc_id))
 
     # ------------------------------------------------------------------ cluster seam
 
@@ -557,6 +675,12 @@ class RelayCore:
     def release_remote(self, sender: RemoteSender) -> None:
         """A peer on another relay is gone: its sessionIds become tombstones."""
         self.documents.sessions.release(sender, self.clock())
+
+
+def _no_request(lookup: Lookup) -> None:
+    """The default :attr:`RelayCore.request`: no I/O layer answers look-ups
+    (a relay configured with remote providers needs one)."""
+    log.warning("no I/O layer to answer %s look-ups", lookup.kind)
 
 
 def _no_wake(when: float) -> None:
