@@ -112,12 +112,12 @@ __all__ = [
     "StateCallbackT",
     "StateChangedCallback",
     "StateEvent",
+    "TokenRefreshFailedCallback",
     "UserCallback",
     "UserCallbackT",
     "UserEvent",
     "UserJoinedCallback",
     "UserLeftCallback",
-    "TokenRefreshFailedCallback",
 ]
 
 EventName: TypeAlias = Literal[

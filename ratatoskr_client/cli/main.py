@@ -595,6 +595,8 @@ def _cmd_webhook_echo(args: argparse.Namespace) -> int:
         )
         return 2
     return _run_until_signal(lambda stop: run_webhook_echo(args.host, args.port, secret, stop))
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     import time
 

@@ -115,8 +115,8 @@ from .peer_state import (
 from .peer_to_peer import PeerToPeer
 from .settings import ENVELOPE_OVERHEAD, Settings
 from .sharing import StateSharing
-from .users import User, UserTracker, group_users
 from .tokens import Tokens
+from .users import User, UserTracker, group_users
 from .waiters import Waiters
 
 __all__ = ["ClientCore"]

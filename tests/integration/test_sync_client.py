@@ -345,6 +345,8 @@ def test_users_and_user_events(relay_thread: RelayThread) -> None:
             gone = b.me.peer_id
         assert events.get(timeout=WAIT) == ("left", gone)
         assert [u.key for u in a.users("doc")] == [a.me.peer_id]
+
+
 def test_a_token_callable_is_called_off_the_loop_thread_and_renewed() -> None:
     """The blocking client takes a token callable too: a blocking one runs in
     a worker thread (never on the client's loop thread), at connect and

@@ -128,6 +128,8 @@ async def test_js_peer_opening_a_document_is_present_until_it_quits(
         "ephemeral",
         "scoped-identity",
         "reauth",
+        "state-replay",
+        "resume",
     ]
     client = await ratatoskr_client()
 

@@ -75,8 +75,8 @@ class Documents:
         "config",
         "counters",
         "members",
-        "roster",
         "permissions",
+        "roster",
         "server_peer_id",
         "sessions",
         "visibility",
@@ -355,19 +355,12 @@ class Documents:
             return
         if doc_id in conn.docs:
             conn.docs[doc_id] = self.clock()  # activity keeps presence alive
-            if type(payload) is dict and PRESENCE_MARKER in payload:
-                if self._presence:
-                    self.visibility.states.observe(
-                        doc_id,
-                        conn.peer_id,
-                        frame.session_id,
-                        frame.count,
-                        payload,
-                        len(frame.data),
-                    )
-                if self.roster.active:
-                    # automerge-repo Presence state, kept for the operator's view
-                    self.roster.state_message(doc_id, conn.peer_id, payload, len(frame.data))
+            if self._presence and type(payload) is dict and PRESENCE_MARKER in payload:
+                # automerge-repo Presence state: replayed to joiners (states.py),
+                # read by the admin API and the dashboard (RelayCore.peer_states)
+                self.visibility.states.observe(
+                    doc_id, conn.peer_id, frame.session_id, frame.count, payload, len(frame.data)
+                )
         self._relay(conn, frame)
 
     def _control_allowed(self, conn: Connection, doc_id: str) -> bool:

@@ -456,6 +456,9 @@ class RelayCore:
         conn = self._peers.get(peer_id)
         if conn is None:
             return False
+        # Gone for good, not dropped: its peer is not held for a resume, so
+        # everyone sees it leave now.
+        self.resumption.forget(conn)
         conn.outbox.send(encode(ErrorFrame(DISCONNECTED_BY_ADMIN, reason, None, retry_after)))
         conn.outbox.close(1008, DISCONNECTED_BY_ADMIN)
         return True
