@@ -285,6 +285,8 @@ class Runner:
         self.relay: Background | None = None
         self.failures: list[str] = []
         self.ran = 0
+        #: how long each block took (the report shows them: keep the docs quick to run)
+        self.seconds: dict[str, float] = {}
 
     def text(self, code: str) -> str:
         """The block as printed; only on a machine without namespaces, another port."""
@@ -335,6 +337,7 @@ class Runner:
                     self.failures.append(f"{block.where}: {problem}")
                     return
             self.ran += 1
+            started = time.monotonic()
             try:
                 if block.kind == "python":
                     self.python(block, timeout)
@@ -342,6 +345,7 @@ class Runner:
                     self.shell(block, timeout)
             except Exception as exc:  # a driver bug must still name the block
                 self.failures.append(f"{block.where}: the driver failed: {exc!r}")
+            self.seconds[block.where] = round(time.monotonic() - started, 2)
         self.stop_relay()
 
     def fail(self, block: Block, what: str, output: str) -> None:
@@ -447,6 +451,7 @@ def drive(page_path: Path, port: int) -> dict[str, Any]:
         return {
             "failures": runner.failures,
             "ran": runner.ran,
+            "seconds": runner.seconds,
             "left_behind": left_behind(Path(tmp), page),
         }
 
