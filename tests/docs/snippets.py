@@ -21,8 +21,9 @@ documented in docs/testing.md ("Documented commands are tested"); in short:
 * A page declares its relay once, anywhere: by default every block runs with
   ``ratatoskr relay`` (open mode) listening on 127.0.0.1:4151, the port the
   docs use; ``<!-- relay-config: examples/configs/NAME.toml -->`` starts it
-  with that config (the page must say so in words too), ``<!-- relay: none -->``
-  starts none.
+  with that config (the page must give the command too), ``<!-- relay: none -->``
+  starts none. ``relay-config`` among a block's markers (right above its
+  fence) is that block's alone: the relay is restarted with it for the block.
 
 How a page runs: in a fresh network namespace (``unshare --net``) where
 127.0.0.1:4151 belongs to this page alone, so blocks run unchanged, in a
@@ -121,10 +122,11 @@ def parse(path: Path) -> Page:
     i = 0
     while i < len(lines):
         comment = _COMMENT.match(lines[i])
-        if comment and comment["key"] == "relay-config":
-            relay = ["--config", (comment["value"] or "").strip()]
-        elif comment and comment["key"] == "relay" and comment["value"] == "none":
-            relay = None
+        if comment and not _above_a_fence(lines, i):  # (above a fence: that block's)
+            if comment["key"] == "relay-config":
+                relay = ["--config", (comment["value"] or "").strip()]
+            elif comment["key"] == "relay" and comment["value"] == "none":
+                relay = None
         fence = _FENCE.match(lines[i])
         if not fence:
             i += 1
@@ -140,10 +142,9 @@ def parse(path: Path) -> Page:
             above = i - 1
             while above >= 0 and (found := _COMMENT.match(lines[above])):
                 key, value = found["key"], (found["value"] or "").strip()
-                if key in MARKERS:
+                if key in MARKERS or key == "relay-config":
                     markers[key] = value
-                elif key not in ("relay-config", "relay"):
-                    pass  # another test's own marker (<!-- user-test -->)
+                # (anything else is another test's own marker: <!-- user-test -->)
                 above -= 1
             if "not-run" in markers and not markers["not-run"]:
                 raise ValueError(f"{rel}:{i + 1}: <!-- not-run: REASON --> needs its reason")
@@ -152,6 +153,14 @@ def parse(path: Path) -> Page:
             blocks.append(Block(rel, i + 1, kind, code, markers))
         i = end + 1
     return Page(rel, blocks, relay)
+
+
+def _above_a_fence(lines: list[str], at: int) -> bool:
+    """Is line ``at`` one of the comments right above a fence (a block's marker)?"""
+    after = at + 1
+    while after < len(lines) and _COMMENT.match(lines[after]):
+        after += 1
+    return after < len(lines) and _FENCE.match(lines[after]) is not None
 
 
 def commands(code: str) -> list[str]:
@@ -283,6 +292,7 @@ class Runner:
         self.port = port
         self.env = environment(scratch)
         self.relay: Background | None = None
+        self.relay_args: list[str] | None = None  # what the running relay was started with
         self.failures: list[str] = []
         self.ran = 0
         #: how long each block took (the report shows them: keep the docs quick to run)
@@ -296,21 +306,28 @@ class Runner:
 
     # -- the page's relay
 
-    def start_relay(self) -> str | None:
-        if self.page.relay is None or self.relay is not None:
+    def start_relay(self, block: Block) -> str | None:
+        """The relay ``block`` runs against: its own ``relay-config``, else the page's."""
+        wanted = self.page.relay
+        if "relay-config" in block.markers:
+            wanted = ["--config", block.markers["relay-config"]]
+        if self.relay is not None and self.relay_args == wanted:
             return None
-        args = " ".join(shlex.quote(a) for a in self.page.relay)
+        self.stop_relay()
+        if wanted is None:
+            return None
+        args = " ".join(shlex.quote(a) for a in wanted)
         relay = Background(f"ratatoskr relay --port {self.port} {args}", self.scratch, self.env)
         if not relay.wait_for(READY, START_TIMEOUT):
             relay.interrupt()
-            return f"the page's relay did not start: {relay.output()[-2000:]}"
-        self.relay = relay
+            return f"the relay ({args or 'open mode'}) did not start: {relay.output()[-2000:]}"
+        self.relay, self.relay_args = relay, wanted
         return None
 
     def stop_relay(self) -> None:
         if self.relay is not None:
             self.relay.interrupt()
-            self.relay = None
+            self.relay = self.relay_args = None
 
     # -- blocks
 
@@ -332,7 +349,7 @@ class Runner:
             if own_relay:
                 self.stop_relay()
             else:
-                problem = self.start_relay()
+                problem = self.start_relay(block)
                 if problem:
                     self.failures.append(f"{block.where}: {problem}")
                     return

@@ -59,12 +59,14 @@ def test_blocks_that_do_not_run_here_say_why_or_who_runs_them(page: Path) -> Non
             assert Path(parsed.path).name in test.read_text(encoding="utf-8"), (
                 f"{block.where}: {by} never mentions {parsed.path}"
             )
+    configs = {b.markers["relay-config"] for b in parsed.blocks if "relay-config" in b.markers}
     if parsed.relay and parsed.relay[0] == "--config":
-        config = parsed.relay[1]
+        configs.add(parsed.relay[1])
+    text = page.read_text(encoding="utf-8")
+    for config in sorted(configs):
         assert (snippets.ROOT / config).is_file(), f"{parsed.path}: no {config}"
-        text = page.read_text(encoding="utf-8")
         assert f"--config {config}" in text, (
-            f"{parsed.path} runs its blocks against {config}: the page must give the "
+            f"{parsed.path} runs blocks against {config}: the page must give the "
             f"command (`ratatoskr relay --config {config}`) to its readers too"
         )
 
@@ -72,8 +74,10 @@ def test_blocks_that_do_not_run_here_say_why_or_who_runs_them(page: Path) -> Non
 def test_the_parser_reads_the_convention(tmp_path: Path) -> None:
     page = tmp_path / "probe.md"
     text = (
-        "<!-- relay-config: examples/configs/app.toml -->\n"
+        "<!-- relay-config: examples/configs/app.toml -->\n\n"
         "```python\nprint(1)\n```\n"
+        "<!-- relay-config: examples/configs/relay.toml -->\n"
+        "```python\nprint(2)\n```\n"
         "<!-- not-run: a placeholder host -->\n"
         "```sh\nratatoskr watch https://example.com doc\n```\n"
         "<!-- save-as: bot.py -->\n<!-- timeout: 5 -->\n"
@@ -88,11 +92,12 @@ def test_the_parser_reads_the_convention(tmp_path: Path) -> None:
     kinds = [(b.kind, b.markers) for b in parsed.blocks]
     assert kinds == [
         ("python", {}),
+        ("python", {"relay-config": "examples/configs/relay.toml"}),  # that block's alone
         ("shell", {"not-run": "a placeholder host"}),
         ("python", {"save-as": "bot.py", "timeout": "5"}),
         ("shell", {}),
     ]
-    assert snippets.commands(parsed.blocks[3].code) == [
+    assert snippets.commands(parsed.blocks[4].code) == [
         "ratatoskr relay --port 4151 &",
         "ratatoskr watch http://127.0.0.1:4151 doc-1 '#not-a-comment'",
     ]
