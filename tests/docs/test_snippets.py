@@ -108,3 +108,21 @@ def test_a_not_run_marker_without_a_reason_is_refused(tmp_path: Path) -> None:
     page.write_text("<!-- not-run -->\n```sh\nfalse\n```\n", encoding="utf-8")
     with pytest.raises(ValueError, match="needs its reason"):
         snippets.parse(page)
+
+
+def test_without_namespaces_the_port_is_replaced_where_it_is_a_port(tmp_path: Path) -> None:
+    page = snippets.Page("probe.md", [], [])
+    runner = snippets.Runner(page, tmp_path, 23456)
+    code = (
+        'URL = "http://127.0.0.1:4151"\n'
+        "ratatoskr relay --port 4151\n"
+        "ws://localhost:4151/sync port=4151\n"
+        "sleep(14151); id-4151x\n"
+    )
+    assert runner.text(code) == (
+        'URL = "http://127.0.0.1:23456"\n'
+        "ratatoskr relay --port 23456\n"
+        "ws://localhost:23456/sync port=23456\n"
+        "sleep(14151); id-4151x\n"
+    )
+    assert snippets.Runner(page, tmp_path, snippets.PORT).text(code) == code  # as printed
