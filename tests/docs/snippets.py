@@ -16,7 +16,9 @@ documented in docs/testing.md ("Documented commands are tested"); in short:
   the scratch checkout for a later block to use, not run itself),
   ``<!-- stop-after: TEXT -->`` (a command or script that runs until Ctrl-C:
   once it printed TEXT it gets SIGINT, and must then exit 0; the page's relay
-  steps aside meanwhile, the block may want its port), ``<!-- timeout: SECONDS -->``.
+  steps aside meanwhile, the block may want its port), ``<!-- timeout: SECONDS -->``,
+  ``<!-- requires: redis-server -->`` (tools the block needs besides the
+  virtualenv: without them it is skipped, saying so).
   ``<!-- run -->`` (the marker older tests look for) changes nothing.
 * A page declares its relay once, anywhere: by default every block runs with
   ``ratatoskr relay`` (open mode) listening on 127.0.0.1:4151, the port the
@@ -50,6 +52,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,7 +73,7 @@ START_TIMEOUT = 20.0
 
 PYTHON = ("python", "py")
 SHELL = ("sh", "bash", "shell", "console")
-MARKERS = ("not-run", "run-by", "save-as", "stop-after", "timeout", "run")
+MARKERS = ("not-run", "run-by", "save-as", "stop-after", "timeout", "requires", "run")
 RELAY_COMMAND = re.compile(r"(^|[\s/])(ratatoskr|-m ratatoskr_client) relay\b")
 READY = "listening on"
 
@@ -294,6 +297,7 @@ class Runner:
         self.relay: Background | None = None
         self.relay_args: list[str] | None = None  # what the running relay was started with
         self.failures: list[str] = []
+        self.skipped: list[str] = []  # blocks whose `requires:` tools are missing
         self.ran = 0
         #: how long each block took (the report shows them: keep the docs quick to run)
         self.seconds: dict[str, float] = {}
@@ -339,6 +343,14 @@ class Runner:
             if "save-as" in markers:
                 target = self.scratch / markers["save-as"]
                 target.write_text(self.text(block.code), encoding="utf-8")
+                continue
+            missing = [
+                tool
+                for tool in markers.get("requires", "").replace(",", " ").split()
+                if shutil.which(tool, path=self.env["PATH"]) is None
+            ]
+            if missing:
+                self.skipped.append(f"{block.where} needs {', '.join(missing)}")
                 continue
             timeout = float(markers.get("timeout", BLOCK_TIMEOUT))
             # A block that starts a server (a relay, or anything run until
@@ -468,6 +480,7 @@ def drive(page_path: Path, port: int) -> dict[str, Any]:
         return {
             "failures": runner.failures,
             "ran": runner.ran,
+            "skipped": runner.skipped,
             "seconds": runner.seconds,
             "left_behind": left_behind(Path(tmp), page),
         }
@@ -491,8 +504,6 @@ def left_behind(scratch: Path, page: Page) -> list[str]:
 
 def namespace_command() -> list[str] | None:
     """The ``unshare`` prefix that gives a private network namespace here, or None."""
-    import shutil
-
     unshare = shutil.which("unshare")
     if unshare is None:
         return None
