@@ -76,6 +76,8 @@ SHELL = ("sh", "bash", "shell", "console")
 MARKERS = ("not-run", "run-by", "save-as", "stop-after", "timeout", "requires", "run")
 RELAY_COMMAND = re.compile(r"(^|[\s/])(ratatoskr|-m ratatoskr_client) relay\b")
 READY = "listening on"
+#: Set in the environment of every block (see :func:`environment`).
+NESTED = "RATATOSKR_IN_SNIPPET"
 
 
 def pages() -> list[Path]:
@@ -225,6 +227,9 @@ def environment(scratch: Path) -> dict[str, str]:
         if name.startswith(("PYTEST_", "COV_")):
             env.pop(name)
     env["HOME"] = str(scratch)  # caches and config files land in the scratch dir
+    # A documented `pytest` command that is not marked not-run would run this
+    # runner again, inside itself: the marker makes the inner one skip.
+    env[NESTED] = "1"
     return env
 
 

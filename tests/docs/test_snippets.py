@@ -11,6 +11,7 @@ the docs print, 4151, is free whatever else runs on the machine.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ import pytest
 from tests.ports import free_port
 
 from . import snippets
+
+if os.environ.get(snippets.NESTED):  # a documented pytest command, run by this test
+    pytest.skip("the snippet runner does not run inside itself", allow_module_level=True)
 
 PAGES = snippets.pages()
 IDS = [p.relative_to(snippets.ROOT).as_posix() for p in PAGES]
