@@ -277,8 +277,11 @@ class EventSource:
         """Call ``callback`` every time ``event`` fires; without ``callback``,
         a decorator that registers the function it decorates (and returns it).
 
-        The callback's signature is its event's (see the module docstring):
-        ``@client.on("presence-changed")`` expects a :data:`PresenceCallback`.
+        The callback's signature is its event's, listed in
+        :mod:`ratatoskr_client.events`: ``@client.on("presence-changed")``
+        expects a :data:`PresenceCallback`, ``(document_id: str, peers:
+        tuple[Peer, ...])``. A type checker picks it from the event name (one
+        overload per group of events with the same signature).
 
         Raises:
             ValueError: ``event`` is not one of the documented event names.

@@ -24,6 +24,7 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable, Sized
 from typing import Any, Final
@@ -119,6 +120,8 @@ def os_reason(error: OSError) -> str:
     if isinstance(error, socket.gaierror):
         reason = error.strerror or str(error)
         return f"cannot resolve the host name ({reason[:1].lower()}{reason[1:]})"
+    if isinstance(error, ssl.SSLError):  # (its errno is OpenSSL's, not the system's)
+        return f"the TLS handshake failed ({error.reason or error})"
     if isinstance(error, TimeoutError):
         return "timed out"
     if isinstance(error.errno, int) and error.errno > 0:

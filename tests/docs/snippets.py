@@ -16,13 +16,16 @@ documented in docs/testing.md ("Documented commands are tested"); in short:
   the scratch checkout for a later block to use, not run itself),
   ``<!-- stop-after: TEXT -->`` (a command or script that runs until Ctrl-C:
   once it printed TEXT it gets SIGINT, and must then exit 0; the page's relay
-  steps aside meanwhile, the block may want its port), ``<!-- timeout: SECONDS -->``.
+  steps aside meanwhile, the block may want its port), ``<!-- timeout: SECONDS -->``,
+  ``<!-- requires: redis-server -->`` (tools the block needs besides the
+  virtualenv: without them it is skipped, saying so).
   ``<!-- run -->`` (the marker older tests look for) changes nothing.
 * A page declares its relay once, anywhere: by default every block runs with
   ``ratatoskr relay`` (open mode) listening on 127.0.0.1:4151, the port the
   docs use; ``<!-- relay-config: examples/configs/NAME.toml -->`` starts it
-  with that config (the page must say so in words too), ``<!-- relay: none -->``
-  starts none.
+  with that config (the page must give the command too), ``<!-- relay: none -->``
+  starts none. ``relay-config`` among a block's markers (right above its
+  fence) is that block's alone: the relay is restarted with it for the block.
 
 How a page runs: in a fresh network namespace (``unshare --net``) where
 127.0.0.1:4151 belongs to this page alone, so blocks run unchanged, in a
@@ -49,6 +52,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,9 +73,11 @@ START_TIMEOUT = 20.0
 
 PYTHON = ("python", "py")
 SHELL = ("sh", "bash", "shell", "console")
-MARKERS = ("not-run", "run-by", "save-as", "stop-after", "timeout", "run")
+MARKERS = ("not-run", "run-by", "save-as", "stop-after", "timeout", "requires", "run")
 RELAY_COMMAND = re.compile(r"(^|[\s/])(ratatoskr|-m ratatoskr_client) relay\b")
 READY = "listening on"
+#: Set in the environment of every block (see :func:`environment`).
+NESTED = "RATATOSKR_IN_SNIPPET"
 
 
 def pages() -> list[Path]:
@@ -121,10 +127,11 @@ def parse(path: Path) -> Page:
     i = 0
     while i < len(lines):
         comment = _COMMENT.match(lines[i])
-        if comment and comment["key"] == "relay-config":
-            relay = ["--config", (comment["value"] or "").strip()]
-        elif comment and comment["key"] == "relay" and comment["value"] == "none":
-            relay = None
+        if comment and not _above_a_fence(lines, i):  # (above a fence: that block's)
+            if comment["key"] == "relay-config":
+                relay = ["--config", (comment["value"] or "").strip()]
+            elif comment["key"] == "relay" and comment["value"] == "none":
+                relay = None
         fence = _FENCE.match(lines[i])
         if not fence:
             i += 1
@@ -140,10 +147,9 @@ def parse(path: Path) -> Page:
             above = i - 1
             while above >= 0 and (found := _COMMENT.match(lines[above])):
                 key, value = found["key"], (found["value"] or "").strip()
-                if key in MARKERS:
+                if key in MARKERS or key == "relay-config":
                     markers[key] = value
-                elif key not in ("relay-config", "relay"):
-                    pass  # another test's own marker (<!-- user-test -->)
+                # (anything else is another test's own marker: <!-- user-test -->)
                 above -= 1
             if "not-run" in markers and not markers["not-run"]:
                 raise ValueError(f"{rel}:{i + 1}: <!-- not-run: REASON --> needs its reason")
@@ -152,6 +158,14 @@ def parse(path: Path) -> Page:
             blocks.append(Block(rel, i + 1, kind, code, markers))
         i = end + 1
     return Page(rel, blocks, relay)
+
+
+def _above_a_fence(lines: list[str], at: int) -> bool:
+    """Is line ``at`` one of the comments right above a fence (a block's marker)?"""
+    after = at + 1
+    while after < len(lines) and _COMMENT.match(lines[after]):
+        after += 1
+    return after < len(lines) and _FENCE.match(lines[after]) is not None
 
 
 def commands(code: str) -> list[str]:
@@ -213,6 +227,9 @@ def environment(scratch: Path) -> dict[str, str]:
         if name.startswith(("PYTEST_", "COV_")):
             env.pop(name)
     env["HOME"] = str(scratch)  # caches and config files land in the scratch dir
+    # A documented `pytest` command that is not marked not-run would run this
+    # runner again, inside itself: the marker makes the inner one skip.
+    env[NESTED] = "1"
     return env
 
 
@@ -283,8 +300,12 @@ class Runner:
         self.port = port
         self.env = environment(scratch)
         self.relay: Background | None = None
+        self.relay_args: list[str] | None = None  # what the running relay was started with
         self.failures: list[str] = []
+        self.skipped: list[str] = []  # blocks whose `requires:` tools are missing
         self.ran = 0
+        #: how long each block took (the report shows them: keep the docs quick to run)
+        self.seconds: dict[str, float] = {}
 
     def text(self, code: str) -> str:
         """The block as printed; only on a machine without namespaces, another port."""
@@ -294,21 +315,28 @@ class Runner:
 
     # -- the page's relay
 
-    def start_relay(self) -> str | None:
-        if self.page.relay is None or self.relay is not None:
+    def start_relay(self, block: Block) -> str | None:
+        """The relay ``block`` runs against: its own ``relay-config``, else the page's."""
+        wanted = self.page.relay
+        if "relay-config" in block.markers:
+            wanted = ["--config", block.markers["relay-config"]]
+        if self.relay is not None and self.relay_args == wanted:
             return None
-        args = " ".join(shlex.quote(a) for a in self.page.relay)
+        self.stop_relay()
+        if wanted is None:
+            return None
+        args = " ".join(shlex.quote(a) for a in wanted)
         relay = Background(f"ratatoskr relay --port {self.port} {args}", self.scratch, self.env)
         if not relay.wait_for(READY, START_TIMEOUT):
             relay.interrupt()
-            return f"the page's relay did not start: {relay.output()[-2000:]}"
-        self.relay = relay
+            return f"the relay ({args or 'open mode'}) did not start: {relay.output()[-2000:]}"
+        self.relay, self.relay_args = relay, wanted
         return None
 
     def stop_relay(self) -> None:
         if self.relay is not None:
             self.relay.interrupt()
-            self.relay = None
+            self.relay = self.relay_args = None
 
     # -- blocks
 
@@ -321,6 +349,14 @@ class Runner:
                 target = self.scratch / markers["save-as"]
                 target.write_text(self.text(block.code), encoding="utf-8")
                 continue
+            missing = [
+                tool
+                for tool in markers.get("requires", "").replace(",", " ").split()
+                if shutil.which(tool, path=self.env["PATH"]) is None
+            ]
+            if missing:
+                self.skipped.append(f"{block.where} needs {', '.join(missing)}")
+                continue
             timeout = float(markers.get("timeout", BLOCK_TIMEOUT))
             # A block that starts a server (a relay, or anything run until
             # Ctrl-C) may want the relay's port: the page's relay steps aside.
@@ -330,11 +366,12 @@ class Runner:
             if own_relay:
                 self.stop_relay()
             else:
-                problem = self.start_relay()
+                problem = self.start_relay(block)
                 if problem:
                     self.failures.append(f"{block.where}: {problem}")
                     return
             self.ran += 1
+            started = time.monotonic()
             try:
                 if block.kind == "python":
                     self.python(block, timeout)
@@ -342,6 +379,7 @@ class Runner:
                     self.shell(block, timeout)
             except Exception as exc:  # a driver bug must still name the block
                 self.failures.append(f"{block.where}: the driver failed: {exc!r}")
+            self.seconds[block.where] = round(time.monotonic() - started, 2)
         self.stop_relay()
 
     def fail(self, block: Block, what: str, output: str) -> None:
@@ -447,6 +485,8 @@ def drive(page_path: Path, port: int) -> dict[str, Any]:
         return {
             "failures": runner.failures,
             "ran": runner.ran,
+            "skipped": runner.skipped,
+            "seconds": runner.seconds,
             "left_behind": left_behind(Path(tmp), page),
         }
 
@@ -469,8 +509,6 @@ def left_behind(scratch: Path, page: Page) -> list[str]:
 
 def namespace_command() -> list[str] | None:
     """The ``unshare`` prefix that gives a private network namespace here, or None."""
-    import shutil
-
     unshare = shutil.which("unshare")
     if unshare is None:
         return None

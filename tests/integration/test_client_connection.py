@@ -100,18 +100,6 @@ async def test_an_unreachable_server_raises_connect_error():
     assert str(info.value) == f"cannot connect to ws://127.0.0.1:{port}/sync: connection refused"
 
 
-async def test_an_unknown_host_says_its_name_cannot_be_resolved():
-    client = RatatoskrClient("http://no-such-host.invalid:4151", connect_timeout=5)
-    with pytest.raises(ConnectError) as info:
-        await client.connect()
-    await client.close()
-    message = str(info.value)
-    assert message.startswith(
-        "cannot connect to ws://no-such-host.invalid:4151/sync: cannot resolve the host name"
-    ), message
-    assert "ssl:" not in message
-
-
 @pytest.mark.parametrize("suffix", ["", "/", "/sync", "/sync/"])
 @pytest.mark.parametrize("scheme", ["http", "ws"])
 async def test_http_and_ws_urls_reach_the_sync_socket(ratatoskr_relay, scheme, suffix):

@@ -245,3 +245,19 @@ def test_display_name_is_the_chosen_name_else_the_servers():
     assert Peer("p1", "alice", "Alice", False).display_name == "Alice"
     assert Peer("p2", None, "Gentle Jackal", True, "alpha").display_name == "alpha"
     assert Peer("p3", None, "Gentle Jackal", True, "").display_name == "Gentle Jackal"
+
+
+def test_connection_errors_give_the_systems_reason_in_words():
+    import errno
+    import socket as socket_module
+    import ssl
+
+    from ratatoskr_client.asyncio.socket import os_reason
+
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 1)")
+    assert os_reason(refused) == "connection refused"
+    unknown = socket_module.gaierror(-2, "Name or service not known")
+    assert os_reason(unknown) == "cannot resolve the host name (name or service not known)"
+    handshake = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    handshake.reason = "WRONG_VERSION_NUMBER"
+    assert os_reason(handshake) == "the TLS handshake failed (WRONG_VERSION_NUMBER)"

@@ -130,6 +130,12 @@ def test_docs_build_in_strict_mode(tmp_path: Path):
     for event in ("presence-changed", "ephemeral-message", "state-changed", "peer-joined"):
         assert f"<code>{event}</code>" in page, event
     assert 'id="ratatoskr_client.events.PresenceCallback"' in page
+    # on() is one readable signature (not one overload per event group) that
+    # points at the events.
+    on = page[page.index('id="ratatoskr_client.RatatoskrClient.on"') :]
+    on = re.sub(r"<[^>]+>", "", on[: on.index('id="ratatoskr_client.RatatoskrClient.once"')])
+    assert len(re.findall(r"\bon\(\s*event", on)) == 1 and "PeerEvent" not in on, on
+    assert "ratatoskr_client.events" in on and "PresenceCallback" in on
     assert not re.findall(r"\b_[A-Z]\w+", re.sub(r"<[^>]+>", "", page)), "a private name shows"
     # Defaults are values, not the names of constants.
     assert not re.findall(r"=\s*(?:<[^>]+>)*DEFAULT_", page)

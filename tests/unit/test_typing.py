@@ -2,7 +2,7 @@
 
 A temporary directory stands for a user project that imports the installed
 package: the README's own snippets, and every Python block of the pages that
-teach the API (docs/guide.md, docs/index.md) that is meant to run, must pass
+teach the API (:data:`TYPED_PAGES`) that is meant to run, must pass
 (a bot written from the docs alone passes ``mypy --strict``), and callbacks with the wrong
 arguments, or for an event that does not exist, must be type errors; so must
 an option that does not exist or a value of the wrong type for one (in a call,
@@ -80,7 +80,14 @@ BAD = {
 
 
 #: The pages whose Python blocks are a user's code, checked as written.
-TYPED_PAGES = ("README.md", "docs/guide.md", "docs/index.md")
+TYPED_PAGES = (
+    "README.md",
+    "docs/guide.md",
+    "docs/index.md",
+    "docs/cluster.md",
+    "docs/load-testing.md",
+    "docs/server.md",
+)
 
 
 def documented_scripts() -> dict[str, str]:
