@@ -588,3 +588,20 @@ ttl = 3
     path.write_text('[[identity]]\ntype = "ldap"\n')
     with pytest.raises(ConfigError, match="unknown identity type"):
         load_config(path)
+
+
+def test_jwt_providers_are_told_apart_by_issuer() -> None:
+    first = JwtTokens(secret=JWT_SECRET, issuer="https://one")
+    second = JwtTokens(secret="another-secret-of-32-bytes-or-more!", issuer="https://two")
+    relay = WallRelay(RelayConfig(open=True, identity=(first, second)))
+    one = jwt.encode({"sub": "a", "iss": "https://one", "exp": WALL + 60}, JWT_SECRET)
+    two = jwt.encode(
+        {"sub": "b", "iss": "https://two", "exp": WALL + 60}, "another-secret-of-32-bytes-or-more!"
+    )
+    assert relay.peer(one).session.user_id == "a"
+    assert relay.peer(two).session.user_id == "b"
+    stranger = relay.peer(auth=False)
+    stranger.send(
+        AuthFrame(token=jwt.encode({"sub": "c", "iss": "https://x", "exp": WALL + 60}, "k" * 32))
+    )
+    assert isinstance(stranger.take_one(), AuthErrorFrame)
