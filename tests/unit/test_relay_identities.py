@@ -331,6 +331,8 @@ def test_api_tokens_wait_for_userinfo_with_their_frames_parked_in_order() -> Non
     assert peer.session.name == "Alice"
     assert relay.core.presence("doc") == (watcher.peer_id, peer.session.peer_id)
     assert any(isinstance(f, EphemeralFrame) for f in watcher.take())
+    # Each frame counted once: when it arrived, or (parked behind the look-up) when replayed.
+    assert relay.core.counters.frames_in == {"auth": 2, "ephemeral": 3}
     # Cached: the same token again asks nothing.
     relay.peer(token)
     assert len(relay.lookups) == 1
