@@ -774,8 +774,9 @@ class ClientCore:
         doc_id = frame.document_id
         tokens = self.tokens
         if isinstance(exc, TokenExpired) and tokens.renewable:
-            # Renew now: the server closes after retryAfter seconds otherwise.
-            if not tokens.reauth_pending and tokens.refresh_at > now:
+            # Renew now: the server closes after retryAfter seconds otherwise
+            # (a renewal in flight may have been lost: ask again anyway).
+            if tokens.refresh_at > now:
                 tokens.refresh_at = now
                 self.outbox.wake_at(now)
             return

@@ -331,6 +331,8 @@ def test_api_tokens_wait_for_userinfo_with_their_frames_parked_in_order() -> Non
     assert peer.session.name == "Alice"
     assert relay.core.presence("doc") == (watcher.peer_id, peer.session.peer_id)
     assert any(isinstance(f, EphemeralFrame) for f in watcher.take())
+    # Each frame counted once: when it arrived, or (parked behind the look-up) when replayed.
+    assert relay.core.counters.frames_in == {"auth": 2, "ephemeral": 3}
     # Cached: the same token again asks nothing.
     relay.peer(token)
     assert len(relay.lookups) == 1
@@ -588,3 +590,20 @@ ttl = 3
     path.write_text('[[identity]]\ntype = "ldap"\n')
     with pytest.raises(ConfigError, match="unknown identity type"):
         load_config(path)
+
+
+def test_jwt_providers_are_told_apart_by_issuer() -> None:
+    first = JwtTokens(secret=JWT_SECRET, issuer="https://one")
+    second = JwtTokens(secret="another-secret-of-32-bytes-or-more!", issuer="https://two")
+    relay = WallRelay(RelayConfig(open=True, identity=(first, second)))
+    one = jwt.encode({"sub": "a", "iss": "https://one", "exp": WALL + 60}, JWT_SECRET)
+    two = jwt.encode(
+        {"sub": "b", "iss": "https://two", "exp": WALL + 60}, "another-secret-of-32-bytes-or-more!"
+    )
+    assert relay.peer(one).session.user_id == "a"
+    assert relay.peer(two).session.user_id == "b"
+    stranger = relay.peer(auth=False)
+    stranger.send(
+        AuthFrame(token=jwt.encode({"sub": "c", "iss": "https://x", "exp": WALL + 60}, "k" * 32))
+    )
+    assert isinstance(stranger.take_one(), AuthErrorFrame)

@@ -310,7 +310,7 @@ class Documents:
             # A member of the document passed the read check when it joined;
             # with a provider that looks up, a revocation removes it (the
             # core revalidates memberships), so its messages need no check.
-            if (doc_id not in conn.docs or self.permissions is None) and not self._check_access(
+            if (self.permissions is None or doc_id not in conn.docs) and not self._check_access(
                 conn, doc_id
             ):
                 return

@@ -270,9 +270,19 @@ class Identities:
     ) -> Verdict | None:
         if token.count(".") != 2:
             return None
+        import jwt
+
+        if provider.issuer is not None:
+            # Several JWT providers are told apart by their issuer: a token
+            # from another one is not this provider's to refuse.
+            try:
+                claims = jwt.decode(token, options={"verify_signature": False})
+            except jwt.InvalidTokenError:
+                return Refused("invalid_token", "Invalid token: unreadable claims")
+            if claims.get("iss") != provider.issuer:
+                return None
         if provider.secret is not None:
             return _jwt_decode(token, provider.secret, provider, wall)
-        import jwt
 
         try:
             kid = jwt.get_unverified_header(token).get("kid") or ""

@@ -545,7 +545,10 @@ class RelayCore:
                 log.debug("invalid frame from %r: %s", conn, exc)
                 self.replies.error(conn, "invalid_message", str(exc))
                 return
-            counters.frame_in(frame.TYPE or "unknown")
+            # (The frame a look-up was answered for was counted when it
+            # arrived; the frames parked behind it were not.)
+            if conn.answered is None:
+                counters.frame_in(frame.TYPE or "unknown")
             if not conn.authenticated:
                 self.auth.receive(conn, frame)
             elif type(frame) is EphemeralFrame:
