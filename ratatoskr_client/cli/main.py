@@ -621,7 +621,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
         import jwt
     except ImportError:
         print(
-            "ratatoskr token: --jwt needs PyJWT: pip install 'ratatoskr-client[jwt]'",
+            f"ratatoskr token: --jwt needs PyJWT: {install_hint('jwt')}",
             file=sys.stderr,
         )
         return 2

@@ -2,8 +2,10 @@
 
 ``token=`` is a string, None (anonymous) or a callable returning one (plain
 or ``async``). A callable is called by the driver before every connect, and
-when this part says so: at 80–90 % of the token's lifetime (uniform jitter,
-so that a fleet of bots started together does not renew together) when its
+when this part says so: at 90–95 % of the token's lifetime (uniform jitter,
+so that a fleet of bots started together does not renew together; late
+enough that a short-lived token is not renewed much more often than its
+lifetime, early enough that an hour's token still has 3 minutes) when its
 ``exp`` can be read (:func:`~ratatoskr_client.protocol.tokens.read_lifetime`:
 upstream session tokens and JWTs, unverified) and the server re-authenticates
 in the connection (``"reauth"`` in ``features``). A server without it
@@ -24,9 +26,9 @@ from ..protocol.tokens import read_lifetime
 __all__ = ["REFRESH_AT", "REFRESH_JITTER", "Tokens"]
 
 #: The share of a token's lifetime after which it is renewed...
-REFRESH_AT: Final = 0.8
+REFRESH_AT: Final = 0.9
 #: ...plus up to this share more, at random.
-REFRESH_JITTER: Final = 0.1
+REFRESH_JITTER: Final = 0.05
 #: Retries of a failed renewal: the first after this many seconds, doubling...
 RETRY_FIRST: Final = 1.0
 #: ...up to this many.

@@ -303,7 +303,9 @@ def test_a_jwt_provider_without_pyjwt_is_one_clear_config_error(
     secret.write_text("s3cret\n")
     path = tmp_path / "relay.toml"
     path.write_text(f'[[identity]]\ntype = "jwt"\nsecret_file = "{secret}"\n')
-    with pytest.raises(ConfigError, match=r"PyJWT: pip install 'ratatoskr-client\[jwt\]'"):
+    with pytest.raises(
+        ConfigError, match=r"PyJWT: \.venv/bin/pip install -e \"\.\[jwt\]\" \(in the checkout\)"
+    ):
         load_config(path)
 
 

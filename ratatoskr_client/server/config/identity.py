@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
+from ..._version import install_hint
 from ...errors import ConfigError
 
 __all__ = [
@@ -361,7 +362,7 @@ def require_pyjwt(source: str | None) -> None:
         import jwt  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "a jwt identity provider needs PyJWT: pip install 'ratatoskr-client[jwt]'",
+            f"a jwt identity provider needs PyJWT: {install_hint('jwt')}",
             path=source,
         ) from None
 
