@@ -35,13 +35,17 @@ __all__ = [
     "AdminError",
     "RemotePeerView",
     "RemoteView",
+    "apply_disconnect",
     "authorized",
     "connections",
     "disconnect",
+    "disconnect_command",
     "document_presence",
     "documents",
     "nodes",
     "publish",
+    "publish_data",
+    "remote_targets",
 ]
 
 #: Connections per page of ``GET /admin/api/connections`` unless ``limit`` says.
@@ -288,34 +292,70 @@ def _reason_and_retry(body: Mapping[str, Any]) -> tuple[str, float | None]:
     return reason, None
 
 
-def disconnect(core: RelayCore, body: object) -> dict[str, Any]:
-    """``POST /admin/api/disconnect`` with ``{"peerId": ...}`` or
-    ``{"userId": ...}``, an optional ``reason`` (the client's error message)
-    and ``reconnect`` (default false: the client is told not to reconnect;
-    true: after ``retryAfter`` seconds, default 1). Answers the peer ids
-    disconnected on this relay; 404 ``not_found`` when none was."""
+def disconnect_command(body: object) -> dict[str, Any]:
+    """The checked form of a ``POST /admin/api/disconnect`` body:
+    ``{"peerId" | "userId": ..., "reason": ..., "retryAfter": seconds | None}``
+    (what :func:`disconnect` applies, and what a relay of a cluster sends
+    the others)."""
     if not isinstance(body, dict):
         raise AdminError(400, "invalid_request", "the body must be a JSON object")
     reason, retry_after = _reason_and_retry(body)
     peer_id, user_id = body.get("peerId"), body.get("userId")
     if (peer_id is None) == (user_id is None):
         raise AdminError(400, "invalid_request", "give exactly one of peerId and userId")
+    for value, key in ((peer_id, "peerId"), (user_id, "userId")):
+        if value is not None and not isinstance(value, str):
+            raise AdminError(400, "invalid_request", f"{key} must be a string")
+    target = {"peerId": peer_id} if peer_id is not None else {"userId": user_id}
+    return {**target, "reason": reason, "retryAfter": retry_after}
+
+
+def apply_disconnect(core: RelayCore, command: Mapping[str, Any]) -> list[str]:
+    """Disconnect this relay's peers a :func:`disconnect_command` names;
+    returns their peer ids."""
+    reason, retry_after = command["reason"], command["retryAfter"]
+    peer_id = command.get("peerId")
     if peer_id is not None:
-        if not isinstance(peer_id, str) or not core.disconnect(peer_id, reason, retry_after):
-            raise AdminError(404, "not_found", f"no connection {peer_id!r} on this relay")
-        return {"disconnected": [peer_id]}
-    if not isinstance(user_id, str):
-        raise AdminError(400, "invalid_request", "userId must be a string")
-    peers = core.disconnect_user(user_id, reason, retry_after)
-    if not peers:
-        raise AdminError(404, "not_found", f"no connection of user {user_id!r} on this relay")
-    return {"disconnected": list(peers)}
+        return [peer_id] if core.disconnect(peer_id, reason, retry_after) else []
+    return list(core.disconnect_user(command["userId"], reason, retry_after))
 
 
-def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
-    """``POST /admin/api/documents/{id}/publish`` with ``{"payload": ...}``:
-    the payload (any JSON value) goes to every local peer present as an
-    ephemeral message from the server. Answers how many peers got it."""
+def remote_targets(remote: RemoteView | None, command: Mapping[str, Any]) -> list[str]:
+    """The peers on other relays a :func:`disconnect_command` names, as far as
+    this relay knows them."""
+    if remote is None:
+        return []
+    peer_id, user_id = command.get("peerId"), command.get("userId")
+    return [
+        p.peer_id
+        for p in remote.remote_peers()
+        if p.peer_id == peer_id
+        or (user_id is not None and p.user.id == user_id and not p.user.is_anonymous)
+    ]
+
+
+def disconnect(core: RelayCore, body: object, remote: RemoteView | None = None) -> dict[str, Any]:
+    """``POST /admin/api/disconnect`` with ``{"peerId": ...}`` or
+    ``{"userId": ...}``, an optional ``reason`` (the client's error message)
+    and ``reconnect`` (default false: the client is told not to reconnect;
+    true: after ``retryAfter`` seconds, default 1). Answers the peer ids
+    disconnected on this relay (``disconnected``) and, in a cluster, those
+    on other relays the command is passed on for (``forwarded``; the caller
+    sends it); 404 ``not_found`` when there is none anywhere."""
+    command = disconnect_command(body)
+    here = apply_disconnect(core, command)
+    there = remote_targets(remote, command)
+    if not here and not there:
+        who = command.get("peerId") or f"user {command.get('userId')!r}"
+        raise AdminError(404, "not_found", f"no connection of {who!r} on this relay or its cluster")
+    answer: dict[str, Any] = {"disconnected": here}
+    if remote is not None:
+        answer["forwarded"] = there
+    return answer
+
+
+def publish_data(core: RelayCore, body: object) -> bytes:
+    """The encoded payload of a ``POST .../publish`` body (checked)."""
     if not isinstance(body, dict) or "payload" not in body:
         raise AdminError(400, "invalid_request", 'the body must be {"payload": <any JSON>}')
     try:
@@ -328,4 +368,13 @@ def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
             "payload_too_large",
             f"payload of {len(data)} bytes exceeds max_frame_size ({core.config.max_frame_size})",
         )
+    return data
+
+
+def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
+    """``POST /admin/api/documents/{id}/publish`` with ``{"payload": ...}``:
+    the payload (any JSON value) goes to every local peer present as an
+    ephemeral message from the server. Answers how many peers of this relay
+    got it (``delivered``; in a cluster each relay publishes to its own)."""
+    data = publish_data(core, body)
     return {"documentId": document_id, "delivered": core.publish(document_id, data)}
