@@ -51,6 +51,9 @@ log = logging.getLogger("ratatoskr_client.server")
 
 #: Snapshots per second the dashboard stream sends at most (when something changed).
 STREAM_HZ: Final = 8
+#: The largest share of the relay's time the dashboard's snapshots may take
+#: (they are spaced out further when building one takes longer).
+MAX_SHARE: Final = 0.1
 #: Dashboard streams a relay serves at once; more are refused (429).
 MAX_STREAMS: Final = 32
 #: Documents and peers per document a snapshot shows at most (the rest are counted).
@@ -198,7 +201,10 @@ class LiveView:
                 self._last = frame  # (what a tab that opens now gets first)
                 for queue in self._tabs:
                     _replace(queue, frame)
-            await asyncio.sleep(1 / STREAM_HZ)
+            # At most STREAM_HZ snapshots a second, and at most a tenth of the
+            # relay's time: a snapshot that took 20 ms waits 180 ms for the next.
+            took = time.monotonic() - now
+            await asyncio.sleep(max(1 / STREAM_HZ, took * (1 / MAX_SHARE - 1)))
         self._last = b""
 
 

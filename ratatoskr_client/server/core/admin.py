@@ -17,8 +17,9 @@ local peers in).
 from __future__ import annotations
 
 import hmac
+import itertools
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sized
 from typing import Any, Final, Protocol
 
 from ...errors import PayloadError
@@ -248,25 +249,30 @@ def connections(
     offset, limit = _page(query)
     only = query.get("node")
     here = remote.node_id if remote is not None else core.server_peer_id
-    rows: list[dict[str, Any]] = []
-    if only in (None, "local", here):
-        for conn in core.peers():
-            row = _user(conn)
-            row.update(node=here, documents=sorted(conn.docs), address=conn.address)
-            rows.append(row)
+    # Rows are built for the page only: a page of a relay with 100,000
+    # connections costs its rows, not 100,000 of them.
+    local: Iterable[Connection] = core.peers() if only in (None, "local", here) else ()
+    others: Iterable[RemotePeerView] = ()
     if remote is not None and only != "local":
-        for peer in remote.remote_peers():
-            if only is None or only == peer.node:
-                row = _remote_user(peer)
-                row.update(node=peer.node, documents=sorted(peer.docs), address=None)
-                rows.append(row)
-    page = rows[offset : offset + limit]
+        others = [p for p in remote.remote_peers() if only is None or only == p.node]
+    total = len(local) if isinstance(local, Sized) else 0
+    total += len(others) if isinstance(others, Sized) else 0
+    page: list[dict[str, Any]] = []
+    for conn in itertools.islice(local, offset, offset + limit):
+        row = _user(conn)
+        row.update(node=here, documents=sorted(conn.docs), address=conn.address)
+        page.append(row)
+    skip = max(0, offset - (len(local) if isinstance(local, Sized) else 0))
+    for peer in itertools.islice(others, skip, skip + limit - len(page)):
+        row = _remote_user(peer)
+        row.update(node=peer.node, documents=sorted(peer.docs), address=None)
+        page.append(row)
     after = offset + len(page)
     return {
         "connections": page,
-        "total": len(rows),
+        "total": total,
         "offset": offset,
-        "next": after if after < len(rows) else None,
+        "next": after if after < total else None,
     }
 
 
