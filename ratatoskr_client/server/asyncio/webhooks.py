@@ -117,6 +117,8 @@ class WebhookSender:
         self._dead: list[str] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: stop() was called: send what is queued, retry nothing
+        self._stopping = False
         self._offset = time.time() - core.clock()
         self.node = cluster.node_id if cluster is not None else core.server_peer_id
         core.roster.on_event = self._record
@@ -157,8 +159,6 @@ class WebhookSender:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         self._core.roster.on_event = None
-
-    _stopping = False
 
     async def _run(self) -> None:
         redis = None
