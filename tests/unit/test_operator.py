@@ -370,3 +370,22 @@ def test_pages_run_through_local_then_remote_connections(relay: Relay) -> None:
         admin.disconnect(relay.core, {"peerId": "nobody"}, remote)
     forwarded = admin.disconnect(relay.core, {"userId": "alice"}, remote)
     assert forwarded == {"disconnected": [local[0].peer_id], "forwarded": ["peer-b1"]}
+
+
+def test_whatever_a_peer_shares_answers_are_strict_json(relay: Relay) -> None:
+    a, b = relay.peer(), relay.peer()
+    a.join("doc")
+    b.join("doc")
+    a.ephemeral(
+        "doc",
+        state("doc", type="snapshot", state={"cursor": [float("nan"), 1], "blob": b"\x00\xff"}),
+    )
+    b.ephemeral("doc", state("doc", type="update", channel="cursor", value=[5, 2.5]))
+    presence = admin.document_presence(relay.core, None, "doc", wall)
+    json.dumps(presence, allow_nan=False)  # raises on NaN, bytes, anything JSON lacks
+    assert presence["state"][a.peer_id] == {"cursor": [None, 1], "blob": {"$bytes": "AP8="}}
+    board = admin.dashboard(relay.core, None, 0.0, wall)
+    json.dumps(board, allow_nan=False)
+    cursors = {p["peerId"]: p["cursor"] for p in board["documents"][0]["peers"]}
+    assert cursors == {a.peer_id: None, b.peer_id: [5.0, 2.5]}
+    assert board["peerCount"] == 2 and board["documentCount"] == 1

@@ -56,9 +56,6 @@ STREAM_HZ: Final = 8
 MAX_SHARE: Final = 0.1
 #: Dashboard streams a relay serves at once; more are refused (429).
 MAX_STREAMS: Final = 32
-#: Documents and peers per document a snapshot shows at most (the rest are counted).
-MAX_DOCUMENTS_SHOWN: Final = 50
-MAX_PEERS_SHOWN: Final = 200
 #: The longest a request body may be (publish, disconnect).
 MAX_BODY: Final = 1 << 20
 #: A comment line sent to idle streams every this many seconds, so proxies and
@@ -90,48 +87,8 @@ def _wall(core: RelayCore) -> Callable[[float], float]:
 def dashboard_snapshot(
     core: RelayCore, remote: rules.RemoteView | None, rate: float
 ) -> dict[str, Any]:
-    """What the dashboard shows: nodes, documents (the busiest first) with
-    who is present and their cursors, and the relayed message rate."""
-    wall = _wall(core)
-    listed = rules.documents(core, remote)["documents"]
-    docs = []
-    for row in listed[:MAX_DOCUMENTS_SHOWN]:
-        presence = rules.document_presence(core, remote, row["id"], wall)
-        states = presence["state"]
-        peers = []
-        for peer in presence["peers"][:MAX_PEERS_SHOWN]:
-            state = states.get(peer["peerId"], {})
-            cursor = state.get("cursor")
-            if not (
-                isinstance(cursor, list)
-                and len(cursor) == 2
-                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in cursor)
-            ):
-                cursor = None
-            chosen = state.get("name")
-            peer = dict(peer, cursor=cursor)
-            if isinstance(chosen, str) and chosen:
-                peer["chosenName"] = chosen[:64]
-            peers.append(peer)
-        docs.append(
-            {
-                "id": row["id"],
-                "peers": peers,
-                "count": row["peers"],
-                "users": row["users"],
-                "hidden": max(0, row["peers"] - len(peers)),
-            }
-        )
-    page = rules.connections(core, remote, {"limit": str(MAX_PEERS_SHOWN)})
-    return {
-        "nodes": rules.nodes(core, remote)["nodes"],
-        "peers": [{k: v for k, v in c.items() if k != "address"} for c in page["connections"]],
-        "peerCount": page["total"],
-        "documents": docs,
-        "documentCount": len(listed),
-        "connections": core.stats().peers,
-        "rate": round(rate, 1),
-    }
+    """What the dashboard shows now (:func:`ratatoskr_client.server.core.admin.dashboard`)."""
+    return rules.dashboard(core, remote, rate, _wall(core))
 
 
 class LiveView:

@@ -16,6 +16,7 @@ local peers in).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import itertools
 import math
@@ -31,7 +32,9 @@ from .roster import user_key
 
 __all__ = [
     "DEFAULT_PAGE",
+    "MAX_DOCUMENTS_SHOWN",
     "MAX_PAGE",
+    "MAX_PEERS_SHOWN",
     "MAX_REASON",
     "AdminError",
     "RemotePeerView",
@@ -39,10 +42,12 @@ __all__ = [
     "apply_disconnect",
     "authorized",
     "connections",
+    "dashboard",
     "disconnect",
     "disconnect_command",
     "document_presence",
     "documents",
+    "jsonable",
     "nodes",
     "publish",
     "publish_data",
@@ -218,7 +223,88 @@ def document_presence(
         "id": document_id,
         "peers": peers,
         "users": list(users.values()),
-        "state": core.peer_states(document_id),
+        "state": jsonable(core.peer_states(document_id)),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` (a CBOR value a peer shared) as strict JSON can carry it:
+    bytes as ``{"$bytes": "<base64>"}``, non-finite floats as None, other
+    values JSON lacks (dates, bignums beyond JSON's reach are fine) as their
+    text. What a peer shares can never make an answer invalid JSON."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    return str(value)
+
+
+#: Documents and peers per document a dashboard snapshot shows at most (the
+#: rest are counted).
+MAX_DOCUMENTS_SHOWN: Final = 50
+MAX_PEERS_SHOWN: Final = 200
+
+
+def _cursor(state: Mapping[str, Any]) -> list[float] | None:
+    """The ``cursor`` a peer shares, if it is two finite numbers."""
+    cursor = state.get("cursor")
+    if (
+        isinstance(cursor, list)
+        and len(cursor) == 2
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in cursor
+        )
+    ):
+        return [float(cursor[0]), float(cursor[1])]
+    return None
+
+
+def dashboard(
+    core: RelayCore, remote: RemoteView | None, rate: float, wall: Callable[[float], float]
+) -> dict[str, Any]:
+    """What the dashboard shows: the nodes, the connections (a page of
+    :data:`MAX_PEERS_SHOWN`), the :data:`MAX_DOCUMENTS_SHOWN` busiest
+    documents with who is present (at most :data:`MAX_PEERS_SHOWN` each) and
+    their cursors (a peer's shared ``cursor`` ``[x, y]`` of finite numbers),
+    and ``rate``, the relayed messages per second."""
+    listed = documents(core, remote)["documents"]
+    docs = []
+    for row in listed[:MAX_DOCUMENTS_SHOWN]:
+        presence = document_presence(core, remote, row["id"], wall)
+        states = presence["state"]
+        peers = []
+        for peer in presence["peers"][:MAX_PEERS_SHOWN]:
+            state = states.get(peer["peerId"], {})
+            peer["cursor"] = _cursor(state)
+            chosen = state.get("name")
+            if isinstance(chosen, str) and chosen:
+                peer["chosenName"] = chosen[:64]
+            peers.append(peer)
+        docs.append(
+            {
+                "id": row["id"],
+                "peers": peers,
+                "count": row["peers"],
+                "users": row["users"],
+                "hidden": max(0, row["peers"] - len(peers)),
+            }
+        )
+    page = connections(core, remote, {"limit": str(MAX_PEERS_SHOWN)})
+    return {
+        "nodes": nodes(core, remote)["nodes"],
+        "peers": [{k: v for k, v in c.items() if k != "address"} for c in page["connections"]],
+        "peerCount": page["total"],
+        "documents": docs,
+        "documentCount": len(listed),
+        "connections": core.stats().peers,
+        "rate": round(rate, 1),
     }
 
 
