@@ -133,6 +133,9 @@ async def _bot(
         await client.connect()
         name = client.me.name
         docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT]
+        if glide:  # on the dashboard at once, its cursor moving within a second
+            with contextlib.suppress(RatatoskrError):
+                await client.enter_document(rng.choice(DEMO_DOCUMENTS))
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.2))
             if client.connection_state is ConnectionState.CLOSED:
