@@ -438,8 +438,9 @@ def disconnect(core: RelayCore, body: object, remote: RemoteView | None = None) 
     here = apply_disconnect(core, command)
     there = remote_targets(remote, command)
     if not here and not there:
-        who = command.get("peerId") or f"user {command.get('userId')!r}"
-        raise AdminError(404, "not_found", f"no connection of {who!r} on this relay or its cluster")
+        peer_id = command.get("peerId")
+        who = f"connection {peer_id!r}" if peer_id else f"connection of user {command['userId']!r}"
+        raise AdminError(404, "not_found", f"no {who} on this relay or its cluster")
     answer: dict[str, Any] = {"disconnected": here}
     if remote is not None:
         answer["forwarded"] = there
