@@ -188,7 +188,8 @@ async def test_a_relay_that_died_alone_is_swept_by_the_next_one_to_start(
     """The whole cluster (one relay) dies with Bob present: the next relay to
     start sends his user.left and the document's vacated, once."""
     monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
-    with make_cluster(1, "--webhook-url", receiver.url) as cluster:
+    # (The shortest node TTL: the dead relay's deadline passes in a second.)
+    with make_cluster(1, "--webhook-url", receiver.url, "--node-ttl", "1") as cluster:
         await cluster.ready()
         doc = f"restart-{uuid.uuid4().hex[:8]}"
         bob = RatatoskrClient(cluster.a.url, token="bob-secret", reconnect=False)
