@@ -5,9 +5,10 @@ down, and dashboard tabs open, against the same relay without them.
     python benchmarks/operator_view.py [--rounds 8] [--messages 300] [--tabs 10]
     python benchmarks/operator_view.py --tab-cost [--tabs 10] [--idle 200] [--rounds 4]
 
-Three relay processes run side by side (``python -m ratatoskr_client relay``):
+Four relay processes run side by side (``python -m ratatoskr_client relay``):
 
 * ``plain``: no admin, no webhooks (the floor of this run);
+* ``control``: the same again, to show the run's noise (two identical relays);
 * ``hooked``: ``--webhook-url`` pointing at a receiver that accepts TCP
   connections and never answers (the worst kind of "down": every POST waits
   for its timeout, then is retried);
@@ -19,7 +20,7 @@ webhook events: occupied, joined, left, vacated, a few hundred a second in
 all; and changes what the dashboard shows), and a pair of clients measures one-way A→B latency
 (``send_ephemeral`` → ``ephemeral-message``), sequentially, in another
 document. Rounds alternate between the relays, so load from elsewhere on the
-machine hits all three alike. Printed: p50 and p99 per relay and their ratios
+machine hits all four alike. Printed: p50 and p99 per relay and their ratios
 to ``plain``, and each relay's CPU per second of the run (``/proc``).
 """
 
@@ -124,6 +125,8 @@ async def main(args: argparse.Namespace) -> None:
     os.environ["RATATOSKR_WEBHOOK_SECRET"] = "benchmark-secret"
     relays = {
         "plain": Relay("ours", use_uvloop=False),
+        # The same relay again: how far two identical relays differ in this run.
+        "control": Relay("ours", use_uvloop=False),
         "hooked": Relay(
             "ours", use_uvloop=False, extra=["--webhook-url", f"http://127.0.0.1:{port}/hooks"]
         ),

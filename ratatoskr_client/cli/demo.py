@@ -136,6 +136,9 @@ async def _bot(
         # and stay out (its row shows who may), so the demo opens with presence,
         # not with a refusal.
         docs = [*DEMO_DOCUMENTS, PRIVATE_DOCUMENT] if token else [*DEMO_DOCUMENTS]
+        if glide:  # on the dashboard at once, its cursor moving within a second
+            with contextlib.suppress(RatatoskrError):
+                await client.enter_document(rng.choice(DEMO_DOCUMENTS))
         while True:
             await asyncio.sleep(rng.uniform(0.2, 1.2))
             if client.connection_state is ConnectionState.CLOSED:

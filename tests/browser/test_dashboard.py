@@ -105,7 +105,7 @@ def test_demo_bots_cursors_and_disconnect(chromium_driver: Any, demo: str, tmp_p
     )
     took = time.monotonic() - started
     print(f"6 peers and a moving cursor {took:.2f} s after the page opened")
-    assert took < 6  # (about 1 s on an idle machine: see docs/server.md)
+    assert took < 10  # (about 0.6 s on an idle machine; generous for a loaded one)
     driver.save_screenshot(str(tmp_path / "dashboard.png"))
 
     # Another client watches the documents; disconnecting a bot that is present

@@ -180,3 +180,39 @@ async def test_a_dead_relays_share_is_swept_once(
             }
         )
         assert receiver.bad == 0
+
+
+async def test_a_relay_that_died_alone_is_swept_by_the_next_one_to_start(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole cluster (one relay) dies with Bob present: the next relay to
+    start sends his user.left and the document's vacated, once."""
+    monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
+    # (The shortest node TTL: the dead relay's deadline passes in a second.)
+    with make_cluster(1, "--webhook-url", receiver.url, "--node-ttl", "1") as cluster:
+        await cluster.ready()
+        doc = f"restart-{uuid.uuid4().hex[:8]}"
+        bob = RatatoskrClient(cluster.a.url, token="bob-secret", reconnect=False)
+        try:
+            await bob.connect()
+            await bob.enter_document(doc)
+            await receiver.wait_for(lambda: ("user.joined", "bob") in summary(receiver.events, doc))
+            cluster.a.kill()
+        finally:
+            await bob.close()
+        cluster.relays.pop(0).close()
+        cluster.add_relay("after")
+        await receiver.wait_for(
+            lambda: ("document.vacated", None) in summary(receiver.events, doc), timeout=20.0
+        )
+        assert summary(receiver.events, doc) == Counter(
+            {
+                ("document.occupied", None): 1,
+                ("user.joined", "bob"): 1,
+                ("user.left", "bob"): 1,
+                ("document.vacated", None): 1,
+            }
+        )
+        assert {
+            e.get("reason") for e in receiver.events if e["type"].endswith(("left", "vacated"))
+        } == {"node_gone"}

@@ -318,3 +318,47 @@ async def test_webhooks_from_a_single_relay() -> None:
             assert all(e["documentId"] == "doc" for e in hooks.events)
     finally:
         await runner.cleanup()
+
+
+async def test_a_failing_receiver_gets_the_same_batch_again_until_it_answers(
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession
+) -> None:
+    from ratatoskr_client.server.core import webhooks
+
+    monkeypatch.setattr(webhooks, "RETRY_FIRST", 0.01)  # (the schedule, shortened)
+    answers = [500, 503, 200]
+    deliveries: list[str] = []
+    arrived = asyncio.Event()
+
+    async def flaky(request: web.Request) -> web.Response:
+        body = await request.read()
+        assert verify("hook-secret", request.headers, body, time.time())
+        deliveries.append(request.headers["X-Ratatoskr-Delivery"])
+        status = answers.pop(0) if answers else 200
+        if status == 200:
+            arrived.set()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/", flaky)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        config = RelayConfig(port=0, open=True, webhook_url=url, webhook_secret="hook-secret")
+        async with RelayServer(config) as relay:
+            client = RatatoskrClient(relay.url)
+            await client.connect()
+            await client.enter_document("doc")
+            await asyncio.wait_for(arrived.wait(), WAIT)
+            assert len(deliveries) == 3 and len(set(deliveries)) == 1  # one batch, retried
+            async with http.get(relay.metrics_url) as page:
+                text = await page.text()
+            assert 'ratatoskr_webhook_deliveries_total{outcome="error"} 2.0' in text
+            assert 'ratatoskr_webhook_deliveries_total{outcome="ok"} 1.0' in text
+            assert 'ratatoskr_webhook_events_dropped_total{reason="failed"} 0.0' in text
+            await client.close()
+    finally:
+        await runner.cleanup()

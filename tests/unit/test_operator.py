@@ -307,3 +307,81 @@ def test_retries_back_off_to_a_ceiling() -> None:
     delays = [retry_delay(n) for n in range(1, 10)]
     assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
     assert max(delays) == 30.0 and delays == sorted(delays)
+
+
+class FakeRemote:
+    """What a relay knows of the others: two peers on node-b."""
+
+    node_id = "node-a"
+
+    def __init__(self) -> None:
+        from ratatoskr_client.protocol import UserInfo
+        from ratatoskr_client.server.cluster.tables import RemotePeer
+
+        self.peers = [
+            RemotePeer("node-b", "peer-b1", UserInfo("alice", "Alice", False), b"", {"doc"}),
+            RemotePeer("node-b", "peer-b2", UserInfo(None, "Quiet Quokka", True), b"", set()),
+        ]
+
+    def nodes(self) -> tuple[str, ...]:
+        return ("node-b",)
+
+    def remote_peers(self) -> list[Any]:
+        return self.peers
+
+
+def test_pages_run_through_local_then_remote_connections(relay: Relay) -> None:
+    remote = FakeRemote()
+    local = [relay.peer("alice-secret"), relay.peer()]
+    local[0].join("doc")
+    seen = []
+    offset: int | None = 0
+    while offset is not None:
+        page = admin.connections(relay.core, remote, {"offset": str(offset), "limit": "3"})
+        assert page["total"] == 4
+        seen += [(c["peerId"], c["node"]) for c in page["connections"]]
+        offset = page["next"]
+    assert seen == [
+        (local[0].peer_id, "node-a"),
+        (local[1].peer_id, "node-a"),
+        ("peer-b1", "node-b"),
+        ("peer-b2", "node-b"),
+    ]
+    only_b = admin.connections(relay.core, remote, {"node": "node-b"})
+    assert [c["peerId"] for c in only_b["connections"]] == ["peer-b1", "peer-b2"]
+    assert admin.connections(relay.core, remote, {"node": "local"})["total"] == 2
+    docs = admin.documents(relay.core, remote)["documents"]
+    assert docs == [{"id": "doc", "peers": 2, "local": 1, "remote": 1, "users": 1}]
+    presence = admin.document_presence(relay.core, remote, "doc", wall)
+    assert [p["node"] for p in presence["peers"]] == ["node-a", "node-b"]
+    assert presence["users"] == [{"user": "alice", "name": "Alice", "connections": 2}]
+    nodes = admin.nodes(relay.core, remote)["nodes"]
+    assert [(n["node"], n["self"], n["peers"]) for n in nodes] == [
+        ("node-a", True, 2),
+        ("node-b", False, 2),
+    ]
+    assert admin.remote_targets(remote, {"userId": "alice"}) == ["peer-b1"]
+    assert admin.remote_targets(remote, {"peerId": "peer-b2"}) == ["peer-b2"]
+    with pytest.raises(admin.AdminError):
+        admin.disconnect(relay.core, {"peerId": "nobody"}, remote)
+    forwarded = admin.disconnect(relay.core, {"userId": "alice"}, remote)
+    assert forwarded == {"disconnected": [local[0].peer_id], "forwarded": ["peer-b1"]}
+
+
+def test_whatever_a_peer_shares_answers_are_strict_json(relay: Relay) -> None:
+    a, b = relay.peer(), relay.peer()
+    a.join("doc")
+    b.join("doc")
+    a.ephemeral(
+        "doc",
+        state("doc", type="snapshot", state={"cursor": [float("nan"), 1], "blob": b"\x00\xff"}),
+    )
+    b.ephemeral("doc", state("doc", type="update", channel="cursor", value=[5, 2.5]))
+    presence = admin.document_presence(relay.core, None, "doc", wall)
+    json.dumps(presence, allow_nan=False)  # raises on NaN, bytes, anything JSON lacks
+    assert presence["state"][a.peer_id] == {"cursor": [None, 1], "blob": {"$bytes": "AP8="}}
+    board = admin.dashboard(relay.core, None, 0.0, wall)
+    json.dumps(board, allow_nan=False)
+    cursors = {p["peerId"]: p["cursor"] for p in board["documents"][0]["peers"]}
+    assert cursors == {a.peer_id: None, b.peer_id: [5.0, 2.5]}
+    assert board["peerCount"] == 2 and board["documentCount"] == 1

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, Final
 
@@ -39,6 +40,7 @@ from ..core.relay import RelayCore
 __all__ = [
     "MAX_STREAMS",
     "STREAM_HZ",
+    "AdminLink",
     "LiveView",
     "add_admin_routes",
     "add_disabled_admin_routes",
@@ -49,11 +51,11 @@ log = logging.getLogger("ratatoskr_client.server")
 
 #: Snapshots per second the dashboard stream sends at most (when something changed).
 STREAM_HZ: Final = 8
+#: The largest share of the relay's time the dashboard's snapshots may take
+#: (they are spaced out further when building one takes longer).
+MAX_SHARE: Final = 0.1
 #: Dashboard streams a relay serves at once; more are refused (429).
 MAX_STREAMS: Final = 32
-#: Documents and peers per document a snapshot shows at most (the rest are counted).
-MAX_DOCUMENTS_SHOWN: Final = 50
-MAX_PEERS_SHOWN: Final = 200
 #: The longest a request body may be (publish, disconnect).
 MAX_BODY: Final = 1 << 20
 #: A comment line sent to idle streams every this many seconds, so proxies and
@@ -85,48 +87,8 @@ def _wall(core: RelayCore) -> Callable[[float], float]:
 def dashboard_snapshot(
     core: RelayCore, remote: rules.RemoteView | None, rate: float
 ) -> dict[str, Any]:
-    """What the dashboard shows: nodes, documents (the busiest first) with
-    who is present and their cursors, and the relayed message rate."""
-    wall = _wall(core)
-    listed = rules.documents(core, remote)["documents"]
-    docs = []
-    for row in listed[:MAX_DOCUMENTS_SHOWN]:
-        presence = rules.document_presence(core, remote, row["id"], wall)
-        states = presence["state"]
-        peers = []
-        for peer in presence["peers"][:MAX_PEERS_SHOWN]:
-            state = states.get(peer["peerId"], {})
-            cursor = state.get("cursor")
-            if not (
-                isinstance(cursor, list)
-                and len(cursor) == 2
-                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in cursor)
-            ):
-                cursor = None
-            chosen = state.get("name")
-            peer = dict(peer, cursor=cursor)
-            if isinstance(chosen, str) and chosen:
-                peer["chosenName"] = chosen[:64]
-            peers.append(peer)
-        docs.append(
-            {
-                "id": row["id"],
-                "peers": peers,
-                "count": row["peers"],
-                "users": row["users"],
-                "hidden": max(0, row["peers"] - len(peers)),
-            }
-        )
-    page = rules.connections(core, remote, {"limit": str(MAX_PEERS_SHOWN)})
-    return {
-        "nodes": rules.nodes(core, remote)["nodes"],
-        "peers": [{k: v for k, v in c.items() if k != "address"} for c in page["connections"]],
-        "peerCount": page["total"],
-        "documents": docs,
-        "documentCount": len(listed),
-        "connections": core.stats().peers,
-        "rate": round(rate, 1),
-    }
+    """What the dashboard shows now (:func:`ratatoskr_client.server.core.admin.dashboard`)."""
+    return rules.dashboard(core, remote, rate, _wall(core))
 
 
 class LiveView:
@@ -196,7 +158,10 @@ class LiveView:
                 self._last = frame  # (what a tab that opens now gets first)
                 for queue in self._tabs:
                     _replace(queue, frame)
-            await asyncio.sleep(1 / STREAM_HZ)
+            # At most STREAM_HZ snapshots a second, and at most a tenth of the
+            # relay's time: a snapshot that took 20 ms waits 180 ms for the next.
+            took = time.monotonic() - now
+            await asyncio.sleep(max(1 / STREAM_HZ, took * (1 / MAX_SHARE - 1)))
         self._last = b""
 
 
@@ -267,14 +232,118 @@ def _api(
 
 async def _disconnect(request: web.Request) -> Any:
     body = await _body(request)
-    result = rules.disconnect(_core(request), body)
-    log.info("admin: disconnected %s", ", ".join(result["disconnected"]))
+    result = rules.disconnect(_core(request), body, _remote(request))
+    if result.get("forwarded"):
+        link = request.app.get(_LINK_KEY)
+        command = rules.disconnect_command(body)
+        if link is None or not await link.send({"op": "disconnect", "command": command}):
+            result["forwarded"] = []
+            result["forwardFailed"] = True
+    log.info(
+        "admin: disconnected %s (forwarded: %s)",
+        ", ".join(result["disconnected"]) or "none here",
+        ", ".join(result.get("forwarded", ())) or "none",
+    )
     return result
 
 
 async def _publish(request: web.Request) -> Any:
     body = await _body(request)
-    return rules.publish(_core(request), request.match_info["document"], body)
+    document_id = request.match_info["document"]
+    result = rules.publish(_core(request), document_id, body)
+    link = request.app.get(_LINK_KEY)
+    if link is not None:
+        data = rules.publish_data(_core(request), body)
+        message = {"op": "publish", "documentId": document_id, "data": data.hex()}
+        result["forwarded"] = await link.send(message)
+    return result
+
+
+class AdminLink:
+    """The admin API's commands between the relays of a cluster: a call to
+    one relay's API that concerns peers of others (a disconnect, a publish)
+    is published on the Redis channel ``<prefix>:admin``, which every relay
+    with an admin token subscribes to, and each applies it to its own peers.
+    Subscribed before the relay listens (:meth:`start`)."""
+
+    def __init__(self, core: RelayCore, cluster: Cluster, url: str) -> None:
+        self._core = core
+        self._node = cluster.node_id
+        self._channel = f"{cluster.view.names.prefix}:admin"
+        self._url = url
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._client: Any = None
+
+    async def start(self, timeout: float = 5.0) -> None:
+        """Subscribe (waiting up to ``timeout`` seconds; it keeps trying)."""
+        self._task = asyncio.create_task(self._listen(), name="ratatoskr-admin-link")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Unsubscribe and close."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+
+    def _redis(self) -> Any:
+        aioredis = importlib.import_module("redis.asyncio")
+        return aioredis.from_url(self._url, socket_timeout=5.0, socket_connect_timeout=5.0)
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Publish ``message`` to the other relays; False if Redis is unreachable."""
+        if self._client is None:
+            self._client = self._redis()
+        try:
+            await self._client.publish(
+                self._channel, json.dumps({**message, "from": self._node}).encode()
+            )
+        except Exception as exc:
+            log.warning("admin: cannot reach the other relays through Redis: %s", exc)
+            return False
+        return True
+
+    async def _listen(self) -> None:
+        while True:
+            client = self._redis()
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                while True:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is not None:
+                        self._apply(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("admin: link to Redis lost (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    def _apply(self, raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+            if message.get("from") == self._node:
+                return  # our own, applied already
+            if message["op"] == "disconnect":
+                done = rules.apply_disconnect(self._core, message["command"])
+                if done:
+                    log.info("admin (from %s): disconnected %s", message["from"], ", ".join(done))
+            elif message["op"] == "publish":
+                self._core.publish(message["documentId"], bytes.fromhex(message["data"]))
+        except Exception:  # another relay's bug must not end the link
+            log.exception("admin: ignored a malformed command from the cluster")
+
+
+_LINK_KEY: Final = web.AppKey("ratatoskr_admin_link", AdminLink)
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
@@ -376,6 +445,16 @@ def add_admin_routes(app: web.Application, core: RelayCore, cluster: Cluster | N
     router.add_get("/admin/api/stream", _stream)
     router.add_route("*", "/admin/{tail:.*}", _not_found)
     app.on_shutdown.append(_close_streams)
+    if cluster is not None and core.config.redis_url is not None:
+        app[_LINK_KEY] = AdminLink(core, cluster, core.config.redis_url)
+        app.cleanup_ctx.append(_admin_link)
+
+
+async def _admin_link(app: web.Application) -> AsyncIterator[None]:
+    link = app[_LINK_KEY]
+    await link.start()
+    yield
+    await link.stop()
 
 
 def add_disabled_admin_routes(app: web.Application) -> None:

@@ -18,7 +18,8 @@ from 1 to 0; the same for a user. Two relays joining at once are ordered by
 Redis: one sees 0 → 1 and sends ``occupied``, the other 1 → 2 and sends
 nothing. When a relay dies, the first other relay to notice removes its
 fields (one script, so only one of them gets the resulting ``vacated`` and
-``user.left`` events) and sends them.
+``user.left`` events) and sends them; a relay that starts sweeps the share
+of every relay that died while no other was there to notice.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ class WebhookSender:
         self._dead: list[str] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: stop() was called: send what is queued, retry nothing
+        self._stopping = False
         self._offset = time.time() - core.clock()
         self.node = cluster.node_id if cluster is not None else core.server_peer_id
         core.roster.on_event = self._record
@@ -158,8 +161,6 @@ class WebhookSender:
             await task
         self._core.roster.on_event = None
 
-    _stopping = False
-
     async def _run(self) -> None:
         redis = None
         if self._cluster is not None and self._redis_url is not None:
@@ -167,6 +168,8 @@ class WebhookSender:
             redis = aioredis.from_url(self._redis_url, socket_timeout=POST_TIMEOUT)
         timeout = aiohttp.ClientTimeout(total=POST_TIMEOUT)
         try:
+            if redis is not None:
+                await self._find_dead(redis)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:
                     if not self._fresh and not self._dead and not len(self.queue):
@@ -225,6 +228,31 @@ class WebhookSender:
                 body["at"] = round(time.time(), 3)
                 body["reason"] = "node_gone"
                 self.queue.put(body)
+
+    async def _find_dead(self, redis: Any) -> None:
+        """Relays that died while no other relay was there to see it (a whole
+        cluster restarted) left their share behind: sweep every node that
+        holds webhook keys and is not alive (its deadline in the node table
+        has passed, or it is gone from it). A node alive but slow is not
+        swept: its deadline has not passed."""
+        assert self._cluster is not None
+        names = self._cluster.view.names
+        try:
+            seconds, micros = await redis.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            live = {
+                n.decode() if isinstance(n, bytes) else n
+                for n in await redis.zrangebyscore(names.nodes_key, now_ms, "+inf")
+            }
+            prefix = f"{names.prefix}:webhook:node:"
+            async for key in redis.scan_iter(match=prefix + "*", count=1000):
+                node = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+                if node != self.node and node not in live:
+                    self._dead.append(node)
+        except Exception as exc:
+            log.warning("webhooks: cannot look for relays that died unseen: %s", exc)
+        if self._dead:
+            self._wake.set()
 
     async def _deliver(self, session: aiohttp.ClientSession, events: list[dict[str, Any]]) -> None:
         delivery = secrets.token_hex(12)

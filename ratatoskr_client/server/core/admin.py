@@ -16,9 +16,11 @@ local peers in).
 
 from __future__ import annotations
 
+import base64
 import hmac
+import itertools
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sized
 from typing import Any, Final, Protocol
 
 from ...errors import PayloadError
@@ -30,18 +32,26 @@ from .roster import user_key
 
 __all__ = [
     "DEFAULT_PAGE",
+    "MAX_DOCUMENTS_SHOWN",
     "MAX_PAGE",
+    "MAX_PEERS_SHOWN",
     "MAX_REASON",
     "AdminError",
     "RemotePeerView",
     "RemoteView",
+    "apply_disconnect",
     "authorized",
     "connections",
+    "dashboard",
     "disconnect",
+    "disconnect_command",
     "document_presence",
     "documents",
+    "jsonable",
     "nodes",
     "publish",
+    "publish_data",
+    "remote_targets",
 ]
 
 #: Connections per page of ``GET /admin/api/connections`` unless ``limit`` says.
@@ -213,7 +223,88 @@ def document_presence(
         "id": document_id,
         "peers": peers,
         "users": list(users.values()),
-        "state": core.peer_states(document_id),
+        "state": jsonable(core.peer_states(document_id)),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` (a CBOR value a peer shared) as strict JSON can carry it:
+    bytes as ``{"$bytes": "<base64>"}``, non-finite floats as None, other
+    values JSON lacks (dates, bignums beyond JSON's reach are fine) as their
+    text. What a peer shares can never make an answer invalid JSON."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    return str(value)
+
+
+#: Documents and peers per document a dashboard snapshot shows at most (the
+#: rest are counted).
+MAX_DOCUMENTS_SHOWN: Final = 50
+MAX_PEERS_SHOWN: Final = 200
+
+
+def _cursor(state: Mapping[str, Any]) -> list[float] | None:
+    """The ``cursor`` a peer shares, if it is two finite numbers."""
+    cursor = state.get("cursor")
+    if (
+        isinstance(cursor, list)
+        and len(cursor) == 2
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in cursor
+        )
+    ):
+        return [float(cursor[0]), float(cursor[1])]
+    return None
+
+
+def dashboard(
+    core: RelayCore, remote: RemoteView | None, rate: float, wall: Callable[[float], float]
+) -> dict[str, Any]:
+    """What the dashboard shows: the nodes, the connections (a page of
+    :data:`MAX_PEERS_SHOWN`), the :data:`MAX_DOCUMENTS_SHOWN` busiest
+    documents with who is present (at most :data:`MAX_PEERS_SHOWN` each) and
+    their cursors (a peer's shared ``cursor`` ``[x, y]`` of finite numbers),
+    and ``rate``, the relayed messages per second."""
+    listed = documents(core, remote)["documents"]
+    docs = []
+    for row in listed[:MAX_DOCUMENTS_SHOWN]:
+        presence = document_presence(core, remote, row["id"], wall)
+        states = presence["state"]
+        peers = []
+        for peer in presence["peers"][:MAX_PEERS_SHOWN]:
+            state = states.get(peer["peerId"], {})
+            peer["cursor"] = _cursor(state)
+            chosen = state.get("name")
+            if isinstance(chosen, str) and chosen:
+                peer["chosenName"] = chosen[:64]
+            peers.append(peer)
+        docs.append(
+            {
+                "id": row["id"],
+                "peers": peers,
+                "count": row["peers"],
+                "users": row["users"],
+                "hidden": max(0, row["peers"] - len(peers)),
+            }
+        )
+    page = connections(core, remote, {"limit": str(MAX_PEERS_SHOWN)})
+    return {
+        "nodes": nodes(core, remote)["nodes"],
+        "peers": [{k: v for k, v in c.items() if k != "address"} for c in page["connections"]],
+        "peerCount": page["total"],
+        "documents": docs,
+        "documentCount": len(listed),
+        "connections": core.stats().peers,
+        "rate": round(rate, 1),
     }
 
 
@@ -244,25 +335,30 @@ def connections(
     offset, limit = _page(query)
     only = query.get("node")
     here = remote.node_id if remote is not None else core.server_peer_id
-    rows: list[dict[str, Any]] = []
-    if only in (None, "local", here):
-        for conn in core.peers():
-            row = _user(conn)
-            row.update(node=here, documents=sorted(conn.docs), address=conn.address)
-            rows.append(row)
+    # Rows are built for the page only: a page of a relay with 100,000
+    # connections costs its rows, not 100,000 of them.
+    local: Iterable[Connection] = core.peers() if only in (None, "local", here) else ()
+    others: Iterable[RemotePeerView] = ()
     if remote is not None and only != "local":
-        for peer in remote.remote_peers():
-            if only is None or only == peer.node:
-                row = _remote_user(peer)
-                row.update(node=peer.node, documents=sorted(peer.docs), address=None)
-                rows.append(row)
-    page = rows[offset : offset + limit]
+        others = [p for p in remote.remote_peers() if only is None or only == p.node]
+    total = len(local) if isinstance(local, Sized) else 0
+    total += len(others) if isinstance(others, Sized) else 0
+    page: list[dict[str, Any]] = []
+    for conn in itertools.islice(local, offset, offset + limit):
+        row = _user(conn)
+        row.update(node=here, documents=sorted(conn.docs), address=conn.address)
+        page.append(row)
+    skip = max(0, offset - (len(local) if isinstance(local, Sized) else 0))
+    for peer in itertools.islice(others, skip, skip + limit - len(page)):
+        row = _remote_user(peer)
+        row.update(node=peer.node, documents=sorted(peer.docs), address=None)
+        page.append(row)
     after = offset + len(page)
     return {
         "connections": page,
-        "total": len(rows),
+        "total": total,
         "offset": offset,
-        "next": after if after < len(rows) else None,
+        "next": after if after < total else None,
     }
 
 
@@ -288,34 +384,71 @@ def _reason_and_retry(body: Mapping[str, Any]) -> tuple[str, float | None]:
     return reason, None
 
 
-def disconnect(core: RelayCore, body: object) -> dict[str, Any]:
-    """``POST /admin/api/disconnect`` with ``{"peerId": ...}`` or
-    ``{"userId": ...}``, an optional ``reason`` (the client's error message)
-    and ``reconnect`` (default false: the client is told not to reconnect;
-    true: after ``retryAfter`` seconds, default 1). Answers the peer ids
-    disconnected on this relay; 404 ``not_found`` when none was."""
+def disconnect_command(body: object) -> dict[str, Any]:
+    """The checked form of a ``POST /admin/api/disconnect`` body:
+    ``{"peerId" | "userId": ..., "reason": ..., "retryAfter": seconds | None}``
+    (what :func:`disconnect` applies, and what a relay of a cluster sends
+    the others)."""
     if not isinstance(body, dict):
         raise AdminError(400, "invalid_request", "the body must be a JSON object")
     reason, retry_after = _reason_and_retry(body)
     peer_id, user_id = body.get("peerId"), body.get("userId")
     if (peer_id is None) == (user_id is None):
         raise AdminError(400, "invalid_request", "give exactly one of peerId and userId")
+    for value, key in ((peer_id, "peerId"), (user_id, "userId")):
+        if value is not None and not isinstance(value, str):
+            raise AdminError(400, "invalid_request", f"{key} must be a string")
+    target = {"peerId": peer_id} if peer_id is not None else {"userId": user_id}
+    return {**target, "reason": reason, "retryAfter": retry_after}
+
+
+def apply_disconnect(core: RelayCore, command: Mapping[str, Any]) -> list[str]:
+    """Disconnect this relay's peers a :func:`disconnect_command` names;
+    returns their peer ids."""
+    reason, retry_after = command["reason"], command["retryAfter"]
+    peer_id = command.get("peerId")
     if peer_id is not None:
-        if not isinstance(peer_id, str) or not core.disconnect(peer_id, reason, retry_after):
-            raise AdminError(404, "not_found", f"no connection {peer_id!r} on this relay")
-        return {"disconnected": [peer_id]}
-    if not isinstance(user_id, str):
-        raise AdminError(400, "invalid_request", "userId must be a string")
-    peers = core.disconnect_user(user_id, reason, retry_after)
-    if not peers:
-        raise AdminError(404, "not_found", f"no connection of user {user_id!r} on this relay")
-    return {"disconnected": list(peers)}
+        return [peer_id] if core.disconnect(peer_id, reason, retry_after) else []
+    return list(core.disconnect_user(command["userId"], reason, retry_after))
 
 
-def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
-    """``POST /admin/api/documents/{id}/publish`` with ``{"payload": ...}``:
-    the payload (any JSON value) goes to every local peer present as an
-    ephemeral message from the server. Answers how many peers got it."""
+def remote_targets(remote: RemoteView | None, command: Mapping[str, Any]) -> list[str]:
+    """The peers on other relays a :func:`disconnect_command` names, as far as
+    this relay knows them."""
+    if remote is None:
+        return []
+    peer_id, user_id = command.get("peerId"), command.get("userId")
+    return [
+        p.peer_id
+        for p in remote.remote_peers()
+        if p.peer_id == peer_id
+        or (user_id is not None and p.user.id == user_id and not p.user.is_anonymous)
+    ]
+
+
+def disconnect(core: RelayCore, body: object, remote: RemoteView | None = None) -> dict[str, Any]:
+    """``POST /admin/api/disconnect`` with ``{"peerId": ...}`` or
+    ``{"userId": ...}``, an optional ``reason`` (the client's error message)
+    and ``reconnect`` (default false: the client is told not to reconnect;
+    true: after ``retryAfter`` seconds, default 1). Answers the peer ids
+    disconnected on this relay (``disconnected``) and, in a cluster, those
+    on other relays the command is passed on for (``forwarded``; the caller
+    sends it); 404 ``not_found`` when there is none anywhere."""
+    command = disconnect_command(body)
+    here = apply_disconnect(core, command)
+    there = remote_targets(remote, command)
+    if not here and not there:
+        peer_id = command.get("peerId")
+        who = f"connection {peer_id!r}" if peer_id else f"connection of user {command['userId']!r}"
+        raise AdminError(404, "not_found", f"no {who} on this relay or its cluster")
+    answer: dict[str, Any] = {"disconnected": here}
+    if remote is not None:
+        answer["forwarded"] = there
+    return answer
+
+
+def publish_data(core: RelayCore, body: object) -> bytes:
+    """The encoded payload of a ``POST .../publish`` body (checked)."""
     if not isinstance(body, dict) or "payload" not in body:
         raise AdminError(400, "invalid_request", 'the body must be {"payload": <any JSON>}')
     try:
@@ -328,4 +461,13 @@ def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
             "payload_too_large",
             f"payload of {len(data)} bytes exceeds max_frame_size ({core.config.max_frame_size})",
         )
+    return data
+
+
+def publish(core: RelayCore, document_id: str, body: object) -> dict[str, Any]:
+    """``POST /admin/api/documents/{id}/publish`` with ``{"payload": ...}``:
+    the payload (any JSON value) goes to every local peer present as an
+    ephemeral message from the server. Answers how many peers of this relay
+    got it (``delivered``; in a cluster each relay publishes to its own)."""
+    data = publish_data(core, body)
     return {"documentId": document_id, "delivered": core.publish(document_id, data)}
