@@ -621,10 +621,13 @@ class ClientCore:
             doc_id, sender, message, now, session=frame.session_id, hidden=hidden
         )
         # A relay that replays states to joiners ("state-replay") spares every
-        # peer re-sending its snapshot whenever someone arrives.
+        # peer re-sending its snapshot whenever someone arrives. A heartbeat
+        # from a stranger still asks for it: a peer's first message is its
+        # snapshot, so a heartbeat first is a relay of a cluster that has no
+        # copy of our state yet, nudging us for it (server/core/visibility.py).
         if (
             outcome.unknown_sender
-            and not self.connection.state_replay
+            and (not self.connection.state_replay or message.type == "heartbeat")
             and self.sharing.heard_unknown(doc_id, now)
         ):
             self.outbox.wake_at(self.sharing.deadline())

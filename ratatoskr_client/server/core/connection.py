@@ -75,6 +75,7 @@ class Connection:
         "identity_frame",
         "is_anonymous",
         "name",
+        "nudges",
         "outbox",
         "peer_id",
         "pinged",
@@ -122,6 +123,9 @@ class Connection:
         #: documents whose members it must be told again when it joins them
         #: (it resumed its peer on a new socket); None: none
         self.reintroduce: set[str] | None = None
+        #: the count of the state nudges sent for it to other relays (see
+        #: Visibility.replay_states)
+        self.nudges = 0
 
     def __repr__(self) -> str:
         who = self.peer_id or "unauthenticated"

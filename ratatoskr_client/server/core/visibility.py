@@ -58,13 +58,19 @@ from ...protocol import (
     PeerJoinedDocFrame,
     PeerLeftDocFrame,
     encode,
+    encode_payload,
 )
+from ...protocol.constants import PRESENCE_MARKER
 from ...protocol.rates import TokenBucket
 from ...protocol.writers import ephemeral_prefix, target_suffix
 from ..config import RelayConfig
 from .connection import Connection
 from .limits import PRESENCE_DOC_BURST, PRESENCE_DOC_RATE, PRESENCE_HOLD, PRESENCE_WINDOW
 from .states import PeerStateCache
+
+#: The sessionId prefix of the nudges a relay sends for a peer (see _nudge).
+NUDGE_SESSION: Final = "relay-nudge-"
+_NUDGE: Final = encode_payload({PRESENCE_MARKER: {"type": "heartbeat"}})
 
 if TYPE_CHECKING:
     from .bus import Bus, Member
@@ -442,6 +448,19 @@ class Visibility:
             for peer in self.bus.remote_peers():
                 out.send(peer.identity_frame)
 
+    def _nudge(self, conn: Connection, doc_id: str) -> None:
+        """``conn`` is this relay's first peer in ``doc_id``, which has peers on
+        other relays: this relay was not subscribed to the document, so it
+        holds none of their states to replay. It sends them, through the
+        cluster only, a Presence heartbeat from ``conn`` (on a session of the
+        relay's making): automerge-repo peers and ours re-send their snapshot
+        when they hear a peer they do not know, and those snapshots, relayed
+        here, reach ``conn`` and fill this relay's copy. Once per document
+        per subscription: later joiners are replayed from that copy."""
+        assert self.bus is not None
+        conn.nudges += 1
+        self.bus.relayed(doc_id, conn, conn.nudges, f"{NUDGE_SESSION}{conn.peer_id}", _NUDGE)
+
     def reintroduce(self, conn: Connection) -> None:
         """``conn`` resumed its peer (:mod:`.resume`) on a new socket, whose
         client forgot who is where when its old one dropped: in global scope
@@ -507,6 +526,8 @@ class Visibility:
         # (A rejoin is an explicit join for a document it is in: a client
         # that lost track, or resumed; it is told the states again too.)
         self.replay_states(conn, doc_id, peers)
+        if remote and self.bus is not None and len(self._members.get(doc_id, ())) == 1:
+            self._nudge(conn, doc_id)
 
     def replay_states(self, conn: Connection, doc_id: str, present: Iterable[str]) -> None:
         """Send ``conn`` the latest per-peer state of everyone in ``present``
