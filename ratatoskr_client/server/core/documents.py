@@ -180,9 +180,7 @@ class Documents:
         if not members:
             del self.members[doc_id]
             visibility.drop_held(doc_id)  # nobody left to tell
-            # Nor to replay to; and in a cluster this relay stops hearing the
-            # document, so what it kept of the other relays' peers goes stale.
-            visibility.states.drop(doc_id)
+            visibility.unsubscribed(doc_id)
         if self.bus is not None:
             self.bus.left(doc_id, conn)
             if not presence:

@@ -115,6 +115,7 @@ class Visibility:
         "_doc_budget",
         "_held",
         "_members",
+        "_nudged",
         "_peers",
         "_presence",
         "_recent",
@@ -152,6 +153,9 @@ class Visibility:
         self._held: dict[str, HeldChanges] = {}
         #: document id -> its presence budget (created on demand, dropped when full)
         self._doc_budget: dict[str, TokenBucket] = {}
+        #: documents whose peers on other relays were asked for their states
+        #: since this relay has local peers there (see _nudge)
+        self._nudged: set[str] = set()
         #: document id -> peer id -> when its last two changes there were announced
         self._recent: dict[str, dict[str, tuple[float, float]]] = {}
 
@@ -275,6 +279,14 @@ class Visibility:
             ordered = [(pid, members[pid]) for pid in held.shown]
             members.clear()
             members.update(ordered)
+
+    def unsubscribed(self, doc_id: str) -> None:
+        """No local peer is left in ``doc_id``: what this relay kept of its
+        peers' states is dropped (in a cluster it stops hearing the document,
+        so what it has of the other relays' peers would go stale), and the
+        next first peer there asks the others again."""
+        self.states.drop(doc_id)
+        self._nudged.discard(doc_id)
 
     def drop_held(self, doc_id: str) -> None:
         """Nobody is left in the document here to tell: the held changes (all
@@ -458,6 +470,7 @@ class Visibility:
         here, reach ``conn`` and fill this relay's copy. Once per document
         per subscription: later joiners are replayed from that copy."""
         assert self.bus is not None
+        self._nudged.add(doc_id)
         conn.nudges += 1
         self.bus.relayed(doc_id, conn, conn.nudges, f"{NUDGE_SESSION}{conn.peer_id}", _NUDGE)
 
@@ -526,7 +539,7 @@ class Visibility:
         # (A rejoin is an explicit join for a document it is in: a client
         # that lost track, or resumed; it is told the states again too.)
         self.replay_states(conn, doc_id, peers)
-        if remote and self.bus is not None and len(self._members.get(doc_id, ())) == 1:
+        if remote and self.bus is not None and doc_id not in self._nudged:
             self._nudge(conn, doc_id)
 
     def replay_states(self, conn: Connection, doc_id: str, present: Iterable[str]) -> None:
