@@ -122,7 +122,14 @@ async def test_js_peer_opening_a_document_is_present_until_it_quits(
         js = await start_js_peer("--find", automerge_document_id())
         assert js.info["documentState"] == "unavailable"
     doc = js.document_id
-    assert js.info["features"] == ["identity", "presence", "ephemeral", "scoped-identity"]
+    assert js.info["features"] == [
+        "identity",
+        "presence",
+        "ephemeral",
+        "scoped-identity",
+        "state-replay",  # (#22)
+        "resume",
+    ]
     client = await ratatoskr_client()
 
     present = await enter_with(client, js)
