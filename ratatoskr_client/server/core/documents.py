@@ -171,6 +171,11 @@ class Documents:
         leave is announced at once, never held)."""
         if conn.docs.pop(doc_id, None) is None:
             return
+        again = conn.reintroduce
+        if again is not None:
+            again.discard(doc_id)
+            if not again:
+                conn.reintroduce = None
         members = self.members[doc_id]
         presence = self._presence
         visibility = self.visibility

@@ -170,9 +170,15 @@ class Visibility:
 
     def _knows(self, a: Connection, b: Connection, skip: str | None) -> bool:
         """True if ``a`` was told ``b``'s identity through a document other
-        than ``skip`` that they still share (``b`` is shown there, ``a`` present)."""
+        than ``skip`` that they still share (``b`` is shown there, ``a`` present).
+        A peer that resumed on a new socket (:mod:`.resume`) was told nothing
+        there yet: only the documents it joined again since count."""
         pid = b.peer_id
         a_docs = a.docs
+        again = a.reintroduce
+        if again is not None:
+            shown = self.shown
+            return any(d != skip and d not in again and pid in shown(d) for d in a_docs)
         b_held = b.held
         shown = self.shown
         # Walk the shorter list: b's documents are the ones it is present in
