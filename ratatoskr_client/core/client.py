@@ -506,6 +506,14 @@ class ClientCore:
             self.report(reason.__cause__)
         self.out.stop(reason)
         self.docs.connection_lost()
+        # Our own state leaves state() with the connection (it is shown while
+        # shared on it), under the id it had: say so, as for every peer, so
+        # that a map of states by peer id keeps no entry for an id we may not
+        # have after reconnecting.
+        me = self.store.me
+        if me is not None:
+            for doc_id in sorted(self.sharing.live):
+                self.outbox.emit("state-changed", doc_id, me, EMPTY)
         self.sharing.connection_lost()
         self._clear_peer_states()
         if self.p2p is not None:
@@ -719,10 +727,13 @@ class ClientCore:
             doc_id, sender, message, now, session=frame.session_id, hidden=hidden
         )
         # A relay that replays states to joiners ("state-replay") spares every
-        # peer re-sending its snapshot whenever someone arrives.
+        # peer re-sending its snapshot whenever someone arrives. A heartbeat
+        # from a stranger still asks for it: a peer's first message is its
+        # snapshot, so a heartbeat first is a relay of a cluster that has no
+        # copy of our state yet, nudging us for it (server/core/visibility.py).
         if (
             outcome.unknown_sender
-            and not self.connection.state_replay
+            and (not self.connection.state_replay or message.type == "heartbeat")
             and self.sharing.heard_unknown(doc_id, now)
         ):
             self.outbox.wake_at(self.sharing.deadline())
@@ -825,6 +836,10 @@ class ClientCore:
         share = self.p2p is not None
         if self.sharing.confirmed(document_id, me.chosen_name or me.name, share=share):
             self.out.submit(Paced("snapshot", document_id), now)
+            # (Shown in state() again from now on, under our id on this connection.)
+            self.outbox.emit(
+                "state-changed", document_id, me, self.states.local_snapshot(document_id)
+            )
         if self.p2p is not None:
             self._dispatch(self.p2p.sync(document_id, self.store, self.states, confirmed=True))
         self.waiters.resolve_enter(document_id, self.store.presence(document_id))

@@ -202,3 +202,21 @@ async def test_user_events_start_from_who_is_there_when_first_listened(ratatoskr
     await tab2.close()
     await events.until(lambda: len(events.of("user-left")) == 1)
     assert events.of("user-joined") == []
+
+
+async def test_a_new_peer_after_a_drop_moves_its_own_state_to_its_new_id(ratatoskr_client):
+    # Without resuming, the reconnection is a new peer: the application's map of
+    # states by peer id gets an empty state for the old id (issue 22, item 2).
+    bot = await ratatoskr_client(resume=False)
+    await bot.enter_document("doc")
+    await bot.set_state("doc", "cursor", 1)
+    old = bot.me
+    events = Recorder(bot, ("state-changed", "connected"))
+    abort_transport(bot)
+    await events.until(lambda: len(events.of("connected")) == 1)
+    new = bot.me
+    assert new.peer_id != old.peer_id
+    await events.until(lambda: new.peer_id in bot.state("doc"))
+    mine = [(p.peer_id, dict(s).get("cursor")) for d, p, s in events.of("state-changed")]
+    assert mine == [(old.peer_id, None), (new.peer_id, 1)]
+    assert list(bot.state("doc")) == [new.peer_id]

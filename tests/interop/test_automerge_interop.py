@@ -343,6 +343,38 @@ async def test_python_state_follows_js_presence_broadcasts(
     assert state == {"name": "js-alice", "cursor": [7, 8]}
 
 
+async def test_a_silent_watcher_sees_js_and_python_states_at_once(
+    start_js_peer: StartJsPeer, ratatoskr_client: ClientFactory
+) -> None:
+    # Issue 22: a bot that never shares state learns everyone's from the relay's
+    # replay, the stock JS peer's name included, within 1.5 s of entering.
+    js = await start_js_peer("--create")
+    doc = js.document_id
+    await js.presence_start({"name": "js-alice", "cursor": [0, 0]})
+    bots = [await ratatoskr_client(name=f"py-{i}") for i in range(2)]
+    for bot in bots:
+        await enter_with(bot, js)
+        await bot.set_state(doc, "cursor", [1, 1])
+    await js.call("presence-broadcast", channel="cursor", value=[5, 5])
+    expected = {
+        js.peer_id: {"name": "js-alice", "cursor": [5, 5]},
+        **{bot.me.peer_id: {"name": f"py-{i}", "cursor": [1, 1]} for i, bot in enumerate(bots)},
+    }
+    await wait_state(bots[0], doc, lambda s: all(has_state(p, e)(s) for p, e in expected.items()))
+
+    watcher = await ratatoskr_client()
+    loop = asyncio.get_running_loop()
+    entered = loop.time()
+    await watcher.enter_document(doc, timeout=WAIT_TIMEOUT)
+    await wait_state(
+        watcher, doc, lambda s: all(has_state(p, e)(s) for p, e in expected.items()), 1.5
+    )
+    assert loop.time() - entered < 1.5
+    # And the JS peer, which shares nothing about it, still sees the bots as before.
+    states = await js.wait_peer_states(lambda s: all(b.me.peer_id in s for b in bots))
+    assert watcher.me.peer_id not in states  # a silent watcher stays silent
+
+
 # --------------------------------------------------------------------------- upstream-like
 
 

@@ -256,3 +256,28 @@ def test_the_core_answers_who_is_there_by_user_with_states_and_who_is_away(relay
     assert relay.core.users("doc")["alice"] == (tab1.peer_id, tab2.peer_id)  # still there
     resume(relay, tab1.peer_id, secret, "alice-secret")
     assert relay.core.away() == ()
+
+
+def test_a_resumed_peer_is_told_identities_again_until_it_rejoined_where_it_knew_them(
+    relay: Relay,
+) -> None:
+    # Its client forgot everyone when its socket dropped: a document it has not
+    # joined again does not count as where it knows someone from.
+    bot, secret = resumable(relay)
+    x = relay.peer()
+    for doc in ("d1", "d2"):
+        bot.join(doc)
+    x.join("d1")
+    dropped(relay, bot)
+    back = resume(relay, bot.peer_id, secret)
+    back.session_id = "new-session"
+    back.take()
+    back.join("d2")  # d2 first; d1 (where it knew x) not yet
+    back.take()
+    x.join("d2")
+    frames = back.take()
+    assert [type(f) for f in frames] == [PeerIdentityFrame, type(frames[1])]
+    assert isinstance(frames[0], PeerIdentityFrame) and frames[0].peer_id == x.peer_id
+    assert type(frames[1]).__name__ == "PeerJoinedDocFrame"
+    back.join("d1")  # told again with d1's presence
+    assert [type(f).__name__ for f in back.take()] == ["PeerIdentityFrame", "DocPresenceStateFrame"]

@@ -131,8 +131,9 @@ class RemotePresence:
         if peer is None:
             return False
         local = conn.docs
+        again = conn.reintroduce  # (resumed: only the documents joined since count)
         for doc_id in peer.docs:
-            if doc_id != skip and doc_id in local:
+            if doc_id != skip and doc_id in local and (again is None or doc_id not in again):
                 doc = self._docs.get(doc_id)
                 if doc is not None and doc.synced and peer_id in doc.remote:
                     return True

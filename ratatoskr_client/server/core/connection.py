@@ -79,6 +79,7 @@ class Connection:
         "identity_frame",
         "is_anonymous",
         "name",
+        "nudges",
         "outbox",
         "parked",
         "peer_id",
@@ -138,6 +139,9 @@ class Connection:
         self.parked: list[bytes] | None = None
         #: the look-up just answered, while its frame is replayed
         self.answered: Any = None
+        #: the count of the state nudges sent for it to other relays (see
+        #: Visibility.replay_states)
+        self.nudges = 0
 
     def __repr__(self) -> str:
         who = self.peer_id or "unauthenticated"

@@ -203,6 +203,11 @@ class Documents:
         leave is announced at once, never held)."""
         if conn.docs.pop(doc_id, None) is None:
             return
+        again = conn.reintroduce
+        if again is not None:
+            again.discard(doc_id)
+            if not again:
+                conn.reintroduce = None
         members = self.members[doc_id]
         presence = self._presence
         visibility = self.visibility
@@ -213,6 +218,7 @@ class Documents:
         if not members:
             del self.members[doc_id]
             visibility.drop_held(doc_id)  # nobody left to tell
+            visibility.unsubscribed(doc_id)
         if self.bus is not None:
             self.bus.left(doc_id, conn)
             if not presence:

@@ -146,6 +146,11 @@ class PeerStateCache:
             self._bytes[doc_id] -= entry.size
             self._drop_if_empty(doc_id)
 
+    def drop(self, doc_id: str) -> None:
+        """Forget every state of ``doc_id`` (no local peer is there any more)."""
+        self._docs.pop(doc_id, None)
+        self._bytes.pop(doc_id, None)
+
     def _drop_if_empty(self, doc_id: str) -> None:
         if not self._docs.get(doc_id):
             self._docs.pop(doc_id, None)

@@ -58,13 +58,19 @@ from ...protocol import (
     PeerJoinedDocFrame,
     PeerLeftDocFrame,
     encode,
+    encode_payload,
 )
+from ...protocol.constants import PRESENCE_MARKER
 from ...protocol.rates import TokenBucket
 from ...protocol.writers import ephemeral_prefix, target_suffix
 from ..config import RelayConfig
 from .connection import Connection
 from .limits import PRESENCE_DOC_BURST, PRESENCE_DOC_RATE, PRESENCE_HOLD, PRESENCE_WINDOW
 from .states import PeerStateCache
+
+#: The sessionId prefix of the nudges a relay sends for a peer (see _nudge).
+NUDGE_SESSION: Final = "relay-nudge-"
+_NUDGE: Final = encode_payload({PRESENCE_MARKER: {"type": "heartbeat"}})
 
 if TYPE_CHECKING:
     from .bus import Bus, Member
@@ -109,6 +115,7 @@ class Visibility:
         "_doc_budget",
         "_held",
         "_members",
+        "_nudged",
         "_peers",
         "_presence",
         "_recent",
@@ -146,6 +153,9 @@ class Visibility:
         self._held: dict[str, HeldChanges] = {}
         #: document id -> its presence budget (created on demand, dropped when full)
         self._doc_budget: dict[str, TokenBucket] = {}
+        #: documents whose peers on other relays were asked for their states
+        #: since this relay has local peers there (see _nudge)
+        self._nudged: set[str] = set()
         #: document id -> peer id -> when its last two changes there were announced
         self._recent: dict[str, dict[str, tuple[float, float]]] = {}
 
@@ -160,9 +170,15 @@ class Visibility:
 
     def _knows(self, a: Connection, b: Connection, skip: str | None) -> bool:
         """True if ``a`` was told ``b``'s identity through a document other
-        than ``skip`` that they still share (``b`` is shown there, ``a`` present)."""
+        than ``skip`` that they still share (``b`` is shown there, ``a`` present).
+        A peer that resumed on a new socket (:mod:`.resume`) was told nothing
+        there yet: only the documents it joined again since count."""
         pid = b.peer_id
         a_docs = a.docs
+        again = a.reintroduce
+        if again is not None:
+            shown = self.shown
+            return any(d != skip and d not in again and pid in shown(d) for d in a_docs)
         b_held = b.held
         shown = self.shown
         # Walk the shorter list: b's documents are the ones it is present in
@@ -269,6 +285,14 @@ class Visibility:
             ordered = [(pid, members[pid]) for pid in held.shown]
             members.clear()
             members.update(ordered)
+
+    def unsubscribed(self, doc_id: str) -> None:
+        """No local peer is left in ``doc_id``: what this relay kept of its
+        peers' states is dropped (in a cluster it stops hearing the document,
+        so what it has of the other relays' peers would go stale), and the
+        next first peer there asks the others again."""
+        self.states.drop(doc_id)
+        self._nudged.discard(doc_id)
 
     def drop_held(self, doc_id: str) -> None:
         """Nobody is left in the document here to tell: the held changes (all
@@ -442,6 +466,20 @@ class Visibility:
             for peer in self.bus.remote_peers():
                 out.send(peer.identity_frame)
 
+    def _nudge(self, conn: Connection, doc_id: str) -> None:
+        """``conn`` is this relay's first peer in ``doc_id``, which has peers on
+        other relays: this relay was not subscribed to the document, so it
+        holds none of their states to replay. It sends them, through the
+        cluster only, a Presence heartbeat from ``conn`` (on a session of the
+        relay's making): automerge-repo peers and ours re-send their snapshot
+        when they hear a peer they do not know, and those snapshots, relayed
+        here, reach ``conn`` and fill this relay's copy. Once per document
+        per subscription: later joiners are replayed from that copy."""
+        assert self.bus is not None
+        self._nudged.add(doc_id)
+        conn.nudges += 1
+        self.bus.relayed(doc_id, conn, conn.nudges, f"{NUDGE_SESSION}{conn.peer_id}", _NUDGE)
+
     def reintroduce(self, conn: Connection) -> None:
         """``conn`` resumed its peer (:mod:`.resume`) on a new socket, whose
         client forgot who is where when its old one dropped: in global scope
@@ -507,6 +545,8 @@ class Visibility:
         # (A rejoin is an explicit join for a document it is in: a client
         # that lost track, or resumed; it is told the states again too.)
         self.replay_states(conn, doc_id, peers)
+        if remote and self.bus is not None and doc_id not in self._nudged:
+            self._nudge(conn, doc_id)
 
     def replay_states(self, conn: Connection, doc_id: str, present: Iterable[str]) -> None:
         """Send ``conn`` the latest per-peer state of everyone in ``present``
