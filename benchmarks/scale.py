@@ -475,18 +475,15 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     relays: list[Relay] = []
     children: list[Child] = []
     try:
-        if args.redis:
+        workers = ["--workers", str(args.workers)] if args.workers > 1 else []
+        if args.redis or workers:  # workers share presence through Redis too
             redis = Redis()
             await redis.start()
-        if args.redis:
-            assert redis is not None
-            relays = [
-                Relay("ours", use_uvloop=args.uvloop, extra=[*extra, "--redis", redis.url()])
-                for _ in range(2)
-            ]
-        else:
-            workers = ["--workers", str(args.workers)] if args.workers > 1 else []
-            relays = [Relay("ours", use_uvloop=args.uvloop, extra=[*extra, *workers])]
+            extra += ["--redis", redis.url()]
+        nodes = 2 if args.redis else 1
+        relays = [
+            Relay("ours", use_uvloop=args.uvloop, extra=[*extra, *workers]) for _ in range(nodes)
+        ]
         for relay in relays:
             relay.rate_limit = None  # the relay's default: cursors stay well below it
             await relay.start()
@@ -611,7 +608,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     s.add_argument("--processes", type=int, default=2, help="load-generator processes")
     s.add_argument("--move-every", type=float, default=3.0, help="seconds between moves")
     s.add_argument("--moving", type=float, default=10.0, help="seconds of cursor moves")
-    s.add_argument("--workers", type=int, default=1, help="relay --workers")
+    s.add_argument(
+        "--workers", type=int, default=1, help="relay --workers (with a Redis it starts)"
+    )
     s.add_argument("--redis", action="store_true", help="two relays in a Redis cluster")
     for p in (c, s):
         p.add_argument("--uvloop", action="store_true")

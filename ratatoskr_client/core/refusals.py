@@ -45,7 +45,7 @@ class Refusals:
         last = self._last
         last.pop(address, None)
         if len(last) >= MAX_ADDRESSES:
-            del last[next(iter(last))]
+            last.pop(next(iter(last)), None)
         last[address] = (now, who)
 
     def connected(self, address: str) -> None:
@@ -61,7 +61,9 @@ class Refusals:
         at, by = entry
         age = now - at
         if age > self.memory or age < 0:
-            del self._last[address]
+            # pop, not del: the sync client runs its event loop in its own
+            # thread, and another thread's client may have dropped it already.
+            self._last.pop(address, None)
             return None
         return None if by == who else age
 

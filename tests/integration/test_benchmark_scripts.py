@@ -46,6 +46,8 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         ["-m", "benchmarks.floods"],
         ["benchmarks/operator_view.py"],
         ["-m", "benchmarks.operator_view"],
+        ["benchmarks/scale.py"],
+        ["-m", "benchmarks.scale"],
     ],
     ids=[
         "run script",
@@ -58,6 +60,8 @@ def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         "floods -m",
         "operator_view script",
         "operator_view -m",
+        "scale script",
+        "scale -m",
     ],
 )
 def test_each_module_is_loaded_once_under_its_package_name(command: list[str]):
@@ -70,6 +74,31 @@ def test_each_module_is_loaded_once_under_its_package_name(command: list[str]):
     assert all(n.startswith("benchmarks.") or n == "benchmarks" for n in ours), ours
     assert len(ours) == len(set(ours))
     assert "benchmarks.harness" in ours
+
+
+def test_a_small_storm_measures_every_phase_and_stops_its_processes(tmp_path: Path):
+    # scale.py storm at the smallest size: two load generators, a relay restart.
+    out = tmp_path / "storm.json"
+    done = python(
+        "benchmarks/scale.py", "storm", "--participants", "20", "--documents", "4",
+        "--moving", "0.5", "--move-every", "0.2", "--json", str(out), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    results = json.loads(out.read_text())
+    assert results["participants"] == 20 and results["restart_lost"] == 0
+    assert results["fresh_storm_s"] > 0 and results["restart_storm_s"] > 0
+    assert results["moves_delivered"] > 0  # 4 other participants see each move
+    assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
+    assert results["restart_connected_p100_s"] <= results["restart_storm_s"]
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "relay.toml|_generator ws://"], capture_output=True, text=True
+    )
+    mine = [
+        pid for pid in leftovers.stdout.split()
+        if str(ROOT) in Path(f"/proc/{pid}/cwd").resolve().as_posix()
+    ]  # fmt: skip
+    assert not mine, "scale.py left processes running"
 
 
 def test_a_quick_run_writes_the_documented_keys(tmp_path: Path):
