@@ -336,7 +336,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     if args.metrics_listen is not None:
         overrides["metrics_listen"] = args.metrics_listen
     try:
-        token = _metrics_token(args.metrics_token_file)
+        token = _secret(args.metrics_token_file, METRICS_TOKEN_ENV)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(
@@ -439,20 +439,6 @@ def _secret(path: str | None, env: str) -> str | None:
         with open(path, encoding="utf-8") as fh:
             return fh.read().strip()
     value = os.environ.get(env)
-    return value.strip() if value else None
-
-
-def _metrics_token(path: str | None) -> str | None:
-    """The metrics token: the file's content (surrounding whitespace removed),
-    else the environment variable's, else None (the config file's applies).
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    if path is not None:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
-    value = os.environ.get(METRICS_TOKEN_ENV)
     return value.strip() if value else None
 
 
