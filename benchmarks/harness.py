@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -153,8 +153,11 @@ class Relay:
         use_uvloop: bool,
         extra: Sequence[str] = (),
         rate_limit: int | None = BENCH_RATE_LIMIT,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.kind = kind
+        #: the CPUs the process may run on (None: wherever the scheduler puts it)
+        self.cpus = cpus
         self.use_uvloop = use_uvloop
         self.extra = list(extra)
         self.rate_limit = rate_limit
@@ -179,7 +182,18 @@ class Relay:
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
+        if self.cpus is not None:
+            # Before the relay serves anything: it is still importing.
+            os.sched_setaffinity(self.proc.pid, self.cpus)
         return self.proc
+
+    def pin(self, cpus: frozenset[int] | None, allowed: set[int] | None = None) -> None:
+        """Run on ``cpus`` from now on (None: on ``allowed``, the CPUs this
+        process may use), restarts included."""
+        self.cpus = cpus
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(self.proc.pid, cpus or allowed or os.sched_getaffinity(0))
 
     async def start(self, timeout: float = START_TIMEOUT) -> float:
         """Start the process (on the same port as before, if it ran already);
@@ -521,6 +535,59 @@ def machine() -> dict[str, str]:
         "cbor2": importlib.metadata.version("cbor2"),
         "loop": "uvloop" if running_uvloop() else "asyncio",
     }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the benchmark process and the relays it measures run.
+
+    On a machine that has spare cores, a 1:1 message costs a cross-CPU wake-up
+    (tens of µs in a VM) when the relay runs on another CPU than the clients
+    and nothing when it shares theirs, and the scheduler decides that afresh
+    for each relay process. Left to it, the floor relay and ours can land
+    differently in one run, and the ratio measures the placement, not the
+    relay (on this project's 2-core VM: relay alone 1.2-1.4x with both relays
+    on the other CPU, 1.9x with both on the clients' CPU, 3-4.5x with only the
+    floor on the clients' CPU). Pinned, both relays get the same placement: the
+    clients on one CPU, the relays on another, as when clients and relay are
+    different machines. Only for phases whose figure is a wake-up (1:1 and
+    presence latency): throughput (fan-out) is left to the scheduler.
+    """
+
+    clients: frozenset[int] | None
+    relays: frozenset[int] | None
+
+    @classmethod
+    def choose(cls, pin: bool) -> Placement:
+        """The clients on the first allowed CPU, the relays on the second; no
+        pinning when ``pin`` is false or fewer than two CPUs are allowed."""
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not pin or len(allowed) < 2:
+            return cls(None, None)
+        return cls(frozenset({allowed[0]}), frozenset({allowed[1]}))
+
+    def describe(self) -> str:
+        if self.clients is None or self.relays is None:
+            return "unpinned (the scheduler places each process)"
+        return f"clients on CPU {min(self.clients)}, relays on CPU {min(self.relays)}"
+
+    @contextlib.contextmanager
+    def pinned(self, relays: Sequence[Relay]) -> Iterator[None]:
+        """This process on the clients' CPU and ``relays`` on theirs for the
+        duration (a relay restarted meanwhile too); all restored after."""
+        if self.clients is None or self.relays is None:
+            yield
+            return
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.clients)
+        for relay in relays:
+            relay.pin(self.relays)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
+            for relay in relays:
+                relay.pin(None, allowed=before)
 
 
 def run_loop(coro: Coroutine[Any, Any, T], *, use_uvloop: bool) -> T:

@@ -28,6 +28,7 @@ SETTINGS_KEYS = (
     "presence_cycles",
     "idle_clients",
     "relay_rate_limit_per_min",
+    "pinned",
     "wall_s",
 )
 _MEMORY = (

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmarks: our relay and SDK, measured against a raw floor relay in the same run.
 
-    python benchmarks/run.py [--quick] [--json PATH] [--uvloop] [--malloc-tuned] [--cluster]
+    python benchmarks/run.py [--quick] [--json PATH] [--uvloop] [--malloc-tuned] [--no-pin]
+                             [--cluster]
     python -m benchmarks.run ...           (the same, from the repository root)
 
 Two relays run as separate processes: the raw floor (``benchmarks/raw_relay.py``:
@@ -31,6 +32,11 @@ the defaults, except that all clients share one ``aiohttp.ClientSession``
 ``--malloc-tuned`` re-runs the whole benchmark with ``MALLOC_MMAP_THRESHOLD_=1048576
 MALLOC_TRIM_THRESHOLD_=268435456`` in the environment of this process and of
 both relays. ``--uvloop`` runs this process and both relays on uvloop.
+
+For the latency phases (1:1 and presence) this process runs on one CPU and both
+relays on another (``harness.Placement``: otherwise the scheduler may put the
+floor on the clients' CPU and ours elsewhere, and the ratio then measures a
+cross-CPU wake-up); ``--no-pin`` leaves placement to the scheduler.
 
 A phase that fails (a timeout, a refused connection, a relay that died) is
 logged, listed under FAILED after the tables and in the JSON's ``failures``,
@@ -63,6 +69,7 @@ from benchmarks.harness import (
     MALLOC_ENV,
     Failure,
     Phases,
+    Placement,
     Redis,
     Relay,
     log,
@@ -90,12 +97,13 @@ async def revive(relays: Sequence[Relay]) -> None:
 async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> dict[str, float]:
     """The relay and SDK phases (all but the cluster's)."""
     quick = args.quick
-    lat_n, lat_warm = (1000, 200) if quick else (2000, 200)
+    lat_n = 1000 if quick else 2000
     fan_n = 4000 if quick else 12_000
     pres_n = 50 if quick else 200
     idle_n = 200 if quick else 500
     rounds = 4 if quick else 8
 
+    place = Placement.choose(pin=not args.no_pin)
     results: dict[str, float] = {
         "quick": int(quick),
         "uvloop": int(args.uvloop),
@@ -107,6 +115,7 @@ async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> d
         "presence_cycles": pres_n,
         "idle_clients": idle_n,
         "relay_rate_limit_per_min": BENCH_RATE_LIMIT,
+        "pinned": int(place.relays is not None),
     }
     info = machine()
     log("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
@@ -139,11 +148,30 @@ async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> d
         return results
     raw = Relay("raw", use_uvloop=args.uvloop)
     ours = Relay("ours", use_uvloop=args.uvloop)
-    relays = [raw, ours]
+    await _relay_phases(args, phases, planned, results, [raw, ours], relay_phases, place)
+    return results
+
+
+async def _relay_phases(
+    args: argparse.Namespace,
+    phases: Phases,
+    planned: list[str],
+    results: dict[str, float],
+    relays: list[Relay],
+    relay_phases: Sequence[str],
+    place: Placement,
+) -> None:
+    """Latency, presence and fan-out against the two running-to-be relays."""
+    raw, ours = relays
+    quick = args.quick
+    lat_n, lat_warm = (1000, 200) if quick else (2000, 200)
+    fan_n = 4000 if quick else 12_000
+    pres_n = 50 if quick else 200
+    rounds = 4 if quick else 8
     try:
         if not await phases.run("relays", lambda: _start(relays), budget=PHASE_BUDGET):
             phases.skip(relay_phases, "the relays did not start")
-            return results
+            return
         if "latency" in planned:
             log(
                 f"latency: {lat_n} messages each after {lat_warm} warm-up, "
@@ -154,7 +182,9 @@ async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> d
                 await revive(relays)
                 await measure_latency(results, raw, ours, lat_n, lat_warm, rounds)
 
-            await phases.run("latency", latency, budget=PHASE_BUDGET, relays=relays)
+            log(f"latency placement: {place.describe()}")
+            with place.pinned(relays):
+                await phases.run("latency", latency, budget=PHASE_BUDGET, relays=relays)
         if "presence" in planned:
             log(f"presence latency: {pres_n} enters and {pres_n} leaves")
 
@@ -162,7 +192,8 @@ async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> d
                 await revive(relays)
                 await measure_presence(results, ours, pres_n)
 
-            await phases.run("presence", presence, budget=PHASE_BUDGET, relays=relays)
+            with place.pinned(relays):
+                await phases.run("presence", presence, budget=PHASE_BUDGET, relays=relays)
         if "fanout" in planned:
             log(
                 f"fan-out: {fan_n} messages each to {FANOUT_RECEIVERS} receivers, "
@@ -177,7 +208,6 @@ async def run(args: argparse.Namespace, phases: Phases, planned: list[str]) -> d
     finally:
         for relay in relays:
             relay.close()
-    return results
 
 
 async def _start(relays: Sequence[Relay]) -> None:
@@ -241,6 +271,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         metavar="PHASES",
         help="comma-separated subset of: memory (incl. the storm), latency, presence, fanout",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave the relays and this process where the scheduler puts them (default: "
+        "this process on one CPU, both relays on another, for the 1:1 and presence "
+        "latency phases; see docs/performance.md)",
     )
     parser.add_argument(
         "--cluster",

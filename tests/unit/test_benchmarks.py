@@ -34,7 +34,7 @@ ENTRY_SCRIPTS = {
 QUICK_KEYS = {
     "client_kib_per_client", "client_rss_base_kib", "client_rss_kib", "fanout_messages",
     "fanout_ratio_paired_median", "fanout_receivers", "idle_clients", "join_converge_s",
-    "latency_messages", "malloc_tuned", "presence_cycles", "presence_enter_p50_us",
+    "latency_messages", "malloc_tuned", "pinned", "presence_cycles", "presence_enter_p50_us",
     "presence_leave_p50_us", "presence_p50_us", "presence_p99_us", "quick",
     "raw_client_cpu_us_per_delivery", "raw_client_kib_per_conn", "raw_fanout100_max_per_s",
     "raw_fanout100_min_per_s", "raw_fanout100_overall_per_s", "raw_fanout100_per_s",
@@ -308,6 +308,30 @@ def test_describe_is_one_line_and_unwraps_groups():
     error = ExceptionGroup("tasks", [ConnectionResetError("peer\nreset")])
     assert describe(error) == "ConnectionResetError: peer reset"
     assert describe(TimeoutError()) == "TimeoutError"
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@pytest.mark.parametrize(
+    ("allowed", "pin", "clients", "relays"),
+    [
+        ({0, 1}, True, {0}, {1}),
+        ({3, 1, 7}, True, {1}, {3}),
+        ({0, 1}, False, None, None),
+        ({2}, True, None, None),
+    ],
+)
+def test_placement_puts_clients_and_relays_on_different_cpus(
+    monkeypatch, allowed, pin, clients, relays
+):
+    from benchmarks.harness import Placement
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(allowed))
+    place = Placement.choose(pin=pin)
+    assert place.clients == (None if clients is None else frozenset(clients))
+    assert place.relays == (None if relays is None else frozenset(relays))
+    assert ("unpinned" in place.describe()) == (clients is None)
 
 
 def test_percentiles():
