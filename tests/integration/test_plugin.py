@@ -25,8 +25,12 @@ def user_test_from_docs() -> str:
     return block_from_docs("user-test", "python")
 
 
+#: The user's project has this plugin and pytest-asyncio/pytest-aiohttp (loaded from
+#: their entry points, as there), not this project's own test tools: hypothesis and
+#: xdist would be two thirds of each run's CPU and are no part of what is tested.
+BASE = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:xdist", "-q")
 #: pytest-asyncio's default mode, spelled out so a change of default cannot hide a failure.
-STRICT = ("-p", "no:cacheprovider", "-q", "-o", "asyncio_mode=strict")
+STRICT = (*BASE, "-o", "asyncio_mode=strict")
 
 
 def test_documented_user_test_passes_in_strict_mode_without_warnings(pytester: pytest.Pytester):
@@ -132,5 +136,5 @@ async def test_open_mode_by_default(ratatoskr_relay, ratatoskr_client):
     assert len(await a.wait_for_presence("anything", lambda ps: len(ps) == 2, timeout=5)) == 2
 """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result = pytester.runpytest_subprocess(*BASE)
     result.assert_outcomes(passed=3)

@@ -8,6 +8,7 @@ use it appends a number ("Neon Narwhal 2"), so a name is always unique.
 from __future__ import annotations
 
 import random
+from itertools import chain, islice
 from typing import Final
 
 __all__ = ["ADJECTIVES", "ANIMALS", "NameAllocator"]
@@ -132,6 +133,12 @@ ANIMALS: Final = (
 # the chance that 8 draws all collide is below 0.4%.
 _RANDOM_TRIES: Final = 8
 
+# Every "Adjective Animal", in scan order (index = adjective * len(ANIMALS) + animal):
+# built once, so a scan of a crowded space is set lookups, not string formatting.
+_COMBINATIONS: Final = tuple(
+    f"{adjective} {animal}" for adjective in ADJECTIVES for animal in ANIMALS
+)
+
 
 class NameAllocator:
     """Allocates unique anonymous display names and takes them back on release."""
@@ -139,6 +146,7 @@ class NameAllocator:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._in_use: set[str] = set()
+        self._numbered: set[str] = set()  # the subset of _in_use past every combination
 
     def __len__(self) -> int:
         """How many names are currently out."""
@@ -150,24 +158,28 @@ class NameAllocator:
             name = f"{self._rng.choice(ADJECTIVES)} {self._rng.choice(ANIMALS)}"
             if name not in self._in_use:
                 return self._take(name)
-        # Crowded: scan every combination from a random starting point.
-        total = len(ADJECTIVES) * len(ANIMALS)
+        # Crowded: scan every combination from a random starting point (drawn
+        # even when the scan is skipped, so a seeded allocator's names do not
+        # depend on that shortcut).
+        total = len(_COMBINATIONS)
         start = self._rng.randrange(total)
-        for k in range(total):
-            adj, animal = divmod((start + k) % total, len(ANIMALS))
-            name = f"{ADJECTIVES[adj]} {ANIMALS[animal]}"
-            if name not in self._in_use:
-                return self._take(name)
+        if len(self._in_use) - len(self._numbered) < total:
+            in_use = self._in_use
+            for name in chain(islice(_COMBINATIONS, start, None), islice(_COMBINATIONS, start)):
+                if name not in in_use:
+                    return self._take(name)
         # Every combination is out: number a random one past its existing copies.
         base = f"{self._rng.choice(ADJECTIVES)} {self._rng.choice(ANIMALS)}"
         n = 2
         while f"{base} {n}" in self._in_use:
             n += 1
+        self._numbered.add(f"{base} {n}")
         return self._take(f"{base} {n}")
 
     def release(self, name: str) -> None:
         """Return a name allocated earlier (unknown names are ignored)."""
         self._in_use.discard(name)
+        self._numbered.discard(name)
 
     def _take(self, name: str) -> str:
         self._in_use.add(name)
