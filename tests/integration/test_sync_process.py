@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import select
 import signal
 import subprocess
@@ -183,7 +184,16 @@ def start(script: str, url: str) -> subprocess.Popen[str]:
     if not ready:
         child.kill()
         pytest.fail(f"the child never got ready: {child.communicate()}")
-    assert child.stdout.readline() == "ready\n", child.communicate(timeout=WAIT)
+    # Byte by byte from the pipe itself: a buffered readline() may take in the
+    # lines after "ready" too (the PROBE line of a child that ends at once),
+    # and communicate() then reads the pipe past that buffer, losing them.
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(child.stdout.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    assert line == b"ready\n", (line, child.communicate(timeout=WAIT))
     return child
 
 
