@@ -317,37 +317,9 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     from ..server.asyncio.runner import OPEN_MODE
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
-    if args.presence_ttl is not None:
-        overrides["presence_ttl"] = args.presence_ttl
-    if args.rate_limit is not None:
-        overrides["rate_limit"] = args.rate_limit
-    if args.identity_scope is not None:
-        overrides["identity_scope"] = args.identity_scope
-    if args.anonymous_connection_limit is not None:
-        overrides["anonymous_connection_limit"] = args.anonymous_connection_limit
-    if args.upstream_compat:
-        overrides["server_presence"] = False
-    if args.redis is not None:
-        overrides["redis_url"] = args.redis
-    if args.node_ttl is not None:
-        overrides["node_ttl"] = args.node_ttl
-    if args.reuse_port:
-        overrides["reuse_port"] = True
-    if args.metrics_listen is not None:
-        overrides["metrics_listen"] = args.metrics_listen
-    try:
-        token = _secret(args.metrics_token_file, METRICS_TOKEN_ENV)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        print(
-            f"ratatoskr relay: cannot read --metrics-token-file {args.metrics_token_file}: "
-            f"{reason}",
-            file=sys.stderr,
-        )
-        return 2
-    if token is not None:
-        overrides["metrics_token"] = token
+    # Secrets from a file or the environment, never from the command line.
     for flag, path, env, key in (
+        ("--metrics-token-file", args.metrics_token_file, METRICS_TOKEN_ENV, "metrics_token"),
         ("--admin-token-file", args.admin_token_file, ADMIN_TOKEN_ENV, "admin_token"),
         ("--webhook-secret-file", args.webhook_secret_file, WEBHOOK_SECRET_ENV, "webhook_secret"),
     ):
@@ -359,10 +331,23 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             return 2
         if secret is not None:
             overrides[key] = secret
-    if args.admin_token is not None:
-        overrides["admin_token"] = args.admin_token
-    if args.webhook_url is not None:
-        overrides["webhook_url"] = args.webhook_url
+    # Flags left out (None) leave the config file's setting, or the default;
+    # --admin-token wins over RATATOSKR_ADMIN_TOKEN (so it comes after).
+    for key, value in (
+        ("presence_ttl", args.presence_ttl),
+        ("rate_limit", args.rate_limit),
+        ("identity_scope", args.identity_scope),
+        ("anonymous_connection_limit", args.anonymous_connection_limit),
+        ("server_presence", False if args.upstream_compat else None),
+        ("redis_url", args.redis),
+        ("node_ttl", args.node_ttl),
+        ("reuse_port", True if args.reuse_port else None),
+        ("metrics_listen", args.metrics_listen),
+        ("admin_token", args.admin_token),
+        ("webhook_url", args.webhook_url),
+    ):
+        if value is not None:
+            overrides[key] = value
     try:
         if args.config:
             config = load_config(args.config, **overrides)
