@@ -76,6 +76,7 @@ def cursors(driver: Any) -> dict[str, list[float]]:
     return found
 
 
+@pytest.mark.slow
 def test_demo_bots_cursors_and_disconnect(chromium_driver: Any, demo: str, tmp_path: Path):
     driver = chromium_driver
     url = demo.partition("#token=")[0]

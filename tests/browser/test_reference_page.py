@@ -30,6 +30,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_reference_is_readable_at_1280_px(site: Path, chromium_driver: Any, tmp_path: Path):
     driver = chromium_driver
     driver.get((site / "reference" / "index.html").as_uri())

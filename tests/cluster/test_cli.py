@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from ..integration.rawpeer import RawPeers
 from .support import (
@@ -80,6 +81,7 @@ def test_redis_without_the_cluster_extra_says_what_to_install(tmp_path: Path) ->
     assert '.venv/bin/pip install -e ".[cluster]"' in done.stderr
 
 
+@pytest.mark.slow
 async def test_a_relay_starts_without_redis_and_joins_when_it_appears() -> None:
     redis = RedisServer()  # not started yet
     node = RelayNode(["--redis", redis.url, "--node-ttl", "2"], "lonely")
@@ -134,6 +136,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 async def test_workers_share_one_port_restart_a_dead_one_and_stop_on_sigterm() -> None:
     redis = RedisServer().start()
     proc = await asyncio.create_subprocess_exec(

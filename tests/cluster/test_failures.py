@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ratatoskr_client import RatatoskrClient
 
 from .conftest import NODE_TTL, make_cluster
@@ -27,6 +29,7 @@ OUTAGE = 0.8
 RESTART_NODE_TTL = 3 * NODE_TTL
 
 
+@pytest.mark.slow
 async def test_a_killed_relay_s_peers_leave_everywhere_within_node_ttl() -> None:
     with make_cluster(3) as cluster:
         await cluster.ready()
@@ -81,6 +84,7 @@ async def test_a_killed_relay_s_peers_leave_everywhere_within_node_ttl() -> None
             await world.close()
 
 
+@pytest.mark.slow
 async def test_redis_restart_relays_serve_locally_then_converge() -> None:
     with make_cluster(2, "--node-ttl", str(RESTART_NODE_TTL)) as cluster:
         await cluster.ready()
@@ -187,6 +191,7 @@ CHAOS_DOCS = [f"chaos-{i}" for i in range(4)]
 CHAOS_ROUNDS = 6
 
 
+@pytest.mark.slow
 async def test_chaos_over_three_relays_ends_with_exact_views() -> None:
     from ..integration.fakeserver import abort_transport
     from ..reliability.support import seeded

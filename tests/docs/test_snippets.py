@@ -32,6 +32,7 @@ PAGE_TIMEOUT = 110.0
 
 
 @pytest.mark.parametrize("page", PAGES, ids=IDS)
+@pytest.mark.slow
 def test_every_block_of_the_page_runs_as_printed(page: Path) -> None:
     parsed = snippets.parse(page)
     runnable = [b for b in parsed.blocks if not {"not-run", "run-by", "save-as"} & b.markers.keys()]

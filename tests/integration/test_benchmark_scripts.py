@@ -76,6 +76,7 @@ def test_each_module_is_loaded_once_under_its_package_name(command: list[str]):
     assert "benchmarks.harness" in ours
 
 
+@pytest.mark.slow
 def test_a_small_storm_measures_every_phase_and_stops_its_processes(tmp_path: Path):
     # scale.py storm at the smallest size: two load generators, a relay restart.
     out = tmp_path / "storm.json"

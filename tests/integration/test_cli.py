@@ -46,6 +46,7 @@ async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
 # --------------------------------------------------------------------------- demo
 
 
+@pytest.mark.slow
 async def test_demo_shows_presence_changing_and_exits_zero():
     code, out, err = await finish(await ratatoskr("demo", "--duration", "4", "--bots", "6"))
     assert code == 0, err

@@ -47,6 +47,7 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_a_token_callable_keeps_a_bot_in_its_document_across_lifetimes() -> None:
     """The acceptance scenario, shortened: 2 s JWTs for ~5 s (the hidden check
     runs 5 s JWTs for 60 s): renewed in the connection, nobody sees a leave

@@ -160,6 +160,7 @@ def test_headless_run_of_a_few_hundred_users(relay_thread: RelayThread, tmp_path
     assert stats["connect"] == (300, 0)
 
 
+@pytest.mark.slow
 def test_distributed_run_with_a_master_and_two_workers(
     relay_thread: RelayThread, tmp_path: Path
 ) -> None:
@@ -224,6 +225,7 @@ def test_relay_restart_mid_run_counts_failures_and_users_reconnect(
     assert {name for name, _ in lost} <= {"disconnect", "send_ephemeral", "enter_document"}
 
 
+@pytest.mark.slow
 def test_refusals_are_failures_named_after_the_error(tmp_path: Path) -> None:
     """load-0 is private (anonymous users may not read it), load-1 is public but
     the relay allows 30 messages a minute: both kinds of refusal are counted."""

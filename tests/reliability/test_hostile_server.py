@@ -336,6 +336,7 @@ async def absorb(server: FakeServer, frames: list[bytes], n: int, *, alone: bool
     ids=["read-together", "one-by-one"],
 )
 @pytest.mark.timed
+@pytest.mark.slow
 async def test_a_burst_of_joins_costs_linear_cpu(alone: bool, sizes: tuple[int, int, int]):
     # Read together, frames come in batches of about 1,600 peers; one by one
     # (smaller sizes: each frame costs the loop a turn), in batches of one or

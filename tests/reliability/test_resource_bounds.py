@@ -366,6 +366,7 @@ def test_the_worst_connection_holds_a_bounded_amount_of_relay_state() -> None:
         (1, "each its own"),
     ],
 )
+@pytest.mark.slow
 def test_tombstones_are_bounded_in_bytes(per_connection: int, addresses: str) -> None:
     # (No address spends an anonymous-connection allowance: the table measured
     # is the tombstones', and one address opens 1,300 connections, like a proxy's.)

@@ -120,6 +120,7 @@ def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_docs_build_in_strict_mode(tmp_path: Path):
     done = mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
     assert done.returncode == 0, done.stderr
@@ -163,6 +164,7 @@ def test_docs_build_in_strict_mode(tmp_path: Path):
     ],
     ids=["broken reference", "missing docstring"],
 )
+@pytest.mark.slow
 def test_docs_build_fails_on(source: str, error: str, tmp_path: Path):
     # A copy of the package with one bad module, rendered by a copy of the real
     # config (its strict mode, plugins, extensions and validation) on a site of

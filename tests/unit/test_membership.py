@@ -524,3 +524,4 @@ class PresenceMachine(RuleBasedStateMachine):
 
 TestPresenceMachine = PresenceMachine.TestCase
 TestPresenceMachine.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
+TestPresenceMachine.pytestmark = [pytest.mark.slow]

@@ -303,6 +303,7 @@ def outcome(decoder: Callable[[bytes], object], data: bytes) -> object:
     fields=st.dictionaries(st.sampled_from(FIELDS), _values, max_size=8),
     typical=st.booleans(),
 )
+@pytest.mark.slow
 def test_the_fast_paths_agree_with_the_plain_decoder_on_every_frame_type(
     frame_type: str, fields: dict[str, object], typical: bool
 ) -> None:
@@ -375,6 +376,7 @@ def _mutation(draw: st.DrawFn, data: bytes) -> bytes:
     relayed=st.booleans(),
     data=st.data(),
 )
+@pytest.mark.slow
 def test_ephemeral_frames_read_by_position_agree_with_the_plain_decoder(
     sender: str,
     target: str,

@@ -17,6 +17,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = """
@@ -132,6 +134,7 @@ def run_mypy(project: Path, *files: str) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_and_typed_callbacks_pass_mypy_strict_and_mistakes_do_not(
     tmp_path: Path,
 ) -> None:
