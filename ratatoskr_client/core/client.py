@@ -477,12 +477,26 @@ class ClientCore:
             for doc_id, _ in self.docs.items():
                 if doc_id.startswith(EPHEMERAL_PREFIX):
                     self._refuse(doc_id, self._unsupported(doc_id))
+        if frame.resumed and frame.documents is not None:
+            self._reconcile(frame.documents)
         for doc_id, _ in self.docs.items():  # restore presence after a reconnect
             self._join(doc_id, now)
         if connection.server_presence:
             self._heartbeat_at = now + settings.heartbeat_interval
             self.outbox.wake_at(self._heartbeat_at)
         self._schedule_refresh(now)
+
+    def _reconcile(self, held: tuple[str, ...]) -> None:
+        """The relay resumed our peer, which it holds present in ``held``:
+        leave at once every one of those the application no longer has
+        entered (left while we were away, or left just before the drop with
+        a leave that died with the old socket), so that nobody sees us linger
+        there until the relay's presence TTL. Documents entered meanwhile are
+        joined like every entered one (:meth:`_authenticated`)."""
+        wanted = set(self.docs.entered())
+        for doc_id in held:
+            if doc_id not in wanted:
+                self.out.presence("leave", doc_id)
 
     def connection_lost(self, reason: ConnectionClosed, now: float) -> ConnectionClosed:
         """The socket closed (or died) while connected. Returns the reason the

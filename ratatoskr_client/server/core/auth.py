@@ -453,8 +453,18 @@ class Authentication:
         conn.successor = peer
         info = UserInfo(peer.user_id, peer.name, peer.is_anonymous)
         secret = self.resumption.issue(peer)
+        # Its documents, so that its client leaves at once those it left while
+        # away (and joins those it entered: it joins all of its own anyway).
         peer.outbox.send(
-            auth_ok(self.server_peer_id, peer_id, info, self.features, secret, resumed=True)
+            auth_ok(
+                self.server_peer_id,
+                peer_id,
+                info,
+                self.features,
+                secret,
+                resumed=True,
+                documents=tuple(peer.docs),
+            )
         )
         self.visibility.reintroduce(peer)
         if old is not DETACHED:
