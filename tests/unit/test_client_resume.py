@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import cbor2
+import pytest
 
 from ratatoskr_client.errors import ConnectionClosed
 
@@ -101,3 +102,25 @@ def test_state_set_while_away_is_what_the_resumed_peer_shows() -> None:
     snapshots = [p for p in state_payloads(h.sent(effects)) if p.get("type") == "snapshot"]
     assert snapshots, h.sent(effects)
     assert snapshots[0]["state"] == {"name": "Rustic Pelican", "cursor": 2, "color": "red"}
+
+
+def test_several_urls_are_tried_in_turn_after_each_loss_or_failure() -> None:
+    from ratatoskr_client.core.settings import Settings
+    from ratatoskr_client.errors import ConnectError
+
+    urls = ("http://a.test", "http://b.test", "http://c.test")
+    h = Harness(urls=urls)
+    assert h.core.url == urls[0]
+    connected_in(h, "doc")
+    assert h.core.url == urls[0]  # (it stays while connected)
+    h.core.connection_lost(ConnectionClosed("gone"), h.now)
+    assert h.core.url == urls[1]  # a cut: the next relay of the cluster
+    h.core.attempt_failed(ConnectError("refused"), h.now)
+    assert h.core.url == urls[2]
+    h.core.attempt_failed(ConnectError("refused"), h.now)
+    assert h.core.url == urls[0]
+    assert Settings.from_options(list(urls), {}).urls == urls
+    assert Settings.from_options("http://a.test", {}).urls == ("http://a.test",)
+    for bad in ([], ["http://a.test", 5], ["ftp://x"]):
+        with pytest.raises(ValueError, match="URL"):
+            Settings.from_options(bad, {})  # type: ignore[list-item]
