@@ -180,3 +180,32 @@ def test_frames_sent_while_the_claim_is_out_are_handled_after_it(world: Any) -> 
     hub.pump()
     kinds = [f["type"] for f in outbox(back).frames]
     assert kinds[0] == "auth_ok" and "doc_presence_state" in kinds and "error" not in kinds
+
+
+def test_a_claimant_that_closes_while_it_waits_loses_nothing(world: Any) -> None:
+    # Its connection to B drops while A answers: the peer is held on B, and
+    # its client may resume it there with the secret it still has.
+    hub, (a, b, _c), bot, secret, watchers = world
+    marks = [len(outbox(w).frames) for w in watchers]
+    a.core.close(bot, clean=False)
+    first = resume(b, bot.peer_id, secret)
+    b.core.close(first, clean=False)
+    hub.pump()
+    assert b.core.away() == (bot.peer_id,) and a.core.peer(bot.peer_id) is None
+    back = resume(b, bot.peer_id, secret)  # on B itself now
+    ok = outbox(back.successor or back).frames[0]
+    assert ok["type"] == "auth_ok" and ok["resumed"] is True and ok["clientPeerId"] == bot.peer_id
+    hub.pump()
+    assert all(events(w, m) == [] for w, m in zip(watchers, marks, strict=True))
+
+
+def test_a_claimant_that_closes_and_is_never_answered_leaves_no_trace(world: Any) -> None:
+    hub, (a, b, _c), bot, secret, _watchers = world
+    before = b.core.stats()
+    a.core.close(bot, clean=False)
+    gone = resume(b, bot.peer_id, secret)
+    b.core.close(gone, clean=False)
+    hub.now += CLAIM_TIMEOUT
+    b.core.on_timer()
+    assert b.core.stats() == before  # no peer made for a closed connection
+    assert a.core.away() == (bot.peer_id,)  # A never heard (its claim is unread): still held

@@ -455,11 +455,12 @@ class Authentication:
         if candidate is None and self.bus is not None:
             node = self.bus.holder(peer_id)
             if node is not None:
+                presented = digest(frame.resume_secret)
                 request = self.resumption.ask(
-                    conn, verdict, frame.resume and self.resumption.enabled, self.clock()
+                    conn, verdict, frame.resume and self.resumption.enabled, presented, self.clock()
                 )
                 conn.waiting = ("resume", request)  # its later frames are parked
-                self.bus.claim(node, request, peer_id, digest(frame.resume_secret), user_id)
+                self.bus.claim(node, request, peer_id, presented, user_id)
                 self.wake_claims(self.resumption.next_claim_deadline())
                 log.debug("asked node %s for peer %s (request %s)", node, peer_id, request)
                 return _ASKED

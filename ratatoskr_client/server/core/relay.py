@@ -353,19 +353,28 @@ class RelayCore:
 
     def claim_answered(self, request: str, peer: HandedPeer | None) -> None:
         """The answer to a resume this relay asked another relay for: the
-        peer handed over, or None (refused). An answer that comes after the
-        claim timed out (the client is a new peer by then) or after its
-        connection closed: a handed-over peer is adopted detached and leaves
-        at once, as if its connection had just closed (nobody may be lost
-        without a leave)."""
+        peer handed over, or None (refused). Nobody may be lost without a
+        leave, so a handed-over peer whose claim is over is still adopted:
+        if the connection that claimed it closed meanwhile, it is held here
+        as if that connection had been lost (its client may resume it again,
+        with the same secret, within the grace); if the claim timed out (its
+        client is a new peer by then), it leaves at once."""
         claim = self.resumption.answered(request)
         if claim is not None and claim.conn in self._connections:
             self._settle_claim(claim, peer)
-        elif peer is not None:
-            log.debug("late handover of %s: it leaves", peer.peer_id)
-            orphan = Connection(DETACHED, "", self.clock())
-            self.auth.adopt_quietly(orphan, peer)
-            self._finish(orphan)
+            return
+        if peer is None:
+            return
+        orphan = Connection(DETACHED, "", self.clock())
+        self.auth.adopt_quietly(orphan, peer)
+        if claim is not None and self.resumption.hold_handed(
+            orphan, claim.secret_digest, self.clock()
+        ):
+            log.debug("handover of %s after its connection closed: held", peer.peer_id)
+            self._wake(self.resumption.next_deadline())
+            return
+        log.debug("late handover of %s: it leaves", peer.peer_id)
+        self._finish(orphan)
 
     def _settle_claim(self, claim: Claim, peer: HandedPeer | None) -> None:
         """A claim is answered (``peer``) or timed out (None): the connection
@@ -411,8 +420,9 @@ class RelayCore:
                 self._finish(conn)
         if resumption.next_claim_deadline() <= now:
             for claim in resumption.claims_due(now):
-                log.debug("no answer for the resume of %r: a new peer", claim.conn)
-                self._settle_claim(claim, None)
+                if claim.conn in self._connections:  # (else it closed while it waited)
+                    log.debug("no answer for the resume of %r: a new peer", claim.conn)
+                    self._settle_claim(claim, None)
         due = min(
             self._liveness_due,
             self._expiry_due,

@@ -100,6 +100,8 @@ class Claim:
     verdict: Any
     resumable: bool
     deadline: float
+    #: the SHA-256 of the secret the client presented
+    secret_digest: bytes = b""
 
 
 class _Detached:
@@ -219,11 +221,24 @@ class Resumption:
 
     # ------------------------------------------------------------------ across relays
 
-    def ask(self, conn: Connection, verdict: Any, resumable: bool, now: float) -> str:
+    def ask(
+        self, conn: Connection, verdict: Any, resumable: bool, secret_digest: bytes, now: float
+    ) -> str:
         """``conn`` waits for another relay to hand its peer over: a new request id."""
         request = secrets.token_hex(8)
-        self.claims[request] = Claim(conn, verdict, resumable, now + CLAIM_TIMEOUT)
+        self.claims[request] = Claim(conn, verdict, resumable, now + CLAIM_TIMEOUT, secret_digest)
         return request
+
+    def hold_handed(self, conn: Connection, secret_digest: bytes, now: float) -> bool:
+        """A peer handed over after the connection that claimed it closed:
+        held here as if that connection had been lost, resumable with the
+        secret its client presented (``secret_digest``, which the holder
+        matched). True if it is held."""
+        self._secrets[conn.peer_id] = secret_digest
+        if self.hold(conn, now):
+            return True
+        self._secrets.pop(conn.peer_id, None)
+        return False
 
     def answered(self, request: str) -> Claim | None:
         """The claim ``request`` (no longer pending), or None if it is not
