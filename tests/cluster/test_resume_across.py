@@ -21,6 +21,7 @@ from ratatoskr_client.testing import TEST_BACKOFF
 
 from ..integration.fakeserver import Recorder, abort_transport
 from .conftest import Cluster, make_cluster
+from .support import LoadBalancer
 
 TIMEOUT = 10.0
 #: Short, so that the past-the-grace case takes seconds.
@@ -195,3 +196,34 @@ async def test_past_the_grace_it_is_a_leave_then_a_join(cluster: Cluster) -> Non
     finally:
         for client in (bot, *watchers):
             await client.close()
+
+
+async def test_behind_a_load_balancer_one_url_does_the_same(cluster: Cluster) -> None:
+    # Round robin, no sticky sessions: the reconnection lands on the other relay.
+    doc = f"balanced-{uuid.uuid4().hex[:8]}"
+    async with LoadBalancer([cluster.a.port, cluster.b.port]) as lb:
+        bot = RatatoskrClient(lb.url, backoff=TEST_BACKOFF, heartbeat_interval=1.0)
+        watchers = [RatatoskrClient(node.url, heartbeat_interval=1.0) for node in cluster.relays]
+        try:
+            for client in (bot, *watchers):
+                await client.connect()
+                await client.enter_document(doc)
+            for watcher in watchers:
+                await watcher.wait_for_presence(doc, lambda p: len(p) == 4, timeout=TIMEOUT)
+            before = bot.me
+            seen = [Recorder(w, EVENTS) for w in watchers]
+            events = Recorder(bot, ("connected",))
+            abort_transport(bot)
+            await events.until(lambda: len(events.of("connected")) == 1, timeout=2.0)
+            assert bot.me == before  # (the balancer's second connection goes to relay b)
+            got = [asyncio.get_running_loop().create_future() for _ in watchers]
+            for watcher, fut in zip(watchers, got, strict=True):
+                watcher.on("ephemeral-message", lambda d, s, p, f=fut: f.done() or f.set_result(s))
+            await bot.wait_for_presence(doc, lambda p: len(p) == 4, timeout=TIMEOUT)
+            await bot.send_ephemeral(doc, "via the balancer")
+            for fut in got:
+                assert (await asyncio.wait_for(fut, TIMEOUT)).peer_id == before.peer_id
+            assert [s.events for s in seen] == [[], [], []]
+        finally:
+            for client in (bot, *watchers):
+                await client.close()
