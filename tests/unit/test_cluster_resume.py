@@ -109,6 +109,10 @@ def test_a_peer_resumed_on_another_relay_is_the_same_peer_to_everyone(world: Any
     # The bot is B's now, A's no more; every relay sees it on B.
     assert bot.peer_id in b.core.presence("doc") and bot.peer_id not in a.core.presence("doc")
     assert a.core.away() == () and a.core.peer(bot.peer_id) is None
+    assert (a.core.counters.resumes, b.core.counters.resumes) == (
+        {"handed_over": 1},
+        {"adopted": 1},
+    )
     for node in (a, c):
         assert node.view.remote.holder(bot.peer_id) == B
     assert hub.peers[A].get(bot.peer_id) is None and bot.peer_id in hub.peers[B]
@@ -149,6 +153,7 @@ def test_a_wrong_secret_gets_a_new_peer_and_takes_nobody_over(world: Any) -> Non
     back = resume(b, bot.peer_id, secret)
     hub.pump()
     assert outbox(back).frames[0]["clientPeerId"] == bot.peer_id
+    assert b.core.counters.resumes == {"refused": 1, "adopted": 1}
 
 
 def test_no_answer_in_time_is_a_new_peer_and_a_late_handover_a_leave(world: Any) -> None:
@@ -169,6 +174,7 @@ def test_no_answer_in_time_is_a_new_peer_and_a_late_handover_a_leave(world: Any)
         ]
     del a.peers[bot.peer_id]
     hub.check(["doc"])
+    assert b.core.counters.resumes == {"timed_out": 1, "late": 1}
 
 
 def test_frames_sent_while_the_claim_is_out_are_handled_after_it(world: Any) -> None:

@@ -82,6 +82,7 @@ def test_a_dropped_peer_resumes_unseen_with_its_id_name_documents_and_state(
     assert (ok.client_peer_id, ok.resumed) == (bot.peer_id, True)
     assert ok.user is not None and ok.user.name == name
     assert ok.resume_secret not in (None, secret)  # a new secret each time
+    assert relay.core.counters.resumes == {"here": 1}
     back.session_id = "a-new-session"  # (a new connection: the client's new session)
     back.join("doc")  # its client re-enters: told who is there, and the states
     frames = back.take()

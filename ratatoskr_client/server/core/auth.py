@@ -509,6 +509,7 @@ class Authentication:
             # died): it carries nothing of the peer any more.
             old.close(1000, "resumed")
         self.on_resumed(conn, peer)
+        self.counters.resume("here")
         log.debug("peer %s (%s) resumed", peer_id, peer.name)
         return _RESUMED
 
@@ -569,6 +570,7 @@ class Authentication:
             self.bus.adopted(conn)
         if not reply:
             return
+        self.counters.resume("adopted")
         if peer.documents:
             # Its client joins its documents again: told who is there, as a joiner is.
             conn.reintroduce = set(peer.documents)

@@ -319,7 +319,7 @@ class RelayCore:
         ):
             peer = resumption.claim_digest(peer_id, secret_digest, candidate)
         if peer is None:
-            log.debug("refused node %s the peer %s", node, peer_id)
+            log.debug("refused node %s the peer %s", node, peer_id)  # (counted there)
             bus.hand_over(node, request, None)
             return
         states = self.visibility.states
@@ -345,6 +345,7 @@ class RelayCore:
         self.auth.handed_off(peer)
         bus.handed_off(peer, node, docs)
         bus.hand_over(node, request, snapshot)
+        self.counters.resume("handed_over")
         if old is not DETACHED:
             # Its old socket is still open here (the relay has not noticed it
             # died): it carries nothing of the peer any more.
@@ -361,6 +362,8 @@ class RelayCore:
         client is a new peer by then), it leaves at once."""
         claim = self.resumption.answered(request)
         if claim is not None and claim.conn in self._connections:
+            if peer is None:
+                self.counters.resume("refused")
             self._settle_claim(claim, peer)
             return
         if peer is None:
@@ -374,6 +377,7 @@ class RelayCore:
             self._wake(self.resumption.next_deadline())
             return
         log.debug("late handover of %s: it leaves", peer.peer_id)
+        self.counters.resume("late")
         self._finish(orphan)
 
     def _settle_claim(self, claim: Claim, peer: HandedPeer | None) -> None:
@@ -422,6 +426,7 @@ class RelayCore:
             for claim in resumption.claims_due(now):
                 if claim.conn in self._connections:  # (else it closed while it waited)
                     log.debug("no answer for the resume of %r: a new peer", claim.conn)
+                    self.counters.resume("timed_out")
                     self._settle_claim(claim, None)
         due = min(
             self._liveness_due,
