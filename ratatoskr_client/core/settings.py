@@ -219,6 +219,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.urls:
             object.__setattr__(self, "urls", (self.url,))
+        elif self.urls[0] != self.url:
+            raise ValueError(f"urls must start with url ({self.url!r}), got {self.urls!r}")
         _seconds("heartbeat_interval", self.heartbeat_interval)
         _seconds("request_timeout", self.request_timeout)
         _seconds("connect_timeout", self.connect_timeout)

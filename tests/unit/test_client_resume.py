@@ -108,7 +108,7 @@ def test_several_urls_are_tried_in_turn_after_each_loss_or_failure() -> None:
     from ratatoskr_client.core.settings import Settings
     from ratatoskr_client.errors import ConnectError
 
-    urls = ("http://a.test", "http://b.test", "http://c.test")
+    urls = ("http://relay.test", "http://b.test", "http://c.test")  # (the harness: url first)
     h = Harness(urls=urls)
     assert h.core.url == urls[0]
     connected_in(h, "doc")
@@ -121,6 +121,8 @@ def test_several_urls_are_tried_in_turn_after_each_loss_or_failure() -> None:
     assert h.core.url == urls[0]
     assert Settings.from_options(list(urls), {}).urls == urls
     assert Settings.from_options("http://a.test", {}).urls == ("http://a.test",)
+    with pytest.raises(ValueError, match="start with url"):
+        Settings("http://a.test", urls=("http://b.test",))
     for bad in ([], ["http://a.test", 5], ["ftp://x"]):
         with pytest.raises(ValueError, match="URL"):
             Settings.from_options(bad, {})  # type: ignore[list-item]
