@@ -261,7 +261,7 @@ class Authentication:
                 )
                 conn.outbox.close(1008, "auth_unavailable")
             elif resuming and (outcome := self._resume(conn, frame, verdict)):
-                if outcome is _RESUMED:
+                if outcome == _RESUMED:
                     self._set_expiry(conn.successor or conn, verdict)
                 # (_ASKED: another relay holds it; see claim_answered)
             else:
@@ -466,10 +466,9 @@ class Authentication:
                 return _ASKED
         if candidate is None or candidate is conn:
             return 0
-        # A peer belongs to its identity: the same user, or an anonymous peer.
-        if candidate.user_id != user_id or candidate.is_anonymous != (frame.token is None):
-            return 0
-        peer = self.resumption.claim(peer_id, frame.resume_secret, candidate)
+        peer = self.resumption.take(
+            peer_id, digest(frame.resume_secret), user_id, frame.token is None, candidate
+        )
         if peer is None:
             return 0
         self._pending.pop(conn, None)

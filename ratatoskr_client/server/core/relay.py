@@ -309,15 +309,7 @@ class RelayCore:
         if bus is None:
             return
         resumption = self.resumption
-        held = resumption.held.get(peer_id)
-        candidate = held[0] if held is not None else self._peers.get(peer_id)
-        peer = None
-        if (
-            candidate is not None
-            and candidate.user_id == user
-            and candidate.is_anonymous == (user is None)
-        ):
-            peer = resumption.claim_digest(peer_id, secret_digest, candidate)
+        peer = resumption.take(peer_id, secret_digest, user, user is None, self._peers.get(peer_id))
         if peer is None:
             log.debug("refused node %s the peer %s", node, peer_id)  # (counted there)
             bus.hand_over(node, request, None)

@@ -172,18 +172,35 @@ class Resumption:
         self.held[conn.peer_id] = (conn, now + self.grace)
         return True
 
-    def claim(self, peer_id: str, secret: str, live: Connection | None) -> Connection | None:
-        """The peer ``peer_id`` if ``secret`` is its current one and it is held
-        or still connected (``live``: the authenticated connection with that
-        id, if any), else None. It is no longer held then."""
-        return self.claim_digest(peer_id, digest(secret), live)
+    def take(
+        self,
+        peer_id: str,
+        secret_digest: bytes,
+        user_id: str | None,
+        anonymous: bool,
+        live: Connection | None,
+    ) -> Connection | None:
+        """The rule of a resume, on this relay or asked by another of its
+        cluster: the peer ``peer_id`` if it is held here or still connected
+        (``live``: the authenticated connection with that id, if any), if
+        the credentials are its own (the same user; anonymous for an
+        anonymous peer) and ``secret_digest`` is its current secret's; else
+        None. It is no longer held then."""
+        held = self.held.get(peer_id)
+        candidate = held[0] if held is not None else live
+        # A peer belongs to its identity: the same user, or an anonymous peer.
+        if candidate is None or (candidate.user_id, candidate.is_anonymous) != (user_id, anonymous):
+            return None
+        return self.claim_digest(peer_id, secret_digest, candidate)
 
     def claim_digest(
         self, peer_id: str, secret_digest: bytes, live: Connection | None
     ) -> Connection | None:
-        """:meth:`claim` with the SHA-256 of the secret (what another relay of
-        the cluster sends: the secret itself never leaves the relay it was
-        presented to), compared in constant time."""
+        """The peer ``peer_id`` if ``secret_digest`` (the SHA-256 of the
+        secret presented: all another relay of the cluster sends, the secret
+        itself never leaves the relay it was presented to) is its current
+        secret's, compared in constant time, and it is held or still
+        connected (``live``); else None. It is no longer held then."""
         expected = self._secrets.get(peer_id)
         if expected is None or not hmac.compare_digest(expected, secret_digest):
             return None
