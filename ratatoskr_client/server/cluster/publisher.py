@@ -188,7 +188,7 @@ class Publisher:
         if self.publishing:
             self._dirty_peers[conn.peer_id] = None
             self._dirty_docs.update(documents)
-            self._send(self.names.cluster_channel, False, Moved(conn.peer_id, node))
+            self._send(self.names.resume_channel, False, Moved(conn.peer_id, node))
 
     def adopted(self, conn: Connection) -> None:
         """A peer handed over to this relay: its identity and its presence go
@@ -200,7 +200,7 @@ class Publisher:
     def control(self, message: Claim | Handover | Refusal) -> None:
         """A resume across relays: a claim, or the answer to one."""
         if self.publishing:
-            self._send(self.names.cluster_channel, False, message)
+            self._send(self.names.resume_channel, False, message)
 
     def relayed(
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes

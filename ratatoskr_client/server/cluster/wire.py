@@ -5,9 +5,13 @@ Redis pub/sub channels are shared by every database of a server):
 
 * the **cluster channel** ``ratatoskr:<db>:cluster`` (plain pub/sub, every
   relay subscribes): :class:`Hello`, :class:`Bye`, :class:`PeerUp`,
-  :class:`PeerGone`, and the resume of a peer held by another relay
-  (:class:`Claim`, :class:`Handover`, :class:`Refusal`, addressed to one
-  node, which the others ignore; :class:`Moved`, for everyone);
+  :class:`PeerGone`;
+* the **resume channel** ``ratatoskr:<db>:resume`` (plain pub/sub, every
+  relay that resumes across relays subscribes): the resume of a peer held by
+  another relay (:class:`Claim`, :class:`Handover`, :class:`Refusal`,
+  addressed to one node, which the others ignore; :class:`Moved`, for
+  everyone). A channel of their own, so that a relay of an earlier version,
+  which would refuse a batch holding a kind it does not know, never gets one;
 * one **document channel** per document, ``ratatoskr:<db>:doc:<document id>``
   (sharded pub/sub, ``SSUBSCRIBE``; a relay subscribes while a local peer is
   present in the document): :class:`Joined`, :class:`Left`, :class:`Relayed`;
@@ -128,6 +132,13 @@ class Names:
         return f"{self.prefix}:cluster"
 
     @property
+    def resume_channel(self) -> str:
+        """The channel of the resumes across relays (every relay that can
+        resume across relays subscribes; one of an earlier version does not,
+        so it never meets these messages)."""
+        return f"{self.prefix}:resume"
+
+    @property
     def nodes_key(self) -> str:
         """The sorted set of live nodes (score: deadline in Redis server ms)."""
         return f"{self.prefix}:nodes"
@@ -227,7 +238,7 @@ MAX_HANDOVER_DOCUMENTS: Final = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Cluster channel, for node ``to``: a client asks the sending node to
+    """Resume channel, for node ``to``: a client asks the sending node to
     resume ``peer_id``, which ``to`` holds. ``digest`` is the SHA-256 of the
     secret it presented (the secret itself never crosses Redis); ``user`` the
     user its credentials were verified as (None: anonymous)."""
@@ -241,7 +252,7 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """Cluster channel, for node ``to``: the answer to its :class:`Claim`
+    """Resume channel, for node ``to``: the answer to its :class:`Claim`
     ``request``: the peer is the claimant's now (the sender no longer has it,
     and announced no leave): who it is, where it is present, its state."""
 
@@ -252,7 +263,7 @@ class Handover:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Cluster channel, for node ``to``: its :class:`Claim` ``request`` is
+    """Resume channel, for node ``to``: its :class:`Claim` ``request`` is
     refused (wrong secret, other credentials, no such peer held): the client
     is a new peer."""
 
@@ -262,7 +273,7 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Moved:
-    """Cluster channel: the sending node handed its peer ``peer_id`` over to
+    """Resume channel: the sending node handed its peer ``peer_id`` over to
     node ``node`` (a resume there): the same peer, elsewhere; nobody is told."""
 
     peer_id: str
