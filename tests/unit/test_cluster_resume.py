@@ -215,3 +215,20 @@ def test_a_claimant_that_closes_and_is_never_answered_leaves_no_trace(world: Any
     b.core.on_timer()
     assert b.core.stats() == before  # no peer made for a closed connection
     assert a.core.away() == (bot.peer_id,)  # A never heard (its claim is unread): still held
+
+
+def test_a_peer_whose_old_socket_the_holder_still_has_open_moves_too(world: Any) -> None:
+    # The holder has not noticed the drop yet: it hands the peer over all the
+    # same, and the old socket's close, when it comes, changes nothing.
+    hub, (a, b, _c), bot, secret, watchers = world
+    marks = [len(outbox(w).frames) for w in watchers]
+    old = bot.outbox
+    back = resume(b, bot.peer_id, secret)
+    hub.pump()
+    assert outbox(back).frames[0]["resumed"] is True
+    a.core.close(bot, clean=False, outbox=old)  # (what the socket's end does, later)
+    hub.now += a.core.resumption.grace + 1
+    a.core.on_timer()
+    hub.pump()
+    assert a.core.stats().peers == 1 and a.core.away() == ()  # its watcher only
+    assert all(events(w, m) == [] for w, m in zip(watchers, marks, strict=True))
