@@ -19,7 +19,7 @@ events and their callbacks' signatures are in :mod:`ratatoskr_client.events`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Final, Unpack, get_args
 
 import aiohttp
@@ -75,7 +75,11 @@ class RatatoskrClient(EventSource):
 
     Args:
         url: the server, ``http(s)://`` or ``ws(s)://``; the socket path ``/sync`` is
-            appended unless the URL already ends with it.
+            appended unless the URL already ends with it. Or a sequence of the
+            URLs of the relays of one cluster: the client connects to the first
+            and, after each lost connection or failed attempt, tries the next
+            in turn; its peer resumes on whichever it reaches within the
+            relays' ``resume_grace``.
         session: an aiohttp ``ClientSession`` to use (the caller closes it); by
             default the client creates and closes its own. Many clients in one
             process can share one session (it saves memory); an open socket holds
@@ -94,13 +98,13 @@ class RatatoskrClient(EventSource):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         session: aiohttp.ClientSession | None = None,
         **options: Unpack[ClientOptions],
     ) -> None:
         settings = Settings.from_options(url, options)
-        #: the server URL this client was given
+        #: the server URL (or URLs) this client was given
         self.url = url
         core = self._core = ClientCore(settings)
         self._emitter = SafeEmitter(listening=core.listening)

@@ -74,6 +74,7 @@ class Driver:
         "_opening",
         "_owns_http",
         "_refreshing",
+        "_socket_urls",
         "_task",
         "_timer",
         "_timer_at",
@@ -81,7 +82,6 @@ class Driver:
         "core",
         "emitter",
         "settings",
-        "socket_url",
         "writer",
     )
 
@@ -94,7 +94,7 @@ class Driver:
         self.core = core
         self.emitter = emitter
         self.settings: Settings = core.settings
-        self.socket_url = socket_url(core.settings.url)
+        self._socket_urls = {url: socket_url(url) for url in core.settings.urls}
         self.writer: SocketWriter | None = None
         self._http = session
         self._owns_http = session is None
@@ -112,6 +112,12 @@ class Driver:
         self._closing = False
         #: the task calling the token callable ahead of expiry (None: none)
         self._refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def socket_url(self) -> str:
+        """The socket URL of the relay the next (or current) connection goes
+        to (the core decides which, when the client was given several)."""
+        return self._socket_urls[self.core.url]
 
     # ================================================================== effects
 
@@ -367,8 +373,9 @@ class Driver:
                 if self._closing:
                     return  # close() closed it, and releases the I/O itself
                 self._drop_socket()
+                lost = self.socket_url  # (the core may turn to the next URL)
                 why = core.connection_lost(reason, self.now())
-                log.info("connection to %s lost: %s", self.socket_url, why)
+                log.info("connection to %s lost: %s", lost, why)
                 self.apply()
                 if not await self._reconnect():
                     break

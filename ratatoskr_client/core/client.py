@@ -169,6 +169,7 @@ class ClientCore:
         "_rand",
         "_resume",
         "_unheard",
+        "_url_turn",
         "batches",
         "connection",
         "docs",
@@ -229,6 +230,8 @@ class ClientCore:
         self._heartbeat_at = float("inf")
         #: (peer id, secret) that resumes our peer after a drop (feature "resume")
         self._resume: tuple[str, str] | None = None
+        #: which of ``settings.urls`` the next connection goes to
+        self._url_turn = 0
         #: the operator closed this connection (disconnected_by_admin): why
         self._evicted: DisconnectedByAdmin | None = None
 
@@ -276,6 +279,16 @@ class ClientCore:
         if me is None or document_id not in self.sharing.live:
             return peers
         return ReadOnlyMap({me.peer_id: self.states.local_snapshot(document_id), **peers})
+
+    @property
+    def url(self) -> str:
+        """The relay URL the next (or current) connection goes to: the first
+        of ``settings.urls``, then, after each lost connection or failed
+        attempt, the next in turn (one URL: always that one)."""
+        return self.settings.urls[self._url_turn]
+
+    def _next_url(self) -> None:
+        self._url_turn = (self._url_turn + 1) % len(self.settings.urls)
 
     def entered(self) -> tuple[str, ...]:
         """Documents the application entered and has not left, in order."""
@@ -348,6 +361,7 @@ class ClientCore:
         if self.connection.state is CLOSED:
             return ConnectionClosed("client closed while connecting")
         self.connection.apply("connect_failed")
+        self._next_url()
         return None
 
     def auth_frame(self, now: float) -> bytes:
@@ -477,12 +491,26 @@ class ClientCore:
             for doc_id, _ in self.docs.items():
                 if doc_id.startswith(EPHEMERAL_PREFIX):
                     self._refuse(doc_id, self._unsupported(doc_id))
+        if frame.resumed and frame.documents is not None:
+            self._reconcile(frame.documents)
         for doc_id, _ in self.docs.items():  # restore presence after a reconnect
             self._join(doc_id, now)
         if connection.server_presence:
             self._heartbeat_at = now + settings.heartbeat_interval
             self.outbox.wake_at(self._heartbeat_at)
         self._schedule_refresh(now)
+
+    def _reconcile(self, held: tuple[str, ...]) -> None:
+        """The relay resumed our peer, which it holds present in ``held``:
+        leave at once every one of those the application no longer has
+        entered (left while we were away, or left just before the drop with
+        a leave that died with the old socket), so that nobody sees us linger
+        there until the relay's presence TTL. Documents entered meanwhile are
+        joined like every entered one (:meth:`_authenticated`)."""
+        wanted = set(self.docs.entered())
+        for doc_id in held:
+            if doc_id not in wanted:
+                self.out.presence("leave", doc_id)
 
     def connection_lost(self, reason: ConnectionClosed, now: float) -> ConnectionClosed:
         """The socket closed (or died) while connected. Returns the reason the
@@ -493,6 +521,7 @@ class ClientCore:
         if self.connection.state is CLOSED:
             return reason
         self.connection.apply("lost")
+        self._next_url()
         reason = self.liveness.verdict or reason
         evicted, self._evicted = self._evicted, None
         if evicted is not None:
@@ -554,6 +583,7 @@ class ClientCore:
         Refused credentials are never retried: they will not get better."""
         if self.connection.state is CLOSED:
             return  # closed meanwhile: that is why it failed
+        self._next_url()
         if self.tokens.renewable and isinstance(error, AuthError):
             # The callable's token was refused: a fresh one may do (a bot
             # must not stop for good on a token it will renew).
@@ -1053,7 +1083,7 @@ class ClientCore:
     def _unsupported(self, document_id: str) -> PresenceUnsupported:
         announced = "none" if self.features is None else list(self.features)
         return PresenceUnsupported(
-            f"the server at {self.settings.url} has no server-side presence (features "
+            f"the server at {self.url} has no server-side presence (features "
             f"announced: {announced}) and cannot relay sidecar channels such as {document_id!r}"
         )
 

@@ -11,7 +11,7 @@ checks the values once; the core and the driver read it.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias, TypedDict
 from urllib.parse import urlsplit, urlunsplit
@@ -213,8 +213,14 @@ class Settings:
     # here so that the core's unit tests can make them small.
     max_presence_peers: int = MAX_PRESENCE_PEERS
     max_identities: int = MAX_IDENTITIES
+    #: every relay URL the client may use, ``url`` first (see :meth:`from_options`)
+    urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", (self.url,))
+        elif self.urls[0] != self.url:
+            raise ValueError(f"urls must start with url ({self.url!r}), got {self.urls!r}")
         _seconds("heartbeat_interval", self.heartbeat_interval)
         _seconds("request_timeout", self.request_timeout)
         _seconds("connect_timeout", self.connect_timeout)
@@ -242,26 +248,35 @@ class Settings:
             )
         if self.max_presence_peers < 1 or self.max_identities < 1:
             raise ValueError("max_presence_peers and max_identities must be >= 1")
-        socket_url(self.url)  # raises ValueError for a bad URL
+        for url in self.urls:
+            socket_url(url)  # raises ValueError for a bad URL
         if self.token is not None and not isinstance(self.token, str) and not callable(self.token):
             raise ValueError(
                 f"token must be a string, a callable returning one, or None; got {self.token!r}"
             )
 
     @classmethod
-    def from_options(cls, url: str, options: Mapping[str, object]) -> Settings:
+    def from_options(cls, url: str | Sequence[str], options: Mapping[str, object]) -> Settings:
         """The settings for a client of ``url`` given ``options`` (the keyword
-        arguments of :class:`ClientOptions`).
+        arguments of :class:`ClientOptions`). ``url`` may be a sequence of
+        the URLs of relays of one cluster: the client connects to the first
+        and, after each lost connection or failed attempt, tries the next in
+        turn (a peer resumes on any relay of its cluster).
 
         Raises:
             TypeError: an option that does not exist.
-            ValueError: an option out of range, or not a server URL.
+            ValueError: an option out of range, not a server URL, or no URL.
         """
         unknown = sorted(set(options) - OPTION_NAMES)
         if unknown:
             names = ", ".join(repr(name) for name in unknown)
             raise TypeError(f"unexpected client option{'s' * (len(unknown) > 1)} {names}")
-        return cls(url, **options)  # type: ignore[arg-type]
+        if isinstance(url, str):
+            return cls(url, **options)  # type: ignore[arg-type]
+        urls = tuple(url)
+        if not urls or not all(isinstance(u, str) for u in urls):
+            raise ValueError(f"url must be a URL or a non-empty sequence of URLs, got {url!r}")
+        return cls(urls[0], **options, urls=urls)  # type: ignore[arg-type]
 
     @property
     def burst(self) -> int:

@@ -138,6 +138,10 @@ class AuthOkFrame(Frame):
     #: after an unclean drop, and whether this connection resumed one
     resume_secret: str | None = None
     resumed: bool = False
+    #: our extension, with ``resumed``: the documents the resumed peer is
+    #: present in on the relay (its client leaves those it left meanwhile);
+    #: None when the server did not say
+    documents: tuple[str, ...] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The frame as the map that goes on the wire."""
@@ -153,6 +157,8 @@ class AuthOkFrame(Frame):
             wire["resumeSecret"] = self.resume_secret
         if self.resumed:
             wire["resumed"] = True
+        if self.documents is not None:
+            wire["documents"] = list(self.documents)
         return wire
 
 

@@ -103,6 +103,14 @@ def _auth_ok(m: dict[str, Any]) -> AuthOkFrame:
     resumed = m.get("resumed", False)
     if type(resumed) is not bool:
         raise fail("auth_ok", "resumed", "a boolean", resumed)
+    docs_raw = m.get("documents")
+    documents: tuple[str, ...] | None = None
+    if docs_raw is not None:
+        if type(docs_raw) is not list or not all(
+            type(d) is str and d and fits_utf8(d, MAX_DOCUMENT_ID_BYTES) for d in docs_raw
+        ):
+            raise fail("auth_ok", "documents", "a list of document ids", docs_raw)
+        documents = tuple(docs_raw)
     return AuthOkFrame(
         ident(m, "peerId", "auth_ok", MAX_PEER_ID_BYTES),
         ident(m, "clientPeerId", "auth_ok", MAX_PEER_ID_BYTES),
@@ -110,6 +118,7 @@ def _auth_ok(m: dict[str, Any]) -> AuthOkFrame:
         features,
         secret,
         resumed,
+        documents,
     )
 
 

@@ -167,12 +167,15 @@ def auth_ok(
     resume_secret: str | None = None,
     *,
     resumed: bool = False,
+    documents: tuple[str, ...] | None = None,
 ) -> bytes:
     """Our relay's ``auth_ok``: the user as verified, the ``features`` it
-    offers, and the secret that resumes this peer (docs/protocol.md,
-    "Authentication", "Resuming")."""
+    offers, the secret that resumes this peer and, for a resumed peer, the
+    documents it is present in (docs/protocol.md, "Authentication", "Resuming")."""
     return encode(
-        AuthOkFrame(server_peer_id, client_peer_id, user, features, resume_secret, resumed)
+        AuthOkFrame(
+            server_peer_id, client_peer_id, user, features, resume_secret, resumed, documents
+        )
     )
 
 

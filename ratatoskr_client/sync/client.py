@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Unpack
 
@@ -70,7 +70,7 @@ class RatatoskrClient(EventSource):
         ValueError: an option is out of range, or the URL is not a server URL.
     """
 
-    def __init__(self, url: str, **options: Unpack[ClientOptions]) -> None:
+    def __init__(self, url: str | Sequence[str], **options: Unpack[ClientOptions]) -> None:
         self.url = url
         self._released = False
         self._release_lock = _native.allocate_lock()

@@ -93,11 +93,12 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def make_cluster(relays: int, *extra: str) -> Iterator[Cluster]:
-    """A fresh Redis and ``relays`` relays joined to it."""
+def make_cluster(relays: int, *extra: str, settings: str = "") -> Iterator[Cluster]:
+    """A fresh Redis and ``relays`` relays joined to it; ``settings``: more
+    top-level keys of their configuration file (TOML)."""
     require_cluster_tools()
     redis = RedisServer().start()
-    config = write_config(CONFIG)
+    config = write_config(settings + CONFIG)
     args = [
         "--config",
         str(config),

@@ -271,3 +271,39 @@ async def test_an_http_permission_callback_decides_and_an_outage_fails_closed() 
                 assert [p.user_id for p in alice.presence("other")] == ["alice"]
     finally:
         await runner.cleanup()
+
+
+async def test_a_token_looked_up_remotely_resumes_its_peer(
+    userinfo: tuple[str, dict[str, dict[str, str]], list[str]],
+) -> None:
+    # The resume happens when the look-up is answered, between two frames of
+    # the new socket: that socket carries the resumed peer from its next frame.
+    from ..integration.fakeserver import Recorder, abort_transport
+
+    url, users, calls = userinfo
+    tokens = ["rat_" + "cd" * 32, "rat_" + "ef" * 32]  # a fresh one per connection: looked up
+    for token in tokens:
+        users[token] = {"id": "bob", "name": "Bob", "email": "bob@example.com"}
+    handed = iter(tokens)
+    config = RelayConfig(
+        open=True, users=(WATCHER,), identity=(UpstreamApiTokens(url),), resume_grace=5.0
+    )
+    async with RelayServer(config, port=0) as relay:
+        bot = RatatoskrClient(relay.url, token=lambda: next(handed))
+        watcher = RatatoskrClient(relay.url, token="watcher-secret")
+        async with bot, watcher:
+            await bot.enter_document("doc")
+            await watcher.enter_document("doc")
+            await watcher.wait_for_presence("doc", lambda p: len(p) == 2, timeout=5)
+            before = bot.me
+            seen = Recorder(watcher, ("peer-left", "peer-joined", "peer-disconnected"))
+            events = Recorder(bot, ("connected", "error"))
+            abort_transport(bot)
+            await events.until(lambda: len(events.of("connected")) == 1)
+            assert bot.me == before and calls == tokens
+            got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            watcher.on("ephemeral-message", lambda d, s, p: got.done() or got.set_result(s))
+            await bot.wait_for_presence("doc", lambda p: len(p) == 2, timeout=5)
+            await bot.send_ephemeral("doc", "resumed")
+            assert (await asyncio.wait_for(got, 5)).peer_id == before.peer_id
+            assert seen.events == [] and events.of("error") == []

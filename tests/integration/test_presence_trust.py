@@ -115,6 +115,39 @@ async def test_a_brief_drop_is_resumed_unseen(ratatoskr_client):
     assert bot.presence("doc") == other.presence("doc")
 
 
+@pytest.mark.ratatoskr_relay(resume_grace=5.0, presence_ttl=30.0)
+async def test_what_changed_while_away_is_what_the_resumed_peer_shows(ratatoskr_client):
+    # Left while disconnected: the others see it leave as soon as it is back
+    # (not after the presence TTL); state set meanwhile replaces the held one.
+    slow = Backoff(base_delay=0.3, multiplier=1.0, max_delay=0.3)
+    bot = await ratatoskr_client(backoff=slow)
+    other = await ratatoskr_client()
+    for doc in ("kept", "left"):
+        await bot.enter_document(doc)
+        await other.enter_document(doc)
+    await bot.set_state("kept", "cursor", 1)
+    await wait_states(other, "kept", {bot.me.peer_id: {"name": bot.me.name, "cursor": 1}}, TIMEOUT)
+    before = bot.me
+    seen = Recorder(other, ("peer-left", "peer-joined", "peer-disconnected"))
+    events = Recorder(bot, ("disconnected", "connected"))
+
+    abort_transport(bot)
+    await events.until(lambda: len(events.of("disconnected")) == 1)
+    await bot.leave_document("left")
+    await bot.set_state("kept", "cursor", 2)
+    entering = asyncio.ensure_future(bot.enter_document("new"))  # answered once back
+    await events.until(lambda: len(events.of("connected")) == 1)
+    assert bot.me == before
+    await seen.until(lambda: len(seen.events) == 1)  # well within the 30 s TTL
+    ((doc, peer),) = seen.of("peer-left")
+    assert (doc, peer.peer_id) == ("left", before.peer_id)
+    await wait_states(other, "kept", {before.peer_id: {"name": before.name, "cursor": 2}}, TIMEOUT)
+    assert [p.peer_id for p in other.presence("kept")] == [before.peer_id, other.me.peer_id]
+    assert [p.peer_id for p in other.presence("left")] == [other.me.peer_id]
+    assert seen.names() == ["peer-left"]
+    assert [p.peer_id for p in await asyncio.wait_for(entering, TIMEOUT)] == [before.peer_id]
+
+
 @pytest.mark.ratatoskr_relay(resume_grace=2.0, manual_clock=True)
 async def test_a_drop_past_the_grace_is_a_leave_then_a_join(
     ratatoskr_client, ratatoskr_relay, ratatoskr_relay_clock

@@ -203,7 +203,9 @@ def test_the_options_are_the_settings_with_the_same_types():
     hints = get_type_hints(ClientOptions)
     fields = get_type_hints(Settings)
     assert (
-        set(hints) == OPTION_NAMES == set(fields) - {"url", "max_presence_peers", "max_identities"}
+        set(hints)
+        == OPTION_NAMES
+        == set(fields) - {"url", "urls", "max_presence_peers", "max_identities"}
     )
     assert {name: fields[name] for name in hints} == hints
     assert ClientOptions.__required_keys__ == frozenset()  # every option may be left out

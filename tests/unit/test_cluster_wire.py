@@ -22,12 +22,16 @@ from ratatoskr_client.server.cluster.registry import (
 )
 from ratatoskr_client.server.cluster.wire import (
     Bye,
+    Claim,
+    Handover,
     Hello,
     Joined,
     Left,
+    Moved,
     Names,
     PeerGone,
     PeerUp,
+    Refusal,
     Relayed,
     belongs_on,
     decode_members,
@@ -44,6 +48,7 @@ from ratatoskr_client.server.cluster.wire import (
     new_node_id,
 )
 from ratatoskr_client.server.config import database_of
+from ratatoskr_client.server.core.resume import HandedPeer, HandedState
 
 NODE = "0123456789ab"
 
@@ -65,6 +70,24 @@ NODE = "0123456789ab"
         Left("peer-1", gone=True),
         Relayed("peer-1", 7, "session-x", b"\xa1ax\x01"),
         Relayed("peer-1", MAX_COUNT, "session-x", b"\x01"),
+        Claim(NODE, "req-1", "peer-1", b"\x07" * 32, None),
+        Claim(NODE, "req-1", "peer-1", b"\x07" * 32, "alice"),
+        Handover(
+            NODE, "req-1", HandedPeer("peer-1", UserInfo(None, "Neon Narwhal", True), "anon:0f", ())
+        ),
+        Handover(
+            NODE,
+            "req-2",
+            HandedPeer(
+                "peer-1",
+                UserInfo("alice", "Alice", False),
+                "user:alice",
+                ("doc-1", "doc-2"),
+                (HandedState("doc-2", "session-x", 9, {"cursor": [1, 2], "name": "A"}),),
+            ),
+        ),
+        Refusal(NODE, "req-1"),
+        Moved("peer-1", NODE),
     ],
 )
 def test_every_message_round_trips(message: object) -> None:
@@ -104,6 +127,51 @@ def batch(*maps: object) -> bytes:
         batch({"t": "peer", "p": "x", "u": 1, "n": "N", "a": 1}),
         batch({"t": "gone", "p": "x" * 200}),
         batch({"t": "hello"}, {"t": "join"}),  # one bad message spoils the batch
+        batch({"t": "claim", "to": NODE, "r": "r", "p": "x", "h": b"short", "u": None}),
+        batch({"t": "claim", "to": "nobody", "r": "r", "p": "x", "h": b"\x00" * 32, "u": None}),
+        batch({"t": "refused", "to": NODE}),
+        batch({"t": "moved", "p": "x", "o": "not-a-node"}),
+        batch(
+            {
+                "t": "handover",
+                "to": NODE,
+                "r": "r",
+                "p": "x",
+                "u": None,
+                "n": "N",
+                "a": True,
+                "i": "anon:0f",
+                "d": "doc",
+                "s": [],
+            }
+        ),
+        batch(
+            {
+                "t": "handover",
+                "to": NODE,
+                "r": "r",
+                "p": "x",
+                "u": None,
+                "n": "N",
+                "a": True,
+                "i": "anon:0f",
+                "d": ["doc"],
+                "s": [["doc", "s", -1, {}]],
+            }
+        ),
+        batch(
+            {
+                "t": "handover",
+                "to": NODE,
+                "r": "r",
+                "p": "x",
+                "u": None,
+                "n": "N",
+                "a": True,
+                "d": ["doc"],
+                "s": [],
+            }
+        ),  # no identity key
     ],
 )
 def test_malformed_messages_are_protocol_errors(data: bytes) -> None:
@@ -272,6 +340,9 @@ def test_a_node_whose_own_deadline_passed_announces_itself_again() -> None:
         (Bye(), False),
         (PeerUp("p", UserInfo(None, "N", True)), False),
         (PeerGone("p"), False),
+        (Claim(NODE, "r", "p", b"\x00" * 32, None), False),
+        (Refusal(NODE, "r"), False),
+        (Moved("p", NODE), False),
     ],
 )
 def test_each_kind_of_message_belongs_on_one_kind_of_channel(

@@ -82,6 +82,7 @@ def test_a_dropped_peer_resumes_unseen_with_its_id_name_documents_and_state(
     assert (ok.client_peer_id, ok.resumed) == (bot.peer_id, True)
     assert ok.user is not None and ok.user.name == name
     assert ok.resume_secret not in (None, secret)  # a new secret each time
+    assert relay.core.counters.resumes == {"here": 1}
     back.session_id = "a-new-session"  # (a new connection: the client's new session)
     back.join("doc")  # its client re-enters: told who is there, and the states
     frames = back.take()
@@ -281,3 +282,23 @@ def test_a_resumed_peer_is_told_identities_again_until_it_rejoined_where_it_knew
     assert type(frames[1]).__name__ == "PeerJoinedDocFrame"
     back.join("d1")  # told again with d1's presence
     assert [type(f).__name__ for f in back.take()] == ["PeerIdentityFrame", "DocPresenceStateFrame"]
+
+
+def test_a_resumed_auth_ok_lists_the_documents_the_peer_is_held_in(relay: Relay) -> None:
+    # Its client leaves at once those it left while away: the others hear that
+    # leave, not a linger until the presence TTL.
+    bot, secret = resumable(relay)
+    other = relay.peer()
+    for doc in ("kept", "left-away"):
+        bot.join(doc)
+        other.join(doc)
+    other.take()
+    dropped(relay, bot)
+    back = resume(relay, bot.peer_id, secret)
+    ok = back.take()[0]
+    assert isinstance(ok, AuthOkFrame) and ok.resumed
+    assert ok.documents == ("kept", "left-away")
+    back.leave("left-away")
+    (left,) = other.take()
+    assert isinstance(left, PeerLeftDocFrame) and left.document_id == "left-away"
+    assert relay.core.presence("kept") == (bot.peer_id, other.peer_id)

@@ -211,11 +211,13 @@ async def _sync(request: web.Request) -> web.StreamResponse:
             msg = await ws.receive()
             kind = msg.type
             started = clock()
+            if conn.successor is not None:
+                # It resumed a peer (maybe while its auth waited for a look-up,
+                # answered between two frames): this socket carries that one.
+                conn = conn.successor
             if kind is WSMsgType.BINARY:
                 data = msg.data
                 core.receive(conn, data)  # (never raises: a bug costs the frame only)
-                if conn.successor is not None:
-                    conn = conn.successor  # it resumed a peer: this socket carries that one
                 size += len(data)
             elif kind is WSMsgType.PING:
                 outbox.pong(msg.data)
@@ -237,6 +239,8 @@ async def _sync(request: web.Request) -> web.StreamResponse:
                     frames = size = 0
                     spent = 0.0
     finally:
+        if conn.successor is not None:
+            conn = conn.successor
         core.close(conn, clean=clean, outbox=outbox)
         sockets.discard(ws)
         outbox.flush()  # answers to the peer's last frames go before the close frame

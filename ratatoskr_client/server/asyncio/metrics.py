@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from ..._version import install_hint
-from ..core.counters import REFUSAL_REASONS
+from ..core.counters import REFUSAL_REASONS, RESUME_OUTCOMES
 from ..core.relay import RelayCore
 from ..core.webhooks import WebhookStats
 
@@ -134,6 +134,17 @@ class RelayCollector:
             "1.5 x ping_interval.",
             value=counters.unresponsive_disconnects,
         )
+        resumes = CounterMetricFamily(
+            "ratatoskr_resumes",
+            "Peers resumed after a drop, by outcome: here (held by this relay), adopted "
+            "(handed over by another relay), handed_over (given to another relay), "
+            "refused / timed_out (the holder said no / did not answer: a new peer), late "
+            "(a handover after the timeout: the peer left).",
+            labels=["outcome"],
+        )
+        for outcome in RESUME_OUTCOMES:
+            resumes.add_metric([outcome], counters.resumes.get(outcome, 0))
+        yield resumes
         yield CounterMetricFamily(
             "ratatoskr_internal_errors",
             "Frames the relay failed on (a bug of its own): each answered with "

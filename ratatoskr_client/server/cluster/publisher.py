@@ -24,11 +24,15 @@ from ...protocol import UserInfo
 from ..core.relay import Connection, RelayCore
 from .wire import (
     BusMessage,
+    Claim,
+    Handover,
     Joined,
     Left,
+    Moved,
     Names,
     PeerGone,
     PeerUp,
+    Refusal,
     Relayed,
     batch_messages,
     encode_body,
@@ -177,6 +181,26 @@ class Publisher:
             self._dirty_docs.add(document_id)
             message = Joined(conn.peer_id) if present else Left(conn.peer_id, gone)
             self._send(self.names.doc_channel(document_id), True, message)
+
+    def handed_off(self, conn: Connection, node: str, documents: tuple[str, ...]) -> None:
+        """A local peer was handed over to ``node``: it leaves our hashes, and
+        the others are told it moved (not that it left)."""
+        if self.publishing:
+            self._dirty_peers[conn.peer_id] = None
+            self._dirty_docs.update(documents)
+            self._send(self.names.resume_channel, False, Moved(conn.peer_id, node))
+
+    def adopted(self, conn: Connection) -> None:
+        """A peer handed over to this relay: its identity and its presence go
+        to the others as this relay's (to them, the same peer moved here)."""
+        self.peer_up(conn)
+        for document_id in conn.docs:
+            self.announce(document_id, conn, True)
+
+    def control(self, message: Claim | Handover | Refusal) -> None:
+        """A resume across relays: a claim, or the answer to one."""
+        if self.publishing:
+            self._send(self.names.resume_channel, False, message)
 
     def relayed(
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes

@@ -239,7 +239,7 @@ class RedisLink:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._check_server(client)
-            await pubsub.subscribe(self.names.cluster_channel)
+            await pubsub.subscribe(self.names.cluster_channel, self.names.resume_channel)
             self._subscribed.clear()
             self._pings.clear()
             self.view.link_up()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from ...protocol import PeerDisconnectedFrame, PeerIdentityFrame, UserInfo, encode
 from ..core.relay import Connection, RelayCore
 from .tables import ClusterStats, NodeSnapshot, RemotePeer
-from .wire import BusMessage, Bye, Joined, Left, PeerGone, PeerUp, Relayed
+from .wire import BusMessage, Bye, Joined, Left, Moved, PeerGone, PeerUp, Relayed
 
 __all__ = ["RemotePresence"]
 
@@ -124,6 +124,11 @@ class RemotePresence:
             return None
         return tuple(doc.remote.values())
 
+    def holder(self, peer_id: str) -> str | None:
+        """The node ``peer_id`` is connected to (or held by), if another one."""
+        peer = self._peers.get(peer_id)
+        return peer.node if peer is not None else None
+
     def knows(self, conn: Connection, peer_id: str, skip: str | None) -> bool:
         """The remote peer is shown to ``conn`` in a document other than
         ``skip`` (present there, and the local peers were told who is there)."""
@@ -162,6 +167,49 @@ class RemotePresence:
             for peer in doc.remote.values():
                 peer.docs.discard(document_id)
             self.on_documents()
+
+    # ------------------------------------------------------------------ handovers
+
+    def handed_off(self, conn: Connection, node: str, documents: Iterable[str]) -> None:
+        """Our peer ``conn`` is ``node``'s now, present in ``documents``: it
+        stays present, silently, in those we track (our members were told it
+        is there; it just is elsewhere now)."""
+        user = UserInfo(conn.user_id, conn.name, conn.is_anonymous)
+        peer = RemotePeer(node, conn.peer_id, user, conn.identity_frame, identity=conn.identity)
+        self._nodes.setdefault(node, {})[conn.peer_id] = peer
+        self._peers[conn.peer_id] = peer
+        for doc_id in documents:
+            doc = self._docs.get(doc_id)
+            if doc is not None:
+                doc.remote[conn.peer_id] = peer
+                peer.docs.add(doc_id)
+
+    def adopted(self, peer_id: str) -> None:
+        """The remote peer ``peer_id`` was handed over to this relay: it is
+        one of ours now, and no longer anyone else's here (nobody is told)."""
+        peer = self._peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for doc_id in peer.docs:
+            doc = self._docs.get(doc_id)
+            if doc is not None:
+                doc.remote.pop(peer_id, None)
+        node_peers = self._nodes.get(peer.node)
+        if node_peers is not None:
+            node_peers.pop(peer_id, None)
+        self.core.release_remote((peer.node, peer_id))
+
+    def _move(self, peer: RemotePeer, node: str) -> None:
+        """``peer`` is connected to ``node`` now (a resume there): the same
+        peer, present where it was; nobody is told."""
+        if peer.node == node or node not in self._nodes:
+            return
+        old = self._nodes.get(peer.node)
+        if old is not None:
+            old.pop(peer.peer_id, None)
+        self.core.release_remote((peer.node, peer.peer_id))
+        peer.node = node
+        self._nodes[node][peer.peer_id] = peer
 
     # ------------------------------------------------------------------ from Redis
 
@@ -208,6 +256,10 @@ class RemotePresence:
             return
         if isinstance(message, PeerUp):
             self._add_peer(node, message.peer_id, message.user, message.identity)
+        elif isinstance(message, Moved):
+            moved = self._peers.get(message.peer_id)
+            if moved is not None and moved.node == node:
+                self._move(moved, message.node)
         elif isinstance(message, PeerGone):
             peer = peers.get(message.peer_id)
             if peer is not None:
@@ -272,7 +324,10 @@ class RemotePresence:
     # ------------------------------------------------------------------ changes, told locally
 
     def _add_peer(self, node: str, peer_id: str, user: UserInfo, identity: str | None) -> None:
-        if peer_id in self._peers:
+        known = self._peers.get(peer_id)
+        if known is not None:
+            # (Another node's peer announced by this one: it was handed over.)
+            self._move(known, node)
             return
         frame = encode(PeerIdentityFrame(peer_id, user))
         peer = RemotePeer(node, peer_id, user, frame, identity=identity)

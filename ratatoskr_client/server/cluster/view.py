@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from ..core.relay import Connection, RelayCore
+from ..core.resume import HandedPeer
 from .publisher import MAX_QUEUED, Outgoing, Publisher
 from .remote import RemotePresence
 from .tables import ClusterStats, NodeSnapshot, RemotePeer
-from .wire import BusMessage, Names
+from .wire import BusMessage, Claim, Handover, Names, Refusal
 
 __all__ = ["MAX_QUEUED", "ClusterStats", "ClusterView", "NodeSnapshot", "Outgoing", "RemotePeer"]
 
@@ -91,6 +92,31 @@ class ClusterView:
         if self.remote.others_present(document_id):
             self.publisher.relayed(document_id, sender, count, session_id, data)
 
+    # ------------------------------------------------------------------ resuming across relays
+
+    def holder(self, peer_id: str) -> str | None:
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
+        return self.remote.holder(peer_id)
+
+    def claim(self, node: str, request: str, peer_id: str, digest: bytes, user: str | None) -> None:
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
+        self.publisher.control(Claim(node, request, peer_id, digest, user))
+
+    def hand_over(self, node: str, request: str, peer: HandedPeer | None) -> None:
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
+        answer = Refusal(node, request) if peer is None else Handover(node, request, peer)
+        self.publisher.control(answer)
+
+    def handed_off(self, conn: Connection, node: str, documents: tuple[str, ...]) -> None:
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
+        self.remote.handed_off(conn, node, documents)
+        self.publisher.handed_off(conn, node, documents)
+
+    def adopted(self, conn: Connection) -> None:
+        """See ``Bus`` in ``ratatoskr_client.server.core.bus``."""
+        self.remote.adopted(conn.peer_id)
+        self.publisher.adopted(conn)
+
     # ------------------------------------------------------------------ the link
 
     def link_up(self) -> None:
@@ -113,7 +139,20 @@ class ClusterView:
         return self.publisher.take_outgoing()
 
     def apply(self, node: str, message: BusMessage, document_id: str | None) -> None:
-        """A message from another node: see :meth:`.RemotePresence.apply`."""
+        """A message from another node: a resume across relays addressed to
+        this one goes to the core (others' are ignored); the rest, see
+        :meth:`.RemotePresence.apply`."""
+        if isinstance(message, Claim | Handover | Refusal):
+            if message.to != self.node_id or node not in self.remote.nodes():
+                return
+            if isinstance(message, Claim):
+                self.core.claim_requested(
+                    node, message.request, message.peer_id, message.digest, message.user
+                )
+            else:
+                peer = message.peer if isinstance(message, Handover) else None
+                self.core.claim_answered(message.request, peer)
+            return
         self.remote.apply(node, message, document_id)
 
     def replace_node(

@@ -6,6 +6,12 @@ Redis pub/sub channels are shared by every database of a server):
 * the **cluster channel** ``ratatoskr:<db>:cluster`` (plain pub/sub, every
   relay subscribes): :class:`Hello`, :class:`Bye`, :class:`PeerUp`,
   :class:`PeerGone`;
+* the **resume channel** ``ratatoskr:<db>:resume`` (plain pub/sub, every
+  relay that resumes across relays subscribes): the resume of a peer held by
+  another relay (:class:`Claim`, :class:`Handover`, :class:`Refusal`,
+  addressed to one node, which the others ignore; :class:`Moved`, for
+  everyone). A channel of their own, so that a relay of an earlier version,
+  which would refuse a batch holding a kind it does not know, never gets one;
 * one **document channel** per document, ``ratatoskr:<db>:doc:<document id>``
   (sharded pub/sub, ``SSUBSCRIBE``; a relay subscribes while a local peer is
   present in the document): :class:`Joined`, :class:`Left`, :class:`Relayed`;
@@ -36,6 +42,7 @@ import cbor2
 from ...errors import ProtocolError
 from ...protocol import (
     MAX_COUNT,
+    MAX_DOCUMENT_ID_BYTES,
     MAX_PEER_ID_BYTES,
     MAX_SESSION_ID_BYTES,
     UserInfo,
@@ -43,6 +50,7 @@ from ...protocol import (
     loads_strict,
 )
 from ..config import database_of
+from ..core.resume import HandedPeer, HandedState
 
 __all__ = [
     "MAX_BATCH",
@@ -50,12 +58,16 @@ __all__ = [
     "WIRE_VERSION",
     "BusMessage",
     "Bye",
+    "Claim",
+    "Handover",
     "Hello",
     "Joined",
     "Left",
+    "Moved",
     "Names",
     "PeerGone",
     "PeerUp",
+    "Refusal",
     "Relayed",
     "batch_messages",
     "belongs_on",
@@ -118,6 +130,13 @@ class Names:
     def cluster_channel(self) -> str:
         """The channel every relay subscribes to."""
         return f"{self.prefix}:cluster"
+
+    @property
+    def resume_channel(self) -> str:
+        """The channel of the resumes across relays (every relay that can
+        resume across relays subscribes; one of an earlier version does not,
+        so it never meets these messages)."""
+        return f"{self.prefix}:resume"
 
     @property
     def nodes_key(self) -> str:
@@ -210,7 +229,60 @@ class Relayed:
     data: bytes
 
 
-BusMessage: TypeAlias = Hello | Bye | PeerUp | PeerGone | Joined | Left | Relayed
+#: The longest resume request id (ours are 16 hex digits).
+MAX_REQUEST_BYTES: Final = 64
+#: Documents in one :class:`Handover` at most (a peer's memberships are
+#: bounded by ``max_documents_per_peer``, 1000 by default).
+MAX_HANDOVER_DOCUMENTS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Resume channel, for node ``to``: a client asks the sending node to
+    resume ``peer_id``, which ``to`` holds. ``digest`` is the SHA-256 of the
+    secret it presented (the secret itself never crosses Redis); ``user`` the
+    user its credentials were verified as (None: anonymous)."""
+
+    to: str
+    request: str
+    peer_id: str
+    digest: bytes
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Resume channel, for node ``to``: the answer to its :class:`Claim`
+    ``request``: the peer is the claimant's now (the sender no longer has it,
+    and announced no leave): who it is, where it is present, its state."""
+
+    to: str
+    request: str
+    peer: HandedPeer
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Resume channel, for node ``to``: its :class:`Claim` ``request`` is
+    refused (wrong secret, other credentials, no such peer held): the client
+    is a new peer."""
+
+    to: str
+    request: str
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """Resume channel: the sending node handed its peer ``peer_id`` over to
+    node ``node`` (a resume there): the same peer, elsewhere; nobody is told."""
+
+    peer_id: str
+    node: str
+
+
+BusMessage: TypeAlias = (
+    Hello | Bye | PeerUp | PeerGone | Joined | Left | Relayed | Claim | Handover | Refusal | Moved
+)
 
 
 def belongs_on(message: BusMessage, document_id: str | None) -> bool:
@@ -314,6 +386,26 @@ def encode_body(message: BusMessage) -> bytes:
                 body["i"] = identity
         case PeerGone(peer_id):
             body = {"t": "gone", "p": peer_id}
+        case Claim(to, request, peer_id, digest, user):
+            body = {"t": "claim", "to": to, "r": request, "p": peer_id, "h": digest, "u": user}
+        case Handover(to, request, peer):
+            user = peer.user
+            body = {
+                "t": "handover",
+                "to": to,
+                "r": request,
+                "p": peer.peer_id,
+                "u": user.id,
+                "n": user.name,
+                "a": user.is_anonymous,
+                "i": peer.identity,
+                "d": list(peer.documents),
+                "s": [[h.document_id, h.session_id, h.count, h.state] for h in peer.states],
+            }
+        case Refusal(to, request):
+            body = {"t": "refused", "to": to, "r": request}
+        case Moved(peer_id, node):
+            body = {"t": "moved", "p": peer_id, "o": node}
         case Hello():
             body = {"t": "hello"}
         case Bye():
@@ -395,11 +487,72 @@ def _decode_body(body: object) -> BusMessage:
         return PeerUp(_text(body, "p", MAX_PEER_ID_BYTES), _user(body), _identity(body))
     if kind == "gone":
         return PeerGone(_text(body, "p", MAX_PEER_ID_BYTES))
+    if kind == "claim":
+        digest, user = body.get("h"), body.get("u")
+        if type(digest) is not bytes or len(digest) != 32:
+            raise ProtocolError("bus message: malformed claim")
+        if user is not None:
+            user = _text(body, "u", MAX_IDENTITY_BYTES)
+        return Claim(
+            _node(body, "to"),
+            _text(body, "r", MAX_REQUEST_BYTES),
+            _text(body, "p", MAX_PEER_ID_BYTES),
+            digest,
+            user,
+        )
+    if kind == "handover":
+        return _handover(body)
+    if kind == "refused":
+        return Refusal(_node(body, "to"), _text(body, "r", MAX_REQUEST_BYTES))
+    if kind == "moved":
+        return Moved(_text(body, "p", MAX_PEER_ID_BYTES), _node(body, "o"))
     if kind == "hello":
         return Hello()
     if kind == "bye":
         return Bye()
     raise ProtocolError(f"bus message: unknown kind {kind!r}")
+
+
+def _node(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not is_node_id(value):
+        raise ProtocolError(f"bus message: {key!r} must be a node id, got {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
+def _handover(body: dict[str, Any]) -> Handover:
+    docs, states = body.get("d"), body.get("s")
+    if (
+        type(docs) is not list
+        or len(docs) > MAX_HANDOVER_DOCUMENTS
+        or not all(type(d) is str and d and fits_utf8(d, MAX_DOCUMENT_ID_BYTES) for d in docs)
+    ):
+        raise ProtocolError("bus message: a handover's documents must be document ids")
+    if type(states) is not list or len(states) > len(docs):
+        raise ProtocolError("bus message: a handover's states must be a list")
+    handed: list[HandedState] = []
+    for item in states:
+        if (
+            type(item) is not list
+            or len(item) != 4
+            or type(item[0]) is not str
+            or type(item[1]) is not str
+            or not fits_utf8(item[1], MAX_SESSION_ID_BYTES)
+            or type(item[2]) is not int
+            or not 0 <= item[2] <= MAX_COUNT
+            or type(item[3]) is not dict
+        ):
+            raise ProtocolError("bus message: malformed handover state")
+        handed.append(HandedState(item[0], item[1], item[2], item[3]))
+    peer = HandedPeer(
+        _text(body, "p", MAX_PEER_ID_BYTES),
+        _user(body),
+        _text(body, "i", MAX_IDENTITY_BYTES),
+        tuple(docs),
+        tuple(handed),
+    )
+    return Handover(_node(body, "to"), _text(body, "r", MAX_REQUEST_BYTES), peer)
 
 
 def encode_members(peer_ids: list[str] | tuple[str, ...]) -> bytes:

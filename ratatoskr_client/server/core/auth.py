@@ -22,6 +22,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from typing import Final
 
 from ...protocol import (
     FEATURE_REAUTH,
@@ -47,7 +48,7 @@ from .identity import identity_key, identity_of
 from .limits import MAX_AUTH_FAILURE_ADDRESSES, MAX_CONNECTION_ADDRESSES
 from .names import NameAllocator
 from .replies import Replies
-from .resume import DETACHED, Resumption
+from .resume import DETACHED, Claim, HandedPeer, Resumption, digest
 from .visibility import Visibility
 
 __all__ = ["Authentication"]
@@ -61,6 +62,20 @@ _SCOPED_FEATURES = (*FEATURES, FEATURE_SCOPED_IDENTITY, FEATURE_REAUTH)
 
 def _no_resumed(new: Connection, held: Connection) -> None:
     pass
+
+
+def _no_wake(when: float) -> None:
+    pass
+
+
+def _no_adopt(conn: Connection, peer: HandedPeer) -> None:
+    pass
+
+
+#: What :meth:`Authentication._resume` did: resumed the peer here, or asked
+#: the relay of the cluster that holds it (falsy: neither, a new peer).
+_RESUMED: Final = 1
+_ASKED: Final = 2
 
 
 class Authentication:
@@ -80,6 +95,7 @@ class Authentication:
         "_pending",
         "_presence",
         "_replies",
+        "adopt_documents",
         "bus",
         "clock",
         "config",
@@ -93,6 +109,7 @@ class Authentication:
         "server_peer_id",
         "visibility",
         "wait",
+        "wake_claims",
         "wall",
     )
 
@@ -136,6 +153,10 @@ class Authentication:
         #: called when a connection resumed a peer: (the new connection, the
         #: peer's, which carries the new socket from now on)
         self.on_resumed: Callable[[Connection, Connection], None] = _no_resumed
+        #: called when a claim is pending, with its deadline (the core's wake-up)
+        self.wake_claims: Callable[[float], None] = _no_wake
+        #: makes a handed-over peer present in its documents (the core's documents)
+        self.adopt_documents: Callable[[Connection, HandedPeer], None] = _no_adopt
         base = _SCOPED_FEATURES if visibility.scoped else _FEATURES
         extra = (FEATURE_STATE_REPLAY,) + ((FEATURE_RESUME,) if self.resumption.enabled else ())
         #: what ``auth_ok`` announces (with server-side presence)
@@ -239,8 +260,10 @@ class Authentication:
                     )
                 )
                 conn.outbox.close(1008, "auth_unavailable")
-            elif resuming and self._resume(conn, frame, verdict):
-                self._set_expiry(conn.successor or conn, verdict)
+            elif resuming and (outcome := self._resume(conn, frame, verdict)):
+                if outcome == _RESUMED:
+                    self._set_expiry(conn.successor or conn, verdict)
+                # (_ASKED: another relay holds it; see claim_answered)
             else:
                 self._authenticate(
                     conn, verdict.user_id, verdict.name, anonymous=False, resumable=resumable
@@ -416,25 +439,38 @@ class Authentication:
         conn.outbox.send(encode(AuthErrorFrame(code, message)))
         conn.outbox.close(1008, code)
 
-    def _resume(self, conn: Connection, frame: AuthFrame, verdict: Identity | None) -> bool:
+    def _resume(self, conn: Connection, frame: AuthFrame, verdict: Identity | None) -> int:
         """``conn`` asks to resume a peer (:mod:`.resume`), its token verified
-        as ``verdict`` (None: anonymous): True if it did. Otherwise (unknown
-        peer, wrong secret, other credentials) it goes on as a new peer: a
-        resume is never refused, it just does not happen."""
+        as ``verdict`` (None: anonymous): ``_RESUMED`` if it did, ``_ASKED``
+        if another relay of the cluster holds the peer and was asked for it
+        (``conn`` waits: :meth:`claim_answered`). Otherwise (0: unknown peer,
+        wrong secret, other credentials) it goes on as a new peer: a resume
+        is never refused, it just does not happen."""
         assert frame.resume_peer is not None
         assert frame.resume_secret is not None
         user_id = verdict.user_id if verdict is not None else None
         peer_id = frame.resume_peer
         held = self.resumption.held.get(peer_id)
         candidate = held[0] if held is not None else self.peers.get(peer_id)
+        if candidate is None and self.bus is not None:
+            node = self.bus.holder(peer_id)
+            if node is not None:
+                presented = digest(frame.resume_secret)
+                request = self.resumption.ask(
+                    conn, verdict, frame.resume and self.resumption.enabled, presented, self.clock()
+                )
+                conn.waiting = ("resume", request)  # its later frames are parked
+                self.bus.claim(node, request, peer_id, presented, user_id)
+                self.wake_claims(self.resumption.next_claim_deadline())
+                log.debug("asked node %s for peer %s (request %s)", node, peer_id, request)
+                return _ASKED
         if candidate is None or candidate is conn:
-            return False
-        # A peer belongs to its identity: the same user, or an anonymous peer.
-        if candidate.user_id != user_id or candidate.is_anonymous != (frame.token is None):
-            return False
-        peer = self.resumption.claim(peer_id, frame.resume_secret, candidate)
+            return 0
+        peer = self.resumption.take(
+            peer_id, digest(frame.resume_secret), user_id, frame.token is None, candidate
+        )
         if peer is None:
-            return False
+            return 0
         self._pending.pop(conn, None)
         now = self.clock()
         old = peer.outbox
@@ -453,8 +489,18 @@ class Authentication:
         conn.successor = peer
         info = UserInfo(peer.user_id, peer.name, peer.is_anonymous)
         secret = self.resumption.issue(peer)
+        # Its documents, so that its client leaves at once those it left while
+        # away (and joins those it entered: it joins all of its own anyway).
         peer.outbox.send(
-            auth_ok(self.server_peer_id, peer_id, info, self.features, secret, resumed=True)
+            auth_ok(
+                self.server_peer_id,
+                peer_id,
+                info,
+                self.features,
+                secret,
+                resumed=True,
+                documents=tuple(peer.docs),
+            )
         )
         self.visibility.reintroduce(peer)
         if old is not DETACHED:
@@ -462,8 +508,85 @@ class Authentication:
             # died): it carries nothing of the peer any more.
             old.close(1000, "resumed")
         self.on_resumed(conn, peer)
+        self.counters.resume("here")
         log.debug("peer %s (%s) resumed", peer_id, peer.name)
-        return True
+        return _RESUMED
+
+    def claim_answered(self, claim: Claim, peer: HandedPeer | None) -> None:
+        """The relay that held the peer ``claim`` asked for answered: ``peer``
+        is handed over (adopted on the claim's connection), or None (refused,
+        or no answer in time): the connection authenticates as a new peer, as
+        it would have without the resume."""
+        conn, verdict = claim.conn, claim.verdict
+        if peer is not None:
+            self._adopt(conn, peer)
+            if verdict is not None:
+                self._set_expiry(conn, verdict)
+        elif verdict is not None:
+            self._authenticate(
+                conn, verdict.user_id, verdict.name, anonymous=False, resumable=claim.resumable
+            )
+            self._set_expiry(conn, verdict)
+        else:
+            name = self.names.allocate()
+            self._authenticate(conn, None, name, anonymous=True, resumable=claim.resumable)
+
+    def handed_off(self, conn: Connection) -> None:
+        """``conn``'s peer was handed over to another relay: it is no longer
+        one of ours (nobody is told: it is still connected, elsewhere)."""
+        if self.peers.get(conn.peer_id) is conn:
+            del self.peers[conn.peer_id]
+        if conn.is_anonymous:
+            self.names.release(conn.name)
+
+    def adopt_quietly(self, conn: Connection, peer: HandedPeer) -> None:
+        """Take ``peer`` over on ``conn`` without a client to tell (a handover
+        that came too late: the caller closes it at once, a normal leave)."""
+        self._adopt(conn, peer, reply=False)
+
+    def _adopt(self, conn: Connection, peer: HandedPeer, *, reply: bool = True) -> None:
+        """``conn`` is ``peer``, handed over by the relay that held it: it
+        takes its id, name, identity, documents and state here, and nobody
+        is told anything (to them it is the same peer, on another relay)."""
+        now = self.clock()
+        peer_id = peer.peer_id
+        user = peer.user
+        self._pending.pop(conn, None)
+        conn.authenticated = True
+        conn.peer_id = peer_id
+        conn.user_id = user.id
+        conn.name = user.name or ""
+        conn.is_anonymous = user.is_anonymous
+        conn.identity = peer.identity
+        conn.bucket = LimitBucket.per_minute(self.config.rate_limit, now)
+        conn.target_suffix = target_suffix(peer_id)
+        conn.identity_frame = encode(PeerIdentityFrame(peer_id, user))
+        if conn.is_anonymous:
+            self.names.reserve(conn.name)
+        self.peers[peer_id] = conn
+        self.adopt_documents(conn, peer)
+        if self.bus is not None:
+            self.bus.adopted(conn)
+        if not reply:
+            return
+        self.counters.resume("adopted")
+        if peer.documents:
+            # Its client joins its documents again: told who is there, as a joiner is.
+            conn.reintroduce = set(peer.documents)
+        secret = self.resumption.issue(conn)
+        conn.outbox.send(
+            auth_ok(
+                self.server_peer_id,
+                peer_id,
+                user,
+                self.features,
+                secret,
+                resumed=True,
+                documents=peer.documents,
+            )
+        )
+        self.visibility.reintroduce(conn)
+        log.debug("peer %s (%s) resumed from another relay", peer_id, conn.name)
 
     def _authenticate(
         self,

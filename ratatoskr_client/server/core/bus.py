@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from .connection import Connection
+from .resume import HandedPeer
 
 __all__ = ["Bus", "Member", "RemoteSender"]
 
@@ -84,3 +85,24 @@ class Bus(Protocol):
         self, document_id: str, sender: Connection, count: int, session_id: str, data: bytes
     ) -> None:
         """A local peer's ephemeral message was accepted and relayed here."""
+
+    # Resuming a peer held by another relay (see :mod:`.resume`).
+
+    def holder(self, peer_id: str) -> str | None:
+        """The node that has ``peer_id`` (connected or held), if another one does."""
+
+    def claim(self, node: str, request: str, peer_id: str, digest: bytes, user: str | None) -> None:
+        """Ask ``node`` to hand ``peer_id`` over (its answer comes back to
+        :meth:`~.relay.RelayCore.claim_answered`)."""
+
+    def hand_over(self, node: str, request: str, peer: HandedPeer | None) -> None:
+        """Answer ``node``'s claim ``request``: the peer (None: refused)."""
+
+    def handed_off(self, conn: Connection, node: str, documents: tuple[str, ...]) -> None:
+        """The local ``conn`` was handed over to ``node``, present in
+        ``documents``: it is now a peer of that node, which nobody is told."""
+
+    def adopted(self, conn: Connection) -> None:
+        """The local ``conn`` is a peer handed over by another relay, now
+        present in its documents here: it is no longer that relay's peer here,
+        and the others learn where it is now (nobody is told of a change)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["REFUSAL_REASONS", "RelayCounters", "refusal_reason"]
+__all__ = ["REFUSAL_REASONS", "RESUME_OUTCOMES", "RelayCounters", "refusal_reason"]
 
 #: Error code sent to a client -> the ``reason`` label of refused frames.
 _REASON_OF_CODE: Final = {
@@ -49,6 +49,15 @@ def refusal_reason(code: str) -> str:
     return _REASON_OF_CODE.get(code, "other")
 
 
+#: What became of a resume (``docs/server.md``, "Metrics"): ``here`` (a
+#: client resumed a peer this relay held), ``adopted`` (a peer another relay
+#: of the cluster handed over), ``handed_over`` (a peer this relay gave to
+#: another), ``refused`` (the holder said no: a new peer), ``timed_out`` (the
+#: holder did not answer in time: a new peer), ``late`` (a handover that came
+#: after that: the peer left at once).
+RESUME_OUTCOMES: Final = ("here", "adopted", "handed_over", "refused", "timed_out", "late")
+
+
 class RelayCounters:
     """Monotonic counts of one relay's traffic (reset only by a restart)."""
 
@@ -62,6 +71,7 @@ class RelayCounters:
         "refused",
         "relayed_local",
         "relayed_remote",
+        "resumes",
         "slow_disconnects",
         "unanswered",
         "unresponsive_disconnects",
@@ -95,6 +105,12 @@ class RelayCounters:
         self.unresponsive_disconnects = 0
         #: frames the relay failed on (a bug: answered with ``internal_error``)
         self.internal_errors = 0
+        #: resumes by outcome (see :data:`RESUME_OUTCOMES`)
+        self.resumes: dict[str, int] = {}
+
+    def resume(self, outcome: str) -> None:
+        """Count a resume (:data:`RESUME_OUTCOMES`)."""
+        self.resumes[outcome] = self.resumes.get(outcome, 0) + 1
 
     def frame_in(self, kind: str) -> None:
         """One frame of type ``kind`` was received."""

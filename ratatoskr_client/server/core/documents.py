@@ -29,6 +29,7 @@ from ...protocol import (
     SyncFrame,
     decode_payload,
     encode,
+    encode_payload,
 )
 from ...protocol.writers import ephemeral_prefix, target_suffix
 from ..config import Access, RelayConfig
@@ -44,6 +45,7 @@ from .limits import (
     SESSION_TOMBSTONE_TTL,
 )
 from .replies import Replies
+from .resume import HandedPeer
 from .roster import Roster
 from .visibility import ANNOUNCE, CANCELLED, SILENT, Visibility
 
@@ -277,6 +279,62 @@ class Documents:
         self.sessions.release(conn, self.clock())
         conn.control.clear()
         conn.bucket = None
+
+    # ------------------------------------------------------------------ handovers
+
+    def hand_off(self, conn: Connection) -> tuple[str, ...]:
+        """``conn`` was handed over to another relay of the cluster (see
+        :mod:`.resume`): it leaves every document here **without** anyone
+        being told (to its members it stays present, as a peer of that
+        relay); a change of it still held is announced first, so what they
+        were told is what is true. Returns its documents."""
+        visibility = self.visibility
+        visibility.hand_off(conn)
+        docs = tuple(conn.docs)
+        conn.docs.clear()
+        conn.reintroduce = None
+        for doc_id in docs:
+            members = self.members[doc_id]
+            del members[conn.peer_id]
+            self.roster.left(doc_id, conn)
+            if not members:
+                del self.members[doc_id]
+                visibility.drop_held(doc_id)
+                visibility.unsubscribed(doc_id)
+            if self.bus is not None:
+                self.bus.left(doc_id, conn)
+        self.sessions.release(conn, self.clock())
+        conn.control.clear()
+        conn.bucket = None
+        return docs
+
+    def adopt(self, conn: Connection, peer: HandedPeer) -> None:
+        """``conn`` is ``peer``, handed over by another relay of the cluster:
+        present in its documents here at once, with its state, and nobody is
+        told (to the members it was already present, as a peer of that relay)."""
+        now = self.clock()
+        states = self.visibility.states
+        for doc_id in peer.documents:
+            members = self.members.get(doc_id)
+            if members is None:
+                members = self.members[doc_id] = {}
+            members[conn.peer_id] = conn
+            conn.docs[doc_id] = now
+            self.roster.joined(doc_id, conn)
+            if self.bus is not None:
+                self.bus.joined(doc_id, conn)
+        for handed in peer.states:
+            if handed.document_id in conn.docs:
+                payload = {PRESENCE_MARKER: {"type": "snapshot", "state": handed.state}}
+                size = len(encode_payload(payload))
+                states.observe(
+                    handed.document_id,
+                    conn.peer_id,
+                    handed.session_id,
+                    handed.count,
+                    payload,
+                    size,
+                )
 
     def forget_idle(self, now: float) -> None:
         """Drop bookkeeping that has served its purpose: tombstones past their

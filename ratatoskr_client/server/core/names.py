@@ -176,6 +176,11 @@ class NameAllocator:
         self._numbered.add(f"{base} {n}")
         return self._take(f"{base} {n}")
 
+    def reserve(self, name: str) -> None:
+        """Count ``name`` as in use (a peer resumed here from another relay
+        of the cluster keeps the name it was given there)."""
+        self._in_use.add(name)
+
     def release(self, name: str) -> None:
         """Return a name allocated earlier (unknown names are ignored)."""
         self._in_use.discard(name)

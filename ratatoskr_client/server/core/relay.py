@@ -48,6 +48,7 @@ from ...protocol import (
     RequestFrame,
     SyncFrame,
     UnknownFrame,
+    UserInfo,
     decode,
     encode,
 )
@@ -76,7 +77,7 @@ from .limits import (
 )
 from .names import NameAllocator
 from .replies import Replies
-from .resume import Resumption
+from .resume import DETACHED, Claim, HandedPeer, HandedState, Resumption
 from .roster import Roster
 from .visibility import Visibility
 
@@ -206,6 +207,8 @@ class RelayCore:
             resumption=self.resumption,
         )
         self.auth.on_resumed = self._resumed
+        self.auth.wake_claims = self._wake
+        self.auth.adopt_documents = self.documents.adopt
         self._peers = peers
         self._members = members
         self.permissions = Permissions(config)
@@ -289,6 +292,103 @@ class RelayCore:
         self._connections.add(peer)
         self.documents.sessions.release(peer, self.clock())
 
+    # ------------------------------------------------------------------ resuming across relays
+
+    def claim_requested(
+        self, node: str, request: str, peer_id: str, secret_digest: bytes, user: str | None
+    ) -> None:
+        """Relay ``node`` of the cluster asks for our peer ``peer_id``: a
+        client presented it a secret whose SHA-256 is ``secret_digest``, with
+        credentials verified as ``user`` (None: anonymous). The same rule as
+        a resume here (:mod:`.resume`): the peer must be held or connected
+        here, the same user (or anonymous for an anonymous peer) and the
+        digest its current secret's (compared in constant time). Then it is
+        handed over: it leaves here unannounced, and ``node`` gets it.
+        Otherwise ``node`` is told no, and its client is a new peer."""
+        bus = self.bus
+        if bus is None:
+            return
+        resumption = self.resumption
+        peer = resumption.take(peer_id, secret_digest, user, user is None, self._peers.get(peer_id))
+        if peer is None:
+            log.debug("refused node %s the peer %s", node, peer_id)  # (counted there)
+            bus.hand_over(node, request, None)
+            return
+        states = self.visibility.states
+        handed = []
+        for doc_id in peer.docs:
+            entry = states.entry(doc_id, peer_id)
+            if entry is not None and entry.state:
+                handed.append(HandedState(doc_id, entry.session_id, entry.count, dict(entry.state)))
+        snapshot = HandedPeer(
+            peer_id,
+            UserInfo(peer.user_id, peer.name, peer.is_anonymous),
+            peer.identity,
+            tuple(peer.docs),
+            tuple(handed),
+        )
+        # Gone from here for good, but not a leave: it is node's peer now.
+        old = peer.outbox
+        peer.outbox = DETACHED
+        self._connections.discard(peer)
+        self.closed_total += 1
+        resumption.forget(peer)
+        docs = self.documents.hand_off(peer)
+        self.auth.handed_off(peer)
+        bus.handed_off(peer, node, docs)
+        bus.hand_over(node, request, snapshot)
+        self.counters.resume("handed_over")
+        if old is not DETACHED:
+            # Its old socket is still open here (the relay has not noticed it
+            # died): it carries nothing of the peer any more.
+            old.close(1000, "resumed")
+        log.debug("handed peer %s (%s) over to node %s", peer_id, peer.name, node)
+
+    def claim_answered(self, request: str, peer: HandedPeer | None) -> None:
+        """The answer to a resume this relay asked another relay for: the
+        peer handed over, or None (refused). Nobody may be lost without a
+        leave, so a handed-over peer whose claim is over is still adopted:
+        if the connection that claimed it closed meanwhile, it is held here
+        as if that connection had been lost (its client may resume it again,
+        with the same secret, within the grace); if the claim timed out (its
+        client is a new peer by then), it leaves at once."""
+        claim = self.resumption.answered(request)
+        if claim is not None and claim.conn in self._connections:
+            if peer is None:
+                self.counters.resume("refused")
+            self._settle_claim(claim, peer)
+            return
+        if peer is None:
+            return
+        orphan = Connection(DETACHED, "", self.clock())
+        self.auth.adopt_quietly(orphan, peer)
+        if claim is not None and self.resumption.hold_handed(
+            orphan, claim.secret_digest, self.clock()
+        ):
+            log.debug("handover of %s after its connection closed: held", peer.peer_id)
+            self._wake(self.resumption.next_deadline())
+            return
+        log.debug("late handover of %s: it leaves", peer.peer_id)
+        self.counters.resume("late")
+        self._finish(orphan)
+
+    def _settle_claim(self, claim: Claim, peer: HandedPeer | None) -> None:
+        """A claim is answered (``peer``) or timed out (None): the connection
+        is that peer, or a new one; then its frames parked meanwhile are
+        handled (the first was its ``auth``)."""
+        conn = claim.conn
+        frames = conn.parked or []
+        conn.parked = None
+        conn.waiting = None
+        self.auth.claim_answered(claim, peer)
+        rest = frames[1:]
+        for i, data in enumerate(rest):
+            self.receive(conn, data)
+            parked: list[bytes] | None = conn.parked  # (receive() may have set it)
+            if parked is not None:  # waits again: the rest stays behind it
+                parked.extend(rest[i + 1 :])
+                break
+
     # ------------------------------------------------------------------ time
 
     def on_timer(self, now: float | None = None) -> float:
@@ -314,12 +414,19 @@ class RelayCore:
             for conn in resumption.due(now):
                 log.debug("%r was not resumed within %g s", conn, resumption.grace)
                 self._finish(conn)
+        if resumption.next_claim_deadline() <= now:
+            for claim in resumption.claims_due(now):
+                if claim.conn in self._connections:  # (else it closed while it waited)
+                    log.debug("no answer for the resume of %r: a new peer", claim.conn)
+                    self.counters.resume("timed_out")
+                    self._settle_claim(claim, None)
         due = min(
             self._liveness_due,
             self._expiry_due,
             auth.next_deadline(),
             flush,
             resumption.next_deadline(),
+            resumption.next_claim_deadline(),
         )
         self._next_due = due
         return due

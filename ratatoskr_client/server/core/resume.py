@@ -24,6 +24,19 @@ seconds, 15 by default; feature ``"resume"``):
 A connection closed with a close frame (``close()``) leaves at once: the
 client meant it. A wrong secret, an unknown peer or other credentials is not
 an error: the connection authenticates as a new peer, as without the feature.
+
+**In a cluster** the client may come back on another relay. That relay (B)
+knows from the cluster which relay holds the peer (A), parks the ``auth``
+and asks A (a *claim*: the peer id, the SHA-256 of the secret presented, the
+user the credentials were verified as). A checks it as it would a local
+resume; if it matches, A *hands the peer over*: it drops it without telling
+anyone (its members now see it as a peer of B) and sends B a
+:class:`HandedPeer` (name, identity, documents, state), which B adopts on
+the new connection as its own, again without telling anyone; every relay
+then sees the same peer on a new node, which is no event. A refusal, or no
+answer within :data:`CLAIM_TIMEOUT`, and the connection is a new peer. A
+handover that arrives after B gave up is adopted and then closed at once
+(a normal leave), so no peer is ever lost without one.
 """
 
 from __future__ import annotations
@@ -31,12 +44,64 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from ...protocol import UserInfo
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["DETACHED", "Resumption"]
+__all__ = [
+    "CLAIM_TIMEOUT",
+    "DETACHED",
+    "Claim",
+    "HandedPeer",
+    "HandedState",
+    "Resumption",
+    "digest",
+]
+
+#: Seconds a relay of a cluster waits for the relay that holds a peer to
+#: answer a resume there; then the connection authenticates as a new peer.
+CLAIM_TIMEOUT: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HandedState:
+    """A handed-over peer's latest state in one document, as its relay kept it."""
+
+    document_id: str
+    session_id: str
+    count: int
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HandedPeer:
+    """What a relay of a cluster hands over when another resumes its peer:
+    who it is, where it is present, its state there."""
+
+    peer_id: str
+    user: UserInfo
+    identity: str
+    documents: tuple[str, ...]
+    states: tuple[HandedState, ...] = ()
+
+
+@dataclass(slots=True)
+class Claim:
+    """A resume this relay asked another relay of its cluster for: the
+    parked connection, what its credentials were verified as (``verdict``:
+    an ``Identity``, None for anonymous), whether it asked to be resumable,
+    and when to give up."""
+
+    conn: Connection
+    verdict: Any
+    resumable: bool
+    deadline: float
+    #: the SHA-256 of the secret the client presented
+    secret_digest: bytes = b""
 
 
 class _Detached:
@@ -62,7 +127,9 @@ class _Detached:
 DETACHED = _Detached()
 
 
-def _digest(secret: str) -> bytes:
+def digest(secret: str) -> bytes:
+    """The SHA-256 of a resume secret: what the relay keeps, and what it asks
+    another relay of its cluster with."""
     return hashlib.sha256(secret.encode()).digest()
 
 
@@ -74,12 +141,14 @@ class Resumption:
     same for all).
     """
 
-    __slots__ = ("_secrets", "grace", "held")
+    __slots__ = ("_secrets", "claims", "grace", "held")
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._secrets: dict[str, bytes] = {}
         self.held: dict[str, tuple[Connection, float]] = {}
+        #: request id -> a resume asked of another relay (in deadline order)
+        self.claims: dict[str, Claim] = {}
 
     @property
     def enabled(self) -> bool:
@@ -89,7 +158,7 @@ class Resumption:
     def issue(self, conn: Connection) -> str:
         """A new secret for ``conn`` (the previous one, if any, stops working)."""
         secret = secrets.token_urlsafe(24)
-        self._secrets[conn.peer_id] = _digest(secret)
+        self._secrets[conn.peer_id] = digest(secret)
         return secret
 
     def hold(self, conn: Connection, now: float) -> bool:
@@ -103,12 +172,37 @@ class Resumption:
         self.held[conn.peer_id] = (conn, now + self.grace)
         return True
 
-    def claim(self, peer_id: str, secret: str, live: Connection | None) -> Connection | None:
-        """The peer ``peer_id`` if ``secret`` is its current one and it is held
-        or still connected (``live``: the authenticated connection with that
-        id, if any), else None. It is no longer held then."""
+    def take(
+        self,
+        peer_id: str,
+        secret_digest: bytes,
+        user_id: str | None,
+        anonymous: bool,
+        live: Connection | None,
+    ) -> Connection | None:
+        """The rule of a resume, on this relay or asked by another of its
+        cluster: the peer ``peer_id`` if it is held here or still connected
+        (``live``: the authenticated connection with that id, if any), if
+        the credentials are its own (the same user; anonymous for an
+        anonymous peer) and ``secret_digest`` is its current secret's; else
+        None. It is no longer held then."""
+        held = self.held.get(peer_id)
+        candidate = held[0] if held is not None else live
+        # A peer belongs to its identity: the same user, or an anonymous peer.
+        if candidate is None or (candidate.user_id, candidate.is_anonymous) != (user_id, anonymous):
+            return None
+        return self.claim_digest(peer_id, secret_digest, candidate)
+
+    def claim_digest(
+        self, peer_id: str, secret_digest: bytes, live: Connection | None
+    ) -> Connection | None:
+        """The peer ``peer_id`` if ``secret_digest`` (the SHA-256 of the
+        secret presented: all another relay of the cluster sends, the secret
+        itself never leaves the relay it was presented to) is its current
+        secret's, compared in constant time, and it is held or still
+        connected (``live``); else None. It is no longer held then."""
         expected = self._secrets.get(peer_id)
-        if expected is None or not hmac.compare_digest(expected, _digest(secret)):
+        if expected is None or not hmac.compare_digest(expected, secret_digest):
             return None
         entry = self.held.pop(peer_id, None)
         if entry is not None:
@@ -141,3 +235,44 @@ class Resumption:
         entry = self.held.get(conn.peer_id)
         if entry is not None and entry[0] is conn:
             del self.held[conn.peer_id]
+
+    # ------------------------------------------------------------------ across relays
+
+    def ask(
+        self, conn: Connection, verdict: Any, resumable: bool, secret_digest: bytes, now: float
+    ) -> str:
+        """``conn`` waits for another relay to hand its peer over: a new request id."""
+        request = secrets.token_hex(8)
+        self.claims[request] = Claim(conn, verdict, resumable, now + CLAIM_TIMEOUT, secret_digest)
+        return request
+
+    def hold_handed(self, conn: Connection, secret_digest: bytes, now: float) -> bool:
+        """A peer handed over after the connection that claimed it closed:
+        held here as if that connection had been lost, resumable with the
+        secret its client presented (``secret_digest``, which the holder
+        matched). True if it is held."""
+        self._secrets[conn.peer_id] = secret_digest
+        if self.hold(conn, now):
+            return True
+        self._secrets.pop(conn.peer_id, None)
+        return False
+
+    def answered(self, request: str) -> Claim | None:
+        """The claim ``request`` (no longer pending), or None if it is not
+        pending any more (it timed out, or was never asked)."""
+        return self.claims.pop(request, None)
+
+    def claims_due(self, now: float) -> list[Claim]:
+        """The claims unanswered at their deadline (no longer pending)."""
+        late = []
+        for request, claim in self.claims.items():
+            if claim.deadline > now:
+                break
+            late.append(request)
+        return [self.claims.pop(request) for request in late]
+
+    def next_claim_deadline(self) -> float:
+        """When the first pending claim times out (``inf``: none is pending)."""
+        for claim in self.claims.values():
+            return claim.deadline
+        return float("inf")

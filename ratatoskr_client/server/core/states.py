@@ -180,6 +180,11 @@ class PeerStateCache:
             out.append((peer_id, entry, data))
         return out
 
+    def entry(self, doc_id: str, peer_id: str) -> CachedState | None:
+        """``peer_id``'s state in ``doc_id``, if any is kept."""
+        peers = self._docs.get(doc_id)
+        return peers.get(peer_id) if peers is not None else None
+
     def state(self, doc_id: str) -> dict[str, dict[str, Any]]:
         """Peer id -> its latest state in ``doc_id`` (a copy; for queries, e.g.
         an admin API)."""

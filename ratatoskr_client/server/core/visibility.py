@@ -353,6 +353,27 @@ class Visibility:
                 self.settle(doc_id)
         conn.held = None
 
+    def hand_off(self, conn: Connection) -> None:
+        """``conn`` is handed over to another relay (:mod:`.resume`) and
+        leaves its documents here unannounced: its held changes are announced
+        now (what the members were told must be true when it stops being
+        ours), then it is taken out of what they were told, silently."""
+        pid = conn.peer_id
+        if conn.held is not None:
+            for doc_id in list(conn.held):
+                held = self._held.get(doc_id)
+                if held is not None and held.pending.pop(pid, None) is not None:
+                    if doc_id in conn.docs:
+                        self.announce_join(doc_id, conn)
+                    else:
+                        self.announce_leave(doc_id, conn, gone=False)
+                    self.settle(doc_id)
+            conn.held = None
+        for doc_id in conn.docs:
+            held = self._held.get(doc_id)
+            if held is not None:
+                held.shown.pop(pid, None)
+
     def forget_idle(self, now: float) -> None:
         """Drop the recent announcements older than the window, and the
         documents' budgets that are full again (and hold nothing)."""
