@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 import pytest
 
@@ -16,6 +14,7 @@ from ratatoskr_client.testing import TEST_BACKOFF
 
 from ..integration.fakeserver import Recorder, abort_transport
 from .conftest import Cluster
+from .world import states_within
 
 TIMEOUT = 10.0
 
@@ -24,26 +23,6 @@ TIMEOUT = 10.0
 async def cluster(cluster3: Cluster) -> Cluster:
     await cluster3.ready()
     return cluster3
-
-
-async def states_within(
-    client: RatatoskrClient, doc: str, expected: Mapping[str, Mapping[str, Any]], timeout: float
-) -> None:
-    done = asyncio.Event()
-
-    def check(*_: Any) -> None:
-        states = client.state(doc)
-        if all(dict(states.get(p) or {}) == dict(s) for p, s in expected.items()):
-            done.set()
-
-    client.on("state-changed", check)
-    check()
-    try:
-        await asyncio.wait_for(done.wait(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"states never matched: {dict(client.state(doc))}") from None
-    finally:
-        client.off("state-changed", check)
 
 
 async def test_a_silent_watcher_on_another_relay_learns_every_state(cluster: Cluster) -> None:

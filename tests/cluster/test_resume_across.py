@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,7 @@ from ratatoskr_client.testing import TEST_BACKOFF
 from ..integration.fakeserver import Recorder, abort_transport
 from .conftest import Cluster, make_cluster
 from .support import LoadBalancer
+from .world import states_within
 
 TIMEOUT = 10.0
 #: Short, so that the past-the-grace case takes seconds.
@@ -39,26 +40,6 @@ def grace_cluster() -> Iterator[Cluster]:
 async def cluster(grace_cluster: Cluster) -> Cluster:
     await grace_cluster.ready()
     return grace_cluster
-
-
-async def states_within(
-    client: RatatoskrClient, doc: str, expected: Mapping[str, Mapping[str, Any]], timeout: float
-) -> None:
-    done = asyncio.Event()
-
-    def check(*_: Any) -> None:
-        states = client.state(doc)
-        if all(dict(states.get(p) or {}) == dict(s) for p, s in expected.items()):
-            done.set()
-
-    client.on("state-changed", check)
-    check()
-    try:
-        await asyncio.wait_for(done.wait(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"states never matched: {dict(client.state(doc))}") from None
-    finally:
-        client.off("state-changed", check)
 
 
 async def setup(

@@ -146,6 +146,7 @@ async def test_identities_and_the_initial_sync_cover_every_relay_in_global_scope
 # --------------------------------------------------------------------------- presence
 
 
+@pytest.mark.slow
 async def test_presence_join_leave_heartbeat_and_ttl_across_relays(cluster: Cluster) -> None:
     doc = new_doc("presence")
     async with (

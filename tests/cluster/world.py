@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ratatoskr_client import RatatoskrClient
@@ -111,3 +111,25 @@ class World:
         for client in self.clients:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+async def states_within(
+    client: RatatoskrClient, doc: str, expected: Mapping[str, Mapping[str, Any]], timeout: float
+) -> None:
+    """Wait until ``client`` shows every peer of ``expected`` with exactly that
+    state in ``doc`` (re-checked at each ``state-changed``)."""
+    done = asyncio.Event()
+
+    def check(*_: Any) -> None:
+        states = client.state(doc)
+        if all(dict(states.get(p) or {}) == dict(s) for p, s in expected.items()):
+            done.set()
+
+    client.on("state-changed", check)
+    check()
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"states never matched: {dict(client.state(doc))}") from None
+    finally:
+        client.off("state-changed", check)

@@ -149,6 +149,7 @@ def assert_every_name_and_no_failure(out: Path) -> dict[str, tuple[int, int]]:
     return stats
 
 
+@pytest.mark.slow
 def test_headless_run_of_a_few_hundred_users(relay_thread: RelayThread, tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = locust(

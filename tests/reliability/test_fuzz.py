@@ -263,6 +263,7 @@ def kind_of(frame: dict[str, Any]) -> str:
 @pytest.mark.ratatoskr_relay(
     users=USERS, documents=DOCUMENTS, max_frame_size=MAX_FRAME, rate_limit=100_000
 )
+@pytest.mark.slow
 async def test_fuzzed_frames_at_the_relay(ratatoskr_relay: RelayServer) -> None:
     url = ratatoskr_relay.ws_url
     alice = await RecordingPeer.open(url, "alice", "alice-secret")
@@ -420,6 +421,7 @@ def expected_client_errors(raw: bytes | str, own_session: str) -> list[type]:
     return []
 
 
+@pytest.mark.slow
 async def test_fuzzed_server_frames_never_kill_the_client() -> None:
     async with FakeServer() as server:
         # Pacing off: a fuzzed rate_limited frame may legitimately ask for a long

@@ -296,6 +296,7 @@ CONNECT_TIMEOUT = 1.0
 
 
 @pytest.mark.ratatoskr_relay(ping_interval=RELAY_PING, users=USERS, documents=DOCUMENTS)
+@pytest.mark.slow
 async def test_client_notices_a_dead_network_path_and_reconnects_through_it(
     ratatoskr_relay, ratatoskr_client
 ):

@@ -275,6 +275,7 @@ def test_arbitrary_cbor_values_raise_only_protocol_error(value: Any) -> None:
         max_size=8,
     ),
 )
+@pytest.mark.slow
 def test_known_types_with_random_fields_raise_only_protocol_error(
     frame_type: str, fields: dict[str, Any]
 ) -> None:
