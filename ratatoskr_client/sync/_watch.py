@@ -54,6 +54,14 @@ class PresenceWatch(Iterator[tuple[Peer, ...]]):
             raise StopIteration
         try:
             value = self._loop.run(self._next)
+        except ConnectionClosed:
+            self._done = True
+            if self._loop.stopped:
+                # The client closed and its loop stopped before (or while) this
+                # call was handed over: the end the docstring promises, not an
+                # error (whichever thread won the race).
+                raise StopIteration from None
+            raise
         except BaseException:
             # A timeout or an interruption cancelled the generator mid-wait,
             # which ends it: so does this watch.

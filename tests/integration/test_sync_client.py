@@ -249,6 +249,17 @@ def test_watch_presence_times_out_and_ends_when_the_client_closes(
         client.connect()  # a closed blocking client stays closed
 
 
+def test_a_watch_asked_after_its_client_closed_has_ended(relay_thread: RelayThread) -> None:
+    # The test above races the close against the wait; here the close has won
+    # (the loop thread is gone), which must end the watch too, not raise.
+    client = RatatoskrClient(relay_thread.url)
+    client.connect()
+    endless = client.watch_presence("doc")
+    assert next(endless) == ()
+    client.close()
+    assert list(endless) == []
+
+
 def test_an_unclosed_client_is_closed_when_collected(relay_thread: RelayThread) -> None:
     with RatatoskrClient(relay_thread.url) as observer:
         observer.enter_document("doc")
