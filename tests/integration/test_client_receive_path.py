@@ -139,3 +139,19 @@ async def test_attach_refuses_a_socket_without_the_expected_internals() -> None:
         closed = False
 
     assert DirectReader.attach(NotAiohttp(), print, print, print) is None  # type: ignore[arg-type]
+
+
+async def test_the_open_socket_keeps_no_handshake_headers() -> None:
+    async with FakeServer() as server:
+        client = RatatoskrClient(server.url, backoff=TEST_BACKOFF)
+        await client.connect()
+        try:
+            response = client._driver.writer.ws._response  # type: ignore[union-attr]
+            assert len(response.headers) == 0
+            assert response.raw_headers == ()
+            assert len(response.request_info.headers) == 0
+            assert response.status == 101  # the rest stays as it was
+            await client.enter_document("doc")  # and the socket works on
+        finally:
+            await client.close()
+        assert not client.is_connected
