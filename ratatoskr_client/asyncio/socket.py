@@ -346,8 +346,9 @@ class DirectReader:
     ``receive()`` as before, so every way a connection ends is aiohttp's.
 
     :meth:`attach` returns None on an aiohttp whose internals differ from
-    those this was written against (3.9-3.14): the driver then receives
-    through ``receive()`` alone.
+    those this was written against (3.14: the response object keeps its
+    parser, which older releases do not): the driver then receives through
+    ``receive()`` alone.
     """
 
     __slots__ = (
