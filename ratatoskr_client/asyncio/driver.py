@@ -9,19 +9,24 @@ the libraries underneath (aiohttp, ``OSError``) become
 :class:`~ratatoskr_client.errors.RatatoskrError`\\ s in one place,
 :mod:`ratatoskr_client.asyncio.socket` (cbor2's in :mod:`ratatoskr_client.protocol.codec`).
 
-Hot paths, by design: a received frame goes from ``ws.receive()`` through
-:meth:`ClientCore.receive` to the callbacks in one straight line (no task,
-queue or lock per message: the core records the event, and the driver emits
-it as soon as ``receive`` returns); a frame to send is written to the socket
-at once (:class:`SocketWriter`), and only a caller that must respect
-backpressure awaits :meth:`SocketWriter.drained`. All timers of a client are one
-``loop.call_at`` handle, re-armed to the earliest time the core asks for.
+Hot paths, by design: a received frame goes from aiohttp's parser through
+:meth:`ClientCore.receive` to the callbacks in one straight line, inside the
+protocol's ``data_received`` (:class:`~ratatoskr_client.asyncio.socket.DirectReader`):
+no task step, queue or lock per message (the core records the event, and the
+driver emits it as soon as ``receive`` returns). Only the end of a connection
+(a close frame, a parse error, the end of the stream) is read through
+``ws.receive()``, by the receive task, which otherwise sleeps. A frame to send
+is written to the socket at once (:class:`SocketWriter`), and only a caller
+that must respect backpressure awaits :meth:`SocketWriter.drained`. All timers
+of a client are one ``loop.call_at`` handle, re-armed to the earliest time the
+core asks for.
 
 Presence changes are settled (:meth:`ClientCore.settle`) by every
-:meth:`Driver.apply`, except in the receive loop: there, once per batch, when
-every message aiohttp had read is handled (:func:`backlog` is empty), before
-the loop waits for more; so the application's coroutines, which run only when
-the loop waits, never see a presence whose ``presence-changed`` is still to come.
+:meth:`Driver.apply`, except for received frames: there, once per batch, when
+every message aiohttp parsed from one read of the socket is handled (in the
+fallback loop: when :func:`backlog` is empty), before the loop waits for more;
+so the application's coroutines, which run only when the loop waits, never see
+a presence whose ``presence-changed`` is still to come.
 """
 
 from __future__ import annotations
@@ -48,7 +53,15 @@ from ..errors import (
 )
 from .emitter import SafeEmitter
 from .memory import trim_soon
-from .socket import SocketWriter, abort, backlog, open_socket, receive_failed, was_refused
+from .socket import (
+    DirectReader,
+    SocketWriter,
+    abort,
+    backlog,
+    open_socket,
+    receive_failed,
+    was_refused,
+)
 
 __all__ = ["CALLBACK_GRACE", "Driver"]
 
@@ -61,13 +74,19 @@ _TEXT: Final = aiohttp.WSMsgType.TEXT
 _ERROR: Final = aiohttp.WSMsgType.ERROR
 _PING: Final = aiohttp.WSMsgType.PING
 _PONG: Final = aiohttp.WSMsgType.PONG
+#: Frames are handed to the core from aiohttp's ``data_received``
+#: (:class:`DirectReader`); False: through ``ws.receive()`` in the receive task.
+#: A switch for tests and measurements, not an option.
+DIRECT_RECEIVE = True
 
 
 class Driver:
     """Connects a :class:`ClientCore` to the network. See the module docstring."""
 
     __slots__ = (
+        "_clock",
         "_closing",
+        "_direct",
         "_futures",
         "_http",
         "_loop",
@@ -110,6 +129,10 @@ class Driver:
         #: presence watcher id -> the future its consumer awaits until a Push
         self._wakers: dict[int, asyncio.Future[None]] = {}
         self._closing = False
+        #: the socket's DirectReader while it delivers frames (None: none)
+        self._direct: DirectReader | None = None
+        #: the loop's clock, for the per-frame path (set with _direct)
+        self._clock: Any = None
         #: the task calling the token callable ahead of expiry (None: none)
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -391,6 +414,60 @@ class Driver:
         await self._release_io()
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ConnectionClosed:
+        """Receive until the connection ends; why it ended."""
+        if DIRECT_RECEIVE:
+            self._clock = asyncio.get_running_loop().time
+            direct = DirectReader.attach(ws, self._on_binary, self._on_other, self._batch_over)
+            if direct is not None:
+                self._direct = direct
+                try:
+                    direct.deliver()  # what aiohttp parsed before we attached
+                    await direct.ended
+                finally:
+                    self._direct = None
+                    direct.detach()
+                if direct.failure is not None:
+                    raise direct.failure
+        # The end of the connection (or every frame, without a DirectReader).
+        return await self._receive_queued(ws)
+
+    # The per-frame path of DirectReader. Their behaviour is the loop's below.
+
+    def _on_binary(self, data: bytes) -> None:
+        core = self.core
+        try:
+            core.receive(data, self._clock())
+        except Exception as exc:
+            # A bug must cost one frame, never the connection (as on the relay).
+            log.exception("internal error while handling a frame")
+            core.report(_internal(exc, "while handling a frame"))
+        effects = core.outbox.effects
+        if effects:
+            if len(effects) == 1 and type(effects[0]) is tuple:
+                # The usual frame (a message): its one event, emitted here
+                # rather than through _perform (once per message).
+                self.emitter.emit(*effects.pop())  # type: ignore[misc]
+            else:
+                self._perform()
+
+    def _on_other(self, msg: aiohttp.WSMessage) -> None:
+        kind = msg.type
+        core = self.core
+        if kind is _TEXT:
+            core.receive_text(self._clock())
+            self._perform()
+            return
+        core.heard(self._clock())  # a ping or a pong
+        if kind is _PING:
+            writer = self.writer
+            if writer is not None:
+                writer.pong(msg.data)
+
+    def _batch_over(self) -> None:
+        if self.core.unsettled:  # the batch is over: announce presence
+            self.apply()
+
+    async def _receive_queued(self, ws: aiohttp.ClientWebSocketResponse) -> ConnectionClosed:
         core = self.core
         receive = core.receive
         effects = core.outbox.effects  # (emptied in place, never replaced)
@@ -412,8 +489,6 @@ class Driver:
                     core.report(_internal(exc, "while handling a frame"))
                 if effects:
                     if len(effects) == 1 and type(effects[0]) is tuple:
-                        # The usual frame (a message): its one event, emitted
-                        # here rather than through _perform (once per message).
                         emit(*effects.pop())  # type: ignore[misc]
                     else:
                         perform()
@@ -470,7 +545,13 @@ class Driver:
                 core.attempt_failed(exc, self.now())
                 self.apply()
 
+    def _stop_direct(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.detach()
+
     def _drop_socket(self) -> None:
+        self._stop_direct()
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.stop()
@@ -498,6 +579,7 @@ class Driver:
 
     async def _release_io(self) -> None:
         """The I/O half of the one teardown (the core did its half)."""
+        self._stop_direct()  # nothing reaches the core once it is closed
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

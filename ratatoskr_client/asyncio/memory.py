@@ -5,7 +5,9 @@ The clients of one process share their peer tables once quiet
 the pages those used until ``malloc_trim`` (:func:`ratatoskr_client._libc.trim`)
 returns them. A trim walks the heap, so it is done once enough was released,
 and once for a whole fleet of clients that share their tables within moments
-of each other.
+of each other. The table of identity and presence frames decoded once for all
+the clients (:func:`~ratatoskr_client.protocol.fastpaths.forget_shared`) is
+emptied at the same moment: it served the burst that is over.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Final
 
 from .._libc import trim
 from ..core.peer_tables import released_entries, take_released
+from ..protocol.fastpaths import forget_shared
 
 __all__ = ["TRIM_AFTER_ENTRIES", "TRIM_DELAY", "trim_soon"]
 
@@ -42,4 +45,7 @@ def trim_soon(loop: asyncio.AbstractEventLoop) -> None:
 def _trim_now() -> None:
     _scheduled[0] = False
     take_released()
+    # The burst that filled the peer tables is over: so is the use of the
+    # frames decoded once for all the clients of the process.
+    forget_shared()
     trim()

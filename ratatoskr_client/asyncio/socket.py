@@ -8,7 +8,9 @@
   suspension point when the transport is not paused; a write on a socket that
   is going away is dropped (the receive loop sees the close and says why);
 * :func:`abort` closes a socket at once, and :func:`backlog` shows the
-  messages aiohttp has read but the receive loop has not taken yet.
+  messages aiohttp has read but the receive loop has not taken yet;
+* :class:`DirectReader` hands each message aiohttp parses to the driver as
+  the bytes arrive, instead of queueing it for a task to take.
 
 The socket is opened without aiohttp's heartbeat and with ``autoping=False``:
 aiohttp restarts its heartbeat on every chunk of bytes, which a server
@@ -36,6 +38,7 @@ from ..errors import ConnectError, ConnectionClosed, OperationTimeout, ProtocolE
 
 __all__ = [
     "CLOSE_TIMEOUT",
+    "DirectReader",
     "SocketWriter",
     "abort",
     "backlog",
@@ -48,6 +51,7 @@ __all__ = [
 _BINARY: Final = aiohttp.WSMsgType.BINARY
 _PING: Final = aiohttp.WSMsgType.PING
 _PONG: Final = aiohttp.WSMsgType.PONG
+_TEXT: Final = aiohttp.WSMsgType.TEXT
 _MESSAGE_TOO_BIG: Final = aiohttp.WSCloseCode.MESSAGE_TOO_BIG
 #: Seconds close() waits for the server to answer our close frame.
 CLOSE_TIMEOUT: Final = 2.0
@@ -69,7 +73,7 @@ async def open_socket(
         # that arrives as the socket opens (CPython gh-86296), leaving the
         # cancelled caller running with an open socket.
         async with asyncio.timeout(settings.connect_timeout):
-            return await http.ws_connect(
+            ws = await http.ws_connect(
                 url,
                 heartbeat=None,
                 # aiohttp refuses a message whose size is >= max_msg_size; its
@@ -81,6 +85,49 @@ async def open_socket(
             )
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         raise connect_error(exc, url, settings.connect_timeout) from exc
+    forget_handshake(ws)
+    return ws
+
+
+#: What a socket's handshake response shows once :func:`forget_handshake` ran:
+#: one empty read-only header map of aiohttp's type, shared (made on first use).
+_no_headers: list[Any] = []
+
+
+def _empty_headers(like: Any) -> Any:
+    if not _no_headers:
+        empty = like.copy()  # a mutable copy of the same type's kind...
+        empty.clear()
+        _no_headers.append(type(like)(empty))  # ...and read-only again
+    return _no_headers[0]
+
+
+def forget_handshake(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Drop the HTTP headers of the upgrade (the server's and ours) that the
+    open socket's response object keeps for as long as the socket lives.
+
+    Nothing reads them once the socket is open (the client never exposes the
+    response), and they are about 2 KiB per connection: a tenth of an idle
+    client (see docs/performance.md). Only aiohttp's plain data fields are
+    replaced, by empty ones of the same types; on an aiohttp without them this
+    does nothing."""
+    response: Any = getattr(ws, "_response", None)
+    if response is None:
+        return
+    headers = getattr(response, "_headers", None)
+    if not hasattr(headers, "copy") or not isinstance(
+        getattr(response, "_raw_headers", None), tuple
+    ):
+        return
+    none = _empty_headers(headers)
+    response._raw_headers = ()
+    response._headers = none
+    cache = getattr(response, "_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()  # the cached `headers` property
+    info = getattr(response, "_request_info", None)
+    if isinstance(info, aiohttp.RequestInfo):
+        response._request_info = aiohttp.RequestInfo(info.url, info.method, none, info.real_url)
 
 
 def was_refused(error: BaseException) -> bool:
@@ -270,3 +317,167 @@ class SocketWriter:
         if self._backlog is not None:
             self._backlog.clear()
         return self._task
+
+
+class DirectReader:
+    """Hands every data message aiohttp parses from one socket to the driver
+    at once, from the protocol's ``data_received``, instead of queueing it.
+
+    Why: aiohttp parses a chunk of bytes into messages, queues them, and wakes
+    the task awaiting ``receive()``, which then takes them one by one through
+    ``receive()`` (a Python coroutine per message). That costs a task step per
+    chunk and those coroutine steps per message (the SDK's own share of the
+    1:1 latency), and it lets messages pile up: in a burst, every socket with
+    bytes ready is parsed in one loop iteration before any task runs, so a
+    process of many clients holds all of their queued messages at once, and
+    pymalloc keeps the arenas that peak touched (the memory per idle client).
+    Here, each message is handled as soon as it is parsed, so at most one
+    socket read's worth of messages exists at a time.
+
+    How: this object stands in for aiohttp's WebSocket parser on the
+    connection's protocol. Each ``feed_data`` lets the real parser parse (its
+    checks, its size limit, its flow control: nothing of it changes), then
+    takes the messages from aiohttp's queue through the queue's own read (so
+    its accounting and its pause/resume of the socket stay right). Binary,
+    text, ping and pong messages go to ``on_binary`` / ``on_other``; at the
+    first message of any other kind (a close), at the end of the stream, at
+    a parse error, or when a handler raises, it stops taking messages and
+    resolves :attr:`ended`: the driver then reads the rest through
+    ``receive()`` as before, so every way a connection ends is aiohttp's.
+
+    :meth:`attach` returns None on an aiohttp whose internals differ from
+    those this was written against (3.14: the response object keeps its
+    parser, which older releases do not): the driver then receives through
+    ``receive()`` alone.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_on_batch",
+        "_on_binary",
+        "_on_other",
+        "_parser",
+        "_protocol",
+        "_queue",
+        "ended",
+        "failure",
+    )
+
+    def __init__(
+        self,
+        protocol: Any,
+        parser: Any,
+        queue: Any,
+        on_binary: Callable[[bytes], None],
+        on_other: Callable[[aiohttp.WSMessage], None],
+        on_batch: Callable[[], None],
+    ) -> None:
+        self._protocol = protocol
+        self._parser = parser
+        self._queue = queue
+        self._buffer: deque[tuple[aiohttp.WSMessage, int]] = queue._buffer
+        self._on_binary = on_binary
+        self._on_other = on_other
+        self._on_batch = on_batch
+        #: resolved when the driver must read the rest through ``receive()``
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: what a handler raised (the driver re-raises it), if that ended it
+        self.failure: BaseException | None = None
+
+    @classmethod
+    def attach(
+        cls,
+        ws: aiohttp.ClientWebSocketResponse,
+        on_binary: Callable[[bytes], None],
+        on_other: Callable[[aiohttp.WSMessage], None],
+        on_batch: Callable[[], None],
+    ) -> DirectReader | None:
+        """Stand in for ``ws``'s parser; None if that is not possible (see
+        the class docstring) or the socket is closing."""
+        parser = getattr(ws, "_parser", None)
+        queue = getattr(ws, "_reader", None)
+        protocol = getattr(getattr(ws, "_writer", None), "protocol", None)
+        if ws.closed or parser is None or queue is None or protocol is None:
+            return None
+        if (
+            not isinstance(getattr(queue, "_buffer", None), deque)
+            or not callable(getattr(queue, "read", None))
+            or queue.exception() is not None
+            or queue.is_eof()
+            or getattr(protocol, "_payload_parser", None) is not parser
+            or getattr(protocol, "_payload", None) is not queue
+        ):
+            return None
+        direct = cls(protocol, parser, queue, on_binary, on_other, on_batch)
+        protocol._payload_parser = direct
+        return direct
+
+    def detach(self) -> None:
+        """Give the socket back to aiohttp's parser and queue alone."""
+        protocol = self._protocol
+        if protocol._payload_parser is self:
+            protocol._payload_parser = self._parser
+        self._end()
+
+    # ------------------------------------------------------ the parser's interface
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        """aiohttp's protocol hands us the bytes read: parse, then deliver."""
+        result: tuple[bool, bytes] = self._parser.feed_data(data)
+        if not self.ended.done():
+            self.deliver()
+            if result[0]:  # a parse error: aiohttp queued it; receive() reports it
+                self._end()
+        return result
+
+    def feed_eof(self) -> None:
+        """The connection is gone: receive() says how."""
+        try:
+            self._parser.feed_eof()
+        finally:
+            self._end()
+
+    # ------------------------------------------------------ delivering
+
+    def deliver(self) -> None:
+        """Hand over every message queued now (the driver calls this once
+        when it attaches, for what aiohttp parsed before)."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        read = self._queue.read
+        on_binary = self._on_binary
+        try:
+            while buffer:
+                kind = buffer[0][0].type
+                if kind is _BINARY:
+                    on_binary(_take(read).data)
+                elif kind is _PING or kind is _PONG or kind is _TEXT:
+                    self._on_other(_take(read))
+                else:  # a close: receive() handles it
+                    self._end()
+                    return
+                if self.ended.done():
+                    return  # detached meanwhile (a callback closed the client)
+            self._on_batch()
+        except Exception as exc:  # a bug: the receive loop fails as it would have
+            self.failure = exc
+            self._end()
+
+    def _end(self) -> None:
+        ended = self.ended
+        if not ended.done():
+            ended.set_result(None)
+
+
+def _take(read: Callable[[], Any]) -> Any:
+    """aiohttp's queue's next message, which is there: its ``read()``
+    coroutine returns it without suspending (the queue then does its own
+    accounting, and resumes a paused socket when it has room again)."""
+    step = read()
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    step.close()
+    raise RuntimeError("aiohttp's queue had no message ready")

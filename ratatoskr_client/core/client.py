@@ -148,6 +148,14 @@ _MEMBERSHIP_EVENTS: Final = frozenset(
     )
 )
 _USER_EVENTS: Final = ("user-joined", "user-left")
+#: The sets of unheard events in use, each held once for all the clients of a
+#: process (a set of more than five strings is 0.7 KiB per client otherwise);
+#: at most 2 ** len(_MEMBERSHIP_EVENTS) of them.
+_UNHEARD: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _unheard_set(events: frozenset[str]) -> frozenset[str]:
+    return _UNHEARD.setdefault(events, events)
 
 
 class ClientCore:
@@ -224,7 +232,7 @@ class ClientCore:
         # Events the application has no callback for (see listening()): none
         # known until the driver says, so every event is recorded, but for the
         # user events, which cost a grouping per presence change: on once listened.
-        self._unheard: set[str] = set(_USER_EVENTS)
+        self._unheard = _unheard_set(frozenset(_USER_EVENTS))
         self._rand = rand
         self._new_session = new_session
         self._heartbeat_at = float("inf")
@@ -323,9 +331,9 @@ class ClientCore:
                 # who is here now, without announcing them.
                 for doc_id in self.store.tracked():
                     self.users.update(doc_id, self.store.presence(doc_id))
-            self._unheard.discard(event)
+            self._unheard = _unheard_set(self._unheard - {event})
         elif event in _MEMBERSHIP_EVENTS:
-            self._unheard.add(event)
+            self._unheard = _unheard_set(self._unheard | {event})
 
     def _users_heard(self) -> bool:
         unheard = self._unheard

@@ -298,6 +298,16 @@ _SHARED_MAX_ENTRIES: Final = 1024
 _SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big ones
 
 
+def forget_shared() -> None:
+    """Empty the table of shared identity and presence frames.
+
+    It pays during a burst (a join or a reconnect storm brings the same frame
+    to every client of a process within moments); once the burst is over its
+    entries will not come again, and they are 1,024 frames with their bytes,
+    about 400 KiB. The next burst fills it again."""
+    _SHARED.clear()
+
+
 def decode(data: bytes | bytearray | memoryview) -> Frame:
     """Decode the bytes of one binary WebSocket message into a frame.
 

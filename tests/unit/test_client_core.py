@@ -642,3 +642,15 @@ def test_a_text_frame_is_a_protocol_error_and_proves_the_connection_alive():
     (error,) = [e[1] for e in h.events(h.take(), "error")]
     assert isinstance(error, ProtocolError) and "text frame" in str(error)
     assert not any(type(e) is Ping for e in h.advance(9.5))  # heard 9.5 s ago: no ping yet
+
+
+def test_unheard_event_sets_are_held_once_for_every_client():
+    a, b = Harness(), Harness()
+    assert a.core._unheard is b.core._unheard
+    for core in (a.core, b.core):
+        core.listening("peer-joined", True)
+        core.listening("presence-changed", False)
+    assert a.core._unheard is b.core._unheard
+    assert "presence-changed" in a.core._unheard and "peer-joined" not in a.core._unheard
+    a.core.listening("peer-joined", False)
+    assert "peer-joined" in a.core._unheard and "peer-joined" not in b.core._unheard

@@ -442,3 +442,16 @@ def test_invalid_utf8_in_an_id_is_a_protocol_error_on_both_paths() -> None:
     assert fastpaths._ephemeral_by_position(wire) is None
     with pytest.raises(ProtocolError):
         decode(wire)
+
+
+def test_identity_frames_are_shared_until_the_burst_is_over() -> None:
+    from ratatoskr_client.protocol import fastpaths
+
+    user = {"id": None, "name": "U", "isAnonymous": True}
+    data = cbor2.dumps({"type": "peer_identity", "peerId": "p-shared", "user": user})
+    first = fastpaths.decode(data)
+    assert fastpaths.decode(bytes(data)) is first  # one object for every client
+    fastpaths.forget_shared()
+    again = fastpaths.decode(data)
+    assert again == first and again is not first  # decoded anew, and shared again
+    assert fastpaths.decode(data) is again
