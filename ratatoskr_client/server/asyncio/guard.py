@@ -105,11 +105,14 @@ class AcceptErrorFilter:
         """Give ``loop`` its previous handler back (the server has stopped
         listening), once no retry asyncio scheduled after a failed accept can
         fire any more: until then, this filter still has to answer them."""
-        pending = self.last_failure + ACCEPT_RETRY_DELAY - time.monotonic()
-        if self.last_failure and pending > 0:
-            loop.call_later(pending + 0.1, self._restore, loop)  # +0.1: after those timers
-        else:
+        if not self.last_failure:
             self._restore(loop)
+            return
+        # Even when their time has passed, a busy loop may not have run those
+        # timers yet: a timer due later than all of them runs after them
+        # (+0.1: after the last one, scheduled a moment after the failure).
+        pending = self.last_failure + ACCEPT_RETRY_DELAY - time.monotonic()
+        loop.call_later(max(pending, 0.0) + 0.1, self._restore, loop)
 
     def _restore(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop.get_exception_handler() is self:  # nobody has installed another since
