@@ -1,7 +1,11 @@
 """The C library, for the few calls the package makes into it.
 
-Finding it (``ctypes.util.find_library``) runs ``ldconfig`` in a subprocess on
-Linux, so it is done once per process, and never in a forked child.
+It is the library the interpreter itself is linked with, so its functions are
+looked up in the process's own symbols (``dlopen(NULL)``), once per process.
+Not with ``ctypes.util.find_library``: that runs ``ldconfig`` in a subprocess,
+which a forked child must not start, and which under gevent (a Locust worker)
+fails when asked from any thread but the main one: the client's memory trim
+runs on its event-loop thread.
 
 :func:`trim` gives memory the process no longer uses back to the operating
 system: CPython frees objects at once, but glibc's allocator keeps the pages it
@@ -15,8 +19,8 @@ to call it is decided by the I/O layers (``ratatoskr_client.asyncio.memory``,
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +29,10 @@ __all__ = ["libc_function", "trim"]
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    if sys.platform == "win32":
+        return None  # no malloc_trim or prctl there, and no dlopen(NULL)
     try:
-        return ctypes.CDLL(name)
+        return ctypes.CDLL(None)
     except OSError:
         return None
 

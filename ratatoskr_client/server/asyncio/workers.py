@@ -69,8 +69,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def _death_signal() -> Callable[[], None] | None:
     """What a worker runs between fork and exec to ask the kernel for SIGTERM
     when the parent dies, so a killed parent leaves no workers behind; None
-    where there is no ``prctl``. The function is found here, in the parent:
-    finding the C library starts a subprocess, which a forked child must not."""
+    where there is no ``prctl``. The function is found here, in the parent,
+    so that the child only calls it (between fork and exec, as little as
+    possible may run)."""
     prctl = libc_function("prctl") if sys.platform.startswith("linux") else None
     if prctl is None:
         return None
