@@ -103,6 +103,21 @@ def batch(*maps: object) -> bytes:
     return HEAD + cbor2.dumps(list(maps))
 
 
+#: A well-formed handover (the tests spoil one field of it at a time).
+HANDOVER: dict[str, object] = {
+    "t": "handover",
+    "to": NODE,
+    "r": "r",
+    "p": "x",
+    "u": None,
+    "n": "N",
+    "a": True,
+    "i": "anon:0f",
+    "d": ["doc"],
+    "s": [],
+}
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -131,52 +146,20 @@ def batch(*maps: object) -> bytes:
         batch({"t": "claim", "to": "nobody", "r": "r", "p": "x", "h": b"\x00" * 32, "u": None}),
         batch({"t": "refused", "to": NODE}),
         batch({"t": "moved", "p": "x", "o": "not-a-node"}),
-        batch(
-            {
-                "t": "handover",
-                "to": NODE,
-                "r": "r",
-                "p": "x",
-                "u": None,
-                "n": "N",
-                "a": True,
-                "i": "anon:0f",
-                "d": "doc",
-                "s": [],
-            }
-        ),
-        batch(
-            {
-                "t": "handover",
-                "to": NODE,
-                "r": "r",
-                "p": "x",
-                "u": None,
-                "n": "N",
-                "a": True,
-                "i": "anon:0f",
-                "d": ["doc"],
-                "s": [["doc", "s", -1, {}]],
-            }
-        ),
-        batch(
-            {
-                "t": "handover",
-                "to": NODE,
-                "r": "r",
-                "p": "x",
-                "u": None,
-                "n": "N",
-                "a": True,
-                "d": ["doc"],
-                "s": [],
-            }
-        ),  # no identity key
+        batch({**HANDOVER, "d": "doc"}),  # documents not a list
+        batch({**HANDOVER, "s": [["doc", "s", -1, {}]]}),  # a negative count
+        batch({k: v for k, v in HANDOVER.items() if k != "i"}),  # no identity key
     ],
 )
 def test_malformed_messages_are_protocol_errors(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_message(data)
+
+
+def test_the_handover_the_malformed_ones_spoil_is_well_formed() -> None:
+    node, (message,) = decode_message(batch(HANDOVER))
+    assert node == NODE
+    assert type(message).__name__ == "Handover"
 
 
 def test_a_batch_carries_several_messages_in_order() -> None:
