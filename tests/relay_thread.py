@@ -63,8 +63,16 @@ class RelayThread:
         self._run(self.server.stop())
 
     def freeze(self, seconds: float) -> None:
-        """Block the relay's event loop for ``seconds``: a server that hangs."""
-        self._loop.call_soon_threadsafe(time.sleep, seconds)
+        """Block the relay's event loop for ``seconds``: a server that hangs.
+        Returns once it hangs (so what the test sends next waits for it)."""
+        hanging = threading.Event()
+
+        def hang() -> None:
+            hanging.set()
+            time.sleep(seconds)
+
+        self._loop.call_soon_threadsafe(hang)
+        assert hanging.wait(WAIT), "the relay's loop never ran the freeze"
 
     def stats(self) -> RelayStats:
         return self._run(self._stats())  # type: ignore[no-any-return]
