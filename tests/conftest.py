@@ -47,7 +47,7 @@ _BYTECODE = pytest.StashKey[str]()
 
 
 def _share_bytecode(config: pytest.Config) -> None:
-    # The suite starts a few hundred Python processes (the CLI, relays, the
+    # The suite starts about two hundred Python processes (the CLI, relays, the
     # documented commands, Locust). Where PYTHONDONTWRITEBYTECODE is set, as on
     # some CI images, each of them compiled every module it imported, about
     # 0.06 s of CPU per process for this package alone. So this run compiles
