@@ -123,7 +123,10 @@ async def _health(node: RelayNode, state: str) -> bool:
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text()
+        try:
+            text = (task / "children").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended since the listing (it had no children of its own)
         found |= {int(p) for p in text.split()}
     return found
 
