@@ -232,3 +232,112 @@ def test_a_peer_whose_old_socket_the_holder_still_has_open_moves_too(world: Any)
     hub.pump()
     assert a.core.stats().peers == 1 and a.core.away() == ()  # its watcher only
     assert all(events(w, m) == [] for w, m in zip(watchers, marks, strict=True))
+
+
+def test_a_watcher_resumed_where_a_peer_was_just_adopted_sees_it(any_hub: Hub) -> None:
+    # The shape of the cluster chaos test's failures: a watcher held on B while
+    # a peer from A resumed on B; the watcher resumes too and joins again.
+    hub = any_hub
+    a, b = hub.add(A), hub.add(B)
+    bot, bot_secret = resumable(a)
+    watcher, watcher_secret = resumable(b)
+    hub.pump()
+    for node, conn in ((a, bot), (b, watcher)):
+        node.presence(conn, "doc", "join")
+        hub.pump()
+    hub.settle()
+    assert set(outbox(watcher).presence("doc")) == {bot.peer_id, watcher.peer_id}
+    b.core.close(watcher, clean=False)  # held on B
+    a.core.close(bot, clean=False)  # held on A
+    moved = resume(b, bot.peer_id, bot_secret)
+    hub.pump()
+    assert outbox(moved).frames[0]["resumed"] is True
+    b.peers[moved.peer_id] = moved
+    del a.peers[bot.peer_id]
+    rejoin(b, moved, "doc")
+    hub.pump()
+    back = resume(b, watcher.peer_id, watcher_secret)
+    hub.pump()
+    assert back.successor is watcher  # resumed here: the held peer carries on
+    assert outbox(watcher).frames[0]["resumed"] is True
+    rejoin(b, watcher, "doc")
+    hub.pump()
+    hub.settle()
+    assert set(outbox(watcher).presence("doc")) == {bot.peer_id, watcher.peer_id}
+    told = {f["peerId"] for f in outbox(watcher).frames if f["type"] == "peer_identity"}
+    assert bot.peer_id in told  # its client forgot every identity when its socket dropped
+
+
+@pytest.mark.parametrize("churn", ["leave-join", "leave", "join-other"])
+def test_a_watcher_resumed_after_an_adopted_peer_churned_sees_it_right(
+    any_hub: Hub, churn: str
+) -> None:
+    hub = any_hub
+    a, b = hub.add(A), hub.add(B)
+    bot, bot_secret = resumable(a)
+    watcher, watcher_secret = resumable(b)
+    hub.pump()
+    for node, conn in ((a, bot), (b, watcher)):
+        node.presence(conn, "doc", "join")
+        hub.pump()
+    hub.settle()
+    b.core.close(watcher, clean=False)  # held on B
+    a.core.close(bot, clean=False)  # held on A
+    moved = resume(b, bot.peer_id, bot_secret)
+    hub.pump()
+    b.peers[moved.peer_id] = moved
+    del a.peers[bot.peer_id]
+    rejoin(b, moved, "doc")
+    hub.pump()
+    if churn in ("leave-join", "leave"):
+        say(b, moved, "doc", {"type": "presence", "status": "leave", "documentId": "doc"})
+        hub.pump()
+    if churn == "leave-join":
+        rejoin(b, moved, "doc")
+        hub.pump()
+    if churn == "join-other":
+        rejoin(b, moved, "other")
+        hub.pump()
+    back = resume(b, watcher.peer_id, watcher_secret)
+    hub.pump()
+    assert back.successor is watcher
+    rejoin(b, watcher, "doc")
+    hub.pump()
+    hub.settle()
+    present = {watcher.peer_id} | ({bot.peer_id} if churn != "leave" else set())
+    assert set(outbox(watcher).presence("doc")) == present
+    # Its client forgot every identity when its socket dropped: told again.
+    told = {f["peerId"] for f in outbox(watcher).frames if f["type"] == "peer_identity"}
+    assert present - {watcher.peer_id} <= told
+
+
+def test_a_peer_adopted_while_its_document_holds_changes_is_shown_to_a_joiner(
+    any_hub: Hub,
+) -> None:
+    # The cluster chaos test's case: on B, "doc" held a presence change (a peer
+    # toggling fast) when the bot arrived from A. A peer that joined "doc" on B
+    # in that window was told who is there without the bot, and nothing ever
+    # told it the bot was there (the others knew it already: no event).
+    hub = any_hub
+    a, b = hub.add(A), hub.add(B)
+    bot, bot_secret = resumable(a)
+    hub.pump()
+    a.presence(bot, "doc", "join")
+    hub.pump()
+    toggler = b.connect()
+    for status in ("join", "leave", "join"):  # the third change within the window is held
+        b.presence(toggler, "doc", status)
+        hub.pump()
+    assert b.core.held_documents()
+    a.core.close(bot, clean=False)
+    moved = resume(b, bot.peer_id, bot_secret)
+    hub.pump()
+    assert outbox(moved).frames[0]["resumed"] is True
+    b.peers[moved.peer_id] = moved
+    del a.peers[bot.peer_id]
+    joiner = b.connect()
+    hub.pump()
+    b.presence(joiner, "doc", "join")
+    hub.pump()
+    hub.settle()
+    assert set(outbox(joiner).presence("doc")) == {bot.peer_id, toggler.peer_id, joiner.peer_id}

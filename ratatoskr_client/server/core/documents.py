@@ -323,6 +323,7 @@ class Documents:
             self.roster.joined(doc_id, conn)
             if self.bus is not None:
                 self.bus.joined(doc_id, conn)
+        self.visibility.adopted(conn)
         for handed in peer.states:
             if handed.document_id in conn.docs:
                 payload = {PRESENCE_MARKER: {"type": "snapshot", "state": handed.state}}

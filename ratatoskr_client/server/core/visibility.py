@@ -374,6 +374,18 @@ class Visibility:
             if held is not None:
                 held.shown.pop(pid, None)
 
+    def adopted(self, conn: Connection) -> None:
+        """``conn`` was handed over from another relay (:mod:`.resume`) and is
+        a member of its documents here now, unannounced: the members knew it
+        already, as a peer of that relay. So it is shown at once, also where
+        changes are held (what a joiner is told in that window must list it:
+        no announcement will)."""
+        pid = conn.peer_id
+        for doc_id in conn.docs:
+            held = self._held.get(doc_id)
+            if held is not None:
+                held.shown[pid] = conn
+
     def forget_idle(self, now: float) -> None:
         """Drop the recent announcements older than the window, and the
         documents' budgets that are full again (and hold nothing)."""
