@@ -234,44 +234,13 @@ def test_a_peer_whose_old_socket_the_holder_still_has_open_moves_too(world: Any)
     assert all(events(w, m) == [] for w, m in zip(watchers, marks, strict=True))
 
 
-def test_a_watcher_resumed_where_a_peer_was_just_adopted_sees_it(any_hub: Hub) -> None:
-    # The shape of the cluster chaos test's failures: a watcher held on B while
-    # a peer from A resumed on B; the watcher resumes too and joins again.
-    hub = any_hub
-    a, b = hub.add(A), hub.add(B)
-    bot, bot_secret = resumable(a)
-    watcher, watcher_secret = resumable(b)
-    hub.pump()
-    for node, conn in ((a, bot), (b, watcher)):
-        node.presence(conn, "doc", "join")
-        hub.pump()
-    hub.settle()
-    assert set(outbox(watcher).presence("doc")) == {bot.peer_id, watcher.peer_id}
-    b.core.close(watcher, clean=False)  # held on B
-    a.core.close(bot, clean=False)  # held on A
-    moved = resume(b, bot.peer_id, bot_secret)
-    hub.pump()
-    assert outbox(moved).frames[0]["resumed"] is True
-    b.peers[moved.peer_id] = moved
-    del a.peers[bot.peer_id]
-    rejoin(b, moved, "doc")
-    hub.pump()
-    back = resume(b, watcher.peer_id, watcher_secret)
-    hub.pump()
-    assert back.successor is watcher  # resumed here: the held peer carries on
-    assert outbox(watcher).frames[0]["resumed"] is True
-    rejoin(b, watcher, "doc")
-    hub.pump()
-    hub.settle()
-    assert set(outbox(watcher).presence("doc")) == {bot.peer_id, watcher.peer_id}
-    told = {f["peerId"] for f in outbox(watcher).frames if f["type"] == "peer_identity"}
-    assert bot.peer_id in told  # its client forgot every identity when its socket dropped
-
-
-@pytest.mark.parametrize("churn", ["leave-join", "leave", "join-other"])
+@pytest.mark.parametrize("churn", ["none", "leave-join", "leave", "join-other"])
 def test_a_watcher_resumed_after_an_adopted_peer_churned_sees_it_right(
     any_hub: Hub, churn: str
 ) -> None:
+    # The shape of the cluster chaos test's failures: a watcher held on B while
+    # a peer from A resumed on B (and changed its documents there); the watcher
+    # resumes too and joins again.
     hub = any_hub
     a, b = hub.add(A), hub.add(B)
     bot, bot_secret = resumable(a)
