@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
@@ -78,35 +78,35 @@ class RelayCollector:
             ("gossip_sessions", stats.gossip_sessions, "Ephemeral sessionIds being tracked."),
         ):
             yield GaugeMetricFamily(f"ratatoskr_{name}", text, value=value)
-        received = CounterMetricFamily(
-            "ratatoskr_frames_received", "Frames received from peers, by type.", labels=["type"]
+        yield _labelled(
+            CounterMetricFamily,
+            "ratatoskr_frames_received",
+            "Frames received from peers, by type.",
+            "type",
+            sorted(counters.frames_in.items()),
         )
-        for kind, n in sorted(counters.frames_in.items()):
-            received.add_metric([kind], n)
-        yield received
-        sent = CounterMetricFamily(
-            "ratatoskr_frames_sent", "Frames written to peers, by type.", labels=["type"]
+        yield _labelled(
+            CounterMetricFamily,
+            "ratatoskr_frames_sent",
+            "Frames written to peers, by type.",
+            "type",
+            sorted(counters.frames_sent().items()),
         )
-        for kind, n in sorted(counters.frames_sent().items()):
-            sent.add_metric([kind], n)
-        yield sent
-        relayed = CounterMetricFamily(
+        yield _labelled(
+            CounterMetricFamily,
             "ratatoskr_messages_relayed",
             "Ephemeral messages relayed: accepted from a peer of this relay (local) or "
             "delivered here from a peer of another relay (remote).",
-            labels=["origin"],
+            "origin",
+            [("local", counters.relayed_local), ("remote", counters.relayed_remote)],
         )
-        relayed.add_metric(["local"], counters.relayed_local)
-        relayed.add_metric(["remote"], counters.relayed_remote)
-        yield relayed
-        refused = CounterMetricFamily(
+        yield _labelled(
+            CounterMetricFamily,
             "ratatoskr_refused",
             "Frames (and connections) refused with an error frame, by reason.",
-            labels=["reason"],
+            "reason",
+            [(reason, counters.refused.get(reason, 0)) for reason in REFUSAL_REASONS],
         )
-        for reason in REFUSAL_REASONS:
-            refused.add_metric([reason], counters.refused.get(reason, 0))
-        yield refused
         yield CounterMetricFamily(
             "ratatoskr_slow_reader_messages_dropped",
             "Ephemeral messages not sent because the receiving peer was too far behind.",
@@ -134,17 +134,16 @@ class RelayCollector:
             "1.5 x ping_interval.",
             value=counters.unresponsive_disconnects,
         )
-        resumes = CounterMetricFamily(
+        yield _labelled(
+            CounterMetricFamily,
             "ratatoskr_resumes",
             "Peers resumed after a drop, by outcome: here (held by this relay), adopted "
             "(handed over by another relay), handed_over (given to another relay), "
             "refused / timed_out (the holder said no / did not answer: a new peer), late "
             "(a handover after the timeout: the peer left).",
-            labels=["outcome"],
+            "outcome",
+            [(outcome, counters.resumes.get(outcome, 0)) for outcome in RESUME_OUTCOMES],
         )
-        for outcome in RESUME_OUTCOMES:
-            resumes.add_metric([outcome], counters.resumes.get(outcome, 0))
-        yield resumes
         yield CounterMetricFamily(
             "ratatoskr_internal_errors",
             "Frames the relay failed on (a bug of its own): each answered with "
@@ -164,22 +163,20 @@ class RelayCollector:
             "Webhook events waiting to be sent (bounded: beyond it they are dropped).",
             value=hooks.queued,
         )
-        dropped = counter(
+        yield _labelled(
+            counter,
             "ratatoskr_webhook_events_dropped",
             "Webhook events dropped: the queue was full, or their batch failed every attempt.",
-            labels=["reason"],
+            "reason",
+            hooks.dropped.items(),
         )
-        for reason, value in hooks.dropped.items():
-            dropped.add_metric([reason], value)
-        yield dropped
-        posts = counter(
+        yield _labelled(
+            counter,
             "ratatoskr_webhook_deliveries",
             "Webhook POSTs by outcome (ok: a 2xx answer; error: anything else, retried).",
-            labels=["outcome"],
+            "outcome",
+            hooks.deliveries.items(),
         )
-        for outcome, value in hooks.deliveries.items():
-            posts.add_metric([outcome], value)
-        yield posts
         yield counter(
             "ratatoskr_webhook_events_delivered",
             "Webhook events a receiver acknowledged.",
@@ -223,18 +220,30 @@ class RelayCollector:
             "Document channels this relay subscribes to (documents with a local peer).",
             stats.documents,
         )
-        bus = counter(
+        yield _labelled(
+            counter,
             "ratatoskr_cluster_messages",
             "Messages over Redis: published by this relay, received from the others, "
             "malformed ones ignored, and ephemeral messages not published (link down "
             "or queue full).",
-            labels=["direction"],
+            "direction",
+            [
+                ("published", link.published),
+                ("received", link.received),
+                ("malformed", link.malformed),
+                ("unpublished", view.unpublished),
+            ],
         )
-        bus.add_metric(["published"], link.published)
-        bus.add_metric(["received"], link.received)
-        bus.add_metric(["malformed"], link.malformed)
-        bus.add_metric(["unpublished"], view.unpublished)
-        yield bus
+
+
+def _labelled(
+    family: Any, name: str, text: str, label: str, samples: Iterable[tuple[str, float]]
+) -> Any:
+    """A metric ``family`` with one label: a sample per (label value, value)."""
+    metric = family(name, text, labels=[label])
+    for key, value in samples:
+        metric.add_metric([key], value)
+    return metric
 
 
 def metrics_registry(
