@@ -391,22 +391,7 @@ class Runner:
         if "stop-after" in block.markers:  # a server: Ctrl-C once it is up
             self.command(block, f"python {script.name}", timeout, [])
             return
-        try:
-            done = subprocess.run(
-                ["python", script.name],
-                cwd=self.scratch,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            self.fail(block, f"did not finish within {timeout} s", str(exc.stderr or ""))
-            return
-        if done.returncode != 0:
-            self.fail(block, f"exited {done.returncode}", done.stdout + done.stderr)
+        self.run_to_end(block, ["python", script.name], "", timeout)
 
     def shell(self, block: Block, timeout: float) -> None:
         background: list[Background] = []
@@ -440,9 +425,14 @@ class Runner:
                 self.fail(block, f"`{command}` exited {code} on Ctrl-C", proc.output())
                 return False
             return True
+        return self.run_to_end(block, ["bash", "-c", command], f"`{command}` ", timeout)
+
+    def run_to_end(self, block: Block, argv: list[str], what: str, timeout: float) -> bool:
+        """Run ``argv`` in the scratch checkout to the end; a failure (``what``
+        names the command in it) is recorded. True if it exited 0 in time."""
         try:
             done = subprocess.run(
-                ["bash", "-c", command],
+                argv,
                 cwd=self.scratch,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -452,10 +442,10 @@ class Runner:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            self.fail(block, f"`{command}` did not finish within {timeout} s", str(exc.stderr))
+            self.fail(block, f"{what}did not finish within {timeout} s", str(exc.stderr or ""))
             return False
         if done.returncode != 0:
-            self.fail(block, f"`{command}` exited {done.returncode}", done.stdout + done.stderr)
+            self.fail(block, f"{what}exited {done.returncode}", done.stdout + done.stderr)
             return False
         return True
 
