@@ -43,7 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _share_bytecode(config)
 
 
-_BYTECODE = pytest.StashKey[str]()
+#: the run's bytecode directory, and what to put back when the run ends
+_BYTECODE = pytest.StashKey[tuple[str, str | None, str | None, bool]]()
 
 
 def _share_bytecode(config: pytest.Config) -> None:
@@ -57,9 +58,13 @@ def _share_bytecode(config: pytest.Config) -> None:
     if os.environ.get("PYTHONPYCACHEPREFIX"):
         return  # the user's own choice
     prefix = tempfile.mkdtemp(prefix="ratatoskr-tests-bytecode-")
-    config.stash[_BYTECODE] = prefix
+    config.stash[_BYTECODE] = (
+        prefix,
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None),
+        sys.pycache_prefix,
+        sys.dont_write_bytecode,
+    )
     os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = prefix
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     sys.dont_write_bytecode = False
 
 
@@ -76,8 +81,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     lock = config.stash.get(_RUN_LOCK, None)
     if lock is not None:
         lock.close()
-    prefix = config.stash.get(_BYTECODE, None)
-    if prefix is not None:
+    bytecode = config.stash.get(_BYTECODE, None)
+    if bytecode is not None:  # as it was (pytest may run inside a longer-lived process)
+        prefix, dont_write, sys.pycache_prefix, sys.dont_write_bytecode = bytecode
+        os.environ.pop("PYTHONPYCACHEPREFIX", None)
+        if dont_write is not None:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = dont_write
         shutil.rmtree(prefix, ignore_errors=True)
 
 
