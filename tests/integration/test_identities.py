@@ -100,7 +100,10 @@ async def test_an_expired_static_token_is_told_then_closed() -> None:
     config = RelayConfig(
         open=True, identity=(JwtTokens(secret=JWT_SECRET, clock_skew=0),), reauth_grace=0.3
     )
-    token = jwt.encode({"sub": "bot", "exp": int(time.time()) + 1}, JWT_SECRET, "HS256")
+    # `exp` is whole seconds: +2 leaves 1 to 2 s for the handshake, so a loaded
+    # machine still authenticates before the token runs out (+1 left 0 to 1 s,
+    # and a CI run once lost that race).
+    token = jwt.encode({"sub": "bot", "exp": int(time.time()) + 2}, JWT_SECRET, "HS256")
     async with RelayServer(config, port=0) as relay:
         client = RatatoskrClient(relay.url, token=token, reconnect=False)
         errors: list[Exception] = []
