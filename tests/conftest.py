@@ -9,14 +9,11 @@ Under pytest-xdist, tests marked ``timed`` never run beside tests marked
 """
 
 import logging
-import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
+from . import bytecode
 from .runlock import CPU_HEAVY, TIMED, RunLock, for_this_run, held_for
 
 
@@ -29,6 +26,8 @@ def _no_errors_logged_by_default(caplog: pytest.LogCaptureFixture) -> None:
 # --------------------------------------------------------------------------- xdist
 
 _RUN_LOCK = pytest.StashKey[RunLock | None]()
+#: the run's bytecode cache (tests/bytecode.py), in the controller
+_BYTECODE = pytest.StashKey[bytecode.Shared | None]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,32 +39,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_RUN_LOCK] = for_this_run(config)
     if not hasattr(config, "workerinput"):  # the controller, before any worker starts
-        _share_bytecode(config)
+        config.stash[_BYTECODE] = bytecode.share()
 
 
-#: the run's bytecode directory, and what to put back when the run ends
-_BYTECODE = pytest.StashKey[tuple[str, str | None, str | None, bool]]()
-
-
-def _share_bytecode(config: pytest.Config) -> None:
-    # The suite starts about two hundred Python processes (the CLI, relays, the
-    # documented commands, Locust). Where PYTHONDONTWRITEBYTECODE is set, as on
-    # some CI images, each of them compiled every module it imported, about
-    # 0.06 s of CPU per process for this package alone. So this run compiles
-    # each module once, into a cache directory of its own that every worker and
-    # child process inherits (nothing is written into the checkout, and the
-    # directory goes with the run).
-    if os.environ.get("PYTHONPYCACHEPREFIX"):
-        return  # the user's own choice
-    prefix = tempfile.mkdtemp(prefix="ratatoskr-tests-bytecode-")
-    config.stash[_BYTECODE] = (
-        prefix,
-        os.environ.pop("PYTHONDONTWRITEBYTECODE", None),
-        sys.pycache_prefix,
-        sys.dont_write_bytecode,
-    )
-    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = prefix
-    sys.dont_write_bytecode = False
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[None]:
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is None:
+        yield
+        return
+    with bytecode.collecting(str(workerinput["testrunuid"])):
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,13 +65,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     lock = config.stash.get(_RUN_LOCK, None)
     if lock is not None:
         lock.close()
-    bytecode = config.stash.get(_BYTECODE, None)
-    if bytecode is not None:  # as it was (pytest may run inside a longer-lived process)
-        prefix, dont_write, sys.pycache_prefix, sys.dont_write_bytecode = bytecode
-        os.environ.pop("PYTHONPYCACHEPREFIX", None)
-        if dont_write is not None:
-            os.environ["PYTHONDONTWRITEBYTECODE"] = dont_write
-        shutil.rmtree(prefix, ignore_errors=True)
+    shared = config.stash.get(_BYTECODE, None)
+    if shared is not None:
+        shared.restore()
 
 
 @pytest.hookimpl(hookwrapper=True)
