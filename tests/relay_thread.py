@@ -8,9 +8,10 @@ relay has its own loop, so the test's thread is free to block.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -62,17 +63,25 @@ class RelayThread:
         """Close every connection and stop listening."""
         self._run(self.server.stop())
 
-    def freeze(self, seconds: float) -> None:
-        """Block the relay's event loop for ``seconds``: a server that hangs.
-        Returns once it hangs (so what the test sends next waits for it)."""
-        hanging = threading.Event()
+    @contextlib.contextmanager
+    def frozen(self, limit: float = WAIT) -> Iterator[None]:
+        """Block the relay's event loop inside the ``with``: a server that
+        hangs. Entered once it hangs (so what the test sends next waits for
+        it); it answers again when the block ends, or after ``limit`` seconds
+        whatever happens (a test that never gets there fails instead of
+        hanging)."""
+        hanging, release = threading.Event(), threading.Event()
 
         def hang() -> None:
             hanging.set()
-            time.sleep(seconds)
+            release.wait(limit)
 
         self._loop.call_soon_threadsafe(hang)
         assert hanging.wait(WAIT), "the relay's loop never ran the freeze"
+        try:
+            yield
+        finally:
+            release.set()
 
     def stats(self) -> RelayStats:
         return self._run(self._stats())  # type: ignore[no-any-return]
