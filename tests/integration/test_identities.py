@@ -29,6 +29,7 @@ from ratatoskr_client.server.config import (
     UpstreamDatabase,
     UpstreamSessionTokens,
 )
+from ratatoskr_client.server.core.clock import ManualClock
 
 from ..upstream_db import UpstreamDb
 
@@ -100,19 +101,23 @@ async def test_an_expired_static_token_is_told_then_closed() -> None:
     config = RelayConfig(
         open=True, identity=(JwtTokens(secret=JWT_SECRET, clock_skew=0),), reauth_grace=0.3
     )
-    # `exp` is whole seconds: +2 leaves 1 to 2 s for the handshake, so a loaded
-    # machine still authenticates before the token runs out (+1 left 0 to 1 s,
-    # and a CI run once lost that race).
-    token = jwt.encode({"sub": "bot", "exp": int(time.time()) + 2}, JWT_SECRET, "HS256")
-    async with RelayServer(config, port=0) as relay:
+    # The token is valid for a minute of real time; the relay's clock is moved
+    # past that, so its expiry rule runs now, in the order a real expiry takes.
+    token = jwt.encode({"sub": "bot", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256")
+    clock = ManualClock()
+    async with RelayServer(config, port=0, clock=clock) as relay:
         client = RatatoskrClient(relay.url, token=token, reconnect=False)
         errors: list[Exception] = []
-        gone = asyncio.Event()
-        client.on("error", errors.append)
+        told, gone = asyncio.Event(), asyncio.Event()
+        client.on("error", lambda error: (errors.append(error), told.set()))
         client.on("disconnected", lambda reason: gone.set())
         async with client:
+            clock.advance(61)
+            await asyncio.wait_for(told.wait(), 5)
+            assert [getattr(e, "code", None) for e in errors] == ["token_expired"]
+            assert not gone.is_set()  # told first: the grace is still running
+            clock.advance(1)  # past the grace, and a liveness sweep (each ≤ 1 s) checks it
             await asyncio.wait_for(gone.wait(), 5)
-        assert [getattr(e, "code", None) for e in errors][:1] == ["token_expired"]
 
 
 @pytest.fixture
