@@ -111,11 +111,14 @@ class Waiter(Protocol):
     def settle(self, outcome: Callable[[], Any]) -> None:
         """Called once, on the loop thread: ``outcome()`` returns or raises the result."""
 
-    def wait(self) -> Any:
-        """Block the caller (thread or greenlet) until settled; return or raise."""
+    def wait(self) -> Callable[[], Any]:
+        """Block the caller (thread or greenlet) until settled; the outcome
+        (what :meth:`settle` was given: calling it returns or raises the
+        result). Raises only when the wait itself is interrupted."""
 
     def abandon(self) -> None:
-        """The call was never handed over: release what the waiter holds."""
+        """Nobody will wait (any more): release what the waiter holds. May be
+        called more than once."""
 
 
 class _ThreadWaiter:
@@ -132,7 +135,7 @@ class _ThreadWaiter:
         self._outcome = outcome
         self._done.release()
 
-    def wait(self) -> Any:
+    def wait(self) -> Callable[[], Any]:
         # POSIX: the plain acquire() is interrupted by Ctrl-C in the main thread.
         # Windows: it is not, so wait in slices and let signals run in between.
         if sys.platform == "win32":  # pragma: no cover - not run on CI
@@ -142,7 +145,7 @@ class _ThreadWaiter:
             self._done.acquire()
         outcome = self._outcome
         assert outcome is not None
-        return outcome()
+        return outcome
 
     def abandon(self) -> None:
         pass
@@ -171,14 +174,14 @@ class _GreenWaiter:
         self._outcome = outcome
         self._watcher.send()
 
-    def wait(self) -> Any:
+    def wait(self) -> Callable[[], Any]:
         try:
             self._waiter.get()
         finally:
             self.abandon()
         outcome = self._outcome
         assert outcome is not None
-        return outcome()
+        return outcome
 
     def abandon(self) -> None:
         self._watcher.stop()

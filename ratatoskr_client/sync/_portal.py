@@ -217,6 +217,11 @@ class LoopThread:
         call = _Call(_native.new_waiter())
         loop = self._loop
         assert loop is not None
+        # One handler from registration to the end of the wait: an interruption
+        # (KeyboardInterrupt, GreenletExit, gevent.Timeout...) may land anywhere
+        # in between, also after the hand-over and before the wait, and the work
+        # handed over must then be stopped as well, or it would run on (an
+        # interrupted enter_document would enter the document after all).
         try:
             with self._lock:
                 if self.stopped:
@@ -225,22 +230,18 @@ class LoopThread:
             try:
                 loop.call_soon_threadsafe(start, call)
             except RuntimeError:  # closed between our check and the hand-over
-                with self._lock:
-                    self._pending.discard(call)
                 raise _LoopGone("the background event loop has stopped") from None
+            outcome = call.waiter.wait()
         except BaseException:
-            call.waiter.abandon()
-            raise
-        try:
-            return call.waiter.wait()
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, GreenletExit, gevent.Timeout...):
-            # nobody waits for the outcome any more; stop the work too.
+            # Nobody waits for the outcome any more: stop the work too (a call
+            # never handed over is only marked cancelled).
             with self._lock:
                 self._pending.discard(call)
-            with contextlib.suppress(RuntimeError):
+            call.waiter.abandon()
+            with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(self._cancel, call)
             raise
+        return outcome()
 
     # ----------------------------------------------------------------- loop side
 

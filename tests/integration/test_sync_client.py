@@ -136,6 +136,45 @@ def test_ctrl_c_cancels_the_call_it_interrupts(relay_thread: RelayThread) -> Non
         assert relay_thread.stats().memberships == 1
 
 
+class _InterruptedAfterHandOver:
+    """The loop as a blocking call sees it, where Ctrl-C lands just after the
+    call was handed over and before the caller starts waiting for it."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self.interrupted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def call_soon_threadsafe(self, *args: Any) -> Any:
+        handle = self._loop.call_soon_threadsafe(*args)
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return handle
+
+
+def test_ctrl_c_between_the_hand_over_and_the_wait_cancels_the_call_too(
+    relay_thread: RelayThread,
+) -> None:
+    with RatatoskrClient(relay_thread.url) as client:
+        client.connect()
+        loop_thread = client._loop
+        interrupting = _InterruptedAfterHandOver(loop_thread._loop)
+        loop_thread._loop = interrupting
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.enter_document("doc")
+        finally:
+            loop_thread._loop = interrupting._loop
+        assert client.enter_document("other") == (client.me,)
+        # The relay reads a connection's frames in order: "doc" was never
+        # joined (the cancel came before the task's first step) or was left.
+        assert relay_thread.stats().memberships == 1
+        assert client.entered_documents == ("other",)
+
+
 def test_the_asyncio_clients_exceptions_come_through(relay_thread: RelayThread) -> None:
     unreachable = RatatoskrClient("http://127.0.0.1:9", connect_timeout=WAIT)
     with pytest.raises(ConnectError):
