@@ -54,7 +54,9 @@ class RatatoskrClient(EventSource):
             peers = client.enter_document("doc-123")  # blocks until confirmed
 
     The options are the asyncio client's (:class:`~ratatoskr_client.ClientOptions`),
-    without ``session`` (an aiohttp session belongs to one event loop). Two
+    without ``session`` (an aiohttp session belongs to one event loop): the
+    blocking clients of a process share one, owned by their background loop
+    and closed when it stops, whose cookie jar keeps no cookies. Two
     differences follow from running on a shared background loop: callbacks
     run on that loop's thread (see the module docstring), and a closed
     blocking client cannot connect again — make a new one, as with
@@ -77,7 +79,8 @@ class RatatoskrClient(EventSource):
         loop = self._loop = portal.attach()
         try:
             # Built on the loop thread: everything asyncio in it belongs there.
-            client = loop.call(lambda: AsyncClient(url, **options))
+            # The loop's one HTTP session (not ours to close): see _portal.
+            client = loop.call(lambda: AsyncClient(url, session=loop.session(), **options))
         except BaseException:
             portal.detach(loop, None)
             raise
