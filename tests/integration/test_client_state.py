@@ -314,3 +314,18 @@ async def test_a_state_value_that_cannot_be_sent_is_named_in_the_callers_terms(
     assert str(info.value) == (
         "state 'tags' cannot be sent: state 'tags'['x'] is a set: send a list instead"
     )  # not the envelope's "payload['__presence']['value']", not "semantic tag 258"
+
+
+async def test_the_clients_of_a_process_keep_one_copy_of_a_peers_state(ratatoskr_client):
+    """Every client of a document receives the sender's bytes unchanged, so
+    the clients of one process decode them once: a Locust worker's users
+    hold one copy of each peer's state values, not one per user."""
+    a, b, c = [await ratatoskr_client() for _ in range(3)]
+    for client in (a, b, c):
+        await client.enter_document("doc")
+    await a.set_state("doc", "cursor", [3, 4])
+    expected = {"name": a.me.name, "cursor": [3, 4]}
+    seen_b = await wait_state(b, "doc", has(a.me.peer_id, expected))
+    seen_c = await wait_state(c, "doc", has(a.me.peer_id, expected))
+    assert seen_b[a.me.peer_id]["cursor"] is seen_c[a.me.peer_id]["cursor"]
+    assert seen_b[a.me.peer_id]["name"] is seen_c[a.me.peer_id]["name"]
