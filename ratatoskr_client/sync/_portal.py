@@ -366,6 +366,11 @@ class _Portal:
         self._exit_hook = False
         self._exited = False
 
+    @property
+    def exiting(self) -> bool:
+        """True once interpreter exit began: the portal closes what is open."""
+        return self._exited
+
     def attach(self) -> LoopThread:
         """The running loop (started if needed), with one more client on it."""
         with self._lock:
