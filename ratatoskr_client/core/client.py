@@ -889,6 +889,7 @@ class ClientCore:
             self.outbox.emit(
                 "state-changed", document_id, me, self.states.local_snapshot(document_id)
             )
+            self._show_own_name(document_id)
         if self.p2p is not None:
             self._dispatch(self.p2p.sync(document_id, self.store, self.states, confirmed=True))
         self.waiters.resolve_enter(document_id, self.store.presence(document_id))
@@ -1180,7 +1181,22 @@ class ClientCore:
             self.outbox.emit("state-changed", document_id, me, local)
         if go_live:
             self.out.submit(Paced("snapshot", document_id), now)
+        if changed:
+            self._show_own_name(document_id)
         self.outbox.wake_at(self.sharing.deadline())
+
+    def _show_own_name(self, document_id: str) -> None:
+        """Server mode, our state shared in ``document_id``: the others show us
+        with the name it carries as ``chosen_name``; our own entry in our
+        tables (``peers``, ``presence()``) shows the same. That makes it the
+        one :class:`Peer` of the process for us, so the clients of a process
+        in one document hold equal tables, which they then share (a Locust
+        worker's users: 2 KiB each). :attr:`me` keeps the ``name=`` argument."""
+        me = self.store.me
+        if self.p2p is not None or me is None or document_id not in self.sharing.live:
+            return
+        name = chosen_name_of(self.states.local(document_id))
+        self._dispatch(self.store.chosen_name(me.peer_id, name))
 
     # ================================================================== waiting
 
