@@ -310,11 +310,15 @@ _SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big one
 #: How the payload of a Presence message starts: a map of one entry whose key
 #: is ``__presence`` (automerge-repo's layout, and ours).
 STATE_HEAD: Final = b"\xa1" + bytes([0x60 + len(PRESENCE_MARKER)]) + PRESENCE_MARKER.encode()
-_STATES: Final[dict[tuple[str, str, bytes], tuple[str, str, Any]]] = {}
-#: Enough for a worker's users entering at a few hundred a second (at 512,
-#: 2,000 users kept 0.6 KiB each more of their own copies); at most about
-#: 1 MB for the payloads only the table still holds.
-_STATES_MAX_ENTRIES: Final = 1024
+#: Two generations: a message is looked up in the current one, then in the
+#: previous; when the current is full it becomes the previous (the older one
+#: goes whole). So the last 512 to 1,024 state messages are kept, at a
+#: constant cost per message: a dict emptied oldest entry first gets slower to
+#: take the next oldest from as deleted entries pile up at its front, and this
+#: runs for every state message even a lone client receives. At most about 1 MB
+#: for payloads only the table still holds.
+_STATES: Final[list[dict[tuple[str, str, bytes], tuple[str, str, Any]]]] = [{}, {}]
+_STATES_GENERATION: Final = 512
 _STATES_MAX_BYTES: Final = 512  # a cursor, a name: ~100 bytes; never hash big ones
 
 
@@ -330,14 +334,16 @@ def decode_state(sender: str, session: str, data: bytes) -> tuple[str, str, Any]
     if len(data) > _STATES_MAX_BYTES:
         return sender, session, loads_strict(data, "ephemeral data")
     key = (sender, session, data)
-    shared = _STATES.get(key)
+    current, previous = _STATES
+    shared = current.get(key) or previous.get(key)
     if shared is None:
         shared = (sender, session, loads_strict(data, "ephemeral data"))
-        if len(_STATES) >= _STATES_MAX_ENTRIES:
-            # Another thread may evict at the same time: losing that race is harmless.
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-                del _STATES[next(iter(_STATES))]
-        _STATES[key] = shared
+        if len(current) >= _STATES_GENERATION:
+            # (Another thread may turn the generations at the same time: a
+            # message decoded twice is all that race can cost.)
+            current = {}
+            _STATES[:] = [current, _STATES[0]]
+        current[key] = shared
     return shared
 
 
@@ -347,9 +353,9 @@ def forget_shared() -> None:
     They pay during a burst (a join or a reconnect storm brings the same frame
     to every client of a process within moments); once the burst is over their
     entries will not come again, and they are 1,024 frames with their bytes,
-    about 400 KiB, and 1,024 states. The next burst fills them again."""
+    about 400 KiB, and up to 1,024 states. The next burst fills them again."""
     _SHARED.clear()
-    _STATES.clear()
+    _STATES[:] = [{}, {}]
 
 
 def decode(data: bytes | bytearray | memoryview) -> Frame:

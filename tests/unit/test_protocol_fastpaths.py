@@ -480,15 +480,29 @@ def test_a_state_message_is_decoded_once_for_every_client_of_the_process():
 
 
 def test_shared_states_are_bounded_and_bad_bytes_are_refused_not_kept():
+    """The last 512 to 1,024 state messages are kept, in two generations."""
     fastpaths.forget_shared()
-    for n in range(fastpaths._STATES_MAX_ENTRIES + 10):
-        fastpaths.decode_state("p", f"s-{n}", cbor2.dumps({"__presence": {"type": "heartbeat"}}))
-    assert len(fastpaths._STATES) == fastpaths._STATES_MAX_ENTRIES
+    heartbeat = cbor2.dumps({"__presence": {"type": "heartbeat"}})
+    size = fastpaths._STATES_GENERATION
+
+    def held() -> int:
+        return sum(len(generation) for generation in fastpaths._STATES)
+
+    first = fastpaths.decode_state("p", "s-0", heartbeat)
+    for n in range(1, size + 1):  # the last one turns the generations
+        fastpaths.decode_state("p", f"s-{n}", heartbeat)
+    assert held() == size + 1
+    assert fastpaths.decode_state("p", "s-0", heartbeat) is first  # in the previous one
+    for n in range(size + 1, 2 * size + 1):  # and once more: the first is gone
+        fastpaths.decode_state("p", f"s-{n}", heartbeat)
+    assert held() <= 2 * size
+    assert fastpaths.decode_state("p", "s-0", heartbeat) is not first
     fastpaths.forget_shared()
+    assert held() == 0
     bad = fastpaths.STATE_HEAD + b"\xff"  # the marker's value is a stray break
     with pytest.raises(ProtocolError, match="ephemeral data"):
         fastpaths.decode_state("p", "s", bad)
-    assert fastpaths._STATES == {}
+    assert fastpaths._STATES == [{}, {}]
     big = cbor2.dumps({"__presence": {"type": "snapshot", "state": {"x": "y" * 600}}})
     assert fastpaths.decode_state("p", "s", big)[2]["__presence"]["state"]["x"] == "y" * 600
-    assert fastpaths._STATES == {}  # large payloads are not hashed, nor kept
+    assert fastpaths._STATES == [{}, {}]  # large payloads are not hashed, nor kept
