@@ -28,6 +28,8 @@ from ..errors import CallbackError
 __all__ = ["SafeEmitter"]
 
 _iscoroutine = asyncio.iscoroutine
+#: ``_waiting`` of an emitter that never ran a coroutine callback (never written)
+_NO_TASKS: Any = frozenset()
 
 log = logging.getLogger("ratatoskr_client")
 
@@ -42,11 +44,24 @@ class SafeEmitter(AsyncIOEventEmitter):
 
     def __init__(self, listening: Callable[[str, bool], None] | None = None) -> None:
         super().__init__()
+        # Made on the first coroutine callback: most clients never have one,
+        # and an empty set is 0.2 KiB of every client of a large process.
+        self._waiting = _NO_TASKS
         self._listening = listening
 
     def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
-        had = bool(self._events.get(event))
-        super()._add_event_handler(event, k, v)
+        # pyee's, with a plain dict (insertion-ordered as well) where pyee
+        # makes an OrderedDict per event: 0.16 KiB less for each event with
+        # callbacks (a simulated Locust user listens to 7).
+        self.emit("new_listener", event, k)
+        with self._lock:
+            events: dict[str, dict[Callable[..., Any], Callable[..., Any]]]
+            events = self._events  # type: ignore[assignment]
+            handlers = events.get(event)
+            had = bool(handlers)
+            if handlers is None:
+                handlers = events[event] = {}
+            handlers[k] = v
         if not had and self._listening is not None:
             self._listening(event, True)
 
@@ -89,6 +104,8 @@ class SafeEmitter(AsyncIOEventEmitter):
     def _track(self, event: str, coro: Any) -> None:
         """Run a coroutine callback as a task; its failure is reported like a raise."""
         task = asyncio.ensure_future(coro)
+        if self._waiting is _NO_TASKS:
+            self._waiting = set()
         self._waiting.add(task)
         task.add_done_callback(partial(self._finished, event))
 
@@ -116,11 +133,11 @@ class SafeEmitter(AsyncIOEventEmitter):
         current = asyncio.current_task()
         # A callback may be the one closing the client: never wait for ourselves.
         pending = [t for t in self._waiting if not t.done() and t is not current]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        if not pending:
+            return
+        await asyncio.wait(pending, timeout=timeout)
         for task in pending:
             task.cancel()
         self._waiting.difference_update(pending)
         # Let the cancellations be delivered so no task outlives the client.
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)

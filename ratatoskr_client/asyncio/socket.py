@@ -128,6 +128,27 @@ def forget_handshake(ws: aiohttp.ClientWebSocketResponse) -> None:
     info = getattr(response, "_request_info", None)
     if isinstance(info, aiohttp.RequestInfo):
         response._request_info = aiohttp.RequestInfo(info.url, info.method, none, info.real_url)
+    forget_http_parser(ws)
+
+
+def forget_http_parser(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Drop the HTTP response parser of the upgraded connection's protocol.
+
+    It parsed the one HTTP response of the connection (the 101); from then on
+    the WebSocket's parser reads every byte, and the HTTP parser is only
+    asked, when the connection is lost, whether an HTTP response was cut
+    short, which an upgraded connection never has. It keeps the 101's
+    headers (twice: as text and as bytes): 2.7 KiB per connection with
+    itself (``benchmarks/locust_memory.py``). Only done once the
+    protocol says it is upgraded and the WebSocket parser is in place."""
+    protocol: Any = getattr(getattr(ws, "_writer", None), "protocol", None)
+    if (
+        protocol is not None
+        and getattr(protocol, "_upgraded", False) is True
+        and getattr(protocol, "_payload_parser", None) is not None
+        and getattr(protocol, "_parser", None) is not None
+    ):
+        protocol._parser = None
 
 
 def was_refused(error: BaseException) -> bool:

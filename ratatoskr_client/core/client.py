@@ -84,6 +84,7 @@ from ..protocol.constants import (
     PRESENCE_MARKER,
     PRESENCE_TYPE,
 )
+from ..protocol.fastpaths import STATE_HEAD, decode_state
 from ..status import ClientStats, ConnectionState, DocumentState
 from .batches import PresenceBatches
 from .connection import Connection
@@ -726,17 +727,24 @@ class ClientCore:
                 return
             if verdict is _REASSIGNED:
                 self._reassigned(frame.session_id, frame.sender_id)
+        data = frame.data
+        sender = frame.sender_id
+        session = frame.session_id
         try:
-            payload = decode_payload(frame.data)
+            if data.startswith(STATE_HEAD):
+                # Per-peer state: decoded once for the clients of the process,
+                # ids included, since every one of them keeps what it decodes.
+                sender, session, payload = decode_state(sender, session, data)
+            else:
+                payload = decode_payload(data)
         except ProtocolError as exc:
             self.report(exc)
             return
         if type(payload) is dict and PRESENCE_MARKER in payload:
             hidden = p2p is not None and not p2p.trusted(doc_id, now)
-            self._state_message(frame, payload, now, hidden=hidden)
+            self._state_message(doc_id, sender, session, payload, now, hidden=hidden)
             return
         # Outbox.emit, without its call and argument packing: once per message.
-        sender = frame.sender_id
         self._effects.append(
             (
                 "ephemeral-message",
@@ -747,23 +755,26 @@ class ClientCore:
         )
 
     def _state_message(
-        self, frame: EphemeralFrame, payload: dict[str, Any], now: float, *, hidden: bool = False
+        self,
+        doc_id: str,
+        sender: str,
+        session: str,
+        payload: dict[str, Any],
+        now: float,
+        *,
+        hidden: bool = False,
     ) -> None:
-        """An automerge-repo Presence message: per-peer state, never an
-        ``ephemeral-message``."""
+        """An automerge-repo Presence message (from ``sender`` on ``session``):
+        per-peer state, never an ``ephemeral-message``."""
         try:
             message = parse_state_payload(payload)
         except ProtocolError as exc:
             self.report(exc)
             return
-        sender = frame.sender_id
         if message is None or not sender:
             return
-        doc_id = frame.document_id
         states = self.states
-        outcome = states.receive(
-            doc_id, sender, message, now, session=frame.session_id, hidden=hidden
-        )
+        outcome = states.receive(doc_id, sender, message, now, session=session, hidden=hidden)
         # A relay that replays states to joiners ("state-replay") spares every
         # peer re-sending its snapshot whenever someone arrives. A heartbeat
         # from a stranger still asks for it: a peer's first message is its
@@ -878,6 +889,7 @@ class ClientCore:
             self.outbox.emit(
                 "state-changed", document_id, me, self.states.local_snapshot(document_id)
             )
+            self._show_own_name(document_id)
         if self.p2p is not None:
             self._dispatch(self.p2p.sync(document_id, self.store, self.states, confirmed=True))
         self.waiters.resolve_enter(document_id, self.store.presence(document_id))
@@ -1169,7 +1181,22 @@ class ClientCore:
             self.outbox.emit("state-changed", document_id, me, local)
         if go_live:
             self.out.submit(Paced("snapshot", document_id), now)
+        if changed:
+            self._show_own_name(document_id)
         self.outbox.wake_at(self.sharing.deadline())
+
+    def _show_own_name(self, document_id: str) -> None:
+        """Server mode, our state shared in ``document_id``: the others show us
+        with the name it carries as ``chosen_name``; our own entry in our
+        tables (``peers``, ``presence()``) shows the same. That makes it the
+        one :class:`Peer` of the process for us, so the clients of a process
+        in one document hold equal tables, which they then share (a Locust
+        worker's users: 2 KiB each). :attr:`me` keeps the ``name=`` argument."""
+        me = self.store.me
+        if self.p2p is not None or me is None or document_id not in self.sharing.live:
+            return
+        name = chosen_name_of(self.states.local(document_id))
+        self._dispatch(self.store.chosen_name(me.peer_id, name))
 
     # ================================================================== waiting
 

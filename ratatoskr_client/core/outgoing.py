@@ -128,7 +128,7 @@ class Outgoing:
         self.count = 0
         self.pacer: Pacer | None = None
         #: entries waiting for their turn, in call order (an empty tuple while
-        #: none ever waited: most clients never queue, and a deque is 0.6 KiB)
+        #: none waits: most clients rarely queue, and a deque is 0.6 KiB)
         self.queue: deque[Paced] | tuple[()] = ()
         # send_ephemeral() calls waiting in the queue (and not cancelled).
         self._paced: set[int] = set()
@@ -243,6 +243,10 @@ class Outgoing:
             if entry.kind != "update":  # (an update stays while values wait: _wanted)
                 queue.popleft()
             self._send(entry, now)
+        if self.queue is queue:
+            # Drained: back to the empty tuple (a deque keeps its 0.6 KiB
+            # block, and a client is idle, not queueing, most of its life).
+            self.queue = ()
 
     def pause(self, now: float, seconds: float) -> None:
         """The server refused a message for its rate: nothing paced goes out

@@ -27,7 +27,9 @@ class Peer:
     * ``chosen_name`` is the name the **peer** chose for itself: the ``"name"``
       in the state it shares (automerge-repo ``Presence`` convention, and what
       ``RatatoskrClient(name=...)`` puts there). None until it shares one. For
-      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument.
+      :attr:`~ratatoskr_client.RatatoskrClient.me` it is the ``name=`` argument;
+      a client's own entry in its ``peers`` and ``presence()`` shows, once it
+      shares state, the name its state carries, as the others see it.
 
     ``chosen_name`` is not part of the identity: two ``Peer`` values are equal
     when their server-given fields are, whatever they call themselves.
@@ -82,7 +84,15 @@ class Peer:
 
 # Every client in a process sees the same peers; sharing one Peer object per
 # identity keeps 500 clients in one process from holding 500 copies of each.
-_INTERNED: Final[weakref.WeakValueDictionary[str, Peer]] = weakref.WeakValueDictionary()
+# By peer id and chosen name: a peer is seen without its chosen name (its
+# identity arrived) and then with it (its state did), at different moments by
+# different clients; keyed by peer id alone, each without-variant made later
+# replaced the entry, and the clients that saw the name after that made a
+# Peer of their own, equal but not the same object, so their tables, equal
+# too, were not shared (peer_tables shares by the objects' identities).
+_INTERNED: Final[weakref.WeakValueDictionary[tuple[str, str | None], Peer]] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def intern_peer(
@@ -93,16 +103,16 @@ def intern_peer(
     chosen_name: str | None = None,
 ) -> Peer:
     """The shared :class:`Peer` with these fields (created on first use)."""
-    peer = _INTERNED.get(peer_id)
+    key = (peer_id, chosen_name)
+    peer = _INTERNED.get(key)
     if (
         peer is None
         or peer.name != name
         or peer.user_id != user_id
         or peer.is_anonymous != is_anonymous
-        or peer.chosen_name != chosen_name
     ):
         peer = Peer(peer_id, user_id, name, is_anonymous, chosen_name)
-        _INTERNED[peer_id] = peer
+        _INTERNED[key] = peer
     return peer
 
 

@@ -171,17 +171,41 @@ _UNKNOWN: Final = StateOutcome(unknown_sender=True)
 
 
 class _Entry:
-    """One session's state in one document."""
+    """One session's state in one document.
 
-    __slots__ = ("hidden", "last_seen", "owner", "state", "view")
+    ``state`` may be the decoded snapshot itself, which the other clients of
+    the process that received the same message hold too (see
+    :func:`~ratatoskr_client.protocol.fastpaths.decode_state`): nothing
+    changes it, :meth:`writable` copies it first. An idle peer's state is then
+    one dict in the process, not one per client (a Locust user holds nine).
+    """
 
-    def __init__(self, owner: str, state: dict[str, Any], now: float, hidden: bool) -> None:
+    __slots__ = ("hidden", "last_seen", "owned", "owner", "state")
+
+    def __init__(
+        self, owner: str, state: dict[str, Any], now: float, hidden: bool, *, owned: bool
+    ) -> None:
         self.owner = owner
         self.state = state
-        self.view = ReadOnlyMap(state)
+        #: ``state`` is this entry's own (else it is shared: copy before a change)
+        self.owned = owned
         self.last_seen = now
         #: whose session it is is not known for sure yet: kept, not shown
         self.hidden = hidden
+
+    @property
+    def view(self) -> ReadOnlyMap:
+        """A read-only view of the state as it is now (made when asked: it is
+        used at once, and one kept per entry was 0.4 KiB of every client
+        holding nine peers' states)."""
+        return ReadOnlyMap(self.state)
+
+    def writable(self) -> dict[str, Any]:
+        """The state, this entry's own (copied if it was shared)."""
+        if not self.owned:
+            self.state = dict(self.state)
+            self.owned = True
+        return self.state
 
 
 class PeerStates:
@@ -253,7 +277,9 @@ class PeerStates:
     ) -> StateOutcome:
         """Apply a Presence message from ``sender`` (on ``session``), with
         automerge-repo's rules. ``hidden``: the sender is not certain (see
-        the class docstring)."""
+        the class docstring). A snapshot's ``dict`` is kept as it is, not
+        copied, until a later message changes the state: the caller must not
+        change it (a decoded message's is shared by the process's clients)."""
         key = sender if session is None else session
         entries = self._peers.get(document_id)
         if entries is None:
@@ -279,18 +305,23 @@ class PeerStates:
             shown = not entry.hidden or revealed
             return StateOutcome(removed=True, changed=shown)
         if kind == "snapshot":
-            incoming: Mapping[str, Any] = message.state or {}
+            snapshot = message.state or {}
+            # The decoded message's dict is kept as it is and never changed.
+            own = type(snapshot) is not dict
+            incoming: dict[str, Any] = dict(snapshot) if own else snapshot  # type: ignore[assignment]
         else:
             assert message.channel is not None
             incoming = {message.channel: message.value}
+            own = True
         if entry is None:
-            entries[key] = _Entry(sender, dict(incoming), now, hidden)
+            entries[key] = _Entry(sender, incoming, now, hidden, owned=own)
             return StateOutcome(changed=not hidden, appeared=True, unknown_sender=True)
         entry.last_seen = now
         # Like automerge-repo, a snapshot merges: keys it lacks are kept.
         state = entry.state
         changed = any(k not in state or state[k] != v for k, v in incoming.items())
-        state.update(incoming)
+        if changed:
+            entry.writable().update(incoming)
         if revealed:
             return StateOutcome(changed=True, appeared=True)
         if entry.hidden:

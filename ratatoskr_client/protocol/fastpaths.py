@@ -25,6 +25,14 @@ the same frame or the same error):
   load tests, test suites) all decode the same bytes: for these frame types,
   which are immutable, the frame is decoded once and shared. Bounded, oldest
   entry first.
+* **shared states** (:func:`decode_state`): the same holds for the Presence
+  messages of per-peer state (a map of one key, ``__presence``): every peer of
+  a document receives the sender's bytes unchanged. Their payload, and the
+  sender's and the session's id, are decoded once for the clients of a process
+  and kept by each of them (the state they show): one copy of a peer's state
+  values instead of one per client (a Locust user holds the states of the
+  other nine users of its document: 5 KiB of copies each). Never done for
+  other payloads, which go to the application, which may change them.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from .constants import (
     MAX_DOCUMENT_ID_BYTES,
     MAX_PEER_ID_BYTES,
     MAX_SESSION_ID_BYTES,
+    PRESENCE_MARKER,
 )
 from .frames import (
     EphemeralFrame,
@@ -58,7 +67,7 @@ from .frames import (
 )
 from .readers import PARSERS, decode_map
 
-__all__ = ["decode"]
+__all__ = ["STATE_HEAD", "decode", "decode_state", "forget_shared"]
 
 # Ids of at most this many characters fit whatever they contain (UTF-8 spends at
 # most 4 bytes per character): the shortcuts check them without encoding.
@@ -298,14 +307,55 @@ _SHARED_MAX_ENTRIES: Final = 1024
 _SHARED_MAX_BYTES: Final = 512  # such frames are ~100 bytes; never hash big ones
 
 
-def forget_shared() -> None:
-    """Empty the table of shared identity and presence frames.
+#: How the payload of a Presence message starts: a map of one entry whose key
+#: is ``__presence`` (automerge-repo's layout, and ours).
+STATE_HEAD: Final = b"\xa1" + bytes([0x60 + len(PRESENCE_MARKER)]) + PRESENCE_MARKER.encode()
+#: Two generations: a message is looked up in the current one, then in the
+#: previous; when the current is full it becomes the previous (the older one
+#: goes whole). So the last 512 to 1,024 state messages are kept, at a
+#: constant cost per message: a dict emptied oldest entry first gets slower to
+#: take the next oldest from as deleted entries pile up at its front, and this
+#: runs for every state message even a lone client receives. At most about 1 MB
+#: for payloads only the table still holds.
+_STATES: Final[list[dict[tuple[str, str, bytes], tuple[str, str, Any]]]] = [{}, {}]
+_STATES_GENERATION: Final = 512
+_STATES_MAX_BYTES: Final = 512  # a cursor, a name: ~100 bytes; never hash big ones
 
-    It pays during a burst (a join or a reconnect storm brings the same frame
-    to every client of a process within moments); once the burst is over its
+
+def decode_state(sender: str, session: str, data: bytes) -> tuple[str, str, Any]:
+    """``(sender, session, decode_payload(data))`` for the payload of a Presence
+    message (``data`` starts with :data:`STATE_HEAD`), the same three objects
+    for every client of the process that receives the same message. Nothing
+    may change the payload: it is shared (see the module docstring).
+
+    Raises:
+        ProtocolError: ``data`` is not a single well-formed CBOR item.
+    """
+    if len(data) > _STATES_MAX_BYTES:
+        return sender, session, loads_strict(data, "ephemeral data")
+    key = (sender, session, data)
+    current, previous = _STATES
+    shared = current.get(key) or previous.get(key)
+    if shared is None:
+        shared = (sender, session, loads_strict(data, "ephemeral data"))
+        if len(current) >= _STATES_GENERATION:
+            # (Another thread may turn the generations at the same time: a
+            # message decoded twice is all that race can cost.)
+            current = {}
+            _STATES[:] = [current, _STATES[0]]
+        current[key] = shared
+    return shared
+
+
+def forget_shared() -> None:
+    """Empty the tables of shared identity and presence frames and states.
+
+    They pay during a burst (a join or a reconnect storm brings the same frame
+    to every client of a process within moments); once the burst is over their
     entries will not come again, and they are 1,024 frames with their bytes,
-    about 400 KiB. The next burst fills it again."""
+    about 400 KiB, and up to 1,024 states. The next burst fills them again."""
     _SHARED.clear()
+    _STATES[:] = [{}, {}]
 
 
 def decode(data: bytes | bytearray | memoryview) -> Frame:

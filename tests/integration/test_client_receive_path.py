@@ -151,6 +151,10 @@ async def test_the_open_socket_keeps_no_handshake_headers() -> None:
             assert response.raw_headers == ()
             assert len(response.request_info.headers) == 0
             assert response.status == 101  # the rest stays as it was
+            # The HTTP parser that read the 101 (and keeps its headers) is gone.
+            protocol = client._driver.writer.ws._writer.protocol  # type: ignore[union-attr]
+            assert protocol._parser is None
+            assert protocol._payload_parser is not None
             await client.enter_document("doc")  # and the socket works on
         finally:
             await client.close()

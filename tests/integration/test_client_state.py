@@ -314,3 +314,47 @@ async def test_a_state_value_that_cannot_be_sent_is_named_in_the_callers_terms(
     assert str(info.value) == (
         "state 'tags' cannot be sent: state 'tags'['x'] is a set: send a list instead"
     )  # not the envelope's "payload['__presence']['value']", not "semantic tag 258"
+
+
+async def test_the_clients_of_a_process_keep_one_copy_of_a_peers_state(ratatoskr_client):
+    """Every client of a document receives the sender's bytes unchanged, so
+    the clients of one process decode them once: a Locust worker's users
+    hold one copy of each peer's state values, not one per user."""
+    a, b, c = [await ratatoskr_client() for _ in range(3)]
+    for client in (a, b, c):
+        await client.enter_document("doc")
+    await a.set_state("doc", "cursor", [3, 4])
+    expected = {"name": a.me.name, "cursor": [3, 4]}
+    seen_b = await wait_state(b, "doc", has(a.me.peer_id, expected))
+    seen_c = await wait_state(c, "doc", has(a.me.peer_id, expected))
+    assert seen_b[a.me.peer_id]["cursor"] is seen_c[a.me.peer_id]["cursor"]
+    assert seen_b[a.me.peer_id]["name"] is seen_c[a.me.peer_id]["name"]
+
+
+async def test_clients_sharing_state_in_one_document_share_their_peer_tables(ratatoskr_client):
+    """Our own entry shows the name our state carries, as the others show us:
+    the clients of a process in one document then hold equal tables, and
+    share them once quiet; ``me`` keeps the ``name=`` argument (None here)."""
+    clients = [await ratatoskr_client() for _ in range(3)]
+    for client in clients:
+        await client.enter_document("doc")
+    for n, client in enumerate(clients):
+        await client.set_state("doc", "cursor", [n, n])
+    for client in clients:
+        for other in clients:
+            await wait_state(client, "doc", lambda s, o=other: o.me.peer_id in s)
+    first = clients[0]
+    assert first.me.chosen_name is None
+    assert first.peers[first.me.peer_id].chosen_name == first.me.name  # what it shares
+    assert first.peers[first.me.peer_id] == first.me
+
+    def tables(client: RatatoskrClient) -> tuple[object, object]:
+        store = client._core.store
+        return store._identities._frozen, store._docs["doc"]._frozen
+
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while len({tables(c) for c in clients}) != 1 or tables(first)[0] is None:
+        assert asyncio.get_running_loop().time() < deadline, [tables(c) for c in clients]
+        await asyncio.sleep(0.05)  # the tables are shared 0.5 s after their last change
+    identities, members = tables(first)
+    assert identities is not None and members is not None

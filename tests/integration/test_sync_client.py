@@ -427,3 +427,41 @@ def test_a_token_callable_is_called_off_the_loop_thread_and_renewed() -> None:
         assert len(threads) >= 3
         assert client.is_connected and client.me.peer_id == peer_id
     assert not any(name.startswith("ratatoskr") for name in threads), threads
+
+
+def http_session_of(client: RatatoskrClient) -> Any:
+    """The aiohttp session the client's sockets are opened with."""
+    return client._loop.call(lambda: client._client._driver._http)
+
+
+def test_blocking_clients_share_one_http_session_that_outlives_each_of_them(
+    relay_thread: RelayThread,
+) -> None:
+    """One session per loop, not per client (it costs about 6 KiB); closing a
+    client does not close it under the others, and it keeps no cookies (one
+    jar for every identity of the process)."""
+    with RatatoskrClient(relay_thread.url) as first, RatatoskrClient(relay_thread.url) as second:
+        session = http_session_of(first)
+        assert session is http_session_of(second)
+        session.cookie_jar.update_cookies({"sid": "one identity's"})
+        assert len(session.cookie_jar) == 0
+        second.enter_document("doc")
+        first.close()
+        assert not session.closed
+        with RatatoskrClient(relay_thread.url) as third:  # connects through it too
+            assert http_session_of(third) is session
+            third.enter_document("doc")
+            peers = second.wait_for_presence("doc", lambda ps: len(ps) == 2, timeout=WAIT)
+            assert third.me in peers
+
+
+def test_the_shared_http_session_closes_with_its_loop_and_a_new_loop_makes_a_new_one(
+    relay_thread: RelayThread,
+) -> None:
+    with RatatoskrClient(relay_thread.url) as client:
+        session = http_session_of(client)
+    assert loop_threads() == []  # the last close stopped the loop...
+    assert session.closed  # ...and the loop closed its session
+    with RatatoskrClient(relay_thread.url) as client:
+        assert http_session_of(client) is not session
+        assert client.enter_document("doc") == (client.me,)

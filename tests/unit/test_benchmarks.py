@@ -26,6 +26,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 ENTRY_SCRIPTS = {
     "benchmarks.run",
     "benchmarks.locust_capacity",
+    "benchmarks.locust_memory",
     "benchmarks.churn",
     "benchmarks.floods",
     "benchmarks.raw_relay",

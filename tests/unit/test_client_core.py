@@ -654,3 +654,19 @@ def test_unheard_event_sets_are_held_once_for_every_client():
     assert "presence-changed" in a.core._unheard and "peer-joined" not in a.core._unheard
     a.core.listening("peer-joined", False)
     assert "peer-joined" in a.core._unheard and "peer-joined" not in b.core._unheard
+
+
+def test_the_send_queue_is_given_up_once_drained():
+    """Messages that waited for a token go out in order; the drained queue is
+    the empty tuple again, not an empty deque (0.6 KiB of every idle client)."""
+    h = Harness(rate_limit=60, rate_burst=1)
+    h.connect()
+    h.core.send_ephemeral("doc", 1, h.now)
+    h.core.send_ephemeral("doc", 2, h.now)  # waits for the next token
+    h.take()
+    assert len(h.core.out.queue) == 1
+    h.advance(2.0)
+    assert h.core.out.queue == ()
+    h.core.send_ephemeral("doc", 3, h.now)  # and a new wait makes a new one
+    h.core.send_ephemeral("doc", 4, h.now)
+    assert len(h.core.out.queue) == 1

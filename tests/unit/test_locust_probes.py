@@ -62,6 +62,22 @@ def test_convergence_ignores_what_it_did_not_see_happen():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gevent") is None, reason="needs gevent")
+def test_a_tracker_with_nothing_pending_holds_no_table():
+    """A join is pending until its announcement, a message later: a user that
+    saw nine peers join keeps no table of nine entries once they announced."""
+    tracker = ConvergenceTracker()
+    for n in range(9):
+        tracker.joined("doc", f"p{n}", 10.0)
+    for n in range(8):
+        assert tracker.announced("doc", f"p{n}", {ENTERED_AT: 9.5}) == 0.5
+    assert len(tracker) == 1 and sys.getsizeof(tracker._seen) > sys.getsizeof({})
+    tracker.left("doc", "p8")
+    assert len(tracker) == 0
+    assert sys.getsizeof(tracker._seen) == sys.getsizeof({})
+    tracker.joined("doc", "p9", 11.0)  # and it takes new ones as before
+    assert tracker.announced("doc", "p9", {ENTERED_AT: 10.0}) == 1.0
+
+
 def test_the_hub_inbox_reports_items_from_another_thread_in_order():
     import gevent
     import gevent.event

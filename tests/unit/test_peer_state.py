@@ -229,3 +229,24 @@ def test_forget_drops_pending_values():
     c.forget("d")
     assert take(c, "d", 1.0) == []
     assert c.offer("d", "cursor", 2, 1.0) == 0.0
+
+
+def test_a_snapshot_received_by_two_clients_is_one_dict_until_one_of_them_changes():
+    """The clients of a process decode a peer's snapshot once and keep that
+    dict (copy on write): an update copies it for the client it reaches only."""
+    snapshot = msg(snapshot_payload({"name": "Ada", "cursor": [1, 2]}))
+    mine, theirs = PeerStates(), PeerStates()
+    for states in (mine, theirs):
+        assert states.receive("doc", "ada", snapshot, now=0.0).changed
+    assert snapshot.state is not None
+    assert mine._peers["doc"]["ada"].state is theirs._peers["doc"]["ada"].state
+    assert not mine.receive("doc", "ada", snapshot, now=1.0).changed  # same again: kept
+    assert mine._peers["doc"]["ada"].state is snapshot.state
+    assert mine.receive("doc", "ada", msg(update_payload("cursor", [5, 6])), now=2.0).changed
+    assert mine.peer_state("doc", "ada") == {"name": "Ada", "cursor": [5, 6]}
+    assert theirs.peer_state("doc", "ada") == {"name": "Ada", "cursor": [1, 2]}
+    assert snapshot.state == {"name": "Ada", "cursor": [1, 2]}  # never written
+    # A snapshot merges into the copy (keys it lacks are kept), the shared dict untouched.
+    assert mine.receive("doc", "ada", msg(snapshot_payload({"status": "away"})), now=3.0).changed
+    assert mine.peer_state("doc", "ada") == {"name": "Ada", "cursor": [5, 6], "status": "away"}
+    assert snapshot.state == {"name": "Ada", "cursor": [1, 2]}

@@ -125,3 +125,17 @@ def test_the_store_says_when_to_share() -> None:
     assert store.touched(10.0) == 10.5
     store.share()
     assert store.share_at == float("inf")
+
+
+def test_a_peer_seen_with_and_without_its_chosen_name_is_one_object_of_each():
+    """Clients see a peer's identity (no chosen name yet) and its state (the
+    name) at different moments: however they interleave, each variant is
+    one object, so tables holding the same variants share."""
+    plain = intern_peer("peer-x", None, "Keen Badger", True)
+    named = intern_peer("peer-x", None, "Keen Badger", True, "Keen Badger")
+    assert intern_peer("peer-x", None, "Keen Badger", True) is plain  # a late client
+    assert intern_peer("peer-x", None, "Keen Badger", True, "Keen Badger") is named
+    assert named == plain and named is not plain
+    # A changed server-given field is a new identity's object.
+    renamed = intern_peer("peer-x", None, "Brave Badger", True, "Keen Badger")
+    assert renamed is not named and renamed.name == "Brave Badger"

@@ -455,3 +455,54 @@ def test_identity_frames_are_shared_until_the_burst_is_over() -> None:
     again = fastpaths.decode(data)
     assert again == first and again is not first  # decoded anew, and shared again
     assert fastpaths.decode(data) is again
+
+
+def _copy(text: str) -> str:
+    return "".join(list(text))  # equal, not the same object
+
+
+def test_a_state_message_is_decoded_once_for_every_client_of_the_process():
+    """Equal bytes from equal ids (each client reads its own copies) give the
+    same three objects: the state values a process's clients keep are one copy."""
+    fastpaths.forget_shared()
+    payload = {"__presence": {"type": "snapshot", "state": {"name": "Ada", "cursor": [1, 2]}}}
+    data = cbor2.dumps(payload)
+    assert data.startswith(fastpaths.STATE_HEAD)
+    first = fastpaths.decode_state(_copy("peer-1"), _copy("s-1"), bytes(bytearray(data)))
+    second = fastpaths.decode_state(_copy("peer-1"), _copy("s-1"), bytes(bytearray(data)))
+    assert first == ("peer-1", "s-1", payload)
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    # Another session's (or sender's) equal bytes are its own entry.
+    other = fastpaths.decode_state("peer-1", "s-2", data)
+    assert other[2] == payload and other[2] is not first[2]
+    fastpaths.forget_shared()
+    assert fastpaths.decode_state("peer-1", "s-1", data)[2] is not first[2]
+
+
+def test_shared_states_are_bounded_and_bad_bytes_are_refused_not_kept():
+    """The last 512 to 1,024 state messages are kept, in two generations."""
+    fastpaths.forget_shared()
+    heartbeat = cbor2.dumps({"__presence": {"type": "heartbeat"}})
+    size = fastpaths._STATES_GENERATION
+
+    def held() -> int:
+        return sum(len(generation) for generation in fastpaths._STATES)
+
+    first = fastpaths.decode_state("p", "s-0", heartbeat)
+    for n in range(1, size + 1):  # the last one turns the generations
+        fastpaths.decode_state("p", f"s-{n}", heartbeat)
+    assert held() == size + 1
+    assert fastpaths.decode_state("p", "s-0", heartbeat) is first  # in the previous one
+    for n in range(size + 1, 2 * size + 1):  # and once more: the first is gone
+        fastpaths.decode_state("p", f"s-{n}", heartbeat)
+    assert held() <= 2 * size
+    assert fastpaths.decode_state("p", "s-0", heartbeat) is not first
+    fastpaths.forget_shared()
+    assert held() == 0
+    bad = fastpaths.STATE_HEAD + b"\xff"  # the marker's value is a stray break
+    with pytest.raises(ProtocolError, match="ephemeral data"):
+        fastpaths.decode_state("p", "s", bad)
+    assert fastpaths._STATES == [{}, {}]
+    big = cbor2.dumps({"__presence": {"type": "snapshot", "state": {"x": "y" * 600}}})
+    assert fastpaths.decode_state("p", "s", big)[2]["__presence"]["state"]["x"] == "y" * 600
+    assert fastpaths._STATES == [{}, {}]  # large payloads are not hashed, nor kept
