@@ -1027,9 +1027,15 @@ class ClientCore:
 
     def enter_abandoned(self, document_id: str, waiter: int, now: float) -> None:
         """An ``enter_document`` gave up (timeout or cancelled): unless another
-        call still waits, do not stay in a document the caller cannot know it entered."""
+        call still waits, do not stay in a document the caller cannot know it
+        entered. That includes an answer the core gave the call already, which
+        its caller never saw: a cancellation and the server's confirmation can
+        arrive in one turn of the event loop, the cancellation first."""
+        answered = waiter not in self.waiters.enter.get(document_id, ())
         self.waiters.cancel(waiter)
-        if document_id not in self.waiters.enter and self.docs.is_entering(document_id):
+        if document_id in self.waiters.enter:
+            return
+        if self.docs.is_entering(document_id) or (answered and self.docs.is_present(document_id)):
             self.leave(document_id, now)
 
     def leave(self, document_id: str, now: float) -> None:

@@ -487,6 +487,34 @@ def test_a_refused_membership_fails_the_enter_and_drops_the_record():
     assert "secret" not in h.core.docs
 
 
+def test_an_enter_given_up_is_left_even_when_its_confirmation_came_in_the_same_instant():
+    h = Harness()
+    h.connect()
+    waiter = h.core.enter("doc", h.now)
+    h.take()
+    # The caller gives up (Ctrl-C, a timeout) before the server answered.
+    h.core.enter_abandoned("doc", waiter, h.now)
+    assert presence_payloads(h.sent(h.take())) == [("leave", "doc")]
+    assert "doc" not in h.core.docs
+
+    # The cancellation and the answer came in one turn of the event loop: the
+    # confirmation resolved the call, but its caller never saw it.
+    waiter = h.core.enter("doc", h.now)
+    h.take()
+    confirmation = {"type": "doc_presence_state", "documentId": "doc", "peers": ["me-1"]}
+    assert waiter in h.finished(h.server(confirmation))
+    h.core.enter_abandoned("doc", waiter, h.now)
+    assert presence_payloads(h.sent(h.take())) == [("leave", "doc")]
+    assert "doc" not in h.core.docs
+
+    # Another call still waiting keeps the document, and gets the answer.
+    first, second = h.core.enter("doc", h.now), h.core.enter("doc", h.now)
+    h.core.enter_abandoned("doc", first, h.now)
+    assert "doc" in h.core.docs
+    assert second in h.finished(h.server(confirmation))
+    assert h.core.docs.is_present("doc")
+
+
 # --------------------------------------------------------------------------- names
 
 
