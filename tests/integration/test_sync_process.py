@@ -61,6 +61,10 @@ PROBE = textwrap.dedent(
 
 BLOCKED_IN_WAIT = PROBE + textwrap.dedent(
     """
+    import faulthandler, signal
+    # Where every thread is, should the test find this process stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
     from ratatoskr_client.sync import RatatoskrClient
 
     client = RatatoskrClient(sys.argv[1])
@@ -172,6 +176,27 @@ def probe_report(stdout: str) -> dict[str, object]:
     return json.loads(lines[0].removeprefix("PROBE "))  # type: ignore[no-any-return]
 
 
+def stuck(child: subprocess.Popen[str]) -> str:
+    """What a child that did not end shows: its signal masks (the kernel's
+    view) and every thread's stack (faulthandler, on SIGUSR1); it is killed."""
+    try:
+        with open(f"/proc/{child.pid}/status") as status:
+            masks = [
+                line.strip()
+                for line in status
+                if line.startswith(("SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd"))
+            ]
+    except OSError as exc:
+        masks = [str(exc)]
+    child.send_signal(signal.SIGUSR1)
+    try:  # (it is stuck: the stacks are written at once, then it is killed)
+        out, err = child.communicate(timeout=1)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+    return f"{masks}\nstdout: {out}\nstderr: {err}"
+
+
 def start(script: str, url: str) -> subprocess.Popen[str]:
     child = subprocess.Popen(
         [sys.executable, "-c", script, url],
@@ -202,7 +227,10 @@ def test_ctrl_c_interrupts_a_blocking_call_promptly_and_cleanly(relay_thread: Re
     relay_thread.wait_until(lambda stats: stats.memberships == 1, WAIT)
     sent = time.monotonic()
     child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=WAIT)
+    try:
+        out, err = child.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Ctrl-C did not end the process: {stuck(child)}")
     elapsed = time.monotonic() - sent
 
     assert child.returncode == -signal.SIGINT  # died of KeyboardInterrupt
