@@ -162,12 +162,18 @@ def test_ctrl_c_between_the_hand_over_and_the_wait_cancels_the_call_too(
         client.connect()
         loop_thread = client._loop
         interrupting = _InterruptedAfterHandOver(loop_thread._loop)
-        loop_thread._loop = interrupting
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                client.enter_document("doc")
-        finally:
-            loop_thread._loop = interrupting._loop
+        # Frozen: the server cannot confirm before the cancellation is handled.
+        with relay_thread.frozen():
+            loop_thread._loop = interrupting
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    client.enter_document("doc")
+            finally:
+                loop_thread._loop = interrupting._loop
+            deadline = time.monotonic() + WAIT
+            while client.entered_documents != () and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.entered_documents == ()
         assert client.enter_document("other") == (client.me,)
         # The relay reads a connection's frames in order: "doc" was never
         # joined (the cancel came before the task's first step) or was left.
