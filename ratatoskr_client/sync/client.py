@@ -9,7 +9,10 @@ Locust worker, only the calling greenlet — until it is done.
 Who runs where:
 
 - Blocking methods run on the loop thread while the caller waits. Ctrl-C (or
-  a killed greenlet) interrupts the wait at once and cancels the work.
+  a killed greenlet) interrupts the wait at once and cancels the work; an
+  interrupted ``enter_document`` leaves the document again. Work the loop
+  thread finished in the instant before the interruption reached it stays
+  done (the interrupted caller cannot see its result).
 - Properties, :meth:`RatatoskrClient.presence` and :meth:`RatatoskrClient.state`
   are read on the loop thread too, so a reader never sees the client half-way
   through an update; what they return is an immutable snapshot.
