@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -114,15 +115,47 @@ def test_callbacks_run_on_the_loop_thread_and_cannot_block_it(relay_thread: Rela
         assert client.is_connected  # nothing else was harmed
 
 
+def thread_signal_masks() -> dict[str, str]:
+    """Each thread's blocked and pending signals, as the kernel sees them."""
+    masks = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+        masks[f"{task.name} {fields.get('Name', '')}"] = (
+            f"blocked {fields.get('SigBlk')} pending {fields.get('SigPnd')}"
+        )
+    return masks
+
+
 def test_ctrl_c_cancels_the_call_it_interrupts(relay_thread: RelayThread) -> None:
     """KeyboardInterrupt in the waiting (main) thread cancels the work underneath:
     an interrupted enter_document does not leave the client in the document."""
+    sent: list[float] = []
+
+    def press_ctrl_c() -> None:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
     with RatatoskrClient(relay_thread.url) as client:
         with relay_thread.frozen():  # the server cannot confirm: only Ctrl-C ends the call
-            ctrl_c = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+            ctrl_c = threading.Timer(0.1, press_ctrl_c)
+            started = time.monotonic()
             ctrl_c.start()
-            with pytest.raises(KeyboardInterrupt):
+            try:
                 client.enter_document("doc")
+            except KeyboardInterrupt:
+                pass
+            except Exception as exc:  # what the process looked like, should it happen
+                pytest.fail(
+                    f"no KeyboardInterrupt but {exc!r} after {time.monotonic() - started:.1f} s; "
+                    f"SIGINT sent after {[round(t - started, 2) for t in sent]} s; "
+                    f"threads' signal masks: {thread_signal_masks()}"
+                )
+            else:
+                pytest.fail("the call returned although the relay could not answer")
             ctrl_c.join()
         # The cancelled enter is undone on the loop thread, just after the
         # interrupt reached this one.
