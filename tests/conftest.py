@@ -9,12 +9,29 @@ Under pytest-xdist, tests marked ``timed`` never run beside tests marked
 """
 
 import logging
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from . import bytecode
 from .runlock import CPU_HEAVY, TIMED, RunLock, for_this_run, held_for
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process, and the processes it
+    starts meanwhile begin with Python's own SIGINT handler, as in a terminal,
+    even when the suite was started with SIGINT ignored: a command started in
+    the background (``pytest &``) by a shell without job control is, and
+    Python then keeps ignoring it, as do its children (they inherit it)."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # (None: set outside Python; left as it is now)
+            signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True)

@@ -116,7 +116,7 @@ def test_callbacks_run_on_the_loop_thread_and_cannot_block_it(relay_thread: Rela
 
 
 def thread_signal_masks() -> dict[str, str]:
-    """Each thread's blocked and pending signals, as the kernel sees them."""
+    """Each thread's blocked, pending and ignored signals, as the kernel sees them."""
     masks = {}
     for task in Path("/proc/self/task").iterdir():
         try:
@@ -125,12 +125,15 @@ def thread_signal_masks() -> dict[str, str]:
             continue
         fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
         masks[f"{task.name} {fields.get('Name', '')}"] = (
-            f"blocked {fields.get('SigBlk')} pending {fields.get('SigPnd')}"
+            f"blocked {fields.get('SigBlk')} pending {fields.get('SigPnd')} "
+            f"ignored {fields.get('SigIgn')}"
         )
     return masks
 
 
-def test_ctrl_c_cancels_the_call_it_interrupts(relay_thread: RelayThread) -> None:
+def test_ctrl_c_cancels_the_call_it_interrupts(
+    relay_thread: RelayThread, ctrl_c_raises: None
+) -> None:
     """KeyboardInterrupt in the waiting (main) thread cancels the work underneath:
     an interrupted enter_document does not leave the client in the document."""
     sent: list[float] = []

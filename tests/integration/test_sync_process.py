@@ -222,7 +222,9 @@ def start(script: str, url: str) -> subprocess.Popen[str]:
     return child
 
 
-def test_ctrl_c_interrupts_a_blocking_call_promptly_and_cleanly(relay_thread: RelayThread) -> None:
+def test_ctrl_c_interrupts_a_blocking_call_promptly_and_cleanly(
+    relay_thread: RelayThread, ctrl_c_raises: None
+) -> None:
     child = start(BLOCKED_IN_WAIT, relay_thread.url)
     relay_thread.wait_until(lambda stats: stats.memberships == 1, WAIT)
     sent = time.monotonic()
