@@ -163,7 +163,9 @@ async def test_a_relay_cut_off_for_node_ttl_shows_only_its_own_peers_until_redis
                 world.describe,
             )
             dropped = loop.time() - killed_at
-            assert NODE_TTL <= dropped <= NODE_TTL + 1.5, dropped
+            # node_ttl counts from a relay's last heartbeat, which came up to
+            # one beat (node_ttl / 5) before the kill.
+            assert NODE_TTL * 4 / 5 <= dropped <= NODE_TTL + 1.5, dropped
             cluster.redis.start()
             converged = await world.converge(15)
             print(
