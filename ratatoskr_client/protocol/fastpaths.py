@@ -65,7 +65,7 @@ from .frames import (
     UnknownFrame,
     UserInfo,
 )
-from .readers import PARSERS, decode_map
+from .readers import PARSERS, decode_map, decode_payload
 
 __all__ = ["STATE_HEAD", "decode", "decode_state", "forget_shared"]
 
@@ -332,12 +332,12 @@ def decode_state(sender: str, session: str, data: bytes) -> tuple[str, str, Any]
         ProtocolError: ``data`` is not a single well-formed CBOR item.
     """
     if len(data) > _STATES_MAX_BYTES:
-        return sender, session, loads_strict(data, "ephemeral data")
+        return sender, session, decode_payload(data)
     key = (sender, session, data)
     current, previous = _STATES
     shared = current.get(key) or previous.get(key)
     if shared is None:
-        shared = (sender, session, loads_strict(data, "ephemeral data"))
+        shared = (sender, session, decode_payload(data))
         if len(current) >= _STATES_GENERATION:
             # (Another thread may turn the generations at the same time: a
             # message decoded twice is all that race can cost.)
