@@ -16,7 +16,7 @@ import socketserver
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -115,6 +115,16 @@ def test_callbacks_run_on_the_loop_thread_and_cannot_block_it(relay_thread: Rela
         assert client.is_connected  # nothing else was harmed
 
 
+def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def thread_signal_masks() -> dict[str, str]:
     """Each thread's blocked, pending and ignored signals, as the kernel sees them."""
     masks = {}
@@ -162,10 +172,7 @@ def test_ctrl_c_cancels_the_call_it_interrupts(
             ctrl_c.join()
         # The cancelled enter is undone on the loop thread, just after the
         # interrupt reached this one.
-        deadline = time.monotonic() + WAIT
-        while client.entered_documents != () and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert client.entered_documents == ()
+        assert eventually(lambda: client.entered_documents == ())
         assert client.enter_document("other") == (client.me,)  # still usable
         # The relay reads a connection's frames in order: by the time it
         # confirmed "other", "doc" had been left (or never joined).
@@ -206,10 +213,7 @@ def test_ctrl_c_between_the_hand_over_and_the_wait_cancels_the_call_too(
                     client.enter_document("doc")
             finally:
                 loop_thread._loop = interrupting._loop
-            deadline = time.monotonic() + WAIT
-            while client.entered_documents != () and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert client.entered_documents == ()
+            assert eventually(lambda: client.entered_documents == ())
         assert client.enter_document("other") == (client.me,)
         # The relay reads a connection's frames in order: "doc" was never
         # joined (the cancel came before the task's first step) or was left.
@@ -463,10 +467,7 @@ def test_a_token_callable_is_called_off_the_loop_thread_and_renewed() -> None:
     config = RelayConfig(open=True, identity=(JwtTokens(secret=secret, clock_skew=0),))
     with RelayThread(config) as relay, RatatoskrClient(relay.url, token=mint) as client:
         peer_id = client.me.peer_id
-        deadline = time.monotonic() + 10
-        while len(threads) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(threads) >= 3
+        assert eventually(lambda: len(threads) >= 3, 10), threads
         assert client.is_connected and client.me.peer_id == peer_id
     assert not any(name.startswith("ratatoskr") for name in threads), threads
 
