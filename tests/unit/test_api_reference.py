@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import api_reference  # noqa: E402 (tools/ is not a package)
+
+from tests import docsite  # noqa: E402
 
 REFERENCE = ROOT / "docs" / "reference.md"
 
@@ -109,22 +110,11 @@ def test_every_public_module_is_rendered_or_deliberately_left_out(package: griff
     assert set(rendered) | set(excluded) <= public, "docs/reference.md names a module that is gone"
 
 
-def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.slow
-def test_docs_build_in_strict_mode(tmp_path: Path):
-    done = mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
-    assert done.returncode == 0, done.stderr
-    page = (tmp_path / "site" / "reference" / "index.html").read_text(encoding="utf-8")
+def test_docs_build_in_strict_mode(tmp_path_factory: pytest.TempPathFactory):
+    built = docsite.site(tmp_path_factory)  # (built once per run: tests/docsite.py)
+    assert built.returncode == 0, built.stderr
+    page = (built.site / "reference" / "index.html").read_text(encoding="utf-8")
     assert 'id="ratatoskr_client.RatatoskrClient.enter_document"' in page
     assert ":meth:" not in page and ":class:" not in page
     # The events and their callbacks are on the page, under public names only.
@@ -141,7 +131,7 @@ def test_docs_build_in_strict_mode(tmp_path: Path):
     # Defaults are values, not the names of constants.
     assert not re.findall(r"=\s*(?:<[^>]+>)*DEFAULT_", page)
     # Offline: highlighted at build time, every script and stylesheet served by the site.
-    site = tmp_path / "site"
+    site = built.site
     for html in site.rglob("*.html"):
         text = html.read_text(encoding="utf-8")
         external = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="(https?:)?//[^"]*"', text)
@@ -186,6 +176,6 @@ def test_docs_build_fails_on(source: str, error: str, tmp_path: Path):
     config = config.replace("paths: [.]", f"paths: [{copy.parent}]")
     config = config.replace("tools/api_reference.py", str(ROOT / "tools" / "api_reference.py"))
     (tmp_path / "mkdocs.yml").write_text(config)
-    done = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    done = docsite.mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert done.returncode != 0
     assert error in done.stderr

@@ -1,0 +1,82 @@
+"""The order the pytest-xdist workers take the tests in.
+
+With ``--dist load`` and small chunks (pyproject.toml) the workers take tests
+from one queue, in collection order, two at a time; four workers share two
+cores. Two things keep both cores busy until the end:
+
+- **Slow tests first** (marked ``slow``): longest-first scheduling. Started
+  last, one of them would keep a single worker busy while the others had
+  finished.
+- **Waiting beside computing.** Most tests outside ``tests/unit/`` spend their
+  time waiting: on sockets, timers, child processes. The unit tests only
+  compute. In file order all the waiting came in one stretch (``integration``
+  sorts before ``unit``), and while all four workers waited at once a core
+  stood idle. So the modules of the two kinds alternate, in proportion to
+  their numbers of tests, and the last unit tests, which are many and short,
+  end the run: the workers finish together.
+
+A module's tests stay together, in their file order, so that a module-scoped
+fixture (a cluster of relays, a built wheel) is set up once per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+#: The share of the unit tests the slow tests are spread over, from the start.
+SLOW_SPREAD = 0.4
+#: The share of the unit tests kept for the end of the run.
+UNIT_TAIL = 0.15
+
+
+def order(items: Sequence[pytest.Item]) -> list[pytest.Item]:
+    """``items`` in the order to run them (a permutation: none added or lost)."""
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    computing = _modules([item for item in rest if _is_unit(item)])
+    waiting = _modules([item for item in rest if not _is_unit(item)])
+    unit_count = sum(len(module) for module in computing)
+    ordered: list[pytest.Item] = []
+    taken_unit = 0
+
+    def take_unit() -> None:
+        nonlocal taken_unit
+        module = computing.pop(0)
+        taken_unit += len(module)
+        ordered.extend(module)
+
+    # 1. Each slow test followed by its share of unit modules.
+    for done, test in enumerate(slow, 1):
+        ordered.append(test)
+        while computing and taken_unit < unit_count * SLOW_SPREAD * done / len(slow):
+            take_unit()
+    # 2. The other modules and the unit modules, alternating in proportion.
+    start_unit = taken_unit
+    mixed_unit = max(unit_count * (1 - UNIT_TAIL) - start_unit, 1)
+    waiting_count = max(sum(len(module) for module in waiting), 1)
+    taken_waiting = 0
+    while waiting:
+        if computing and (taken_unit - start_unit) / mixed_unit <= taken_waiting / waiting_count:
+            take_unit()
+        else:
+            module = waiting.pop(0)
+            taken_waiting += len(module)
+            ordered.extend(module)
+    # 3. The last unit modules.
+    while computing:
+        take_unit()
+    return ordered
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return "unit" in item.path.parent.parts[-1:]
+
+
+def _modules(items: list[pytest.Item]) -> list[list[pytest.Item]]:
+    """``items`` grouped by module, modules in their first test's order."""
+    groups: dict[object, list[pytest.Item]] = {}
+    for item in items:
+        groups.setdefault(item.path, []).append(item)
+    return list(groups.values())
