@@ -16,10 +16,11 @@ import pytest
 from aiohttp import web
 
 from ratatoskr_client import RatatoskrClient
+from ratatoskr_client.server.cluster.wire import Names
 from ratatoskr_client.server.core.webhooks import DELIVERY_HEADER, verify
 
 from .conftest import make_cluster
-from .support import eventually
+from .support import LoadBalancer, eventually, start_relays
 
 SECRET = "webhook-test-secret"
 
@@ -216,3 +217,59 @@ async def test_a_relay_that_died_alone_is_swept_by_the_next_one_to_start(
         assert {
             e.get("reason") for e in receiver.events if e["type"].endswith(("left", "vacated"))
         } == {"node_gone"}
+
+
+async def test_a_relay_that_starts_before_redis_answers_sweeps_the_dead_once_it_does(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole cluster (one relay) dies with Bob present, and the next relay
+    starts while Redis does not answer it yet: once Redis answers, it sends
+    Bob's user.left and the document's vacated, once. (It used to look for
+    dead relays only as it started, and never again after Redis failed it.)"""
+    monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
+    with make_cluster(1, "--webhook-url", receiver.url, "--node-ttl", "1") as cluster:
+        await cluster.ready()
+        doc = f"late-{uuid.uuid4().hex[:8]}"
+        bob = RatatoskrClient(cluster.a.url, token="bob-secret", reconnect=False)
+        try:
+            await bob.connect()
+            await bob.enter_document(doc)
+            await receiver.wait_for(lambda: ("user.joined", "bob") in summary(receiver.events, doc))
+            cluster.a.kill()
+        finally:
+            await bob.close()
+        cluster.relays.pop(0).close()
+        nodes_key = Names.for_url(cluster.redis.url).nodes_key
+
+        async def dead_relays_deadline_passed() -> bool:
+            async with cluster.redis.client() as redis:
+                seconds, micros = await redis.time()
+                now_ms = int(seconds) * 1000 + int(micros) // 1000
+                return not await redis.zrangebyscore(nodes_key, now_ms, "+inf")
+
+        # Redis behind a gate that refuses every connection until opened.
+        async with LoadBalancer([]) as gate:
+            args = [
+                f"redis://127.0.0.1:{gate.port}/0" if a == cluster.redis.url else a
+                for a in cluster.args
+            ]
+            (after,) = start_relays(1, args, ["after"])
+            cluster.relays.append(after)  # (closed with the cluster)
+            assert (await after.health())["redis"] == "down"
+            # Dead for the node table before the new relay's first read of it.
+            await eventually(
+                dead_relays_deadline_passed, 10, lambda: "relay a still counts as alive"
+            )
+            gate.ports = [cluster.redis.port]
+            await receiver.wait_for(
+                lambda: ("document.vacated", None) in summary(receiver.events, doc), timeout=20.0
+            )
+        assert summary(receiver.events, doc) == Counter(
+            {
+                ("document.occupied", None): 1,
+                ("user.joined", "bob"): 1,
+                ("user.left", "bob"): 1,
+                ("document.vacated", None): 1,
+            }
+        )
+        assert receiver.bad == 0

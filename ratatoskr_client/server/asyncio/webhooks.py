@@ -167,9 +167,10 @@ class WebhookSender:
             aioredis = importlib.import_module("redis.asyncio")
             redis = aioredis.from_url(self._redis_url, socket_timeout=POST_TIMEOUT)
         timeout = aiohttp.ClientTimeout(total=POST_TIMEOUT)
+        finder = None
+        if redis is not None:
+            finder = asyncio.create_task(self._find_dead_once_synced(redis))
         try:
-            if redis is not None:
-                await self._find_dead(redis)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:
                     if not self._fresh and not self._dead and not len(self.queue):
@@ -183,6 +184,10 @@ class WebhookSender:
                         await self._deliver(session, self.queue.take(MAX_BATCH))
                         await self._confirm(redis)
         finally:
+            if finder is not None:
+                finder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await finder
             if redis is not None:
                 with contextlib.suppress(Exception):
                     await redis.aclose()
@@ -228,6 +233,20 @@ class WebhookSender:
                 body["at"] = round(time.time(), 3)
                 body["reason"] = "node_gone"
                 self.queue.put(body)
+
+    async def _find_dead_once_synced(self, redis: Any) -> None:
+        """:meth:`_find_dead`, once the cluster link has read the node table.
+
+        From that read on, the link's registry watches every node that was
+        alive then, and reports it here (``on_node_dropped``) when it stops
+        heartbeating. So the nodes to find are those already dead at that
+        read, and they stay dead. Looked for earlier (at start, or while
+        Redis did not answer), a node whose deadline passed in between was
+        seen by neither, and its share was never swept."""
+        assert self._cluster is not None
+        while not await self._cluster.wait_up():
+            pass  # Redis does not answer yet; the link keeps trying
+        await self._find_dead(redis)
 
     async def _find_dead(self, redis: Any) -> None:
         """Relays that died while no other relay was there to see it (a whole
