@@ -1,6 +1,6 @@
 """One bytecode cache for the whole run: compiled once, read by every process.
 
-The suite starts four pytest-xdist workers and about two hundred Python child
+The suite starts six pytest-xdist workers and about two hundred Python child
 processes (the CLI, relays, the documented commands, Locust). Compiling is a
 good part of what each one costs when it starts:
 
@@ -9,7 +9,7 @@ good part of what each one costs when it starts:
   every module of this package it imported, and every worker rewrote and
   compiled every test module (pytest's assertion rewriting, about 3.4 s of CPU
   per worker).
-- Even where bytecode is written, the four workers of a fresh checkout start
+- Even where bytecode is written, the workers of a fresh checkout start
   together and each compiles everything, because none finds the others' files.
 
 So the controller (before any worker starts) makes a cache directory of its
@@ -18,29 +18,30 @@ inherits; nothing is written into the checkout, and the directory goes with
 the run. Python reads bytecode only from that prefix once it is set, so the
 controller first links there the bytecode that already exists beside the
 standard library and the installed packages (a link each, no compiling), and
-the workers take turns for their first collection (:func:`collecting`): the
-first one compiles the test modules, the rest find them compiled.
+the workers share the compiling of what their collections import
+(:func:`compile_shared`): each module is compiled once, by one of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import importlib.util
 import os
+import py_compile
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; the workers collect side by side
-    fcntl = None  # type: ignore[assignment]
+import pytest
 
 #: Set in the controller to the prefix it made: workers know the cache is the run's.
 RUN_PREFIX = "RATATOSKR_TESTS_BYTECODE"
+#: The checkout: its tests/ and ratatoskr_client/ are what collections import.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _seed() -> None:
     # modules linked are the ones this process imported: what every worker
     # imports before its conftest (pytest, its plugins and what they import).
     # The others are compiled into the prefix by the first process that needs
-    # them (a worker's collection, see collecting()).
+    # them (the workers share the compiling before collection: compile_shared()).
     for module in list(sys.modules.values()):
         source = getattr(module, "__file__", None)
         compiled = getattr(module, "__cached__", None)
@@ -106,25 +107,65 @@ def _seed() -> None:
             os.symlink(compiled, target)
 
 
-@contextlib.contextmanager
-def collecting(run_id: str) -> Iterator[None]:
-    """Around a worker's collection: the first worker of the run collects
-    alone (it compiles the test modules into the run's cache); the others
-    wait for it, then collect side by side from the cache. Anything else
-    (the user's own prefix, no flock) collects at once."""
+def compile_shared(run_id: str, config: pytest.Config) -> None:
+    """In a worker, before its collection: compile, together with the other
+    workers, the modules every collection imports (the test modules with
+    pytest's assertion rewriting, the test helpers, this package), so that
+    none of them is compiled twice and none waits for another.
+
+    Each file is claimed by the first worker to create its claim file
+    (``O_EXCL``), which compiles it; the others move on to the next. A
+    worker that finds every file claimed starts collecting: at most the few
+    files still being compiled are compiled again by whoever imports them
+    first (a complete pyc is written atomically, so that is only work lost).
+    Anything else (the user's own prefix, pytest's private rewriting API
+    gone) compiles nothing here: collection compiles as it imports."""
     prefix = os.environ.get(RUN_PREFIX)
-    if fcntl is None or not prefix or prefix != sys.pycache_prefix:
-        yield
+    if not prefix or prefix != sys.pycache_prefix:
         return
-    done = Path(prefix, f".collected-{run_id}")
-    with Path(prefix, f".collecting-{run_id}").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    claims = Path(prefix, f".claims-{run_id}")
+    claims.mkdir(exist_ok=True)
+    rewrite = _rewriter(config)
+    patterns = [*config.getini("python_files"), "conftest.py"]
+    for source in _collected_sources():
+        claim = claims / "__".join(source.relative_to(ROOT).parts)
         try:
-            first = not done.exists()
-            if not first:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-            yield
-            if first:
-                done.touch()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue  # another worker's
+        with contextlib.suppress(Exception):  # (compiled on import instead)
+            if any(fnmatch.fnmatch(source.name, p) for p in patterns):
+                if rewrite is not None:
+                    rewrite(source)
+            elif not os.path.exists(importlib.util.cache_from_source(str(source))):
+                py_compile.compile(str(source), doraise=True)
+
+
+def _collected_sources() -> list[Path]:
+    return sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "ratatoskr_client").rglob("*.py")])
+
+
+def _rewriter(config: pytest.Config) -> Callable[[Path], None] | None:
+    """What pytest's import hook does to a test module before it runs it
+    (rewrite its asserts, write the special pyc the hook looks for), or None
+    where pytest's private API for it is not the one known here."""
+    try:
+        from _pytest.assertion import rewrite as pytest_rewrite
+
+        state = config.stash[pytest_rewrite.assertstate_key]
+        rewrite_test = pytest_rewrite._rewrite_test
+        write_pyc = pytest_rewrite._write_pyc
+        cache_dir = pytest_rewrite.get_cache_dir
+        tail = pytest_rewrite.PYC_TAIL
+    except (ImportError, AttributeError, KeyError):
+        return None
+
+    def rewrite(source: Path) -> None:
+        pyc = cache_dir(source) / (source.name[:-3] + tail)
+        if pyc.exists():
+            return
+        pyc.parent.mkdir(parents=True, exist_ok=True)
+        key, code = rewrite_test(source, config)
+        write_pyc(state, code, key, pyc)
+
+    return rewrite

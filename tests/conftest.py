@@ -60,14 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_BYTECODE] = bytecode.share()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_collection(session: pytest.Session) -> Iterator[None]:
+def pytest_collection(session: pytest.Session) -> None:
     workerinput = getattr(session.config, "workerinput", None)
-    if workerinput is None:
-        yield
-        return
-    with bytecode.collecting(str(workerinput["testrunuid"])):
-        yield
+    if workerinput is not None:
+        bytecode.compile_shared(str(workerinput["testrunuid"]), session.config)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

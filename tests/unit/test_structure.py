@@ -14,6 +14,7 @@ concept needs (``docs/architecture.md``).
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,17 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
     return ours, theirs
 
 
-GRAPH: dict[str, set[str]] = {}
-EXTERNAL: dict[str, set[str]] = {}
-for _name, _path in MODULES.items():
-    GRAPH[_name], EXTERNAL[_name] = imports(_path)
+@functools.cache
+def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(module -> modules of this package it imports, module -> other
+    top-level packages it imports). Read when a test first asks (not at
+    collection, which every pytest-xdist worker does)."""
+    ours: dict[str, set[str]] = {}
+    theirs: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        ours[name], theirs[name] = imports(path)
+    return ours, theirs
+
 
 #: The layers, lowest first (docs/architecture.md, "The layers"). A module
 #: belongs to the first prefix that matches it, longest prefixes first.
@@ -134,7 +142,7 @@ def closure(name: str) -> set[str]:
     seen = {name}
     todo = [name]
     while todo:
-        for target in GRAPH.get(todo.pop(), ()):
+        for target in graph()[0].get(todo.pop(), ()):
             if target not in seen:
                 seen.add(target)
                 todo.append(target)
@@ -152,24 +160,24 @@ def test_no_import_cycles():
 
     def visit(name: str, path: list[str]) -> None:
         state[name] = "open"
-        for target in sorted(GRAPH.get(name, ())):
+        for target in sorted(graph()[0].get(name, ())):
             if state.get(target) == "open":
                 cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = "done"
 
-    for name in sorted(GRAPH):
+    for name in sorted(graph()[0]):
         if name not in state:
             visit(name, [name])
-    assert len(GRAPH) > 50
+    assert len(graph()[0]) > 50
     assert cycles == []
 
 
 def test_layers_import_only_downwards():
     upward = [
         f"{name} (layer {layer(name)}) -> {target} (layer {layer(target)})"
-        for name, targets in sorted(GRAPH.items())
+        for name, targets in sorted(graph()[0].items())
         for target in sorted(targets)
         # A package's __init__ may hand on its own submodules' names.
         if layer(target) > layer(name) and not within(target, name)
@@ -180,7 +188,7 @@ def test_layers_import_only_downwards():
 def test_the_client_and_the_relay_are_apart():
     crossing = [
         f"{name} -> {target}"
-        for name, targets in sorted(GRAPH.items())
+        for name, targets in sorted(graph()[0].items())
         for target in sorted(targets)
         for low, high in APART
         if within(name, low) and within(target, high)
@@ -193,7 +201,7 @@ def test_a_core_reaches_neither_asyncio_nor_aiohttp_in_its_import_graph(core: st
     modules = [name for name in MODULES if within(name, core)]
     assert modules
     reached = set().union(*(closure(name) for name in modules))
-    io = {m: EXTERNAL[m] & {"asyncio", "aiohttp", "pyee", "redis"} for m in reached}
+    io = {m: graph()[1][m] & {"asyncio", "aiohttp", "pyee", "redis"} for m in reached}
     assert {m: found for m, found in io.items() if found} == {}
 
 
