@@ -29,6 +29,10 @@ import pytest
 SLOW_SPREAD = 0.4
 #: The share of the unit tests kept for the end of the run.
 UNIT_TAIL = 0.15
+#: The directories of waiting tests, those whose tests take longest first, so
+#: that the last of them to run are short (tests/integration: 357 tests, most
+#: under a second; tests/reliability: scenarios of seconds).
+WAITING_ORDER = ("reliability", "cluster", "loadtest", "browser", "interop", "docs", "integration")
 
 
 def order(items: Sequence[pytest.Item]) -> list[pytest.Item]:
@@ -36,7 +40,7 @@ def order(items: Sequence[pytest.Item]) -> list[pytest.Item]:
     slow = [item for item in items if item.get_closest_marker("slow") is not None]
     rest = [item for item in items if item.get_closest_marker("slow") is None]
     computing = _modules([item for item in rest if _is_unit(item)])
-    waiting = _modules([item for item in rest if not _is_unit(item)])
+    waiting = _modules(sorted((item for item in rest if not _is_unit(item)), key=_directory_rank))
     unit_count = sum(len(module) for module in computing)
     ordered: list[pytest.Item] = []
     taken_unit = 0
@@ -68,6 +72,13 @@ def order(items: Sequence[pytest.Item]) -> list[pytest.Item]:
     while computing:
         take_unit()
     return ordered
+
+
+def _directory_rank(item: pytest.Item) -> int:
+    """Where ``item``'s directory comes among the waiting ones (a stable sort
+    keeps the file order within each)."""
+    directory = item.path.relative_to(item.config.rootpath).parts[1]
+    return WAITING_ORDER.index(directory) if directory in WAITING_ORDER else len(WAITING_ORDER)
 
 
 def _is_unit(item: pytest.Item) -> bool:
