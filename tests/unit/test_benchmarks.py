@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import math
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-GRAPH = {name: imports(path) for name, path in MODULES.items()}
+@functools.cache
+def graph() -> dict[str, set[str]]:
+    """Module -> the ``benchmarks`` modules it imports. Read when a test first
+    asks (not at collection, which every pytest-xdist worker does)."""
+    return {name: imports(path) for name, path in MODULES.items()}
 
 
 def test_the_package_has_its_modules():
@@ -132,14 +137,14 @@ def test_no_import_cycles():
 
     def visit(name: str, path: list[str]) -> None:
         state[name] = "open"
-        for target in sorted(GRAPH.get(name, ())):
+        for target in sorted(graph().get(name, ())):
             if state.get(target) == "open":
                 cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = "done"
 
-    for name in sorted(GRAPH):
+    for name in sorted(graph()):
         if name not in state:
             visit(name, [name])
     assert cycles == []
@@ -147,14 +152,16 @@ def test_no_import_cycles():
 
 def test_no_module_imports_an_entry_script():
     # An entry script runs as __main__; importing it too would load a second copy.
-    offenders = {name: GRAPH[name] & ENTRY_SCRIPTS for name in GRAPH if GRAPH[name] & ENTRY_SCRIPTS}
+    offenders = {
+        name: found & ENTRY_SCRIPTS for name, found in graph().items() if found & ENTRY_SCRIPTS
+    }
     assert offenders == {}
 
 
 def test_layers_import_only_downwards():
-    assert GRAPH["benchmarks.harness"] == set()
-    assert GRAPH["benchmarks.report"] <= {"benchmarks.harness"}
-    for name, targets in GRAPH.items():
+    assert graph()["benchmarks.harness"] == set()
+    assert graph()["benchmarks.report"] <= {"benchmarks.harness"}
+    for name, targets in graph().items():
         if name.startswith("benchmarks.scenarios."):
             assert all(
                 t in {"benchmarks.harness", "benchmarks.scenarios"}
