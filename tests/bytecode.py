@@ -1,6 +1,6 @@
 """One bytecode cache for the whole run: compiled once, read by every process.
 
-The suite starts six pytest-xdist workers and about two hundred Python child
+The suite starts five pytest-xdist workers and about two hundred Python child
 processes (the CLI, relays, the documented commands, Locust). Compiling is a
 good part of what each one costs when it starts:
 

@@ -5,7 +5,8 @@ own pytest plugin (``ratatoskr_client.testing``), loaded through its entry point
 exactly as in a user's project.
 
 Under pytest-xdist, tests marked ``timed`` never run beside tests marked
-``cpu_heavy`` (tests/runlock.py), and tests marked ``slow`` run first.
+``cpu_heavy`` (tests/runlock.py), and the workers take the tests in the order
+tests/schedule.py makes (tests marked ``slow`` early).
 """
 
 import gc

@@ -1,22 +1,27 @@
 """The order the pytest-xdist workers take the tests in.
 
 With ``--dist load`` and small chunks (pyproject.toml) the workers take tests
-from one queue, in collection order, two at a time; four workers share two
-cores. Two things keep both cores busy until the end:
+from one queue, in collection order, two at a time; five workers share two
+cores. Most tests outside ``tests/unit/`` spend their time waiting: on
+sockets, timers, child processes. The unit tests only compute. In file order
+all the waiting came in stretches (the slow tests together, then all of
+``integration``, which sorts before ``unit``), and while most workers waited
+at once a core stood idle. So the queue is, in three parts:
 
-- **Slow tests first** (marked ``slow``): longest-first scheduling. Started
-  last, one of them would keep a single worker busy while the others had
-  finished.
-- **Waiting beside computing.** Most tests outside ``tests/unit/`` spend their
-  time waiting: on sockets, timers, child processes. The unit tests only
-  compute. In file order all the waiting came in one stretch (``integration``
-  sorts before ``unit``), and while all four workers waited at once a core
-  stood idle. So the modules of the two kinds alternate, in proportion to
-  their numbers of tests, and the last unit tests, which are many and short,
-  end the run: the workers finish together.
+1. **The slow tests** (marked ``slow``: seconds each, most of it waiting),
+   each followed by its share of the first unit modules: they all start
+   early (started last, one of them would keep a single worker busy while
+   the others had finished), beside tests that compute.
+2. **The other modules and the unit modules, alternating** in proportion to
+   their numbers of tests; among the waiting ones the directories whose
+   tests take longest come first (:data:`WAITING_ORDER`).
+3. **The last unit modules**: many short tests, so the workers finish
+   together.
 
 A module's tests stay together, in their file order, so that a module-scoped
-fixture (a cluster of relays, a built wheel) is set up once per worker.
+fixture (a cluster of relays, a built wheel) is set up at most once per
+worker. On an idle 2-core machine a whole run leaves its cores idle for under
+3 s in all (about 30 s in file order, slow tests first, on four workers).
 """
 
 from __future__ import annotations
