@@ -10,20 +10,15 @@ records how the build ended; the others wait for it (``flock``) and read that.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; each caller builds its own site
-    fcntl = None  # type: ignore[assignment]
+from . import filelock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,11 +47,11 @@ def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Build:
     """The repository's site (mkdocs.yml), built once for the whole run."""
     base = tmp_path_factory.getbasetemp()
-    if fcntl is None:
+    if not filelock.AVAILABLE:  # (Windows) each caller builds its own site
         return _build(base / "docs-site")
     run = base.parent if base.name.startswith("popen-gw") else base  # xdist: one per worker
     record = run / "docs-site.json"
-    with _locked(run / "docs-site.lock"):
+    with filelock.exclusive(run / "docs-site.lock"):
         if not record.exists():
             built = _build(run / "docs-site")
             record.write_text(
@@ -70,13 +65,3 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Build:
 def _build(site: Path) -> Build:
     done = mkdocs_build(ROOT / "mkdocs.yml", site)
     return Build(done.returncode, done.stderr, site)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

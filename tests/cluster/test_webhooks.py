@@ -19,7 +19,7 @@ from ratatoskr_client import RatatoskrClient
 from ratatoskr_client.server.cluster.wire import Names
 from ratatoskr_client.server.core.webhooks import DELIVERY_HEADER, verify
 
-from .conftest import make_cluster
+from .conftest import Cluster, make_cluster
 from .support import LoadBalancer, eventually, start_relays
 
 SECRET = "webhook-test-secret"
@@ -183,6 +183,35 @@ async def test_a_dead_relays_share_is_swept_once(
         assert receiver.bad == 0
 
 
+#: What a receiver gets for Bob's document when his relay died with him in it.
+SWEPT = Counter(
+    {
+        ("document.occupied", None): 1,
+        ("user.joined", "bob"): 1,
+        ("user.left", "bob"): 1,
+        ("document.vacated", None): 1,
+    }
+)
+
+
+async def bob_present_when_the_only_relay_dies(
+    cluster: Cluster, receiver: Receiver, prefix: str
+) -> str:
+    """Bob enters a new document on the cluster's one relay, which is then
+    killed (SIGKILL: no goodbye) and removed; the document's id."""
+    doc = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    bob = RatatoskrClient(cluster.a.url, token="bob-secret", reconnect=False)
+    try:
+        await bob.connect()
+        await bob.enter_document(doc)
+        await receiver.wait_for(lambda: ("user.joined", "bob") in summary(receiver.events, doc))
+        cluster.a.kill()
+    finally:
+        await bob.close()
+    cluster.relays.pop(0).close()
+    return doc
+
+
 async def test_a_relay_that_died_alone_is_swept_by_the_next_one_to_start(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,28 +221,12 @@ async def test_a_relay_that_died_alone_is_swept_by_the_next_one_to_start(
     # (The shortest node TTL: the dead relay's deadline passes in a second.)
     with make_cluster(1, "--webhook-url", receiver.url, "--node-ttl", "1") as cluster:
         await cluster.ready()
-        doc = f"restart-{uuid.uuid4().hex[:8]}"
-        bob = RatatoskrClient(cluster.a.url, token="bob-secret", reconnect=False)
-        try:
-            await bob.connect()
-            await bob.enter_document(doc)
-            await receiver.wait_for(lambda: ("user.joined", "bob") in summary(receiver.events, doc))
-            cluster.a.kill()
-        finally:
-            await bob.close()
-        cluster.relays.pop(0).close()
+        doc = await bob_present_when_the_only_relay_dies(cluster, receiver, "restart")
         cluster.add_relay("after")
         await receiver.wait_for(
             lambda: ("document.vacated", None) in summary(receiver.events, doc), timeout=20.0
         )
-        assert summary(receiver.events, doc) == Counter(
-            {
-                ("document.occupied", None): 1,
-                ("user.joined", "bob"): 1,
-                ("user.left", "bob"): 1,
-                ("document.vacated", None): 1,
-            }
-        )
+        assert summary(receiver.events, doc) == SWEPT
         assert {
             e.get("reason") for e in receiver.events if e["type"].endswith(("left", "vacated"))
         } == {"node_gone"}
@@ -229,16 +242,7 @@ async def test_a_relay_that_starts_before_redis_answers_sweeps_the_dead_once_it_
     monkeypatch.setenv("RATATOSKR_WEBHOOK_SECRET", SECRET)
     with make_cluster(1, "--webhook-url", receiver.url, "--node-ttl", "1") as cluster:
         await cluster.ready()
-        doc = f"late-{uuid.uuid4().hex[:8]}"
-        bob = RatatoskrClient(cluster.a.url, token="bob-secret", reconnect=False)
-        try:
-            await bob.connect()
-            await bob.enter_document(doc)
-            await receiver.wait_for(lambda: ("user.joined", "bob") in summary(receiver.events, doc))
-            cluster.a.kill()
-        finally:
-            await bob.close()
-        cluster.relays.pop(0).close()
+        doc = await bob_present_when_the_only_relay_dies(cluster, receiver, "late")
         nodes_key = Names.for_url(cluster.redis.url).nodes_key
 
         async def dead_relays_deadline_passed() -> bool:
@@ -264,12 +268,5 @@ async def test_a_relay_that_starts_before_redis_answers_sweeps_the_dead_once_it_
             await receiver.wait_for(
                 lambda: ("document.vacated", None) in summary(receiver.events, doc), timeout=20.0
             )
-        assert summary(receiver.events, doc) == Counter(
-            {
-                ("document.occupied", None): 1,
-                ("user.joined", "bob"): 1,
-                ("user.left", "bob"): 1,
-                ("document.vacated", None): 1,
-            }
-        )
+        assert summary(receiver.events, doc) == SWEPT
         assert receiver.bad == 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -48,6 +47,8 @@ import pytest
 import pytest_asyncio
 
 from ratatoskr_client.server import RelayServer
+
+from .. import filelock
 
 INTEROP_DIR = Path(__file__).resolve().parent
 NODE_DIR = INTEROP_DIR / "node"
@@ -196,12 +197,8 @@ def _install_lock() -> Iterator[None]:
     """Serialise installs between concurrent pytest sessions in one checkout."""
     key = hashlib.sha256(str(NODE_DIR.resolve()).encode()).hexdigest()[:16]
     lock_path = Path(tempfile.gettempdir()) / f"ratatoskr-interop-npm-{key}.lock"
-    with lock_path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with filelock.exclusive(lock_path):
+        yield
 
 
 @pytest.fixture(scope="session")
