@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -47,8 +48,6 @@ import pytest
 import pytest_asyncio
 
 from ratatoskr_client.server import RelayServer
-
-from .. import filelock
 
 INTEROP_DIR = Path(__file__).resolve().parent
 NODE_DIR = INTEROP_DIR / "node"
@@ -194,11 +193,17 @@ def _install_offline(command: list[str]) -> bool:
 
 @contextlib.contextmanager
 def _install_lock() -> Iterator[None]:
-    """Serialise installs between concurrent pytest sessions in one checkout."""
+    """Serialise installs between concurrent pytest sessions in one checkout.
+    (Its own flock, not tests/filelock.py: tests/integration/test_interop_opt_out.py
+    runs a copy of this conftest on its own, outside the tests package.)"""
     key = hashlib.sha256(str(NODE_DIR.resolve()).encode()).hexdigest()[:16]
     lock_path = Path(tempfile.gettempdir()) / f"ratatoskr-interop-npm-{key}.lock"
-    with filelock.exclusive(lock_path):
-        yield
+    with lock_path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
