@@ -31,7 +31,9 @@ import os
 import py_compile
 import shutil
 import sys
+import sysconfig
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +54,13 @@ class Shared:
     dont_write_env: str | None
     pycache_prefix: str | None
     dont_write_bytecode: bool
+    #: links the installed packages' bytecode while the workers start
+    linking: threading.Thread
 
     def restore(self) -> None:
         """Put the interpreter's and the environment's settings back and remove
         the cache (pytest may run inside a longer-lived process)."""
+        self.linking.join()
         sys.pycache_prefix = self.pycache_prefix
         sys.dont_write_bytecode = self.dont_write_bytecode
         os.environ.pop("PYTHONPYCACHEPREFIX", None)
@@ -72,39 +77,69 @@ def share() -> Shared | None:
     if os.environ.get("PYTHONPYCACHEPREFIX"):
         return None
     prefix = tempfile.mkdtemp(prefix="ratatoskr-tests-bytecode-")
+    # (Symlinks take about 0.1 ms each here: the few thousand of the installed
+    # packages are made on a thread while the workers start, not before.)
+    linking = threading.Thread(target=_seed_installed, name="bytecode-links", daemon=True)
     shared = Shared(
         prefix,
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None),
         sys.pycache_prefix,
         sys.dont_write_bytecode,
+        linking,
     )
     os.environ["PYTHONPYCACHEPREFIX"] = os.environ[RUN_PREFIX] = prefix
     sys.pycache_prefix = prefix
     sys.dont_write_bytecode = False
-    _seed()
+    _seed_imported()
+    linking.start()
     return shared
 
 
-def _seed() -> None:
-    # Bytecode beside its source stays valid under the prefix (a .pyc names
-    # its source by size and mtime, not by path): a link to each is enough.
-    # Without them every process recompiled the standard library and the
-    # installed packages into the prefix, about 2.5 s of CPU per worker. The
-    # modules linked are the ones this process imported: what every worker
-    # imports before its conftest (pytest, its plugins and what they import).
-    # The others are compiled into the prefix by the first process that needs
-    # them (the workers share the compiling before collection: compile_shared()).
+# Bytecode beside its source stays valid under the prefix (a .pyc names its
+# source by size and mtime, not by path): a link to each is enough. Linked:
+# the bytecode of every module the controller imported (the standard
+# library's that pytest and its plugins use: what every worker imports first)
+# and every .pyc of the installed packages, not only of those imported here:
+# the workers and the child processes import many more (hypothesis, Locust,
+# mkdocs, Selenium, redis: about 1,200 modules, 2.8 s of CPU to compile),
+# which were compiled anew in every run. What has no bytecode yet (this
+# checkout: the package and the tests) is compiled into the prefix by the
+# first process that needs it (the workers share that compiling before
+# collection: compile_shared()).
+
+
+def _seed_imported() -> None:
     for module in list(sys.modules.values()):
         source = getattr(module, "__file__", None)
         compiled = getattr(module, "__cached__", None)
-        if not source or not compiled or not source.endswith(".py"):
-            continue
-        target = importlib.util.cache_from_source(source)
-        if target == compiled or not os.path.exists(compiled):
-            continue
-        with contextlib.suppress(OSError):  # a race or an odd file: compiled later
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.symlink(compiled, target)
+        if source and compiled and source.endswith(".py"):
+            _link(compiled, source)
+
+
+def _seed_installed() -> None:
+    tag = f".{sys.implementation.cache_tag}.pyc"
+    paths = sysconfig.get_paths()
+    for root in dict.fromkeys((paths["purelib"], paths["platlib"])):
+        for directory, _, files in os.walk(root):
+            if os.path.basename(directory) != "__pycache__":
+                continue
+            package = os.path.dirname(directory)
+            for name in files:
+                if name.endswith(tag) and name.count(".") == 2:  # (not .opt-1/.opt-2)
+                    source = os.path.join(package, name[: -len(tag)] + ".py")
+                    _link(os.path.join(directory, name), source)
+
+
+def _link(compiled: str, source: str) -> None:
+    """Link ``compiled``, the bytecode beside ``source``, into the prefix."""
+    target = importlib.util.cache_from_source(source)
+    if target == compiled or os.path.lexists(target):
+        return
+    with contextlib.suppress(OSError):  # no bytecode, no source, a race: compiled later
+        os.stat(source)
+        os.stat(compiled)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.symlink(compiled, target)
 
 
 def compile_shared(run_id: str, config: pytest.Config) -> None:
