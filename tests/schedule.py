@@ -9,9 +9,10 @@ all the waiting came in stretches (the slow tests together, then all of
 at once a core stood idle. So the queue is, in three parts:
 
 1. **The slow tests** (marked ``slow``: seconds each, most of it waiting),
-   each followed by its share of the first unit modules: they all start
-   early (started last, one of them would keep a single worker busy while
-   the others had finished), beside tests that compute.
+   those also marked ``cpu_heavy`` first, each followed by its share of the
+   first unit modules (:data:`SLOW_SPREAD`): they all start early (started
+   late, one of them would keep a single worker busy while the others had
+   finished), beside tests that compute.
 2. **The other modules and the unit modules, alternating** in proportion to
    their numbers of tests; among the waiting ones the directories whose
    tests take longest come first (:data:`WAITING_ORDER`).
@@ -20,8 +21,8 @@ at once a core stood idle. So the queue is, in three parts:
 
 A module's tests stay together, in their file order, so that a module-scoped
 fixture (a cluster of relays, a built wheel) is set up at most once per
-worker. On an idle 2-core machine a whole run leaves its cores idle for under
-3 s in all (about 30 s in file order, slow tests first, on four workers).
+worker. On an idle 2-core machine a whole run leaves its cores idle for 3 to
+6 s in all (about 30 s in file order, slow tests first, on four workers).
 """
 
 from __future__ import annotations
