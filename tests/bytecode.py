@@ -145,8 +145,8 @@ def _link(compiled: str, source: str) -> None:
 def compile_shared(run_id: str, config: pytest.Config) -> None:
     """In a worker, before its collection: compile, together with the other
     workers, the modules every collection imports (the test modules with
-    pytest's assertion rewriting, the test helpers, this package), so that
-    none of them is compiled twice and none waits for another.
+    pytest's assertion rewriting, the test helpers, this package), each by
+    one of them, none waiting for another.
 
     Each file is claimed by the first worker to create its claim file
     (``O_EXCL``), which compiles it; the others move on to the next. A

@@ -90,7 +90,8 @@ def order(items: Sequence[pytest.Item]) -> list[pytest.Item]:
 def _directory_rank(item: pytest.Item) -> int:
     """Where ``item``'s directory comes among the waiting ones (a stable sort
     keeps the file order within each)."""
-    directory = item.path.relative_to(item.config.rootpath).parts[1]
+    parts = item.path.parent.parts
+    directory = parts[-1] if parts else ""
     return WAITING_ORDER.index(directory) if directory in WAITING_ORDER else len(WAITING_ORDER)
 
 
