@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from . import filelock
+from . import filelock, runlock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,12 +44,11 @@ def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def site(tmp_path_factory: pytest.TempPathFactory) -> Build:
+def site(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Build:
     """The repository's site (mkdocs.yml), built once for the whole run."""
-    base = tmp_path_factory.getbasetemp()
     if not filelock.AVAILABLE:  # (Windows) each caller builds its own site
-        return _build(base / "docs-site")
-    run = base.parent if base.name.startswith("popen-gw") else base  # xdist: one per worker
+        return _build(tmp_path_factory.getbasetemp() / "docs-site")
+    run = runlock.run_directory(config) or tmp_path_factory.getbasetemp()
     record = run / "docs-site.json"
     with filelock.exclusive(run / "docs-site.lock"):
         if not record.exists():

@@ -70,13 +70,22 @@ class RunLock:
         self._main.close()
 
 
+def run_directory(config: pytest.Config) -> Path | None:
+    """The run's base temporary directory, which its pytest-xdist workers
+    share; None outside a worker. (xdist gives each worker <the run's
+    basetemp>/popen-gwN as its basetemp.)"""
+    if not hasattr(config, "workerinput") or config.option.basetemp is None:
+        return None
+    return Path(config.option.basetemp).parent
+
+
 def for_this_run(config: pytest.Config) -> RunLock | None:
     """The lock shared by this run's workers, or None when there is nothing to
     keep apart (not an xdist worker, or no ``flock``)."""
-    if not hasattr(config, "workerinput") or fcntl is None or config.option.basetemp is None:
+    run = run_directory(config)
+    if run is None or fcntl is None:
         return None
-    # xdist gives each worker <the run's basetemp>/popen-gwN as its basetemp.
-    return RunLock(Path(config.option.basetemp).parent / "runlock")
+    return RunLock(run / "runlock")
 
 
 def held_for(item: pytest.Item, lock: RunLock | None) -> contextlib.AbstractContextManager[None]:

@@ -90,13 +90,17 @@ def order(items: Sequence[pytest.Item]) -> list[pytest.Item]:
 def _directory_rank(item: pytest.Item) -> int:
     """Where ``item``'s directory comes among the waiting ones (a stable sort
     keeps the file order within each)."""
-    parts = item.path.parent.parts
-    directory = parts[-1] if parts else ""
+    directory = _directory(item)
     return WAITING_ORDER.index(directory) if directory in WAITING_ORDER else len(WAITING_ORDER)
 
 
 def _is_unit(item: pytest.Item) -> bool:
-    return "unit" in item.path.parent.parts[-1:]
+    return _directory(item) == "unit"
+
+
+def _directory(item: pytest.Item) -> str:
+    """The name of the directory of ``item``'s file (``unit``, ``cluster``...)."""
+    return item.path.parent.name
 
 
 def _modules(items: list[pytest.Item]) -> list[list[pytest.Item]]:

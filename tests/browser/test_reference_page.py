@@ -14,8 +14,8 @@ from tests import docsite
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    built = docsite.site(tmp_path_factory)  # mkdocs build --strict, once per run
+def site(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = docsite.site(pytestconfig, tmp_path_factory)  # mkdocs build --strict, once per run
     assert built.returncode == 0, built.stderr
     return built.site
 

@@ -111,8 +111,10 @@ def test_every_public_module_is_rendered_or_deliberately_left_out(package: griff
 
 
 @pytest.mark.slow
-def test_docs_build_in_strict_mode(tmp_path_factory: pytest.TempPathFactory):
-    built = docsite.site(tmp_path_factory)  # (built once per run: tests/docsite.py)
+def test_docs_build_in_strict_mode(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+):
+    built = docsite.site(pytestconfig, tmp_path_factory)  # (built once per run: tests/docsite.py)
     assert built.returncode == 0, built.stderr
     page = (built.site / "reference" / "index.html").read_text(encoding="utf-8")
     assert 'id="ratatoskr_client.RatatoskrClient.enter_document"' in page

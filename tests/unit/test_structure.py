@@ -78,15 +78,22 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
 
 
 @functools.cache
-def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """(module -> modules of this package it imports, module -> other
-    top-level packages it imports). Read when a test first asks (not at
-    collection, which every pytest-xdist worker does)."""
-    ours: dict[str, set[str]] = {}
-    theirs: dict[str, set[str]] = {}
-    for name, path in MODULES.items():
-        ours[name], theirs[name] = imports(path)
-    return ours, theirs
+def _imports_of_every_module() -> dict[str, tuple[set[str], set[str]]]:
+    # Read when a test first asks, not at collection (every pytest-xdist
+    # worker collects; one runs these tests).
+    return {name: imports(path) for name, path in MODULES.items()}
+
+
+@functools.cache
+def graph() -> dict[str, set[str]]:
+    """Module -> the modules of this package it imports."""
+    return {name: ours for name, (ours, _) in _imports_of_every_module().items()}
+
+
+@functools.cache
+def external() -> dict[str, set[str]]:
+    """Module -> the top-level names of everything else it imports."""
+    return {name: theirs for name, (_, theirs) in _imports_of_every_module().items()}
 
 
 #: The layers, lowest first (docs/architecture.md, "The layers"). A module
@@ -142,7 +149,7 @@ def closure(name: str) -> set[str]:
     seen = {name}
     todo = [name]
     while todo:
-        for target in graph()[0].get(todo.pop(), ()):
+        for target in graph().get(todo.pop(), ()):
             if target not in seen:
                 seen.add(target)
                 todo.append(target)
@@ -160,24 +167,24 @@ def test_no_import_cycles():
 
     def visit(name: str, path: list[str]) -> None:
         state[name] = "open"
-        for target in sorted(graph()[0].get(name, ())):
+        for target in sorted(graph().get(name, ())):
             if state.get(target) == "open":
                 cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = "done"
 
-    for name in sorted(graph()[0]):
+    for name in sorted(graph()):
         if name not in state:
             visit(name, [name])
-    assert len(graph()[0]) > 50
+    assert len(graph()) > 50
     assert cycles == []
 
 
 def test_layers_import_only_downwards():
     upward = [
         f"{name} (layer {layer(name)}) -> {target} (layer {layer(target)})"
-        for name, targets in sorted(graph()[0].items())
+        for name, targets in sorted(graph().items())
         for target in sorted(targets)
         # A package's __init__ may hand on its own submodules' names.
         if layer(target) > layer(name) and not within(target, name)
@@ -188,7 +195,7 @@ def test_layers_import_only_downwards():
 def test_the_client_and_the_relay_are_apart():
     crossing = [
         f"{name} -> {target}"
-        for name, targets in sorted(graph()[0].items())
+        for name, targets in sorted(graph().items())
         for target in sorted(targets)
         for low, high in APART
         if within(name, low) and within(target, high)
@@ -201,7 +208,7 @@ def test_a_core_reaches_neither_asyncio_nor_aiohttp_in_its_import_graph(core: st
     modules = [name for name in MODULES if within(name, core)]
     assert modules
     reached = set().union(*(closure(name) for name in modules))
-    io = {m: graph()[1][m] & {"asyncio", "aiohttp", "pyee", "redis"} for m in reached}
+    io = {m: external()[m] & {"asyncio", "aiohttp", "pyee", "redis"} for m in reached}
     assert {m: found for m, found in io.items() if found} == {}
 
 
